@@ -20,7 +20,8 @@ class Problem:
     hint: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{text} (hint: {self.hint})" if self.hint else text
 
 
 class VmrunError(Exception):

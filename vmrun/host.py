@@ -1,0 +1,141 @@
+"""The one door to the host: sysfs, /dev, /proc and processes, rooted at a configurable root.
+
+No policy lives here: it reads and writes what it is told. ``Host(root=tmp_path)`` lets
+every caller run against a fake host tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import attrs
+
+from vmrun.render import HostFacts
+
+_KVM_HARDWARE_MODULES = ("kvm_intel", "kvm_amd")
+
+
+@attrs.frozen
+class QemuCapabilities:
+    version: str
+    has_run_with: bool
+    has_runas: bool
+    has_sandbox: bool
+
+
+@attrs.frozen
+class Host:
+    root: Path = Path("/")
+
+    def path(self, host_path: str | Path) -> Path:
+        """Where a host path ("/sys/...") lives under this root."""
+        return self.root / Path(host_path).relative_to("/")
+
+    def exists(self, host_path: str | Path) -> bool:
+        return self.path(host_path).exists()
+
+    def read(self, host_path: str | Path) -> str | None:
+        try:
+            return self.path(host_path).read_text().strip()
+        except OSError:
+            return None
+
+    def listdir(self, host_path: str | Path) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(host_path)))
+        except OSError:
+            return []
+
+    def is_root_user(self) -> bool:
+        return os.geteuid() == 0
+
+    def cpu_flags(self) -> frozenset[str]:
+        cpuinfo = self.read("/proc/cpuinfo") or ""
+        match = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+        return frozenset(match.group(1).split()) if match else frozenset()
+
+    def kvm_modules(self) -> list[str]:
+        return [name for name in self.listdir("/sys/module") if name.startswith("kvm")]
+
+    def kvm_verdict(self) -> tuple[bool, str]:
+        """Whether KVM can run stock guests, and why (said to the user either way)."""
+        if not self.exists("/dev/kvm"):
+            return False, "no /dev/kvm on this host"
+        if not os.access(self.path("/dev/kvm"), os.R_OK | os.W_OK):
+            return False, "/dev/kvm is not readable and writable by this user"
+        loaded = self.kvm_modules()
+        hardware = [name for name in loaded if name in _KVM_HARDWARE_MODULES]
+        if hardware:
+            return True, f"/dev/kvm is usable ({hardware[0]} loaded)"
+        flags = self.cpu_flags() & {"vmx", "svm"}
+        if flags:
+            return True, f"/dev/kvm is usable (CPU has {sorted(flags)[0]})"
+        backing = ", ".join(name for name in loaded if name != "kvm") or "an unknown module"
+        return False, (
+            f"/dev/kvm is backed by {backing}, not kvm_intel/kvm_amd, and the CPU has no vmx/svm: "
+            "hardware virtualization is not available, so guests run under TCG"
+        )
+
+    def qemu_capabilities(self, binary: str, *, cache_dir: Path) -> QemuCapabilities:
+        """What the qemu binary supports, cached by its identity (path, size, mtime) as libvirt does."""
+        resolved = self._which(binary)
+        stat = resolved.stat()
+        key = f"{resolved}:{stat.st_size}:{stat.st_mtime_ns}"
+        cache_file = cache_dir / "qemu-capabilities.json"
+        try:
+            cached = json.loads(cache_file.read_text())
+            if cached.get("key") == key:
+                return QemuCapabilities(**cached["capabilities"])
+        except (OSError, ValueError, TypeError):
+            pass
+        capabilities = self._probe_qemu(resolved)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"key": key, "capabilities": attrs.asdict(capabilities)}))
+        temporary.replace(cache_file)
+        return capabilities
+
+    @staticmethod
+    def _which(binary: str) -> Path:
+        found = binary if "/" in binary else next(
+            (str(Path(d) / binary) for d in os.environ.get("PATH", "").split(os.pathsep)
+             if os.access(Path(d) / binary, os.X_OK)),
+            None,
+        )
+        if found is None or not Path(found).exists():
+            raise FileNotFoundError(binary)
+        return Path(found).resolve()
+
+    @staticmethod
+    def _probe_qemu(binary: Path) -> QemuCapabilities:
+        help_text = subprocess.run(
+            [str(binary), "-help"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        version = re.search(r"version (\S+)", help_text)
+        options = set(re.findall(r"^(-[\w-]+)", help_text, re.MULTILINE))
+        return QemuCapabilities(
+            version=version.group(1) if version else "unknown",
+            has_run_with="-run-with" in options,
+            has_runas="-runas" in options,
+            has_sandbox="-sandbox" in options,
+        )
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmrun"
+
+
+def gather_facts(host: Host, qemu: QemuCapabilities | None) -> HostFacts:
+    kvm_usable, kvm_reason = host.kvm_verdict()
+    return HostFacts(
+        kvm_usable=kvm_usable,
+        kvm_reason=kvm_reason,
+        vhost_net=host.exists("/dev/vhost-net"),
+        drop_privileges=host.is_root_user(),
+        qemu_has_run_with=bool(qemu and qemu.has_run_with),
+        seccomp=bool(qemu and qemu.has_sandbox),
+    )

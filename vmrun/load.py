@@ -1,0 +1,267 @@
+"""TOML file -> Spec, with every structural mistake reported at its path.
+
+One cattrs converter, strict about types: TOML's ``"2048"`` is not an int, ``1`` is
+not a bool, and a key the model does not know is an error with a near-miss hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import attrs
+import cattrs
+import tomli_w
+from cattrs.errors import (
+    AttributeValidationNote,
+    BaseValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn
+
+from vmrun.errors import Problem, SpecError
+from vmrun.naming import pci_address
+from vmrun.spec import Accel, Aio, ByteSize, Cache, DiskFormat, Firmware, Seconds, SecurityModel, Spec, Vhost
+from vmrun.units import format_duration, format_size, parse_duration, parse_size
+
+_TOML_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def describe(value: object) -> str:
+    for python_type, name in _TOML_TYPE_NAMES.items():
+        if isinstance(value, python_type):
+            return f"{name} ({value!r})" if python_type in (bool, int, float, str) else name
+    return type(value).__name__
+
+
+def _expect(value: object, *types: type, what: str) -> None:
+    # bool is an int in Python but never in a spec.
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        raise TypeError(f"expected {what}, got {describe(value)}")
+
+
+def _structure_str(value: object, _: type) -> str:
+    _expect(value, str, what="a string")
+    assert isinstance(value, str)
+    bad = next((char for char in value if ord(char) < 0x20 or ord(char) == 0x7F), None)
+    if bad is not None:
+        raise ValueError(f"control character {bad!r} is not allowed")
+    return value
+
+
+def _structure_int(value: object, _: type) -> int:
+    _expect(value, int, what="an integer")
+    assert isinstance(value, int)
+    return value
+
+
+def _structure_bool(value: object, _: type) -> bool:
+    _expect(value, bool, what="a boolean (true or false)")
+    assert isinstance(value, bool)
+    return value
+
+
+def _structure_path(value: object, _: type) -> Path:
+    text = _structure_str(value, str)
+    if not text:
+        raise ValueError("path must not be empty")
+    return Path(text)
+
+
+def _structure_size(value: object, _: type) -> int:
+    _expect(value, int, str, what='a size such as "8G" or a number of MiB')
+    assert isinstance(value, int | str)
+    return parse_size(value)
+
+
+def _structure_duration(value: object, _: type) -> float:
+    _expect(value, int, float, str, what='a duration such as "30s"')
+    assert isinstance(value, int | float | str)
+    return parse_duration(value)
+
+
+def _structure_vhost(value: object, _: type) -> Vhost:
+    if isinstance(value, bool):
+        return Vhost.ON if value else Vhost.OFF
+    if value == "auto":
+        return Vhost.AUTO
+    raise ValueError(f'must be true, false or "auto", got {describe(value)}')
+
+
+def _enum_hook(enum_type: type[enum.Enum]) -> Callable[[object, type], enum.Enum]:
+    choices = ", ".join(str(member.value) for member in enum_type)
+
+    def structure(value: object, _: type) -> enum.Enum:
+        try:
+            return enum_type(value)
+        except ValueError:
+            raise ValueError(f"must be one of {choices}, got {value!r}") from None
+
+    return structure
+
+
+def _is_homogeneous_tuple(type_: Any) -> bool:
+    args = get_args(type_)
+    return get_origin(type_) is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def _array_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, type], tuple[Any, ...]]:
+    item_type = get_args(type_)[0]
+
+    def structure(value: object, _: type) -> tuple[Any, ...]:
+        # Without this, cattrs would happily iterate a table's keys or a string's letters.
+        _expect(value, list, what="an array")
+        assert isinstance(value, list)
+        items, errors = [], []
+        for index, item in enumerate(value):
+            try:
+                items.append(converter.structure(item, item_type))
+            except Exception as exc:  # noqa: BLE001 - collected and reported with its index
+                exc.add_note(IterableValidationNote(f"@ index {index}", index, item_type))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError("invalid array items", errors, type_)
+        return tuple(items)
+
+    return structure
+
+
+def _table_hook(converter: cattrs.Converter, cls: type) -> Callable[[object, type], Any]:
+    structure_fields: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, converter)
+
+    def structure(value: object, type_: type) -> Any:
+        _expect(value, dict, what="a table")
+        return structure_fields(value, type_)  # type: ignore[arg-type]
+
+    return structure
+
+
+def _unstructure_hooks(converter: cattrs.Converter) -> None:
+    """Write sizes and durations back the way people write them."""
+    converter.register_unstructure_hook(ByteSize, format_size)
+    converter.register_unstructure_hook(Seconds, format_duration)
+    converter.register_unstructure_hook(Path, str)
+    converter.register_unstructure_hook(
+        Vhost, lambda vhost: {Vhost.ON: True, Vhost.OFF: False}.get(vhost, str(vhost))
+    )
+
+
+def make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, omit_if_default=True)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook(Path, _structure_path)
+    converter.register_structure_hook(ByteSize, _structure_size)
+    converter.register_structure_hook(Seconds, _structure_duration)
+    # Class hooks, one per enum: the str hook above would otherwise catch every StrEnum.
+    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel):
+        converter.register_structure_hook(choice, _enum_hook(choice))
+    converter.register_structure_hook(Vhost, _structure_vhost)
+    converter.register_structure_hook_factory(_is_homogeneous_tuple, lambda t: _array_hook(converter, t))
+    converter.register_structure_hook_factory(attrs.has, lambda t: _table_hook(converter, t))
+    _unstructure_hooks(converter)
+    return converter
+
+
+converter = make_converter()
+
+
+def _join(path: str, step: str | int) -> str:
+    if isinstance(step, int):
+        return f"{path}[{step}]"
+    return f"{path}.{step}" if path else step
+
+
+def _unknown_key_problems(exc: ForbiddenExtraKeysError, path: str) -> Iterator[Problem]:
+    known = [field.name for field in attrs.fields(exc.cl)]
+    for key in sorted(exc.extra_fields):
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(known)}"
+        yield Problem(_join(path, key), "unknown key", hint)
+
+
+def _problems(exc: BaseException, path: str = "") -> Iterator[Problem]:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        yield from _unknown_key_problems(exc, path)
+    elif isinstance(exc, BaseValidationError):
+        for child in exc.exceptions:
+            yield from _problems(child, _child_path(child, path))
+    elif isinstance(exc, KeyError):
+        yield Problem(path, "required key is missing")
+    else:
+        yield Problem(path, str(exc))
+
+
+def _child_path(child: BaseException, path: str) -> str:
+    for note in getattr(child, "__notes__", ()):
+        if isinstance(note, AttributeValidationNote):
+            return _join(path, note.name)
+        if isinstance(note, IterableValidationNote):
+            return _join(path, note.index)
+    return path
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    # normpath, not resolve(): "../images/x" reads better without "..", and symlinks stay as written.
+    return Path(os.path.normpath(base / path.expanduser()))
+
+
+def _resolve_optional(path: Path | None, base: Path) -> Path | None:
+    return None if path is None else _resolve(path, base)
+
+
+def normalize(spec: Spec, base: Path) -> Spec:
+    """Relative paths are relative to the spec file's directory; PCI addresses get their domain."""
+    return attrs.evolve(
+        spec,
+        boot=attrs.evolve(
+            spec.boot,
+            kernel=_resolve_optional(spec.boot.kernel, base),
+            initrd=_resolve_optional(spec.boot.initrd, base),
+        ),
+        disks=tuple(attrs.evolve(disk, path=_resolve(disk.path, base)) for disk in spec.disks),
+        shares=tuple(attrs.evolve(share, path=_resolve(share.path, base)) for share in spec.shares),
+        vfio=tuple(attrs.evolve(vfio, host=pci_address(vfio.host) or vfio.host) for vfio in spec.vfio),
+    )
+
+
+def parse_spec(data: dict[str, Any], *, source: str, base: Path) -> Spec:
+    """Structure already-parsed TOML data; every mistake is collected into one SpecError."""
+    try:
+        spec = converter.structure(data, Spec)
+    except Exception as exc:  # noqa: BLE001 - cattrs reports every structural mistake as exceptions
+        raise SpecError(source, _problems(exc)) from exc
+    return normalize(spec, base)
+
+
+def load_spec(path: Path) -> Spec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(str(path), [Problem("", f"cannot read spec: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [Problem("", "spec is not UTF-8 text")]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(str(path), [Problem("", f"not valid TOML: {exc}")]) from exc
+    return parse_spec(data, source=str(path), base=path.resolve().parent)
+
+
+def dump_spec(spec: Spec) -> str:
+    return tomli_w.dumps(converter.unstructure(spec))

@@ -1,0 +1,22 @@
+"""Where vmrun keeps per-VM state on the host, by convention (root vs. a normal user)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_run_root() -> Path:
+    """Sockets, pidfile, console log: gone with the run (tmpfs)."""
+    if os.geteuid() == 0:
+        return Path("/run/vmrun")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/vmrun-{os.getuid()}"
+    return Path(runtime) / "vmrun"
+
+
+def default_state_root() -> Path:
+    """What outlives a run, such as a UEFI guest's boot entries."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/vmrun")
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "vmrun"

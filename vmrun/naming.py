@@ -1,0 +1,42 @@
+"""Names vmrun derives when a spec leaves them out: stable, so a VM keeps them across runs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from vmrun.spec import Nic, Spec
+
+IFNAMSIZ = 15  # bytes of an interface name, without the kernel's trailing NUL
+_PCI_ADDRESS = re.compile(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+
+
+def tap_name(spec: Spec, nic: Nic) -> str:
+    """The host tap: as given, else "<vm>-<nic>", else a hash of both that fits IFNAMSIZ."""
+    if nic.tap is not None:
+        return nic.tap
+    readable = f"{spec.name}-{nic.id}"
+    if len(readable.encode()) <= IFNAMSIZ:
+        return readable
+    return "vm" + _digest(spec.name, nic.id)[: IFNAMSIZ - 2]
+
+
+def mac_address(spec: Spec, nic: Nic) -> str:
+    """As given (lower-cased), else 52:54:00 (QEMU's locally administered prefix) + a stable hash."""
+    if nic.mac is not None:
+        return nic.mac.lower()
+    digest = _digest(spec.name, nic.id)
+    return "52:54:00:" + ":".join(digest[i : i + 2] for i in (0, 2, 4))
+
+
+def pci_address(address: str) -> str | None:
+    """Canonical "0000:01:00.0", or None when it is no PCI address."""
+    match = _PCI_ADDRESS.fullmatch(address)
+    if not match:
+        return None
+    domain, bus, slot, function = match.groups()
+    return f"{domain or '0000'}:{bus}:{slot}.{function}".lower()

@@ -1,0 +1,263 @@
+"""Spec + host facts + run paths -> the exact qemu argv. Pure: no I/O, golden-testable.
+
+Every user string that reaches a qemu option value goes through ``qemu_opt``, which
+doubles commas; the argv is a list, never a shell string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import attrs
+
+from vmrun.naming import mac_address, tap_name
+from vmrun.spec import Accel, Cache, Disk, Firmware, Nic, Share, Spec, Vfio, Vhost
+from vmrun.units import MIB
+
+AGENT_PORT_NAME = "org.qemu.guest_agent.0"
+
+OptionValue = str | int | bool | Path | None
+
+
+@attrs.frozen
+class HostFacts:
+    """What render needs to know of the host; gathered by the host layer, so render stays pure."""
+
+    kvm_usable: bool
+    kvm_reason: str
+    vhost_net: bool = False
+    drop_privileges: bool = False  # vmrun runs as root: qemu must not
+    qemu_has_run_with: bool = False  # -run-with user= (QEMU >= 9.1) rather than -runas
+    seccomp: bool = False
+    ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+
+
+@attrs.frozen
+class RunPaths:
+    """Where one VM's sockets and files live: run_dir per run; state_dir outlives runs (UEFI vars)."""
+
+    run_dir: Path
+    state_dir: Path
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "qga.sock"
+
+    @property
+    def console_socket(self) -> Path:
+        return self.run_dir / "console.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "qemu.pid"
+
+    @property
+    def uefi_vars(self) -> Path:
+        return self.state_dir / "OVMF_VARS.fd"
+
+
+@attrs.frozen
+class AccelChoice:
+    accel: Accel
+    reason: str
+
+
+def choose_accel(spec: Spec, facts: HostFacts) -> AccelChoice:
+    if spec.machine.accel is Accel.TCG:
+        return AccelChoice(Accel.TCG, 'the spec asks for tcg')
+    if spec.machine.accel is Accel.KVM:
+        return AccelChoice(Accel.KVM, 'the spec asks for kvm')
+    if facts.kvm_usable:
+        return AccelChoice(Accel.KVM, f"auto: {facts.kvm_reason}")
+    return AccelChoice(Accel.TCG, f"auto: {facts.kvm_reason}")
+
+
+def vhost_enabled(nic: Nic, facts: HostFacts) -> bool:
+    return nic.vhost is Vhost.ON or (nic.vhost is Vhost.AUTO and facts.vhost_net)
+
+
+def _escape(value: str) -> str:
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise ValueError(f"control character in qemu option value {value!r}")
+    return value.replace(",", ",,")
+
+
+def _format(value: OptionValue) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return _escape(str(value))
+
+
+def qemu_opt(first: str | None, props: Mapping[str, OptionValue]) -> str:
+    """``driver,key=value,...`` with commas in values doubled; None values are left out.
+
+    ``first`` is vmrun's own word (a driver or backend type), never user data.
+    """
+    parts = [first] if first else []
+    parts += [f"{key}={_format(value)}" for key, value in props.items() if value is not None]
+    return ",".join(parts)
+
+
+def _machine(spec: Spec, facts: HostFacts) -> list[str]:
+    accel = choose_accel(spec, facts).accel
+    cpu_model = spec.machine.cpu_model or ("host" if accel is Accel.KVM else "max")
+    return [
+        "-name", qemu_opt(None, {"guest": spec.name, "process": f"vmrun-{spec.name}"}),
+        "-nodefaults", "-no-user-config",
+        "-machine", qemu_opt(None, {"type": spec.machine.type}),
+        "-accel", str(accel),
+        "-cpu", cpu_model,
+        "-smp", str(spec.machine.cpus),
+        "-m", str(spec.machine.memory // MIB),
+    ]
+
+
+def _process(spec: Spec, facts: HostFacts, paths: RunPaths) -> list[str]:
+    argv = [
+        "-display", "none",
+        "-chardev", qemu_opt("socket", {"id": "qmp", "path": paths.qmp_socket, "server": True, "wait": False}),
+        "-mon", qemu_opt(None, {"chardev": "qmp", "mode": "control"}),
+        "-chardev", qemu_opt("socket", {
+            "id": "serial0", "path": paths.console_socket, "server": True, "wait": False,
+            "logfile": paths.console_log,
+        }),
+        "-serial", "chardev:serial0",
+        "-pidfile", str(paths.pidfile),
+        "-daemonize",
+    ]
+    if facts.seccomp:
+        # elevateprivileges=deny would break the privilege drop, spawn=deny kills qemu at -daemonize.
+        argv += ["-sandbox", qemu_opt("on", {"obsolete": "deny", "resourcecontrol": "deny"})]
+    if facts.drop_privileges:
+        if facts.qemu_has_run_with:
+            argv += ["-run-with", qemu_opt(None, {"user": spec.host.user})]
+        else:
+            argv += ["-runas", spec.host.user]
+    return argv
+
+
+def _boot(spec: Spec, facts: HostFacts, paths: RunPaths) -> list[str]:
+    boot, argv = spec.boot, []
+    if boot.firmware is Firmware.UEFI:
+        argv += [
+            "-drive", qemu_opt(None, {
+                "if": "pflash", "format": "raw", "unit": 0, "readonly": True, "file": facts.ovmf_code,
+            }),
+            "-drive", qemu_opt(None, {"if": "pflash", "format": "raw", "unit": 1, "file": paths.uefi_vars}),
+        ]
+    if boot.kernel is not None:
+        argv += ["-kernel", str(boot.kernel)]
+        if boot.initrd is not None:
+            argv += ["-initrd", str(boot.initrd)]
+        if boot.append is not None:
+            argv += ["-append", boot.append]
+    return argv
+
+
+def _cache_props(cache: Cache) -> dict[str, OptionValue]:
+    direct = cache in (Cache.NONE, Cache.DIRECTSYNC)
+    return {"cache.direct": direct or None, "cache.no-flush": cache is Cache.UNSAFE or None}
+
+
+def _disk(spec: Spec, disk: Disk, scsi_id: int) -> list[str]:
+    # Cache, discard and read-only go on both nodes, as libvirt does: a -blockdev child inherits nothing.
+    common = {
+        **_cache_props(disk.cache),
+        "discard": "unmap" if disk.discard else None,
+        "read-only": disk.readonly or None,
+    }
+    file_driver = "host_device" if disk.passthrough else "file"
+    file_node = disk.id if disk.passthrough else f"{disk.id}-file"
+    argv = ["-blockdev", qemu_opt(None, {
+        "driver": file_driver, "filename": disk.path, "node-name": file_node, "aio": str(disk.aio), **common,
+    })]
+    if not disk.passthrough:
+        argv += ["-blockdev", qemu_opt(None, {
+            "driver": str(disk.format), "file": file_node, "node-name": disk.id, **common,
+        })]
+    write_through = disk.cache in (Cache.WRITETHROUGH, Cache.DIRECTSYNC)
+    argv += ["-device", qemu_opt("scsi-block" if disk.passthrough else "scsi-hd", {
+        "bus": "scsi0.0", "channel": 0, "scsi-id": scsi_id, "lun": 0, "drive": disk.id, "id": disk.id,
+        "write-cache": False if write_through and not disk.passthrough else None,
+        "bootindex": 0 if spec.boot.disk == disk.id else None,
+    })]
+    return argv
+
+
+def _disks(spec: Spec) -> list[str]:
+    if not spec.disks:
+        return []
+    argv = ["-device", qemu_opt("virtio-scsi-pci", {"id": "scsi0"})]
+    for scsi_id, disk in enumerate(spec.disks):
+        argv += _disk(spec, disk, scsi_id)
+    return argv
+
+
+def _nic(spec: Spec, nic: Nic, facts: HostFacts) -> list[str]:
+    multiqueue = nic.queues > 1
+    return [
+        "-netdev", qemu_opt("tap", {
+            "id": nic.id, "ifname": tap_name(spec, nic), "script": "no", "downscript": "no",
+            "vhost": vhost_enabled(nic, facts), "queues": nic.queues if multiqueue else None,
+        }),
+        "-device", qemu_opt("virtio-net-pci", {
+            "netdev": nic.id, "id": nic.id, "mac": mac_address(spec, nic),
+            # N RX + N TX queues, one config and one control vector.
+            "mq": True if multiqueue else None, "vectors": 2 * nic.queues + 2 if multiqueue else None,
+        }),
+    ]
+
+
+def _share(share: Share) -> list[str]:
+    return [
+        "-fsdev", qemu_opt("local", {
+            "id": share.id, "path": share.path, "security_model": str(share.security_model),
+            "readonly": share.readonly or None,
+        }),
+        "-device", qemu_opt("virtio-9p-pci", {"fsdev": share.id, "mount_tag": share.tag, "id": share.id}),
+    ]
+
+
+def _vfio(vfio: Vfio) -> list[str]:
+    return ["-device", qemu_opt("vfio-pci", {"host": vfio.host, "id": vfio.id})]
+
+
+def _agent(spec: Spec, paths: RunPaths) -> list[str]:
+    if not spec.agent.enabled:
+        return []
+    return [
+        "-chardev", qemu_opt("socket", {"id": "qga0", "path": paths.agent_socket, "server": True, "wait": False}),
+        "-device", qemu_opt("virtio-serial-pci", {"id": "vser0"}),
+        "-device", qemu_opt("virtserialport", {
+            "bus": "vser0.0", "chardev": "qga0", "name": AGENT_PORT_NAME, "id": "qga0-port",
+        }),
+    ]
+
+
+def _flatten(parts: Iterable[list[str]]) -> list[str]:
+    return [arg for part in parts for arg in part]
+
+
+def render(spec: Spec, facts: HostFacts, paths: RunPaths) -> list[str]:
+    """The full argv, argv[0] being the qemu binary; ``qemu.extra_args`` come last, verbatim."""
+    return [
+        spec.qemu.binary,
+        *_machine(spec, facts),
+        *_process(spec, facts, paths),
+        *_boot(spec, facts, paths),
+        *_disks(spec),
+        *_flatten(_nic(spec, nic, facts) for nic in spec.nics),
+        *_flatten(_share(share) for share in spec.shares),
+        *_flatten(_vfio(vfio) for vfio in spec.vfio),
+        *_agent(spec, paths),
+        *spec.qemu.extra_args,
+    ]

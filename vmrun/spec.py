@@ -1,0 +1,160 @@
+"""The spec model: one frozen attrs class per TOML section.
+
+Structure only: types, defaults and closed choices. What makes a well-typed spec
+wrong (duplicate ids, queues > cpus, ...) lives in ``vmrun.check``.
+TOML keys are the attribute names, so error paths read like the user's file.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import NewType
+
+import attrs
+
+# Bytes, parsed from "8G"; a distinct type so the converter knows to parse it.
+ByteSize = NewType("ByteSize", int)
+# Seconds, parsed from "120s".
+Seconds = NewType("Seconds", float)
+
+
+class Accel(enum.StrEnum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class Firmware(enum.StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
+class DiskFormat(enum.StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+class Cache(enum.StrEnum):
+    NONE = "none"
+    WRITEBACK = "writeback"
+    WRITETHROUGH = "writethrough"
+    DIRECTSYNC = "directsync"
+    UNSAFE = "unsafe"
+
+
+class Aio(enum.StrEnum):
+    THREADS = "threads"
+    NATIVE = "native"
+    IO_URING = "io_uring"
+
+
+class Vhost(enum.StrEnum):
+    """Written in TOML as true, false or "auto"."""
+
+    ON = "on"
+    OFF = "off"
+    AUTO = "auto"
+
+
+class SecurityModel(enum.StrEnum):
+    PASSTHROUGH = "passthrough"
+    MAPPED_XATTR = "mapped-xattr"
+    MAPPED_FILE = "mapped-file"
+    NONE = "none"
+
+
+@attrs.frozen
+class Machine:
+    type: str = "q35"
+    accel: Accel = Accel.AUTO
+    cpus: int = 1
+    memory: ByteSize = ByteSize(1024**3)
+    cpu_model: str | None = None
+
+
+@attrs.frozen
+class Boot:
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    disk: str | None = None
+    firmware: Firmware = Firmware.BIOS
+
+
+@attrs.frozen
+class Disk:
+    id: str
+    path: Path
+    format: DiskFormat = DiskFormat.RAW
+    size: ByteSize | None = None
+    cache: Cache = Cache.WRITEBACK
+    aio: Aio = Aio.THREADS
+    discard: bool = False
+    readonly: bool = False
+    passthrough: bool = False
+
+
+@attrs.frozen
+class Nic:
+    id: str
+    tap: str | None = None
+    bridge: str | None = None
+    queues: int = 1
+    vhost: Vhost = Vhost.AUTO
+    mac: str | None = None
+
+
+@attrs.frozen
+class Share:
+    id: str
+    path: Path
+    tag: str
+    security_model: SecurityModel = SecurityModel.MAPPED_XATTR
+    readonly: bool = False
+
+
+@attrs.frozen
+class Vfio:
+    id: str
+    host: str
+
+
+@attrs.frozen
+class Agent:
+    enabled: bool = True
+    timeout: Seconds = Seconds(120.0)
+
+
+@attrs.frozen
+class Hook:
+    run: tuple[str, ...]
+    timeout: Seconds = Seconds(60.0)
+
+
+@attrs.frozen
+class HostOptions:
+    user: str = "vmrun"
+    ksm: bool = False
+
+
+@attrs.frozen
+class QemuOptions:
+    binary: str = "qemu-system-x86_64"
+    extra_args: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Spec:
+    name: str
+    description: str | None = None
+    machine: Machine = Machine()
+    boot: Boot = Boot()
+    disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    shares: tuple[Share, ...] = ()
+    vfio: tuple[Vfio, ...] = ()
+    agent: Agent = Agent()
+    post_boot: tuple[Hook, ...] = ()
+    host: HostOptions = HostOptions()
+    qemu: QemuOptions = QemuOptions()

@@ -1,0 +1,50 @@
+"""Sizes and durations as people write them in specs ("8G", "120s") and back."""
+
+from __future__ import annotations
+
+import re
+
+KIB = 1024
+MIB = KIB**2
+_SIZE_UNITS = {"K": KIB, "M": MIB, "G": KIB**3, "T": KIB**4}
+_SIZE = re.compile(r"(\d+)\s*([KMGT])(?:i?B)?", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from "8G" / "512M" (binary units); a bare number means MiB."""
+    if isinstance(value, int):
+        return value * MIB
+    match = _SIZE.fullmatch(value.strip())
+    if not match:
+        raise ValueError(f"expected a size such as 512M or 8G (units K M G T), got {value!r}")
+    number, unit = match.groups()
+    return int(number) * _SIZE_UNITS[unit.upper()]
+
+
+def format_size(size: int) -> str:
+    """The largest exact binary unit: 8589934592 -> "8G"."""
+    for unit, factor in sorted(_SIZE_UNITS.items(), key=lambda item: -item[1]):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B" if size else "0M"
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Seconds from "120s" / "2m" / "500ms"; a bare number means seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.fullmatch(value.strip())
+    if not match:
+        raise ValueError(f"expected a duration such as 30s, 2m or 500ms, got {value!r}")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit]
+
+
+def format_duration(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
