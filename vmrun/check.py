@@ -130,7 +130,7 @@ def check_nics(spec: Spec) -> Iterator[Problem]:
         path = f"nics[{index}]"
         if nic.queues < 1:
             yield Problem(f"{path}.queues", f"must be at least 1, got {nic.queues}")
-        elif nic.queues > min(spec.machine.cpus, MAX_QUEUE_PAIRS):
+        elif spec.machine.cpus >= 1 and nic.queues > min(spec.machine.cpus, MAX_QUEUE_PAIRS):
             limit = (
                 f"machine.cpus ({spec.machine.cpus})" if spec.machine.cpus <= MAX_QUEUE_PAIRS
                 else f"the tap driver's limit ({MAX_QUEUE_PAIRS})"

@@ -52,7 +52,7 @@ class SpecError(VmrunError):
     def __init__(self, source: str, problems: Iterable[Problem]) -> None:
         self.source = source
         self.problems = tuple(problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s)")
+        super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
         return [f"{self.source}: {problem}" for problem in self.problems]

@@ -145,7 +145,7 @@ def _table_hook(converter: cattrs.Converter, cls: type) -> Callable[[object, typ
 
     def structure(value: object, type_: type) -> Any:
         _expect(value, dict, what="a table")
-        return structure_fields(value, type_)  # type: ignore[arg-type]
+        return structure_fields(value, type_)
 
     return structure
 

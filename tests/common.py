@@ -1,0 +1,50 @@
+"""Shared test data: a good spec and the host facts golden tests assume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmrun.render import HostFacts, RunPaths
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+
+# A spec with one of everything, valid as written; tests append to it or replace parts of it.
+GOOD_SPEC = """\
+name = "web"
+
+[machine]
+cpus = 4
+memory = "2G"
+
+[boot]
+kernel = "vmlinuz"
+append = "console=ttyS0"
+
+[[disks]]
+id = "root"
+path = "root.qcow2"
+format = "qcow2"
+
+[[nics]]
+id = "net0"
+queues = 4
+
+[[shares]]
+id = "data"
+path = "/srv/data"
+tag = "data"
+
+[[vfio]]
+id = "nvme0"
+host = "01:00.0"
+"""
+
+# What render assumes of the host in golden tests: TCG, vmrun running as root on a QEMU with seccomp.
+GOLDEN_FACTS = HostFacts(
+    kvm_usable=False, kvm_reason="no KVM in tests", drop_privileges=True, seccomp=True,
+)
+
+
+def golden_paths(name: str) -> RunPaths:
+    return RunPaths(run_dir=Path("/run/vmrun") / name, state_dir=Path("/var/lib/vmrun") / name)

@@ -1,0 +1,201 @@
+"""Semantic checks: a good spec passes; each mistake is reported at its path, all at once."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmrun.check import check_spec, validate
+from vmrun.errors import SpecError
+from vmrun.load import parse_spec
+from vmrun.naming import tap_name
+
+from .common import GOOD_SPEC
+
+
+def good() -> dict[str, Any]:
+    return tomllib.loads(GOOD_SPEC)
+
+
+def check(data: dict[str, Any]) -> list[str]:
+    return [str(problem) for problem in check_spec(parse_spec(data, source="t", base=Path("/specs")))]
+
+
+def test_good_spec_has_no_problems() -> None:
+    assert check(good()) == []
+
+
+def with_(section: str, index: int | None = None, **values: Any) -> dict[str, Any]:
+    data = good()
+    target = data.setdefault(section, {}) if index is None else data[section][index]
+    target.update(values)
+    return data
+
+
+def add(section: str, item: dict[str, Any]) -> dict[str, Any]:
+    data = good()
+    data.setdefault(section, []).append(item)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({**good(), "name": "Web_1"}, "name: 'Web_1' is not a valid VM name (hint: use 1-63 of a-z, 0-9 and '-')"),
+        (with_("machine", cpus=0), "machine.cpus: must be at least 1, got 0"),
+        (with_("machine", memory="8M"), "machine.memory: must be at least 16M, got 8388608 bytes"),
+        (with_("machine", memory="16385K"), "machine.memory: must be a whole number of MiB"),
+        (with_("machine", type="q35,accel=kvm"),
+         "machine.type: 'q35,accel=kvm' is not a machine type name (hint: e.g. q35 or pc-q35-7.2)"),
+        (with_("machine", cpu_model="max,+vmx"),
+         "machine.cpu_model: 'max,+vmx' is not a CPU model name (hint: CPU feature flags go in qemu.extra_args)"),
+        (with_("machine", accel="tcg", cpu_model="host"),
+         'machine.cpu_model: "host" needs KVM, but machine.accel is "tcg" (hint: use "max")'),
+    ],
+)
+def test_machine_and_name(data: dict[str, Any], expected: str) -> None:
+    assert check(data) == [expected]
+
+
+def test_queues_may_not_exceed_cpus() -> None:
+    assert check(with_("nics", 0, queues=8)) == [
+        "nics[0].queues: 8 queue pairs exceed machine.cpus (4) (hint: more queue pairs than vCPUs bring nothing)"
+    ]
+    assert check(with_("nics", 0, queues=0)) == ["nics[0].queues: must be at least 1, got 0"]
+
+
+def test_ids_are_unique_across_device_kinds() -> None:
+    data = add("shares", {"id": "root", "path": "/x", "tag": "x"})
+    assert check(data) == ["shares[1].id: id 'root' is already used by disks[0].id"]
+
+
+@pytest.mark.parametrize(
+    ("device_id", "expected"),
+    [
+        ("Root", "disks[0].id: 'Root' is not a valid id (hint: use a-z, then up to 30 of a-z 0-9 _ -)"),
+        ("scsi0", "disks[0].id: 'scsi0' is reserved for vmrun's own devices (hint: choose another id)"),
+        ("a" * 32, f"disks[0].id: '{'a' * 32}' is not a valid id (hint: use a-z, then up to 30 of a-z 0-9 _ -)"),
+    ],
+)
+def test_bad_ids(device_id: str, expected: str) -> None:
+    data = with_("disks", 0, id=device_id)
+    assert check(data) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("mac", "expected"),
+    [
+        ("52:54:00:12:34", "nics[0].mac: '52:54:00:12:34' is not a MAC address (hint: write it as 52:54:00:12:34:56)"),
+        ("01:00:5e:00:00:01", "nics[0].mac: 01:00:5e:00:00:01 is a multicast address (hint: the first octet must be even)"),
+        ("00:00:00:00:00:00", "nics[0].mac: 00:00:00:00:00:00 is not a usable address"),
+    ],
+)
+def test_bad_macs(mac: str, expected: str) -> None:
+    assert check(with_("nics", 0, mac=mac)) == [expected]
+
+
+def test_macs_and_taps_are_unique_case_insensitively() -> None:
+    data = with_("nics", 0, mac="52:54:00:AB:CD:EF", tap="tap0")
+    data["nics"].append({"id": "net1", "mac": "52:54:00:ab:cd:ef", "tap": "tap0"})
+    assert check(data) == [
+        "nics[1].tap: tap 'tap0' is already used by nics[0].tap",
+        "nics[1].mac: MAC '52:54:00:ab:cd:ef' is already used by nics[0].mac",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "expected"),
+    [
+        ("tap", "a-very-long-tap0", "'a-very-long-tap0' is longer than 15 bytes"),
+        ("bridge", "br 0", "'br 0' may not contain '/', ':' or white space"),
+        ("tap", "help", "'help' is not a valid interface name"),
+    ],
+)
+def test_interface_names(key: str, name: str, expected: str) -> None:
+    assert check(with_("nics", 0, **{key: name})) == [f"nics[0].{key}: {expected}"]
+
+
+def test_derived_tap_names_are_stable_and_fit() -> None:
+    long_name = {**good(), "name": "a-rather-long-vm-name"}
+    spec = parse_spec(long_name, source="t", base=Path("/"))
+    derived = tap_name(spec, spec.nics[0])
+    assert len(derived) == 15 and derived == tap_name(spec, spec.nics[0])
+    short = parse_spec(good(), source="t", base=Path("/"))
+    assert tap_name(short, short.nics[0]) == "web-net0"
+
+
+def test_share_tags() -> None:
+    assert check(with_("shares", 0, tag="t" * 32)) == [f"shares[0].tag: '{'t' * 32}' is longer than 31 bytes"]
+    data = add("shares", {"id": "other", "path": "/o", "tag": "data"})
+    assert check(data) == ["shares[1].tag: mount tag 'data' is already used by shares[0].tag"]
+
+
+def test_vfio_addresses_are_checked_and_deduplicated_after_normalizing() -> None:
+    assert check(with_("vfio", 0, host="1:0.0")) == [
+        "vfio[0].host: '1:0.0' is not a PCI address (hint: write it as 0000:01:00.0)"
+    ]
+    data = add("vfio", {"id": "nvme1", "host": "0000:01:00.0"})
+    assert check(data) == ["vfio[1].host: PCI device '0000:01:00.0' is already used by vfio[0].host"]
+
+
+def test_two_writable_disks_on_one_path_are_refused_but_readonly_copies_are_fine() -> None:
+    data = add("disks", {"id": "again", "path": "root.qcow2"})
+    assert check(data) == [
+        "disks[1].path: writable disk image '/specs/root.qcow2' is already used by disks[0].path"
+    ]
+    assert check(add("disks", {"id": "again", "path": "root.qcow2", "readonly": True})) == []
+
+
+def test_disk_option_combinations() -> None:
+    data = add("disks", {"id": "lun", "path": "/dev/sdb", "passthrough": True, "format": "qcow2", "size": "1G"})
+    data["disks"][0].update(aio="native")
+    assert check(data) == [
+        'disks[0].aio: aio = "native" needs cache = "none" or "directsync" (O_DIRECT)',
+        "disks[1].format: a passthrough disk is a host block device: format must be raw",
+        "disks[1].size: vmrun does not create passthrough disks (they are host block devices)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("boot", "expected"),
+    [
+        ({}, ["boot: nothing to boot (hint: set boot.kernel (direct kernel boot) or boot.disk (a disk id))"]),
+        ({"kernel": "k", "disk": "root"}, ["boot: boot.kernel and boot.disk exclude each other (hint: keep one of them)"]),
+        ({"disk": "nope", "initrd": "i"}, ["boot.initrd: only applies with boot.kernel", "boot.disk: no disk has id 'nope'"]),
+        ({"disk": "root", "firmware": "uefi"}, []),
+    ],
+)
+def test_boot(boot: dict[str, str], expected: list[str]) -> None:
+    assert check({**good(), "boot": boot}) == expected
+
+
+def test_hooks_need_the_agent_and_a_command() -> None:
+    data = {**good(), "agent": {"enabled": False, "timeout": "0s"}, "post_boot": [{"run": [], "timeout": 0}]}
+    assert check(data) == [
+        "agent.timeout: must be longer than 0s",
+        "post_boot: post_boot hooks run over the guest agent (hint: set agent.enabled = true)",
+        'post_boot[0].run: is empty (hint: e.g. run = ["/bin/sh", "-c", "..."])',
+        "post_boot[0].timeout: must be longer than 0s",
+    ]
+
+
+def test_host_user_and_qemu_binary() -> None:
+    data = {**good(), "host": {"user": "Bad User"}, "qemu": {"binary": ""}}
+    assert check(data) == ["host.user: 'Bad User' is not a user name", "qemu.binary: must not be empty"]
+
+
+def test_validate_reports_every_problem_at_once() -> None:
+    data = with_("machine", cpus=2)
+    data["nics"][0].update(queues=3, mac="ff:ff:ff:ff:ff:ff")
+    data["shares"][0].update(tag="")
+    data["vfio"][0].update(host="nope")
+    data["name"] = "Bad"
+    with pytest.raises(SpecError) as caught:
+        validate(parse_spec(data, source="db.toml", base=Path("/")), "db.toml")
+    assert [problem.path for problem in caught.value.problems] == [
+        "name", "nics[0].queues", "nics[0].mac", "shares[0].tag", "vfio[0].host",
+    ]
+    assert caught.value.lines()[1].startswith("db.toml: nics[0].queues: 3 queue pairs exceed machine.cpus (2)")
