@@ -89,7 +89,8 @@ def test_bad_ids(device_id: str, expected: str) -> None:
     ("mac", "expected"),
     [
         ("52:54:00:12:34", "nics[0].mac: '52:54:00:12:34' is not a MAC address (hint: write it as 52:54:00:12:34:56)"),
-        ("01:00:5e:00:00:01", "nics[0].mac: 01:00:5e:00:00:01 is a multicast address (hint: the first octet must be even)"),
+        ("01:00:5e:00:00:01",
+         "nics[0].mac: 01:00:5e:00:00:01 is a multicast address (hint: the first octet must be even)"),
         ("00:00:00:00:00:00", "nics[0].mac: 00:00:00:00:00:00 is not a usable address"),
     ],
 )
@@ -163,8 +164,10 @@ def test_disk_option_combinations() -> None:
     ("boot", "expected"),
     [
         ({}, ["boot: nothing to boot (hint: set boot.kernel (direct kernel boot) or boot.disk (a disk id))"]),
-        ({"kernel": "k", "disk": "root"}, ["boot: boot.kernel and boot.disk exclude each other (hint: keep one of them)"]),
-        ({"disk": "nope", "initrd": "i"}, ["boot.initrd: only applies with boot.kernel", "boot.disk: no disk has id 'nope'"]),
+        ({"kernel": "k", "disk": "root"},
+         ["boot: boot.kernel and boot.disk exclude each other (hint: keep one of them)"]),
+        ({"disk": "nope", "initrd": "i"},
+         ["boot.initrd: only applies with boot.kernel", "boot.disk: no disk has id 'nope'"]),
         ({"disk": "root", "firmware": "uefi"}, []),
     ],
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import enum
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,9 +182,14 @@ def make_converter() -> cattrs.Converter:
 converter = make_converter()
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _join(path: str, step: str | int) -> str:
     if isinstance(step, int):
         return f"{path}[{step}]"
+    if not _BARE_KEY.fullmatch(step):
+        return f"{path}[{step!r}]"  # a key with odd characters, quoted as TOML would need it
     return f"{path}.{step}" if path else step
 
 

@@ -1,0 +1,79 @@
+"""The command line as users and scripts see it: exit codes, stdout, one-line errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .common import SPECS
+
+
+def vmrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmrun.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+    )
+
+
+def test_every_checked_in_spec_validates() -> None:
+    result = vmrun("validate", *map(str, sorted(SPECS.glob("*.toml"))))
+    assert result.returncode == 0, result.stderr
+
+
+def test_five_mistakes_give_five_lines_and_exit_2(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.toml"
+    spec.write_text(
+        'name = "Bad"\n[machine]\ncpus = 2\n[boot]\nkernel = "k"\n'
+        '[[nics]]\nid = "n0"\nqueues = 8\nmac = "01:00:00:00:00:01"\n'
+        '[[shares]]\nid = "s"\npath = "/s"\ntag = ""\n[[vfio]]\nid = "v"\nhost = "zz"\n'
+    )
+    result = vmrun("validate", str(spec))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 5
+    assert all(line.startswith(f"vmrun: error: {spec}: ") for line in lines)
+    assert [line.split(": ")[3] for line in lines] == [
+        "name", "nics[0].queues", "nics[0].mac", "shares[0].tag", "vfio[0].host",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_render_json_is_the_argv(tmp_path: Path) -> None:
+    result = vmrun("--run-dir", str(tmp_path), "render", str(SPECS / "db.toml"), "--json")
+    assert result.returncode == 0, result.stderr
+    argv = json.loads(result.stdout)
+    assert argv[0] == "qemu-system-x86_64"
+    assert "tap,id=net0,ifname=vmtap0,script=no,downscript=no,vhost=off,queues=4" in argv
+    assert any("vectors=10" in arg for arg in argv)
+    assert sum(arg.startswith("scsi-hd,bus=scsi0.0,") for arg in argv) == 2
+    assert f"{tmp_path}/db/qmp.sock" in " ".join(argv)
+    assert "vmrun: accel " in result.stderr
+
+
+def test_render_shell_form_is_one_quoted_line() -> None:
+    result = vmrun("render", str(SPECS / "tiny.toml"))
+    assert result.returncode == 0
+    assert result.stdout.count("\n") == 1 and "-append 'console=ttyS0 quiet'" in result.stdout
+
+
+def test_missing_spec_is_a_one_line_error() -> None:
+    result = vmrun("render", "no/such.toml")
+    assert result.returncode == 2
+    assert result.stderr == "vmrun: error: no/such.toml: cannot read spec: No such file or directory\n"
+
+
+def test_init_writes_a_spec_that_validates_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    assert vmrun("init", "web1", cwd=tmp_path).returncode == 0
+    assert vmrun("validate", "web1.toml", cwd=tmp_path).returncode == 0
+    again = vmrun("init", "web1", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    bad = vmrun("init", "Web_1", cwd=tmp_path)
+    assert bad.returncode == 2 and "not a valid VM name" in bad.stderr
+
+
+def test_version_and_help() -> None:
+    assert vmrun("--version").stdout.startswith("vmrun ")
+    help_text = vmrun("--help").stdout
+    for command in ("validate", "render", "init"):
+        assert command in help_text

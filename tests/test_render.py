@@ -1,0 +1,119 @@
+"""Render: golden argv for the checked-in specs, escaping, and the multiqueue numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from vmrun.check import validate
+from vmrun.load import load_spec, parse_spec
+from vmrun.render import HostFacts, choose_accel, qemu_opt, render
+from vmrun.spec import Accel
+
+from .common import GOLDEN_FACTS, GOOD_SPEC, REPO, SPECS, golden_paths
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def render_text(text: str, facts: HostFacts = GOLDEN_FACTS) -> list[str]:
+    spec = validate(parse_spec(tomllib.loads(text), source="t", base=Path("/specs")), "t")
+    return render(spec, facts, golden_paths(spec.name))
+
+
+def option(argv: list[str], flag: str, startswith: str) -> str:
+    """The value of the one `flag` whose value starts with `startswith`."""
+    [value] = [argv[i + 1] for i, arg in enumerate(argv) if arg == flag and argv[i + 1].startswith(startswith)]
+    return value
+
+
+@pytest.mark.parametrize("spec_file", sorted(SPECS.glob("*.toml")), ids=lambda path: path.stem)
+def test_golden_argv(spec_file: Path) -> None:
+    spec = validate(load_spec(spec_file), spec_file)
+    argv = [arg.replace(str(REPO), "{repo}") for arg in render(spec, GOLDEN_FACTS, golden_paths(spec.name))]
+    golden = GOLDEN / f"{spec_file.stem}.json"
+    if os.environ.get("VMRUN_UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(argv, indent=1) + "\n")
+    assert argv == json.loads(golden.read_text())
+
+
+def test_db_has_four_queue_pairs_and_a_lun_per_disk_on_one_controller() -> None:
+    spec = load_spec(SPECS / "db.toml")
+    argv = render(spec, GOLDEN_FACTS, golden_paths("db"))
+    assert option(argv, "-netdev", "tap") == (
+        "tap,id=net0,ifname=vmtap0,script=no,downscript=no,vhost=off,queues=4"
+    )
+    assert option(argv, "-device", "virtio-net-pci") == (
+        "virtio-net-pci,netdev=net0,id=net0,mac=52:54:00:12:34:56,mq=on,vectors=10"
+    )
+    controllers = [arg for arg in argv if arg.startswith("virtio-scsi-pci")]
+    luns = [arg for arg in argv if arg.startswith("scsi-hd,bus=scsi0.0")]
+    assert controllers == ["virtio-scsi-pci,id=scsi0"] and len(luns) == len(spec.disks) == 2
+    assert "bootindex=0" in luns[0] and "bootindex" not in luns[1]
+
+
+def test_single_queue_nic_has_no_multiqueue_options() -> None:
+    argv = render_text(GOOD_SPEC.replace("queues = 4", "queues = 1"))
+    assert option(argv, "-netdev", "tap") == "tap,id=net0,ifname=web-net0,script=no,downscript=no,vhost=off"
+    assert "mq=" not in option(argv, "-device", "virtio-net-pci")
+
+
+def test_vhost_follows_the_spec_and_the_host() -> None:
+    with_vhost_net = HostFacts(kvm_usable=True, kvm_reason="kvm_intel loaded", vhost_net=True)
+    assert "vhost=on" in option(render_text(GOOD_SPEC, with_vhost_net), "-netdev", "tap")
+    assert "vhost=off" in option(render_text(GOOD_SPEC), "-netdev", "tap")
+    forced_off = GOOD_SPEC.replace("queues = 4", "queues = 4\nvhost = false")
+    assert "vhost=off" in option(render_text(forced_off, with_vhost_net), "-netdev", "tap")
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "flag", "expected"),
+    [
+        ("disks", "path", "/var/lib/a,b/root,file=/etc/shadow", "-blockdev",
+         "driver=file,filename=/var/lib/a,,b/root,,file=/etc/shadow,node-name=root-file,aio=threads"),
+        ("shares", "path", "/srv/x,security_model=passthrough", "-fsdev",
+         "local,id=data,path=/srv/x,,security_model=passthrough,security_model=mapped-xattr"),
+        ("shares", "tag", "a,b", "-device", "virtio-9p-pci,fsdev=data,mount_tag=a,,b,id=data"),
+        ("nics", "tap", "t,vhost=on", "-netdev", "tap,id=net0,ifname=t,,vhost=on,script=no"),
+    ],
+)
+def test_commas_in_user_strings_are_escaped(section: str, key: str, value: str, flag: str, expected: str) -> None:
+    data = tomllib.loads(GOOD_SPEC)
+    data[section][0][key] = value
+    spec = validate(parse_spec(data, source="t", base=Path("/specs")), "t")
+    argv = render(spec, GOLDEN_FACTS, golden_paths(spec.name))
+    assert option(argv, flag, expected.split(",")[0]).startswith(expected)
+
+
+def test_qemu_opt_refuses_control_characters_and_formats_booleans() -> None:
+    assert qemu_opt("socket", {"server": True, "wait": False, "skip": None}) == "socket,server=on,wait=off"
+    with pytest.raises(ValueError, match="control character"):
+        qemu_opt(None, {"path": "/a\nb"})
+
+
+def test_extra_args_come_last_verbatim() -> None:
+    argv = render_text(GOOD_SPEC + '\n[qemu]\nextra_args = ["-device", "virtio-rng-pci,id=rng0"]\n')
+    assert argv[-2:] == ["-device", "virtio-rng-pci,id=rng0"]
+
+
+def test_accelerator_choice_is_explained() -> None:
+    spec = parse_spec(tomllib.loads(GOOD_SPEC), source="t", base=Path("/"))
+    no_kvm = HostFacts(kvm_usable=False, kvm_reason="no /dev/kvm on this host")
+    kvm = HostFacts(kvm_usable=True, kvm_reason="/dev/kvm is usable (kvm_amd loaded)")
+    assert choose_accel(spec, no_kvm).accel is Accel.TCG
+    assert choose_accel(spec, no_kvm).reason == "auto: no /dev/kvm on this host"
+    assert choose_accel(spec, kvm).accel is Accel.KVM
+    argv = render(spec, kvm, golden_paths("web"))
+    assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
+
+
+def test_privilege_drop_follows_the_qemu_version() -> None:
+    old = render_text(GOOD_SPEC)
+    assert old[old.index("-runas") + 1] == "vmrun" and "-run-with" not in old
+    new_qemu = HostFacts(kvm_usable=False, kvm_reason="x", drop_privileges=True, qemu_has_run_with=True)
+    new = render_text(GOOD_SPEC, new_qemu)
+    assert new[new.index("-run-with") + 1] == "user=vmrun" and "-runas" not in new
+    assert "-runas" not in render_text(GOOD_SPEC, HostFacts(kvm_usable=False, kvm_reason="x"))
