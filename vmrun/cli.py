@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from vmrun import __version__
 from vmrun.check import validate
 from vmrun.errors import UsageError, VmrunError
 from vmrun.host import Host, default_cache_dir, gather_facts
+from vmrun.lifecycle import Places
 from vmrun.load import load_spec
 from vmrun.locations import default_run_root, default_state_root
 from vmrun.render import RunPaths, choose_accel, render
@@ -86,6 +88,95 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def places_of(args: argparse.Namespace) -> Places:
+    return Places(run_root=Path(args.run_dir), state_root=default_state_root())
+
+
+def vm_name(name_or_spec: str) -> str:
+    """`down` and friends take a VM name or the spec that names it."""
+    if name_or_spec.endswith(".toml") or "/" in name_or_spec:
+        return load_spec(Path(name_or_spec)).name
+    return name_or_spec
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from vmrun.lifecycle import up
+
+    spec = load_valid_spec(args.spec)
+    started = time.monotonic()
+    up(spec, Path(args.spec), host_of(args), places_of(args), fresh=args.fresh, say=say)
+    say(f"{spec.name} is up ({time.monotonic() - started:.1f} s); stop it with: vmrun down {spec.name}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from vmrun.lifecycle import down
+
+    name = vm_name(args.vm)
+    how = down(name, host_of(args), places_of(args), timeout=args.timeout, force=args.force, say=say)
+    say(f"{name} is not running" if how is None else f"{name} stopped ({how})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vmrun.lifecycle import status
+
+    statuses = status(host_of(args), places_of(args), [vm_name(args.vm)] if args.vm else None)
+    if args.json:
+        print(json.dumps([vm.to_json() for vm in statuses], indent=1))
+        return 0
+    if not statuses:
+        say(f"no VMs under {args.run_dir}")
+    for vm in statuses:
+        uptime = f"{vm.uptime:.0f}s" if vm.uptime is not None else "-"
+        agent = {True: "agent ok", False: "agent unreachable", None: "-"}[vm.agent]
+        pid = vm.pid or "-"
+        print(f"{vm.name:<16} {vm.state:<8} pid {pid:<8} {vm.accel:<4} up {uptime:<8} {agent:<18} {vm.run_dir}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from vmrun.agent import GuestAgent
+    from vmrun.lifecycle import running_paths
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise UsageError("no command given", hint="vmrun exec NAME -- CMD [ARGS...]")
+    paths = running_paths(host_of(args), places_of(args), args.name)
+    with GuestAgent(paths.agent_socket) as agent:
+        agent.wait_ready(timeout=args.agent_timeout)
+        result = agent.exec(command, timeout=args.timeout)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    for stream, truncated in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)):
+        if truncated:
+            say(f"the guest agent truncated the command's {stream}")
+    if result.signal is not None:
+        return 128 + result.signal
+    return result.exitcode if result.exitcode is not None else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from vmrun.console import follow_log
+
+    paths = places_of(args).of(args.name)
+    if not paths.console_log.exists():
+        raise UsageError(f"no console log for {args.name}", hint="vmrun status lists the VMs")
+    follow_log(paths.console_log, follow=args.follow, alive=lambda: paths.pidfile.exists())
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from vmrun.console import attach
+    from vmrun.lifecycle import running_paths
+
+    paths = running_paths(host_of(args), places_of(args), args.name)
+    say("attached to the serial console; detach with Ctrl-]")
+    attach(paths.console_socket)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmrun",
@@ -119,6 +210,39 @@ def _parser() -> argparse.ArgumentParser:
     init_cmd.add_argument("-o", "--output", metavar="FILE", help="default: NAME.toml")
     init_cmd.add_argument("--force", action="store_true", help="overwrite an existing file")
     init_cmd.set_defaults(handler=cmd_init)
+
+    up_cmd = commands.add_parser("up", help="preflight, launch, wait for the agent, run post-boot steps")
+    up_cmd.add_argument("spec", metavar="SPEC")
+    up_cmd.add_argument("--fresh", action="store_true", help="start UEFI guests with fresh firmware variables")
+    up_cmd.set_defaults(handler=cmd_up)
+
+    down_cmd = commands.add_parser("down", help="stop a VM and undo its host changes")
+    down_cmd.add_argument("vm", metavar="NAME|SPEC")
+    down_cmd.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                          help="seconds the guest gets to power down (default: 30)")
+    down_cmd.add_argument("--force", action="store_true", help="skip the powerdown: quit, then kill")
+    down_cmd.set_defaults(handler=cmd_down)
+
+    status_cmd = commands.add_parser("status", help="running / stopped / dead, pid, accel, agent")
+    status_cmd.add_argument("vm", nargs="?", metavar="NAME|SPEC")
+    status_cmd.add_argument("--json", action="store_true")
+    status_cmd.set_defaults(handler=cmd_status)
+
+    exec_cmd = commands.add_parser("exec", help="run a command in the guest over the agent")
+    exec_cmd.add_argument("name", metavar="NAME")
+    exec_cmd.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    exec_cmd.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default: 60")
+    exec_cmd.add_argument("--agent-timeout", type=float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    exec_cmd.set_defaults(handler=cmd_exec)
+
+    logs_cmd = commands.add_parser("logs", help="print the serial console log")
+    logs_cmd.add_argument("name", metavar="NAME")
+    logs_cmd.add_argument("-f", "--follow", action="store_true", help="keep printing while the VM runs")
+    logs_cmd.set_defaults(handler=cmd_logs)
+
+    console_cmd = commands.add_parser("console", help="attach to the serial console")
+    console_cmd.add_argument("name", metavar="NAME")
+    console_cmd.set_defaults(handler=cmd_console)
     return parser
 
 

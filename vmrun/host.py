@@ -50,6 +50,20 @@ class Host:
         except OSError:
             return []
 
+    def process_cmdline(self, pid: int) -> str | None:
+        """A process's command line, arguments joined by spaces; None when there is no such process."""
+        try:
+            raw = self.path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+
+    def signal(self, pid: int, number: int) -> None:
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+
     def is_root_user(self) -> bool:
         return os.geteuid() == 0
 

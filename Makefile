@@ -1,0 +1,22 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set the host up first.
+.PHONY: setup guest demo test lint bench
+
+setup:
+	integration/setup-host
+
+guest: setup
+	.venv/bin/python integration/tiny-guest/build
+
+demo: guest
+	integration/demo
+
+test: guest
+	.venv/bin/pytest tests integration
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy vmrun
+
+bench: guest
+	.venv/bin/python bench/render.py
+	.venv/bin/python bench/boot.py

@@ -1,0 +1,216 @@
+"""A typed, synchronous client for the QEMU guest agent (qemu-ga).
+
+qemu.qmp speaks the protocol; this module adds the vocabulary vmrun needs: sync, exec, interfaces,
+shutdown. The agent uses QMP framing without a greeting or capabilities step. It is resynchronised
+with ``guest-sync`` and a random id, never ``guest-sync-delimited`` (its 0xFF byte breaks qemu.qmp's
+reader). Importing this module imports qemu.qmp (~70 ms): keep it out of ``vmrun/__init__``.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from vmrun._qmpsync import QmpSession
+from vmrun.errors import AgentError
+
+SYNC_FIRST_TRY = 1.0  # seconds one connect + guest-sync round may take before trying afresh
+SYNC_LONGEST_TRY = 3.0
+RETRY_PAUSE = 0.1  # after a failed round, so a missing socket is not hammered
+FIRST_POLL = 0.01  # a quick guest command (ethtool) is done in tens of milliseconds ...
+LONGEST_POLL = 0.2  # ... a slow one should not cost a round trip every 10 ms
+SHUTDOWN_GRACE = 1.0  # guest-shutdown answers only on failure; wait this long for one
+
+
+@attrs.frozen
+class ExecResult:
+    """How a command run in the guest ended, and what it printed."""
+
+    exitcode: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.exitcode == 0
+
+
+@attrs.frozen
+class GuestInterface:
+    name: str
+    mac: str | None  # lower case, "52:54:00:12:34:56"
+    addresses: tuple[str, ...]
+
+
+class GuestAgent(QmpSession):
+    """The guest agent behind a qemu ``-chardev socket`` unix socket; call ``wait_ready`` first."""
+
+    peer = "the guest agent"
+    error = AgentError
+
+    def __init__(self, socket_path: Path) -> None:
+        super().__init__(socket_path, handshake=False)
+
+    def wait_ready(self, *, timeout: float) -> float:
+        """Connect and sync, retrying until the agent answers; return the seconds waited.
+
+        qemu's socket accepts as soon as qemu starts, long before qemu-ga runs in the guest,
+        so a connection proves nothing until a guest-sync comes back.
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+        try_timeout = min(SYNC_FIRST_TRY, timeout / 8)
+        last_problem: str | None = None
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                if self._sync(timeout=min(try_timeout, remaining)):
+                    return time.monotonic() - started
+            except AgentError as exc:
+                last_problem = str(exc)
+                self._disconnect()
+                time.sleep(min(RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
+                try_timeout = min(try_timeout * 1.5, SYNC_LONGEST_TRY)
+        hint = "check that qemu-ga runs in the guest on the virtio port org.qemu.guest_agent.0"
+        if last_problem:
+            hint += f"; last attempt: {last_problem}"
+        raise AgentError(f"the guest agent did not answer within {timeout:g} s", hint=hint)
+
+    def supported_commands(self) -> frozenset[str]:
+        """The commands this qemu-ga offers and has enabled."""
+        return frozenset(name for name, enabled in self._command_states().items() if enabled)
+
+    def require(self, *commands: str, purpose: str) -> None:
+        """Fail plainly unless every command is enabled; ``purpose`` says why, e.g. "to run post_boot hooks"."""
+        states = self._command_states()
+        disabled = [command for command in commands if states.get(command) is False]
+        unknown = [command for command in commands if command not in states]
+        if not disabled and not unknown:
+            return
+        problems = []
+        if disabled:
+            problems.append(f"has {', '.join(disabled)} disabled (qemu-ga --block-rpcs / --allow-rpcs)")
+        if unknown:
+            problems.append(f"does not offer {', '.join(unknown)} (qemu-ga too old?)")
+        them = "it" if len(disabled) + len(unknown) == 1 else "them"
+        raise AgentError(
+            f"the guest agent {' and '.join(problems)}; vmrun needs {them} {purpose}",
+            hint="allow them in the guest's qemu-ga options or /etc/qemu/qemu-ga.conf (allow-rpcs, block-rpcs)",
+        )
+
+    def exec(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> ExecResult:
+        """Run ``argv`` in the guest and wait for it to end; ``timeout`` bounds how long it may run."""
+        command = shlex.join(argv)
+        pid = self._start(argv, stdin, command)
+        deadline = time.monotonic() + timeout
+        pause = FIRST_POLL
+        while True:
+            status = _object(self._call("guest-exec-status", {"pid": pid}), "guest-exec-status")
+            if status.get("exited") is True:
+                return _exec_result(status)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AgentError(
+                    f"`{command}` did not finish within {timeout:g} s in the guest",
+                    hint="it may still be running there; the guest agent cannot stop it",
+                )
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, LONGEST_POLL)
+
+    def interfaces(self) -> tuple[GuestInterface, ...]:
+        reply = self._call("guest-network-get-interfaces")
+        if not isinstance(reply, list):
+            raise _malformed("guest-network-get-interfaces", reply)
+        return tuple(_interface(entry) for entry in reply if isinstance(entry, Mapping))
+
+    def interface_by_mac(self, mac: str) -> GuestInterface | None:
+        wanted = mac.lower()
+        return next((interface for interface in self.interfaces() if interface.mac == wanted), None)
+
+    def shutdown(self, *, grace: float = SHUTDOWN_GRACE) -> None:
+        """Ask the guest to power off; returns once the agent took the request (it never confirms)."""
+        self._send_farewell("guest-shutdown", {"mode": "powerdown"}, wait=grace)
+
+    def _sync(self, *, timeout: float) -> bool:
+        """One connect-if-needed + guest-sync round; True once the agent echoes this round's id."""
+        if not self._connected:
+            self._connect(timeout=timeout)
+        token = random.randint(0, 2**32 - 1)
+        # Another value answers an earlier sync (ours that timed out, or a previous client's whose
+        # message id collides with ours): discard it and sync again.
+        return self._call("guest-sync", {"id": token}, timeout=timeout) == token
+
+    def _command_states(self) -> dict[str, bool]:
+        info = _object(self._call("guest-info"), "guest-info")
+        entries = info.get("supported_commands")
+        if not isinstance(entries, list):
+            raise _malformed("guest-info", info)
+        return {
+            entry["name"]: entry.get("enabled") is True
+            for entry in entries
+            if isinstance(entry, Mapping) and isinstance(entry.get("name"), str)
+        }
+
+    def _start(self, argv: Sequence[str], stdin: bytes | None, command: str) -> int:
+        if not argv:
+            raise ValueError("cannot run an empty command in the guest")
+        arguments: dict[str, object] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
+        if stdin is not None:
+            arguments["input-data"] = base64.b64encode(stdin).decode("ascii")
+        reply = _object(self._call("guest-exec", arguments, action=f"run `{command}`"), "guest-exec")
+        pid = reply.get("pid")
+        if not isinstance(pid, int):
+            raise _malformed("guest-exec", reply)
+        return pid
+
+
+def _exec_result(status: Mapping[str, Any]) -> ExecResult:
+    return ExecResult(
+        exitcode=_optional_int(status.get("exitcode")),
+        signal=_optional_int(status.get("signal")),
+        stdout=_decoded(status.get("out-data")),
+        stderr=_decoded(status.get("err-data")),
+        stdout_truncated=status.get("out-truncated") is True,
+        stderr_truncated=status.get("err-truncated") is True,
+    )
+
+
+def _interface(entry: Mapping[str, Any]) -> GuestInterface:
+    mac = entry.get("hardware-address")
+    addresses = entry.get("ip-addresses") or []
+    return GuestInterface(
+        name=str(entry.get("name", "")),
+        mac=mac.lower() if isinstance(mac, str) else None,
+        addresses=tuple(
+            address["ip-address"]
+            for address in addresses
+            if isinstance(address, Mapping) and isinstance(address.get("ip-address"), str)
+        ),
+    )
+
+
+def _optional_int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _decoded(value: object) -> bytes:
+    return base64.b64decode(value) if isinstance(value, str) else b""
+
+
+def _object(reply: object, command: str) -> Mapping[str, Any]:
+    if isinstance(reply, Mapping):
+        return reply
+    raise _malformed(command, reply)
+
+
+def _malformed(command: str, reply: object) -> AgentError:
+    return AgentError(f"the guest agent answered {command} with something unexpected: {reply!r:.200}")

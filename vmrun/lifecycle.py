@@ -1,0 +1,206 @@
+"""The pipeline behind `up`, `down` and `status`: preflight -> render -> launch -> agent -> hooks."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from vmrun.errors import AgentError, UsageError
+from vmrun.host import Host, default_cache_dir, gather_facts
+from vmrun.machine import died_during_startup, is_our_qemu, launch, read_pid, stop
+from vmrun.render import HostFacts, RunPaths, choose_accel, render
+from vmrun.spec import Firmware, Spec
+from vmrun.state import VmState, create_run_dir, read_state, remove_run_dir, vm_names, write_state
+
+Say = Callable[[str], None]
+
+AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
+STARTUP_SLICE = 2.0  # `up` checks qemu is still alive this often while waiting for the agent
+
+
+@attrs.frozen
+class Places:
+    """Where VMs live on this host; a VM's RunPaths derive from its name."""
+
+    run_root: Path
+    state_root: Path
+
+    def of(self, name: str) -> RunPaths:
+        return RunPaths(run_dir=self.run_root / name, state_dir=self.state_root / name)
+
+
+@attrs.frozen
+class VmStatus:
+    name: str
+    state: str  # running | stopped | dead
+    pid: int | None
+    accel: str
+    run_dir: str
+    uptime: float | None
+    agent: bool | None
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def host_facts(host: Host, spec: Spec) -> HostFacts:
+    return gather_facts(host, host.qemu_capabilities(spec.qemu.binary, cache_dir=default_cache_dir()))
+
+
+def _clear_dead_run(host: Host, paths: RunPaths, name: str, say: Say) -> None:
+    state = read_state(paths)
+    if state is None and not paths.run_dir.exists():
+        return
+    if is_our_qemu(host, read_pid(paths), name):
+        raise UsageError(f"{name} is already running (pid {read_pid(paths)})", hint=f"vmrun down {name}")
+    say(f"{name}: cleaning up after a run that died ({paths.run_dir})")
+    undo_host_changes(host, state)
+    remove_run_dir(paths)
+
+
+def undo_host_changes(host: Host, state: VmState | None) -> None:
+    """Preflight's host changes, undone in reverse (filled in by the preflight stage)."""
+
+
+def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: bool, say: Say) -> None:
+    """A per-VM copy of the OVMF variable store: it holds the guest's boot entries across runs."""
+    if spec.boot.firmware is not Firmware.UEFI:
+        return
+    if fresh or not paths.uefi_vars.exists():
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        template = facts.ovmf_code.with_name(facts.ovmf_code.name.replace("CODE", "VARS"))
+        shutil.copyfile(template, paths.uefi_vars)
+        say(f"fresh UEFI variables in {paths.uefi_vars}")
+
+
+def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, say: Say) -> VmState:
+    paths = places.of(spec.name)
+    _clear_dead_run(host, paths, spec.name, say)
+    facts = host_facts(host, spec)
+    accel = choose_accel(spec, facts)
+    say(f"accel {accel.accel}: {accel.reason}")
+    argv = render(spec, facts, paths)
+    create_run_dir(paths)
+    state = VmState(
+        name=spec.name, spec_path=str(spec_path), argv=tuple(argv), accel=str(accel.accel),
+        accel_reason=accel.reason, wants_ksm=spec.host.ksm,
+        writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
+    )
+    write_state(paths, state)
+    try:
+        _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
+        say(f"launching {spec.name}")
+        pid = launch(argv, paths, memlock=None)
+    except BaseException:
+        undo_host_changes(host, state)
+        remove_run_dir(paths)
+        raise
+    say(f"qemu pid {pid}")
+    _confirm_running(paths)
+    if spec.agent.enabled:
+        _after_boot(spec, host, paths, pid, say)
+    return state
+
+
+def _confirm_running(paths: RunPaths) -> None:
+    from vmrun.monitor import Monitor
+
+    with Monitor(paths.qmp_socket) as monitor:
+        monitor.connect(timeout=10)
+        status = monitor.status()
+    if status != "running":
+        raise died_during_startup(paths) if status == "shutdown" else AgentError(f"qemu reports {status!r}")
+
+
+def _after_boot(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> None:
+    from vmrun.agent import GuestAgent
+    from vmrun.hooks import run_multiqueue_step, run_post_boot_hooks
+
+    say(f"waiting for the guest agent (up to {spec.agent.timeout:g} s)")
+    with GuestAgent(paths.agent_socket) as agent:
+        waited = _wait_for_agent(agent, spec, host, paths, pid)
+        say(f"guest agent ready after {waited:.1f} s")
+        agent.require("guest-exec", "guest-exec-status", "guest-network-get-interfaces",
+                      purpose="to set NIC queues and run post_boot hooks")
+        run_multiqueue_step(agent, spec, say)
+        run_post_boot_hooks(agent, spec, say)
+
+
+def _wait_for_agent(agent: Any, spec: Spec, host: Host, paths: RunPaths, pid: int) -> float:
+    """The agent's own wait, in slices, so a qemu that dies meanwhile is reported as such (exit 4)."""
+    started = time.monotonic()
+    deadline = started + spec.agent.timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            agent.wait_ready(timeout=max(0.1, min(STARTUP_SLICE, remaining)))
+            return time.monotonic() - started
+        except AgentError:
+            if not is_our_qemu(host, pid, spec.name):
+                raise died_during_startup(paths) from None
+            if time.monotonic() >= deadline:
+                raise AgentError(
+                    f"{spec.name}: the guest agent did not answer within {spec.agent.timeout:g} s",
+                    hint=f"is qemu-ga running in the guest? the VM is still up: vmrun logs {spec.name}; "
+                    f"vmrun down {spec.name}",
+                ) from None
+
+
+def down(name: str, host: Host, places: Places, *, timeout: float, force: bool, say: Say) -> str | None:
+    """Stop the VM and undo its host changes; None when there was nothing to stop."""
+    paths = places.of(name)
+    state = read_state(paths)
+    if state is None and not paths.run_dir.exists():
+        return None
+    how = stop(host, paths, name, timeout=timeout, force=force, say=say)
+    undo_host_changes(host, state)
+    remove_run_dir(paths)
+    return how
+
+
+def status(host: Host, places: Places, names: list[str] | None = None) -> list[VmStatus]:
+    return [_status_of(host, places.of(name), name) for name in (names or vm_names(places.run_root))]
+
+
+def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
+    from vmrun.monitor import Monitor
+
+    state = read_state(paths)
+    pid = read_pid(paths)
+    alive = is_our_qemu(host, pid, name)
+    vm_state, agent = "dead", None
+    if alive:
+        try:
+            with Monitor(paths.qmp_socket) as monitor:
+                monitor.connect(timeout=AGENT_PROBE_TIMEOUT * 2)
+                vm_state = "running" if monitor.status() == "running" else "stopped"
+        except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
+            vm_state = "stopped"
+        agent = agent_reachable(paths) if vm_state == "running" and (paths.agent_socket.exists()) else None
+    return VmStatus(
+        name=name, state=vm_state, pid=pid if alive else None, accel=state.accel if state else "unknown",
+        run_dir=str(paths.run_dir), uptime=time.time() - state.started_at if state and alive else None, agent=agent,
+    )
+
+
+def agent_reachable(paths: RunPaths) -> bool:
+    from vmrun.agent import GuestAgent
+
+    try:
+        with GuestAgent(paths.agent_socket) as agent:
+            agent.wait_ready(timeout=AGENT_PROBE_TIMEOUT)
+        return True
+    except AgentError:
+        return False
+
+
+def running_paths(host: Host, places: Places, name: str) -> RunPaths:
+    paths = places.of(name)
+    if not is_our_qemu(host, read_pid(paths), name):
+        raise UsageError(f"{name} is not running", hint="vmrun status lists the VMs")
+    return paths

@@ -1,0 +1,114 @@
+"""One qemu process: start it daemonized through `sh`, tell whether it lives, stop it step by step."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vmrun.errors import LaunchError
+from vmrun.host import Host
+from vmrun.render import RunPaths
+
+Say = Callable[[str], None]
+
+KILL_WAIT = 5.0  # seconds qemu gets after quit and after SIGTERM before the next step
+LOG_TAIL_LINES = 15
+
+
+def read_pid(paths: RunPaths) -> int | None:
+    try:
+        return int(paths.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_our_qemu(host: Host, pid: int | None, name: str) -> bool:
+    """The pid still runs *this* VM's qemu (a recycled pid belongs to someone else)."""
+    if pid is None:
+        return False
+    cmdline = host.process_cmdline(pid)
+    return cmdline is not None and f"guest={name},process=vmrun-{name}" in cmdline
+
+
+def wait_for_exit(host: Host, pid: int, name: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while is_our_qemu(host, pid, name):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def launch(argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
+    """Start qemu with -daemonize and return its pid; qemu's own message on failure.
+
+    -daemonize returns once qemu has initialized: exit 0 means sockets and pidfile exist,
+    and a bad option or device fails at once, so there is nothing to poll for.
+    """
+    import sh  # ~70 ms to import: only `up` pays for it
+
+    def raise_memlock() -> None:
+        # VFIO pins all guest RAM; the limit must be raised before exec, as root.
+        if memlock is not None:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+
+    try:
+        sh.Command(argv[0])(*argv[1:], _return_cmd=True, _preexec_fn=raise_memlock, _timeout=120)
+    except sh.ErrorReturnCode as exc:
+        message = exc.stderr.decode(errors="replace").strip() or f"exit status {exc.exit_code}"
+        raise LaunchError(f"qemu failed to start: {message}", hint=_console_hint(paths)) from exc
+    except sh.CommandNotFound as exc:
+        raise LaunchError(f"{argv[0]} not found", hint="install qemu (Debian: qemu-system-x86)") from exc
+    except sh.TimeoutException as exc:
+        raise LaunchError("qemu did not finish starting within 120 s") from exc
+    pid = read_pid(paths)
+    if pid is None:
+        raise LaunchError(f"qemu started but wrote no pidfile at {paths.pidfile}")
+    return pid
+
+
+def _console_hint(paths: RunPaths) -> str | None:
+    tail = log_tail(paths.console_log)
+    return f"console log ends with:\n{tail}" if tail else None
+
+
+def died_during_startup(paths: RunPaths) -> LaunchError:
+    return LaunchError("qemu exited during start-up", hint=_console_hint(paths) or "the console log is empty")
+
+
+def stop(host: Host, paths: RunPaths, name: str, *, timeout: float, force: bool, say: Say) -> str:
+    """powerdown -> wait -> quit -> SIGTERM -> SIGKILL; returns the step that ended qemu."""
+    from vmrun.monitor import Monitor
+
+    pid = read_pid(paths)
+    if pid is None or not is_our_qemu(host, pid, name):
+        return "already gone"
+    try:
+        with Monitor(paths.qmp_socket) as monitor:
+            monitor.connect(timeout=5)
+            if not force:
+                say(f"asking {name} to power down (ACPI), waiting up to {timeout:g} s")
+                if monitor.powerdown(timeout=timeout) and wait_for_exit(host, pid, name, KILL_WAIT):
+                    return "ACPI powerdown"
+                say(f"{name} ignored the powerdown; quitting qemu")
+            monitor.quit()
+    except LaunchError as exc:
+        say(f"QMP unavailable ({exc}); signalling qemu")
+    if wait_for_exit(host, pid, name, KILL_WAIT):
+        return "QMP quit"
+    for step, number in (("SIGTERM", signal.SIGTERM), ("SIGKILL", signal.SIGKILL)):
+        host.signal(pid, number)
+        if wait_for_exit(host, pid, name, KILL_WAIT):
+            return step
+    raise LaunchError(f"qemu (pid {pid}) survived SIGKILL")
