@@ -10,16 +10,20 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmrun import __version__
-from vmrun.check import validate
 from vmrun.errors import UsageError, VmrunError
-from vmrun.host import Host, default_cache_dir, gather_facts
-from vmrun.lifecycle import Places
-from vmrun.load import load_spec
 from vmrun.locations import default_run_root, default_state_root
-from vmrun.render import RunPaths, choose_accel, render
-from vmrun.spec import Spec
+
+if TYPE_CHECKING:
+    from vmrun.host import Host
+    from vmrun.locations import Places
+    from vmrun.render import RunPaths
+    from vmrun.spec import Spec
+
+# Commands import what they use when they run: `validate` and `render` must stay fast,
+# so neither `sh` nor `qemu.qmp` (~70 ms each) is imported on their way.
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -30,15 +34,26 @@ def say(message: str) -> None:
 
 
 def load_valid_spec(path: str) -> Spec:
+    from vmrun.check import validate
+    from vmrun.load import load_spec
+
     return validate(load_spec(Path(path)), path)
 
 
 def host_of(args: argparse.Namespace) -> Host:
+    from vmrun.host import Host
+
     return Host(root=Path(args.host_root))
 
 
+def places_of(args: argparse.Namespace) -> Places:
+    from vmrun.locations import Places
+
+    return Places(run_root=Path(args.run_dir), state_root=default_state_root())
+
+
 def run_paths(args: argparse.Namespace, name: str) -> RunPaths:
-    return RunPaths(run_dir=Path(args.run_dir) / name, state_dir=default_state_root() / name)
+    return places_of(args).of(name)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -56,6 +71,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from vmrun.host import default_cache_dir, gather_facts
+    from vmrun.render import choose_accel, render
+
     spec = load_valid_spec(args.spec)
     host = host_of(args)
     try:
@@ -88,13 +106,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def places_of(args: argparse.Namespace) -> Places:
-    return Places(run_root=Path(args.run_dir), state_root=default_state_root())
-
-
 def vm_name(name_or_spec: str) -> str:
     """`down` and friends take a VM name or the spec that names it."""
     if name_or_spec.endswith(".toml") or "/" in name_or_spec:
+        from vmrun.load import load_spec
+
         return load_spec(Path(name_or_spec)).name
     return name_or_spec
 

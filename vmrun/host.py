@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import attrs
@@ -126,6 +125,8 @@ class Host:
 
     @staticmethod
     def _probe_qemu(binary: Path) -> QemuCapabilities:
+        import subprocess  # only on a capability-cache miss
+
         help_text = subprocess.run(
             [str(binary), "-help"], capture_output=True, text=True, timeout=30, check=True
         ).stdout

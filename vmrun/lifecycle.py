@@ -12,6 +12,7 @@ import attrs
 
 from vmrun.errors import AgentError, UsageError
 from vmrun.host import Host, default_cache_dir, gather_facts
+from vmrun.locations import Places
 from vmrun.machine import died_during_startup, is_our_qemu, launch, read_pid, stop
 from vmrun.render import HostFacts, RunPaths, choose_accel, render
 from vmrun.spec import Firmware, Spec
@@ -21,17 +22,6 @@ Say = Callable[[str], None]
 
 AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
 STARTUP_SLICE = 2.0  # `up` checks qemu is still alive this often while waiting for the agent
-
-
-@attrs.frozen
-class Places:
-    """Where VMs live on this host; a VM's RunPaths derive from its name."""
-
-    run_root: Path
-    state_root: Path
-
-    def of(self, name: str) -> RunPaths:
-        return RunPaths(run_dir=self.run_root / name, state_dir=self.state_root / name)
 
 
 @attrs.frozen

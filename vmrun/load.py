@@ -6,7 +6,6 @@ not a bool, and a key the model does not know is an error with a near-miss hint.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import os
 import re
@@ -194,6 +193,8 @@ def _join(path: str, step: str | int) -> str:
 
 
 def _unknown_key_problems(exc: ForbiddenExtraKeysError, path: str) -> Iterator[Problem]:
+    import difflib  # only when there is a mistake to explain
+
     known = [field.name for field in attrs.fields(exc.cl)]
     for key in sorted(exc.extra_fields):
         near = difflib.get_close_matches(key, known, n=1)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attrs
+
+from vmrun.render import RunPaths
+
 
 def default_run_root() -> Path:
     """Sockets, pidfile, console log: gone with the run (tmpfs)."""
@@ -20,3 +24,14 @@ def default_state_root() -> Path:
         return Path("/var/lib/vmrun")
     state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(state) / "vmrun"
+
+
+@attrs.frozen
+class Places:
+    """Where VMs live on this host; a VM's RunPaths derive from its name."""
+
+    run_root: Path
+    state_root: Path
+
+    def of(self, name: str) -> RunPaths:
+        return RunPaths(run_dir=self.run_root / name, state_dir=self.state_root / name)

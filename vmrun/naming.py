@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from vmrun.spec import Nic, Spec
@@ -12,6 +11,8 @@ _PCI_ADDRESS = re.compile(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{
 
 
 def _digest(*parts: str) -> str:
+    import hashlib  # OpenSSL costs ~3 ms to load; most specs name their taps and MACs
+
     return hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 

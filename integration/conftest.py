@@ -1,0 +1,84 @@
+"""Real qemu (TCG here) driven through the vmrun command line; every test leaves nothing behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def qemu_pids_of(run_root: Path) -> list[int]:
+    """qemu processes whose command line points into this test's run directory."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"process=vmrun-" in cmdline and str(run_root).encode() in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+@attrs.frozen
+class Vmrun:
+    """The vmrun CLI bound to one test's private run directory."""
+
+    run_root: Path
+    spec_dir: Path
+
+    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vmrun.cli", "--run-dir", str(self.run_root), *args],
+            capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        )
+
+    def spec(self, text: str, name: str = "spec.toml") -> Path:
+        path = self.spec_dir / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+
+@pytest.fixture
+def vmrun(tmp_path: Path) -> Iterator[Vmrun]:
+    cli = Vmrun(run_root=tmp_path / "run", spec_dir=tmp_path)
+    yield cli
+    leftovers = qemu_pids_of(cli.run_root)
+    for pid in leftovers:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    run_dirs = sorted(path.name for path in cli.run_root.iterdir()) if cli.run_root.exists() else []
+    assert not leftovers, f"test left qemu running: {leftovers}"
+    assert not run_dirs, f"test left run directories: {run_dirs}"
+
+
+@pytest.fixture
+def guestless_spec(vmrun: Vmrun) -> Callable[..., Path]:
+    """A VM with an empty disk: firmware finds nothing to boot, and ignores ACPI powerdown."""
+
+    def make(name: str = "bare", extra: str = "") -> Path:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(vmrun.spec_dir / f"{name}.raw"), "1M"],
+                       check=True)
+        return vmrun.spec(f"""\
+            name = "{name}"
+            [machine]
+            accel = "tcg"
+            memory = "64M"
+            [boot]
+            disk = "empty"
+            [[disks]]
+            id = "empty"
+            path = "{name}.raw"
+            [agent]
+            enabled = false
+            {extra}
+            """, f"{name}.toml")
+
+    return make

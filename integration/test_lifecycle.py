@@ -1,0 +1,86 @@
+"""up / status / down against a real qemu with no guest OS (TCG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import Vmrun
+
+
+def status_of(vmrun: Vmrun) -> list[dict[str, object]]:
+    result = vmrun("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_up_status_double_up_and_down_escalates_to_quit(vmrun: Vmrun, guestless_spec: Callable[..., Path]) -> None:
+    spec = guestless_spec()
+    up = vmrun("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    assert "accel tcg: the spec asks for tcg" in up.stderr
+    [vm] = status_of(vmrun)
+    assert vm["name"] == "bare" and vm["state"] == "running" and vm["accel"] == "tcg"
+    assert isinstance(vm["pid"], int) and os.path.exists(f"/proc/{vm['pid']}")
+    assert oct(os.stat(vm["run_dir"]).st_mode & 0o777) == "0o700"
+
+    again = vmrun("up", str(spec))
+    assert again.returncode == 2
+    assert f"bare is already running (pid {vm['pid']})" in again.stderr
+    assert status_of(vmrun)[0]["pid"] == vm["pid"]
+
+    # The firmware has no ACPI power button handler: powerdown is ignored, quit ends it.
+    down = vmrun("down", "bare", "--timeout", "1")
+    assert down.returncode == 0, down.stderr
+    assert "bare stopped (QMP quit)" in down.stderr
+    assert not os.path.exists(f"/proc/{vm['pid']}") or b"vmrun-bare" not in Path(f"/proc/{vm['pid']}/cmdline").read_bytes()
+    assert status_of(vmrun) == []
+
+
+def test_killed_qemu_shows_dead_and_next_up_recovers(vmrun: Vmrun, guestless_spec: Callable[..., Path]) -> None:
+    spec = guestless_spec()
+    assert vmrun("up", str(spec)).returncode == 0
+    pid = status_of(vmrun)[0]["pid"]
+    assert isinstance(pid, int)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while status_of(vmrun)[0]["state"] != "dead" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [vm] = status_of(vmrun)
+    assert vm["state"] == "dead" and vm["pid"] is None
+
+    up = vmrun("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    assert "cleaning up after a run that died" in up.stderr
+    assert status_of(vmrun)[0]["state"] == "running"
+    assert vmrun("down", str(spec), "--force").returncode == 0
+
+
+def test_qemu_refusing_an_option_exits_4_with_its_own_message(
+    vmrun: Vmrun, guestless_spec: Callable[..., Path]
+) -> None:
+    spec = guestless_spec(extra='[qemu]\nextra_args = ["-device", "no-such-device"]')
+    up = vmrun("up", str(spec))
+    assert up.returncode == 4
+    assert "qemu failed to start" in up.stderr and "no-such-device" in up.stderr
+    assert "Traceback" not in up.stderr
+    assert status_of(vmrun) == []
+
+
+def test_down_force_and_down_of_a_stopped_vm(vmrun: Vmrun, guestless_spec: Callable[..., Path]) -> None:
+    spec = guestless_spec()
+    assert vmrun("up", str(spec)).returncode == 0
+    forced = vmrun("down", "bare", "--force")
+    assert forced.returncode == 0 and "stopped (QMP quit)" in forced.stderr
+    assert "power down" not in forced.stderr
+    again = vmrun("down", "bare")
+    assert again.returncode == 0 and "bare is not running" in again.stderr
+
+
+def test_exec_and_console_need_a_running_vm(vmrun: Vmrun) -> None:
+    result = vmrun("exec", "ghost", "--", "true")
+    assert result.returncode == 2 and "ghost is not running" in result.stderr
