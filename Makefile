@@ -16,6 +16,8 @@ test: guest
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy vmrun
+	cd integration/workflow-lint && npm ci --silent --no-audit --no-fund
+	node integration/workflow-lint/lint.mjs .github/workflows
 
 bench: guest
 	.venv/bin/python bench/render.py
