@@ -1,0 +1,96 @@
+"""End to end on the tiny guest (TCG here, KVM in GitHub Actions): disks, multiqueue, 9p, agent, powerdown."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from vmrun.agent import GuestAgent
+from vmrun.check import validate
+from vmrun.hooks import current_combined, run_multiqueue_step
+from vmrun.load import load_spec
+
+from .conftest import REPO, Vmrun
+
+TINY = REPO / "specs" / "tiny.toml"
+IMAGES = REPO / "images" / "tiny"
+
+pytestmark = pytest.mark.skipif(
+    not (IMAGES / "vmlinuz").exists(), reason="tiny guest not built: run integration/tiny-guest/build"
+)
+
+
+def guest(vmrun: Vmrun, name: str, *command: str) -> str:
+    result = vmrun("exec", name, "--", *command)
+    assert result.returncode == 0, f"{command}: {result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def tiny(vmrun: Vmrun) -> Iterator[str]:
+    up = vmrun("up", str(TINY))
+    try:
+        assert up.returncode == 0, up.stderr
+        yield up.stderr
+    finally:
+        down = vmrun("down", "tiny", "--timeout", "30")
+        assert down.returncode == 0, down.stderr
+        assert "tiny stopped (ACPI powerdown)" in down.stderr, down.stderr
+
+
+def test_tiny_guest_boots_with_every_device_working(vmrun: Vmrun, tiny: str) -> None:
+    assert re.search(r"guest agent ready after \d+\.\d s", tiny)
+    assert re.search(r"ethtool net0 eth0 combined 4 ✓", tiny)
+    assert current_combined(guest(vmrun, "tiny", "ethtool", "-l", "eth0")) == 4
+    # The disk is a SCSI disk behind virtio-scsi, not a virtio-blk /dev/vda.
+    assert guest(vmrun, "tiny", "ls", "/sys/bus/virtio/drivers/virtio_scsi").strip()
+    assert "sda" in guest(vmrun, "tiny", "ls", "/sys/block")
+    # The read-only 9p share is the repository's specs/ directory.
+    assert guest(vmrun, "tiny", "cat", "/mnt/specs/tiny.toml") == TINY.read_text()
+    denied = vmrun("exec", "tiny", "--", "touch", "/mnt/specs/written-by-guest")
+    assert denied.returncode != 0 and not (TINY.parent / "written-by-guest").exists()
+    [status] = [line for line in vmrun("status").stdout.splitlines() if line.startswith("tiny ")]
+    assert " running " in status and "agent ok" in status
+
+
+def test_two_nics_writable_share_and_the_queue_step_restores_pairs(vmrun: Vmrun, tmp_path: Path) -> None:
+    data = tomllib.loads(TINY.read_text())
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "from-host.txt").write_text("written on the host\n")
+    data.update(
+        name="tiny2",
+        boot={**data["boot"], "kernel": str(IMAGES / "vmlinuz"), "initrd": str(IMAGES / "initrd.gz")},
+        disks=[{**data["disks"][0], "path": str(tmp_path / "data.raw")}],
+        nics=[{"id": "net0", "queues": 2}, {"id": "single", "queues": 1}],
+        shares=[{"id": "work", "path": str(share), "tag": "work"}],
+    )
+    spec_path = vmrun.spec(tomli_w.dumps(data), "tiny2.toml")
+    up = vmrun("up", str(spec_path))
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "ethtool net0 eth0 combined 2 ✓" in up.stderr and "ethtool single" not in up.stderr
+        assert guest(vmrun, "tiny2", "cat", "/mnt/work/from-host.txt") == "written on the host\n"
+        guest(vmrun, "tiny2", "sh", "-c", "echo from guest > /mnt/work/from-guest.txt")
+        assert (share / "from-guest.txt").read_text() == "from guest\n"
+        # The single-queue NIC has no multiqueue: one combined channel at most.
+        assert current_combined(guest(vmrun, "tiny2", "ethtool", "-l", "eth1")) == 1
+
+        # Undo what the step did, then run the step again: it must set the pairs, not just observe them.
+        guest(vmrun, "tiny2", "ethtool", "-L", "eth0", "combined", "1")
+        assert current_combined(guest(vmrun, "tiny2", "ethtool", "-l", "eth0")) == 1
+        spec = validate(load_spec(spec_path), spec_path)
+        said: list[str] = []
+        with GuestAgent(vmrun.run_root / "tiny2" / "qga.sock") as agent:
+            agent.wait_ready(timeout=10)
+            run_multiqueue_step(agent, spec, said.append)
+        assert said and said[0].startswith("ethtool net0 eth0 combined 2 ✓")
+        assert current_combined(guest(vmrun, "tiny2", "ethtool", "-l", "eth0")) == 2
+    finally:
+        down = vmrun("down", "tiny2")
+        assert down.returncode == 0, down.stderr
