@@ -37,7 +37,8 @@ def test_up_status_double_up_and_down_escalates_to_quit(vmrun: Vmrun, guestless_
     down = vmrun("down", "bare", "--timeout", "1")
     assert down.returncode == 0, down.stderr
     assert "bare stopped (QMP quit)" in down.stderr
-    assert not os.path.exists(f"/proc/{vm['pid']}") or b"vmrun-bare" not in Path(f"/proc/{vm['pid']}/cmdline").read_bytes()
+    cmdline = Path(f"/proc/{vm['pid']}/cmdline")
+    assert not cmdline.exists() or b"vmrun-bare" not in cmdline.read_bytes()
     assert status_of(vmrun) == []
 
 
