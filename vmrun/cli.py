@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -193,6 +194,31 @@ def cmd_console(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vmrun.export import libvirt_domain, systemd_unit
+    from vmrun.host import gather_facts
+    from vmrun.render import choose_accel
+
+    spec = load_valid_spec(args.spec)
+    if args.format == "libvirt":
+        facts = gather_facts(host_of(args), None)
+        exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net)
+    else:
+        # The vmrun beside this Python (a venv's), else the one on PATH.
+        beside = Path(sys.executable).with_name("vmrun")
+        vmrun = beside if beside.exists() else Path(shutil.which("vmrun") or sys.argv[0]).resolve()
+        exported = systemd_unit(
+            spec, spec_path=Path(args.spec).resolve(), vmrun=vmrun, run_dir=run_paths(args, spec.name).run_dir
+        )
+    for note in exported.notes:
+        say(f"not expressible in {args.format}: {note}")
+    if args.output:
+        Path(args.output).write_text(exported.text)
+    else:
+        sys.stdout.write(exported.text)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmrun",
@@ -259,6 +285,12 @@ def _parser() -> argparse.ArgumentParser:
     console_cmd = commands.add_parser("console", help="attach to the serial console")
     console_cmd.add_argument("name", metavar="NAME")
     console_cmd.set_defaults(handler=cmd_console)
+
+    export_cmd = commands.add_parser("export", help="the same VM as a libvirt domain XML or a systemd unit")
+    export_cmd.add_argument("spec", metavar="SPEC")
+    export_cmd.add_argument("--format", choices=("libvirt", "systemd"), required=True)
+    export_cmd.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    export_cmd.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -1,0 +1,104 @@
+"""Export: the libvirt domain means the same VM (read back from the parsed XML), the unit runs vmrun."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from vmrun.check import validate
+from vmrun.export import QEMU_NAMESPACE, libvirt_domain, scsi_disk_name, systemd_unit
+from vmrun.load import load_spec, parse_spec
+from vmrun.spec import Accel
+
+from .common import GOOD_SPEC, REPO, SPECS
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def domain_of(spec_file: Path, accel: Accel = Accel.TCG) -> ET.Element:
+    spec = validate(load_spec(spec_file), spec_file)
+    return ET.fromstring(libvirt_domain(spec, accel=accel, vhost_net=False).text)
+
+
+def test_db_golden_xml() -> None:
+    spec = load_spec(SPECS / "db.toml")
+    text = libvirt_domain(spec, accel=Accel.KVM, vhost_net=True).text
+    golden = GOLDEN / "db.libvirt.xml"
+    if os.environ.get("VMRUN_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_db_domain_fields() -> None:
+    domain = domain_of(SPECS / "db.toml", Accel.KVM)
+    assert domain.get("type") == "kvm"
+    assert domain.findtext("memory") == str(8 * 1024 * 1024) and domain.find("memory").get("unit") == "KiB"  # type: ignore[union-attr]
+    assert domain.findtext("vcpu") == "4"
+    assert domain.find("cpu").get("mode") == "host-passthrough"  # type: ignore[union-attr]
+    assert domain.find("os").get("firmware") == "efi"  # type: ignore[union-attr]
+    [controller] = domain.findall("devices/controller")
+    assert (controller.get("type"), controller.get("model")) == ("scsi", "virtio-scsi")
+    disks = domain.findall("devices/disk")
+    assert [disk.find("target").get("bus") for disk in disks] == ["scsi", "scsi"]  # type: ignore[union-attr]
+    root_driver = disks[0].find("driver")
+    assert root_driver is not None and root_driver.attrib == {
+        "name": "qemu", "type": "qcow2", "cache": "none", "io": "native", "discard": "unmap",
+    }
+    assert disks[0].find("boot").get("order") == "1" and disks[1].find("boot") is None  # type: ignore[union-attr]
+    [nic] = domain.findall("devices/interface")
+    assert nic.get("type") == "bridge" and nic.find("source").get("bridge") == "br0"  # type: ignore[union-attr]
+    assert nic.find("driver").attrib == {"name": "qemu", "queues": "4"}  # type: ignore[union-attr]
+    assert nic.find("mac").get("address") == "52:54:00:12:34:56"  # type: ignore[union-attr]
+    [share] = domain.findall("devices/filesystem")
+    assert share.get("accessmode") == "mapped" and share.find("readonly") is not None
+    assert share.find("target").get("dir") == "dbconf"  # type: ignore[union-attr]
+    [hostdev] = domain.findall("devices/hostdev")
+    address = hostdev.find("source/address")
+    assert hostdev.get("managed") == "yes" and address is not None
+    assert address.attrib == {"domain": "0x0000", "bus": "0x01", "slot": "0x00", "function": "0x0"}
+    [channel] = domain.findall("devices/channel")
+    assert channel.find("target").get("name") == "org.qemu.guest_agent.0"  # type: ignore[union-attr]
+    assert domain.find("memoryBacking") is None  # ksm = true: pages stay shareable
+
+
+def test_tiny_domain_uses_direct_kernel_boot_a_tap_and_no_page_sharing() -> None:
+    domain = domain_of(SPECS / "tiny.toml")
+    assert domain.get("type") == "qemu" and domain.find("cpu").get("mode") == "maximum"  # type: ignore[union-attr]
+    assert domain.findtext("os/kernel") == str(REPO / "images/tiny/vmlinuz")
+    assert domain.findtext("os/cmdline") == "console=ttyS0 quiet"
+    [nic] = domain.findall("devices/interface")
+    assert nic.get("type") == "ethernet"
+    assert nic.find("target").attrib == {"dev": "tiny-net0", "managed": "no"}  # type: ignore[union-attr]
+    assert domain.find("memoryBacking/nosharepages") is not None
+
+
+def test_extra_args_and_unexpressible_settings_are_not_dropped() -> None:
+    data = tomllib.loads(GOOD_SPEC)
+    data["qemu"] = {"extra_args": ["-device", "virtio-rng-pci"]}
+    data["shares"][0]["security_model"] = "mapped-file"
+    data["post_boot"] = [{"run": ["true"]}]
+    spec = validate(parse_spec(data, source="t", base=Path("/")), "t")
+    exported = libvirt_domain(spec, accel=Accel.TCG, vhost_net=False)
+    domain = ET.fromstring(exported.text)
+    assert [arg.get("value") for arg in domain.iter(f"{{{QEMU_NAMESPACE}}}arg")] == ["-device", "virtio-rng-pci"]
+    assert any(note.startswith("shares data: libvirt has no mapped-file") for note in exported.notes)
+    assert any(note.startswith("post_boot:") for note in exported.notes)
+
+
+def test_systemd_unit_supervises_qemu_through_its_pidfile() -> None:
+    spec = load_spec(SPECS / "tiny.toml")
+    unit = systemd_unit(spec, spec_path=SPECS / "tiny.toml", vmrun=Path("/usr/bin/vmrun"),
+                        run_dir=Path("/run/vmrun/tiny")).text
+    assert "Type=forking\n" in unit and "PIDFile=/run/vmrun/tiny/qemu.pid\n" in unit
+    assert f"ExecStart=/usr/bin/vmrun --run-dir /run/vmrun up {SPECS / 'tiny.toml'}\n" in unit
+    assert "ExecStop=/usr/bin/vmrun --run-dir /run/vmrun down tiny --timeout 60\n" in unit
+    assert "Restart=on-failure\n" in unit and "WantedBy=multi-user.target" in unit
+
+
+@pytest.mark.parametrize("index", [0, 25, 26, 701])
+def test_scsi_target_names_follow_the_kernel(index: int) -> None:
+    assert scsi_disk_name(index) == {0: "sda", 25: "sdz", 26: "sdaa", 701: "sdzz"}[index]

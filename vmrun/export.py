@@ -1,0 +1,210 @@
+"""The same VM for other tools: a libvirt domain XML and a systemd unit. Pure: text in, text out.
+
+Whatever a spec says that the target cannot express comes back as a note, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import shlex
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import attrs
+
+from vmrun.naming import mac_address, tap_name
+from vmrun.render import AGENT_PORT_NAME
+from vmrun.spec import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio, Vhost
+from vmrun.units import KIB
+
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+# vmrun's 9p security models as libvirt's filesystem accessmode.
+_ACCESS_MODES = {
+    SecurityModel.PASSTHROUGH: "passthrough",
+    SecurityModel.MAPPED_XATTR: "mapped",
+    SecurityModel.NONE: "squash",
+}
+
+
+@attrs.frozen
+class Export:
+    text: str
+    notes: tuple[str, ...] = ()  # what the target cannot express
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attributes)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _os(domain: ET.Element, spec: Spec) -> None:
+    os_element = _sub(domain, "os", **({"firmware": "efi"} if spec.boot.firmware == "uefi" else {}))
+    _sub(os_element, "type", "hvm", arch="x86_64", machine=spec.machine.type)
+    for key in ("kernel", "initrd"):
+        value = getattr(spec.boot, key)
+        if value is not None:
+            _sub(os_element, key, str(value))
+    if spec.boot.append is not None:
+        _sub(os_element, "cmdline", spec.boot.append)
+
+
+def _cpu(domain: ET.Element, spec: Spec, accel: Accel) -> None:
+    model = spec.machine.cpu_model
+    if model in (None, "host") and accel is Accel.KVM:
+        _sub(domain, "cpu", mode="host-passthrough")
+    elif model in (None, "max"):
+        _sub(domain, "cpu", mode="maximum")
+    else:
+        cpu = _sub(domain, "cpu", mode="custom", match="exact")
+        _sub(cpu, "model", model)
+
+
+def _disk(devices: ET.Element, spec: Spec, disk: Disk, unit: int) -> None:
+    element = _sub(devices, "disk", type="block" if disk.passthrough else "file",
+                   device="lun" if disk.passthrough else "disk")
+    driver = {"name": "qemu", "type": str(disk.format), "cache": str(disk.cache), "io": str(disk.aio)}
+    if disk.discard:
+        driver["discard"] = "unmap"
+    _sub(element, "driver", **driver)
+    _sub(element, "source", **({"dev": str(disk.path)} if disk.passthrough else {"file": str(disk.path)}))
+    _sub(element, "target", dev=scsi_disk_name(unit), bus="scsi")
+    _sub(element, "alias", name=f"ua-{disk.id}")
+    _sub(element, "address", type="drive", controller="0", bus="0", target=str(unit), unit="0")
+    if disk.readonly:
+        _sub(element, "readonly")
+    if spec.boot.disk == disk.id:
+        _sub(element, "boot", order="1")
+
+
+def scsi_disk_name(index: int) -> str:
+    """sda .. sdz, sdaa ..: the guest-visible names libvirt wants as targets."""
+    letters = ""
+    index += 1
+    while index:
+        index, remainder = divmod(index - 1, 26)
+        letters = chr(ord("a") + remainder) + letters
+    return f"sd{letters}"
+
+
+def _nic(devices: ET.Element, spec: Spec, nic: Nic, vhost_net: bool) -> None:
+    element = _sub(devices, "interface", type="bridge" if nic.bridge else "ethernet")
+    if nic.bridge:
+        _sub(element, "source", bridge=nic.bridge)
+        _sub(element, "target", dev=tap_name(spec, nic))
+    else:
+        _sub(element, "target", dev=tap_name(spec, nic), managed="no")
+    _sub(element, "mac", address=mac_address(spec, nic))
+    _sub(element, "model", type="virtio")
+    use_vhost = nic.vhost is Vhost.ON or (nic.vhost is Vhost.AUTO and vhost_net)
+    driver = {"name": "vhost" if use_vhost else "qemu"}
+    if nic.queues > 1:
+        driver["queues"] = str(nic.queues)
+    _sub(element, "driver", **driver)
+    _sub(element, "alias", name=f"ua-{nic.id}")
+
+
+def _share(devices: ET.Element, share: Share, notes: list[str]) -> None:
+    mode = _ACCESS_MODES.get(share.security_model)
+    if mode is None:
+        notes.append(f"shares {share.id}: libvirt has no mapped-file access mode; exported as mapped (xattr)")
+        mode = "mapped"
+    element = _sub(devices, "filesystem", type="mount", accessmode=mode)
+    _sub(element, "driver", type="path")
+    _sub(element, "source", dir=str(share.path))
+    _sub(element, "target", dir=share.tag)
+    _sub(element, "alias", name=f"ua-{share.id}")
+    if share.readonly:
+        _sub(element, "readonly")
+
+
+def _vfio(devices: ET.Element, vfio: Vfio) -> None:
+    element = _sub(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
+    domain, bus, slot_function = vfio.host.split(":")
+    slot, function = slot_function.split(".")
+    source = _sub(element, "source")
+    _sub(source, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+    _sub(element, "alias", name=f"ua-{vfio.id}")
+
+
+def _unexpressed(spec: Spec) -> list[str]:
+    notes = []
+    if spec.post_boot:
+        notes.append(f"post_boot: {len(spec.post_boot)} hook(s) run by vmrun over the agent; libvirt has no such step")
+    if any(nic.queues > 1 for nic in spec.nics):
+        notes.append("nics: libvirt sets the queues but not the guest's `ethtool -L combined N`; "
+                     "modern guest kernels enable min(N, vCPUs) pairs by default")
+    notes.append(f"host.user: libvirt runs qemu as the user in its qemu.conf, not {spec.host.user!r}")
+    if spec.host.ksm:
+        notes.append("host.ksm: libvirt does not turn KSM on; enable /sys/kernel/mm/ksm/run on the host")
+    return notes
+
+
+def libvirt_domain(spec: Spec, *, accel: Accel, vhost_net: bool) -> Export:
+    ET.register_namespace("qemu", QEMU_NAMESPACE)
+    notes = _unexpressed(spec)
+    domain = ET.Element("domain", type="kvm" if accel is Accel.KVM else "qemu")
+    _sub(domain, "name", spec.name)
+    if spec.description:
+        _sub(domain, "description", spec.description)
+    _sub(domain, "memory", str(spec.machine.memory // KIB), unit="KiB")
+    _sub(domain, "vcpu", str(spec.machine.cpus))
+    if not spec.host.ksm:
+        _sub(_sub(domain, "memoryBacking"), "nosharepages")
+    _os(domain, spec)
+    _sub(_sub(domain, "features"), "acpi")
+    _cpu(domain, spec, accel)
+    devices = _sub(domain, "devices")
+    if spec.disks:
+        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+    for unit, disk in enumerate(spec.disks):
+        _disk(devices, spec, disk, unit)
+    for nic in spec.nics:
+        _nic(devices, spec, nic, vhost_net)
+    for share in spec.shares:
+        _share(devices, share, notes)
+    for vfio in spec.vfio:
+        _vfio(devices, vfio)
+    _sub(devices, "serial", type="pty")
+    _sub(devices, "console", type="pty")
+    if spec.agent.enabled:
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name=AGENT_PORT_NAME)
+    if spec.qemu.extra_args:
+        commandline = _sub(domain, f"{{{QEMU_NAMESPACE}}}commandline")
+        for arg in spec.qemu.extra_args:
+            _sub(commandline, f"{{{QEMU_NAMESPACE}}}arg", value=arg)
+    ET.indent(domain)
+    return Export(ET.tostring(domain, encoding="unicode") + "\n", tuple(notes))
+
+
+def systemd_unit(spec: Spec, *, spec_path: Path, vmrun: Path, run_dir: Path) -> Export:
+    """A unit that brings the VM up at boot and supervises its qemu through the pidfile."""
+    post_boot = sum(hook.timeout for hook in spec.post_boot)
+    start_timeout = int(spec.agent.timeout + post_boot + 120)
+    up = shlex.join([str(vmrun), "--run-dir", str(run_dir.parent), "up", str(spec_path)])
+    down = shlex.join([str(vmrun), "--run-dir", str(run_dir.parent), "down", spec.name, "--timeout", "60"])
+    description = f"vmrun VM {spec.name}" + (f" ({spec.description})" if spec.description else "")
+    text = f"""\
+[Unit]
+Description={description}
+Documentation=file://{spec_path}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+# vmrun up returns once qemu has daemonized and the post-boot steps are done; systemd then
+# supervises qemu through its pidfile and restarts the VM when qemu dies.
+Type=forking
+PIDFile={run_dir / "qemu.pid"}
+ExecStart={up}
+ExecStop={down}
+TimeoutStartSec={start_timeout}
+TimeoutStopSec=90
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+"""
+    return Export(text)
