@@ -10,7 +10,7 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +78,32 @@ class FakePeer:
     def _talk(self, connection: socket.socket) -> None:
         if self.greeting is not None:
             _send(connection, self.greeting)
-        with connection.makefile("rb") as lines:
-            for line in lines:
-                request = json.loads(line)
-                self.received.append(request)
-                for message in self.script(request):
-                    if message is HANG_UP:
-                        return
-                    _send(connection, message)
+        for request in _requests(connection):
+            self.received.append(request)
+            for message in self.script(request):
+                if message is HANG_UP:
+                    return
+                _send(connection, message)
+
+
+def _requests(connection: socket.socket) -> Iterator[Message]:
+    """JSON objects as they arrive: qemu.qmp, like QEMU's own parser, sends no newline between them."""
+    decoder, pending = json.JSONDecoder(), ""
+    while True:
+        try:
+            chunk = connection.recv(65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        pending += chunk.decode()
+        while pending.strip():
+            try:
+                request, end = decoder.raw_decode(pending.lstrip())
+            except json.JSONDecodeError:
+                break  # the rest of this object is still on its way
+            pending = pending.lstrip()[end:]
+            yield request
 
 
 def _send(connection: socket.socket, message: object) -> None:
