@@ -121,7 +121,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     spec = load_valid_spec(args.spec)
     started = time.monotonic()
-    up(spec, Path(args.spec), host_of(args), places_of(args), fresh=args.fresh, say=say)
+    up(spec, Path(args.spec).resolve(), host_of(args), places_of(args), fresh=args.fresh, say=say)
     say(f"{spec.name} is up ({time.monotonic() - started:.1f} s); stop it with: vmrun down {spec.name}")
     return 0
 
@@ -191,6 +191,22 @@ def cmd_console(args: argparse.Namespace) -> int:
     paths = running_paths(host_of(args), places_of(args), args.name)
     say("attached to the serial console; detach with Ctrl-]")
     attach(paths.console_socket)
+    return 0
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from vmrun.lifecycle import host_facts, others_than
+    from vmrun.preflight import apply_plan, plan_preflight, refuse
+
+    spec = load_valid_spec(args.spec)
+    host = host_of(args)
+    plan = plan_preflight(spec, host, host_facts(host, spec), others=others_than(host, places_of(args), spec.name))
+    print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text())
+    if args.dry_run:
+        refuse(plan)
+        return 0
+    applied = apply_plan(plan, host)
+    say(f"applied {len(applied)} change(s); `vmrun up` records and `vmrun down` undoes the changes it makes")
     return 0
 
 
@@ -285,6 +301,12 @@ def _parser() -> argparse.ArgumentParser:
     console_cmd = commands.add_parser("console", help="attach to the serial console")
     console_cmd.add_argument("name", metavar="NAME")
     console_cmd.set_defaults(handler=cmd_console)
+
+    preflight_cmd = commands.add_parser("preflight", help="check the host and apply the host changes the spec needs")
+    preflight_cmd.add_argument("spec", metavar="SPEC")
+    preflight_cmd.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    preflight_cmd.add_argument("--json", action="store_true", help="the plan as JSON: checks and changes")
+    preflight_cmd.set_defaults(handler=cmd_preflight)
 
     export_cmd = commands.add_parser("export", help="the same VM as a libvirt domain XML or a systemd unit")
     export_cmd.add_argument("spec", metavar="SPEC")

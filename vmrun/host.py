@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import attrs
 from vmrun.render import HostFacts
 
 _KVM_HARDWARE_MODULES = ("kvm_intel", "kvm_amd")
+
+
+class HostCommandError(Exception):
+    """A host tool failed; preflight turns this into a rollback and a PreflightError."""
 
 
 @attrs.frozen
@@ -62,6 +67,40 @@ class Host:
             os.kill(pid, number)
         except ProcessLookupError:
             pass
+
+    def write(self, host_path: str | Path, value: str) -> None:
+        """A sysfs-style write: one value, no truncation games (sysfs files take one write)."""
+        with open(self.path(host_path), "w") as file:
+            file.write(value)
+
+    def owner(self, host_path: str | Path) -> str:
+        uid = self.path(host_path).stat().st_uid
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+
+    def chown(self, host_path: str | Path, user: str) -> None:
+        entry = pwd.getpwnam(user)
+        os.chown(self.path(host_path), entry.pw_uid, entry.pw_gid)
+
+    def user(self, name: str) -> pwd.struct_passwd | None:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            return None
+
+    def run(self, argv: list[str], *, timeout: float = 60) -> str:
+        """A host tool (ip, qemu-img, useradd); its own message on failure."""
+        import subprocess
+
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HostCommandError(f"{argv[0]}: {exc}") from exc
+        if result.returncode != 0:
+            raise HostCommandError(f"`{' '.join(argv)}` failed: {result.stderr.strip() or result.returncode}")
+        return result.stdout
 
     def is_root_user(self) -> bool:
         return os.geteuid() == 0

@@ -14,7 +14,8 @@ from vmrun.errors import AgentError, UsageError
 from vmrun.host import Host, default_cache_dir, gather_facts
 from vmrun.locations import Places
 from vmrun.machine import died_during_startup, is_our_qemu, launch, read_pid, stop
-from vmrun.render import HostFacts, RunPaths, choose_accel, render
+from vmrun.preflight import Change, Others, Status, apply_plan, plan_preflight, undo_changes
+from vmrun.render import HostFacts, RunPaths, render
 from vmrun.spec import Firmware, Spec
 from vmrun.state import VmState, create_run_dir, read_state, remove_run_dir, vm_names, write_state
 
@@ -42,19 +43,39 @@ def host_facts(host: Host, spec: Spec) -> HostFacts:
     return gather_facts(host, host.qemu_capabilities(spec.qemu.binary, cache_dir=default_cache_dir()))
 
 
-def _clear_dead_run(host: Host, paths: RunPaths, name: str, say: Say) -> None:
+def _clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
+    paths = places.of(name)
     state = read_state(paths)
     if state is None and not paths.run_dir.exists():
         return
     if is_our_qemu(host, read_pid(paths), name):
         raise UsageError(f"{name} is already running (pid {read_pid(paths)})", hint=f"vmrun down {name}")
     say(f"{name}: cleaning up after a run that died ({paths.run_dir})")
-    undo_host_changes(host, state)
+    undo_host_changes(host, places, state, say)
     remove_run_dir(paths)
 
 
-def undo_host_changes(host: Host, state: VmState | None) -> None:
-    """Preflight's host changes, undone in reverse (filled in by the preflight stage)."""
+def others_than(host: Host, places: Places, name: str) -> Others:
+    """What the other running vmrun VMs hold: their writable disks, whether they want KSM."""
+    disks: set[str] = set()
+    want_ksm = False
+    for other in vm_names(places.run_root):
+        paths = places.of(other)
+        state = read_state(paths)
+        if other == name or state is None or not is_our_qemu(host, read_pid(paths), other):
+            continue
+        disks.update(state.writable_disks)
+        want_ksm = want_ksm or state.wants_ksm
+    return Others(writable_disks=frozenset(disks), want_ksm=want_ksm)
+
+
+def undo_host_changes(host: Host, places: Places, state: VmState | None, say: Say) -> None:
+    """Preflight's host changes for this VM, undone newest first."""
+    if state is None or not state.changes:
+        return
+    changes = [Change.from_json(change) for change in state.changes]
+    for problem in undo_changes(changes, host, others=others_than(host, places, state.name)):
+        say(f"could not undo: {problem}")
 
 
 def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: bool, say: Say) -> None:
@@ -70,24 +91,31 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
 
 def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, say: Say) -> VmState:
     paths = places.of(spec.name)
-    _clear_dead_run(host, paths, spec.name, say)
+    _clear_dead_run(host, places, spec.name, say)
     facts = host_facts(host, spec)
-    accel = choose_accel(spec, facts)
-    say(f"accel {accel.accel}: {accel.reason}")
+    plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
+    say(f"accel {plan.accel.accel}: {plan.accel.reason}")
+    for check in plan.checks:
+        if check.status is Status.WARN:
+            say(f"warning: {check.name}: {check.message}")
     argv = render(spec, facts, paths)
+    applied = apply_plan(plan, host)
     create_run_dir(paths)
     state = VmState(
-        name=spec.name, spec_path=str(spec_path), argv=tuple(argv), accel=str(accel.accel),
-        accel_reason=accel.reason, wants_ksm=spec.host.ksm,
+        name=spec.name, spec_path=str(spec_path), argv=tuple(argv), accel=str(plan.accel.accel),
+        accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
         writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
+        changes=tuple(change.to_json() for change in applied),
     )
     write_state(paths, state)
+    if applied:
+        say(f"preflight: {len(applied)} host change(s) applied")
     try:
         _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
         say(f"launching {spec.name}")
-        pid = launch(argv, paths, memlock=None)
+        pid = launch(argv, paths, memlock=plan.memlock)
     except BaseException:
-        undo_host_changes(host, state)
+        undo_changes(applied, host, rollback=True)
         remove_run_dir(paths)
         raise
     say(f"qemu pid {pid}")
@@ -148,7 +176,7 @@ def down(name: str, host: Host, places: Places, *, timeout: float, force: bool, 
     if state is None and not paths.run_dir.exists():
         return None
     how = stop(host, paths, name, timeout=timeout, force=force, say=say)
-    undo_host_changes(host, state)
+    undo_host_changes(host, places, state, say)
     remove_run_dir(paths)
     return how
 
