@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,10 +60,20 @@ def test_tiny_guest_boots_with_every_device_working(vmrun: Vmrun, tiny: str) -> 
     assert " running " in status and "agent ok" in status
 
 
-def test_two_nics_writable_share_and_the_queue_step_restores_pairs(vmrun: Vmrun, tmp_path: Path) -> None:
+@pytest.fixture
+def open_share() -> Iterator[Path]:
+    """A share qemu can write after dropping to its own user (pytest's tmp_path is root-only)."""
+    share = Path(tempfile.mkdtemp(prefix="vmrun-share-"))
+    share.chmod(0o777)
+    yield share
+    shutil.rmtree(share)
+
+
+def test_two_nics_writable_share_and_the_queue_step_restores_pairs(
+    vmrun: Vmrun, tmp_path: Path, open_share: Path
+) -> None:
     data = tomllib.loads(TINY.read_text())
-    share = tmp_path / "share"
-    share.mkdir()
+    share = open_share
     (share / "from-host.txt").write_text("written on the host\n")
     data.update(
         name="tiny2",
