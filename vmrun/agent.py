@@ -25,7 +25,8 @@ SYNC_FIRST_TRY = 1.0  # seconds one connect + guest-sync round may take before t
 SYNC_LONGEST_TRY = 3.0
 RETRY_PAUSE = 0.1  # after a failed round, so a missing socket is not hammered
 FIRST_POLL = 0.01  # a quick guest command (ethtool) is done in tens of milliseconds ...
-LONGEST_POLL = 0.2  # ... a slow one should not cost a round trip every 10 ms
+FAST_POLLING = 0.3  # ... so poll at FIRST_POLL this long (doubling would overshoot by ~20 ms) ...
+LONGEST_POLL = 0.2  # ... then back off: a slow one should not cost a round trip every 10 ms
 SHUTDOWN_GRACE = 1.0  # guest-shutdown answers only on failure; wait this long for one
 
 
@@ -111,7 +112,8 @@ class GuestAgent(QmpSession):
         """Run ``argv`` in the guest and wait for it to end; ``timeout`` bounds how long it may run."""
         command = shlex.join(argv)
         pid = self._start(argv, stdin, command)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         pause = FIRST_POLL
         while True:
             status = _object(self._call("guest-exec-status", {"pid": pid}), "guest-exec-status")
@@ -124,7 +126,8 @@ class GuestAgent(QmpSession):
                     hint="it may still be running there; the guest agent cannot stop it",
                 )
             time.sleep(min(pause, remaining))
-            pause = min(pause * 2, LONGEST_POLL)
+            if time.monotonic() - started > FAST_POLLING:
+                pause = min(pause * 2, LONGEST_POLL)
 
     def interfaces(self) -> tuple[GuestInterface, ...]:
         reply = self._call("guest-network-get-interfaces")

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Boot the tiny guest with `vmrun up` and with raw qemu (the argv `vmrun render` prints), in one run.
+
+vmrun:  `vmrun up specs/tiny.toml` wall time: preflight, launch, agent wait, ethtool step, hooks.
+raw:    qemu started by hand with the same argv (same guest, same accelerator) until its agent answers.
+step:   the built-in multiqueue step alone (ethtool -L + read back), on a running guest.
+Prints medians and the ratio vmrun / raw (target <= 1.03) and the step per NIC (target <= 150 ms under TCG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = REPO / "specs" / "tiny.toml"
+VMRUN = [sys.executable, "-m", "vmrun.cli"]
+
+
+def vmrun(run_dir: Path, *args: str) -> str:
+    result = subprocess.run([*VMRUN, "--run-dir", str(run_dir), *args], capture_output=True, text=True, cwd=REPO)
+    if result.returncode:
+        raise SystemExit(f"vmrun {' '.join(args)} failed: {result.stderr}")
+    return result.stdout
+
+
+def agent_answers(socket_path: Path, timeout: float = 180) -> None:
+    """A bare guest-sync loop: what a hand-written launcher would do."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.socket(socket.AF_UNIX) as agent:
+                agent.settimeout(1)
+                agent.connect(str(socket_path))
+                token = random.randint(1, 2**31)
+                agent.sendall(json.dumps({"execute": "guest-sync", "arguments": {"id": token}}).encode())
+                reply = b""
+                while f'"return": {token}'.encode() not in reply:
+                    chunk = agent.recv(4096)
+                    if not chunk:
+                        raise OSError("agent hung up")
+                    reply += chunk
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("raw: the agent did not answer")
+
+
+def time_vmrun_up(run_dir: Path) -> float:
+    started = time.perf_counter()
+    vmrun(run_dir, "up", str(SPEC))
+    elapsed = time.perf_counter() - started
+    vmrun(run_dir, "down", "tiny", "--force")
+    return elapsed
+
+
+def time_raw(run_dir: Path, argv: list[str], tap: str) -> float:
+    vm_dir = run_dir / "tiny"
+    vm_dir.mkdir(mode=0o700, parents=True)
+    subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap", "multi_queue"], check=True)
+    try:
+        started = time.perf_counter()
+        subprocess.run(argv, check=True)
+        agent_answers(vm_dir / "qga.sock")
+        elapsed = time.perf_counter() - started
+        os.kill(int((vm_dir / "qemu.pid").read_text()), 15)
+        time.sleep(0.5)
+        return elapsed
+    finally:
+        subprocess.run(["ip", "tuntap", "del", "dev", tap, "mode", "tap", "multi_queue"], check=False)
+        subprocess.run(["rm", "-rf", str(vm_dir)], check=False)
+
+
+def time_step(run_dir: Path, repeats: int) -> list[float]:
+    from vmrun.agent import GuestAgent
+    from vmrun.check import validate
+    from vmrun.hooks import run_multiqueue_step
+    from vmrun.load import load_spec
+
+    spec = validate(load_spec(SPEC), SPEC)
+    vmrun(run_dir, "up", str(SPEC))
+    try:
+        with GuestAgent(run_dir / "tiny" / "qga.sock") as agent:
+            agent.wait_ready(timeout=30)
+            times = []
+            for _ in range(repeats):
+                agent.exec(["ethtool", "-L", "eth0", "combined", "1"], timeout=10)
+                started = time.perf_counter()
+                run_multiqueue_step(agent, spec, lambda _: None)
+                times.append(time.perf_counter() - started)
+        return times
+    finally:
+        vmrun(run_dir, "down", "tiny", "--force")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vmrun-bench-") as temporary:
+        run_dir = Path(temporary)
+        argv = json.loads(vmrun(run_dir, "render", str(SPEC), "--json"))
+        tap = argv[argv.index("-netdev") + 1].split("ifname=")[1].split(",")[0]
+        vmrun_times, raw_times = [], []
+        time_vmrun_up(run_dir)  # first run creates the disk image and the qemu user
+        for run in range(args.runs):
+            vmrun_times.append(time_vmrun_up(run_dir))
+            raw_times.append(time_raw(run_dir, argv, tap))
+            print(f"run {run + 1}: vmrun up {vmrun_times[-1]:.2f} s, raw qemu {raw_times[-1]:.2f} s", flush=True)
+        step_times = time_step(run_dir, repeats=10)
+    accel = argv[argv.index("-accel") + 1]
+    vmrun_median, raw_median = statistics.median(vmrun_times), statistics.median(raw_times)
+    print(f"accel {accel}, {args.runs} boots each")
+    print(f"vmrun up (launch -> hooks done): median {vmrun_median:.2f} s")
+    print(f"raw qemu (start -> agent answers): median {raw_median:.2f} s")
+    print(f"ratio {vmrun_median / raw_median:.3f} (target <= 1.03)")
+    print(f"ethtool step, 1 NIC (set + read back): median {statistics.median(step_times) * 1000:.0f} ms "
+          f"over {len(step_times)} (target <= 150 ms)")
+
+
+if __name__ == "__main__":
+    main()
