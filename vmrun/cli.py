@@ -144,6 +144,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     if not statuses:
         say(f"no VMs under {args.run_dir}")
+    from vmrun.hostinfo import ksm_stats
+
+    ksm = ksm_stats(host_of(args))
+    if ksm and ksm["run"] == 1:
+        saved = ksm["bytes_saved"] / 2**20
+        print(f"ksm: {ksm['pages_shared']} pages shared, {ksm['pages_sharing']} sharing, {saved:.1f} MiB saved")
     for vm in statuses:
         uptime = f"{vm.uptime:.0f}s" if vm.uptime is not None else "-"
         agent = {True: "agent ok", False: "agent unreachable", None: "-"}[vm.agent]
@@ -207,6 +213,30 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         return 0
     applied = apply_plan(plan, host)
     say(f"applied {len(applied)} change(s); `vmrun up` records and `vmrun down` undoes the changes it makes")
+    return 0
+
+
+def cmd_host_iommu(args: argparse.Namespace) -> int:
+    import attrs
+
+    from vmrun.hostinfo import iommu_report, iommu_text
+
+    groups = iommu_report(host_of(args))
+    print(json.dumps([attrs.asdict(group) for group in groups], indent=1) if args.json else iommu_text(groups))
+    return 0
+
+
+def cmd_host_check(args: argparse.Namespace) -> int:
+    from vmrun.host import default_cache_dir
+    from vmrun.hostinfo import check_text, host_check
+
+    host = host_of(args)
+    try:
+        qemu = host.qemu_capabilities("qemu-system-x86_64", cache_dir=default_cache_dir())
+    except OSError:
+        qemu = None
+    report = host_check(host, qemu)
+    print(json.dumps(report, indent=1) if args.json else check_text(report))
     return 0
 
 
@@ -307,6 +337,15 @@ def _parser() -> argparse.ArgumentParser:
     preflight_cmd.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     preflight_cmd.add_argument("--json", action="store_true", help="the plan as JSON: checks and changes")
     preflight_cmd.set_defaults(handler=cmd_preflight)
+
+    host_cmd = commands.add_parser("host", help="what this host offers: IOMMU groups, KVM, vhost-net, KSM")
+    host_commands = host_cmd.add_subparsers(dest="host_command", required=True, metavar="WHAT")
+    iommu_cmd = host_commands.add_parser("iommu", help="IOMMU groups, their devices and drivers, viability")
+    iommu_cmd.add_argument("--json", action="store_true")
+    iommu_cmd.set_defaults(handler=cmd_host_iommu)
+    check_cmd = host_commands.add_parser("check", help="KVM (and why not), vhost-net, tun, IOMMU, KSM, qemu")
+    check_cmd.add_argument("--json", action="store_true")
+    check_cmd.set_defaults(handler=cmd_host_check)
 
     export_cmd = commands.add_parser("export", help="the same VM as a libvirt domain XML or a systemd unit")
     export_cmd.add_argument("spec", metavar="SPEC")

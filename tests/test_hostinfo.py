@@ -1,0 +1,53 @@
+"""`vmrun host iommu` / `host check` on fake host trees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from vmrun.host import Host
+from vmrun.hostinfo import iommu_report, iommu_text, ksm_stats
+
+from .fakehost import FakePci, build_host_tree
+
+NVME = FakePci("0000:01:00.0", group="12", driver="nvme")
+BRIDGE = FakePci("0000:00:01.0", group="12", driver="pcieport", device_class="0x060400")
+STUBBED = FakePci("0000:02:00.0", group="13", driver="vfio-pci")
+
+
+def test_fake_sysfs_groups_list_devices_drivers_and_viability(tmp_path: Path) -> None:
+    build_host_tree(tmp_path, [NVME, BRIDGE, STUBBED])
+    groups = iommu_report(Host(root=tmp_path))
+    assert [(group.group, group.viable) for group in groups] == [("12", False), ("13", True)]
+    assert [(d.address, d.driver, d.device_class) for d in groups[0].devices] == [
+        ("0000:00:01.0", "pcieport", "0x060400"), ("0000:01:00.0", "nvme", "0x010802"),
+    ]
+    assert groups[0].devices[1].vendor == "144d"
+    # Only the NVMe function needs a [[vfio]] entry; the bridge stays with the host.
+    assert groups[0].vfio_lines() == ["[[vfio]]", 'id = "dev12-0"', 'host = "0000:01:00.0"']
+
+
+def test_no_iommu_is_said_plainly(tmp_path: Path) -> None:
+    assert iommu_text(iommu_report(Host(root=tmp_path))).startswith("The IOMMU is off")
+
+
+def test_fake_ksm_savings(tmp_path: Path) -> None:
+    build_host_tree(tmp_path, [], ksm_run="1")
+    (tmp_path / "sys/kernel/mm/ksm/pages_shared").write_text("10\n")
+    (tmp_path / "sys/kernel/mm/ksm/pages_sharing").write_text("256\n")
+    assert ksm_stats(Host(root=tmp_path)) == {
+        "run": 1, "pages_shared": 10, "pages_sharing": 256, "bytes_saved": 256 * 4096,
+    }
+
+
+def test_cli_host_iommu_json_on_a_fake_tree(tmp_path: Path) -> None:
+    build_host_tree(tmp_path, [NVME, BRIDGE])
+    result = subprocess.run(
+        [sys.executable, "-m", "vmrun.cli", "--host-root", str(tmp_path), "host", "iommu", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    [group] = json.loads(result.stdout)
+    assert group["group"] == "12" and group["viable"] is False and len(group["devices"]) == 2
