@@ -85,3 +85,26 @@ def test_down_force_and_down_of_a_stopped_vm(vmrun: Vmrun, guestless_spec: Calla
 def test_exec_and_console_need_a_running_vm(vmrun: Vmrun) -> None:
     result = vmrun("exec", "ghost", "--", "true")
     assert result.returncode == 2 and "ghost is not running" in result.stderr
+
+
+def test_agent_that_never_answers_exits_5_and_leaves_the_vm_for_inspection(
+    vmrun: Vmrun, guestless_spec: Callable[..., Path]
+) -> None:
+    spec = guestless_spec(extra="")
+    spec.write_text(spec.read_text().replace("enabled = false", 'enabled = true\ntimeout = "3s"'))
+    up = vmrun("up", str(spec))
+    assert up.returncode == 5, up.stderr
+    assert "bare: the guest agent did not answer within 3 s" in up.stderr
+    assert "vmrun down bare" in up.stderr
+    assert status_of(vmrun)[0]["state"] == "running"
+    assert vmrun("down", "bare", "--force").returncode == 0
+
+
+def test_refused_preflight_exits_3_and_changes_nothing(vmrun: Vmrun, guestless_spec: Callable[..., Path]) -> None:
+    tap = f"vmrtx{os.getpid() % 100000}"
+    spec = guestless_spec(extra=f'[[nics]]\nid = "n0"\ntap = "{tap}"\nbridge = "no-such-br0"')
+    up = vmrun("up", str(spec))
+    assert up.returncode == 3
+    assert "preflight: nics n0: bridge no-such-br0 does not exist" in up.stderr
+    assert not Path(f"/sys/class/net/{tap}").exists()
+    assert status_of(vmrun) == []
