@@ -16,7 +16,7 @@ from vmrun.preflight import IFF_MULTI_QUEUE, apply_plan, plan_preflight, undo_ch
 from vmrun.render import HostFacts
 from vmrun.spec import Spec
 
-FACTS = HostFacts(kvm_usable=False, kvm_reason="tcg here", drop_privileges=True)
+FACTS = HostFacts(kvm_usable=False, kvm_reason="tcg here", drop_privileges=True, qemu_version="7.2.0")
 SUFFIX = str(os.getpid())[-5:]
 TAP, BRIDGE = f"vmrt{SUFFIX}", f"vmrtbr{SUFFIX}"  # test-only names, at most 15 bytes
 

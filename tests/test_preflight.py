@@ -23,7 +23,7 @@ from vmrun.units import MIB
 from .common import REPO
 from .fakehost import FakeKernelHost, FakePci, build_host_tree, snapshot
 
-ROOT_FACTS = HostFacts(kvm_usable=False, kvm_reason="no KVM here", drop_privileges=True)
+ROOT_FACTS = HostFacts(kvm_usable=False, kvm_reason="no KVM here", drop_privileges=True, qemu_version="7.2.0")
 NVME = FakePci("0000:01:00.0", group="12", driver="nvme")
 BRIDGE = FakePci("0000:00:01.0", group="12", driver="pcieport", device_class="0x060400")
 GPU = FakePci("0000:03:00.0", group="15", driver="amdgpu", device_class="0x030000")
@@ -220,3 +220,22 @@ def test_cli_dry_run_on_a_fake_tree_prints_host_paths_and_changes_nothing(tmp_pa
     assert {"action": "chown", "path": "/dev/vfio/12", "value": "nobody"} in plan["changes"]
     assert plan["changes"][0]["path"] == "/sys/bus/pci/devices/0000:01:00.0/driver_override"
     assert snapshot(tmp_path / "host") == before
+
+
+def test_missing_qemu_is_a_failed_check_not_a_crash(tmp_path: Path) -> None:
+    facts = HostFacts(kvm_usable=False, kvm_reason="x", qemu_version=None)
+    [failure] = plan_preflight(spec_with(vfio=[]), fake_host(tmp_path, []), facts).failures
+    assert failure.name == "qemu" and "apt-get install qemu-system-x86" in failure.message
+
+
+def test_cli_up_without_qemu_exits_3_without_a_traceback(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'name = "noqemu"\n[boot]\nkernel = "{REPO / "pyproject.toml"}"\n'
+                    '[qemu]\nbinary = "/nonexistent/qemu-system-x86_64"\n[agent]\nenabled = false\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "vmrun.cli", "--run-dir", str(tmp_path / "run"), "up", str(spec)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "preflight: qemu: /nonexistent/qemu-system-x86_64 not found" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -71,17 +71,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from vmrun.host import default_cache_dir, gather_facts
+    from vmrun.host import gather_facts
     from vmrun.render import choose_accel, render
 
     spec = load_valid_spec(args.spec)
-    host = host_of(args)
-    try:
-        qemu = host.qemu_capabilities(spec.qemu.binary, cache_dir=default_cache_dir())
-    except (OSError, ValueError):
-        qemu = None
+    facts = gather_facts(host_of(args), spec.qemu.binary)
+    if facts.qemu_version is None:
         say(f"{spec.qemu.binary} not found: rendering without its capabilities (no -sandbox)")
-    facts = gather_facts(host, qemu)
     argv = render(spec, facts, run_paths(args, spec.name))
     say(f"accel {choose_accel(spec, facts).accel}: {choose_accel(spec, facts).reason}")
     if spec.qemu.extra_args:
@@ -200,12 +196,14 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from vmrun.lifecycle import host_facts, others_than
+    from vmrun.host import gather_facts
+    from vmrun.lifecycle import others_than
     from vmrun.preflight import apply_plan, plan_preflight, refuse
 
     spec = load_valid_spec(args.spec)
     host = host_of(args)
-    plan = plan_preflight(spec, host, host_facts(host, spec), others=others_than(host, places_of(args), spec.name))
+    facts = gather_facts(host, spec.qemu.binary)
+    plan = plan_preflight(spec, host, facts, others=others_than(host, places_of(args), spec.name))
     print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text())
     if args.dry_run:
         refuse(plan)
@@ -226,15 +224,10 @@ def cmd_host_iommu(args: argparse.Namespace) -> int:
 
 
 def cmd_host_check(args: argparse.Namespace) -> int:
-    from vmrun.host import default_cache_dir
     from vmrun.hostinfo import check_text, host_check
 
     host = host_of(args)
-    try:
-        qemu = host.qemu_capabilities("qemu-system-x86_64", cache_dir=default_cache_dir())
-    except OSError:
-        qemu = None
-    report = host_check(host, qemu)
+    report = host_check(host, host.qemu_capabilities("qemu-system-x86_64"))
     print(json.dumps(report, indent=1) if args.json else check_text(report))
     return 0
 
@@ -246,7 +239,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     spec = load_valid_spec(args.spec)
     if args.format == "libvirt":
-        facts = gather_facts(host_of(args), None)
+        facts = gather_facts(host_of(args), spec.qemu.binary)
         exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net)
     else:
         # The vmrun beside this Python (a venv's), else the one on PATH.

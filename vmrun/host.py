@@ -132,8 +132,17 @@ class Host:
             "hardware virtualization is not available, so guests run under TCG"
         )
 
-    def qemu_capabilities(self, binary: str, *, cache_dir: Path) -> QemuCapabilities:
-        """What the qemu binary supports, cached by its identity (path, size, mtime) as libvirt does."""
+    def qemu_capabilities(self, binary: str, *, cache_dir: Path | None = None) -> QemuCapabilities | None:
+        """What the qemu binary supports, cached by its identity (path, size, mtime) as libvirt does;
+        None when there is no such binary or it does not run."""
+        import subprocess
+
+        try:
+            return self._qemu_capabilities(binary, cache_dir or default_cache_dir())
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    def _qemu_capabilities(self, binary: str, cache_dir: Path) -> QemuCapabilities:
         resolved = self._which(binary)
         stat = resolved.stat()
         key = f"{resolved}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -183,9 +192,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmrun"
 
 
-def gather_facts(host: Host, qemu: QemuCapabilities | None) -> HostFacts:
+def gather_facts(host: Host, qemu_binary: str) -> HostFacts:
     kvm_usable, kvm_reason = host.kvm_verdict()
+    qemu = host.qemu_capabilities(qemu_binary)
     return HostFacts(
+        qemu_version=qemu.version if qemu else None,
         kvm_usable=kvm_usable,
         kvm_reason=kvm_reason,
         vhost_net=host.exists("/dev/vhost-net"),

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 
 from vmrun.errors import AgentError, UsageError
-from vmrun.host import Host, default_cache_dir, gather_facts
+from vmrun.host import Host, gather_facts
 from vmrun.locations import Places
 from vmrun.machine import died_during_startup, is_our_qemu, launch, read_pid, stop
 from vmrun.preflight import Change, Others, Status, apply_plan, plan_preflight, undo_changes
@@ -37,10 +37,6 @@ class VmStatus:
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
-
-
-def host_facts(host: Host, spec: Spec) -> HostFacts:
-    return gather_facts(host, host.qemu_capabilities(spec.qemu.binary, cache_dir=default_cache_dir()))
 
 
 def _clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
@@ -92,7 +88,7 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
 def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, say: Say) -> VmState:
     paths = places.of(spec.name)
     _clear_dead_run(host, places, spec.name, say)
-    facts = host_facts(host, spec)
+    facts = gather_facts(host, spec.qemu.binary)
     plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
     say(f"accel {plan.accel.accel}: {plan.accel.reason}")
     for check in plan.checks:

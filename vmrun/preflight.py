@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -325,7 +324,7 @@ def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others =
         *check_vfio(spec, host, facts),
         *check_ksm(spec, host),
     ]
-    if shutil.which(spec.qemu.binary) is None:
+    if facts.qemu_version is None:
         found.append(fail_check("qemu", f"{spec.qemu.binary} not found (Debian: apt-get install qemu-system-x86)"))
     return Plan(
         accel=choose_accel(spec, facts),

@@ -31,6 +31,7 @@ class HostFacts:
     qemu_has_run_with: bool = False  # -run-with user= (QEMU >= 9.1) rather than -runas
     seccomp: bool = False
     ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+    qemu_version: str | None = None  # None: the qemu binary is missing or does not run
 
 
 @attrs.frozen
