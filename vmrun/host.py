@@ -135,11 +135,9 @@ class Host:
     def qemu_capabilities(self, binary: str, *, cache_dir: Path | None = None) -> QemuCapabilities | None:
         """What the qemu binary supports, cached by its identity (path, size, mtime) as libvirt does;
         None when there is no such binary or it does not run."""
-        import subprocess
-
         try:
             return self._qemu_capabilities(binary, cache_dir or default_cache_dir())
-        except (OSError, subprocess.SubprocessError):
+        except OSError:
             return None
 
     def _qemu_capabilities(self, binary: str, cache_dir: Path) -> QemuCapabilities:
@@ -175,9 +173,12 @@ class Host:
     def _probe_qemu(binary: Path) -> QemuCapabilities:
         import subprocess  # only on a capability-cache miss
 
-        help_text = subprocess.run(
-            [str(binary), "-help"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
+        try:
+            help_text = subprocess.run(
+                [str(binary), "-help"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout
+        except subprocess.SubprocessError as exc:
+            raise OSError(f"{binary} -help failed: {exc}") from exc
         version = re.search(r"version (\S+)", help_text)
         options = set(re.findall(r"^(-[\w-]+)", help_text, re.MULTILINE))
         return QemuCapabilities(
