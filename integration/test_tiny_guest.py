@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +72,32 @@ def open_share() -> Iterator[Path]:
     share.chmod(0o777)
     yield share
     shutil.rmtree(share)
+
+
+def test_console_gives_a_shell_and_ctrl_bracket_detaches(vmrun: Vmrun, tiny: str) -> None:
+    controller, terminal = os.openpty()
+    console = subprocess.Popen(
+        [sys.executable, "-m", "vmrun.cli", "--run-dir", str(vmrun.run_root), "console", "tiny"],
+        stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, cwd=REPO,
+    )
+    os.close(terminal)
+    try:
+        assert console.stderr is not None and b"attached" in console.stderr.readline()
+        seen = b""
+        deadline = time.monotonic() + 30
+        os.write(controller, b"echo console-$((6*7))\r")
+        while b"console-42" not in seen and time.monotonic() < deadline:
+            if select.select([controller], [], [], 1)[0]:
+                seen += os.read(controller, 4096)
+        assert b"console-42" in seen
+        os.write(controller, b"\x1d")
+        assert console.wait(timeout=10) == 0
+    finally:
+        console.kill()
+        console.wait()
+        assert console.stderr is not None
+        console.stderr.close()
+        os.close(controller)
 
 
 def test_two_nics_writable_share_and_the_queue_step_restores_pairs(
