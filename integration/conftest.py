@@ -37,7 +37,8 @@ class Vmrun:
 
     def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "vmrun.cli", "--run-dir", str(self.run_root), *args],
+            [sys.executable, "-m", "vmrun.cli", "--run-dir", str(self.run_root),
+             "--state-dir", str(self.spec_dir / "state"), *args],
             capture_output=True, text=True, timeout=timeout, cwd=REPO,
         )
 

@@ -108,3 +108,26 @@ def test_refused_preflight_exits_3_and_changes_nothing(vmrun: Vmrun, guestless_s
     assert "preflight: nics n0: bridge no-such-br0 does not exist" in up.stderr
     assert not Path(f"/sys/class/net/{tap}").exists()
     assert status_of(vmrun) == []
+
+
+def test_uefi_variables_outlive_a_run_and_fresh_resets_them(
+    vmrun: Vmrun, guestless_spec: Callable[..., Path]
+) -> None:
+    spec = guestless_spec()
+    spec.write_text(spec.read_text().replace('disk = "empty"', 'disk = "empty"\nfirmware = "uefi"'))
+    variables = vmrun.spec_dir / "state" / "bare" / "OVMF_VARS.fd"
+    up = vmrun("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    assert f"fresh UEFI variables in {variables}" in up.stderr
+    assert vmrun("down", "bare", "--force").returncode == 0
+    assert variables.exists()  # the guest's boot entries survive down
+    variables.write_bytes(variables.read_bytes()[:-1] + b"\x01")
+    kept = variables.read_bytes()
+    again = vmrun("up", str(spec))
+    assert again.returncode == 0 and "fresh UEFI variables" not in again.stderr
+    assert variables.read_bytes() == kept
+    assert vmrun("down", "bare", "--force").returncode == 0
+    fresh = vmrun("up", str(spec), "--fresh")
+    assert fresh.returncode == 0 and "fresh UEFI variables" in fresh.stderr
+    assert variables.read_bytes() == Path("/usr/share/OVMF/OVMF_VARS_4M.fd").read_bytes()
+    assert vmrun("down", "bare", "--force").returncode == 0

@@ -61,6 +61,7 @@ def test_tiny_guest_boots_with_every_device_working(vmrun: Vmrun, tiny: str) -> 
     assert guest(vmrun, "tiny", "cat", "/mnt/keymaps/en-us") == Path("/usr/share/qemu/keymaps/en-us").read_text()
     denied = vmrun("exec", "tiny", "--", "touch", "/mnt/keymaps/written-by-guest")
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    assert "tiny-guest: ready" in vmrun("logs", "tiny").stdout
     [status] = [line for line in vmrun("status").stdout.splitlines() if line.startswith("tiny ")]
     assert " running " in status and "agent ok" in status
 

@@ -26,7 +26,7 @@ from vmrun.commands import (
     report,
 )
 from vmrun.errors import VmrunError
-from vmrun.locations import default_run_root
+from vmrun.locations import default_run_root, default_state_root
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--run-dir", default=os.environ.get("VMRUN_RUN_DIR") or str(default_run_root()), metavar="DIR",
         help="where per-VM run state lives (default: %(default)s); env VMRUN_RUN_DIR",
+    )
+    parser.add_argument(
+        "--state-dir", default=os.environ.get("VMRUN_STATE_DIR") or str(default_state_root()), metavar="DIR",
+        help="what outlives a run, such as UEFI variables (default: %(default)s); env VMRUN_STATE_DIR",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

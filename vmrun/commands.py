@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmrun.errors import UsageError, VmrunError
-from vmrun.locations import default_state_root
 
 if TYPE_CHECKING:
     from vmrun.host import Host
@@ -49,7 +48,7 @@ def host_of(args: argparse.Namespace) -> Host:
 def places_of(args: argparse.Namespace) -> Places:
     from vmrun.locations import Places
 
-    return Places(run_root=Path(args.run_dir), state_root=default_state_root())
+    return Places(run_root=Path(args.run_dir), state_root=Path(args.state_dir))
 
 
 def run_paths(args: argparse.Namespace, name: str) -> RunPaths:
