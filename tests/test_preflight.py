@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +242,27 @@ def test_cli_up_without_qemu_exits_3_without_a_traceback(tmp_path: Path) -> None
     assert result.returncode == 3, result.stderr
     assert "preflight: qemu: /nonexistent/qemu-system-x86_64 not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's own tmp root is private to root)."""
+    base = Path(tempfile.mkdtemp(prefix="vmrun-test-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base)
+
+
+def test_share_qemus_user_cannot_reach_is_refused_naming_the_component(tmp_path: Path, reachable_tmp: Path) -> None:
+    private = reachable_tmp / "private"
+    share = private / "share"
+    share.mkdir(parents=True)
+    private.chmod(0o700)
+    share.chmod(0o777)
+    data = {"name": "s", "boot": {"kernel": "/etc/hostname"}, "host": {"user": "nobody"},
+            "shares": [{"id": "data", "path": str(share), "tag": "data"}]}
+    spec = parse_spec(data, source="t", base=Path("/"))
+    [failure] = plan_preflight(spec, Host(root=tmp_path), ROOT_FACTS).failures
+    assert failure.message == f"qemu runs as nobody, who cannot use {private} (mode 0o700)"
+    private.chmod(0o755)
+    assert plan_preflight(spec, Host(root=tmp_path), ROOT_FACTS).failures == ()

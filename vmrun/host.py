@@ -6,10 +6,13 @@ every caller run against a fake host tree.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
 import re
+import resource
+import stat
 from pathlib import Path
 
 import attrs
@@ -101,6 +104,63 @@ class Host:
         if result.returncode != 0:
             raise HostCommandError(f"`{' '.join(argv)}` failed: {result.stderr.strip() or result.returncode}")
         return result.stdout
+
+    def is_block_device(self, host_path: str | Path) -> bool:
+        try:
+            return stat.S_ISBLK(self.path(host_path).stat().st_mode)
+        except OSError:
+            return False
+
+    def euid(self) -> int:
+        return os.geteuid()
+
+    def memlock_limit(self) -> int | None:
+        """This process's soft RLIMIT_MEMLOCK in bytes; None when unlimited."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        return None if soft == resource.RLIM_INFINITY else soft
+
+    # Shares are user data, not host devices: these look at the real path, not under root.
+
+    @staticmethod
+    def supports_xattrs(directory: Path) -> bool:
+        """Whether the filesystem under directory stores user.* xattrs (QEMU's mapped-xattr needs them)."""
+        try:
+            os.getxattr(directory, "user.vmrun.probe")
+        except OSError as exc:
+            return exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP)
+        return True
+
+    def blocked_for(self, user_name: str, path: Path, *, write: bool) -> str | None:
+        """The first component of path that user cannot traverse (or read, or write at the end)."""
+        user = pwd.getpwnam(user_name)
+        gids = {user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
+        for component in [*reversed(path.parents), path]:
+            info = component.stat()
+            shift = 6 if info.st_uid == user.pw_uid else 3 if info.st_gid in gids else 0
+            allowed = (info.st_mode >> shift) & 7
+            needed = (5 | (2 if write else 0)) if component == path else 1
+            if allowed & needed != needed:
+                return f"{component} (mode {oct(info.st_mode & 0o777)})"
+        return None
+
+    def start_daemon(self, argv: list[str], *, memlock: int | None, timeout: float) -> None:
+        """Run a self-daemonizing program (qemu -daemonize) through sh; its stderr on failure."""
+        import sh  # ~70 ms to import: only `up` pays for it
+
+        def raise_memlock() -> None:
+            # VFIO pins all guest RAM; the limit must be raised before exec, while still root.
+            if memlock is not None:
+                resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+
+        try:
+            sh.Command(argv[0])(*argv[1:], _return_cmd=True, _preexec_fn=raise_memlock, _timeout=timeout)
+        except sh.ErrorReturnCode as exc:
+            stderr = exc.stderr.decode(errors="replace").strip()
+            raise HostCommandError(stderr or f"exit status {exc.exit_code}") from exc
+        except sh.CommandNotFound as exc:
+            raise HostCommandError(f"{argv[0]} not found") from exc
+        except sh.TimeoutException as exc:
+            raise HostCommandError(f"{argv[0]} did not finish starting within {timeout:g} s") from exc
 
     def is_root_user(self) -> bool:
         return os.geteuid() == 0

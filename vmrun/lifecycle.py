@@ -109,7 +109,7 @@ def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, 
     try:
         _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
         say(f"launching {spec.name}")
-        pid = launch(argv, paths, memlock=plan.memlock)
+        pid = launch(host, argv, paths, memlock=plan.memlock)
     except BaseException:
         undo_changes(applied, host, rollback=True)
         remove_run_dir(paths)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import resource
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from vmrun.errors import LaunchError
-from vmrun.host import Host
+from vmrun.host import Host, HostCommandError
 from vmrun.render import RunPaths
 
 Say = Callable[[str], None]
 
 KILL_WAIT = 5.0  # seconds qemu gets after quit and after SIGTERM before the next step
 LOG_TAIL_LINES = 15
+STARTUP_TIMEOUT = 120.0  # qemu -daemonize returns once initialized; this bounds a wedged start
 
 
 def read_pid(paths: RunPaths) -> int | None:
@@ -50,28 +50,16 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def launch(argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
+def launch(host: Host, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
     """Start qemu with -daemonize and return its pid; qemu's own message on failure.
 
     -daemonize returns once qemu has initialized: exit 0 means sockets and pidfile exist,
     and a bad option or device fails at once, so there is nothing to poll for.
     """
-    import sh  # ~70 ms to import: only `up` pays for it
-
-    def raise_memlock() -> None:
-        # VFIO pins all guest RAM; the limit must be raised before exec, as root.
-        if memlock is not None:
-            resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
-
     try:
-        sh.Command(argv[0])(*argv[1:], _return_cmd=True, _preexec_fn=raise_memlock, _timeout=120)
-    except sh.ErrorReturnCode as exc:
-        message = exc.stderr.decode(errors="replace").strip() or f"exit status {exc.exit_code}"
-        raise LaunchError(f"qemu failed to start: {message}", hint=_console_hint(paths)) from exc
-    except sh.CommandNotFound as exc:
-        raise LaunchError(f"{argv[0]} not found", hint="install qemu (Debian: qemu-system-x86)") from exc
-    except sh.TimeoutException as exc:
-        raise LaunchError("qemu did not finish starting within 120 s") from exc
+        host.start_daemon(argv, memlock=memlock, timeout=STARTUP_TIMEOUT)
+    except HostCommandError as exc:
+        raise LaunchError(f"qemu failed to start: {exc}", hint=_console_hint(paths)) from exc
     pid = read_pid(paths)
     if pid is None:
         raise LaunchError(f"qemu started but wrote no pidfile at {paths.pidfile}")

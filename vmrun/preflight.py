@@ -8,12 +8,8 @@ before (the previous driver, owner or value), so undoing needs nothing but the c
 from __future__ import annotations
 
 import enum
-import errno
-import os
-import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -180,8 +176,7 @@ def check_disks(spec: Spec, host: Host, others: Others) -> Found:
         if not disk.readonly and str(disk.path) in others.writable_disks:
             yield fail_check(name, f"{disk.path} is already used writable by another running vmrun VM")
         elif disk.passthrough:
-            device = host.path(disk.path)
-            if device.exists() and stat.S_ISBLK(device.stat().st_mode):
+            if host.is_block_device(disk.path):
                 yield ok_check(name, f"{disk.path} is a block device (scsi-block)")
             else:
                 yield fail_check(name, f"passthrough needs a block device; {disk.path} is not one")
@@ -244,7 +239,7 @@ def _existing_tap(tap: str, name: str, nic: Nic, host: Host, spec: Spec) -> Foun
         yield fail_check(name, f"tap {tap} is multi_queue but queues = 1; qemu would fail: set queues > 1 or "
                           f"recreate it without multi_queue")
     owner = host.read(f"/sys/class/net/{tap}/owner")
-    allowed = {"-1", str(os.geteuid())}
+    allowed = {"-1", str(host.euid())}
     qemu_user = host.user(spec.host.user)
     if qemu_user is not None:
         allowed.add(str(qemu_user.pw_uid))
@@ -254,44 +249,20 @@ def _existing_tap(tap: str, name: str, nic: Nic, host: Host, spec: Spec) -> Foun
         yield ok_check(name, f"using existing tap {tap}")
 
 
-def _share_access_problem(path: Path, uid: int, gids: set[int], *, write: bool) -> str | None:
-    """Whether uid can reach and read (and write) path: the mode bits of every component."""
-    for component in [*reversed(path.parents), path]:
-        info = component.stat()
-        bits = info.st_mode
-        if info.st_uid == uid:
-            allowed = (bits >> 6) & 7
-        elif info.st_gid in gids:
-            allowed = (bits >> 3) & 7
-        else:
-            allowed = bits & 7
-        needed = 5 if component == path else 1
-        if component == path and write:
-            needed |= 2
-        if allowed & needed != needed:
-            return f"{component} (mode {oct(bits & 0o777)})"
-    return None
-
-
 def check_share(spec: Spec, share: Share, host: Host, facts: HostFacts) -> Found:
     name = f"shares {share.id}"
     if not share.path.is_dir():
         yield fail_check(name, f"{share.path} is not a directory")
         return
-    if share.security_model is SecurityModel.MAPPED_XATTR:
-        try:
-            os.getxattr(share.path, "user.vmrun.probe")
-        except OSError as exc:
-            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-                yield fail_check(name, f"{share.path}'s filesystem has no xattrs; use security_model = \"mapped-file\"")
-                return
+    if share.security_model is SecurityModel.MAPPED_XATTR and not host.supports_xattrs(share.path):
+        yield fail_check(name, f"{share.path}'s filesystem has no xattrs; use security_model = \"mapped-file\"")
+        return
     if share.security_model is SecurityModel.PASSTHROUGH and facts.drop_privileges and spec.host.user != "root":
         yield fail_check(name, 'security_model = "passthrough" needs qemu to run as root; use "mapped-xattr"')
         return
     user = host.user(spec.host.user) if facts.drop_privileges else None
     if user is not None:
-        gids = {user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
-        blocked = _share_access_problem(share.path, user.pw_uid, gids, write=not share.readonly)
+        blocked = host.blocked_for(user.pw_name, share.path, write=not share.readonly)
         if blocked:
             yield fail_check(name, f"qemu runs as {user.pw_name}, who cannot use {blocked}")
             return

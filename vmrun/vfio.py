@@ -7,7 +7,6 @@ changes hands (`new_id` would grab every device with the same vendor:device).
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,7 +128,7 @@ def check_vfio(spec: Spec, host: Host, facts: HostFacts) -> Found:
     groups_done: set[str] = set()
     for vfio in spec.vfio:
         yield from _check_function(spec, host, facts, vfio.id, vfio.host, listed, groups_done)
-    yield from _check_memlock(spec, facts)
+    yield from _check_memlock(spec, host, facts)
 
 
 def _check_function(
@@ -175,13 +174,13 @@ def memlock_needed(spec: Spec, facts: HostFacts) -> int | None:
     return spec.machine.memory + MEMLOCK_MARGIN
 
 
-def _check_memlock(spec: Spec, facts: HostFacts) -> Found:
+def _check_memlock(spec: Spec, host: Host, facts: HostFacts) -> Found:
     needed = spec.machine.memory + MEMLOCK_MARGIN
     if facts.drop_privileges:
         yield ok_check("memlock", f"qemu gets RLIMIT_MEMLOCK = {needed // MIB} MiB (guest RAM + 1 GiB)")
         return
-    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    if soft != resource.RLIM_INFINITY and soft < needed:
+    soft = host.memlock_limit()
+    if soft is not None and soft < needed:
         yield fail_check("memlock", f"RLIMIT_MEMLOCK is {soft // MIB} MiB, VFIO needs {needed // MIB} MiB "
                                "(raise it in /etc/security/limits.conf or run vmrun as root)")
     else:
