@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from vmrun.errors import PreflightError
@@ -20,7 +21,7 @@ from vmrun.host import Host
 from vmrun.load import parse_spec
 from vmrun.preflight import Change, Others, Plan, Status, apply_plan, plan_preflight, undo_changes
 from vmrun.render import HostFacts
-from vmrun.spec import Spec
+from vmrun.spec import Firmware, Spec
 from vmrun.units import MIB
 
 from .common import REPO
@@ -266,3 +267,11 @@ def test_share_qemus_user_cannot_reach_is_refused_naming_the_component(tmp_path:
     assert failure.message == f"qemu runs as nobody, who cannot use {private} (mode 0o700)"
     private.chmod(0o755)
     assert plan_preflight(spec, Host(root=tmp_path), ROOT_FACTS).failures == ()
+
+
+def test_uefi_without_ovmf_is_a_failed_check(tmp_path: Path) -> None:
+    facts = attrs.evolve(ROOT_FACTS, ovmf_code=tmp_path / "OVMF_CODE_4M.fd")
+    spec = attrs.evolve(spec_with(vfio=[]), boot=attrs.evolve(spec_with(vfio=[]).boot, firmware=Firmware.UEFI))
+    [failure] = plan_preflight(spec, fake_host(tmp_path / "host", []), facts).failures
+    assert failure.name == "firmware"
+    assert failure.message.endswith("OVMF_VARS_4M.fd (Debian: apt-get install ovmf)")

@@ -6,11 +6,11 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vmrun.errors import AgentError, UsageError
+from vmrun.errors import AgentError, LaunchError, UsageError
 from vmrun.host import Host, gather_facts
 from vmrun.locations import Places
 from vmrun.machine import died_during_startup, is_our_qemu, launch, read_pid, stop
@@ -18,6 +18,9 @@ from vmrun.preflight import Change, Others, Status, apply_plan, plan_preflight, 
 from vmrun.render import HostFacts, RunPaths, render
 from vmrun.spec import Firmware, Spec
 from vmrun.state import VmState, create_run_dir, read_state, remove_run_dir, vm_names, write_state
+
+if TYPE_CHECKING:
+    from vmrun.agent import GuestAgent
 
 Say = Callable[[str], None]
 
@@ -80,8 +83,7 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
         return
     if fresh or not paths.uefi_vars.exists():
         paths.state_dir.mkdir(parents=True, exist_ok=True)
-        template = facts.ovmf_code.with_name(facts.ovmf_code.name.replace("CODE", "VARS"))
-        shutil.copyfile(template, paths.uefi_vars)
+        shutil.copyfile(facts.ovmf_vars_template, paths.uefi_vars)
         say(f"fresh UEFI variables in {paths.uefi_vars}")
 
 
@@ -96,17 +98,17 @@ def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, 
             say(f"warning: {check.name}: {check.message}")
     argv = render(spec, facts, paths)
     applied = apply_plan(plan, host)
-    create_run_dir(paths)
+    if applied:
+        say(f"preflight: {len(applied)} host change(s) applied")
     state = VmState(
         name=spec.name, spec_path=str(spec_path), argv=tuple(argv), accel=str(plan.accel.accel),
         accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
         writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
         changes=tuple(change.to_json() for change in applied),
     )
-    write_state(paths, state)
-    if applied:
-        say(f"preflight: {len(applied)} host change(s) applied")
     try:
+        create_run_dir(paths)
+        write_state(paths, state)
         _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
         say(f"launching {spec.name}")
         pid = launch(host, argv, paths, memlock=plan.memlock)
@@ -128,7 +130,7 @@ def _confirm_running(paths: RunPaths) -> None:
         monitor.connect(timeout=10)
         status = monitor.status()
     if status != "running":
-        raise died_during_startup(paths) if status == "shutdown" else AgentError(f"qemu reports {status!r}")
+        raise died_during_startup(paths) if status == "shutdown" else LaunchError(f"qemu reports {status!r}")
 
 
 def _after_boot(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> None:
@@ -145,7 +147,7 @@ def _after_boot(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> 
         run_post_boot_hooks(agent, spec, say)
 
 
-def _wait_for_agent(agent: Any, spec: Spec, host: Host, paths: RunPaths, pid: int) -> float:
+def _wait_for_agent(agent: GuestAgent, spec: Spec, host: Host, paths: RunPaths, pid: int) -> float:
     """The agent's own wait, in slices, so a qemu that dies meanwhile is reported as such (exit 4)."""
     started = time.monotonic()
     deadline = started + spec.agent.timeout

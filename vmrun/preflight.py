@@ -18,7 +18,7 @@ from vmrun.errors import PreflightError
 from vmrun.host import Host, HostCommandError
 from vmrun.naming import tap_name
 from vmrun.render import AccelChoice, HostFacts, choose_accel
-from vmrun.spec import Accel, Nic, SecurityModel, Share, Spec, Vhost
+from vmrun.spec import Accel, Firmware, Nic, SecurityModel, Share, Spec, Vhost
 from vmrun.units import MIB
 
 IFF_MULTI_QUEUE = 0x100  # in /sys/class/net/TAP/tun_flags
@@ -170,6 +170,16 @@ def check_boot_files(spec: Spec) -> Found:
             yield fail_check(f"boot.{key}", f"{path} does not exist{hint}")
 
 
+def check_firmware(spec: Spec, facts: HostFacts) -> Found:
+    if spec.boot.firmware is not Firmware.UEFI:
+        return
+    missing = [str(path) for path in (facts.ovmf_code, facts.ovmf_vars_template) if not path.is_file()]
+    if missing:
+        yield fail_check("firmware", f"UEFI needs {' and '.join(missing)} (Debian: apt-get install ovmf)")
+    else:
+        yield ok_check("firmware", f"UEFI from {facts.ovmf_code}")
+
+
 def check_disks(spec: Spec, host: Host, others: Others) -> Found:
     for index, disk in enumerate(spec.disks):
         name = f"disks[{index}] {disk.id}"
@@ -289,6 +299,7 @@ def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others =
         *check_accel(spec, facts),
         *check_qemu_user(spec, host, facts),
         *check_boot_files(spec),
+        *check_firmware(spec, facts),
         *check_disks(spec, host, others),
         *(result for nic in spec.nics for result in check_nic(spec, nic, host, facts)),
         *(result for share in spec.shares for result in check_share(spec, share, host, facts)),

@@ -33,6 +33,11 @@ class HostFacts:
     ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
     qemu_version: str | None = None  # None: the qemu binary is missing or does not run
 
+    @property
+    def ovmf_vars_template(self) -> Path:
+        """The pristine variable store shipped beside the firmware code; each VM gets a copy."""
+        return self.ovmf_code.with_name(self.ovmf_code.name.replace("CODE", "VARS"))
+
 
 @attrs.frozen
 class RunPaths:
