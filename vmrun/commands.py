@@ -78,7 +78,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if facts.qemu_version is None:
         say(f"{spec.qemu.binary} not found: rendering without its capabilities (no -sandbox)")
     argv = render(spec, facts, run_paths(args, spec.name))
-    say(f"accel {choose_accel(spec, facts).accel}: {choose_accel(spec, facts).reason}")
+    accel = choose_accel(spec, facts)
+    say(f"accel {accel.accel}: {accel.reason}")
     if spec.qemu.extra_args:
         say(f"the last {len(spec.qemu.extra_args)} arguments are qemu.extra_args, passed verbatim (not validated)")
     print(json.dumps(argv) if args.json else shlex.join(argv))
