@@ -86,10 +86,6 @@ class GuestAgent(QmpSession):
             hint += f"; last attempt: {last_problem}"
         raise AgentError(f"the guest agent did not answer within {timeout:g} s", hint=hint)
 
-    def supported_commands(self) -> frozenset[str]:
-        """The commands this qemu-ga offers and has enabled."""
-        return frozenset(name for name, enabled in self._command_states().items() if enabled)
-
     def require(self, *commands: str, purpose: str) -> None:
         """Fail plainly unless every command is enabled; ``purpose`` says why, e.g. "to run post_boot hooks"."""
         states = self._command_states()

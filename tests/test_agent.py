@@ -1,0 +1,169 @@
+"""The guest-agent client against a scripted agent on a real unix socket."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vmrun.agent import GuestAgent
+from vmrun.errors import AgentError
+
+from .fakepeer import FakePeer, Message, Script, answer, refuse
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture
+def socket_path(tmp_path: Path) -> Path:
+    return tmp_path / "qga.sock"
+
+
+def syncing(request: Message) -> Iterable[object]:
+    """The part every scripted agent shares: guest-sync echoes its id."""
+    if request["execute"] == "guest-sync":
+        return [answer(request, request["arguments"]["id"])]
+    raise AssertionError(f"unscripted {request['execute']}")
+
+
+def test_no_greeting_and_stale_replies_are_discarded_until_the_sync_id_returns(socket_path: Path) -> None:
+    requests = itertools.count()
+
+    def agent(request: Message) -> Iterable[object]:
+        # The first reply answers an earlier client's sync that used the same message id.
+        return [answer(request, 12345)] if next(requests) == 0 else syncing(request)
+
+    with FakePeer(socket_path, agent) as peer, GuestAgent(socket_path) as client:
+        assert client.wait_ready(timeout=5) < 5
+        assert peer.commands() == ["guest-sync", "guest-sync"]
+
+
+def test_an_agent_that_starts_late_is_waited_for(socket_path: Path) -> None:
+    ignored = itertools.count()
+
+    def agent(request: Message) -> Iterable[object]:
+        return [] if next(ignored) < 2 else syncing(request)  # qemu-ga not running yet
+
+    with FakePeer(socket_path, agent) as peer, GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=2)
+        assert peer.commands().count("guest-sync") >= 3
+
+
+def test_socket_that_appears_later_is_waited_for(socket_path: Path) -> None:
+    peers: list[FakePeer] = []
+    timer = threading.Timer(0.5, lambda: peers.append(FakePeer(socket_path, syncing)))
+    timer.start()
+    try:
+        with GuestAgent(socket_path) as client:
+            assert 0.4 < client.wait_ready(timeout=10) < 10
+    finally:
+        timer.join()
+        for peer in peers:
+            peer.close()
+
+
+def test_wait_ready_gives_up_after_its_timeout(socket_path: Path) -> None:
+    with FakePeer(socket_path, lambda request: []), GuestAgent(socket_path) as client:
+        started = time.monotonic()
+        with pytest.raises(AgentError, match="the guest agent did not answer within 0.5 s"):
+            client.wait_ready(timeout=0.5)
+        assert time.monotonic() - started < 2
+
+
+def exec_agent(statuses: Iterator[dict[str, object]]) -> tuple[list[Message], Script]:
+    seen: list[Message] = []
+
+    def agent(request: Message) -> Iterable[object]:
+        seen.append(request)
+        if request["execute"] == "guest-exec":
+            return [answer(request, {"pid": 42})]
+        if request["execute"] == "guest-exec-status":
+            assert request["arguments"] == {"pid": 42}
+            return [answer(request, next(statuses))]
+        return syncing(request)
+
+    return seen, agent
+
+
+def test_exec_polls_until_exited_and_decodes_output(socket_path: Path) -> None:
+    statuses = iter([{"exited": False}, {"exited": False},
+                     {"exited": True, "exitcode": 3, "out-data": b64(b"out\n"), "err-data": b64(b"err\n")}])
+    seen, agent = exec_agent(statuses)
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        result = client.exec(["sh", "-c", "exit 3"], timeout=5, stdin=b"input")
+    assert (result.exitcode, result.stdout, result.stderr, result.ok) == (3, b"out\n", b"err\n", False)
+    [start] = [request for request in seen if request["execute"] == "guest-exec"]
+    assert start["arguments"] == {"path": "sh", "arg": ["-c", "exit 3"], "capture-output": True,
+                                  "input-data": b64(b"input")}
+    assert [r["execute"] for r in seen].count("guest-exec-status") == 3
+
+
+def test_exec_reports_signals_and_truncation(socket_path: Path) -> None:
+    statuses = iter([{"exited": True, "signal": 9, "out-data": b64(b"x" * 10), "out-truncated": True}])
+    _, agent = exec_agent(statuses)
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        result = client.exec(["yes"], timeout=5)
+    assert (result.exitcode, result.signal, result.stdout_truncated, result.stderr_truncated) == (None, 9, True, False)
+
+
+def test_exec_that_outlives_its_timeout_fails_naming_the_command(socket_path: Path) -> None:
+    still_running: dict[str, object] = {"exited": False}
+    _, agent = exec_agent(itertools.repeat(still_running))
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        with pytest.raises(AgentError, match="`sleep 100` did not finish within 0.3 s in the guest"):
+            client.exec(["sleep", "100"], timeout=0.3)
+
+
+def test_exec_of_a_missing_program_is_an_agent_error(socket_path: Path) -> None:
+    def agent(request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-exec":
+            return [refuse(request, "Guest agent command failed, error was 'Failed to execute child process "
+                                    "“nope” (No such file or directory)'")]
+        return syncing(request)
+
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        with pytest.raises(AgentError, match="failed to run `nope`: .*No such file or directory"):
+            client.exec(["nope"], timeout=5)
+
+
+def test_disabled_guest_exec_is_said_plainly(socket_path: Path) -> None:
+    def agent(request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-info":
+            return [answer(request, {"version": "7.2", "supported_commands": [
+                {"name": "guest-exec", "enabled": False}, {"name": "guest-exec-status", "enabled": True},
+            ]})]
+        return syncing(request)
+
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        with pytest.raises(AgentError) as caught:
+            client.require("guest-exec", "guest-exec-status", purpose="to run post_boot hooks")
+    assert str(caught.value) == ("the guest agent has guest-exec disabled (qemu-ga --block-rpcs / --allow-rpcs); "
+                                 "vmrun needs it to run post_boot hooks")
+
+
+def test_interface_by_mac_ignores_case(socket_path: Path) -> None:
+    def agent(request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-network-get-interfaces":
+            return [answer(request, [
+                {"name": "lo", "hardware-address": "00:00:00:00:00:00"},
+                {"name": "eth0", "hardware-address": "52:54:00:AB:CD:EF",
+                 "ip-addresses": [{"ip-address": "10.0.2.15", "ip-address-type": "ipv4", "prefix": 24}]},
+            ])]
+        return syncing(request)
+
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        interface = client.interface_by_mac("52:54:00:ab:cd:ef")
+    assert interface is not None and (interface.name, interface.addresses) == ("eth0", ("10.0.2.15",))

@@ -1,0 +1,62 @@
+"""The QMP monitor client against a scripted qemu on a real unix socket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from vmrun.errors import LaunchError
+from vmrun.monitor import Monitor
+
+from .fakepeer import HANG_UP, QMP_GREETING, FakePeer, Message, Script, answer
+
+SHUTDOWN_EVENT = {"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"},
+                  "timestamp": {"seconds": 1, "microseconds": 0}}
+
+
+def qemu(*, honours_powerdown: bool, status: str = "running") -> Script:
+    def script(request: Message) -> Iterable[object]:
+        command = request["execute"]
+        if command == "qmp_capabilities":
+            return [answer(request, {})]
+        if command == "query-status":
+            return [answer(request, {"status": status, "running": status == "running"})]
+        if command == "system_powerdown":
+            return [answer(request, {}), *([SHUTDOWN_EVENT] if honours_powerdown else [])]
+        if command == "quit":
+            return [answer(request, {}), HANG_UP]
+        raise AssertionError(command)
+
+    return script
+
+
+def test_handshake_status_and_powerdown_that_the_guest_honours(tmp_path: Path) -> None:
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, qemu(honours_powerdown=True), greeting=QMP_GREETING) as peer, Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        assert monitor.status() == "running"
+        assert monitor.powerdown(timeout=5) is True
+    assert peer.commands() == ["qmp_capabilities", "query-status", "system_powerdown"]
+
+
+def test_powerdown_ignored_by_the_guest_returns_false_after_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, qemu(honours_powerdown=False), greeting=QMP_GREETING), Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        assert monitor.powerdown(timeout=0.5) is False
+
+
+def test_quit_with_qemu_hanging_up_is_success(tmp_path: Path) -> None:
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, qemu(honours_powerdown=False), greeting=QMP_GREETING) as peer, Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        monitor.quit()
+    assert peer.commands()[-1] == "quit"
+
+
+def test_missing_socket_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.sock"
+    with Monitor(path) as monitor, pytest.raises(LaunchError, match=f"cannot connect to qemu's QMP monitor at {path}"):
+        monitor.connect(timeout=1)
