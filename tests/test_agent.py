@@ -93,7 +93,7 @@ def exec_agent(statuses: Iterator[dict[str, object]]) -> tuple[list[Message], Sc
 
 
 def test_exec_polls_until_exited_and_decodes_output(socket_path: Path) -> None:
-    statuses = iter([{"exited": False}, {"exited": False},
+    statuses: Iterator[dict[str, object]] = iter([{"exited": False}, {"exited": False},
                      {"exited": True, "exitcode": 3, "out-data": b64(b"out\n"), "err-data": b64(b"err\n")}])
     seen, agent = exec_agent(statuses)
     with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
@@ -107,7 +107,7 @@ def test_exec_polls_until_exited_and_decodes_output(socket_path: Path) -> None:
 
 
 def test_exec_reports_signals_and_truncation(socket_path: Path) -> None:
-    statuses = iter([{"exited": True, "signal": 9, "out-data": b64(b"x" * 10), "out-truncated": True}])
+    statuses: Iterator[dict[str, object]] = iter([{"exited": True, "signal": 9, "out-data": b64(b"x" * 10), "out-truncated": True}])
     _, agent = exec_agent(statuses)
     with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
         client.wait_ready(timeout=5)
