@@ -107,7 +107,8 @@ def test_exec_polls_until_exited_and_decodes_output(socket_path: Path) -> None:
 
 
 def test_exec_reports_signals_and_truncation(socket_path: Path) -> None:
-    statuses: Iterator[dict[str, object]] = iter([{"exited": True, "signal": 9, "out-data": b64(b"x" * 10), "out-truncated": True}])
+    killed: dict[str, object] = {"exited": True, "signal": 9, "out-data": b64(b"x" * 10), "out-truncated": True}
+    statuses = iter([killed])
     _, agent = exec_agent(statuses)
     with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
         client.wait_ready(timeout=5)
