@@ -14,7 +14,7 @@ import pytest
 from vmrun.agent import GuestAgent
 from vmrun.errors import AgentError
 
-from .fakepeer import FakePeer, Message, Script, answer, refuse
+from .fakepeer import HANG_UP, FakePeer, Message, Script, answer, refuse
 
 
 def b64(data: bytes) -> str:
@@ -168,3 +168,62 @@ def test_interface_by_mac_ignores_case(socket_path: Path) -> None:
         client.wait_ready(timeout=5)
         interface = client.interface_by_mac("52:54:00:ab:cd:ef")
     assert interface is not None and (interface.name, interface.addresses) == ("eth0", ("10.0.2.15",))
+
+
+def test_an_id_less_error_drops_the_connection_and_wait_ready_reconnects(socket_path: Path) -> None:
+    # qemu-ga answers bytes it cannot parse (left by a killed client) with an error without an id;
+    # qemu.qmp cannot route that and drops the connection instead of discarding the message.
+    def agent(request: Message) -> Iterable[object]:
+        if peer.connections == 1:
+            return [{"error": {"class": "GenericError", "desc": "JSON parse error, invalid literal"}}]
+        return syncing(request)
+
+    with FakePeer(socket_path, agent) as peer, GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        assert peer.connections == 2
+
+
+def test_wait_ready_on_a_missing_socket_says_so_in_the_hint(socket_path: Path) -> None:
+    with GuestAgent(socket_path) as client, pytest.raises(AgentError) as caught:
+        client.wait_ready(timeout=0.3)
+    assert caught.value.hint is not None
+    assert f"cannot connect to the guest agent at {socket_path}: No such file or directory" in caught.value.hint
+
+
+def test_an_agent_hanging_up_mid_command_is_an_agent_error(socket_path: Path) -> None:
+    def agent(request: Message) -> Iterable[object]:
+        return [HANG_UP] if request["execute"] == "guest-exec" else syncing(request)
+
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        with pytest.raises(AgentError) as caught:
+            client.exec(["true"], timeout=5)
+    assert str(caught.value) == f"the guest agent ({socket_path}) hung up before answering guest-exec"
+
+
+def shutdown_agent(*replies: object) -> Script:
+    def agent(request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-shutdown":
+            assert request["arguments"] == {"mode": "powerdown"}
+            return [message if message is HANG_UP else refuse(request, str(message)) for message in replies]
+        return syncing(request)
+
+    return agent
+
+
+@pytest.mark.parametrize("replies", [(), (HANG_UP,)], ids=["silence", "hang-up"])
+def test_shutdown_is_taken_on_silence_or_a_hang_up(socket_path: Path, replies: tuple[object, ...]) -> None:
+    with FakePeer(socket_path, shutdown_agent(*replies)) as peer, GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        started = time.monotonic()
+        client.shutdown(grace=0.3)
+        assert time.monotonic() - started < 0.6
+        assert peer.commands()[-1] == "guest-shutdown"
+
+
+def test_shutdown_refused_by_the_guest_is_an_agent_error(socket_path: Path) -> None:
+    with FakePeer(socket_path, shutdown_agent("child process has failed to shutdown")), \
+            GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        with pytest.raises(AgentError, match="^the guest agent refused guest-shutdown: child process has failed"):
+            client.shutdown(grace=5)

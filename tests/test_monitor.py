@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -60,3 +61,43 @@ def test_missing_socket_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "absent.sock"
     with Monitor(path) as monitor, pytest.raises(LaunchError, match=f"cannot connect to qemu's QMP monitor at {path}"):
         monitor.connect(timeout=1)
+
+
+def test_powerdown_catches_a_shutdown_event_sent_before_the_reply(tmp_path: Path) -> None:
+    # qemu may emit SHUTDOWN before it answers system_powerdown: the listener must already be there.
+    def eager(request: Message) -> Iterable[object]:
+        if request["execute"] == "system_powerdown":
+            return [SHUTDOWN_EVENT, answer(request, {})]
+        return qemu(honours_powerdown=False)(request)
+
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, eager, greeting=QMP_GREETING), Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        assert monitor.powerdown(timeout=5) is True
+
+
+@pytest.mark.parametrize("replies", [[HANG_UP], [{"return": {}}, HANG_UP]], ids=["before-reply", "after-reply"])
+def test_powerdown_counts_qemu_going_away_as_done(tmp_path: Path, replies: list[object]) -> None:
+    def exits(request: Message) -> Iterable[object]:
+        if request["execute"] == "system_powerdown":
+            return [{**reply, "id": request["id"]} if isinstance(reply, dict) else reply for reply in replies]
+        return qemu(honours_powerdown=False)(request)
+
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, exits, greeting=QMP_GREETING), Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        started = time.monotonic()
+        assert monitor.powerdown(timeout=5) is True
+        assert time.monotonic() - started < 1
+
+
+def test_qemu_dying_mid_command_is_a_one_line_launch_error(tmp_path: Path) -> None:
+    def dies(request: Message) -> Iterable[object]:
+        return [HANG_UP] if request["execute"] == "query-status" else qemu(honours_powerdown=False)(request)
+
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, dies, greeting=QMP_GREETING), Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        with pytest.raises(LaunchError) as caught:
+            monitor.status()
+    assert str(caught.value) == f"qemu's QMP monitor ({path}) hung up before answering query-status"
