@@ -1,20 +1,28 @@
-"""A fake host tree laid out as Linux's sysfs is, and a fake kernel that reacts to writes as Linux does.
+"""Fake host trees laid out as Linux's sysfs is, and FakeHost: a Host whose kernel reacts to writes as Linux does.
 
-Symlinks are relative and point where the kernel's do: bus/pci/devices/ADDR -> devices/pci0000:00/ADDR,
-ADDR/iommu_group -> kernel/iommu_groups/N, ADDR/driver -> bus/pci/drivers/NAME. Writing drivers_probe
-honours driver_override; /dev/vfio/N exists while a device of group N is bound to vfio-pci.
+Links are relative and point where the kernel's do: bus/pci/devices/ADDR -> devices/pci0000:00/[BRIDGE/]ADDR,
+ADDR/iommu_group -> kernel/iommu_groups/N, ADDR/driver -> bus/pci/drivers/NAME, class/net/IF -> the device's
+net/IF, class/block/NAME -> the disk or partition. FakeHost's kernel honours driver_override on drivers_probe
+and bind, drops the driver link on unbind, and keeps /dev/vfio/N while a device of group N is bound to vfio-pci
+(Linux creates the node when the first one binds). Its `run` plays ip, qemu-img and useradd on the tree.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import attrs
 
-from vmrun.host import Host
+from vmrun.host import Host, HostCommandError
+from vmrun.units import MIB, parse_size
 
-DEVICES = "sys/devices/pci0000:00"
+PCI_ROOT = "/sys/devices/pci0000:00"
+IFF_TAP, IFF_MULTI_QUEUE, IFF_PERSIST, IFF_NO_PI = 0x2, 0x100, 0x800, 0x1000
+IFF_UP = 0x1
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
 @attrs.frozen
@@ -24,103 +32,278 @@ class FakePci:
     driver: str | None = "nvme"
     device_class: str = "0x010802"
     boot_vga: bool = False
+    behind: str | None = None  # the bridge it sits behind, as in sysfs's device tree
+
+    @property
+    def sysfs_dir(self) -> str:
+        return f"{PCI_ROOT}/{self.behind + '/' if self.behind else ''}{self.address}"
 
 
-def _link(link: Path, target: str) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(target)
+def put(root: Path, host_path: str, text: str = "") -> None:
+    path = root / host_path.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def link(root: Path, host_path: str, target: str) -> None:
+    """A relative link, as sysfs makes them."""
+    path = root / host_path.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(os.path.relpath(target, os.path.dirname(host_path)))
 
 
 def build_host_tree(root: Path, devices: list[FakePci], *, ksm_run: str = "0") -> Path:
     for device in devices:
-        directory = root / DEVICES / device.address
-        directory.mkdir(parents=True)
         for name, value in (("vendor", "0x144d"), ("device", "0xa808"), ("class", device.device_class),
                             ("driver_override", "(null)")):
-            (directory / name).write_text(value + "\n")
+            put(root, f"{device.sysfs_dir}/{name}", value + "\n")
         if device.boot_vga:
-            (directory / "boot_vga").write_text("1\n")
-        _link(root / "sys/bus/pci/devices" / device.address, f"../../../devices/pci0000:00/{device.address}")
-        _link(directory / "iommu_group", f"../../../kernel/iommu_groups/{device.group}")
-        _link(root / "sys/kernel/iommu_groups" / device.group / "devices" / device.address,
-              f"../../../../devices/pci0000:00/{device.address}")
+            put(root, f"{device.sysfs_dir}/boot_vga", "1\n")
+        link(root, f"/sys/bus/pci/devices/{device.address}", device.sysfs_dir)
+        link(root, f"{device.sysfs_dir}/iommu_group", f"/sys/kernel/iommu_groups/{device.group}")
+        link(root, f"/sys/kernel/iommu_groups/{device.group}/devices/{device.address}", device.sysfs_dir)
         if device.driver:
             bind(root, device.address, device.driver)
-    for name in ("bind", "unbind"):  # vfio-pci is loaded, as it must be for passthrough
-        (root / "sys/bus/pci/drivers/vfio-pci").mkdir(parents=True, exist_ok=True)
-        (root / "sys/bus/pci/drivers/vfio-pci" / name).touch()
-    (root / "sys/kernel/iommu_groups").mkdir(parents=True, exist_ok=True)
-    (root / "sys/bus/pci/drivers_probe").write_text("")
-    (root / "sys/kernel/mm/ksm").mkdir(parents=True)
-    (root / "sys/kernel/mm/ksm/run").write_text(ksm_run + "\n")
-    (root / "dev/vfio").mkdir(parents=True)
-    (root / "dev/vfio/vfio").write_text("")
-    (root / "proc/net").mkdir(parents=True)
-    (root / "proc/mounts").write_text("/dev/vda1 / ext4 rw 0 0\n")
-    (root / "proc/net/route").write_text("Iface\tDestination\tGateway\n")
+        if device.driver == "vfio-pci":
+            put(root, f"/dev/vfio/{device.group}")
+    add_driver(root, "vfio-pci")  # loaded, as passthrough needs
+    for directory in ("sys/kernel/iommu_groups", "sys/devices/virtual/net", "sys/class/net", "sys/class/block",
+                      "sys/block", "sys/module"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    put(root, "/sys/bus/pci/drivers_probe")
+    put(root, "/sys/kernel/mm/ksm/run", ksm_run + "\n")
+    put(root, "/dev/vfio/vfio")
+    put(root, "/dev/net/tun")
+    put(root, "/etc/passwd", PASSWD)
+    put(root, "/etc/group", GROUP)
+    put(root, "/proc/mounts", "sysfs /sys sysfs rw 0 0\n/dev/vda1 / ext4 rw 0 0\n")
+    put(root, "/proc/swaps", "Filename\tType\tSize\tUsed\tPriority\n")
+    put(root, "/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n")
+    put(root, "/proc/net/ipv6_route")
     return root
 
 
-def bind(root: Path, address: str, driver: str) -> None:
-    driver_dir = root / "sys/bus/pci/drivers" / driver
+def add_driver(root: Path, driver: str) -> None:
     for name in ("bind", "unbind"):
-        driver_dir.mkdir(parents=True, exist_ok=True)
-        (driver_dir / name).touch()
-    _link(root / DEVICES / address / "driver", f"../../../bus/pci/drivers/{driver}")
+        put(root, f"/sys/bus/pci/drivers/{driver}/{name}")
+
+
+def bind(root: Path, address: str, driver: str) -> None:
+    add_driver(root, driver)
+    device = (root / "sys/bus/pci/devices" / address).resolve().relative_to(root.resolve())
+    link(root, f"/{device}/driver", f"/sys/bus/pci/drivers/{driver}")
+
+
+def add_net_device(root: Path, name: str, device_dir: str, *, flags: int = 0x1003) -> str:
+    """A network interface below device_dir (a PCI function, or /sys/devices/virtual/net)."""
+    directory = f"{device_dir}/net/{name}" if device_dir.startswith(PCI_ROOT) else f"{device_dir}/{name}"
+    put(root, f"{directory}/flags", f"{flags:#x}\n")
+    link(root, f"/sys/class/net/{name}", directory)
+    if device_dir.startswith(PCI_ROOT):
+        link(root, f"{directory}/device", device_dir)
+    return directory
+
+
+def add_bridge(root: Path, name: str) -> None:
+    directory = add_net_device(root, name, "/sys/devices/virtual/net")
+    (root / directory.lstrip("/") / "bridge").mkdir()
+
+
+def add_tap(root: Path, name: str, *, multi_queue: bool, owner: int = -1, group: int = -1) -> None:
+    directory = add_net_device(root, name, "/sys/devices/virtual/net", flags=0x1002)
+    flags = IFF_TAP | IFF_PERSIST | IFF_NO_PI | (IFF_MULTI_QUEUE if multi_queue else 0)
+    for attribute, value in (("tun_flags", f"{flags:#x}"), ("owner", str(owner)), ("group", str(group))):
+        put(root, f"{directory}/{attribute}", value + "\n")
+
+
+def attach(root: Path, tap: str, bridge: str) -> None:
+    link(root, f"/sys/devices/virtual/net/{tap}/master", f"/sys/devices/virtual/net/{bridge}")
+    link(root, f"/sys/devices/virtual/net/{bridge}/lower_{tap}", f"/sys/devices/virtual/net/{tap}")
+
+
+def add_default_route(root: Path, interface: str) -> None:
+    with open(root / "proc/net/route", "a") as routes:
+        routes.write(f"{interface}\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\n")
+
+
+def add_disk(root: Path, name: str, function_dir: str, *, partitions: tuple[str, ...] = ()) -> str:
+    """An NVMe namespace below the function, with its partitions; returns the disk's sysfs directory."""
+    disk = f"{function_dir}/nvme/nvme0/{name}"
+    put(root, f"{disk}/dev", "259:0\n")
+    link(root, f"/sys/block/{name}", disk)
+    link(root, f"/sys/class/block/{name}", disk)
+    for partition in partitions:
+        put(root, f"{disk}/{partition}/partition", "1\n")
+        link(root, f"/sys/class/block/{partition}", f"{disk}/{partition}")
+    return disk
+
+
+def add_device_mapper(root: Path, name: str, mapper_name: str, *, on: str) -> None:
+    """dm-N (LVM, dm-crypt) built on the block device whose sysfs directory is `on`."""
+    directory = f"/sys/devices/virtual/block/{name}"
+    put(root, f"{directory}/dm/name", mapper_name + "\n")
+    link(root, f"/sys/class/block/{name}", directory)
+    link(root, f"{on}/holders/{name}", directory)
+
+
+def add_kvm(root: Path, *, modules: list[str], cpu_flags: str) -> None:
+    put(root, "/dev/kvm")
+    for module in modules:
+        (root / "sys/module" / module).mkdir(parents=True, exist_ok=True)
+    put(root, "/proc/cpuinfo", f"processor\t: 0\nflags\t\t: {cpu_flags}\n")
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file's content and every link's target: two equal snapshots mean an untouched tree."""
+    """Every directory, file (content and owner) and link (target): equal snapshots mean an untouched tree."""
     state = {}
     for path in sorted(root.rglob("*")):
         key = str(path.relative_to(root))
         if path.is_symlink():
             state[key] = "-> " + os.readlink(path)
-        elif path.is_file():
-            state[key] = path.read_text() + f" [owner {path.stat().st_uid}]"
+        elif path.is_dir():
+            state[key] = "dir"
+        else:
+            state[key] = path.read_text() + f" [owner {path.stat().st_uid}:{path.stat().st_gid}]"
     return state
 
 
+def _fail(number: int, host_path: str) -> OSError:
+    return OSError(number, os.strerror(number), host_path)
+
+
 @attrs.frozen
-class FakeKernelHost(Host):
-    """Host(root) whose sysfs writes have the kernel's effects; records every write."""
+class FakeHost(Host):
+    """Host(root) with a fake kernel: sysfs writes and host tools have Linux's effects on the tree.
+
+    Records every write and command, so tests can hold them against the plan.
+    """
 
     natural_drivers: dict[str, str] = attrs.field(factory=dict)  # what probing binds without an override
-    fail_on: str | None = None  # a path whose write fails, as a stuck driver would
+    fail_on: str | None = None  # a path whose write fails, or the start of a command line that fails
+    memlock: tuple[int | None, int | None] = (64 * MIB, 64 * MIB)
     writes: list[tuple[str, str]] = attrs.field(factory=list)
+    commands: list[tuple[str, ...]] = attrs.field(factory=list)
+
+    def memlock_limits(self) -> tuple[int | None, int | None]:
+        return self.memlock
+
+    def wait_for(self, host_path: str | Path, timeout: float) -> bool:
+        return self.exists(host_path)  # this kernel acts at once: nothing to wait for
+
+    # --- sysfs ---
 
     def write(self, host_path: str | Path, value: str) -> None:
         path = str(host_path)
         if path == self.fail_on:
-            raise OSError(16, "Device or resource busy", path)
+            raise _fail(errno.EBUSY, path)
         self.writes.append((path, value))
         if path.endswith("/driver_override"):
-            super().write(path, "(null)\n" if value.strip() == "" else value + "\n")
-        elif path.endswith("/unbind"):
-            (self.root / DEVICES / value / "driver").unlink()
+            super().write(path, (value.strip() or "(null)") + "\n")
         elif path == "/sys/bus/pci/drivers_probe":
             self._probe(value)
+        elif path.endswith("/unbind"):
+            self._unbind(path, value)
+        elif path.endswith("/bind"):
+            self._bind(path, value)
         else:
             super().write(path, value)
         self._update_vfio_nodes()
 
+    def _device(self, address: str) -> str:
+        return f"/sys/bus/pci/devices/{address}"
+
     def _probe(self, address: str) -> None:
-        device = self.root / DEVICES / address
-        if (device / "driver").is_symlink():
+        if self.link_name(f"{self._device(address)}/driver"):
             return
-        override = (device / "driver_override").read_text().strip()
+        override = self.read(f"{self._device(address)}/driver_override")
         driver = override if override != "(null)" else self.natural_drivers.get(address)
-        if driver:
+        if driver and self.exists(f"/sys/bus/pci/drivers/{driver}"):
             bind(self.root, address, driver)
 
+    def _unbind(self, path: str, address: str) -> None:
+        driver = self.resolve(os.path.dirname(path))
+        if driver is None or self.link_name(f"{self._device(address)}/driver") != os.path.basename(driver):
+            raise _fail(errno.ENODEV, path)
+        self.path(f"{self._device(address)}/driver").unlink()
+
+    def _bind(self, path: str, address: str) -> None:
+        driver = os.path.basename(os.path.dirname(path))
+        if self.link_name(f"{self._device(address)}/driver"):
+            raise _fail(errno.EBUSY, path)
+        if self.read(f"{self._device(address)}/driver_override") not in ("(null)", driver):
+            raise _fail(errno.ENODEV, path)
+        bind(self.root, address, driver)
+
     def _update_vfio_nodes(self) -> None:
-        for group in (self.root / "sys/kernel/iommu_groups").iterdir():
-            node = self.root / "dev/vfio" / group.name
-            bound = any(
-                os.readlink(member / "driver").endswith("/vfio-pci")
-                for member in (group / "devices").iterdir() if (member / "driver").is_symlink()
-            )
+        for group in self.listdir("/sys/kernel/iommu_groups"):
+            members = self.listdir(f"/sys/kernel/iommu_groups/{group}/devices")
+            bound = any(self.link_name(f"{self._device(member)}/driver") == "vfio-pci" for member in members)
+            node = self.path(f"/dev/vfio/{group}")
             if bound and not node.exists():
                 node.write_text("")
+                os.chown(node, 0, 0)
             elif not bound and node.exists():
                 node.unlink()
+
+    # --- host tools ---
+
+    def run(self, argv: list[str], *, timeout: float = 60) -> str:
+        self.commands.append(tuple(argv))
+        if self.fail_on and " ".join(argv).startswith(self.fail_on):
+            raise HostCommandError(f"{argv[0]}: failed, as the test asked")
+        match argv:
+            case ["ip", "tuntap", "add", "dev", tap, "mode", "tap", *options]:
+                self._tuntap_add(tap, multi_queue="multi_queue" in options, user=options[-1])
+            case ["ip", "tuntap", "del", "dev", tap, "mode", "tap", *options]:
+                self._tuntap_del(tap, multi_queue="multi_queue" in options)
+            case ["ip", "link", "set", tap, "master", bridge, "up"]:
+                self._attach(tap, bridge)
+            case ["ip", "link", "set", tap, "nomaster", *down]:
+                self._detach(tap, down=bool(down))
+            case ["qemu-img", "create", "-q", "-f", _, image, size]:
+                with open(image, "wb") as file:
+                    file.truncate(int(size) if size.isdigit() else parse_size(size))
+            case ["useradd", *_, name]:
+                with open(self.path("/etc/passwd"), "a") as passwd:
+                    passwd.write(f"{name}:x:999:999::/nonexistent:/usr/sbin/nologin\n")
+            case ["userdel", name]:
+                lines = (self.read("/etc/passwd") or "").splitlines()
+                self.path("/etc/passwd").write_text("".join(f"{x}\n" for x in lines if not x.startswith(f"{name}:")))
+            case _:
+                raise HostCommandError(f"the fake host cannot run {argv}")
+        return ""
+
+    def _tuntap_add(self, tap: str, *, multi_queue: bool, user: str) -> None:
+        if self.exists(f"/sys/class/net/{tap}"):
+            raise HostCommandError("ioctl(TUNSETIFF): Device or resource busy")
+        owner = self.user(user)
+        add_tap(self.root, tap, multi_queue=multi_queue, owner=owner.uid if owner else -1)
+
+    def _tuntap_del(self, tap: str, *, multi_queue: bool) -> None:
+        flags = int(self.read(f"/sys/class/net/{tap}/tun_flags") or "0", 16)
+        if not flags or bool(flags & IFF_MULTI_QUEUE) != multi_queue:
+            raise HostCommandError("ioctl(TUNSETIFF): Invalid argument")
+        if self.link_name(f"/sys/class/net/{tap}/master"):
+            self._detach(tap, down=True)
+        for entry in sorted(self.path(f"/sys/devices/virtual/net/{tap}").iterdir()):
+            entry.unlink()
+        self.path(f"/sys/devices/virtual/net/{tap}").rmdir()
+        self.path(f"/sys/class/net/{tap}").unlink()
+
+    def _attach(self, tap: str, bridge: str) -> None:
+        if not self.exists(f"/sys/class/net/{bridge}/bridge") or not self.exists(f"/sys/class/net/{tap}"):
+            raise HostCommandError(f"Cannot find device \"{bridge}\"")
+        attach(self.root, tap, bridge)
+        self._set_flags(tap, up=True)
+
+    def _detach(self, tap: str, *, down: bool) -> None:
+        bridge = self.link_name(f"/sys/class/net/{tap}/master")
+        if bridge:
+            self.path(f"/sys/devices/virtual/net/{tap}/master").unlink()
+            self.path(f"/sys/devices/virtual/net/{bridge}/lower_{tap}").unlink()
+        if down:
+            self._set_flags(tap, up=False)
+
+    def _set_flags(self, interface: str, *, up: bool) -> None:
+        flags = int(self.read(f"/sys/class/net/{interface}/flags") or "0", 16)
+        self.path(f"/sys/class/net/{interface}/flags").write_text(f"{flags | IFF_UP if up else flags & ~IFF_UP:#x}\n")

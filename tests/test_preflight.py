@@ -1,4 +1,4 @@
-"""Preflight on fake host trees (this machine has no IOMMU, no /dev/vfio and no vhost-net)."""
+"""Preflight on fake host trees (this machine has no IOMMU and no vhost-net), and on its real network stack."""
 
 from __future__ import annotations
 
@@ -8,241 +8,502 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
+from vmrun.changes import Action
 from vmrun.errors import PreflightError
-from vmrun.host import Host
+from vmrun.host import Host, gather_facts
 from vmrun.load import parse_spec
-from vmrun.preflight import Change, Others, Plan, Status, apply_plan, plan_preflight, undo_changes
+from vmrun.preflight import (
+    IFF_MULTI_QUEUE,
+    AppliedChange,
+    Others,
+    Plan,
+    PreflightRefused,
+    Status,
+    apply_plan,
+    ksm_restore_value,
+    plan_preflight,
+    undo_changes,
+)
 from vmrun.render import HostFacts
-from vmrun.spec import Firmware, Spec
+from vmrun.spec import Spec
 from vmrun.units import MIB
+from vmrun.vfio import why_host_needs
 
 from .common import REPO
-from .fakehost import FakeKernelHost, FakePci, build_host_tree, snapshot
+from .fakehost import (
+    FakeHost,
+    FakePci,
+    add_bridge,
+    add_default_route,
+    add_device_mapper,
+    add_disk,
+    add_kvm,
+    add_net_device,
+    add_tap,
+    attach,
+    build_host_tree,
+    put,
+    snapshot,
+)
 
 ROOT_FACTS = HostFacts(kvm_usable=False, kvm_reason="no KVM here", drop_privileges=True, qemu_version="7.2.0")
-NVME = FakePci("0000:01:00.0", group="12", driver="nvme")
+USER_FACTS = attrs.evolve(ROOT_FACTS, drop_privileges=False)
+NOBODY = 65534
 BRIDGE = FakePci("0000:00:01.0", group="12", driver="pcieport", device_class="0x060400")
+NVME = FakePci("0000:01:00.0", group="12", driver="nvme", behind="0000:00:01.0")
 GPU = FakePci("0000:03:00.0", group="15", driver="amdgpu", device_class="0x030000")
 GPU_AUDIO = FakePci("0000:03:00.1", group="15", driver="snd_hda_intel", device_class="0x040300")
 NATURAL = {"0000:01:00.0": "nvme", "0000:03:00.0": "amdgpu", "0000:03:00.1": "snd_hda_intel"}
 
 
-def spec_with(*, vfio: list[str], ksm: bool = False, memory: str = "1G") -> Spec:
-    data: dict[str, Any] = {
-        "name": "fake", "machine": {"memory": memory}, "boot": {"kernel": str(REPO / "pyproject.toml")},
-        "vfio": [{"id": f"dev{index}", "host": address} for index, address in enumerate(vfio)],
-        "host": {"user": "nobody", "ksm": ksm},
-    }
+def make_spec(**sections: Any) -> Spec:
+    data = {"name": "fake", "boot": {"kernel": str(REPO / "pyproject.toml")}, "host": {"user": "nobody"}, **sections}
     return parse_spec(data, source="t", base=Path("/"))
 
 
-def fake_host(tmp_path: Path, devices: list[FakePci], **options: Any) -> FakeKernelHost:
-    build_host_tree(tmp_path, devices)
-    return FakeKernelHost(root=tmp_path, natural_drivers=NATURAL, **options)
+def vfio_spec(*addresses: str, memory: str = "1G") -> Spec:
+    return make_spec(machine={"memory": memory},
+                     vfio=[{"id": f"dev{index}", "host": address} for index, address in enumerate(addresses)])
 
 
-def plan_for(spec: Spec, host: Host) -> Plan:
-    return plan_preflight(spec, host, ROOT_FACTS)
+def nic_spec(*, user: str = "nobody", **nic: Any) -> Spec:
+    return make_spec(nics=[{"id": "n0", "tap": "vmtap0", **nic}], host={"user": user})
 
 
-def driver_of(root: Path, address: str) -> str | None:
-    link = root / "sys/bus/pci/devices" / address / "driver"
-    return Path(os.readlink(link)).name if link.is_symlink() else None
+def fake_host(tmp_path: Path, devices: tuple[FakePci, ...] = (), **options: Any) -> FakeHost:
+    root = build_host_tree(tmp_path / "host", list(devices))
+    return FakeHost(root=root, natural_drivers=NATURAL, **options)
+
+
+def plan_for(spec: Spec, host: Host, facts: HostFacts = ROOT_FACTS, others: Others | None = None) -> Plan:
+    return plan_preflight(spec, host, facts, others=others or Others())
+
+
+def messages(plan: Plan, status: Status = Status.FAIL) -> list[str]:
+    return [check.message for check in plan.checks if check.status is status]
+
+
+def driver_of(host: Host, address: str) -> str | None:
+    return host.link_name(f"/sys/bus/pci/devices/{address}/driver")
+
+
+def planned_writes(plan: Plan) -> list[tuple[str, str]]:
+    return [(c.step.path, c.step.value) for c in plan.changes if c.step.action is Action.WRITE]
+
+
+# --- VFIO -----------------------------------------------------------------------------------------
 
 
 def test_fake_sysfs_viable_group_binds_exactly_the_function_and_chowns_its_group(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [NVME, BRIDGE])
-    plan = plan_for(spec_with(vfio=["01:00.0"]), host)
+    host = fake_host(tmp_path, (BRIDGE, NVME))
+    plan = plan_for(vfio_spec("01:00.0"), host)
     assert plan.failures == ()
-    assert [change.step.to_json() for change in plan.changes] == [
+    assert plan.to_json()["changes"] == [
         {"action": "write", "path": "/sys/bus/pci/devices/0000:01:00.0/driver_override", "value": "vfio-pci"},
         {"action": "write", "path": "/sys/bus/pci/devices/0000:01:00.0/driver/unbind", "value": "0000:01:00.0"},
         {"action": "write", "path": "/sys/bus/pci/drivers_probe", "value": "0000:01:00.0"},
         {"action": "chown", "path": "/dev/vfio/12", "value": "nobody"},
     ]
     apply_plan(plan, host)
-    assert driver_of(tmp_path, "0000:01:00.0") == "vfio-pci"
-    assert driver_of(tmp_path, "0000:00:01.0") == "pcieport"  # the bridge is left alone
-    assert (tmp_path / "dev/vfio/12").stat().st_uid == 65534
-    # Exactly the paths the plan named were written, in its order.
-    assert [path for path, _ in host.writes] == [c.step.path for c in plan.changes if c.step.action == "write"]
+    assert driver_of(host, "0000:01:00.0") == "vfio-pci"
+    assert driver_of(host, "0000:00:01.0") == "pcieport"  # the bridge stays with the host
+    assert host.ownership("/dev/vfio/12") == f"{NOBODY}:{NOBODY}"
+    assert host.writes == planned_writes(plan)  # exactly what the plan said, in its order
 
 
-def test_fake_sysfs_down_rebinds_the_original_driver_and_restores_the_tree(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [NVME, BRIDGE])
-    before = snapshot(tmp_path)
-    applied = apply_plan(plan_for(spec_with(vfio=["01:00.0"]), host), host)
+@pytest.mark.parametrize(
+    ("device", "natural"),
+    [(NVME, {"0000:01:00.0": "nvme"}), (NVME, {}), (attrs.evolve(NVME, driver=None), {})],
+    ids=["natural-driver", "driver-that-probing-would-not-pick", "no-driver"],
+)
+def test_fake_sysfs_down_gives_the_device_back_as_it_was_and_restores_the_tree(
+    tmp_path: Path, device: FakePci, natural: dict[str, str]
+) -> None:
+    host = attrs.evolve(fake_host(tmp_path, (BRIDGE, device)), natural_drivers=natural)
+    before = snapshot(host.root)
+    applied = apply_plan(plan_for(vfio_spec("01:00.0"), host), host)
+    assert driver_of(host, "0000:01:00.0") == "vfio-pci"
     assert undo_changes(applied, host) == []
-    assert driver_of(tmp_path, "0000:01:00.0") == "nvme"
-    assert snapshot(tmp_path) == before
+    assert driver_of(host, "0000:01:00.0") == device.driver
+    assert snapshot(host.root) == before  # override cleared, /dev/vfio/12 gone with its owner
 
 
 def test_fake_sysfs_group_with_a_foreign_host_driver_is_refused_and_nothing_changes(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [GPU, GPU_AUDIO])
-    before = snapshot(tmp_path)
-    plan = plan_for(spec_with(vfio=["03:00.0"]), host)
-    [failure] = plan.failures
-    assert failure.message.startswith("IOMMU group 15 also holds 0000:03:00.1 (driver snd_hda_intel)")
-    with pytest.raises(PreflightError) as caught:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    before = snapshot(host.root)
+    plan = plan_for(vfio_spec("03:00.0"), host)
+    assert messages(plan) == ["IOMMU group 15 also holds 0000:03:00.1 (driver snd_hda_intel): list them in "
+                              "[[vfio]] too, or unbind them from their host drivers"]
+    with pytest.raises(PreflightRefused) as refused:
         apply_plan(plan, host)
-    assert caught.value.lines() == [f"preflight: vfio dev0: {failure.message}"]
-    assert snapshot(tmp_path) == before and host.writes == []
+    assert refused.value.lines() == [f"preflight: vfio dev0: {messages(plan)[0]}"]
+    assert snapshot(host.root) == before and host.writes == []
 
 
-def test_fake_sysfs_listed_group_partner_is_bound_too(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [GPU, GPU_AUDIO])
-    apply_plan(plan_for(spec_with(vfio=["03:00.0", "03:00.1"]), host), host)
-    assert driver_of(tmp_path, "0000:03:00.0") == driver_of(tmp_path, "0000:03:00.1") == "vfio-pci"
+def test_fake_sysfs_listed_group_partner_is_bound_too_and_the_group_chowned_once(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    plan = plan_for(vfio_spec("03:00.0", "03:00.1"), host)
+    apply_plan(plan, host)
+    assert driver_of(host, "0000:03:00.0") == driver_of(host, "0000:03:00.1") == "vfio-pci"
+    assert [c.step.path for c in plan.changes if c.step.action is Action.CHOWN] == ["/dev/vfio/15"]
+    assert plan.changes[-1].step.action is Action.CHOWN  # after every bind
 
 
 def test_fake_sysfs_failure_midway_rolls_everything_back(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [GPU, GPU_AUDIO], fail_on="/sys/bus/pci/devices/0000:03:00.1/driver/unbind")
-    before = snapshot(tmp_path)
-    failed = "0000:03:00.1/driver/unbind failed: .*Device or resource busy"
-    with pytest.raises(PreflightError, match=failed) as caught:
-        apply_plan(plan_for(spec_with(vfio=["03:00.0", "03:00.1"]), host), host)
-    assert caught.value.hint == "5 earlier change(s) rolled back"
-    assert snapshot(tmp_path) == before
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO), fail_on="/sys/bus/pci/devices/0000:03:00.1/driver/unbind")
+    before = snapshot(host.root)
+    with pytest.raises(PreflightError) as failed:
+        apply_plan(plan_for(vfio_spec("03:00.0", "03:00.1"), host), host)
+    assert str(failed.value) == ("preflight: write /sys/bus/pci/devices/0000:03:00.1/driver/unbind 0000:03:00.1 "
+                                 "failed: Device or resource busy")
+    assert failed.value.hint == "4 earlier change(s) rolled back"
+    assert snapshot(host.root) == before
+
+
+def _boot_vga(host: FakeHost) -> None:
+    put(host.root, f"{NVME.sysfs_dir}/boot_vga", "1\n")
+
+
+def _mounted_partition(host: FakeHost) -> None:
+    add_disk(host.root, "nvme0n1", NVME.sysfs_dir, partitions=("nvme0n1p1", "nvme0n1p2"))
+    put(host.root, "/proc/mounts", "/dev/vda1 / ext4 rw 0 0\n/dev/nvme0n1p2 /srv ext4 rw 0 0\n")
+
+
+def _mounted_lvm_on_partition(host: FakeHost) -> None:
+    disk = add_disk(host.root, "nvme0n1", NVME.sysfs_dir, partitions=("nvme0n1p1",))
+    add_device_mapper(host.root, "dm-0", "vg-root", on=f"{disk}/nvme0n1p1")
+    put(host.root, "/proc/mounts", "/dev/mapper/vg-root / ext4 rw 0 0\n")
+
+
+def _swap(host: FakeHost) -> None:
+    add_disk(host.root, "nvme0n1", NVME.sysfs_dir, partitions=("nvme0n1p3",))
+    with open(host.path("/proc/swaps"), "a") as swaps:
+        swaps.write("/dev/nvme0n1p3\tpartition\t8388604\t0\t-2\n")
+
+
+def _default_route_nic(host: FakeHost) -> None:
+    add_net_device(host.root, "enp1s0", NVME.sysfs_dir)
+    add_default_route(host.root, "enp1s0")
+
+
+def _default_route_through_a_bridge(host: FakeHost) -> None:
+    add_net_device(host.root, "enp1s0", NVME.sysfs_dir)
+    add_bridge(host.root, "br0")
+    attach(host.root, "enp1s0", "br0")
+    add_default_route(host.root, "br0")
+
+
+def _unmounted_disk(host: FakeHost) -> None:
+    add_disk(host.root, "nvme0n1", NVME.sysfs_dir, partitions=("nvme0n1p1",))
+    put(host.root, "/proc/mounts", "/dev/nvme0n10 /x ext4 rw 0 0\n")  # a name it is only a prefix of
 
 
 @pytest.mark.parametrize(
     ("setup", "reason"),
     [
-        (lambda root: None, None),
-        (lambda root: (root / "sys/devices/pci0000:00/0000:01:00.0/boot_vga").write_text("1\n"),
-         "it is the boot VGA device (the host console)"),
-        (lambda root: _block_device(root, mounted=True), "it backs /dev/nvme0n1, which has a mounted filesystem"),
-        (lambda root: _default_route_nic(root), "it is enp1s0, which carries the host's default route"),
+        (_unmounted_disk, None),
+        (_boot_vga, "it is the boot VGA device (the host console)"),
+        (_mounted_partition, "it backs /dev/nvme0n1p2, which has a mounted filesystem"),
+        (_mounted_lvm_on_partition, "it backs /dev/mapper/vg-root, which has a mounted filesystem"),
+        (_swap, "it backs /dev/nvme0n1p3, which the host swaps to"),
+        (_default_route_nic, "it is enp1s0, which carries the host's default route"),
+        (_default_route_through_a_bridge, "it is enp1s0, which carries the host's default route (through br0)"),
     ],
 )
-def test_fake_sysfs_refuses_devices_the_host_needs(tmp_path: Path, setup: Any, reason: str | None) -> None:
-    host = fake_host(tmp_path, [NVME])
-    setup(tmp_path)
-    failures = plan_for(spec_with(vfio=["01:00.0"]), host).failures
+def test_fake_sysfs_refuses_devices_the_host_needs(
+    tmp_path: Path, setup: Callable[[FakeHost], None], reason: str | None
+) -> None:
+    host = fake_host(tmp_path, (BRIDGE, NVME))
+    setup(host)
     expected = [f"refusing to take 0000:01:00.0 from the host: {reason}"] if reason else []
-    assert [failure.message for failure in failures] == expected
+    assert messages(plan_for(vfio_spec("01:00.0"), host)) == expected
 
 
-def _block_device(root: Path, *, mounted: bool) -> None:
-    (root / "sys/devices/pci0000:00/0000:01:00.0/nvme/nvme0/nvme0n1").mkdir(parents=True)
-    (root / "sys/block").mkdir(parents=True)
-    (root / "sys/block/nvme0n1").symlink_to("../devices/pci0000:00/0000:01:00.0/nvme/nvme0/nvme0n1")
-    if mounted:
-        (root / "proc/mounts").write_text("/dev/nvme0n1p2 /srv ext4 rw 0 0\n")
-
-
-def _default_route_nic(root: Path) -> None:
-    (root / "sys/class/net/enp1s0").mkdir(parents=True)
-    (root / "sys/class/net/enp1s0/device").symlink_to("../../../devices/pci0000:00/0000:01:00.0")
-    (root / "proc/net/route").write_text("Iface\tDestination\tGateway\nenp1s0\t00000000\t0101A8C0\n")
-
-
-def test_fake_sysfs_iommu_off_and_missing_device(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [NVME])
-    assert [f.message for f in plan_for(spec_with(vfio=["02:00.0"]), host).failures] == [
-        "no PCI device 0000:02:00.0 on this host (lspci -D lists them)"
-    ]
-    empty = Host(root=tmp_path / "empty")
-    (tmp_path / "empty").mkdir()
-    [failure] = plan_for(spec_with(vfio=["01:00.0"]), empty).failures
+def test_fake_sysfs_no_iommu_missing_device_and_no_vfio_driver(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (BRIDGE, NVME))
+    assert messages(plan_for(vfio_spec("02:00.0"), host)) == [
+        "no PCI device 0000:02:00.0 on this host (lspci -D lists them)"]
+    shutil.rmtree(host.path("/sys/bus/pci/drivers/vfio-pci"))
+    assert messages(plan_for(vfio_spec("01:00.0"), host)) == ["the vfio-pci driver is not loaded (modprobe vfio-pci)"]
+    [failure] = plan_for(vfio_spec("01:00.0"), Host(root=tmp_path / "empty")).failures
     assert failure.name == "iommu" and "intel_iommu=on" in failure.message
 
 
-def test_fake_sysfs_memlock_covers_guest_ram_plus_a_gibibyte(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [NVME])
-    assert plan_for(spec_with(vfio=["01:00.0"], memory="8G"), host).memlock == (8 + 1) * 1024 * MIB
-    assert plan_for(spec_with(vfio=[]), host).memlock is None
+def test_fake_sysfs_without_root_nothing_is_bound_and_the_group_node_must_be_usable(tmp_path: Path) -> None:
+    stubbed = FakePci("0000:02:00.0", group="13", driver="vfio-pci")
+    host = fake_host(tmp_path, (BRIDGE, NVME, stubbed), memlock=(None, None))
+    assert messages(plan_for(vfio_spec("01:00.0"), host, USER_FACTS)) == [
+        "0000:01:00.0 is bound to nvme and only root can bind it to vfio-pci"]
+    plan = plan_for(vfio_spec("02:00.0"), host, USER_FACTS)
+    assert messages(plan) == [] and plan.changes == ()  # bound already, and /dev/vfio/13 is ours to open
 
 
-def test_fake_ksm_turns_on_and_is_restored_only_by_the_last_vm(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [])
-    run = tmp_path / "sys/kernel/mm/ksm/run"
-    applied = apply_plan(plan_for(spec_with(vfio=[], ksm=True), host), host)
-    assert run.read_text() == "1"
-    undo_changes(applied, host, others=Others(want_ksm=True))
-    assert run.read_text() == "1"
+@pytest.mark.parametrize(
+    ("facts", "limits", "status", "memlock"),
+    [
+        (ROOT_FACTS, (64 * MIB, 64 * MIB), Status.OK, 9 * 1024 * MIB),  # root raises it for qemu
+        (ROOT_FACTS, (None, None), Status.OK, None),  # unlimited already
+        (USER_FACTS, (64 * MIB, None), Status.OK, 9 * 1024 * MIB),  # the hard limit allows raising it
+        (USER_FACTS, (64 * MIB, 64 * MIB), Status.FAIL, None),
+    ],
+)
+def test_fake_memlock_covers_guest_ram_plus_a_gibibyte(
+    tmp_path: Path, facts: HostFacts, limits: tuple[int | None, int | None], status: Status, memlock: int | None
+) -> None:
+    host = fake_host(tmp_path, (FakePci("0000:02:00.0", group="13", driver="vfio-pci"),), memlock=limits)
+    plan = plan_for(vfio_spec("02:00.0", memory="8G"), host, facts)
+    [check] = [check for check in plan.checks if check.name == "memlock"]
+    assert (check.status, plan.memlock) == (status, memlock)
+    assert plan_for(vfio_spec(), host, facts).memlock is None
+
+
+# --- taps, bridges, vhost -----------------------------------------------------------------------
+
+
+def test_fake_missing_tap_is_created_multi_queue_for_qemus_user_and_deleted_on_down(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    before = snapshot(host.root)
+    plan = plan_for(nic_spec(queues=4), host)
+    assert plan.to_json()["changes"] == [{"action": "run", "path": "/sys/class/net/vmtap0",
+                                          "value": "ip tuntap add dev vmtap0 mode tap multi_queue user nobody"}]
+    applied = apply_plan(plan, host)
+    assert int(host.read("/sys/class/net/vmtap0/tun_flags") or "0", 16) & IFF_MULTI_QUEUE
+    assert host.read("/sys/class/net/vmtap0/owner") == str(NOBODY)
+    assert undo_changes(applied, host) == []
+    assert host.commands[-1] == ("ip", "tuntap", "del", "dev", "vmtap0", "mode", "tap", "multi_queue")
+    assert snapshot(host.root) == before
+
+
+FIX = "ip tuntap del dev vmtap0 mode tap{}; ip tuntap add dev vmtap0 mode tap{} user nobody"
+
+
+@pytest.mark.parametrize(
+    ("tap", "queues", "failure"),
+    [
+        ({"multi_queue": False}, 4, "tap vmtap0 has no multi_queue flag but queues = 4; recreate it: "
+                                    + FIX.format("", " multi_queue")),
+        ({"multi_queue": True}, 1, "tap vmtap0 is multi_queue but queues = 1, which qemu refuses: set queues > 1, "
+                                   "or recreate it: " + FIX.format(" multi_queue", "")),
+        ({"multi_queue": True, "owner": 1000}, 2, "tap vmtap0 belongs to uid 1000, not to nobody, who qemu runs as: "
+                                                  "use another tap, or recreate it: "
+                                                  + FIX.format(" multi_queue", " multi_queue")),
+        ({"multi_queue": False, "group": 0}, 1, "tap vmtap0 belongs to gid 0, not to nobody, who qemu runs as: "
+                                                "use another tap, or recreate it: " + FIX.format("", "")),
+        ({"multi_queue": True}, 2, None),
+        ({"multi_queue": False, "owner": NOBODY}, 1, None),
+    ],
+)
+def test_fake_existing_tap_must_match_queues_and_owner(
+    tmp_path: Path, tap: dict[str, Any], queues: int, failure: str | None
+) -> None:
+    host = fake_host(tmp_path)
+    add_tap(host.root, "vmtap0", **tap)
+    plan = plan_for(nic_spec(queues=queues), host)
+    assert messages(plan) == ([failure] if failure else [])
+    assert plan.changes == ()  # an existing tap is never touched
+
+
+def test_fake_bridge_attach_brings_the_tap_up_and_down_detaches_it(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    add_bridge(host.root, "br0")
+    before = snapshot(host.root)
+    plan = plan_for(nic_spec(bridge="br0"), host)
+    assert [c.step.value for c in plan.changes] == ["ip tuntap add dev vmtap0 mode tap user nobody",
+                                                   "ip link set vmtap0 master br0 up"]
+    applied = apply_plan(plan, host)
+    assert host.link_name("/sys/class/net/vmtap0/master") == "br0"
+    assert host.read("/sys/class/net/vmtap0/flags") == "0x1003"  # up
     undo_changes(applied, host)
+    assert snapshot(host.root) == before
+
+
+def test_fake_existing_up_tap_is_detached_but_left_up_and_in_place(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    add_bridge(host.root, "br0")
+    add_tap(host.root, "vmtap0", multi_queue=False)
+    put(host.root, "/sys/devices/virtual/net/vmtap0/flags", "0x1003\n")
+    before = snapshot(host.root)
+    applied = apply_plan(plan_for(nic_spec(bridge="br0"), host), host)
+    assert host.commands == [("ip", "link", "set", "vmtap0", "master", "br0", "up")]
+    undo_changes(applied, host)
+    assert host.commands[-1] == ("ip", "link", "set", "vmtap0", "nomaster")
+    assert snapshot(host.root) == before
+
+
+def test_fake_bridge_problems_are_named(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    add_net_device(host.root, "eth1", "/sys/devices/virtual/net")
+    add_bridge(host.root, "br1")
+    add_tap(host.root, "vmtap0", multi_queue=False)
+    attach(host.root, "vmtap0", "br1")
+    assert messages(plan_for(nic_spec(bridge="br0"), host)) == [
+        "bridge br0 does not exist (ip link add br0 type bridge)"]
+    assert messages(plan_for(nic_spec(bridge="eth1"), host)) == ["eth1 is not a bridge (nics.bridge must name one)"]
+    add_bridge(host.root, "br2")
+    assert messages(plan_for(nic_spec(bridge="br2"), host)) == [
+        "tap vmtap0 is attached to br1, not to bridge br2: ip link set vmtap0 nomaster"]
+    already = plan_for(nic_spec(bridge="br1"), host)
+    assert already.failures == () and already.changes == ()
+
+
+def test_fake_without_root_a_missing_tap_is_refused_with_the_command_to_run(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    [failure] = messages(plan_for(nic_spec(queues=2), host, USER_FACTS))
+    assert failure.startswith("tap vmtap0 does not exist and only root can create it: "
+                              "sudo ip tuntap add dev vmtap0 mode tap multi_queue user ")
+
+
+def test_fake_vhost_auto_is_off_with_a_warning_and_true_fails_without_dev_vhost_net(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    spec = make_spec(nics=[{"id": "a", "tap": "vmtap0"}, {"id": "b", "tap": "vmtap1", "vhost": True}])
+    facts = gather_facts(host, "/nonexistent/qemu")
+    vhost = [(c.name, c.status, c.message) for c in plan_for(spec, host, facts).checks if "vhost" in c.message]
+    assert vhost == [
+        ("nics a", Status.WARN, "vhost off: /dev/vhost-net is missing (modprobe vhost_net), so qemu moves the "
+                                "packets itself (slower)"),
+        ("nics b", Status.FAIL, "vhost = true but /dev/vhost-net is missing (modprobe vhost_net)"),
+    ]
+    put(host.root, "/dev/vhost-net")
+    facts = gather_facts(host, "/nonexistent/qemu")
+    assert [c.status for c in plan_for(spec, host, facts).checks if "vhost" in c.message] == [Status.OK] * 2
+
+
+# --- disks, boot files, the qemu user, KSM ------------------------------------------------------
+
+
+def test_fake_missing_disk_is_created_and_kept_on_down_but_removed_by_a_rollback(tmp_path: Path) -> None:
+    image = tmp_path / "images/db/root.qcow2"
+    spec = make_spec(disks=[{"id": "root", "path": str(image), "format": "qcow2", "size": "64M"}],
+                     nics=[{"id": "n0", "tap": "vmtap0"}])
+    host = fake_host(tmp_path)
+    plan = plan_for(spec, host)
+    assert [str(c.step) for c in plan.changes] == [
+        f"mkdir {tmp_path}/images", f"mkdir {tmp_path}/images/db", f"qemu-img create -q -f qcow2 {image} 64M",
+        "ip tuntap add dev vmtap0 mode tap user nobody"]
+    applied = apply_plan(plan, host)
+    assert image.stat().st_size == 64 * MIB
+    assert undo_changes(applied, host) == []
+    assert image.exists() and not host.exists("/sys/class/net/vmtap0")  # user data stays, the tap goes
+
+    image.unlink()
+    (tmp_path / "images/db").rmdir()
+    (tmp_path / "images").rmdir()
+    failing = attrs.evolve(host, fail_on="ip tuntap add")
+    with pytest.raises(PreflightError, match="ip tuntap add dev vmtap0 .* failed: ip: failed, as the test asked"):
+        apply_plan(plan, failing)
+    assert not (tmp_path / "images").exists()  # the image it had just made went with the rollback
+
+
+def test_fake_disk_problems(tmp_path: Path) -> None:
+    shared = tmp_path / "shared.raw"
+    shared.write_text("")
+    (tmp_path / "alias.raw").symlink_to(shared)
+    spec = make_spec(disks=[
+        {"id": "a", "path": str(tmp_path / "alias.raw")},
+        {"id": "b", "path": str(tmp_path / "missing.raw")},
+        {"id": "c", "path": str(tmp_path), "passthrough": True},
+        {"id": "d", "path": str(tmp_path)},
+    ])
+    plan = plan_for(spec, fake_host(tmp_path), others=Others(writable_disks=frozenset({str(shared)})))
+    assert messages(plan) == [
+        f"{tmp_path}/alias.raw is already used writable by another running vmrun VM",
+        f"{tmp_path}/missing.raw does not exist; set disks[1].size to create it",
+        f"passthrough needs a block device; {tmp_path} is a directory, not a block device",
+        f"{tmp_path} is a directory, not a disk image",
+    ]
+
+
+def test_fake_missing_tiny_guest_kernel_names_the_build_script(tmp_path: Path) -> None:
+    spec = make_spec(boot={"kernel": str(tmp_path / "images/tiny/vmlinuz")})
+    assert messages(plan_for(spec, fake_host(tmp_path))) == [
+        f"{tmp_path}/images/tiny/vmlinuz does not exist (run integration/tiny-guest/build)"]
+
+
+def test_fake_qemu_user_vmrun_is_created_and_kept_other_missing_users_fail(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    plan = plan_for(make_spec(host={"user": "vmrun"}, nics=[{"id": "n0", "tap": "vmtap0"}]), host)
+    assert [str(c.step) for c in plan.changes] == [
+        "useradd --system --no-create-home --shell /usr/sbin/nologin vmrun",
+        "ip tuntap add dev vmtap0 mode tap user vmrun",  # after the user exists
+    ]
+    undo_changes(apply_plan(plan, host), host)
+    assert host.user("vmrun") is not None and not host.exists("/sys/class/net/vmtap0")
+    assert messages(plan_for(make_spec(host={"user": "qemu"}), host)) == [
+        "host.user 'qemu' does not exist: create it, or use 'vmrun' (preflight creates that one)"]
+
+
+def test_fake_ksm_turns_on_and_only_the_last_vm_that_wants_it_restores_it(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    run = host.path("/sys/kernel/mm/ksm/run")
+    first = apply_plan(plan_for(make_spec(host={"user": "nobody", "ksm": True}), host), host)
+    assert run.read_text() == "1"
+    # A second VM finds KSM on and takes over the duty to restore it.
+    others = Others(want_ksm=True, ksm_previous=ksm_restore_value(first))
+    second = apply_plan(plan_for(make_spec(host={"user": "nobody", "ksm": True}), host, others=others), host)
+    undo_changes(first, host, others=Others(want_ksm=True))  # the first goes down while the second runs
+    assert run.read_text() == "1"
+    undo_changes(second, host)  # the last one down
     assert run.read_text() == "0"
 
 
+def test_fake_ksm_without_root_is_a_warning(tmp_path: Path) -> None:
+    plan = plan_for(make_spec(host={"user": "nobody", "ksm": True}), fake_host(tmp_path), USER_FACTS)
+    assert messages(plan, Status.WARN) == ["KSM is off (run = 0) and only root can turn it on: running without it"]
+
+
 def test_applied_changes_survive_the_state_file(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [NVME])
-    applied = apply_plan(plan_for(spec_with(vfio=["01:00.0"]), host), host)
-    restored = [Change.from_json(json.loads(json.dumps(change.to_json()))) for change in applied]
+    host = fake_host(tmp_path, (BRIDGE, NVME))
+    applied = apply_plan(plan_for(vfio_spec("01:00.0"), host), host)
+    restored = [AppliedChange.from_json(json.loads(json.dumps(change.to_json()))) for change in applied]
     assert restored == list(applied)
+    assert applied[0].to_json() == {
+        "action": "write", "path": "/sys/bus/pci/devices/0000:01:00.0/driver_override", "value": "vfio-pci",
+        "undo": [
+            {"action": "write", "path": "/sys/bus/pci/devices/0000:01:00.0/driver_override", "value": "nvme"},
+            {"action": "write", "path": "/sys/bus/pci/drivers_probe", "value": "0000:01:00.0"},
+            {"action": "write", "path": "/sys/bus/pci/devices/0000:01:00.0/driver_override", "value": "\n"},
+        ],
+        "on_down": "undo",
+    }
 
 
-def test_vhost_auto_warns_and_vhost_true_fails_without_dev_vhost_net(tmp_path: Path) -> None:
-    host = fake_host(tmp_path, [])
-    data = tomllib.loads('name = "n"\n[boot]\nkernel = "/etc/hostname"\n[[nics]]\nid = "a"\n[[nics]]\nid = "b"\n'
-                        'vhost = true\n[host]\nuser = "nobody"\n')
-    checks = plan_for(parse_spec(data, source="t", base=Path("/")), host).checks
-    vhost = [(c.name, c.status) for c in checks if "vhost" in c.message]
-    assert vhost == [("nics a", Status.WARN), ("nics b", Status.FAIL)]
+def test_every_failed_check_is_listed_and_nothing_is_applied(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    spec = attrs.evolve(vfio_spec("03:00.0"), nics=nic_spec(bridge="br9").nics)
+    before = snapshot(host.root)
+    with pytest.raises(PreflightRefused) as refused:
+        apply_plan(plan_for(spec, host), host)
+    assert [line.split(":")[1] for line in refused.value.lines()] == [" nics n0", " vfio dev0"]
+    assert snapshot(host.root) == before
 
 
-def fake_kvm_tree(root: Path, modules: list[str], flags: str) -> Host:
-    (root / "dev").mkdir(parents=True)
-    (root / "dev/kvm").write_text("")
-    for module in modules:
-        (root / "sys/module" / module).mkdir(parents=True)
-    (root / "proc").mkdir()
-    (root / "proc/cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    return Host(root=root)
+# --- accelerator ----------------------------------------------------------------------------------
 
 
-def test_fake_host_like_this_machine_gets_tcg_with_the_reason(tmp_path: Path) -> None:
-    usable, reason = fake_kvm_tree(tmp_path, ["kvm", "kvm_pvm"], "fpu sse2 hypervisor").kvm_verdict()
-    assert not usable and "kvm_pvm" in reason and "TCG" in reason
+def test_fake_host_like_this_machine_gets_tcg_with_the_kvm_pvm_reason(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    add_kvm(host.root, modules=["kvm", "kvm_pvm"], cpu_flags="fpu sse2 hypervisor")
+    facts = gather_facts(host, "/nonexistent/qemu")
+    plan = plan_for(make_spec(), host, facts)
+    assert str(plan.accel.accel) == "tcg" and "kvm_pvm" in plan.accel.reason and "TCG" in plan.accel.reason
+    assert "kvm_pvm" in messages(plan_for(make_spec(machine={"accel": "kvm"}), host, facts))[0]
 
 
 def test_fake_host_with_kvm_intel_gets_kvm(tmp_path: Path) -> None:
-    usable, reason = fake_kvm_tree(tmp_path, ["kvm", "kvm_intel"], "fpu vmx").kvm_verdict()
-    assert usable and reason == "/dev/kvm is usable (kvm_intel loaded)"
+    host = fake_host(tmp_path)
+    add_kvm(host.root, modules=["kvm", "kvm_intel"], cpu_flags="fpu vmx")
+    plan = plan_for(make_spec(), host, gather_facts(host, "/nonexistent/qemu"))
+    assert (str(plan.accel.accel), plan.accel.reason) == ("kvm", "auto: /dev/kvm is usable (kvm_intel loaded)")
 
 
-def test_cli_dry_run_on_a_fake_tree_prints_host_paths_and_changes_nothing(tmp_path: Path) -> None:
-    build_host_tree(tmp_path / "host", [NVME, BRIDGE])
-    spec = tmp_path / "spec.toml"
-    spec.write_text(f'name = "fake"\n[boot]\nkernel = "{REPO / "pyproject.toml"}"\n'
-                    '[[vfio]]\nid = "nvme0"\nhost = "01:00.0"\n[host]\nuser = "nobody"\n')
-    before = snapshot(tmp_path / "host")
-    result = subprocess.run(
-        [sys.executable, "-m", "vmrun.cli", "--host-root", str(tmp_path / "host"), "preflight", str(spec),
-         "--dry-run", "--json"], capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    plan = json.loads(result.stdout)
-    assert {"action": "chown", "path": "/dev/vfio/12", "value": "nobody"} in plan["changes"]
-    assert plan["changes"][0]["path"] == "/sys/bus/pci/devices/0000:01:00.0/driver_override"
-    assert snapshot(tmp_path / "host") == before
-
-
-def test_missing_qemu_is_a_failed_check_not_a_crash(tmp_path: Path) -> None:
-    facts = HostFacts(kvm_usable=False, kvm_reason="x", qemu_version=None)
-    [failure] = plan_preflight(spec_with(vfio=[]), fake_host(tmp_path, []), facts).failures
-    assert failure.name == "qemu" and "apt-get install qemu-system-x86" in failure.message
-
-
-def test_cli_up_without_qemu_exits_3_without_a_traceback(tmp_path: Path) -> None:
-    spec = tmp_path / "spec.toml"
-    spec.write_text(f'name = "noqemu"\n[boot]\nkernel = "{REPO / "pyproject.toml"}"\n'
-                    '[qemu]\nbinary = "/nonexistent/qemu-system-x86_64"\n[agent]\nenabled = false\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "vmrun.cli", "--run-dir", str(tmp_path / "run"), "up", str(spec)],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 3, result.stderr
-    assert "preflight: qemu: /nonexistent/qemu-system-x86_64 not found" in result.stderr
-    assert "Traceback" not in result.stderr
+# --- shares ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -254,24 +515,161 @@ def reachable_tmp() -> Iterator[Path]:
     shutil.rmtree(base)
 
 
+def share_spec(path: Path, *, user: str = "nobody", **share: Any) -> Spec:
+    return make_spec(shares=[{"id": "data", "path": str(path), "tag": "data", **share}], host={"user": user})
+
+
 def test_share_qemus_user_cannot_reach_is_refused_naming_the_component(tmp_path: Path, reachable_tmp: Path) -> None:
     private = reachable_tmp / "private"
     share = private / "share"
     share.mkdir(parents=True)
     private.chmod(0o700)
     share.chmod(0o777)
-    data = {"name": "s", "boot": {"kernel": "/etc/hostname"}, "host": {"user": "nobody"},
-            "shares": [{"id": "data", "path": str(share), "tag": "data"}]}
-    spec = parse_spec(data, source="t", base=Path("/"))
-    [failure] = plan_preflight(spec, Host(root=tmp_path), ROOT_FACTS).failures
-    assert failure.message == f"qemu runs as nobody, who cannot use {private} (mode 0o700)"
+    host = fake_host(tmp_path)
+    assert messages(plan_for(share_spec(share), host)) == [
+        f"qemu runs as nobody, who cannot use {private} (mode 0o700)"]
+    # A user preflight has yet to create owns nothing: the same bits for others decide.
+    assert messages(plan_for(share_spec(share, user="vmrun"), host)) == [
+        f"qemu runs as vmrun, who cannot use {private} (mode 0o700)"]
     private.chmod(0o755)
-    assert plan_preflight(spec, Host(root=tmp_path), ROOT_FACTS).failures == ()
+    assert plan_for(share_spec(share), host).failures == ()
+
+
+def test_share_problems(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    assert messages(plan_for(share_spec(tmp_path / "nope"), host)) == [f"{tmp_path}/nope does not exist"]
+    assert messages(plan_for(share_spec(tmp_path, security_model="passthrough"), host)) == [
+        'security_model = "passthrough" needs qemu to run as root (vmrun as root with host.user = "root"); '
+        'use "mapped-xattr"']
+    assert plan_for(share_spec(tmp_path, security_model="passthrough", user="root"), host).failures == ()
+    # sysfs stores no user xattrs: the probe tells.
+    assert messages(plan_for(share_spec(Path("/sys/kernel/mm"), readonly=True), Host())) == [
+        "/sys/kernel/mm's filesystem stores no user xattrs; use security_model = \"mapped-file\""]
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def vmrun(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmrun.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_cli_dry_run_on_a_fake_tree_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (BRIDGE, NVME))
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'name = "fake"\n[boot]\nkernel = "{REPO / "pyproject.toml"}"\n'
+                    '[[vfio]]\nid = "nvme0"\nhost = "01:00.0"\n[host]\nuser = "nobody"\n')
+    before = snapshot(host.root)
+    result = vmrun("--host-root", str(host.root), "preflight", str(spec), "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert set(plan) >= {"checks", "changes", "accel", "memlock"}
+    assert plan["changes"][0] == {"action": "write", "value": "vfio-pci",
+                                  "path": "/sys/bus/pci/devices/0000:01:00.0/driver_override"}
+    assert {"action": "chown", "path": "/dev/vfio/12", "value": "nobody"} in plan["changes"]
+    text = vmrun("--host-root", str(host.root), "preflight", str(spec), "--dry-run").stdout
+    assert "  write  /sys/bus/pci/devices/0000:01:00.0/driver_override  vfio-pci\n" in text
+    assert snapshot(host.root) == before
+
+
+def test_missing_qemu_is_a_failed_check_not_a_crash(tmp_path: Path) -> None:
+    facts = attrs.evolve(ROOT_FACTS, qemu_version=None)
+    [failure] = plan_for(make_spec(), fake_host(tmp_path), facts).failures
+    assert failure.name == "qemu" and "apt-get install qemu-system-x86" in failure.message
+
+
+def test_cli_up_without_qemu_exits_3_without_a_traceback(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'name = "noqemu"\n[boot]\nkernel = "{REPO / "pyproject.toml"}"\n'
+                    '[qemu]\nbinary = "/nonexistent/qemu-system-x86_64"\n[agent]\nenabled = false\n')
+    result = vmrun("--run-dir", str(tmp_path / "run"), "up", str(spec))
+    assert result.returncode == 3, result.stderr
+    assert "preflight: qemu: /nonexistent/qemu-system-x86_64 not found" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_uefi_without_ovmf_is_a_failed_check(tmp_path: Path) -> None:
     facts = attrs.evolve(ROOT_FACTS, ovmf_code=tmp_path / "OVMF_CODE_4M.fd")
-    spec = attrs.evolve(spec_with(vfio=[]), boot=attrs.evolve(spec_with(vfio=[]).boot, firmware=Firmware.UEFI))
-    [failure] = plan_preflight(spec, fake_host(tmp_path / "host", []), facts).failures
+    [failure] = plan_for(make_spec(boot={"disk": "x", "firmware": "uefi"}), fake_host(tmp_path), facts).failures
     assert failure.name == "firmware"
     assert failure.message.endswith("OVMF_VARS_4M.fd (Debian: apt-get install ovmf)")
+
+
+# --- this machine's own network stack and devices ------------------------------------------------
+
+SUFFIX = str(os.getpid())[-5:]
+REAL_TAP, REAL_BRIDGE = f"vmrt{SUFFIX}", f"vmrtbr{SUFFIX}"  # test-only names, at most 15 bytes
+
+
+@pytest.fixture
+def real_net() -> Iterator[Path]:
+    """/sys/class/net, when this test may make taps and bridges on the host; fails if one is left behind."""
+    if os.geteuid() != 0 or not Path("/dev/net/tun").exists():
+        pytest.skip("needs root and /dev/net/tun")
+    yield Path("/sys/class/net")
+    for name in (REAL_TAP, REAL_BRIDGE):
+        if Path("/sys/class/net", name).exists():
+            subprocess.run(["ip", "link", "del", name], check=False)
+            pytest.fail(f"{name} was left behind")
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def real_nic_spec(**nic: Any) -> Spec:
+    return make_spec(nics=[{"id": "n0", "tap": REAL_TAP, **nic}])
+
+
+def test_multi_queue_tap_is_created_and_deleted_real_host(real_net: Path) -> None:
+    host = Host()
+    applied = apply_plan(plan_for(real_nic_spec(queues=4), host), host)
+    try:
+        assert int((real_net / REAL_TAP / "tun_flags").read_text(), 16) & IFF_MULTI_QUEUE
+        assert (real_net / REAL_TAP / "owner").read_text().strip() == str(NOBODY)
+    finally:
+        assert undo_changes(applied, host) == []
+    assert not (real_net / REAL_TAP).exists()
+
+
+def test_existing_plain_tap_with_queues_fails_with_the_fix_real_host(real_net: Path) -> None:
+    ip("tuntap", "add", "dev", REAL_TAP, "mode", "tap")
+    try:
+        [failure] = messages(plan_for(real_nic_spec(queues=2), Host()))
+        assert failure.startswith(f"tap {REAL_TAP} has no multi_queue flag but queues = 2; recreate it: "
+                                  f"ip tuntap del dev {REAL_TAP} mode tap; ")
+    finally:
+        ip("tuntap", "del", "dev", REAL_TAP, "mode", "tap")
+
+
+def test_tap_is_attached_to_a_bridge_and_detached_real_host(real_net: Path) -> None:
+    ip("link", "add", REAL_BRIDGE, "type", "bridge")
+    try:
+        host = Host()
+        applied = apply_plan(plan_for(real_nic_spec(queues=2, bridge=REAL_BRIDGE), host), host)
+        try:
+            assert os.readlink(real_net / REAL_TAP / "master").endswith(f"/{REAL_BRIDGE}")
+        finally:
+            assert undo_changes(applied, host) == []
+        assert not (real_net / REAL_TAP).exists() and not list((real_net / REAL_BRIDGE).glob("lower_*"))
+    finally:
+        ip("link", "del", REAL_BRIDGE)
+
+
+def _pci_function_of(sysfs_link: Path) -> str | None:
+    """The PCI address a device's sysfs directory sits under (a virtio NIC or disk sits below one)."""
+    return next((part for part in reversed(sysfs_link.resolve().parts) if len(part) == 12 and part[4] == ":"), None)
+
+
+def test_this_host_and_its_recording_refuse_the_same_functions_real_host(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(REPO / "integration/record-host"), str(tmp_path)], check=True,
+                   capture_output=True)
+    live, recorded = Host(), Host(root=tmp_path)
+    verdicts = {address: why_host_needs(live, address) for address in live.listdir("/sys/bus/pci/devices")}
+    assert verdicts == {address: why_host_needs(recorded, address) for address in verdicts}
+    route = next((row.split()[0] for row in Path("/proc/net/route").read_text().splitlines()[1:]
+                  if row.split()[1] == "00000000"), None)
+    nic = _pci_function_of(Path(f"/sys/class/net/{route}/device")) if route else None
+    if nic is None:
+        pytest.skip("the default route leaves through no PCI NIC here")
+    assert (verdicts[nic] or "").startswith(f"it is {route}, which carries the host's default route")

@@ -13,6 +13,7 @@ import pwd
 import re
 import resource
 import stat
+import time
 from pathlib import Path
 
 import attrs
@@ -20,6 +21,8 @@ import attrs
 from vmrun.render import HostFacts
 
 _KVM_HARDWARE_MODULES = ("kvm_intel", "kvm_amd")
+_HOST_TREES = ("/sys", "/dev", "/proc", "/etc/passwd", "/etc/group")
+_XATTR_PROBE = "user.vmrun.probe"
 
 
 class HostCommandError(Exception):
@@ -35,12 +38,32 @@ class QemuCapabilities:
 
 
 @attrs.frozen
+class User:
+    name: str
+    uid: int
+    gid: int
+
+
+@attrs.frozen
 class Host:
+    """Paths are host paths as the kernel names them ("/sys/bus/pci/...").
+
+    The host's own trees (sysfs, /dev, /proc, the user database) live under ``root``; the files a spec
+    names (disk images, shares, kernels) stay where they are, as a fake host tree does not hold them.
+    """
+
     root: Path = Path("/")
 
+    @property
+    def is_fake(self) -> bool:
+        return self.root != Path("/")
+
     def path(self, host_path: str | Path) -> Path:
-        """Where a host path ("/sys/...") lives under this root."""
-        return self.root / Path(host_path).relative_to("/")
+        """Where a host path lives on this machine."""
+        path = Path(host_path)
+        if any(path.is_relative_to(tree) for tree in _HOST_TREES):
+            return self.root / path.relative_to("/")
+        return path
 
     def exists(self, host_path: str | Path) -> bool:
         return self.path(host_path).exists()
@@ -57,6 +80,49 @@ class Host:
         except OSError:
             return []
 
+    def link_name(self, host_path: str | Path) -> str | None:
+        """The last component of a symlink's target: a sysfs link's driver, group or bridge name."""
+        try:
+            return Path(os.readlink(self.path(host_path))).name
+        except OSError:
+            return None
+
+    def resolve(self, host_path: str | Path) -> str | None:
+        """The host path a chain of links leads to; None when it leads nowhere (or out of a fake tree)."""
+        located = self.path(host_path)
+        try:
+            real = located.resolve(strict=True)
+        except OSError:
+            return None
+        if located == Path(host_path):
+            return str(real)
+        root = self.root.resolve()
+        return "/" + str(real.relative_to(root)) if real.is_relative_to(root) else None
+
+    def kind(self, host_path: str | Path) -> str | None:
+        """"file", "directory", "block device" or "other" (links followed); None when missing."""
+        try:
+            mode = self.path(host_path).stat().st_mode
+        except OSError:
+            return None
+        for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"), (stat.S_ISBLK, "block device")):
+            if test(mode):
+                return name
+        return "other"
+
+    def can_open(self, host_path: str | Path) -> bool:
+        """Readable and writable by this process, as qemu needs /dev/kvm, /dev/vhost-net and /dev/vfio/N."""
+        return os.access(self.path(host_path), os.R_OK | os.W_OK)
+
+    def wait_for(self, host_path: str | Path, timeout: float) -> bool:
+        """Whether the path exists within timeout seconds (a device node the kernel creates asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while not self.exists(host_path):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def process_cmdline(self, pid: int) -> str | None:
         """A process's command line, arguments joined by spaces; None when there is no such process."""
         try:
@@ -71,72 +137,126 @@ class Host:
         except ProcessLookupError:
             pass
 
+    # Changes. Sysfs files take one write each; the rest are plain filesystem operations.
+
     def write(self, host_path: str | Path, value: str) -> None:
-        """A sysfs-style write: one value, no truncation games (sysfs files take one write)."""
         with open(self.path(host_path), "w") as file:
             file.write(value)
 
-    def owner(self, host_path: str | Path) -> str:
-        uid = self.path(host_path).stat().st_uid
-        try:
-            return pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return str(uid)
+    def ownership(self, host_path: str | Path) -> str:
+        """"uid:gid", the form chown takes back to restore it exactly."""
+        info = self.path(host_path).stat()
+        return f"{info.st_uid}:{info.st_gid}"
 
-    def chown(self, host_path: str | Path, user: str) -> None:
-        entry = pwd.getpwnam(user)
-        os.chown(self.path(host_path), entry.pw_uid, entry.pw_gid)
+    def chown(self, host_path: str | Path, owner: str) -> None:
+        """owner: a user name (its primary group too) or "uid:gid"."""
+        if ":" in owner:
+            uid, gid = (int(part) for part in owner.split(":"))
+        else:
+            user = self.user(owner)
+            if user is None:
+                raise HostCommandError(f"no user {owner!r}")
+            uid, gid = user.uid, user.gid
+        os.chown(self.path(host_path), uid, gid)
 
-    def user(self, name: str) -> pwd.struct_passwd | None:
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            return None
+    def make_dir(self, host_path: str | Path) -> None:
+        self.path(host_path).mkdir()
+
+    def remove_dir(self, host_path: str | Path) -> None:
+        self.path(host_path).rmdir()
+
+    def remove_file(self, host_path: str | Path) -> None:
+        self.path(host_path).unlink(missing_ok=True)
 
     def run(self, argv: list[str], *, timeout: float = 60) -> str:
-        """A host tool (ip, qemu-img, useradd); its own message on failure."""
+        """A host tool that acts on the kernel or the user database (ip, qemu-img, useradd)."""
         import subprocess
 
+        if self.is_fake:
+            # Reads came from the fake tree; the tool would change this machine instead.
+            raise HostCommandError(f"not run against the host tree {self.root}: use --dry-run to see the plan")
         try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise HostCommandError(f"{argv[0]}: {exc}") from exc
         if result.returncode != 0:
-            raise HostCommandError(f"`{' '.join(argv)}` failed: {result.stderr.strip() or result.returncode}")
+            raise HostCommandError(result.stderr.strip() or f"{argv[0]} exited with status {result.returncode}")
         return result.stdout
 
-    def is_block_device(self, host_path: str | Path) -> bool:
+    # Users: the tree's /etc/passwd and /etc/group under a fake root that has them, else NSS (LDAP and all).
+
+    def user(self, name: str) -> User | None:
+        users = self._tree_database("passwd")
+        if users is not None:
+            return next((User(u[0], int(u[2]), int(u[3])) for u in users if len(u) > 3 and u[0] == name), None)
         try:
-            return stat.S_ISBLK(self.path(host_path).stat().st_mode)
-        except OSError:
-            return False
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        return User(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
-    def euid(self) -> int:
-        return os.geteuid()
-
-    def memlock_limit(self) -> int | None:
-        """This process's soft RLIMIT_MEMLOCK in bytes; None when unlimited."""
-        soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        return None if soft == resource.RLIM_INFINITY else soft
-
-    # Shares are user data, not host devices: these look at the real path, not under root.
-
-    @staticmethod
-    def supports_xattrs(directory: Path) -> bool:
-        """Whether the filesystem under directory stores user.* xattrs (QEMU's mapped-xattr needs them)."""
+    def current_user(self) -> User:
+        """Who runs vmrun (and qemu, when that is not root)."""
+        uid, gid = os.geteuid(), os.getegid()
+        users = self._tree_database("passwd")
+        if users is not None:
+            return User(next((u[0] for u in users if len(u) > 3 and u[2] == str(uid)), str(uid)), uid, gid)
         try:
-            os.getxattr(directory, "user.vmrun.probe")
+            return User(pwd.getpwuid(uid).pw_name, uid, gid)
+        except KeyError:
+            return User(str(uid), uid, gid)
+
+    def group_ids(self, user: User) -> frozenset[int]:
+        groups = self._tree_database("group")
+        if groups is None:
+            return frozenset(os.getgrouplist(user.name, user.gid))
+        return frozenset({user.gid, *(int(g[2]) for g in groups if len(g) > 3 and user.name in g[3].split(","))})
+
+    def _tree_database(self, name: str) -> list[list[str]] | None:
+        """/etc/passwd or /etc/group of a fake tree that has one; None means: ask NSS."""
+        text = self.read(f"/etc/{name}") if self.is_fake else None
+        if text is None:
+            return None
+        return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+    def memlock_limits(self) -> tuple[int | None, int | None]:
+        """This process's soft and hard RLIMIT_MEMLOCK in bytes (qemu inherits them); None is unlimited."""
+        limits = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        soft, hard = (None if limit == resource.RLIM_INFINITY else limit for limit in limits)
+        return soft, hard
+
+    def supports_xattrs(self, directory: Path) -> bool:
+        """Whether the filesystem under directory stores user.* xattrs, as QEMU's mapped-xattr needs:
+        set one on the directory and remove it; where setting is refused for another reason (a read-only
+        mount), asking for one tells too."""
+        where = self.path(directory)
+        try:
+            os.setxattr(where, _XATTR_PROBE, b"1")
         except OSError as exc:
-            return exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP)
+            if exc.errno == errno.ENOTSUP:
+                return False
+            return self._reads_xattrs(where)
+        os.removexattr(where, _XATTR_PROBE)
         return True
 
-    def blocked_for(self, user_name: str, path: Path, *, write: bool) -> str | None:
-        """The first component of path that user cannot traverse (or read, or write at the end)."""
-        user = pwd.getpwnam(user_name)
-        gids = {user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
+    @staticmethod
+    def _reads_xattrs(where: Path) -> bool:
+        try:
+            os.getxattr(where, _XATTR_PROBE)
+        except OSError as exc:
+            return exc.errno != errno.ENOTSUP
+        return True
+
+    def blocked_for(self, user: User | None, path: Path, *, write: bool) -> str | None:
+        """The first component of path that user cannot traverse (or read, or write at the end);
+        user None is one still to be created, who owns nothing and is in no group."""
+        if user is not None and user.uid == 0:
+            return None
+        gids = self.group_ids(user) if user else frozenset()
         for component in [*reversed(path.parents), path]:
-            info = component.stat()
-            shift = 6 if info.st_uid == user.pw_uid else 3 if info.st_gid in gids else 0
+            info = self.path(component).stat()
+            owner = user is not None and info.st_uid == user.uid
+            shift = 6 if owner else 3 if info.st_gid in gids else 0
             allowed = (info.st_mode >> shift) & 7
             needed = (5 | (2 if write else 0)) if component == path else 1
             if allowed & needed != needed:
@@ -177,7 +297,7 @@ class Host:
         """Whether KVM can run stock guests, and why (said to the user either way)."""
         if not self.exists("/dev/kvm"):
             return False, "no /dev/kvm on this host"
-        if not os.access(self.path("/dev/kvm"), os.R_OK | os.W_OK):
+        if not self.can_open("/dev/kvm"):
             return False, "/dev/kvm is not readable and writable by this user"
         loaded = self.kvm_modules()
         hardware = [name for name in loaded if name in _KVM_HARDWARE_MODULES]
@@ -260,7 +380,7 @@ def gather_facts(host: Host, qemu_binary: str) -> HostFacts:
         qemu_version=qemu.version if qemu else None,
         kvm_usable=kvm_usable,
         kvm_reason=kvm_reason,
-        vhost_net=host.exists("/dev/vhost-net"),
+        vhost_net=host.can_open("/dev/vhost-net"),
         drop_privileges=host.is_root_user(),
         qemu_has_run_with=bool(qemu and qemu.has_run_with),
         seccomp=bool(qemu and qemu.has_sandbox),

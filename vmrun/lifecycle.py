@@ -14,7 +14,15 @@ from vmrun.errors import AgentError, LaunchError, UsageError
 from vmrun.host import Host, gather_facts
 from vmrun.locations import Places
 from vmrun.machine import died_during_startup, is_our_qemu, launch, read_pid, stop
-from vmrun.preflight import Change, Others, Status, apply_plan, plan_preflight, undo_changes
+from vmrun.preflight import (
+    AppliedChange,
+    Others,
+    Status,
+    apply_plan,
+    ksm_restore_value,
+    plan_preflight,
+    undo_changes,
+)
 from vmrun.render import HostFacts, RunPaths, render
 from vmrun.spec import Firmware, Spec
 from vmrun.state import VmState, create_run_dir, read_state, remove_run_dir, vm_names, write_state
@@ -58,6 +66,7 @@ def others_than(host: Host, places: Places, name: str) -> Others:
     """What the other running vmrun VMs hold: their writable disks, whether they want KSM."""
     disks: set[str] = set()
     want_ksm = False
+    ksm_previous: str | None = None
     for other in vm_names(places.run_root):
         paths = places.of(other)
         state = read_state(paths)
@@ -65,14 +74,16 @@ def others_than(host: Host, places: Places, name: str) -> Others:
             continue
         disks.update(state.writable_disks)
         want_ksm = want_ksm or state.wants_ksm
-    return Others(writable_disks=frozenset(disks), want_ksm=want_ksm)
+        # Whoever turned KSM on knows the value to restore; the last VM down must inherit it.
+        ksm_previous = ksm_previous or ksm_restore_value(AppliedChange.from_json(c) for c in state.changes)
+    return Others(writable_disks=frozenset(disks), want_ksm=want_ksm, ksm_previous=ksm_previous)
 
 
 def undo_host_changes(host: Host, places: Places, state: VmState | None, say: Say) -> None:
     """Preflight's host changes for this VM, undone newest first."""
     if state is None or not state.changes:
         return
-    changes = [Change.from_json(change) for change in state.changes]
+    changes = [AppliedChange.from_json(change) for change in state.changes]
     for problem in undo_changes(changes, host, others=others_than(host, places, state.name)):
         say(f"could not undo: {problem}")
 

@@ -1,82 +1,61 @@
 """Host preflight: a plan of checks and ordered host changes, computed from reads only; then
 applied in order with rollback, and undone by `down`.
 
-Every change carries its own undo steps, worked out at planning time from what the host had
-before (the previous driver, owner or value), so undoing needs nothing but the change itself.
+    plan = plan_preflight(spec, host, facts, others=...)   # reads only
+    applied = apply_plan(plan, host)                        # PreflightError (exit 3) on refusal or failure
+    undo_changes(applied, host, others=...)                 # `down`, from the VM's state file
 """
 
 from __future__ import annotations
 
-import enum
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
+from vmrun.changes import (
+    Action,
+    AppliedChange,
+    Change,
+    CheckResult,
+    Found,
+    OnDown,
+    Status,
+    Step,
+    fail_check,
+    ok_check,
+    perform,
+    warn_check,
+)
 from vmrun.errors import PreflightError
-from vmrun.host import Host, HostCommandError
+from vmrun.host import Host, HostCommandError, User
 from vmrun.naming import tap_name
 from vmrun.render import AccelChoice, HostFacts, choose_accel
-from vmrun.spec import Accel, Firmware, Nic, SecurityModel, Share, Spec, Vhost
-from vmrun.units import MIB
+from vmrun.spec import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
+from vmrun.units import KIB, format_size
+from vmrun.vfio import check_memlock, check_vfio
 
+__all__ = [
+    "AppliedChange", "Change", "CheckResult", "Others", "Plan", "PreflightRefused", "Status",
+    "apply_plan", "ksm_restore_value", "plan_preflight", "refuse", "undo_changes",
+]
+
+IFF_UP = 0x1  # in /sys/class/net/IF/flags
 IFF_MULTI_QUEUE = 0x100  # in /sys/class/net/TAP/tun_flags
-VFIO_DRIVERS = ("vfio-pci", "pci-stub")  # drivers that leave a device safe to share a group with
-PCI_BRIDGE_CLASS = "0x0604"
-MEMLOCK_MARGIN = 1024 * MIB  # libvirt's and KubeVirt's: guest RAM + 1 GiB
-DEVICE_WAIT = 5.0  # seconds for /dev/vfio/G to appear after binding
 KSM_RUN = "/sys/kernel/mm/ksm/run"
 SYSTEM_USER = "vmrun"
-
-
-class Status(enum.StrEnum):
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "fail"
+TINY_GUEST_IMAGES = "images/tiny/"
+REFUSED_HINT = "nothing was changed; `vmrun preflight --dry-run SPEC` shows the whole plan"
 
 
 @attrs.frozen
-class CheckResult:
-    name: str
-    status: Status
-    message: str
+class Others:
+    """What the other running vmrun VMs hold, read from their state files by the caller."""
 
-
-@attrs.frozen
-class Step:
-    """One host operation: write a sysfs file, chown a device node, or run a host tool."""
-
-    action: str  # write | chown | run
-    path: str  # the host path it acts on, as seen without --host-root
-    value: str  # what is written, the new owner, or the command line
-    argv: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"action": self.action, "path": self.path, "value": self.value}
-
-
-@attrs.frozen
-class Change:
-    step: Step
-    undo: tuple[Step, ...] = ()
-    keep_on_down: bool = False  # user data and system users stay; only a failed preflight removes them
-    shared: str | None = None  # a host setting other VMs may rely on ("ksm")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **self.step.to_json(), "argv": list(self.step.argv),
-            "undo": [attrs.asdict(step) for step in self.undo],
-            "keep_on_down": self.keep_on_down, "shared": self.shared,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Change:
-        return cls(
-            step=Step(data["action"], data["path"], data["value"], tuple(data.get("argv", ()))),
-            undo=tuple(Step(u["action"], u["path"], u["value"], tuple(u.get("argv", ()))) for u in data["undo"]),
-            keep_on_down=data.get("keep_on_down", False), shared=data.get("shared"),
-        )
+    writable_disks: frozenset[str] = frozenset()
+    want_ksm: bool = False
+    ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
 
 
 @attrs.frozen
@@ -84,7 +63,7 @@ class Plan:
     accel: AccelChoice
     checks: tuple[CheckResult, ...]
     changes: tuple[Change, ...]
-    memlock: int | None  # RLIMIT_MEMLOCK to give qemu, when vmrun can raise it
+    memlock: int | None  # RLIMIT_MEMLOCK in bytes the launcher gives qemu; None leaves it as it is
 
     @property
     def failures(self) -> tuple[CheckResult, ...]:
@@ -93,47 +72,23 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {
             "accel": str(self.accel.accel), "accel_reason": self.accel.reason,
-            "checks": [attrs.asdict(check) for check in self.checks],
-            "changes": [change.step.to_json() for change in self.changes],
+            "checks": [check.to_json() for check in self.checks],
+            "changes": [change.to_json() for change in self.changes],
             "memlock": self.memlock,
         }
 
     def to_text(self) -> str:
-        lines = [f"  {check.status:<4}  {check.name:<24} {check.message}" for check in self.checks]
-        lines.append("changes:" if self.changes else "changes: none")
-        lines += [f"  {c.step.action:<5}  {c.step.path}  {c.step.value}" for c in self.changes]
-        return "checks:\n" + "\n".join(lines)
+        checks = _columns([(str(c.status), c.name, c.message) for c in self.checks])
+        changes = _columns([(str(c.step.action), c.step.path, c.step.value) for c in self.changes])
+        return "\n".join(["checks:", *checks, "changes:" if changes else "changes: none", *changes])
 
 
-@attrs.frozen
-class Others:
-    """What the other running vmrun VMs hold, so this one does not trample it."""
-
-    writable_disks: frozenset[str] = frozenset()
-    want_ksm: bool = False
+def _columns(rows: Sequence[tuple[str, str, str]]) -> list[str]:
+    widths = [max((len(row[column]) for row in rows), default=0) for column in (0, 1)]
+    return [f"  {a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in rows]
 
 
-Found = Iterator[CheckResult | Change]
-
-
-def ok_check(name: str, message: str) -> CheckResult:
-    return CheckResult(name, Status.OK, message)
-
-
-def warn_check(name: str, message: str) -> CheckResult:
-    return CheckResult(name, Status.WARN, message)
-
-
-def fail_check(name: str, message: str) -> CheckResult:
-    return CheckResult(name, Status.FAIL, message)
-
-
-def _run_change(path: str, value: str, argv: list[str], undo: list[str] | None = None, **options: Any) -> Change:
-    undo_steps = (Step("run", path, " ".join(undo), tuple(undo)),) if undo else ()
-    return Change(Step("run", path, value, tuple(argv)), undo_steps, **options)
-
-
-# --- the checks, each yielding results and the changes it needs ------------------------------
+# --- the checks: each yields its results and the changes it needs ----------------------------------
 
 
 def check_accel(spec: Spec, facts: HostFacts) -> Found:
@@ -144,36 +99,58 @@ def check_accel(spec: Spec, facts: HostFacts) -> Found:
         yield ok_check("accelerator", f"{choice.accel} ({choice.reason})")
 
 
-def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
-    if not facts.drop_privileges:
-        yield ok_check("qemu user", "vmrun is not root: qemu runs as this user")
-    elif host.user(spec.host.user) is not None:
-        yield ok_check("qemu user", f"qemu drops privileges to {spec.host.user}")
-    elif spec.host.user == SYSTEM_USER:
-        yield ok_check("qemu user", f"creating system user {SYSTEM_USER} for qemu (kept after down)")
-        argv = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER]
-        yield _run_change("/etc/passwd", f"system user {SYSTEM_USER}", argv, ["userdel", SYSTEM_USER],
-                          keep_on_down=True)
+def check_qemu(spec: Spec, facts: HostFacts) -> Found:
+    if facts.qemu_version is None:
+        yield fail_check("qemu", f"{spec.qemu.binary} not found (Debian: apt-get install qemu-system-x86)")
     else:
-        yield fail_check("qemu user", f"host.user {spec.host.user!r} does not exist; create it or use \"vmrun\"")
+        yield ok_check("qemu", f"{spec.qemu.binary} {facts.qemu_version}")
 
 
-def check_boot_files(spec: Spec) -> Found:
-    for key in ("kernel", "initrd"):
-        path = getattr(spec.boot, key)
+def qemu_user(spec: Spec, host: Host, facts: HostFacts) -> User | None:
+    """Who qemu runs as: whoever runs vmrun, or host.user when that is root (None until preflight creates it)."""
+    return host.user(spec.host.user) if facts.drop_privileges else host.current_user()
+
+
+def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
+    name = "qemu user"
+    if not facts.drop_privileges:
+        yield ok_check(name, f"vmrun is not root: qemu runs as {host.current_user().name}")
+    elif host.user(spec.host.user) is not None:
+        yield ok_check(name, f"qemu drops privileges to {spec.host.user}")
+    elif spec.host.user == SYSTEM_USER:
+        yield ok_check(name, f"creating system user {SYSTEM_USER} for qemu; down keeps it")
+        passwd = "/etc/passwd"
+        yield Change(
+            Step.command(passwd, "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                         SYSTEM_USER),
+            (Step.command(passwd, "userdel", SYSTEM_USER),),
+            OnDown.KEEP,
+        )
+    else:
+        yield fail_check(name, f"host.user {spec.host.user!r} does not exist: create it, or use {SYSTEM_USER!r} "
+                               "(preflight creates that one)")
+
+
+def _is_not(kind: str | None, wanted: str) -> str:
+    return "does not exist" if kind is None else f"is a {kind}, not a {wanted}"
+
+
+def check_boot_files(spec: Spec, host: Host) -> Found:
+    for key, path in (("kernel", spec.boot.kernel), ("initrd", spec.boot.initrd)):
         if path is None:
             continue
-        if path.is_file():
+        kind = host.kind(path)
+        if kind == "file":
             yield ok_check(f"boot.{key}", str(path))
         else:
-            hint = " (run integration/tiny-guest/build)" if "images/tiny" in str(path) else ""
-            yield fail_check(f"boot.{key}", f"{path} does not exist{hint}")
+            hint = " (run integration/tiny-guest/build)" if TINY_GUEST_IMAGES in path.as_posix() else ""
+            yield fail_check(f"boot.{key}", f"{path} {_is_not(kind, 'file')}{hint}")
 
 
-def check_firmware(spec: Spec, facts: HostFacts) -> Found:
+def check_firmware(spec: Spec, host: Host, facts: HostFacts) -> Found:
     if spec.boot.firmware is not Firmware.UEFI:
         return
-    missing = [str(path) for path in (facts.ovmf_code, facts.ovmf_vars_template) if not path.is_file()]
+    missing = [str(path) for path in (facts.ovmf_code, facts.ovmf_vars_template) if host.kind(path) != "file"]
     if missing:
         yield fail_check("firmware", f"UEFI needs {' and '.join(missing)} (Debian: apt-get install ovmf)")
     else:
@@ -181,209 +158,295 @@ def check_firmware(spec: Spec, facts: HostFacts) -> Found:
 
 
 def check_disks(spec: Spec, host: Host, others: Others) -> Found:
+    in_use = {host.resolve(path) or path for path in others.writable_disks}
     for index, disk in enumerate(spec.disks):
-        name = f"disks[{index}] {disk.id}"
-        if not disk.readonly and str(disk.path) in others.writable_disks:
+        name = f"disks {disk.id}"
+        kind = host.kind(disk.path)
+        if (host.resolve(disk.path) or str(disk.path)) in in_use:
             yield fail_check(name, f"{disk.path} is already used writable by another running vmrun VM")
         elif disk.passthrough:
-            if host.is_block_device(disk.path):
+            if kind == "block device":
                 yield ok_check(name, f"{disk.path} is a block device (scsi-block)")
             else:
-                yield fail_check(name, f"passthrough needs a block device; {disk.path} is not one")
-        elif disk.path.exists():
+                yield fail_check(name, f"passthrough needs a block device; {disk.path} {_is_not(kind, 'block device')}")
+        elif kind in ("file", "block device"):
             yield ok_check(name, str(disk.path))
-        elif disk.size is not None:
-            size = f"{disk.size // MIB}M"
-            yield ok_check(name, f"creating {disk.path} ({disk.format}, {size}); it is kept after down")
-            if not disk.path.parent.exists():
-                parent = str(disk.path.parent)
-                yield _run_change(parent, "create directory", ["mkdir", "-p", parent], ["rmdir", parent],
-                                  keep_on_down=True)
-            argv = ["qemu-img", "create", "-q", "-f", str(disk.format), str(disk.path), size]
-            yield _run_change(str(disk.path), f"create {disk.format} {size}", argv, ["rm", "-f", str(disk.path)],
-                              keep_on_down=True)
-        else:
+        elif kind is not None:
+            yield fail_check(name, f"{disk.path} is a {kind}, not a disk image")
+        elif disk.size is None:
             yield fail_check(name, f"{disk.path} does not exist; set disks[{index}].size to create it")
-
-
-def _tap_flags(host: Host, tap: str) -> int | None:
-    flags = host.read(f"/sys/class/net/{tap}/tun_flags")
-    return int(flags, 16) if flags else None
-
-
-def check_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts) -> Found:
-    tap, name = tap_name(spec, nic), f"nics {nic.id}"
-    multiqueue = nic.queues > 1
-    mode = ["mode", "tap", *(["multi_queue"] if multiqueue else [])]
-    if host.exists(f"/sys/class/net/{tap}"):
-        yield from _existing_tap(tap, name, nic, host, spec)
-    else:
-        owner = spec.host.user if facts.drop_privileges else None
-        argv = ["ip", "tuntap", "add", "dev", tap, *mode, *(["user", owner] if owner else [])]
-        yield ok_check(name, f"creating tap {tap}" + (f" with {nic.queues} queues" if multiqueue else ""))
-        yield _run_change(f"/sys/class/net/{tap}", " ".join(argv[3:]), argv, ["ip", "tuntap", "del", "dev", tap, *mode])
-    if nic.bridge is not None:
-        if not host.exists(f"/sys/class/net/{nic.bridge}/bridge"):
-            yield fail_check(name, f"bridge {nic.bridge} does not exist (ip link add {nic.bridge} type bridge)")
         else:
-            argv = ["ip", "link", "set", tap, "master", nic.bridge, "up"]
-            yield _run_change(f"/sys/class/net/{tap}/master", nic.bridge, argv,
-                              ["ip", "link", "set", tap, "nomaster"])
-    vhost = host.exists("/dev/vhost-net")
-    if nic.vhost is Vhost.ON and not vhost:
-        yield fail_check(name, "vhost = true but /dev/vhost-net is missing (modprobe vhost_net)")
-    elif nic.vhost is Vhost.AUTO and not vhost:
-        yield warn_check(name, "no /dev/vhost-net: the NIC runs without vhost (qemu does the packet work)")
+            yield from _create_image(name, disk, disk.size, host)
 
 
-def _existing_tap(tap: str, name: str, nic: Nic, host: Host, spec: Spec) -> Found:
-    flags = _tap_flags(host, tap)
-    if flags is None:
-        yield fail_check(name, f"{tap} exists but is not a tap device")
-        return
-    has_multiqueue = bool(flags & IFF_MULTI_QUEUE)
-    if nic.queues > 1 and not has_multiqueue:
-        yield fail_check(name, f"tap {tap} has no multi_queue flag but queues = {nic.queues}; recreate it: "
-                          f"ip tuntap del dev {tap} mode tap; ip tuntap add dev {tap} mode tap multi_queue")
-    elif nic.queues == 1 and has_multiqueue:
-        yield fail_check(name, f"tap {tap} is multi_queue but queues = 1; qemu would fail: set queues > 1 or "
-                          f"recreate it without multi_queue")
-    owner = host.read(f"/sys/class/net/{tap}/owner")
-    allowed = {"-1", str(host.euid())}
-    qemu_user = host.user(spec.host.user)
-    if qemu_user is not None:
-        allowed.add(str(qemu_user.pw_uid))
-    if owner is not None and owner not in allowed:
-        yield fail_check(name, f"tap {tap} belongs to uid {owner}, not to qemu's user")
+def _create_image(name: str, disk: Disk, size_bytes: int, host: Host) -> Found:
+    size = format_size(size_bytes) if size_bytes % KIB == 0 else str(size_bytes)
+    yield ok_check(name, f"creating {disk.path} ({disk.format}, {size}); down keeps it")
+    for directory in _missing_directories(host, disk.path.parent):
+        yield Change(Step(Action.MKDIR, str(directory)), (Step(Action.RMDIR, str(directory)),), OnDown.KEEP)
+    path = str(disk.path)
+    yield Change(
+        Step.command(path, "qemu-img", "create", "-q", "-f", str(disk.format), path, size),
+        (Step(Action.REMOVE, path),),
+        OnDown.KEEP,  # user data from then on: only the failed preflight that made it may remove it
+    )
+
+
+def _missing_directories(host: Host, directory: Path) -> list[Path]:
+    """The directories to create for directory to exist, outermost first."""
+    missing = []
+    while host.kind(directory) is None and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing[::-1]
+
+
+def _tap_mode(nic: Nic) -> list[str]:
+    return ["mode", "tap", *(["multi_queue"] if nic.queues > 1 else [])]
+
+
+def _hex(text: str | None) -> int | None:
+    try:
+        return int(text, 16) if text else None
+    except ValueError:
+        return None
+
+
+def check_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User | None) -> Found:
+    tap, name = tap_name(spec, nic), f"nics {nic.id}"
+    exists = host.exists(f"/sys/class/net/{tap}")
+    if exists:
+        yield _existing_tap(tap, name, nic, host, spec, user)
     else:
-        yield ok_check(name, f"using existing tap {tap}")
+        yield from _create_tap(tap, name, nic, spec, facts, user)
+    if nic.bridge is not None:
+        yield from _attach_to_bridge(tap, nic.bridge, name, host, facts, tap_exists=exists)
+    yield from _check_vhost(name, nic, host, facts)
 
 
-def check_share(spec: Spec, share: Share, host: Host, facts: HostFacts) -> Found:
+def _create_tap(tap: str, name: str, nic: Nic, spec: Spec, facts: HostFacts, user: User | None) -> Found:
+    mode = _tap_mode(nic)
+    owner = user.name if user else spec.host.user
+    add = ["ip", "tuntap", "add", "dev", tap, *mode, "user", owner]
+    if not facts.drop_privileges:
+        yield fail_check(name, f"tap {tap} does not exist and only root can create it: sudo {' '.join(add)}")
+        return
+    queues = f"multi_queue for {nic.queues} queue pairs, " if nic.queues > 1 else ""
+    yield ok_check(name, f"creating tap {tap} ({queues}owned by {owner}); down deletes it")
+    path = f"/sys/class/net/{tap}"
+    yield Change(Step.command(path, *add), (Step.command(path, "ip", "tuntap", "del", "dev", tap, *mode),))
+
+
+def _existing_tap(tap: str, name: str, nic: Nic, host: Host, spec: Spec, user: User | None) -> CheckResult:
+    flags = _hex(host.read(f"/sys/class/net/{tap}/tun_flags"))
+    if flags is None:
+        return fail_check(name, f"{tap} exists but is not a tap device: name another tap in nics.tap")
+    multiqueue = bool(flags & IFF_MULTI_QUEUE)
+    owner = user.name if user else spec.host.user
+    recreate = (f"ip tuntap del dev {tap} mode tap{' multi_queue' if multiqueue else ''}; "
+                f"ip tuntap add dev {tap} {' '.join(_tap_mode(nic))} user {owner}")
+    if nic.queues > 1 and not multiqueue:
+        return fail_check(name, f"tap {tap} has no multi_queue flag but queues = {nic.queues}; recreate it: {recreate}")
+    if nic.queues == 1 and multiqueue:
+        return fail_check(name, f"tap {tap} is multi_queue but queues = 1, which qemu refuses: set queues > 1, "
+                                f"or recreate it: {recreate}")
+    stranger = _tap_stranger(host, tap, user)
+    if stranger is not None:
+        return fail_check(name, f"tap {tap} belongs to {stranger}, not to {owner}, who qemu runs as: "
+                                f"use another tap, or recreate it: {recreate}")
+    return ok_check(name, f"using existing tap {tap}")
+
+
+def _tap_stranger(host: Host, tap: str, user: User | None) -> str | None:
+    """The tap's owner or group when they are not qemu's user (-1 in sysfs: anyone may open it)."""
+    owner = int(host.read(f"/sys/class/net/{tap}/owner") or -1)
+    group = int(host.read(f"/sys/class/net/{tap}/group") or -1)
+    if owner != -1 and (user is None or owner != user.uid):
+        return f"uid {owner}"
+    if group != -1 and (user is None or group not in host.group_ids(user)):
+        return f"gid {group}"
+    return None
+
+
+def _attach_to_bridge(tap: str, bridge: str, name: str, host: Host, facts: HostFacts, *, tap_exists: bool) -> Found:
+    attach = ["ip", "link", "set", tap, "master", bridge, "up"]
+    master = host.link_name(f"/sys/class/net/{tap}/master") if tap_exists else None
+    if not host.exists(f"/sys/class/net/{bridge}"):
+        yield fail_check(name, f"bridge {bridge} does not exist (ip link add {bridge} type bridge)")
+    elif not host.exists(f"/sys/class/net/{bridge}/bridge"):
+        yield fail_check(name, f"{bridge} is not a bridge (nics.bridge must name one)")
+    elif master == bridge:
+        yield ok_check(name, f"tap {tap} is already attached to bridge {bridge}")
+    elif master is not None:
+        yield fail_check(name, f"tap {tap} is attached to {master}, not to bridge {bridge}: ip link set {tap} nomaster")
+    elif not facts.drop_privileges:
+        yield fail_check(name, f"only root can attach tap {tap} to bridge {bridge}: sudo {' '.join(attach)}")
+    else:
+        was_up = bool((_hex(host.read(f"/sys/class/net/{tap}/flags")) or 0) & IFF_UP) if tap_exists else False
+        detach = ["ip", "link", "set", tap, "nomaster", *([] if was_up else ["down"])]
+        yield ok_check(name, f"attaching tap {tap} to bridge {bridge}; down detaches it")
+        path = f"/sys/class/net/{tap}/master"
+        yield Change(Step.command(path, *attach), (Step.command(path, *detach),))
+
+
+def _check_vhost(name: str, nic: Nic, host: Host, facts: HostFacts) -> Found:
+    if nic.vhost is Vhost.OFF:
+        return
+    why_not = "is not readable and writable by this user" if host.exists("/dev/vhost-net") else \
+        "is missing (modprobe vhost_net)"
+    if facts.vhost_net:
+        yield ok_check(name, "vhost-net on")
+    elif nic.vhost is Vhost.ON:
+        yield fail_check(name, f"vhost = true but /dev/vhost-net {why_not}")
+    else:
+        yield warn_check(name, f"vhost off: /dev/vhost-net {why_not}, so qemu moves the packets itself (slower)")
+
+
+def check_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: User | None) -> Found:
     name = f"shares {share.id}"
-    if not share.path.is_dir():
-        yield fail_check(name, f"{share.path} is not a directory")
-        return
-    if share.security_model is SecurityModel.MAPPED_XATTR and not host.supports_xattrs(share.path):
-        yield fail_check(name, f"{share.path}'s filesystem has no xattrs; use security_model = \"mapped-file\"")
-        return
-    if share.security_model is SecurityModel.PASSTHROUGH and facts.drop_privileges and spec.host.user != "root":
-        yield fail_check(name, 'security_model = "passthrough" needs qemu to run as root; use "mapped-xattr"')
-        return
-    user = host.user(spec.host.user) if facts.drop_privileges else None
-    if user is not None:
-        blocked = host.blocked_for(user.pw_name, share.path, write=not share.readonly)
+    kind = host.kind(share.path)
+    qemu_is_root = facts.drop_privileges and spec.host.user == "root"
+    problem = None
+    if kind != "directory":
+        problem = f"{share.path} {_is_not(kind, 'directory')}"
+    elif share.security_model is SecurityModel.PASSTHROUGH and not qemu_is_root:
+        problem = ('security_model = "passthrough" needs qemu to run as root (vmrun as root with host.user = '
+                   '"root"); use "mapped-xattr"')
+    elif share.security_model is SecurityModel.MAPPED_XATTR and not host.supports_xattrs(share.path):
+        problem = f"{share.path}'s filesystem stores no user xattrs; use security_model = \"mapped-file\""
+    else:
+        blocked = host.blocked_for(user, share.path, write=not share.readonly)
         if blocked:
-            yield fail_check(name, f"qemu runs as {user.pw_name}, who cannot use {blocked}")
-            return
-    yield ok_check(name, f"{share.path} ({share.security_model}{', read-only' if share.readonly else ''})")
+            problem = f"qemu runs as {user.name if user else spec.host.user}, who cannot use {blocked}"
+    if problem:
+        yield fail_check(name, problem)
+    else:
+        yield ok_check(name, f"{share.path} ({share.security_model}{', read-only' if share.readonly else ''})")
 
 
-def check_ksm(spec: Spec, host: Host) -> Found:
+def check_ksm(spec: Spec, host: Host, facts: HostFacts, others: Others) -> Found:
     if not spec.host.ksm:
         return
     current = host.read(KSM_RUN)
     if current is None:
-        yield warn_check("ksm", "this kernel has no KSM (/sys/kernel/mm/ksm)")
+        yield warn_check("ksm", "this kernel has no KSM (/sys/kernel/mm/ksm): running without it")
+    elif current == "1" and others.ksm_previous is not None:
+        # Another vmrun VM turned it on: take on its duty, so the last of them down sets it back.
+        yield ok_check("ksm", f"KSM is on for other vmrun VMs; the last VM down sets run back to "
+                              f"{others.ksm_previous}")
+        yield _ksm_change(others.ksm_previous)
     elif current == "1":
         yield ok_check("ksm", "KSM is running")
+    elif not facts.drop_privileges:
+        yield warn_check("ksm", f"KSM is off (run = {current}) and only root can turn it on: running without it")
     else:
-        yield ok_check("ksm", "turning KSM on")
-        yield Change(Step("write", KSM_RUN, "1"), (Step("write", KSM_RUN, current),), shared="ksm")
+        yield ok_check("ksm", f"turning KSM on; the last VM that wants it sets run back to {current} when it goes down")
+        yield _ksm_change(current)
+
+
+def _ksm_change(previous: str) -> Change:
+    return Change(Step(Action.WRITE, KSM_RUN, "1"), (Step(Action.WRITE, KSM_RUN, previous),), OnDown.SHARED_KSM)
+
+
+def ksm_restore_value(applied: Iterable[AppliedChange]) -> str | None:
+    """The KSM run value a VM's changes restore on `down`: pass it on to the next VM as Others.ksm_previous."""
+    return next((a.change.undo[0].value for a in applied if a.change.on_down is OnDown.SHARED_KSM), None)
 
 
 def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others = Others()) -> Plan:
-    from vmrun.vfio import check_vfio, memlock_needed
-
+    """Every check and the changes they need, from reads only: nothing on the host changes."""
+    user = qemu_user(spec, host, facts)
+    memlock_check, memlock = check_memlock(spec, host, facts)
     found: list[CheckResult | Change] = [
         *check_accel(spec, facts),
+        *check_qemu(spec, facts),
         *check_qemu_user(spec, host, facts),
-        *check_boot_files(spec),
-        *check_firmware(spec, facts),
+        *check_boot_files(spec, host),
+        *check_firmware(spec, host, facts),
         *check_disks(spec, host, others),
-        *(result for nic in spec.nics for result in check_nic(spec, nic, host, facts)),
-        *(result for share in spec.shares for result in check_share(spec, share, host, facts)),
-        *check_vfio(spec, host, facts),
-        *check_ksm(spec, host),
+        *(found for nic in spec.nics for found in check_nic(spec, nic, host, facts, user)),
+        *(found for share in spec.shares for found in check_share(spec, share, host, facts, user)),
+        *check_vfio(spec, host, facts, user),
+        *([memlock_check] if memlock_check else []),
+        *check_ksm(spec, host, facts, others),
     ]
-    if facts.qemu_version is None:
-        found.append(fail_check("qemu", f"{spec.qemu.binary} not found (Debian: apt-get install qemu-system-x86)"))
     return Plan(
         accel=choose_accel(spec, facts),
         checks=tuple(item for item in found if isinstance(item, CheckResult)),
         changes=tuple(item for item in found if isinstance(item, Change)),
-        memlock=memlock_needed(spec, facts),
+        memlock=memlock,
     )
 
 
-# --- applying and undoing ------------------------------------------------------------------
+# --- applying and undoing -----------------------------------------------------------------------
 
 
-def perform(step: Step, host: Host) -> None:
-    if step.action == "write":
-        host.write(step.path, step.value)
-    elif step.action == "chown":
-        _wait_for(host, step.path)
-        host.chown(step.path, step.value)
-    elif step.action == "run":
-        host.run(list(step.argv))
-    else:
-        raise ValueError(f"unknown host step {step.action!r}")
+class PreflightRefused(PreflightError):
+    """Failed checks, one line each; nothing was changed."""
 
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems), hint=REFUSED_HINT)
+        self.problems = tuple(problems)
 
-def _wait_for(host: Host, path: str) -> None:
-    deadline = time.monotonic() + DEVICE_WAIT
-    while not host.exists(path):
-        if time.monotonic() > deadline:
-            raise FileNotFoundError(f"{path} did not appear within {DEVICE_WAIT:g} s")
-        time.sleep(0.05)
+    def lines(self) -> list[str]:
+        return list(self.problems)
 
 
 def refuse(plan: Plan) -> None:
-    """PreflightError listing every failed check, when there is one."""
+    """Raise PreflightRefused listing every failed check, if any."""
     if plan.failures:
-        lines = [f"preflight: {check.name}: {check.message}" for check in plan.failures]
-        raise PreflightLinesError(lines)
+        raise PreflightRefused([f"preflight: {check.name}: {check.message}" for check in plan.failures])
 
 
-class PreflightLinesError(PreflightError):
-    def __init__(self, lines: Sequence[str], *, hint: str | None = None) -> None:
-        super().__init__("\n".join(lines), hint=hint)
-        self._lines = list(lines)
-
-    def lines(self) -> list[str]:
-        return self._lines
+def _reason(exc: OSError | HostCommandError) -> str:
+    # An OSError's str() names the file under --host-root; the step already names the host path.
+    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
 
 
-def apply_plan(plan: Plan, host: Host) -> tuple[Change, ...]:
-    """Every change in order; on the first failure the applied ones are undone, newest first."""
+def apply_plan(
+    plan: Plan, host: Host, *, on_applied: Callable[[tuple[AppliedChange, ...]], None] | None = None
+) -> tuple[AppliedChange, ...]:
+    """Every change in order; on the first failure the applied ones are undone, newest first.
+
+    on_applied gets the changes applied so far after each one, for the VM's state file: a vmrun that
+    dies half-way still leaves a record `down` can undo.
+    """
     refuse(plan)
-    applied: list[Change] = []
+    applied: list[AppliedChange] = []
     for change in plan.changes:
         try:
             perform(change.step, host)
-        except (OSError, HostCommandError, ValueError) as exc:
+        except (OSError, HostCommandError) as exc:
             problems = undo_changes(applied, host, rollback=True)
-            rolled = "rolled back" if not problems else f"rollback incomplete: {'; '.join(problems)}"
+            rolled_back = "rolled back" if not problems else f"rollback incomplete: {'; '.join(problems)}"
             raise PreflightError(
-                f"preflight: {change.step.action} {change.step.path} failed: {exc}",
-                hint=f"{len(applied)} earlier change(s) {rolled}",
+                f"preflight: {change.step} failed: {_reason(exc)}",
+                hint=f"{len(applied)} earlier change(s) {rolled_back}",
             ) from exc
-        applied.append(change)
+        applied.append(AppliedChange(change))
+        if on_applied is not None:
+            on_applied(tuple(applied))
     return tuple(applied)
 
 
 def undo_changes(
-    changes: Iterable[Change], host: Host, *, rollback: bool = False, others: Others = Others()
+    applied: Iterable[AppliedChange], host: Host, *, rollback: bool = False, others: Others = Others()
 ) -> list[str]:
-    """Undo in reverse; returns what could not be undone (undo goes on past a failure)."""
+    """Undo newest first, going on past failures; returns what could not be undone.
+
+    `down` keeps disk images and system users, and leaves KSM on while others.want_ksm;
+    rollback (a failed preflight or launch) undoes everything it just did.
+    """
     problems = []
-    for change in reversed(list(changes)):
-        if (change.keep_on_down and not rollback) or (change.shared == "ksm" and others.want_ksm):
+    for record in reversed(list(applied)):
+        change = record.change
+        kept = change.on_down is OnDown.KEEP or (change.on_down is OnDown.SHARED_KSM and others.want_ksm)
+        if kept and not rollback:
             continue
         for step in change.undo:
             try:
                 perform(step, host)
-            except (OSError, HostCommandError, ValueError) as exc:
-                problems.append(f"{step.action} {step.path}: {exc}")
+            except (OSError, HostCommandError) as exc:
+                problems.append(f"{step}: {_reason(exc)}")
+                break  # the change's later steps build on this one
     return problems

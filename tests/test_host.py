@@ -1,0 +1,115 @@
+"""The host layer: what lives under --host-root, users, links, host tools, probes."""
+
+from __future__ import annotations
+
+import os
+import resource
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from vmrun.host import Host, HostCommandError, User
+
+from .fakehost import put
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def test_fake_root_holds_sysfs_dev_proc_and_users_but_not_the_specs_files(tmp_path: Path) -> None:
+    host = Host(root=tmp_path)
+    assert host.path("/sys/bus/pci/drivers_probe") == tmp_path / "sys/bus/pci/drivers_probe"
+    assert host.path("/dev/vfio/12") == tmp_path / "dev/vfio/12"
+    assert host.path("/proc/mounts") == tmp_path / "proc/mounts"
+    assert host.path("/etc/passwd") == tmp_path / "etc/passwd"
+    # Disk images, shares and kernels are the user's: a host tree does not hold them.
+    assert host.path("/etc/vmrun/vmlinuz") == Path("/etc/vmrun/vmlinuz")
+    assert host.path(Path("/srv/data")) == Path("/srv/data")
+    assert Host().path("/sys/kernel") == Path("/sys/kernel")
+
+
+def test_fake_resolve_gives_host_paths_and_stops_at_the_tree_edge(tmp_path: Path) -> None:
+    put(tmp_path, "/sys/devices/pci0000:00/0000:01:00.0/class", "0x010802\n")
+    (tmp_path / "sys/bus/pci/devices").mkdir(parents=True)
+    (tmp_path / "sys/bus/pci/devices/0000:01:00.0").symlink_to("../../../devices/pci0000:00/0000:01:00.0")
+    (tmp_path / "sys/escape").symlink_to("/etc")
+    host = Host(root=tmp_path)
+    assert host.resolve("/sys/bus/pci/devices/0000:01:00.0") == "/sys/devices/pci0000:00/0000:01:00.0"
+    assert host.link_name("/sys/bus/pci/devices/0000:01:00.0") == "0000:01:00.0"
+    assert host.resolve("/sys/escape") is None
+    assert host.resolve("/sys/missing") is None
+    assert host.resolve(tmp_path / "sys") == str(tmp_path.resolve() / "sys")  # a user's path, as it is
+
+
+def test_fake_users_come_from_the_trees_database_else_from_this_machine(tmp_path: Path) -> None:
+    put(tmp_path, "/etc/passwd", "root:x:0:0::/root:/bin/sh\nvmrun:x:999:990::/nonexistent:/usr/sbin/nologin\n")
+    put(tmp_path, "/etc/group", "root:x:0:\nvmrun:x:990:\nkvm:x:104:vmrun,other\n")
+    host = Host(root=tmp_path)
+    vmrun = host.user("vmrun")
+    assert vmrun == User("vmrun", 999, 990)
+    assert host.group_ids(vmrun) == {990, 104}
+    assert host.user("nobody") is None  # this machine has one; the recorded host does not
+    assert Host(root=tmp_path / "no-etc").user("root") == User("root", 0, 0)
+
+
+def test_kind_tells_files_directories_and_block_devices(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    host = Host(root=tmp_path)
+    assert [host.kind(tmp_path / name) for name in ("file", ".", "missing")] == ["file", "directory", None]
+    if os.geteuid() == 0:
+        (tmp_path / "dev").mkdir()
+        os.mknod(tmp_path / "dev/sdz", stat.S_IFBLK | 0o600, os.makedev(7, 200))
+        assert host.kind("/dev/sdz") == "block device"
+
+
+@needs_root
+def test_chown_by_name_and_back_to_the_recorded_ids(tmp_path: Path) -> None:
+    put(tmp_path, "/dev/vfio/12")
+    put(tmp_path, "/etc/passwd", "qemu:x:4242:4343::/:/bin/false\n")
+    host = Host(root=tmp_path)
+    before = host.ownership("/dev/vfio/12")
+    host.chown("/dev/vfio/12", "qemu")
+    assert host.ownership("/dev/vfio/12") == "4242:4343"
+    host.chown("/dev/vfio/12", before)
+    assert host.ownership("/dev/vfio/12") == before
+    with pytest.raises(HostCommandError, match="no user 'ghost'"):
+        host.chown("/dev/vfio/12", "ghost")
+
+
+def test_fake_root_never_runs_host_tools(tmp_path: Path) -> None:
+    with pytest.raises(HostCommandError, match="not run against the host tree"):
+        Host(root=tmp_path).run(["touch", str(tmp_path / "touched")])
+    assert not (tmp_path / "touched").exists()
+
+
+def test_host_tools_fail_with_their_own_message() -> None:
+    with pytest.raises(HostCommandError, match="^no such bridge$"):
+        Host().run(["sh", "-c", "echo no such bridge >&2; exit 3"])
+    with pytest.raises(HostCommandError, match="exited with status 1"):
+        Host().run(["false"])
+    with pytest.raises(HostCommandError, match="no-such-tool"):
+        Host().run(["no-such-tool"])
+    assert Host().run(["echo", "ok"]) == "ok\n"
+
+
+def test_wait_for_a_device_node_is_bounded(tmp_path: Path) -> None:
+    host = Host(root=tmp_path)
+    started = time.monotonic()
+    assert not host.wait_for("/dev/vfio/12", 0.1)
+    assert time.monotonic() - started < 1
+    put(tmp_path, "/dev/vfio/12")
+    assert host.wait_for("/dev/vfio/12", 0.1)
+
+
+def test_xattr_probe_leaves_nothing_behind(tmp_path: Path) -> None:
+    host = Host()
+    assert host.supports_xattrs(tmp_path)
+    assert os.listxattr(tmp_path) == [] and list(tmp_path.iterdir()) == []
+    assert not host.supports_xattrs(Path("/sys/kernel"))  # sysfs stores no user xattrs
+
+
+def test_memlock_limits_are_this_process_s() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    unlimited = resource.RLIM_INFINITY
+    assert Host().memlock_limits() == (None if soft == unlimited else soft, None if hard == unlimited else hard)
