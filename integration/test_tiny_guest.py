@@ -86,10 +86,13 @@ def test_console_gives_a_shell_and_ctrl_bracket_detaches(vmrun: Vmrun, tiny: str
         assert console.stderr is not None and b"attached" in console.stderr.readline()
         seen = b""
         deadline = time.monotonic() + 30
-        os.write(controller, b"echo console-$((6*7))\r")
+        # The shell may still be starting (and flush what was typed): ask again until it answers.
         while b"console-42" not in seen and time.monotonic() < deadline:
-            if select.select([controller], [], [], 1)[0]:
-                seen += os.read(controller, 4096)
+            os.write(controller, b"echo console-$((6*7))\r")
+            until = time.monotonic() + 2
+            while b"console-42" not in seen and time.monotonic() < until:
+                if select.select([controller], [], [], 0.2)[0]:
+                    seen += os.read(controller, 4096)
         assert b"console-42" in seen
         os.write(controller, b"\x1d")
         assert console.wait(timeout=10) == 0
