@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
@@ -66,15 +64,6 @@ def test_tiny_guest_boots_with_every_device_working(vmrun: Vmrun, tiny: str) -> 
     assert " running " in status and "agent ok" in status
 
 
-@pytest.fixture
-def open_share() -> Iterator[Path]:
-    """A share qemu can write after dropping to its own user (pytest's tmp_path is root-only)."""
-    share = Path(tempfile.mkdtemp(prefix="vmrun-share-"))
-    share.chmod(0o777)
-    yield share
-    shutil.rmtree(share)
-
-
 def test_console_gives_a_shell_and_ctrl_bracket_detaches(vmrun: Vmrun, tiny: str) -> None:
     controller, terminal = os.openpty()
     console = subprocess.Popen(
@@ -105,10 +94,10 @@ def test_console_gives_a_shell_and_ctrl_bracket_detaches(vmrun: Vmrun, tiny: str
 
 
 def test_two_nics_writable_share_and_the_queue_step_restores_pairs(
-    vmrun: Vmrun, tmp_path: Path, open_share: Path
+    vmrun: Vmrun, tmp_path: Path, reachable_tmp: Path
 ) -> None:
     data = tomllib.loads(TINY.read_text())
-    share = open_share
+    share = reachable_tmp
     (share / "from-host.txt").write_text("written on the host\n")
     data.update(
         name="tiny2",

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -504,15 +503,6 @@ def test_fake_host_with_kvm_intel_gets_kvm(tmp_path: Path) -> None:
 
 
 # --- shares ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def reachable_tmp() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's own tmp root is private to root)."""
-    base = Path(tempfile.mkdtemp(prefix="vmrun-test-"))
-    base.chmod(0o755)
-    yield base
-    shutil.rmtree(base)
 
 
 def share_spec(path: Path, *, user: str = "nobody", **share: Any) -> Spec:
