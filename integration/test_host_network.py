@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from vmrun.errors import PreflightError
+from vmrun.facts import HostFacts, kvm_verdict
 from vmrun.host import Host
 from vmrun.load import parse_spec
 from vmrun.preflight import IFF_MULTI_QUEUE, apply_plan, plan_preflight, undo_changes
-from vmrun.render import HostFacts
 from vmrun.spec import Spec
 
 FACTS = HostFacts(kvm_usable=False, kvm_reason="tcg here", drop_privileges=True, qemu_version="7.2.0")
@@ -83,7 +83,7 @@ def test_real_host_missing_bridge_is_named() -> None:
 
 
 def test_real_host_accelerator_here_is_tcg_with_the_reason() -> None:
-    usable, reason = Host().kvm_verdict()
+    usable, reason = kvm_verdict(Host())
     if Path("/sys/module/kvm_intel").exists() or Path("/sys/module/kvm_amd").exists():
         pytest.skip("this host has hardware KVM (e.g. the GitHub Actions runner)")
     assert not usable and "TCG" in reason

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmrun.render import HostFacts, RunPaths
+from vmrun.facts import HostFacts
+from vmrun.locations import RunPaths
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"

@@ -16,7 +16,8 @@ import pytest
 
 from vmrun.changes import Action
 from vmrun.errors import PreflightError
-from vmrun.host import Host, gather_facts
+from vmrun.facts import HostFacts, gather_facts
+from vmrun.host import Host
 from vmrun.load import parse_spec
 from vmrun.preflight import (
     IFF_MULTI_QUEUE,
@@ -30,7 +31,6 @@ from vmrun.preflight import (
     plan_preflight,
     undo_changes,
 )
-from vmrun.render import HostFacts
 from vmrun.spec import Spec
 from vmrun.units import MIB
 from vmrun.vfio import why_host_needs

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from vmrun.check import validate
+from vmrun.facts import HostFacts, choose_accel
 from vmrun.load import load_spec, parse_spec
-from vmrun.render import HostFacts, choose_accel, qemu_opt, render
+from vmrun.render import qemu_opt, render
 from vmrun.spec import Accel
 
 from .common import GOLDEN_FACTS, GOOD_SPEC, REPO, SPECS, golden_paths

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmrun.render import RunPaths
+from vmrun.locations import RunPaths
 from vmrun.state import VmState, create_run_dir, read_state, vm_names, write_state
 
 

@@ -20,8 +20,7 @@ from vmrun.errors import UsageError, VmrunError
 
 if TYPE_CHECKING:
     from vmrun.host import Host
-    from vmrun.locations import Places
-    from vmrun.render import RunPaths
+    from vmrun.locations import Places, RunPaths
     from vmrun.spec import Spec
 
 Handler = Callable[[argparse.Namespace], int]
@@ -70,8 +69,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from vmrun.host import gather_facts
-    from vmrun.render import choose_accel, render
+    from vmrun.facts import choose_accel, gather_facts
+    from vmrun.render import render
 
     spec = load_valid_spec(args.spec)
     facts = gather_facts(host_of(args), spec.qemu.binary)
@@ -196,7 +195,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from vmrun.host import gather_facts
+    from vmrun.facts import gather_facts
     from vmrun.lifecycle import others_than
     from vmrun.preflight import apply_plan, plan_preflight, refuse
 
@@ -234,8 +233,7 @@ def cmd_host_check(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vmrun.export import libvirt_domain, systemd_unit
-    from vmrun.host import gather_facts
-    from vmrun.render import choose_accel
+    from vmrun.facts import choose_accel, gather_facts
 
     spec = load_valid_spec(args.spec)
     if args.format == "libvirt":

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import attrs
 
+from vmrun.facts import vhost_enabled
 from vmrun.naming import mac_address, tap_name
 from vmrun.render import AGENT_PORT_NAME
-from vmrun.spec import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio, Vhost
+from vmrun.spec import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio
 from vmrun.units import KIB
 
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -96,7 +97,7 @@ def _nic(devices: ET.Element, spec: Spec, nic: Nic, vhost_net: bool) -> None:
         _sub(element, "target", dev=tap_name(spec, nic), managed="no")
     _sub(element, "mac", address=mac_address(spec, nic))
     _sub(element, "model", type="virtio")
-    use_vhost = nic.vhost is Vhost.ON or (nic.vhost is Vhost.AUTO and vhost_net)
+    use_vhost = vhost_enabled(nic, vhost_net=vhost_net)
     driver = {"name": "vhost" if use_vhost else "qemu"}
     if nic.queues > 1:
         driver["queues"] = str(nic.queues)

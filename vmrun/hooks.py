@@ -5,14 +5,12 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Callable
 
 from vmrun.agent import ExecResult, GuestAgent
 from vmrun.errors import HookError
 from vmrun.naming import mac_address
+from vmrun.progress import Say
 from vmrun.spec import Nic, Spec
-
-Say = Callable[[str], None]
 
 ETHTOOL_TIMEOUT = 30.0
 _CURRENT_COMBINED = re.compile(r"Current hardware settings:.*?^Combined:\s*(\d+)", re.MULTILINE | re.DOTALL)

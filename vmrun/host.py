@@ -18,9 +18,6 @@ from pathlib import Path
 
 import attrs
 
-from vmrun.render import HostFacts
-
-_KVM_HARDWARE_MODULES = ("kvm_intel", "kvm_amd")
 _HOST_TREES = ("/sys", "/dev", "/proc", "/etc/passwd", "/etc/group")
 _XATTR_PROBE = "user.vmrun.probe"
 
@@ -247,22 +244,6 @@ class Host:
             return exc.errno != errno.ENOTSUP
         return True
 
-    def blocked_for(self, user: User | None, path: Path, *, write: bool) -> str | None:
-        """The first component of path that user cannot traverse (or read, or write at the end);
-        user None is one still to be created, who owns nothing and is in no group."""
-        if user is not None and user.uid == 0:
-            return None
-        gids = self.group_ids(user) if user else frozenset()
-        for component in [*reversed(path.parents), path]:
-            info = self.path(component).stat()
-            owner = user is not None and info.st_uid == user.uid
-            shift = 6 if owner else 3 if info.st_gid in gids else 0
-            allowed = (info.st_mode >> shift) & 7
-            needed = (5 | (2 if write else 0)) if component == path else 1
-            if allowed & needed != needed:
-                return f"{component} (mode {oct(info.st_mode & 0o777)})"
-        return None
-
     def start_daemon(self, argv: list[str], *, memlock: int | None, timeout: float) -> None:
         """Run a self-daemonizing program (qemu -daemonize) through sh; its stderr on failure."""
         import sh  # ~70 ms to import: only `up` pays for it
@@ -292,25 +273,6 @@ class Host:
 
     def kvm_modules(self) -> list[str]:
         return [name for name in self.listdir("/sys/module") if name.startswith("kvm")]
-
-    def kvm_verdict(self) -> tuple[bool, str]:
-        """Whether KVM can run stock guests, and why (said to the user either way)."""
-        if not self.exists("/dev/kvm"):
-            return False, "no /dev/kvm on this host"
-        if not self.can_open("/dev/kvm"):
-            return False, "/dev/kvm is not readable and writable by this user"
-        loaded = self.kvm_modules()
-        hardware = [name for name in loaded if name in _KVM_HARDWARE_MODULES]
-        if hardware:
-            return True, f"/dev/kvm is usable ({hardware[0]} loaded)"
-        flags = self.cpu_flags() & {"vmx", "svm"}
-        if flags:
-            return True, f"/dev/kvm is usable (CPU has {sorted(flags)[0]})"
-        backing = ", ".join(name for name in loaded if name != "kvm") or "an unknown module"
-        return False, (
-            f"/dev/kvm is backed by {backing}, not kvm_intel/kvm_amd, and the CPU has no vmx/svm: "
-            "hardware virtualization is not available, so guests run under TCG"
-        )
 
     def qemu_capabilities(self, binary: str, *, cache_dir: Path | None = None) -> QemuCapabilities | None:
         """What the qemu binary supports, cached by its identity (path, size, mtime) as libvirt does;
@@ -371,17 +333,3 @@ class Host:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmrun"
-
-
-def gather_facts(host: Host, qemu_binary: str) -> HostFacts:
-    kvm_usable, kvm_reason = host.kvm_verdict()
-    qemu = host.qemu_capabilities(qemu_binary)
-    return HostFacts(
-        qemu_version=qemu.version if qemu else None,
-        kvm_usable=kvm_usable,
-        kvm_reason=kvm_reason,
-        vhost_net=host.can_open("/dev/vhost-net"),
-        drop_privileges=host.is_root_user(),
-        qemu_has_run_with=bool(qemu and qemu.has_run_with),
-        seccomp=bool(qemu and qemu.has_sandbox),
-    )

@@ -8,8 +8,9 @@ from typing import Any
 
 import attrs
 
+from vmrun.facts import kvm_verdict
 from vmrun.host import Host, QemuCapabilities
-from vmrun.vfio import PciDevice, group_members, iommu_groups, is_harmless
+from vmrun.vfio import PCI_BRIDGE_CLASS, PciDevice, group_members, iommu_groups, is_harmless
 
 PCI_IDS = (Path("/usr/share/misc/pci.ids"), Path("/usr/share/hwdata/pci.ids"))
 PAGE_SIZE = 4096
@@ -56,7 +57,7 @@ class Group:
     def vfio_lines(self) -> list[str]:
         """The [[vfio]] entries to paste: every member that is not a bridge."""
         lines = []
-        for index, device in enumerate(d for d in self.devices if not d.device_class.startswith("0x0604")):
+        for index, device in enumerate(d for d in self.devices if not d.device_class.startswith(PCI_BRIDGE_CLASS)):
             lines += ["[[vfio]]", f'id = "dev{self.group}-{index}"', f'host = "{device.address}"']
         return lines
 
@@ -95,7 +96,7 @@ def ksm_stats(host: Host) -> dict[str, int] | None:
 
 
 def host_check(host: Host, qemu: QemuCapabilities | None) -> dict[str, Any]:
-    kvm_usable, kvm_reason = host.kvm_verdict()
+    kvm_usable, kvm_reason = kvm_verdict(host)
     return {
         "kvm": {"usable": kvm_usable, "reason": kvm_reason},
         "vhost_net": host.exists("/dev/vhost-net"),

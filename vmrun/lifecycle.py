@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from vmrun.errors import AgentError, LaunchError, UsageError
-from vmrun.host import Host, gather_facts
-from vmrun.locations import Places
+from vmrun.facts import HostFacts, gather_facts
+from vmrun.host import Host
+from vmrun.locations import Places, RunPaths
 from vmrun.machine import died_during_startup, is_our_qemu, launch, read_pid, stop
 from vmrun.preflight import (
     AppliedChange,
@@ -23,14 +23,15 @@ from vmrun.preflight import (
     plan_preflight,
     undo_changes,
 )
-from vmrun.render import HostFacts, RunPaths, render
+from vmrun.progress import Say
+from vmrun.render import render
 from vmrun.spec import Firmware, Spec
 from vmrun.state import VmState, create_run_dir, read_state, remove_run_dir, vm_names, write_state
 
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
 
-Say = Callable[[str], None]
+
 
 AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
 STARTUP_SLICE = 2.0  # `up` checks qemu is still alive this often while waiting for the agent

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import attrs
 
-from vmrun.render import RunPaths
-
 
 def default_run_root() -> Path:
     """Sockets, pidfile, console log: gone with the run (tmpfs)."""
@@ -24,6 +22,38 @@ def default_state_root() -> Path:
         return Path("/var/lib/vmrun")
     state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(state) / "vmrun"
+
+
+@attrs.frozen
+class RunPaths:
+    """Where one VM's sockets and files live: run_dir per run; state_dir outlives runs (UEFI vars)."""
+
+    run_dir: Path
+    state_dir: Path
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.run_dir / "qmp.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "qga.sock"
+
+    @property
+    def console_socket(self) -> Path:
+        return self.run_dir / "console.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "qemu.pid"
+
+    @property
+    def uefi_vars(self) -> Path:
+        return self.state_dir / "OVMF_VARS.fd"
 
 
 @attrs.frozen

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from vmrun.errors import LaunchError
 from vmrun.host import Host, HostCommandError
-from vmrun.render import RunPaths
-
-Say = Callable[[str], None]
+from vmrun.locations import RunPaths
+from vmrun.progress import Say
 
 KILL_WAIT = 5.0  # seconds qemu gets after quit and after SIGTERM before the next step
 LOG_TAIL_LINES = 15

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from vmrun.access import blocked_for
 from vmrun.changes import (
     Action,
     AppliedChange,
@@ -29,9 +30,9 @@ from vmrun.changes import (
     warn_check,
 )
 from vmrun.errors import PreflightError
+from vmrun.facts import AccelChoice, HostFacts, choose_accel
 from vmrun.host import Host, HostCommandError, User
 from vmrun.naming import tap_name
-from vmrun.render import AccelChoice, HostFacts, choose_accel
 from vmrun.spec import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
 from vmrun.units import KIB, format_size
 from vmrun.vfio import check_memlock, check_vfio
@@ -315,7 +316,7 @@ def check_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: Us
     elif share.security_model is SecurityModel.MAPPED_XATTR and not host.supports_xattrs(share.path):
         problem = f"{share.path}'s filesystem stores no user xattrs; use security_model = \"mapped-file\""
     else:
-        blocked = host.blocked_for(user, share.path, write=not share.readonly)
+        blocked = blocked_for(host, user, share.path, write=not share.readonly)
         if blocked:
             problem = f"qemu runs as {user.name if user else spec.host.user}, who cannot use {blocked}"
     if problem:

@@ -9,86 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import attrs
-
+from vmrun.facts import HostFacts, choose_accel, vhost_enabled
+from vmrun.locations import RunPaths
 from vmrun.naming import mac_address, tap_name
-from vmrun.spec import Accel, Cache, Disk, Firmware, Nic, Share, Spec, Vfio, Vhost
+from vmrun.spec import Accel, Cache, Disk, Firmware, Nic, Share, Spec, Vfio
 from vmrun.units import MIB
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 
 OptionValue = str | int | bool | Path | None
-
-
-@attrs.frozen
-class HostFacts:
-    """What render needs to know of the host; gathered by the host layer, so render stays pure."""
-
-    kvm_usable: bool
-    kvm_reason: str
-    vhost_net: bool = False
-    drop_privileges: bool = False  # vmrun runs as root: qemu must not
-    qemu_has_run_with: bool = False  # -run-with user= (QEMU >= 9.1) rather than -runas
-    seccomp: bool = False
-    ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-    qemu_version: str | None = None  # None: the qemu binary is missing or does not run
-
-    @property
-    def ovmf_vars_template(self) -> Path:
-        """The pristine variable store shipped beside the firmware code; each VM gets a copy."""
-        return self.ovmf_code.with_name(self.ovmf_code.name.replace("CODE", "VARS"))
-
-
-@attrs.frozen
-class RunPaths:
-    """Where one VM's sockets and files live: run_dir per run; state_dir outlives runs (UEFI vars)."""
-
-    run_dir: Path
-    state_dir: Path
-
-    @property
-    def qmp_socket(self) -> Path:
-        return self.run_dir / "qmp.sock"
-
-    @property
-    def agent_socket(self) -> Path:
-        return self.run_dir / "qga.sock"
-
-    @property
-    def console_socket(self) -> Path:
-        return self.run_dir / "console.sock"
-
-    @property
-    def console_log(self) -> Path:
-        return self.run_dir / "console.log"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.run_dir / "qemu.pid"
-
-    @property
-    def uefi_vars(self) -> Path:
-        return self.state_dir / "OVMF_VARS.fd"
-
-
-@attrs.frozen
-class AccelChoice:
-    accel: Accel
-    reason: str
-
-
-def choose_accel(spec: Spec, facts: HostFacts) -> AccelChoice:
-    if spec.machine.accel is Accel.TCG:
-        return AccelChoice(Accel.TCG, 'the spec asks for tcg')
-    if spec.machine.accel is Accel.KVM:
-        return AccelChoice(Accel.KVM, 'the spec asks for kvm')
-    if facts.kvm_usable:
-        return AccelChoice(Accel.KVM, f"auto: {facts.kvm_reason}")
-    return AccelChoice(Accel.TCG, f"auto: {facts.kvm_reason}")
-
-
-def vhost_enabled(nic: Nic, facts: HostFacts) -> bool:
-    return nic.vhost is Vhost.ON or (nic.vhost is Vhost.AUTO and facts.vhost_net)
 
 
 def _escape(value: str) -> str:
@@ -213,7 +142,7 @@ def _nic(spec: Spec, nic: Nic, facts: HostFacts) -> list[str]:
     return [
         "-netdev", qemu_opt("tap", {
             "id": nic.id, "ifname": tap_name(spec, nic), "script": "no", "downscript": "no",
-            "vhost": vhost_enabled(nic, facts), "queues": nic.queues if multiqueue else None,
+            "vhost": vhost_enabled(nic, vhost_net=facts.vhost_net), "queues": nic.queues if multiqueue else None,
         }),
         "-device", qemu_opt("virtio-net-pci", {
             "netdev": nic.id, "id": nic.id, "mac": mac_address(spec, nic),

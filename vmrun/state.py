@@ -13,7 +13,7 @@ import attrs
 import cattrs
 
 from vmrun.load import converter
-from vmrun.render import RunPaths
+from vmrun.locations import RunPaths
 
 STATE_FILE = "state.json"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import attrs
 
 from vmrun.changes import Action, Change, CheckResult, Found, Step, fail_check, ok_check
+from vmrun.facts import HostFacts
 from vmrun.host import Host, User
-from vmrun.render import HostFacts
 from vmrun.spec import Spec
 from vmrun.units import MIB
 
