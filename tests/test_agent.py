@@ -167,7 +167,7 @@ def test_interface_by_mac_ignores_case(socket_path: Path) -> None:
     with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
         client.wait_ready(timeout=5)
         interface = client.interface_by_mac("52:54:00:ab:cd:ef")
-    assert interface is not None and (interface.name, interface.addresses) == ("eth0", ("10.0.2.15",))
+    assert interface is not None and (interface.name, interface.addresses) == ("eth0", ("10.0.2.15/24",))
 
 
 def test_an_id_less_error_drops_the_connection_and_wait_ready_reconnects(socket_path: Path) -> None:

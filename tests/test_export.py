@@ -17,16 +17,17 @@ from vmrun.spec import Accel
 from .common import GOOD_SPEC, REPO, SPECS
 
 GOLDEN = Path(__file__).parent / "golden"
+SEED = Path("/var/lib/vmrun/web/seed.iso")
 
 
 def domain_of(spec_file: Path, accel: Accel = Accel.TCG) -> ET.Element:
     spec = validate(load_spec(spec_file), spec_file)
-    return ET.fromstring(libvirt_domain(spec, accel=accel, vhost_net=False).text)
+    return ET.fromstring(libvirt_domain(spec, accel=accel, vhost_net=False, seed=SEED).text)
 
 
 def test_db_golden_xml() -> None:
     spec = load_spec(SPECS / "db.toml")
-    text = libvirt_domain(spec, accel=Accel.KVM, vhost_net=True).text
+    text = libvirt_domain(spec, accel=Accel.KVM, vhost_net=True, seed=SEED).text
     golden = GOLDEN / "db.libvirt.xml"
     if os.environ.get("VMRUN_UPDATE_GOLDEN"):
         golden.write_text(text)
@@ -82,7 +83,7 @@ def test_extra_args_and_unexpressible_settings_are_not_dropped() -> None:
     data["shares"][0]["security_model"] = "mapped-file"
     data["post_boot"] = [{"run": ["true"]}]
     spec = validate(parse_spec(data, source="t", base=Path("/")), "t")
-    exported = libvirt_domain(spec, accel=Accel.TCG, vhost_net=False)
+    exported = libvirt_domain(spec, accel=Accel.TCG, vhost_net=False, seed=SEED)
     domain = ET.fromstring(exported.text)
     assert [arg.get("value") for arg in domain.iter(f"{{{QEMU_NAMESPACE}}}arg")] == ["-device", "virtio-rng-pci"]
     assert any(note.startswith("shares data: libvirt has no mapped-file") for note in exported.notes)

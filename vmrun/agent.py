@@ -50,7 +50,20 @@ class ExecResult:
 class GuestInterface:
     name: str
     mac: str | None  # lower case, "52:54:00:12:34:56"
-    addresses: tuple[str, ...]
+    addresses: tuple[str, ...]  # "10.0.2.15/24" ("10.0.2.15" when the agent gives no prefix)
+
+
+def addresses_by_interface(interfaces: Sequence[GuestInterface]) -> dict[str, list[str]]:
+    """What `status` shows: each interface's addresses, loopback left out."""
+    import ipaddress
+
+    found = {}
+    for interface in interfaces:
+        routable = [address for address in interface.addresses
+                    if not ipaddress.ip_interface(address).is_loopback]
+        if routable:
+            found[interface.name] = routable
+    return found
 
 
 class GuestAgent(QmpSession):
@@ -190,11 +203,15 @@ def _interface(entry: Mapping[str, Any]) -> GuestInterface:
         name=str(entry.get("name", "")),
         mac=mac.lower() if isinstance(mac, str) else None,
         addresses=tuple(
-            address["ip-address"]
+            _with_prefix(address["ip-address"], address.get("prefix"))
             for address in addresses
             if isinstance(address, Mapping) and isinstance(address.get("ip-address"), str)
         ),
     )
+
+
+def _with_prefix(address: str, prefix: object) -> str:
+    return f"{address}/{prefix}" if isinstance(prefix, int) and not isinstance(prefix, bool) else address
 
 
 def _optional_int(value: object) -> int | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vmrun.errors import Problem, SpecError
 from vmrun.naming import IFNAMSIZ, mac_address, pci_address, tap_name
-from vmrun.spec import Accel, Aio, Cache, DiskFormat, Spec
+from vmrun.spec import Accel, Aio, Cache, Disk, DiskFormat, Spec
 from vmrun.units import MIB
 
 MAX_QUEUE_PAIRS = 256  # the Linux tap driver's limit (QEMU allows 511)
@@ -23,7 +23,7 @@ _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MAC = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Ids vmrun gives its own devices and chardevs; a user device may not take them.
-RESERVED_IDS = frozenset({"scsi0", "vser0", "qga0", "qga0-port", "qmp", "serial0"})
+RESERVED_IDS = frozenset({"scsi0", "vser0", "qga0", "qga0-port", "qmp", "serial0", "cidata"})
 # Values QEMU treats as a request for help instead of a value.
 _QEMU_HELP_WORDS = frozenset({"help", "?"})
 
@@ -98,10 +98,13 @@ def check_boot(spec: Spec) -> Iterator[Problem]:
 
 
 def check_disks(spec: Spec) -> Iterator[Problem]:
-    if len(spec.disks) > MAX_SCSI_TARGETS:
-        yield Problem("disks", f"at most {MAX_SCSI_TARGETS} disks fit on the virtio-scsi controller")
+    seed = spec.cloud_init is not None
+    if len(spec.disks) + seed > MAX_SCSI_TARGETS:
+        also = " (one of them the cloud-init seed)" if seed else ""
+        yield Problem("disks", f"at most {MAX_SCSI_TARGETS} disks fit on the virtio-scsi controller{also}")
     for index, disk in enumerate(spec.disks):
         path = f"disks[{index}]"
+        yield from _check_overlay(disk, path)
         if disk.passthrough and disk.format is not DiskFormat.RAW:
             yield Problem(f"{path}.format", "a passthrough disk is a host block device: format must be raw")
         if disk.passthrough and disk.size is not None:
@@ -112,6 +115,23 @@ def check_disks(spec: Spec) -> Iterator[Problem]:
             yield Problem(f"{path}.size", "must be a multiple of 512 bytes")
     writable = ((f"disks[{i}].path", str(d.path)) for i, d in enumerate(spec.disks) if not d.readonly)
     yield from _duplicates(writable, "writable disk image")
+    paths = {str(disk.path): f"disks[{index}].path" for index, disk in enumerate(spec.disks) if not disk.readonly}
+    for index, disk in enumerate(spec.disks):
+        if disk.base is not None and str(disk.base) in paths:
+            yield Problem(f"disks[{index}].base", f"{disk.base} is also written as {paths[str(disk.base)]}",
+                          "a base image must never be written")
+
+
+def _check_overlay(disk: Disk, path: str) -> Iterator[Problem]:
+    if disk.base is None:
+        if disk.ephemeral:
+            yield Problem(f"{path}.ephemeral", "only applies to an overlay", "set base, the image it overlays")
+        return
+    if disk.format is not DiskFormat.QCOW2:
+        yield Problem(f"{path}.format", f'an overlay on base is a qcow2 image: format must be "qcow2", not '
+                                        f'"{disk.format}"')
+    if disk.passthrough:
+        yield Problem(f"{path}.base", "a passthrough disk is a host block device and cannot overlay a base")
 
 
 def _interface_name_problem(name: str) -> str | None:
@@ -188,6 +208,16 @@ def check_agent_and_hooks(spec: Spec) -> Iterator[Problem]:
             yield Problem(f"post_boot[{index}].timeout", "must be longer than 0s")
 
 
+def check_cloud_init(spec: Spec) -> Iterator[Problem]:
+    if spec.cloud_init is None:
+        return
+    for key, value in spec.cloud_init.meta_data.items():
+        if not key:
+            yield Problem("cloud_init.meta_data", "has an empty key")
+        elif not value:
+            yield Problem(f"cloud_init.meta_data.{key}", "is empty")
+
+
 def check_host_and_qemu(spec: Spec) -> Iterator[Problem]:
     if not _USER.fullmatch(spec.host.user):
         yield Problem("host.user", f"{spec.host.user!r} is not a user name")
@@ -204,6 +234,7 @@ CHECKS: tuple[Check, ...] = (
     check_nics,
     check_shares,
     check_vfio,
+    check_cloud_init,
     check_agent_and_hooks,
     check_host_and_qemu,
 )
@@ -213,9 +244,9 @@ def check_spec(spec: Spec) -> list[Problem]:
     return [problem for check in CHECKS for problem in check(spec)]
 
 
-def validate(spec: Spec, source: str | Path) -> Spec:
-    """The spec itself when every check passes, else one SpecError listing every problem."""
-    problems = check_spec(spec)
+def validate(spec: Spec, source: str | Path, *, more: Iterable[Problem] = ()) -> Spec:
+    """The spec itself when every check passes, else one SpecError listing every problem (and `more`)."""
+    problems = [*check_spec(spec), *more]
     if problems:
         raise SpecError(str(source), problems)
     return spec

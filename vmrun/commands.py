@@ -33,9 +33,11 @@ def say(message: str) -> None:
 
 def load_valid_spec(path: str) -> Spec:
     from vmrun.check import validate
+    from vmrun.cloudinit import seed_file_problems
     from vmrun.load import load_spec
 
-    return validate(load_spec(Path(path)), path)
+    spec = load_spec(Path(path))
+    return validate(spec, path, more=seed_file_problems(spec))
 
 
 def host_of(args: argparse.Namespace) -> Host:
@@ -148,7 +150,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         uptime = f"{vm.uptime:.0f}s" if vm.uptime is not None else "-"
         agent = {True: "agent ok", False: "agent unreachable", None: "-"}[vm.agent]
         pid = vm.pid or "-"
-        print(f"{vm.name:<16} {vm.state:<8} pid {pid:<8} {vm.accel:<4} up {uptime:<8} {agent:<18} {vm.run_dir}")
+        addresses = " ".join(f"{interface} {','.join(ips)}" for interface, ips in vm.addresses.items())
+        print(f"{vm.name:<16} {vm.state:<8} pid {pid:<8} {vm.accel:<4} up {uptime:<8} {agent:<18} {vm.run_dir}"
+              f"{'  ' + addresses if addresses else ''}")
     return 0
 
 
@@ -238,7 +242,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     spec = load_valid_spec(args.spec)
     if args.format == "libvirt":
         facts = gather_facts(host_of(args), spec.qemu.binary)
-        exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net)
+        exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net,
+                                  seed=run_paths(args, spec.name).cloud_init_seed)
     else:
         # The vmrun beside this Python (a venv's), else the one on PATH.
         beside = Path(sys.executable).with_name("vmrun")

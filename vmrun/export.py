@@ -13,7 +13,7 @@ import attrs
 
 from vmrun.facts import vhost_enabled
 from vmrun.naming import mac_address, tap_name
-from vmrun.render import AGENT_PORT_NAME
+from vmrun.render import AGENT_PORT_NAME, SEED_ID
 from vmrun.spec import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio
 from vmrun.units import KIB
 
@@ -69,6 +69,11 @@ def _disk(devices: ET.Element, spec: Spec, disk: Disk, unit: int) -> None:
         driver["discard"] = "unmap"
     _sub(element, "driver", **driver)
     _sub(element, "source", **({"dev": str(disk.path)} if disk.passthrough else {"file": str(disk.path)}))
+    if disk.base is not None:
+        # The format is the base's own, which only `qemu-img info` knows; qcow2 is what cloud images are.
+        backing = _sub(element, "backingStore", type="file")
+        _sub(backing, "format", type="qcow2")
+        _sub(backing, "source", file=str(disk.base))
     _sub(element, "target", dev=scsi_disk_name(unit), bus="scsi")
     _sub(element, "alias", name=f"ua-{disk.id}")
     _sub(element, "address", type="drive", controller="0", bus="0", target=str(unit), unit="0")
@@ -76,6 +81,16 @@ def _disk(devices: ET.Element, spec: Spec, disk: Disk, unit: int) -> None:
         _sub(element, "readonly")
     if spec.boot.disk == disk.id:
         _sub(element, "boot", order="1")
+
+
+def _cloud_init_seed(devices: ET.Element, unit: int, seed: Path) -> None:
+    element = _sub(devices, "disk", type="file", device="cdrom")
+    _sub(element, "driver", name="qemu", type="raw")
+    _sub(element, "source", file=str(seed))
+    _sub(element, "target", dev=scsi_disk_name(unit), bus="scsi")
+    _sub(element, "alias", name=f"ua-{SEED_ID}")
+    _sub(element, "address", type="drive", controller="0", bus="0", target=str(unit), unit="0")
+    _sub(element, "readonly")
 
 
 def scsi_disk_name(index: int) -> str:
@@ -128,7 +143,7 @@ def _vfio(devices: ET.Element, vfio: Vfio) -> None:
     _sub(element, "alias", name=f"ua-{vfio.id}")
 
 
-def _unexpressed(spec: Spec) -> list[str]:
+def _unexpressed(spec: Spec, seed: Path) -> list[str]:
     notes = []
     if spec.post_boot:
         notes.append(f"post_boot: {len(spec.post_boot)} hook(s) run by vmrun over the agent; libvirt has no such step")
@@ -138,12 +153,21 @@ def _unexpressed(spec: Spec) -> list[str]:
     notes.append(f"host.user: libvirt runs qemu as the user in its qemu.conf, not {spec.host.user!r}")
     if spec.host.ksm:
         notes.append("host.ksm: libvirt does not turn KSM on; enable /sys/kernel/mm/ksm/run on the host")
+    for disk in spec.disks:
+        if disk.base is not None:
+            lifetime = "; libvirt keeps it across runs (vmrun recreates it at every up)" if disk.ephemeral else ""
+            notes.append(f"disks {disk.id}: libvirt does not create the overlay: `vmrun up` does, or qemu-img create "
+                         f"-f qcow2 -b {disk.base} -F qcow2 {disk.path}; backingStore says the base is qcow2{lifetime}")
+    if spec.cloud_init is not None:
+        notes.append(f"cloud_init: libvirt does not build the seed; `vmrun up` writes it to {seed} and rebuilds it "
+                     "when the user-data changes")
     return notes
 
 
-def libvirt_domain(spec: Spec, *, accel: Accel, vhost_net: bool) -> Export:
+def libvirt_domain(spec: Spec, *, accel: Accel, vhost_net: bool, seed: Path) -> Export:
+    """seed: where `vmrun up` writes the VM's cloud-init seed (RunPaths.cloud_init_seed)."""
     ET.register_namespace("qemu", QEMU_NAMESPACE)
-    notes = _unexpressed(spec)
+    notes = _unexpressed(spec, seed)
     domain = ET.Element("domain", type="kvm" if accel is Accel.KVM else "qemu")
     _sub(domain, "name", spec.name)
     if spec.description:
@@ -156,10 +180,12 @@ def libvirt_domain(spec: Spec, *, accel: Accel, vhost_net: bool) -> Export:
     _sub(_sub(domain, "features"), "acpi")
     _cpu(domain, spec, accel)
     devices = _sub(domain, "devices")
-    if spec.disks:
+    if spec.disks or spec.cloud_init is not None:
         _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     for unit, disk in enumerate(spec.disks):
         _disk(devices, spec, disk, unit)
+    if spec.cloud_init is not None:
+        _cloud_init_seed(devices, len(spec.disks), seed)
     for nic in spec.nics:
         _nic(devices, spec, nic, vhost_net)
     for share in spec.shares:

@@ -15,6 +15,7 @@ import resource
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -179,6 +180,21 @@ class Host:
         if result.returncode != 0:
             raise HostCommandError(result.stderr.strip() or f"{argv[0]} exited with status {result.returncode}")
         return result.stdout
+
+    def disk_image_info(self, path: Path) -> dict[str, Any]:
+        """`qemu-img info` of an image a spec names: a read, so it runs on a fake host tree too (the spec's
+        files are never under it). -U: another VM may hold the image open. Raises HostCommandError."""
+        import subprocess
+
+        argv = ["qemu-img", "info", "-U", "--output=json", str(path)]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise HostCommandError(f"qemu-img: {exc}") from exc
+        if result.returncode != 0:
+            raise HostCommandError(result.stderr.strip().removeprefix("qemu-img: ") or "qemu-img info failed")
+        info: dict[str, Any] = json.loads(result.stdout)
+        return info
 
     # Users: the tree's /etc/passwd and /etc/group under a fake root that has them, else NSS (LDAP and all).
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from vmrun.cloudinit import prepare_seed
 from vmrun.errors import AgentError, LaunchError, UsageError
 from vmrun.facts import HostFacts, gather_facts
 from vmrun.host import Host
@@ -46,6 +47,8 @@ class VmStatus:
     run_dir: str
     uptime: float | None
     agent: bool | None
+    # The guest's addresses by interface, as the agent reports them; empty when unknown.
+    addresses: dict[str, list[str]] = attrs.field(factory=dict, hash=False)
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -122,6 +125,7 @@ def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, 
         create_run_dir(paths)
         write_state(paths, state)
         _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
+        prepare_seed(spec, spec_path, paths, say)
         say(f"launching {spec.name}")
         pid = launch(host, argv, paths, memlock=plan.memlock)
     except BaseException:
@@ -202,6 +206,7 @@ def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
     pid = read_pid(paths)
     alive = is_our_qemu(host, pid, name)
     vm_state, agent = "dead", None
+    addresses: dict[str, list[str]] = {}
     if alive:
         try:
             with Monitor(paths.qmp_socket) as monitor:
@@ -209,22 +214,28 @@ def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
                 vm_state = "running" if monitor.status() == "running" else "stopped"
         except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
             vm_state = "stopped"
-        agent = agent_reachable(paths) if vm_state == "running" and (paths.agent_socket.exists()) else None
+        if vm_state == "running" and paths.agent_socket.exists():
+            agent, addresses = probe_agent(paths)
     return VmStatus(
         name=name, state=vm_state, pid=pid if alive else None, accel=state.accel if state else "unknown",
         run_dir=str(paths.run_dir), uptime=time.time() - state.started_at if state and alive else None, agent=agent,
+        addresses=addresses,
     )
 
 
-def agent_reachable(paths: RunPaths) -> bool:
-    from vmrun.agent import GuestAgent
+def probe_agent(paths: RunPaths) -> tuple[bool, dict[str, list[str]]]:
+    """Whether the agent answers, and the guest's addresses when it tells them."""
+    from vmrun.agent import GuestAgent, addresses_by_interface
 
     try:
         with GuestAgent(paths.agent_socket) as agent:
             agent.wait_ready(timeout=AGENT_PROBE_TIMEOUT)
-        return True
+            try:
+                return True, addresses_by_interface(agent.interfaces())
+            except AgentError:  # an agent with guest-network-get-interfaces disabled still answers
+                return True, {}
     except AgentError:
-        return False
+        return False, {}
 
 
 def running_paths(host: Host, places: Places, name: str) -> RunPaths:

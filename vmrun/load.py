@@ -140,6 +140,23 @@ def _array_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, ty
     return structure
 
 
+def _is_dict(type_: Any) -> bool:
+    return get_origin(type_) is dict
+
+
+def _dict_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, type], dict[Any, Any]]:
+    structure_items = converter.gen_structure_mapping(type_)
+
+    def structure(value: object, _: type) -> dict[Any, Any]:
+        # cattrs' own mapping hook would fail on an array with "'list' object has no attribute 'items'".
+        _expect(value, dict, what="a table")
+        assert isinstance(value, dict)
+        items: dict[Any, Any] = structure_items(value, type_)
+        return items
+
+    return structure
+
+
 def _table_hook(converter: cattrs.Converter, cls: type) -> Callable[[object, type], Any]:
     # No linecache entries for the generated code: they only serve tracebacks, and cost render ~5 ms.
     structure_fields: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, converter, _cattrs_use_linecache=False)
@@ -175,6 +192,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(Vhost, _structure_vhost)
     converter.register_structure_hook_factory(_is_homogeneous_tuple, lambda t: _array_hook(converter, t))
     converter.register_structure_hook_factory(attrs.has, lambda t: _table_hook(converter, t))
+    converter.register_structure_hook_factory(_is_dict, lambda t: _dict_hook(converter, t))
     _unstructure_hooks(converter)
     return converter
 
@@ -242,9 +260,17 @@ def normalize(spec: Spec, base: Path) -> Spec:
             kernel=_resolve_optional(spec.boot.kernel, base),
             initrd=_resolve_optional(spec.boot.initrd, base),
         ),
-        disks=tuple(attrs.evolve(disk, path=_resolve(disk.path, base)) for disk in spec.disks),
+        disks=tuple(
+            attrs.evolve(disk, path=_resolve(disk.path, base), base=_resolve_optional(disk.base, base))
+            for disk in spec.disks
+        ),
         shares=tuple(attrs.evolve(share, path=_resolve(share.path, base)) for share in spec.shares),
         vfio=tuple(attrs.evolve(vfio, host=pci_address(vfio.host) or vfio.host) for vfio in spec.vfio),
+        cloud_init=spec.cloud_init and attrs.evolve(
+            spec.cloud_init,
+            user_data=_resolve(spec.cloud_init.user_data, base),
+            network_config=_resolve_optional(spec.cloud_init.network_config, base),
+        ),
     )
 
 

@@ -55,6 +55,11 @@ class RunPaths:
     def uefi_vars(self) -> Path:
         return self.state_dir / "OVMF_VARS.fd"
 
+    @property
+    def cloud_init_seed(self) -> Path:
+        """The NoCloud seed `up` rebuilds from the spec's [cloud_init] files."""
+        return self.state_dir / "seed.iso"
+
 
 @attrs.frozen
 class Places:

@@ -47,6 +47,7 @@ IFF_MULTI_QUEUE = 0x100  # in /sys/class/net/TAP/tun_flags
 KSM_RUN = "/sys/kernel/mm/ksm/run"
 SYSTEM_USER = "vmrun"
 TINY_GUEST_IMAGES = "images/tiny/"
+SECTOR = 512
 REFUSED_HINT = "nothing was changed; `vmrun preflight --dry-run SPEC` shows the whole plan"
 
 
@@ -158,13 +159,16 @@ def check_firmware(spec: Spec, host: Host, facts: HostFacts) -> Found:
         yield ok_check("firmware", f"UEFI from {facts.ovmf_code}")
 
 
-def check_disks(spec: Spec, host: Host, others: Others) -> Found:
+def check_disks(spec: Spec, host: Host, others: Others, user: User | None) -> Found:
     in_use = {host.resolve(path) or path for path in others.writable_disks}
+    owner = user.name if user else spec.host.user
     for index, disk in enumerate(spec.disks):
         name = f"disks {disk.id}"
         kind = host.kind(disk.path)
         if (host.resolve(disk.path) or str(disk.path)) in in_use:
             yield fail_check(name, f"{disk.path} is already used writable by another running vmrun VM")
+        elif disk.base is not None:
+            yield from _check_overlay(name, disk, disk.base, kind, host, user, in_use, qemu_runs_as=owner)
         elif disk.passthrough:
             if kind == "block device":
                 yield ok_check(name, f"{disk.path} is a block device (scsi-block)")
@@ -177,20 +181,105 @@ def check_disks(spec: Spec, host: Host, others: Others) -> Found:
         elif disk.size is None:
             yield fail_check(name, f"{disk.path} does not exist; set disks[{index}].size to create it")
         else:
-            yield from _create_image(name, disk, disk.size, host)
+            yield from _create_image(name, disk, host, size_bytes=disk.size)
 
 
-def _create_image(name: str, disk: Disk, size_bytes: int, host: Host) -> Found:
-    size = format_size(size_bytes) if size_bytes % KIB == 0 else str(size_bytes)
-    yield ok_check(name, f"creating {disk.path} ({disk.format}, {size}); down keeps it")
+def _size_text(size_bytes: int) -> str:
+    return format_size(size_bytes) if size_bytes % KIB == 0 else str(size_bytes)
+
+
+def _create_image(name: str, disk: Disk, host: Host, *, size_bytes: int | None, base: BaseImage | None = None,
+                  replacing: bool = False) -> Found:
+    path = str(disk.path)
+    what = f"{disk.format}, {_size_text(size_bytes)}" if size_bytes is not None else str(disk.format)
+    if base is not None:
+        what = f"an overlay on {base.path} ({base.format}){', ' + _size_text(size_bytes) if size_bytes else ''}"
+    # An ephemeral overlay goes at down; any other image is user data from then on: only the failed
+    # preflight that made it may remove it.
+    on_down = OnDown.UNDO if disk.ephemeral else OnDown.KEEP
+    verb = "recreating" if replacing else "creating"
+    yield ok_check(name, f"{verb} {path} ({what}); down {'deletes' if disk.ephemeral else 'keeps'} it")
     for directory in _missing_directories(host, disk.path.parent):
         yield Change(Step(Action.MKDIR, str(directory)), (Step(Action.RMDIR, str(directory)),), OnDown.KEEP)
-    path = str(disk.path)
+    backing = ["-b", str(base.path), "-F", base.format] if base is not None else []
+    size = [_size_text(size_bytes)] if size_bytes is not None else []
     yield Change(
-        Step.command(path, "qemu-img", "create", "-q", "-f", str(disk.format), path, size),
+        Step.command(path, "qemu-img", "create", "-q", "-f", str(disk.format), *backing, path, *size),
         (Step(Action.REMOVE, path),),
-        OnDown.KEEP,  # user data from then on: only the failed preflight that made it may remove it
+        on_down,
     )
+
+
+@attrs.frozen
+class BaseImage:
+    path: Path
+    format: str
+    virtual_size: int
+
+
+def _check_overlay(
+    name: str, disk: Disk, base_path: Path, kind: str | None, host: Host, user: User | None, in_use: set[str], *,
+    qemu_runs_as: str,
+) -> Found:
+    base = _base_image(base_path, host, user, in_use, qemu_runs_as=qemu_runs_as)
+    if isinstance(base, str):
+        yield fail_check(name, base)
+        return
+    if kind is not None:
+        problem = _overlay_problem(disk, base_path, kind, host)
+        if problem is not None:
+            yield fail_check(name, problem)
+            return
+        if not disk.ephemeral:
+            yield ok_check(name, f"{disk.path} (an overlay on {base_path})")
+            return
+    if disk.size is not None and disk.size < base.virtual_size:
+        yield fail_check(name, f"size {_size_text(disk.size)} is below the virtual size of base {base_path} "
+                               f"({_size_text(base.virtual_size)}): an overlay cannot shrink its base")
+        return
+    yield from _create_image(name, disk, host, size_bytes=disk.size, base=base, replacing=kind is not None)
+
+
+def _base_image(
+    path: Path, host: Host, user: User | None, in_use: set[str], *, qemu_runs_as: str
+) -> BaseImage | str:
+    """The base's format and virtual size, or why it cannot be one."""
+    kind = host.kind(path)
+    if kind not in ("file", "block device"):
+        return f"base {path} {_is_not(kind, 'disk image')}"
+    if (host.resolve(path) or str(path)) in in_use:
+        return f"base {path} is used writable by another running vmrun VM; a base must never be written"
+    blocked = blocked_for(host, user, path, write=False)
+    if blocked:
+        return f"qemu runs as {qemu_runs_as}, who cannot read base {path}: {blocked}"
+    try:
+        info = host.disk_image_info(path)
+    except HostCommandError as exc:
+        return f"base {path} is not a disk image qemu can open: {exc}"
+    size = host.path(path).stat().st_size
+    # qemu-img takes any file for a raw image; a text file gives itself away by its size.
+    if info.get("format") == "raw" and kind == "file" and (size == 0 or size % SECTOR):
+        return f"base {path} is not a disk image: a raw image is whole {SECTOR}-byte sectors, it has {size} bytes"
+    return BaseImage(path, str(info.get("format")), int(info.get("virtual-size", 0)))
+
+
+def _overlay_problem(disk: Disk, base: Path, kind: str, host: Host) -> str | None:
+    """Why the existing disk.path is not an overlay on base; None when it is one."""
+    recreate = f"delete {disk.path} to recreate it on {base}"
+    if kind != "file":
+        return f"{disk.path} is a {kind}, not an overlay on {base}"
+    try:
+        info = host.disk_image_info(disk.path)
+    except HostCommandError as exc:
+        return f"{disk.path} cannot be opened as an overlay ({exc}): {recreate}"
+    if info.get("format") != "qcow2":
+        return f"{disk.path} is a {info.get('format')} image, not an overlay on {base}: {recreate}"
+    backing = info.get("full-backing-filename") or info.get("backing-filename")
+    if not backing:
+        return f"{disk.path} has no backing file, so it is not an overlay on {base}: {recreate}"
+    if (host.resolve(backing) or backing) != (host.resolve(base) or str(base)):
+        return f"{disk.path} is an overlay on {backing}, not on {base}: {recreate}, or point base at {backing}"
+    return None
 
 
 def _missing_directories(host: Host, directory: Path) -> list[Path]:
@@ -364,7 +453,7 @@ def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others =
         *check_qemu_user(spec, host, facts),
         *check_boot_files(spec, host),
         *check_firmware(spec, host, facts),
-        *check_disks(spec, host, others),
+        *check_disks(spec, host, others, user),
         *(found for nic in spec.nics for found in check_nic(spec, nic, host, facts, user)),
         *(found for share in spec.shares for found in check_share(spec, share, host, facts, user)),
         *check_vfio(spec, host, facts, user),

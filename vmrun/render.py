@@ -16,6 +16,7 @@ from vmrun.spec import Accel, Cache, Disk, Firmware, Nic, Share, Spec, Vfio
 from vmrun.units import MIB
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
+SEED_ID = "cidata"  # the cloud-init seed's node and device id, reserved in vmrun.check
 
 OptionValue = str | int | bool | Path | None
 
@@ -116,6 +117,7 @@ def _disk(spec: Spec, disk: Disk, scsi_id: int) -> list[str]:
         "driver": file_driver, "filename": disk.path, "node-name": file_node, "aio": str(disk.aio), **common,
     })]
     if not disk.passthrough:
+        # An overlay's base is not named here: the qcow2 node opens it from the image header, read-only.
         argv += ["-blockdev", qemu_opt(None, {
             "driver": str(disk.format), "file": file_node, "node-name": disk.id, **common,
         })]
@@ -128,12 +130,26 @@ def _disk(spec: Spec, disk: Disk, scsi_id: int) -> list[str]:
     return argv
 
 
-def _disks(spec: Spec) -> list[str]:
-    if not spec.disks:
+def _cloud_init_seed(paths: RunPaths, scsi_id: int) -> list[str]:
+    """The NoCloud seed `up` builds, as a read-only CD-ROM on the same controller, after the disks."""
+    return [
+        "-blockdev", qemu_opt(None, {
+            "driver": "file", "filename": paths.cloud_init_seed, "node-name": SEED_ID, "read-only": True,
+        }),
+        "-device", qemu_opt("scsi-cd", {
+            "bus": "scsi0.0", "channel": 0, "scsi-id": scsi_id, "lun": 0, "drive": SEED_ID, "id": SEED_ID,
+        }),
+    ]
+
+
+def _scsi(spec: Spec, paths: RunPaths) -> list[str]:
+    if not spec.disks and spec.cloud_init is None:
         return []
     argv = ["-device", qemu_opt("virtio-scsi-pci", {"id": "scsi0"})]
     for scsi_id, disk in enumerate(spec.disks):
         argv += _disk(spec, disk, scsi_id)
+    if spec.cloud_init is not None:
+        argv += _cloud_init_seed(paths, len(spec.disks))
     return argv
 
 
@@ -189,7 +205,7 @@ def render(spec: Spec, facts: HostFacts, paths: RunPaths) -> list[str]:
         *_machine(spec, facts),
         *_process(spec, facts, paths),
         *_boot(spec, facts, paths),
-        *_disks(spec),
+        *_scsi(spec, paths),
         *_flatten(_nic(spec, nic, facts) for nic in spec.nics),
         *_flatten(_share(share) for share in spec.shares),
         *_flatten(_vfio(vfio) for vfio in spec.vfio),

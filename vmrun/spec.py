@@ -93,6 +93,9 @@ class Disk:
     discard: bool = False
     readonly: bool = False
     passthrough: bool = False
+    # A read-only backing image: `path` is a qcow2 overlay on it, created by preflight when missing.
+    base: Path | None = None
+    ephemeral: bool = False  # the overlay is created afresh at every `up` and deleted at `down`
 
 
 @attrs.frozen
@@ -118,6 +121,16 @@ class Share:
 class Vfio:
     id: str
     host: str
+
+
+@attrs.frozen
+class CloudInit:
+    """A NoCloud seed vmrun builds from these files and attaches as a read-only CD-ROM."""
+
+    user_data: Path
+    network_config: Path | None = None
+    # Merged over vmrun's instance-id and local-hostname; a dict is not hashable, hence hash=False.
+    meta_data: dict[str, str] = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -154,6 +167,7 @@ class Spec:
     nics: tuple[Nic, ...] = ()
     shares: tuple[Share, ...] = ()
     vfio: tuple[Vfio, ...] = ()
+    cloud_init: CloudInit | None = None
     agent: Agent = Agent()
     post_boot: tuple[Hook, ...] = ()
     host: HostOptions = HostOptions()
