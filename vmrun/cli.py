@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     init_cmd = commands.add_parser("init", help="write a commented starter spec")
     init_cmd.add_argument("name", metavar="NAME")
     init_cmd.add_argument("-o", "--output", metavar="FILE", help="default: NAME.toml")
-    init_cmd.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init_cmd.add_argument("--force", action="store_true", help="overwrite existing files")
+    init_cmd.add_argument("--base", metavar="IMAGE",
+                          help="boot this cloud image through an overlay; also writes NAME-user-data.yaml")
     init_cmd.set_defaults(handler=cmd_init)
 
     up_cmd = commands.add_parser("up", help="preflight, launch, wait for the agent, run post-boot steps")

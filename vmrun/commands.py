@@ -88,17 +88,29 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    import os
+
     from vmrun.check import check_name
     from vmrun.spec import Spec as SpecModel
-    from vmrun.starter import starter_spec
+    from vmrun.starter import invoking_user, public_keys, starter_spec, starter_user_data, user_data_file
 
     problems = list(check_name(SpecModel(name=args.name)))
     if problems:
         raise UsageError(str(problems[0]), hint=problems[0].hint)
     target = Path(args.output or f"{args.name}.toml")
-    if target.exists() and not args.force:
-        raise UsageError(f"{target} already exists", hint="pass --force to overwrite it")
-    target.write_text(starter_spec(args.name, str(target)))
+    user_data = target.parent / user_data_file(args.name) if args.base else None
+    for path in (target, user_data):
+        if path is not None and path.exists() and not args.force:
+            raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
+    if args.base:
+        # As the spec will name it: relative to the spec's directory, as every relative path in a spec is.
+        base = os.path.relpath(Path(args.base).resolve(), target.parent.resolve())
+        user, home = invoking_user(host_of(args), os.environ)
+        keys = public_keys(home)
+        assert user_data is not None
+        user_data.write_text(starter_user_data(user, keys))
+        say(f"wrote {user_data}: user {user}, {len(keys)} SSH key(s), sudo")
+    target.write_text(starter_spec(args.name, str(target), base=base if args.base else None))
     say(f"wrote {target}; edit it, then: vmrun validate {target}")
     return 0
 

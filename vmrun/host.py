@@ -208,6 +208,15 @@ class Host:
             return None
         return User(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
+    def home_dir(self, name: str) -> Path | None:
+        users = self._tree_database("passwd")
+        if users is not None:
+            return next((Path(u[5]) for u in users if len(u) > 5 and u[0] == name), None)
+        try:
+            return Path(pwd.getpwnam(name).pw_dir)
+        except KeyError:
+            return None
+
     def current_user(self) -> User:
         """Who runs vmrun (and qemu, when that is not root)."""
         uid, gid = os.geteuid(), os.getegid()
