@@ -202,3 +202,25 @@ def test_validate_reports_every_problem_at_once() -> None:
         "name", "nics[0].queues", "nics[0].mac", "shares[0].tag", "vfio[0].host",
     ]
     assert caught.value.lines()[1].startswith("db.toml: nics[0].queues: 3 queue pairs exceed machine.cpus (2)")
+
+
+def test_overlays_are_qcow2_on_a_base_nothing_writes() -> None:
+    data = add("disks", {"id": "os", "path": "os.qcow2", "base": "root.qcow2", "format": "qcow2"})
+    data["disks"].append({"id": "raw", "path": "raw.img", "base": "cloud.img", "format": "raw"})
+    data["disks"].append({"id": "lun", "path": "/dev/sdb", "base": "cloud.img", "passthrough": True})
+    data["disks"].append({"id": "scratch", "path": "scratch.qcow2", "format": "qcow2", "ephemeral": True})
+    assert check(data) == [
+        'disks[2].format: an overlay on base is a qcow2 image: format must be "qcow2", not "raw"',
+        "disks[3].base: a passthrough disk is a host block device and cannot overlay a base",
+        "disks[4].ephemeral: only applies to an overlay (hint: set base, the image it overlays)",
+        "disks[1].base: /specs/root.qcow2 is also written as disks[0].path (hint: a base image must never be written)",
+    ]
+
+
+def test_cloud_init_meta_data_and_the_seeds_reserved_id() -> None:
+    data = add("disks", {"id": "cidata", "path": "x.raw"})
+    data["cloud_init"] = {"user_data": "u.yaml", "meta_data": {"local-hostname": ""}}
+    assert check(data) == [
+        "disks[1].id: 'cidata' is reserved for vmrun's own devices (hint: choose another id)",
+        "cloud_init.meta_data.local-hostname: is empty",
+    ]

@@ -90,6 +90,26 @@ def test_extra_args_and_unexpressible_settings_are_not_dropped() -> None:
     assert any(note.startswith("post_boot:") for note in exported.notes)
 
 
+def test_overlay_has_its_base_as_backing_store_and_the_seed_is_a_read_only_cdrom() -> None:
+    spec = validate(load_spec(SPECS / "debian.toml"), "debian.toml")
+    exported = libvirt_domain(spec, accel=Accel.TCG, vhost_net=False, seed=SEED)
+    domain = ET.fromstring(exported.text)
+    [controller] = domain.findall("devices/controller")
+    root, seed = domain.findall("devices/disk")
+    assert root.find("source").get("file") == str(REPO / "images/debian-root.qcow2")  # type: ignore[union-attr]
+    backing = root.find("backingStore")
+    assert backing is not None and backing.get("type") == "file"
+    assert backing.find("format").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert backing.find("source").get("file") == str(REPO / "images/debian/debian-12.qcow2")  # type: ignore[union-attr]
+    assert (seed.get("type"), seed.get("device")) == ("file", "cdrom")
+    assert seed.find("source").get("file") == str(SEED)  # type: ignore[union-attr]
+    assert seed.find("target").attrib == {"dev": "sdb", "bus": "scsi"}  # type: ignore[union-attr]
+    assert seed.find("readonly") is not None and seed.find("address").get("target") == "1"  # type: ignore[union-attr]
+    assert any(note.startswith("cloud_init: libvirt does not build the seed; `vmrun up` writes it to "
+                               f"{SEED}") for note in exported.notes)
+    assert any(note.startswith("disks root: libvirt does not create the overlay") for note in exported.notes)
+
+
 def test_systemd_unit_supervises_qemu_through_its_pidfile() -> None:
     spec = load_spec(SPECS / "tiny.toml")
     unit = systemd_unit(spec, spec_path=SPECS / "tiny.toml", vmrun=Path("/usr/bin/vmrun"),

@@ -118,3 +118,21 @@ def test_privilege_drop_follows_the_qemu_version() -> None:
     new = render_text(GOOD_SPEC, new_qemu)
     assert new[new.index("-run-with") + 1] == "user=vmrun" and "-runas" not in new
     assert "-runas" not in render_text(GOOD_SPEC, HostFacts(kvm_usable=False, kvm_reason="x"))
+
+
+def test_cloud_init_seed_is_a_read_only_cd_on_the_controller_even_without_disks() -> None:
+    text = GOOD_SPEC.split("[[disks]]")[0] + '[cloud_init]\nuser_data = "u.yaml"\n'
+    argv = render_text(text)
+    assert option(argv, "-device", "virtio-scsi-pci") == "virtio-scsi-pci,id=scsi0"
+    assert option(argv, "-blockdev", "driver=file") == (
+        "driver=file,filename=/var/lib/vmrun/web/seed.iso,node-name=cidata,read-only=on")
+    assert option(argv, "-device", "scsi-cd") == "scsi-cd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=cidata,id=cidata"
+
+
+def test_an_overlays_base_is_never_named_so_qemu_opens_it_read_only_from_the_header() -> None:
+    text = GOOD_SPEC.replace('path = "root.qcow2"', 'path = "root.qcow2"\nbase = "/images/cloud,1.qcow2"')
+    argv = render_text(text + '[cloud_init]\nuser_data = "u.yaml"\n')
+    assert not any("cloud" in arg for arg in argv)
+    assert option(argv, "-blockdev", "driver=qcow2") == "driver=qcow2,file=root-file,node-name=root"
+    # The seed comes after the disks, on the next SCSI target.
+    assert option(argv, "-device", "scsi-cd").startswith("scsi-cd,bus=scsi0.0,channel=0,scsi-id=1,")
