@@ -127,11 +127,11 @@ def _check_overlay(disk: Disk, path: str) -> Iterator[Problem]:
         if disk.ephemeral:
             yield Problem(f"{path}.ephemeral", "only applies to an overlay", "set base, the image it overlays")
         return
-    if disk.format is not DiskFormat.QCOW2:
-        yield Problem(f"{path}.format", f'an overlay on base is a qcow2 image: format must be "qcow2", not '
-                                        f'"{disk.format}"')
     if disk.passthrough:
         yield Problem(f"{path}.base", "a passthrough disk is a host block device and cannot overlay a base")
+    elif disk.format is not DiskFormat.QCOW2:
+        yield Problem(f"{path}.format", f'an overlay on base is a qcow2 image: format must be "qcow2", not '
+                                        f'"{disk.format}"')
 
 
 def _interface_name_problem(name: str) -> str | None:
