@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.agent import GuestAgent
+from vmrun.agent import GuestAgent, addresses_by_interface
 from vmrun.errors import AgentError
 
 from .fakepeer import HANG_UP, FakePeer, Message, Script, answer, refuse
@@ -227,3 +227,22 @@ def test_shutdown_refused_by_the_guest_is_an_agent_error(socket_path: Path) -> N
         client.wait_ready(timeout=5)
         with pytest.raises(AgentError, match="^the guest agent refused guest-shutdown: child process has failed"):
             client.shutdown(grace=5)
+
+
+def test_status_addresses_are_per_interface_with_prefixes_and_without_loopback(socket_path: Path) -> None:
+    def agent(request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-network-get-interfaces":
+            return [answer(request, [
+                {"name": "lo", "ip-addresses": [{"ip-address": "127.0.0.1", "prefix": 8},
+                                                {"ip-address": "::1", "prefix": 128}]},
+                {"name": "eth0", "hardware-address": "52:54:00:ab:cd:ef",
+                 "ip-addresses": [{"ip-address": "10.0.2.15", "prefix": 24},
+                                  {"ip-address": "fe80::5054:ff:feab:cdef", "prefix": 64}]},
+                {"name": "eth1", "hardware-address": "52:54:00:ab:cd:f0"},
+            ])]
+        return syncing(request)
+
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        addresses = addresses_by_interface(client.interfaces())
+    assert addresses == {"eth0": ["10.0.2.15/24", "fe80::5054:ff:feab:cdef/64"]}
