@@ -133,5 +133,12 @@ def test_base_qemus_user_cannot_read_is_refused_naming_the_component(tmp_path: P
     base = make_base(private / "base.qcow2")
     private.chmod(0o700)
     spec = overlay_spec(reachable_tmp / "root.qcow2", base)
-    assert messages(plan_preflight(spec, fake_host(tmp_path), ROOT_FACTS)) == [
+    host = fake_host(tmp_path)
+    assert messages(plan_preflight(spec, host, ROOT_FACTS)) == [
         f"qemu runs as nobody, who cannot read base {base}: {private} (mode 0o700)"]
+    private.chmod(0o755)
+    base.chmod(0o644)  # a file needs only reading, not the x a directory needs
+    assert plan_preflight(spec, host, ROOT_FACTS).failures == ()
+    base.chmod(0o640)
+    assert messages(plan_preflight(spec, host, ROOT_FACTS)) == [
+        f"qemu runs as nobody, who cannot read base {base}: {base} (mode 0o640)"]
