@@ -36,10 +36,12 @@ def make_base(path: Path) -> Path:
     return path
 
 
-def tiny_spec(vmrun: Vmrun, name: str, *, disks: list[dict[str, object]], **sections: object) -> Path:
-    """specs/tiny.toml with other disks and no NIC (nothing here needs one)."""
+def tiny_spec(vmrun: Vmrun, name: str, *, disks: list[dict[str, object]], nic: bool = False,
+              **sections: object) -> Path:
+    """specs/tiny.toml with other disks, and its NIC only when asked for."""
     data = tomllib.loads(TINY.read_text())
-    data.pop("nics")
+    if not nic:
+        data.pop("nics")
     data.update(
         name=name,
         boot={**data["boot"], "kernel": str(IMAGES / "vmlinuz"), "initrd": str(IMAGES / "initrd.gz")},
@@ -64,7 +66,7 @@ def test_guest_writes_reach_the_overlays_never_the_base_and_down_deletes_only_th
     spec = tiny_spec(vmrun, "ovl", disks=[
         {"id": "kept", "path": str(kept), "base": str(base), "format": "qcow2", "size": "16M"},
         {"id": "scratch", "path": str(scratch), "base": str(base), "format": "qcow2", "ephemeral": True},
-    ], cloud_init={"user_data": str(user_data)})
+    ], cloud_init={"user_data": str(user_data)}, nic=True)
     before = sha256(base)
     up = vmrun("up", str(spec))
     try:
@@ -82,6 +84,11 @@ def test_guest_writes_reach_the_overlays_never_the_base_and_down_deletes_only_th
         assert guest(vmrun, "ovl", "cat /sys/bus/scsi/devices/*:0:2:0/type").strip() == "5"
         assert qemu_img("compare", "-U", "-q", str(base), str(kept)).returncode == 1  # the overlay differs now
         assert sha256(base) == before
+        # status shows the guest's addresses as its agent reports them, loopback left out.
+        guest(vmrun, "ovl", "ip link set eth0 up && ip addr add 192.0.2.7/24 dev eth0")
+        [status] = json.loads(vmrun("status", "--json", "ovl").stdout)
+        assert "192.0.2.7/24" in status["addresses"]["eth0"] and "lo" not in status["addresses"]
+        assert "eth0 192.0.2.7/24" in vmrun("status", "ovl").stdout
     finally:
         down = vmrun("down", "ovl")
         assert down.returncode == 0, down.stderr
