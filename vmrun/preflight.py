@@ -188,33 +188,32 @@ def _size_text(size_bytes: int) -> str:
     return format_size(size_bytes) if size_bytes % KIB == 0 else str(size_bytes)
 
 
+@attrs.frozen
+class BaseImage:
+    """An overlay's base as `qemu-img info` describes it."""
+
+    path: Path
+    format: str
+    virtual_size: int
+
+
 def _create_image(name: str, disk: Disk, host: Host, *, size_bytes: int | None, base: BaseImage | None = None,
                   replacing: bool = False) -> Found:
     path = str(disk.path)
-    what = f"{disk.format}, {_size_text(size_bytes)}" if size_bytes is not None else str(disk.format)
-    if base is not None:
-        what = f"an overlay on {base.path} ({base.format}){', ' + _size_text(size_bytes) if size_bytes else ''}"
-    # An ephemeral overlay goes at down; any other image is user data from then on: only the failed
-    # preflight that made it may remove it.
-    on_down = OnDown.UNDO if disk.ephemeral else OnDown.KEEP
+    size = [_size_text(size_bytes)] if size_bytes is not None else []
+    what = ", ".join([str(disk.format) if base is None else f"an overlay on {base.path} ({base.format})", *size])
     verb = "recreating" if replacing else "creating"
     yield ok_check(name, f"{verb} {path} ({what}); down {'deletes' if disk.ephemeral else 'keeps'} it")
     for directory in _missing_directories(host, disk.path.parent):
         yield Change(Step(Action.MKDIR, str(directory)), (Step(Action.RMDIR, str(directory)),), OnDown.KEEP)
     backing = ["-b", str(base.path), "-F", base.format] if base is not None else []
-    size = [_size_text(size_bytes)] if size_bytes is not None else []
     yield Change(
         Step.command(path, "qemu-img", "create", "-q", "-f", str(disk.format), *backing, path, *size),
         (Step(Action.REMOVE, path),),
-        on_down,
+        # An ephemeral overlay goes at down; any other image is user data from then on: only the failed
+        # preflight that made it may remove it.
+        OnDown.UNDO if disk.ephemeral else OnDown.KEEP,
     )
-
-
-@attrs.frozen
-class BaseImage:
-    path: Path
-    format: str
-    virtual_size: int
 
 
 def _check_overlay(
