@@ -4,6 +4,7 @@ cloud-init sets it up from vmrun's seed; the image itself is never written."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
 from collections.abc import Iterator
@@ -55,7 +56,9 @@ def debian(vmrun: Vmrun, reachable_tmp: Path) -> Iterator[tuple[Spec, str]]:
     data.update(
         name=NAME,
         disks=[{**data["disks"][0], "path": str(overlay), "base": str(BASE), "ephemeral": True}],
-        cloud_init={"user_data": str(SPEC.cloud_init.user_data)},
+        cloud_init={"user_data": str(SPEC.cloud_init.user_data), "network_config": str(SPEC.cloud_init.network_config)},
+        # A first boot takes 40-50 s on an idle 2-core host; the tests of other branches may share it.
+        agent={**data["agent"], "timeout": "900s"},
     )
     spec = vmrun.spec(tomli_w.dumps(data), "debian.toml")
     before = sha256(BASE)
@@ -87,3 +90,6 @@ def test_debian_boots_from_its_overlay_and_cloud_init_applies_the_seed(
     interface = found.strip().split("/")[4]  # /sys/class/net/IF/address
     assert current_combined(guest(vmrun, "ethtool", "-l", interface)) == 2
     assert guest(vmrun, "cat", "/mnt/hostshare/en-us") == Path("/usr/share/qemu/keymaps/en-us").read_text()
+    # The network-config's static address, as `status` reports it from the agent.
+    [status] = json.loads(vmrun("status", "--json", NAME).stdout)
+    assert "192.0.2.2/24" in status["addresses"][interface]
