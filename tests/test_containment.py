@@ -44,7 +44,8 @@ def test_escape_names_on_the_command_line_delete_nothing(tmp_path: Path, command
     run_root.mkdir(parents=True)
     (tmp_path / "root" / "precious").write_text("keep me")
     before = snapshot(tmp_path)
-    result = vmrun("--run-dir", str(run_root), "--state-dir", str(tmp_path / "state"), command, name)
+    # Run where "." holds no specs: for down, "." and "/" are directories of specs.
+    result = vmrun("--run-dir", str(run_root), "--state-dir", str(tmp_path / "state"), command, name, cwd=run_root)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") <= 2 and "Traceback" not in result.stderr
     assert snapshot(tmp_path) == before

@@ -11,6 +11,7 @@ from vmrun import __version__
 from vmrun.commands import (
     Handler,
     cmd_console,
+    cmd_diff,
     cmd_down,
     cmd_exec,
     cmd_export,
@@ -29,12 +30,26 @@ from vmrun.errors import VmrunError
 from vmrun.locations import default_run_root, default_state_root
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1024")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds between 0 and 86400")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmrun",
         description="Declarative QEMU/KVM VMs: a TOML spec in, a checked host and a running VM out.",
         epilog="Exit codes: 0 ok, 2 invalid spec or usage, 3 host refused, 4 qemu failed, "
-        "5 guest agent or hook failed, 1 a bug in vmrun.",
+        "5 guest agent or hook failed, 6 drift (vmrun diff), 1 a bug in vmrun.",
     )
     parser.add_argument("--version", action="version", version=f"vmrun {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -67,14 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     init_cmd.add_argument("--force", action="store_true", help="overwrite an existing file")
     init_cmd.set_defaults(handler=cmd_init)
 
-    up_cmd = commands.add_parser("up", help="preflight, launch, wait for the agent, run post-boot steps")
-    up_cmd.add_argument("spec", metavar="SPEC")
+    up_cmd = commands.add_parser(
+        "up", help="bring VMs to their specs: start what is not running, leave what matches alone",
+        description="Per VM: validate, preflight, launch, wait for the agent, ethtool step, post_boot hooks. "
+        "A VM already running with the same configuration is left alone; one running with another is refused "
+        "unless --restart. A directory means its *.toml specs; VMs start in parallel.",
+    )
+    up_cmd.add_argument("specs", nargs="+", metavar="SPEC|DIR")
     up_cmd.add_argument("--fresh", action="store_true", help="start UEFI guests with fresh firmware variables")
+    up_cmd.add_argument("--restart", action="store_true",
+                        help="restart a VM that runs with another configuration (graceful down, then up)")
+    up_cmd.add_argument("--jobs", type=positive_int, metavar="N", help="start at most N VMs at once (default: all)")
     up_cmd.set_defaults(handler=cmd_up)
 
-    down_cmd = commands.add_parser("down", help="stop a VM and undo its host changes")
-    down_cmd.add_argument("vm", metavar="NAME|SPEC")
-    down_cmd.add_argument("--timeout", type=float, default=30.0, metavar="S",
+    diff_cmd = commands.add_parser("diff", help="how running VMs differ from their specs (exit 6 on drift)")
+    diff_cmd.add_argument("specs", nargs="+", metavar="SPEC|DIR")
+    diff_cmd.add_argument("--json", action="store_true")
+    diff_cmd.set_defaults(handler=cmd_diff)
+
+    down_cmd = commands.add_parser("down", help="stop VMs and undo their host changes")
+    down_cmd.add_argument("vms", nargs="*", metavar="NAME|SPEC|DIR")
+    down_cmd.add_argument("--all", action="store_true", help="every VM under the run directory")
+    down_cmd.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                           help="seconds the guest gets to power down (default: 30)")
     down_cmd.add_argument("--force", action="store_true", help="skip the powerdown: quit, then kill")
     down_cmd.set_defaults(handler=cmd_down)
@@ -87,8 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     exec_cmd = commands.add_parser("exec", help="run a command in the guest over the agent")
     exec_cmd.add_argument("name", metavar="NAME")
     exec_cmd.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    exec_cmd.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default: 60")
-    exec_cmd.add_argument("--agent-timeout", type=float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    exec_cmd.add_argument("--timeout", type=positive_float, default=60.0, metavar="S", help="default: 60")
+    exec_cmd.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
     exec_cmd.set_defaults(handler=cmd_exec)
 
     logs_cmd = commands.add_parser("logs", help="print the serial console log")

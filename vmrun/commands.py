@@ -11,19 +11,23 @@ import json
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from vmrun.errors import UsageError, VmrunError
+from vmrun.errors import SpecError, UsageError, VmrunError
 
 if TYPE_CHECKING:
+    from vmrun.fleet import Fate, Task
     from vmrun.host import Host
     from vmrun.locations import Places, RunPaths
+    from vmrun.progress import Say
     from vmrun.spec import Spec
 
 Handler = Callable[[argparse.Namespace], int]
+DRIFT_EXIT = 6  # vmrun diff: a VM differs from its spec or is not running
 
 
 def say(message: str) -> None:
@@ -117,23 +121,122 @@ def vm_name(name_or_spec: str) -> str:
     return name_or_spec
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from vmrun.lifecycle import up
+def _labelled_report(label: str, error: VmrunError) -> None:
+    report(error, prefix=f"{label}: " if label and not isinstance(error, SpecError) else "")
 
-    spec = load_valid_spec(args.spec)
-    started = time.monotonic()
-    up(spec, Path(args.spec).resolve(), host_of(args), places_of(args), fresh=args.fresh, say=say)
-    say(f"{spec.name} is up ({time.monotonic() - started:.1f} s); stop it with: vmrun down {spec.name}")
-    return 0
+
+def _finish(fates: list[Fate]) -> int:
+    from vmrun.fleet import summary, worst
+
+    if len(fates) > 1:
+        say(summary(fates))
+    return worst([fate.exit_code for fate in fates])
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from vmrun.fleet import Fate, run_all, spec_files
+    from vmrun.lifecycle import Outcome, up
+
+    host, places = host_of(args), places_of(args)
+
+    def task_for(spec: Spec, path: Path) -> Task:
+        def task(say: Say, interrupted: threading.Event) -> Fate:
+            started = time.monotonic()
+            outcome = up(spec, path.resolve(), host, places, fresh=args.fresh, restart=args.restart, say=say,
+                         interrupted=interrupted)
+            if outcome is Outcome.UP_TO_DATE:
+                say(f"{spec.name}: up to date")
+            else:
+                say(f"{spec.name} is up ({time.monotonic() - started:.1f} s); stop it with: vmrun down {spec.name}")
+            return Fate(spec.name, str(outcome))
+        return task
+
+    refused: list[Fate] = []
+    tasks: dict[str, Task] = {}
+    for path in spec_files(args.specs):
+        try:
+            spec = load_valid_spec(str(path))
+            if spec.name in tasks:
+                raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
+        except VmrunError as error:
+            report(error)
+            refused.append(Fate(str(path), f"invalid (exit {error.exit_code})", error.exit_code))
+            continue
+        tasks[spec.name] = task_for(spec, path)
+    return _finish(refused + run_all(list(tasks.items()), jobs=args.jobs, say=say, report=_labelled_report))
+
+
+def vm_names_of(args: argparse.Namespace) -> list[str]:
+    """NAME, SPEC and DIR arguments as VM names; --all: every VM with a run directory."""
+    if args.all:
+        from vmrun.state import vm_names
+
+        return vm_names(places_of(args).run_root)
+    from vmrun.fleet import spec_files
+
+    if not args.vms:
+        raise UsageError("name the VMs to stop", hint="vmrun down NAME|SPEC|DIR... or vmrun down --all")
+    names: list[str] = []
+    for argument in args.vms:
+        if Path(argument).is_dir():
+            names += [vm_name(str(path)) for path in spec_files([argument])]
+        else:
+            names.append(vm_name(argument))
+    return list(dict.fromkeys(names))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from vmrun.fleet import Fate, run_all
     from vmrun.lifecycle import down
 
-    name = vm_name(args.vm)
-    how = down(name, host_of(args), places_of(args), timeout=args.timeout, force=args.force, say=say)
-    say(f"{name} is not running" if how is None else f"{name} stopped ({how})")
-    return 0
+    host, places = host_of(args), places_of(args)
+
+    def task_for(name: str) -> Task:
+        def task(say: Say, interrupted: threading.Event) -> Fate:
+            how = down(name, host, places, timeout=args.timeout, force=args.force, say=say)
+            say(f"{name} is not running" if how is None else f"{name} stopped ({how})")
+            return Fate(name, "not running" if how is None else f"stopped ({how})")
+        return task
+
+    return _finish(run_all([(name, task_for(name)) for name in vm_names_of(args)], jobs=None, say=say,
+                           report=_labelled_report))
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from vmrun.drift import differences
+    from vmrun.facts import gather_facts
+    from vmrun.fleet import spec_files
+    from vmrun.lifecycle import running_state
+    from vmrun.render import render
+    from vmrun.state import recorded_spec
+
+    host, places = host_of(args), places_of(args)
+    rows: list[dict[str, Any]] = []
+    invalid = False
+    for path in spec_files(args.specs):
+        try:
+            spec = load_valid_spec(str(path))
+        except VmrunError as error:
+            report(error)
+            invalid = True
+            continue
+        paths = places.of(spec.name)
+        state = running_state(host, paths, spec.name)
+        if state is None:
+            rows.append({"name": spec.name, "spec": str(path), "status": "not running", "differences": []})
+            continue
+        argv = render(spec, gather_facts(host, spec.qemu.binary), paths)
+        changed = differences(recorded_spec(state), state.argv, spec, argv)
+        rows.append({"name": spec.name, "spec": str(path), "status": "differs" if changed else "up to date",
+                     "differences": changed})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            print(f"{row['name']}: {row['status']}" + "".join(f"\n  {line}" for line in row["differences"]))
+    if invalid:
+        return UsageError.exit_code
+    return 0 if all(row["status"] == "up to date" for row in rows) else DRIFT_EXIT
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -266,8 +369,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(error: VmrunError) -> None:
+def report(error: VmrunError, *, prefix: str = "") -> None:
     for line in error.lines():
-        print(f"vmrun: error: {line}", file=sys.stderr)
+        print(f"vmrun: error: {prefix}{line}", file=sys.stderr)
     if error.hint:
-        print(f"vmrun: hint: {error.hint}", file=sys.stderr)
+        print(f"vmrun: hint: {prefix}{error.hint}", file=sys.stderr)

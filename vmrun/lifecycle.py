@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from vmrun.crashpoints import crash_point
+from vmrun.drift import differences
 from vmrun.errors import AgentError, LaunchError, UsageError
 from vmrun.facts import HostFacts, gather_facts
 from vmrun.host import Host
+from vmrun.load import converter
 from vmrun.locations import Places, RunPaths
 from vmrun.locks import host_lock, vm_busy, vm_lock
 from vmrun.machine import (
@@ -43,13 +47,14 @@ from vmrun.progress import Say
 from vmrun.render import render
 from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec import Firmware, Spec
-from vmrun.state import StateJournal, VmState, read_state, remove_run_dir, vm_names
+from vmrun.state import StateJournal, VmState, read_state, recorded_spec, remove_run_dir, vm_names
 
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
 
 AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
-STARTUP_SLICE = 2.0  # `up` checks qemu is still alive this often while waiting for the agent
+STARTUP_SLICE = 2.0  # `up` checks qemu is still alive (and not interrupted) this often while waiting for the agent
+RESTART_TIMEOUT = 60.0  # seconds `up --restart` gives the guest to power down
 
 
 @attrs.frozen
@@ -151,7 +156,7 @@ def _preflight(
             name=spec.name, spec_path=str(spec_path), argv=argv, accel=str(plan.accel.accel),
             accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
             writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
-            taps=tuple(tap_name(spec, nic) for nic in spec.nics),
+            taps=tuple(tap_name(spec, nic) for nic in spec.nics), spec=converter.unstructure(spec),
         ))
         crash_point("after creating the run directory")
         try:
@@ -172,14 +177,37 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
         return _preflight(spec, spec_path, host, places, facts, argv=(), show=show)[1].state
 
 
-def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, say: Say) -> VmState:
-    """Preflight, launch, agent, hooks. Until qemu runs with its agent answering, any failure or
-    interruption undoes it all; an agent that never answers or a failed hook leaves the VM up to inspect."""
+class Outcome(enum.StrEnum):
+    STARTED = "started"
+    UP_TO_DATE = "up to date"
+    RESTARTED = "restarted"
+
+
+def up(
+    spec: Spec, spec_path: Path, host: Host, places: Places, *, say: Say, fresh: bool = False,
+    restart: bool = False, interrupted: threading.Event | None = None,
+) -> Outcome:
+    """Declarative: a VM running with this configuration is left alone; one running with another is
+    refused unless restart. Otherwise preflight, launch, agent, hooks: until qemu runs with its agent
+    answering, any failure or interruption undoes it all; an agent that never answers or a failed hook
+    leaves the VM up to inspect. `interrupted` lets a caller in another thread stop the agent wait."""
     paths = places.of(spec.name)
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
-        _clear_dead_run(host, places, spec.name, say)
         facts = gather_facts(host, spec.qemu.binary)
         argv = render(spec, facts, paths)
+        outcome = Outcome.STARTED
+        running = running_state(host, paths, spec.name)
+        if running is not None:
+            changed = differences(recorded_spec(running), running.argv, spec, argv)
+            if not changed:
+                return Outcome.UP_TO_DATE
+            if not restart:
+                raise UsageError(f"{spec.name} runs with another configuration: {'; '.join(changed)}",
+                                 hint=f"vmrun up --restart {spec_path} applies it (a graceful down, then up)")
+            say(f"restarting for {'; '.join(changed)}")
+            _stop_and_undo(host, places, spec.name, timeout=RESTART_TIMEOUT, force=False, say=say)
+            outcome = Outcome.RESTARTED
+        _clear_dead_run(host, places, spec.name, say)
         plan, journal = _preflight(
             spec, spec_path, host, places, facts, argv=tuple(argv), show=lambda plan: _say_plan(plan, say),
         )
@@ -194,14 +222,19 @@ def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, 
             say(f"qemu pid {pid}")
             _confirm_running(paths)
             if spec.agent.enabled:
-                _after_boot(spec, host, paths, pid, say)
+                _after_boot(spec, host, paths, pid, say, interrupted)
         except AgentError:
             raise
         except BaseException:
             with shielded():
                 _abort(host, places, journal.state, pid, say)
             raise
-        return journal.state
+        return outcome
+
+
+def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:
+    state = read_state(paths)
+    return state if state is not None and state.argv and is_our_qemu(host, read_pid(paths), name) else None
 
 
 def _abort(host: Host, places: Places, state: VmState, pid: int | None, say: Say) -> None:
@@ -226,13 +259,15 @@ def _confirm_running(paths: RunPaths) -> None:
         raise died_during_startup(paths) if status == "shutdown" else LaunchError(f"qemu reports {status!r}")
 
 
-def _after_boot(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> None:
+def _after_boot(
+    spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say, interrupted: threading.Event | None
+) -> None:
     from vmrun.agent import GuestAgent
     from vmrun.hooks import run_multiqueue_step, run_post_boot_hooks
 
     say(f"waiting for the guest agent (up to {spec.agent.timeout:g} s)")
     with GuestAgent(paths.agent_socket) as agent:
-        waited = _wait_for_agent(agent, spec, host, paths, pid)
+        waited = _wait_for_agent(agent, spec, host, paths, pid, interrupted)
         say(f"guest agent ready after {waited:.1f} s")
         agent.require("guest-exec", "guest-exec-status", "guest-network-get-interfaces",
                       purpose="to set NIC queues and run post_boot hooks")
@@ -240,7 +275,9 @@ def _after_boot(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> 
         run_post_boot_hooks(agent, spec, say)
 
 
-def _wait_for_agent(agent: GuestAgent, spec: Spec, host: Host, paths: RunPaths, pid: int) -> float:
+def _wait_for_agent(
+    agent: GuestAgent, spec: Spec, host: Host, paths: RunPaths, pid: int, interrupted: threading.Event | None
+) -> float:
     """The agent's own wait, in slices, so a qemu that dies meanwhile is reported as such (exit 4)."""
     started = time.monotonic()
     deadline = started + spec.agent.timeout
@@ -250,6 +287,8 @@ def _wait_for_agent(agent: GuestAgent, spec: Spec, host: Host, paths: RunPaths, 
             agent.wait_ready(timeout=max(0.1, min(STARTUP_SLICE, remaining)))
             return time.monotonic() - started
         except AgentError:
+            if interrupted is not None and interrupted.is_set():
+                raise KeyboardInterrupt from None
             if not is_our_qemu(host, pid, spec.name):
                 raise died_during_startup(paths) from None
             if time.monotonic() >= deadline:
@@ -264,13 +303,19 @@ def down(name: str, host: Host, places: Places, *, timeout: float, force: bool, 
     """Stop the VM, wait until its qemu is gone, undo its host changes; None when there was nothing."""
     paths = places.of(name)
     with vm_lock(places, name, wait=True, say=say):
-        state = read_state(paths)
-        if state is None and not paths.run_dir.exists():
+        if read_state(paths) is None and not paths.run_dir.exists():
             return None
-        how = stop(host, paths, name, timeout=timeout, force=force, say=say)
-        with host_lock(places), shielded():
-            undo_host_changes(host, places, state, say)
-        remove_run_dir(paths)
+        return _stop_and_undo(host, places, name, timeout=timeout, force=force, say=say)
+
+
+def _stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, force: bool, say: Say) -> str:
+    """Under the VM's lock: qemu stopped and gone, host changes undone, run dir removed."""
+    paths = places.of(name)
+    state = read_state(paths)
+    how = stop(host, paths, name, timeout=timeout, force=force, say=say)
+    with host_lock(places), shielded():
+        undo_host_changes(host, places, state, say)
+    remove_run_dir(paths)
     return how
 
 

@@ -16,6 +16,7 @@ from vmrun.changes import AppliedChange
 from vmrun.errors import UsageError
 from vmrun.load import converter
 from vmrun.locations import RunPaths
+from vmrun.spec import Spec
 
 STATE_FILE = "state.json"
 
@@ -36,6 +37,7 @@ class VmState:
     writable_disks: tuple[str, ...] = ()
     taps: tuple[str, ...] = ()
     wants_ksm: bool = False
+    spec: dict[str, Any] | None = None  # the spec it started from, for drift (vmrun diff, declarative up)
 
     def to_json(self) -> str:
         return json.dumps(converter.unstructure(self), indent=1) + "\n"
@@ -43,6 +45,14 @@ class VmState:
     @classmethod
     def from_json(cls, text: str) -> VmState:
         return converter.structure(json.loads(text), cls)
+
+
+def recorded_spec(state: VmState) -> Spec | None:
+    """The spec a VM started from; None when its state predates the record or no longer structures."""
+    try:
+        return converter.structure(state.spec, Spec) if state.spec is not None else None
+    except (cattrs.BaseValidationError, ValueError, TypeError):
+        return None
 
 
 def state_path(paths: RunPaths) -> Path:
