@@ -102,7 +102,7 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
 def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, say: Say) -> VmState:
     paths = places.of(spec.name)
     _clear_dead_run(host, places, spec.name, say)
-    facts = gather_facts(host, spec.qemu.binary)
+    facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
     plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
     say(f"accel {plan.accel.accel}: {plan.accel.reason}")
     for check in plan.checks:
@@ -123,7 +123,7 @@ def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, 
         write_state(paths, state)
         _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
         say(f"launching {spec.name}")
-        pid = launch(host, argv, paths, memlock=plan.memlock)
+        pid = launch(host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
     except BaseException:
         undo_changes(applied, host, rollback=True)
         remove_run_dir(paths)
@@ -133,6 +133,13 @@ def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, 
     if spec.agent.enabled:
         _after_boot(spec, host, paths, pid, say)
     return state
+
+
+def _checked_program(facts: HostFacts) -> Path:
+    """The file preflight judged, not the name again: a link swapped since then changes nothing."""
+    if facts.qemu_program is None:
+        raise LaunchError("qemu.binary is not found")
+    return facts.qemu_program
 
 
 def _confirm_running(paths: RunPaths) -> None:
