@@ -470,6 +470,7 @@ def test_applied_changes_survive_the_state_file(tmp_path: Path) -> None:
             {"action": "write", "path": "/sys/bus/pci/devices/0000:01:00.0/driver_override", "value": "\n"},
         ],
         "on_down": "undo",
+            "done": True,
     }
 
 

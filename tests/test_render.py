@@ -61,7 +61,7 @@ def test_db_has_four_queue_pairs_and_a_lun_per_disk_on_one_controller() -> None:
 
 def test_single_queue_nic_has_no_multiqueue_options() -> None:
     argv = render_text(GOOD_SPEC.replace("queues = 4", "queues = 1"))
-    assert option(argv, "-netdev", "tap") == "tap,id=net0,ifname=web-net0,script=no,downscript=no,vhost=off"
+    assert option(argv, "-netdev", "tap") == "tap,id=net0,ifname=web.net0,script=no,downscript=no,vhost=off"
     assert "mq=" not in option(argv, "-device", "virtio-net-pci")
 
 

@@ -117,11 +117,18 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def vm_name(name_or_spec: str) -> str:
-    """`down` and friends take a VM name or the spec that names it."""
+    """`down` and friends take a VM name or the spec that names it; either way the name rule holds."""
+    from vmrun.naming import VM_NAME_RULE, is_vm_name
+
     if name_or_spec.endswith(".toml") or "/" in name_or_spec:
         from vmrun.load import load_spec
 
-        return load_spec(Path(name_or_spec)).name
+        name = load_spec(Path(name_or_spec)).name
+        if not is_vm_name(name):
+            raise UsageError(f"{name_or_spec}: name: {name!r} is not a valid VM name", hint=VM_NAME_RULE)
+        return name
+    if not is_vm_name(name_or_spec):
+        raise UsageError(f"{name_or_spec!r} is neither a VM name nor a spec file", hint=VM_NAME_RULE)
     return name_or_spec
 
 
@@ -174,7 +181,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
         raise UsageError("no command given", hint="vmrun exec NAME -- CMD [ARGS...]")
-    paths = running_paths(host_of(args), places_of(args), args.name)
+    paths = running_paths(host_of(args), places_of(args), vm_name(args.name))
     with GuestAgent(paths.agent_socket) as agent:
         agent.wait_ready(timeout=args.agent_timeout)
         result = agent.exec(command, timeout=args.timeout)
@@ -192,7 +199,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from vmrun.console import follow_log
 
-    paths = places_of(args).of(args.name)
+    paths = places_of(args).of(vm_name(args.name))
     if not paths.console_log.exists():
         raise UsageError(f"no console log for {args.name}", hint="vmrun status lists the VMs")
     follow_log(paths.console_log, follow=args.follow, alive=lambda: paths.pidfile.exists())
@@ -203,7 +210,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from vmrun.console import attach
     from vmrun.lifecycle import running_paths
 
-    paths = running_paths(host_of(args), places_of(args), args.name)
+    paths = running_paths(host_of(args), places_of(args), vm_name(args.name))
     say("attached to the serial console; detach with Ctrl-]")
     attach(paths.console_socket)
     return 0
@@ -211,19 +218,23 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     from vmrun.facts import gather_facts
-    from vmrun.lifecycle import others_than
-    from vmrun.preflight import apply_plan, plan_preflight, refuse
+    from vmrun.lifecycle import others_than, prepare
+    from vmrun.preflight import Plan, plan_preflight, refuse
 
     spec = load_valid_spec(args.spec)
-    host = host_of(args)
-    facts = gather_facts(host, spec.qemu.binary, asked_to_run=not args.dry_run)
-    plan = plan_preflight(spec, host, facts, others=others_than(host, places_of(args), spec.name))
-    print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text())
+    host, places = host_of(args), places_of(args)
+
+    def show(plan: Plan) -> None:
+        print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text(), flush=True)
+
     if args.dry_run:
+        facts = gather_facts(host, spec.qemu.binary)
+        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
+        show(plan)
         refuse(plan)
         return 0
-    applied = apply_plan(plan, host)
-    say(f"applied {len(applied)} change(s); `vmrun up` records and `vmrun down` undoes the changes it makes")
+    state = prepare(spec, Path(args.spec).resolve(), host, places, show=show, say=say)
+    say(f"applied {len(state.changes)} change(s); `vmrun down {spec.name}` undoes them")
     return 0
 
 

@@ -157,6 +157,15 @@ class Host:
             return None
         return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
 
+    def process_state(self, pid: int) -> str | None:
+        """The one-letter state of /proc/PID/stat ("R", "S", "Z", ...); None when there is no such process."""
+        try:
+            stat_line = self.path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        after_name = stat_line.rpartition(")")[2].split()  # the process name may hold spaces and parentheses
+        return after_name[0] if after_name else None
+
     def signal(self, pid: int, number: int) -> None:
         try:
             os.kill(pid, number)
