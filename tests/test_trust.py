@@ -3,6 +3,7 @@ asked to run qemu (up, preflight) and it is theirs. The stand-in qemu leaves a m
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from vmrun.preflight import check_qemu
 from vmrun.spec import Spec
 
 from .common import REPO
+from .qemu_help import HELP_7_2, HELP_8_2, HELP_9_0, HELP_9_1, HELP_10_0, RUNAS
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 STRANGER = 4242
@@ -195,3 +197,49 @@ def test_a_qemu_of_another_user_runs_only_for_that_user_and_only_when_asked(root
         qemu, QemuCapabilities("99.0.0", has_run_with_user=False, has_runas=True, has_sandbox=False)
     )
     assert marker.exists()
+
+
+# --- end to end: a trusted stand-in qemu answering -help as each release does ------------------------
+
+HELP_WITHOUT_A_PRIVILEGE_DROP = HELP_9_0.replace(RUNAS, "")  # a build with -run-with but neither user= nor -runas
+
+
+def qemu_answering(directory: Path, help_text: str) -> Path:
+    (directory / "help.txt").write_text(help_text)
+    program = directory / "qemu"
+    program.write_text(f'#!/bin/sh\ncat "{directory / "help.txt"}"\n')
+    program.chmod(0o755)
+    return program
+
+
+@pytest.mark.parametrize(("help_text", "expected"), [
+    (HELP_7_2, ["-runas", "vmrun"]),
+    (HELP_8_2, ["-runas", "vmrun"]),
+    (HELP_9_0, ["-runas", "vmrun"]),
+    (HELP_9_1, ["-run-with", "user=vmrun"]),
+    (HELP_10_0, ["-run-with", "user=vmrun"]),
+], ids=["7.2", "8.2", "9.0", "9.1", "10.0"])
+def test_render_as_root_drops_privileges_the_way_the_probed_qemu_offers(
+    root_only_dir: Path, tmp_path: Path, help_text: str, expected: list[str]
+) -> None:
+    qemu = qemu_answering(root_only_dir, help_text)
+    result = vmrun("--run-dir", str(tmp_path / "run"), "render", str(spec_running(tmp_path, qemu)), "--json")
+    assert result.returncode == 0, result.stderr
+    argv = json.loads(result.stdout)
+    assert [arg for i, arg in enumerate(argv) if arg in ("-runas", "-run-with") or argv[i - 1] in
+            ("-runas", "-run-with")] == expected
+
+
+def test_a_qemu_that_cannot_drop_root_is_a_preflight_failure_not_an_argv(root_only_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    qemu = qemu_answering(root_only_dir, HELP_WITHOUT_A_PRIVILEGE_DROP)
+    spec = spec_running(tmp_path, qemu)
+    rendered = vmrun("--run-dir", str(tmp_path / "run"), "render", str(spec), "--json")
+    assert f"vmrun: warning: {qemu} has neither -run-with user= nor -runas: up refuses to start it as root" in (
+        rendered.stderr.splitlines())
+    assert "-runas" not in json.loads(rendered.stdout) and "-run-with" not in json.loads(rendered.stdout)
+    refused = vmrun("--run-dir", str(tmp_path / "run"), "--state-dir", str(tmp_path / "state"), "up", str(spec))
+    assert refused.returncode == 3
+    assert (f"vmrun: error: preflight: qemu: {qemu} 9.0.0 has neither -run-with user= nor -runas, so it would "
+            "keep root's privileges: use a qemu that has either, or run vmrun as another user"
+            ) in refused.stderr.splitlines()
