@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vmrun.host import Host
-from vmrun.hostinfo import iommu_report, iommu_text, ksm_stats
+from vmrun.facts import QemuProbe
+from vmrun.host import Host, QemuCapabilities
+from vmrun.hostinfo import check_text, host_check, iommu_report, iommu_text, ksm_stats
 
 from .fakehost import FakePci, build_host_tree
 
@@ -77,3 +78,14 @@ def test_cli_host_iommu_json_on_a_fake_tree(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     [group] = json.loads(result.stdout)
     assert group["group"] == "12" and group["viable"] is False and len(group["devices"]) == 2
+
+
+def test_fake_host_check_says_why_qemu_was_not_asked(tmp_path: Path) -> None:
+    build_host_tree(tmp_path, [])
+    host = Host(root=tmp_path)
+    not_run = QemuProbe(Path("/opt/q/qemu"), None, not_run="/opt/q is writable by others (mode 0777)")
+    assert "\nqemu       not run: /opt/q is writable by others (mode 0777)" in check_text(host_check(host, not_run))
+    asked = QemuProbe(Path("/usr/bin/qemu"), QemuCapabilities("9.0.0", has_run_with_user=False, has_runas=True,
+                                                              has_sandbox=True))
+    assert check_text(host_check(host, asked)).endswith(
+        "qemu       9.0.0 (-run-with user=: False, -runas: True, -sandbox: True)")
