@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -35,11 +36,15 @@ class Vmrun:
     run_root: Path
     spec_dir: Path
 
-    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "vmrun.cli", "--run-dir", str(self.run_root),
+                "--state-dir", str(self.spec_dir / "state"), *args]
+
+    def __call__(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None,
+                 ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "vmrun.cli", "--run-dir", str(self.run_root),
-             "--state-dir", str(self.spec_dir / "state"), *args],
-            capture_output=True, text=True, timeout=timeout, cwd=REPO,
+            self.argv(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
 
     def spec(self, text: str, name: str = "spec.toml") -> Path:

@@ -11,8 +11,10 @@ from types import FrameType
 _STOPPING = {signal.SIGINT, signal.SIGTERM}
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _as_sigint(signum: int, frame: FrameType | None) -> None:
+    # Whoever handles SIGINT now handles this too: by default that raises KeyboardInterrupt, and inside
+    # an asyncio runner (QMP, the guest agent) it cancels the running task cleanly first.
+    signal.raise_signal(signal.SIGINT)
 
 
 @contextmanager
@@ -21,7 +23,7 @@ def sigterm_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread receives signals; it interrupts the work itself
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, _as_sigint)
     try:
         yield
     finally:
