@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,8 @@ from vmrun.commands import (
 from vmrun.errors import VmrunError
 from vmrun.locations import default_run_root, default_state_root
 
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -49,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="vmrun",
         description="Declarative QEMU/KVM VMs: a TOML spec in, a checked host and a running VM out.",
         epilog="Exit codes: 0 ok, 2 invalid spec or usage, 3 host refused, 4 qemu failed, "
-        "5 guest agent or hook failed, 6 drift (vmrun diff), 1 a bug in vmrun.",
+        "5 guest agent or hook failed, 6 drift (vmrun diff), 141 stdout closed early, 1 a bug in vmrun.",
     )
     parser.add_argument("--version", action="version", version=f"vmrun {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -156,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        exit_code = handler(args)
+        sys.stdout.flush()  # a reader that went away shows here, not in Python's flush at exit
+        return exit_code
     except VmrunError as error:
         if args.debug:
             raise
@@ -164,11 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     except Exception as error:  # noqa: BLE001 - the one place a bug becomes exit 1
         if args.debug:
             raise
         print(f"vmrun: internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
         return 1
+
+
+def _reader_went_away() -> int:
+    """stdout's reader stopped reading (`vmrun status --json | head -c1`): end quietly, with the status
+    a shell reports for a process SIGPIPE ended (128 + 13), as git and ls end there."""
+    # Python flushes stdout again at exit; let that write go nowhere instead of raising once more.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_STDOUT_CLOSED
 
 
 def main_exit() -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from vmrun.errors import SpecError, UsageError, VmrunError
 
 if TYPE_CHECKING:
+    from vmrun.facts import HostFacts
     from vmrun.fleet import Fate, Task
     from vmrun.host import Host
     from vmrun.locations import Places, RunPaths
@@ -72,14 +73,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return max((invalid.exit_code for invalid in errors), default=0)
 
 
+def facts_for_display(args: argparse.Namespace, spec: Spec, what: str) -> HostFacts:
+    """Host facts for render and export, which never run a qemu the user does not control; says what
+    the output assumes when qemu was not asked."""
+    from vmrun.facts import PrivilegeDrop, gather_facts
+
+    facts = gather_facts(host_of(args), spec.qemu.binary)
+    assumed = f"{what} with default capabilities ({PrivilegeDrop.RUNAS}, no -sandbox)"
+    if facts.qemu_not_run is not None:
+        say(f"not probing qemu.binary {spec.qemu.binary}: {facts.qemu_not_run}; {assumed}")
+    elif facts.qemu_version is None:
+        say(f"{spec.qemu.binary} not found or does not run; {assumed}")
+    elif facts.drop_privileges and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
+        say(f"warning: {spec.qemu.binary} has {facts.privilege_drop}: up refuses to start it as root")
+    return facts
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    from vmrun.facts import choose_accel, gather_facts
+    from vmrun.facts import choose_accel
     from vmrun.render import render
 
     spec = load_valid_spec(args.spec)
-    facts = gather_facts(host_of(args), spec.qemu.binary)
-    if facts.qemu_version is None:
-        say(f"{spec.qemu.binary} not found: rendering without its capabilities (no -sandbox)")
+    facts = facts_for_display(args, spec, "rendering")
     argv = render(spec, facts, run_paths(args, spec.name))
     accel = choose_accel(spec, facts)
     say(f"accel {accel.accel}: {accel.reason}")
@@ -337,21 +352,22 @@ def cmd_host_iommu(args: argparse.Namespace) -> int:
 
 
 def cmd_host_check(args: argparse.Namespace) -> int:
+    from vmrun.facts import probe_qemu
     from vmrun.hostinfo import check_text, host_check
 
     host = host_of(args)
-    report = host_check(host, host.qemu_capabilities("qemu-system-x86_64"))
+    report = host_check(host, probe_qemu(host, "qemu-system-x86_64", asked_to_run=False))
     print(json.dumps(report, indent=1) if args.json else check_text(report))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vmrun.export import libvirt_domain, systemd_unit
-    from vmrun.facts import choose_accel, gather_facts
+    from vmrun.facts import choose_accel
 
     spec = load_valid_spec(args.spec)
     if args.format == "libvirt":
-        facts = gather_facts(host_of(args), spec.qemu.binary)
+        facts = facts_for_display(args, spec, "exporting")
         exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net)
     else:
         # The vmrun beside this Python (a venv's), else the one on PATH.

@@ -173,7 +173,7 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
     """`vmrun preflight`: the host changes alone, journaled like `up`'s, so `vmrun down NAME` undoes them."""
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         _clear_dead_run(host, places, spec.name, say)
-        facts = gather_facts(host, spec.qemu.binary)
+        facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         return _preflight(spec, spec_path, host, places, facts, argv=(), show=show)[1].state
 
 
@@ -193,7 +193,7 @@ def up(
     leaves the VM up to inspect. `interrupted` lets a caller in another thread stop the agent wait."""
     paths = places.of(spec.name)
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
-        facts = gather_facts(host, spec.qemu.binary)
+        facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         argv = render(spec, facts, paths)
         outcome = Outcome.STARTED
         running = running_state(host, paths, spec.name)
@@ -217,7 +217,7 @@ def up(
         try:
             _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
             say(f"launching {spec.name}")
-            pid = launch(host, argv, paths, memlock=plan.memlock)
+            pid = launch(host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
             say(f"qemu pid {pid}")
             _confirm_running(paths)
@@ -247,6 +247,13 @@ def _abort(host: Host, places: Places, state: VmState, pid: int | None, say: Say
     with host_lock(places):
         undo_host_changes(host, places, state, say, rollback=True)
     remove_run_dir(places.of(state.name))
+
+
+def _checked_program(facts: HostFacts) -> Path:
+    """The file preflight judged, not the name again: a link swapped since then changes nothing."""
+    if facts.qemu_program is None:
+        raise LaunchError("qemu.binary is not found")
+    return facts.qemu_program
 
 
 def _confirm_running(paths: RunPaths) -> None:

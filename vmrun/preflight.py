@@ -31,7 +31,7 @@ from vmrun.changes import (
 )
 from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
-from vmrun.facts import AccelChoice, HostFacts, choose_accel
+from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel
 from vmrun.host import Host, HostCommandError, User
 from vmrun.naming import tap_name
 from vmrun.signals import shielded
@@ -105,10 +105,22 @@ def check_accel(spec: Spec, facts: HostFacts) -> Found:
 
 
 def check_qemu(spec: Spec, facts: HostFacts) -> Found:
-    if facts.qemu_version is None:
-        yield fail_check("qemu", f"{spec.qemu.binary} not found (Debian: apt-get install qemu-system-x86)")
+    binary = spec.qemu.binary
+    if facts.qemu_refused is not None:
+        yield fail_check("qemu", f"refusing to run {binary}: {facts.qemu_refused}; qemu must be root's (or "
+                                 "yours), in directories that only root (or you) can write")
+    elif facts.qemu_not_run is not None:
+        yield warn_check("qemu", f"{binary} not run by a dry run: {facts.qemu_not_run}; preflight and up run it, "
+                                 "as it is yours")
+    elif facts.qemu_version is None:
+        yield fail_check("qemu", f"{binary} not found (Debian: apt-get install qemu-system-x86)")
+    elif facts.drop_privileges and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
+        yield fail_check("qemu", f"{binary} {facts.qemu_version} has {facts.privilege_drop}, so it would keep "
+                                 "root's privileges: use a qemu that has either, or run vmrun as another user")
+    elif facts.drop_privileges:
+        yield ok_check("qemu", f"{binary} {facts.qemu_version}; it drops privileges with {facts.privilege_drop}")
     else:
-        yield ok_check("qemu", f"{spec.qemu.binary} {facts.qemu_version}")
+        yield ok_check("qemu", f"{binary} {facts.qemu_version}")
 
 
 def qemu_user(spec: Spec, host: Host, facts: HostFacts) -> User | None:
