@@ -217,3 +217,21 @@ def test_down_returns_only_once_qemu_is_gone(vmrun: Vmrun, spec_with_a_tap: Make
     assert not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z"
     assert time.monotonic() - started < 60
     assert_nothing_left(vmrun, name)
+
+
+def test_ctrl_c_during_up_of_a_directory_rolls_back_every_vm_still_starting(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec
+) -> None:
+    names = [f"i{index}x{SUFFIX}" for index in range(2)]
+    for name in names:
+        spec_with_a_tap(name, agent=True)
+    process = subprocess.Popen(vmrun.argv("up", str(vmrun.spec_dir)), stderr=subprocess.PIPE, text=True)
+    for name in names:
+        wait_for_line(process, f"{name}: waiting for the guest agent")
+    process.send_signal(signal.SIGINT)
+    code, stderr = finish(process)
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted, rolled back" in stderr.strip().splitlines()[-1]
+    for name in names:
+        assert_nothing_left(vmrun, name)
