@@ -159,8 +159,8 @@ def _unexpressed(spec: Spec, seed: Path) -> list[str]:
             notes.append(f"disks {disk.id}: libvirt does not create the overlay: `vmrun up` does, or qemu-img create "
                          f"-f qcow2 -b {disk.base} -F qcow2 {disk.path}; backingStore says the base is qcow2{lifetime}")
     if spec.cloud_init is not None:
-        notes.append(f"cloud_init: libvirt does not build the seed; `vmrun up` writes it to {seed} and rebuilds it "
-                     "when the user-data changes")
+        notes.append(f"cloud_init: libvirt does not build the seed; `vmrun up` writes it to {seed} (afresh "
+                     "at every up)")
     return notes
 
 
