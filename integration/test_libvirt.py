@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +27,36 @@ from .conftest import REPO
 
 IMAGES = REPO / "images" / "tiny"
 NAME = "vmrun-libvirt-test"
-VIRSH = ["virsh", "-c", "qemu:///system"]
+URI = "qemu:///system"
+VIRSH = ["virsh", "-c", URI]
 LIBVIRT_RUNTIME = Path("/run/libvirt")
+
+# The tiny guest, as libvirt's qemu user can reach it: 2 vCPUs, 2 queue pairs, a SCSI disk, a 9p share, the agent.
+SPEC = """\
+name = "{name}"
+[machine]
+accel = "tcg"
+cpus = 2
+memory = "{memory}"
+[boot]
+kernel = "{images}/vmlinuz"
+initrd = "{images}/initrd.gz"
+append = "console=ttyS0 quiet"
+[[disks]]
+id = "data"
+path = "{images}/data.raw"
+format = "raw"
+[[nics]]
+id = "net0"
+queues = 2
+[[shares]]
+id = "keymaps"
+path = "/usr/share/qemu/keymaps"
+tag = "keymaps"
+readonly = true
+[agent]
+enabled = true
+"""
 
 pytestmark = pytest.mark.skipif(
     not (IMAGES / "vmlinuz").exists(), reason="tiny guest not built: run integration/tiny-guest/build"
@@ -133,44 +161,25 @@ def test_libvirt_runs_the_exported_tiny_guest_with_its_queue_pairs_disk_and_shar
         shutil.copyfile(IMAGES / image, reachable_tmp / image)
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(reachable_tmp / "data.raw"), "64M"], check=True)
     spec_path = tmp_path / "libvirt.toml"
-    spec_path.write_text(textwrap.dedent(f"""\
-        name = "{NAME}"
-        [machine]
-        accel = "tcg"
-        cpus = 2
-        memory = "256M"
-        [boot]
-        kernel = "{reachable_tmp / 'vmlinuz'}"
-        initrd = "{reachable_tmp / 'initrd.gz'}"
-        append = "console=ttyS0 quiet"
-        [[disks]]
-        id = "data"
-        path = "{reachable_tmp / 'data.raw'}"
-        format = "raw"
-        [[nics]]
-        id = "net0"
-        queues = 2
-        [[shares]]
-        id = "keymaps"
-        path = "/usr/share/qemu/keymaps"
-        tag = "keymaps"
-        readonly = true
-        [agent]
-        enabled = true
-        """))
+    spec_path.write_text(SPEC.format(name=NAME, memory="256M", images=reachable_tmp))
     spec = load_spec(spec_path)
     [tap] = [tap_name(spec, nic) for nic in spec.nics]
-    xml = tmp_path / "domain.xml"
-    export = subprocess.run(
-        [sys.executable, "-m", "vmrun.cli", "export", str(spec_path), "--format", "libvirt", "-o", str(xml)],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
-    )
-    assert export.returncode == 0, export.stderr
-    assert virsh("dominfo", NAME).returncode != 0, f"a libvirt domain {NAME} exists already; not touching it"
 
-    defined = virsh("define", str(xml))
-    assert defined.returncode == 0, defined.stderr
+    def export_and_define(memory: str) -> None:
+        spec_path.write_text(SPEC.format(name=NAME, memory=memory, images=reachable_tmp))
+        export = subprocess.run(
+            [sys.executable, "-m", "vmrun.cli", "export", str(spec_path), "--format", "libvirt", "--define"],
+            capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
+        )
+        assert export.returncode == 0, export.stderr
+        assert f"defined the libvirt domain {NAME}" in export.stderr
+
+    assert virsh("dominfo", NAME).returncode != 0, f"a libvirt domain {NAME} exists already; not touching it"
     try:
+        export_and_define("192M")
+        # An edited spec exported again replaces the domain (same name, same uuid) rather than clashing with it.
+        export_and_define("256M")
+        assert "Max memory:     262144 KiB" in virsh("dominfo", NAME).stdout
         started = virsh("start", NAME)
         assert started.returncode == 0, started.stderr
         wait_for_agent(timeout=spec.agent.timeout)
@@ -183,7 +192,7 @@ def test_libvirt_runs_the_exported_tiny_guest_with_its_queue_pairs_disk_and_shar
         assert guest_run("cat", "/mnt/keymaps/en-us") == Path("/usr/share/qemu/keymaps/en-us").read_text()
     finally:
         virsh("destroy", NAME)  # fails harmlessly when the domain never started
-        undefined = virsh("undefine", NAME)
+        undefined = virsh("undefine", NAME)  # fails (and says why) only when it was never defined
         Path(f"/var/log/libvirt/qemu/{NAME}.log").unlink(missing_ok=True)
     assert undefined.returncode == 0, undefined.stderr
     assert tap_queues(tap) is None, f"libvirt left the tap {tap} behind"

@@ -137,7 +137,8 @@ def _unexpressed(spec: Spec) -> list[str]:
     if any(nic.queues > 1 for nic in spec.nics):
         notes.append("nics: libvirt sets the queues but not the guest's `ethtool -L combined N`; "
                      "modern guest kernels enable min(N, vCPUs) pairs by default")
-    notes.append(f"host.user: libvirt runs qemu as the user in its qemu.conf, not {spec.host.user!r}")
+    notes.append(f"host.user: libvirt runs qemu as the user in its qemu.conf, not {spec.host.user!r}; "
+                 "that user must reach the kernel, initrd, disk images and shares")
     if spec.host.ksm:
         notes.append("host.ksm: libvirt does not turn KSM on; enable /sys/kernel/mm/ksm/run on the host")
     return notes

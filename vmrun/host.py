@@ -165,15 +165,15 @@ class Host:
     def remove_file(self, host_path: str | Path) -> None:
         self.path(host_path).unlink(missing_ok=True)
 
-    def run(self, argv: list[str], *, timeout: float = 60) -> str:
-        """A host tool that acts on the kernel or the user database (ip, qemu-img, useradd)."""
+    def run(self, argv: list[str], *, timeout: float = 60, stdin: str | None = None) -> str:
+        """A host tool that acts on the kernel, the user database or a daemon (ip, qemu-img, useradd, virsh)."""
         import subprocess
 
         if self.is_fake:
             # Reads came from the fake tree; the tool would change this machine instead.
             raise HostCommandError(f"not run against the host tree {self.root}: use --dry-run to see the plan")
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise HostCommandError(f"{argv[0]}: {exc}") from exc
         if result.returncode != 0:
