@@ -387,6 +387,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def report(error: VmrunError, *, prefix: str = "") -> None:
     for line in error.lines():
-        print(f"vmrun: error: {prefix}{line}", file=sys.stderr)
+        print(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}", file=sys.stderr)
     if error.hint:
         print(f"vmrun: hint: {prefix}{error.hint}", file=sys.stderr)
