@@ -26,7 +26,7 @@ from vmrun.naming import tap_name
 from .conftest import REPO
 
 IMAGES = REPO / "images" / "tiny"
-NAME = "vmrun-libvirt-test"
+NAME = "vmrun-lv"  # short enough for its tap to keep the readable "<vm>.<nic>" name
 URI = "qemu:///system"
 VIRSH = ["virsh", "-c", URI]
 LIBVIRT_RUNTIME = Path("/run/libvirt")
@@ -164,6 +164,7 @@ def test_libvirt_runs_the_exported_tiny_guest_with_its_queue_pairs_disk_and_shar
     spec_path.write_text(SPEC.format(name=NAME, memory="256M", images=reachable_tmp))
     spec = load_spec(spec_path)
     [tap] = [tap_name(spec, nic) for nic in spec.nics]
+    assert tap == f"{NAME}.net0"
 
     def export_and_define(memory: str) -> None:
         spec_path.write_text(SPEC.format(name=NAME, memory=memory, images=reachable_tmp))

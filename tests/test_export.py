@@ -76,7 +76,7 @@ def test_tiny_domain_uses_direct_kernel_boot_a_tap_and_no_page_sharing() -> None
     [nic] = domain.findall("devices/interface")
     assert nic.get("type") == "ethernet"
     # libvirt creates the tap under vmrun's name (and deletes it), as vmrun's preflight would.
-    assert nic.find("target").attrib == {"dev": "tiny-net0"}  # type: ignore[union-attr]
+    assert nic.find("target").attrib == {"dev": "tiny.net0"}  # type: ignore[union-attr]
     assert domain.find("memoryBacking/nosharepages") is not None
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from vmrun.errors import Problem, SpecError
-from vmrun.naming import IFNAMSIZ, mac_address, pci_address, tap_name
+from vmrun.naming import IFNAMSIZ, VM_NAME_RULE, is_vm_name, mac_address, pci_address, tap_name
 from vmrun.spec import Accel, Aio, Cache, DiskFormat, Spec
 from vmrun.units import MIB
 
@@ -16,7 +16,6 @@ MAX_SCSI_TARGETS = 256
 MAX_MOUNT_TAG_BYTES = 31
 MIN_MEMORY = 16 * MIB
 
-_VM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _DEVICE_ID = re.compile(r"[a-z][a-z0-9_-]{0,30}")
 _MACHINE_TYPE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -31,8 +30,8 @@ Check = Callable[[Spec], Iterable[Problem]]
 
 
 def check_name(spec: Spec) -> Iterator[Problem]:
-    if not _VM_NAME.fullmatch(spec.name):
-        yield Problem("name", f"{spec.name!r} is not a valid VM name", "use 1-63 of a-z, 0-9 and '-'")
+    if not is_vm_name(spec.name):
+        yield Problem("name", f"{spec.name!r} is not a valid VM name", VM_NAME_RULE)
 
 
 def check_machine(spec: Spec) -> Iterator[Problem]:
