@@ -71,13 +71,14 @@ def vmrun(tmp_path: Path) -> Iterator[Vmrun]:
 def guestless_spec(vmrun: Vmrun) -> Callable[..., Path]:
     """A VM with an empty disk: firmware finds nothing to boot, and ignores ACPI powerdown."""
 
-    def make(name: str = "bare", extra: str = "") -> Path:
+    def make(name: str = "bare", extra: str = "", *, agent: bool = False, cpus: int = 1) -> Path:
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(vmrun.spec_dir / f"{name}.raw"), "1M"],
                        check=True)
         return vmrun.spec(f"""\
             name = "{name}"
             [machine]
             accel = "tcg"
+            cpus = {cpus}
             memory = "64M"
             [boot]
             disk = "empty"
@@ -85,7 +86,7 @@ def guestless_spec(vmrun: Vmrun) -> Callable[..., Path]:
             id = "empty"
             path = "{name}.raw"
             [agent]
-            enabled = false
+            enabled = {"true" if agent else "false"}
             {extra}
             """, f"{name}.toml")
 

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from .conftest import Vmrun, qemu_pids_of
 
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 SUFFIX = str(os.getpid())[-5:]
+MakeSpec = Callable[..., Path]
 
 
 def net(name: str) -> Path:
@@ -41,30 +42,16 @@ def bridge() -> Iterator[str]:
     subprocess.run(["ip", "link", "del", name], check=True)
 
 
-def spec_with_a_tap(vmrun: Vmrun, name: str, *, agent: bool = False, ksm: bool = False, bridge: str = "") -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(vmrun.spec_dir / f"{name}.raw"), "1M"], check=True)
-    bridge_line = f'bridge = "{bridge}"' if bridge else ""
-    return vmrun.spec(f"""\
-        name = "{name}"
-        [machine]
-        accel = "tcg"
-        cpus = 2
-        memory = "64M"
-        [boot]
-        disk = "empty"
-        [[disks]]
-        id = "empty"
-        path = "{name}.raw"
-        [[nics]]
-        id = "n0"
-        queues = 2
-        {bridge_line}
-        [agent]
-        enabled = {"true" if agent else "false"}
-        timeout = "120s"
-        [host]
-        ksm = {"true" if ksm else "false"}
-        """, f"{name}.toml")
+@pytest.fixture
+def spec_with_a_tap(guestless_spec: Callable[..., Path]) -> Callable[..., Path]:
+    """A guest-less VM with a derived two-queue tap ("<name>.n0"), optionally on a bridge and wanting KSM."""
+
+    def make(name: str, *, agent: bool = False, ksm: bool = False, bridge: str = "") -> Path:
+        bridge_line = f'bridge = "{bridge}"' if bridge else ""
+        nic_and_host = f'[[nics]]\nid = "n0"\nqueues = 2\n{bridge_line}\n[host]\nksm = {"true" if ksm else "false"}'
+        return guestless_spec(name, nic_and_host, agent=agent, cpus=2)
+
+    return make
 
 
 def assert_nothing_left(vmrun: Vmrun, name: str) -> None:
@@ -73,9 +60,11 @@ def assert_nothing_left(vmrun: Vmrun, name: str) -> None:
     assert not (vmrun.run_root / name).exists()
 
 
-def test_killed_at_every_step_of_up_then_down_force_leaves_nothing(vmrun: Vmrun, ksm_restored: str) -> None:
+def test_killed_at_every_step_of_up_then_down_force_leaves_nothing(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec, ksm_restored: str
+) -> None:
     name = f"k{SUFFIX}"
-    spec = spec_with_a_tap(vmrun, name, ksm=True)
+    spec = spec_with_a_tap(name, ksm=True)
     steps = []
     for step in range(1, 40):
         up = vmrun("up", str(spec), env={"VMRUN_TEST_KILL_AT": str(step)})
@@ -99,9 +88,9 @@ def test_killed_at_every_step_of_up_then_down_force_leaves_nothing(vmrun: Vmrun,
     assert_nothing_left(vmrun, name)
 
 
-def test_a_killed_up_is_cleaned_up_by_the_next_up(vmrun: Vmrun) -> None:
+def test_a_killed_up_is_cleaned_up_by_the_next_up(vmrun: Vmrun, spec_with_a_tap: MakeSpec) -> None:
     name = f"n{SUFFIX}"
-    spec = spec_with_a_tap(vmrun, name)
+    spec = spec_with_a_tap(name)
     killed = vmrun("up", str(spec), env={"VMRUN_TEST_KILL_AT": "3"})  # after the tap was created
     assert killed.returncode == -signal.SIGKILL
     assert net(f"{name}.n0").exists()
@@ -113,18 +102,23 @@ def test_a_killed_up_is_cleaned_up_by_the_next_up(vmrun: Vmrun) -> None:
 
 
 @pytest.mark.parametrize("racers", [2, 4])
-def test_concurrent_ups_of_one_spec_start_exactly_one_qemu(vmrun: Vmrun, racers: int) -> None:
+def test_concurrent_ups_of_one_spec_start_exactly_one_qemu(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec, racers: int
+) -> None:
     name = f"c{racers}x{SUFFIX}"
-    spec = spec_with_a_tap(vmrun, name)
+    spec = spec_with_a_tap(name)
     processes = [subprocess.Popen(vmrun.argv("up", str(spec)), stderr=subprocess.PIPE, text=True)
                  for _ in range(racers)]
     outcomes = [finish(process) for process in processes]
     try:
-        assert sorted(code for code, _ in outcomes) == [0] + [2] * (racers - 1), outcomes
+        # One racer launches qemu. The others find its lock held (exit 2), or, when they start after it
+        # finished, the VM up to date (exit 0, declarative up): none starts a second qemu.
+        assert [code for code, stderr in outcomes if "qemu pid" in stderr] == [0], outcomes
         for code, stderr in outcomes:
             assert "Traceback" not in stderr
-            if code == 2:
-                assert "is running or starting" in stderr or "is already running" in stderr, stderr
+            if "qemu pid" not in stderr:
+                assert (code, "up to date" in stderr) == (0, True) or (
+                    code == 2 and "is running or starting" in stderr), stderr
         assert len(qemu_pids_of(vmrun.run_root)) == 1
     finally:
         assert vmrun("down", "--timeout", "1", name).returncode == 0
@@ -136,19 +130,21 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, s
     return process.returncode, stderr
 
 
-def wait_for_line(process: subprocess.Popen[str], text: str) -> list[str]:
-    seen = []
+def wait_for_line(process: subprocess.Popen[str], *texts: str) -> None:
+    """Read vmrun's stderr until each text has appeared in some line."""
+    seen, missing = [], set(texts)
     assert process.stderr is not None
     for line in process.stderr:
         seen.append(line)
-        if text in line:
-            return seen
-    pytest.fail(f"vmrun never said {text!r}: {''.join(seen)}")
+        missing = {text for text in missing if text not in line}
+        if not missing:
+            return
+    pytest.fail(f"vmrun never said {sorted(missing)}: {''.join(seen)}")
 
 
-def test_sigterm_while_waiting_for_the_agent_rolls_everything_back(vmrun: Vmrun) -> None:
+def test_sigterm_while_waiting_for_the_agent_rolls_everything_back(vmrun: Vmrun, spec_with_a_tap: MakeSpec) -> None:
     name = f"t{SUFFIX}"
-    spec = spec_with_a_tap(vmrun, name, agent=True)
+    spec = spec_with_a_tap(name, agent=True)
     process = subprocess.Popen(vmrun.argv("up", str(spec)), stderr=subprocess.PIPE, text=True)
     wait_for_line(process, "waiting for the guest agent")
     assert net(f"{name}.n0").exists() and len(qemu_pids_of(vmrun.run_root)) == 1
@@ -159,9 +155,11 @@ def test_sigterm_while_waiting_for_the_agent_rolls_everything_back(vmrun: Vmrun)
     assert_nothing_left(vmrun, name)
 
 
-def test_qemu_dying_during_start_up_exits_4_and_undoes_the_host_changes(vmrun: Vmrun) -> None:
+def test_qemu_dying_during_start_up_exits_4_and_undoes_the_host_changes(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec
+) -> None:
     name = f"d{SUFFIX}"
-    spec = spec_with_a_tap(vmrun, name, agent=True)
+    spec = spec_with_a_tap(name, agent=True)
     process = subprocess.Popen(vmrun.argv("up", str(spec)), stderr=subprocess.PIPE, text=True)
     wait_for_line(process, "waiting for the guest agent")
     [pid] = qemu_pids_of(vmrun.run_root)
@@ -173,10 +171,10 @@ def test_qemu_dying_during_start_up_exits_4_and_undoes_the_host_changes(vmrun: V
 
 
 def test_parallel_vms_share_ksm_and_a_bridge_and_the_last_one_down_restores_ksm(
-    vmrun: Vmrun, ksm_restored: str, bridge: str
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec, ksm_restored: str, bridge: str
 ) -> None:
     names = [f"p{index}x{SUFFIX}" for index in range(3)]
-    specs = [spec_with_a_tap(vmrun, name, ksm=True, bridge=bridge) for name in names]
+    specs = [spec_with_a_tap(name, ksm=True, bridge=bridge) for name in names]
     processes = [subprocess.Popen(vmrun.argv("up", str(spec)), stderr=subprocess.PIPE, text=True) for spec in specs]
     try:
         for process in processes:
@@ -197,9 +195,9 @@ def test_parallel_vms_share_ksm_and_a_bridge_and_the_last_one_down_restores_ksm(
     assert not list((net(bridge) / "brif").iterdir())
 
 
-def test_standalone_preflight_is_undone_by_down(vmrun: Vmrun) -> None:
+def test_standalone_preflight_is_undone_by_down(vmrun: Vmrun, spec_with_a_tap: MakeSpec) -> None:
     name = f"s{SUFFIX}"
-    spec = spec_with_a_tap(vmrun, name)
+    spec = spec_with_a_tap(name)
     preflight = vmrun("preflight", str(spec))
     assert preflight.returncode == 0, preflight.stderr
     assert net(f"{name}.n0").exists()
@@ -210,9 +208,9 @@ def test_standalone_preflight_is_undone_by_down(vmrun: Vmrun) -> None:
     assert_nothing_left(vmrun, name)
 
 
-def test_down_returns_only_once_qemu_is_gone(vmrun: Vmrun) -> None:
+def test_down_returns_only_once_qemu_is_gone(vmrun: Vmrun, spec_with_a_tap: MakeSpec) -> None:
     name = f"g{SUFFIX}"
-    spec = spec_with_a_tap(vmrun, name)
+    spec = spec_with_a_tap(name)
     assert vmrun("up", str(spec)).returncode == 0
     [pid] = qemu_pids_of(vmrun.run_root)
     started = time.monotonic()
@@ -221,3 +219,20 @@ def test_down_returns_only_once_qemu_is_gone(vmrun: Vmrun) -> None:
     assert not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z"
     assert time.monotonic() - started < 60
     assert_nothing_left(vmrun, name)
+
+
+def test_ctrl_c_during_up_of_a_directory_rolls_back_every_vm_still_starting(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec
+) -> None:
+    names = [f"i{index}x{SUFFIX}" for index in range(2)]
+    for name in names:
+        spec_with_a_tap(name, agent=True)
+    process = subprocess.Popen(vmrun.argv("up", str(vmrun.spec_dir)), stderr=subprocess.PIPE, text=True)
+    wait_for_line(process, *(f"{name}: waiting for the guest agent" for name in names))
+    process.send_signal(signal.SIGINT)
+    code, stderr = finish(process)
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted, rolled back" in stderr.strip().splitlines()[-1]
+    for name in names:
+        assert_nothing_left(vmrun, name)
