@@ -13,7 +13,7 @@ debian-image: setup
 demo: guest
 	integration/demo
 
-test: guest
+test: guest debian-image
 	.venv/bin/pytest tests integration
 
 lint: setup
