@@ -75,7 +75,9 @@ def test_guest_writes_reach_the_overlays_never_the_base_and_down_deletes_only_th
             info = json.loads(qemu_img("info", "-U", "--output=json", str(overlay)).stdout)
             assert (info["format"], info["full-backing-filename"]) == ("qcow2", str(base))
         # Both disks show the base's content through their overlays; the kept one is 16M, the other the base's 8M.
-        for device, sectors in (("sda", 16 * MIB // 512), ("sdb", 8 * MIB // 512)):
+        for target, sectors in ((0, 16 * MIB // 512), (1, 8 * MIB // 512)):
+            # By SCSI target: the kernel names the disks in the order their probes end, which varies.
+            device = guest(vmrun, "ovl", f"ls /sys/bus/scsi/devices/*:0:{target}:0/block").strip()
             assert guest(vmrun, "ovl", f"cat /sys/block/{device}/size").strip() == str(sectors)
             first = guest(vmrun, "ovl", f"dd if=/dev/{device} bs=512 count=1 2>/dev/null | head -c {len(BASE_CONTENT)}")
             assert first.encode() == BASE_CONTENT
