@@ -32,10 +32,9 @@ def say(message: str) -> None:
 
 
 def load_valid_spec(path: str) -> Spec:
-    from vmrun.check import validate
-    from vmrun.load import load_spec
+    from vmrun import check
 
-    return validate(load_spec(Path(path)), path)
+    return check.load_valid_spec(Path(path), path)
 
 
 def host_of(args: argparse.Namespace) -> Host:
