@@ -142,12 +142,19 @@ def test_vfio_addresses_are_checked_and_deduplicated_after_normalizing() -> None
     assert check(data) == ["vfio[1].host: PCI device '0000:01:00.0' is already used by vfio[0].host"]
 
 
-def test_two_writable_disks_on_one_path_are_refused_but_readonly_copies_are_fine() -> None:
+def test_an_image_written_by_one_disk_is_used_by_no_other_but_readonly_copies_are_fine() -> None:
     data = add("disks", {"id": "again", "path": "root.qcow2"})
     assert check(data) == [
         "disks[1].path: writable disk image '/specs/root.qcow2' is already used by disks[0].path"
     ]
-    assert check(add("disks", {"id": "again", "path": "root.qcow2", "readonly": True})) == []
+    # qemu: Failed to get shared "write" lock
+    assert check(add("disks", {"id": "again", "path": "root.qcow2", "readonly": True})) == [
+        "disks[1].path: disk image '/specs/root.qcow2' is already used writable by disks[0].path "
+        "(hint: qemu locks an image it writes: make both read-only)"
+    ]
+    data = with_("disks", 0, readonly=True)
+    data["disks"] += [{"id": "again", "path": "root.qcow2", "readonly": True}, {"id": "rw", "path": "root.qcow2"}]
+    assert check(data) == ["disks[2].path: writable disk image '/specs/root.qcow2' is already used by disks[0].path"]
 
 
 def test_disk_option_combinations() -> None:

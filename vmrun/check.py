@@ -174,8 +174,23 @@ def check_disks(spec: Spec) -> Iterator[Problem]:
             yield Problem(f"{path}.aio", 'aio = "native" needs cache = "none" or "directsync" (O_DIRECT)')
         if disk.size is not None:
             yield from _size_problems(disk.size, f"{path}.size")
-    writable = ((f"disks[{i}].path", str(d.path)) for i, d in enumerate(spec.disks) if not d.readonly)
-    yield from _duplicates(writable, "writable disk image")
+    yield from _shared_images(spec)
+
+
+def _shared_images(spec: Spec) -> Iterator[Problem]:
+    """qemu locks an image it writes: no other disk may open it, read-only or not."""
+    first_use: dict[str, str] = {}
+    writable_use: dict[str, str] = {}
+    for index, disk in enumerate(spec.disks):
+        image, here = str(disk.path), f"disks[{index}].path"
+        if not disk.readonly and image in first_use:
+            yield Problem(here, f"writable disk image {image!r} is already used by {first_use[image]}")
+        elif disk.readonly and image in writable_use:
+            yield Problem(here, f"disk image {image!r} is already used writable by {writable_use[image]}",
+                          "qemu locks an image it writes: make both read-only")
+        first_use.setdefault(image, here)
+        if not disk.readonly:
+            writable_use.setdefault(image, here)
 
 
 def _size_problems(size: int, path: str) -> Iterator[Problem]:
