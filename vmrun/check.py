@@ -26,9 +26,12 @@ MAX_MEMORY = 16 * TIB
 MAX_TCG_MEMORY = 960 * GIB
 MAX_DISK_SIZE = 1024 * TIB  # qcow2 with 64 KiB clusters addresses at most 2 PiB; raw files stop sooner
 MAX_DURATION = 24 * 3600.0
-# vCPUs qemu accepts per machine type family (the error "max CPUs supported by machine ... is N", qemu 7.2):
-# q35 288 (its pc-q35-9.0 and later versions raise it to 4096; the bare alias is held to 288), pc 255.
-MAX_CPUS = {"q35": 288, "pc-q35": 288, "pc": 255, "pc-i440fx": 255, "microvm": 288}
+# vCPUs qemu accepts per machine type (its error: "The max CPUs supported by machine ... is N").
+# pc-q35-X.Y by version: up to 2.7 255, from 2.8 288, from 8.0 1024, from 9.0 4096 (QEMU's commits and
+# qemu-devel, 2024). The bare alias q35 means the newest q35 of the installed qemu, which vmrun cannot know
+# without running it: it gets 288, qemu 7.2's (Debian 12). pc (i440fx) is 255 in every version.
+Q35_MAX_CPUS = ((9, 0, 4096), (8, 0, 1024), (2, 8, 288), (0, 0, 255))
+MAX_CPUS = {"q35": 288, "pc": 255}
 DEFAULT_MAX_CPUS = 255  # a machine type vmrun has no figure for: the xAPIC limit every x86 machine has
 # Above 255 vCPUs qemu 7.2 needs x2APIC with KVM's in-kernel irqchip, which TCG lacks.
 MAX_TCG_CPUS = 255
@@ -55,9 +58,13 @@ def check_name(spec: Spec) -> Iterator[Problem]:
 
 
 def max_cpus(machine_type: str) -> int:
-    """qemu's vCPU limit for a machine type, by its family ("pc-q35-7.2" is a q35)."""
-    family = re.sub(r"-\d+(?:\.\d+)*$", "", machine_type)
-    return MAX_CPUS.get(family, DEFAULT_MAX_CPUS)
+    versioned = re.fullmatch(r"pc-q35-(\d+)\.(\d+)", machine_type)
+    if versioned:
+        version = (int(versioned[1]), int(versioned[2]))
+        return next(limit for major, minor, limit in Q35_MAX_CPUS if version >= (major, minor))
+    if machine_type.startswith("pc-i440fx-"):
+        return MAX_CPUS["pc"]
+    return MAX_CPUS.get(machine_type, DEFAULT_MAX_CPUS)
 
 
 def _tcg_cpus_problem(machine: Machine) -> Problem | None:
