@@ -222,11 +222,11 @@ def check_node_names(spec: Spec) -> Iterator[Problem]:
     # Reserved under BIOS too: a spec that switches to UEFI should not start failing in qemu.
     taken: dict[str, str] = dict.fromkeys(_FIRMWARE_DRIVES, "the UEFI firmware's drives")
     for index, disk in enumerate(spec.disks):
+        if not _DEVICE_ID.fullmatch(disk.id):
+            continue
         path, names = f"disks[{index}].id", node_names(disk)
         longest = max(names, key=len)
         clash = next((name for name in names if name in taken), None)
-        if not _DEVICE_ID.fullmatch(disk.id):
-            continue
         if len(longest) > MAX_NODE_NAME:
             room = MAX_NODE_NAME - (len(longest) - len(disk.id))
             yield Problem(path, f"block node name {longest!r} is longer than qemu's {MAX_NODE_NAME} characters",
