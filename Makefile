@@ -28,3 +28,4 @@ lint: setup
 bench: guest
 	.venv/bin/python bench/render.py
 	.venv/bin/python bench/boot.py
+	.venv/bin/python bench/fleet.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -35,11 +36,15 @@ class Vmrun:
     run_root: Path
     spec_dir: Path
 
-    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "vmrun.cli", "--run-dir", str(self.run_root),
+                "--state-dir", str(self.spec_dir / "state"), *args]
+
+    def __call__(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None,
+                 ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "vmrun.cli", "--run-dir", str(self.run_root),
-             "--state-dir", str(self.spec_dir / "state"), *args],
-            capture_output=True, text=True, timeout=timeout, cwd=REPO,
+            self.argv(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
 
     def spec(self, text: str, name: str = "spec.toml") -> Path:
@@ -55,7 +60,9 @@ def vmrun(tmp_path: Path) -> Iterator[Vmrun]:
     leftovers = qemu_pids_of(cli.run_root)
     for pid in leftovers:
         subprocess.run(["kill", "-9", str(pid)], check=False)
-    run_dirs = sorted(path.name for path in cli.run_root.iterdir()) if cli.run_root.exists() else []
+    # Lock files stay by design: removing a lock file another vmrun may be opening would split the lock.
+    run_dirs = sorted(path.name for path in cli.run_root.iterdir() if path.name != ".locks") \
+        if cli.run_root.exists() else []
     assert not leftovers, f"test left qemu running: {leftovers}"
     assert not run_dirs, f"test left run directories: {run_dirs}"
 
@@ -64,13 +71,14 @@ def vmrun(tmp_path: Path) -> Iterator[Vmrun]:
 def guestless_spec(vmrun: Vmrun) -> Callable[..., Path]:
     """A VM with an empty disk: firmware finds nothing to boot, and ignores ACPI powerdown."""
 
-    def make(name: str = "bare", extra: str = "") -> Path:
+    def make(name: str = "bare", extra: str = "", *, agent: bool = False, cpus: int = 1) -> Path:
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(vmrun.spec_dir / f"{name}.raw"), "1M"],
                        check=True)
         return vmrun.spec(f"""\
             name = "{name}"
             [machine]
             accel = "tcg"
+            cpus = {cpus}
             memory = "64M"
             [boot]
             disk = "empty"
@@ -78,7 +86,7 @@ def guestless_spec(vmrun: Vmrun) -> Callable[..., Path]:
             id = "empty"
             path = "{name}.raw"
             [agent]
-            enabled = false
+            enabled = {"true" if agent else "false"}
             {extra}
             """, f"{name}.toml")
 

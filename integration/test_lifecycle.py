@@ -28,9 +28,9 @@ def test_up_status_double_up_and_down_escalates_to_quit(vmrun: Vmrun, guestless_
     assert isinstance(vm["pid"], int) and os.path.exists(f"/proc/{vm['pid']}")
     assert oct(os.stat(vm["run_dir"]).st_mode & 0o777) == "0o700"
 
-    again = vmrun("up", str(spec))
-    assert again.returncode == 2
-    assert f"bare is already running (pid {vm['pid']})" in again.stderr
+    again = vmrun("up", str(spec))  # declarative: the same configuration is left alone
+    assert again.returncode == 0, again.stderr
+    assert "bare: up to date" in again.stderr
     assert status_of(vmrun)[0]["pid"] == vm["pid"]
 
     # The firmware has no ACPI power button handler: powerdown is ignored, quit ends it.
@@ -131,3 +131,61 @@ def test_uefi_variables_outlive_a_run_and_fresh_resets_them(
     assert fresh.returncode == 0 and "fresh UEFI variables" in fresh.stderr
     assert variables.read_bytes() == Path("/usr/share/OVMF/OVMF_VARS_4M.fd").read_bytes()
     assert vmrun("down", "bare", "--force").returncode == 0
+
+
+def test_drift_is_named_in_spec_terms_refused_and_applied_with_restart(
+    vmrun: Vmrun, guestless_spec: Callable[..., Path]
+) -> None:
+    spec = guestless_spec()
+    assert vmrun("up", str(spec)).returncode == 0
+    pid = status_of(vmrun)[0]["pid"]
+    try:
+        same = vmrun("diff", str(spec))
+        assert same.returncode == 0 and same.stdout == "bare: up to date\n"
+
+        spec.write_text(spec.read_text().replace('memory = "64M"', 'memory = "96M"'))
+        drift = vmrun("diff", str(spec))
+        assert drift.returncode == 6
+        assert drift.stdout == "bare: differs\n  machine.memory: 64M → 96M\n"
+        assert json.loads(vmrun("diff", "--json", str(spec)).stdout) == [{
+            "name": "bare", "spec": str(spec), "status": "differs", "differences": ["machine.memory: 64M → 96M"],
+        }]
+
+        refused = vmrun("up", str(spec))
+        assert refused.returncode == 2
+        assert "bare runs with another configuration: machine.memory: 64M → 96M" in refused.stderr
+        assert status_of(vmrun)[0]["pid"] == pid  # untouched
+
+        restarted = vmrun("up", "--restart", str(spec))
+        assert restarted.returncode == 0, restarted.stderr
+        assert status_of(vmrun)[0]["pid"] != pid
+        assert vmrun("diff", str(spec)).returncode == 0
+    finally:
+        assert vmrun("down", "--force", "bare").returncode == 0
+    gone = vmrun("diff", str(spec))
+    assert gone.returncode == 6 and gone.stdout == "bare: not running\n"
+
+
+def test_a_directory_comes_up_in_parallel_and_goes_down_with_all(
+    vmrun: Vmrun, guestless_spec: Callable[..., Path]
+) -> None:
+    for name in ("one", "two", "three"):
+        guestless_spec(name)
+    (vmrun.spec_dir / "broken.toml").write_text('name = "Broken"\n')
+    up = vmrun("up", str(vmrun.spec_dir))
+    try:
+        assert up.returncode == 2, up.stderr  # the broken spec; the others start anyway
+        assert f"vmrun: error: {vmrun.spec_dir / 'broken.toml'}: name:" in up.stderr
+        assert "one: launching one" in up.stderr
+        assert sorted(vm["name"] for vm in status_of(vmrun)) == ["one", "three", "two"]
+        summary = up.stderr.strip().splitlines()[-1]
+        assert summary.startswith("vmrun: 4 VMs: ") and "one started" in summary
+        assert "broken.toml invalid (exit 2)" in summary
+        (vmrun.spec_dir / "broken.toml").unlink()
+        again = vmrun("up", str(vmrun.spec_dir))
+        assert again.returncode == 0, again.stderr
+        assert again.stderr.count("up to date") >= 3
+    finally:
+        down = vmrun("down", "--all", "--force")
+        assert down.returncode == 0, down.stderr
+    assert status_of(vmrun) == []

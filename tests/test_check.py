@@ -125,7 +125,7 @@ def test_derived_tap_names_are_stable_and_fit() -> None:
     derived = tap_name(spec, spec.nics[0])
     assert len(derived) == 15 and derived == tap_name(spec, spec.nics[0])
     short = parse_spec(good(), source="t", base=Path("/"))
-    assert tap_name(short, short.nics[0]) == "web-net0"
+    assert tap_name(short, short.nics[0]) == "web.net0"
 
 
 def test_share_tags() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from .common import SPECS
 
@@ -77,3 +80,19 @@ def test_version_and_help() -> None:
     help_text = vmrun("--help").stdout
     for command in ("validate", "render", "init"):
         assert command in help_text
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["render", str(SPECS / "tiny.toml"), "--json"],
+                                     ["host", "check"]], ids=["status", "render", "host-check"])
+def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path, command: list[str]) -> None:
+    """`vmrun status --json | head -c1`: the reader has gone when vmrun writes. Deterministic here:
+    the pipe's read end is closed before vmrun starts."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "vmrun.cli", "--run-dir", str(tmp_path), *command],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert [line for line in result.stderr.splitlines() if "vmrun: accel" not in line] == []

@@ -72,7 +72,7 @@ def test_tiny_domain_uses_direct_kernel_boot_a_tap_and_no_page_sharing() -> None
     assert domain.findtext("os/cmdline") == "console=ttyS0 quiet"
     [nic] = domain.findall("devices/interface")
     assert nic.get("type") == "ethernet"
-    assert nic.find("target").attrib == {"dev": "tiny-net0", "managed": "no"}  # type: ignore[union-attr]
+    assert nic.find("target").attrib == {"dev": "tiny.net0", "managed": "no"}  # type: ignore[union-attr]
     assert domain.find("memoryBacking/nosharepages") is not None
 
 

@@ -100,8 +100,18 @@ def test_step_sets_the_pairs_on_the_interface_with_the_nics_mac_and_reads_them_b
     spec = spec_with()
     guest = FakeGuest(mac_address(spec, spec.nics[0]).upper(), combined=1)
     said = run_step(tmp_path, guest, spec)
-    assert guest.commands == [["ethtool", "-L", "eth0", "combined", "4"], ["ethtool", "-l", "eth0"]]
-    assert guest.combined == 4 and said[0].startswith("ethtool net0 eth0 combined 4 ✓")
+    assert guest.commands == [
+        ["ethtool", "-l", "eth0"], ["ethtool", "-L", "eth0", "combined", "4"], ["ethtool", "-l", "eth0"],
+    ]
+    assert guest.combined == 4 and said[0].startswith("ethtool net0 eth0 combined 4 ✓ (set,")
+
+
+def test_step_only_reads_when_the_guest_already_has_the_pairs(tmp_path: Path) -> None:
+    spec = spec_with()
+    guest = FakeGuest(mac_address(spec, spec.nics[0]), combined=4)
+    said = run_step(tmp_path, guest, spec)
+    assert guest.commands == [["ethtool", "-l", "eth0"]]
+    assert said[0].startswith("ethtool net0 eth0 combined 4 ✓ (already,")
 
 
 def test_step_fails_naming_the_nic_when_the_guest_keeps_other_pairs(tmp_path: Path) -> None:
@@ -117,10 +127,11 @@ def test_step_fails_when_no_interface_has_the_mac(tmp_path: Path) -> None:
         run_step(tmp_path, FakeGuest("52:54:00:00:00:99"), spec)
 
 
-def test_single_queue_nics_are_left_alone(tmp_path: Path) -> None:
+def test_single_queue_nics_are_checked_with_one_read(tmp_path: Path) -> None:
     spec = spec_with(nics=[{"id": "net0", "queues": 1}])
     guest = FakeGuest(mac_address(spec, spec.nics[0]))
-    assert run_step(tmp_path, guest, spec) == [] and guest.commands == []
+    assert run_step(tmp_path, guest, spec)[0].startswith("ethtool net0 eth0 combined 1 ✓ (already,")
+    assert guest.commands == [["ethtool", "-l", "eth0"]]
 
 
 def test_failing_post_boot_hook_shows_its_stderr(tmp_path: Path) -> None:

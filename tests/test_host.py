@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import resource
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from vmrun.host import Host, HostCommandError, User
+from vmrun.facts import PrivilegeDrop, choose_privilege_drop
+from vmrun.host import Host, HostCommandError, QemuCapabilities, User, parse_qemu_help
 
 from .fakehost import put
+from .qemu_help import HELP_7_2, HELP_8_2, HELP_9_0, HELP_9_1, HELP_10_0, HELP_USER_ON_CONTINUATION_LINE
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -113,3 +116,44 @@ def test_memlock_limits_are_this_process_s() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     unlimited = resource.RLIM_INFINITY
     assert Host().memlock_limits() == (None if soft == unlimited else soft, None if hard == unlimited else hard)
+
+
+@pytest.mark.parametrize(("help_text", "expected"), [
+    (HELP_7_2, QemuCapabilities("7.2.22", has_run_with_user=False, has_runas=True, has_sandbox=True)),
+    (HELP_8_2, QemuCapabilities("8.2.0", has_run_with_user=False, has_runas=True, has_sandbox=True)),
+    (HELP_9_0, QemuCapabilities("9.0.0", has_run_with_user=False, has_runas=True, has_sandbox=True)),
+    (HELP_9_1, QemuCapabilities("9.1.0", has_run_with_user=True, has_runas=True, has_sandbox=True)),
+    (HELP_10_0, QemuCapabilities("10.0.0", has_run_with_user=True, has_runas=False, has_sandbox=True)),
+    (HELP_USER_ON_CONTINUATION_LINE,
+     QemuCapabilities("unknown", has_run_with_user=True, has_runas=False, has_sandbox=True)),
+], ids=["7.2", "8.2", "9.0", "9.1", "10.0", "user-on-second-line"])
+def test_qemu_help_of_each_release_tells_how_to_drop_privileges(help_text: str, expected: QemuCapabilities) -> None:
+    assert parse_qemu_help(help_text) == expected
+
+
+def test_user_elsewhere_in_the_help_is_not_run_with_s() -> None:
+    # 9.0's -run-with, followed by an option whose text mentions user=: that is not -run-with's.
+    help_text = HELP_9_0 + "-netdev user,id=str[,ipv4=on|off]\n                user=... is not this\n"
+    assert not parse_qemu_help(help_text).has_run_with_user
+
+
+def test_real_qemu_accepts_the_privilege_option_vmrun_picks_for_it(tmp_path: Path) -> None:
+    """Real qemu is the oracle: the option chosen from its help is parsed (the unknown user is what it
+    refuses); on a qemu without -run-with user=, that option is refused as such."""
+    program = Host.find_program("qemu-system-x86_64")
+    assert program is not None
+    capabilities = Host().qemu_capabilities(program, cache_dir=tmp_path)
+    assert capabilities is not None
+
+    def qemu_with(*privilege_args: str) -> str:
+        argv = [str(program), "-machine", "none", "-nodefaults", "-display", "none", *privilege_args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 1
+        return result.stderr
+
+    picked = {PrivilegeDrop.RUN_WITH_USER: ["-run-with", "user=vmrun-no-such-user"],
+              PrivilegeDrop.RUNAS: ["-runas", "vmrun-no-such-user"]}[choose_privilege_drop(capabilities)]
+    assert 'User "vmrun-no-such-user" doesn\'t exist' in qemu_with(*picked)
+    if not capabilities.has_run_with_user:
+        refused = qemu_with("-run-with", "user=vmrun-no-such-user")
+        assert "-run-with: invalid option" in refused or "Invalid parameter 'user'" in refused

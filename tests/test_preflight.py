@@ -16,7 +16,7 @@ import pytest
 
 from vmrun.changes import Action
 from vmrun.errors import PreflightError
-from vmrun.facts import HostFacts, gather_facts
+from vmrun.facts import HostFacts, PrivilegeDrop, gather_facts
 from vmrun.host import Host
 from vmrun.load import parse_spec
 from vmrun.preflight import (
@@ -470,6 +470,7 @@ def test_applied_changes_survive_the_state_file(tmp_path: Path) -> None:
             {"action": "write", "path": "/sys/bus/pci/devices/0000:01:00.0/driver_override", "value": "\n"},
         ],
         "on_down": "undo",
+            "done": True,
     }
 
 
@@ -586,6 +587,18 @@ def test_missing_qemu_is_a_failed_check_not_a_crash(tmp_path: Path) -> None:
     facts = attrs.evolve(ROOT_FACTS, qemu_version=None)
     [failure] = plan_for(make_spec(), fake_host(tmp_path), facts).failures
     assert failure.name == "qemu" and "apt-get install qemu-system-x86" in failure.message
+
+
+def test_a_qemu_that_cannot_drop_root_is_refused_only_to_root(tmp_path: Path) -> None:
+    """A qemu whose -help lists neither -run-with user= nor -runas would keep running as root."""
+    cannot_drop = attrs.evolve(ROOT_FACTS, qemu_version="9.0.0", privilege_drop=PrivilegeDrop.IMPOSSIBLE)
+    [failure] = plan_for(make_spec(), fake_host(tmp_path), cannot_drop).failures
+    assert (failure.name, failure.message) == (
+        "qemu", "qemu-system-x86_64 9.0.0 has neither -run-with user= nor -runas, so it would keep root's "
+                "privileges: use a qemu that has either, or run vmrun as another user")
+    as_user = attrs.evolve(cannot_drop, drop_privileges=False)
+    [check] = [c for c in plan_for(make_spec(), fake_host(tmp_path), as_user).checks if c.name == "qemu"]
+    assert (check.status, check.message) == (Status.OK, "qemu-system-x86_64 9.0.0")
 
 
 def test_cli_up_without_qemu_exits_3_without_a_traceback(tmp_path: Path) -> None:

@@ -7,15 +7,18 @@ import os
 import tomllib
 from pathlib import Path
 
+import attrs
 import pytest
 
 from vmrun.check import validate
-from vmrun.facts import HostFacts, choose_accel
+from vmrun.facts import HostFacts, PrivilegeDrop, choose_accel, choose_privilege_drop
+from vmrun.host import parse_qemu_help
 from vmrun.load import load_spec, parse_spec
 from vmrun.render import qemu_opt, render
 from vmrun.spec import Accel
 
 from .common import GOLDEN_FACTS, GOOD_SPEC, REPO, SPECS, golden_paths
+from .qemu_help import HELP_7_2, HELP_8_2, HELP_9_0, HELP_9_1, HELP_10_0, HELP_USER_ON_CONTINUATION_LINE
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -58,7 +61,7 @@ def test_db_has_four_queue_pairs_and_a_lun_per_disk_on_one_controller() -> None:
 
 def test_single_queue_nic_has_no_multiqueue_options() -> None:
     argv = render_text(GOOD_SPEC.replace("queues = 4", "queues = 1"))
-    assert option(argv, "-netdev", "tap") == "tap,id=net0,ifname=web-net0,script=no,downscript=no,vhost=off"
+    assert option(argv, "-netdev", "tap") == "tap,id=net0,ifname=web.net0,script=no,downscript=no,vhost=off"
     assert "mq=" not in option(argv, "-device", "virtio-net-pci")
 
 
@@ -111,10 +114,27 @@ def test_accelerator_choice_is_explained() -> None:
     assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
 
 
-def test_privilege_drop_follows_the_qemu_version() -> None:
-    old = render_text(GOOD_SPEC)
-    assert old[old.index("-runas") + 1] == "vmrun" and "-run-with" not in old
-    new_qemu = HostFacts(kvm_usable=False, kvm_reason="x", drop_privileges=True, qemu_has_run_with=True)
-    new = render_text(GOOD_SPEC, new_qemu)
-    assert new[new.index("-run-with") + 1] == "user=vmrun" and "-runas" not in new
-    assert "-runas" not in render_text(GOOD_SPEC, HostFacts(kvm_usable=False, kvm_reason="x"))
+PRIVILEGE_OPTIONS = ("-runas", "-run-with")
+
+
+def privilege_args(argv: list[str]) -> list[str]:
+    return [arg for i, arg in enumerate(argv) if arg in PRIVILEGE_OPTIONS or argv[i - 1] in PRIVILEGE_OPTIONS]
+
+
+@pytest.mark.parametrize(("help_text", "expected"), [
+    (HELP_7_2, ["-runas", "vmrun"]),
+    (HELP_8_2, ["-runas", "vmrun"]),  # -run-with, but without user=: `-run-with user=` would be refused
+    (HELP_9_0, ["-runas", "vmrun"]),
+    (HELP_9_1, ["-run-with", "user=vmrun"]),  # -runas still there, but deprecated
+    (HELP_10_0, ["-run-with", "user=vmrun"]),  # no -runas
+    (HELP_USER_ON_CONTINUATION_LINE, ["-run-with", "user=vmrun"]),
+], ids=["7.2", "8.2", "9.0", "9.1", "10.0", "user-on-second-line"])
+def test_privilege_drop_follows_what_qemu_help_offers(help_text: str, expected: list[str]) -> None:
+    facts = attrs.evolve(GOLDEN_FACTS, privilege_drop=choose_privilege_drop(parse_qemu_help(help_text)))
+    assert privilege_args(render_text(GOOD_SPEC, facts)) == expected
+
+
+def test_no_privilege_option_without_root_or_without_a_way_to_drop() -> None:
+    assert privilege_args(render_text(GOOD_SPEC, HostFacts(kvm_usable=False, kvm_reason="x"))) == []
+    neither = attrs.evolve(GOLDEN_FACTS, privilege_drop=PrivilegeDrop.IMPOSSIBLE)  # preflight refuses this qemu
+    assert privilege_args(render_text(GOOD_SPEC, neither)) == []

@@ -22,3 +22,21 @@ def blocked_for(host: Host, user: User | None, path: Path, *, write: bool) -> st
         if allowed & needed != needed:
             return f"{component} (mode {oct(info.st_mode & 0o777)})"
     return None
+
+
+def untrusted_reason(host: Host, program: Path, *, owners: frozenset[int]) -> str | None:
+    """Why running program (a resolved path) could run code someone other than owners put there: the
+    program, or a directory above it, is another's or writable by its group or by others (as OpenSSH's
+    safe_path judges it). The nearest offender is named; None when owners alone control every step."""
+    for component in [program, *program.parents]:
+        info = host.file_info(component)
+        if info is None:
+            return f"{component} cannot be examined"
+        mode = f"mode {info.st_mode & 0o7777:04o}"
+        if info.st_uid not in owners:
+            return f"{component} is owned by uid {info.st_uid}"
+        if info.st_mode & 0o002:
+            return f"{component} is writable by others ({mode})"
+        if info.st_mode & 0o020:
+            return f"{component} is writable by its group ({mode})"
+    return None

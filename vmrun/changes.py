@@ -123,24 +123,31 @@ class Change:
 
 @attrs.frozen
 class AppliedChange:
-    """A change preflight made; its JSON, kept in the VM's state file, is all `down` needs to undo it."""
+    """A journal entry: a change preflight is about to make (done False) or made (done True).
+
+    Its JSON, kept in the VM's state file, is all `down` needs to undo it. An entry never marked done
+    may or may not have reached the host (vmrun died in between), so its undo is tried but may fail.
+    """
 
     change: Change
+    done: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
             **self.change.step.to_record(),
             "undo": [step.to_record() for step in self.change.undo],
             "on_down": str(self.change.on_down),
+            "done": self.done,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AppliedChange:
-        return cls(Change(
+        change = Change(
             Step.from_record(data),
             tuple(Step.from_record(step) for step in data["undo"]),
             OnDown(data["on_down"]),
-        ))
+        )
+        return cls(change, done=bool(data.get("done", True)))
 
 
 # What each check yields: its results and the changes it needs, in the order they must be applied.

@@ -9,7 +9,7 @@ from typing import Any
 
 from vmrun.errors import Problem, SpecError
 from vmrun.load import read_document, spec_base, structure_spec
-from vmrun.naming import IFNAMSIZ, mac_address, pci_address, tap_name
+from vmrun.naming import IFNAMSIZ, VM_NAME_RULE, is_vm_name, mac_address, pci_address, tap_name
 from vmrun.spec import Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
 from vmrun.units import GIB, MIB, TIB, format_duration, format_size
 
@@ -36,7 +36,6 @@ DEFAULT_MAX_CPUS = 255  # a machine type vmrun has no figure for: the xAPIC limi
 # Above 255 vCPUs qemu 7.2 needs x2APIC with KVM's in-kernel irqchip, which TCG lacks.
 MAX_TCG_CPUS = 255
 
-_VM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _DEVICE_ID = re.compile(r"[a-z][a-z0-9_-]{0,30}")
 _MACHINE_TYPE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -53,8 +52,8 @@ Check = Callable[[Spec], Iterable[Problem]]
 
 
 def check_name(spec: Spec) -> Iterator[Problem]:
-    if not _VM_NAME.fullmatch(spec.name):
-        yield Problem("name", f"{spec.name!r} is not a valid VM name", "use 1-63 of a-z, 0-9 and '-'")
+    if not is_vm_name(spec.name):
+        yield Problem("name", f"{spec.name!r} is not a valid VM name", VM_NAME_RULE)
 
 
 def max_cpus(machine_type: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ from vmrun import __version__
 from vmrun.commands import (
     Handler,
     cmd_console,
+    cmd_diff,
     cmd_down,
     cmd_exec,
     cmd_export,
@@ -28,13 +30,29 @@ from vmrun.commands import (
 from vmrun.errors import VmrunError
 from vmrun.locations import default_run_root, default_state_root
 
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1024")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds between 0 and 86400")
+    return value
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmrun",
         description="Declarative QEMU/KVM VMs: a TOML spec in, a checked host and a running VM out.",
         epilog="Exit codes: 0 ok, 2 invalid spec or usage, 3 host refused, 4 qemu failed, "
-        "5 guest agent or hook failed, 1 a bug in vmrun.",
+        "5 guest agent or hook failed, 6 drift (vmrun diff), 141 stdout closed early, 1 a bug in vmrun.",
     )
     parser.add_argument("--version", action="version", version=f"vmrun {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -67,14 +85,28 @@ def _parser() -> argparse.ArgumentParser:
     init_cmd.add_argument("--force", action="store_true", help="overwrite an existing file")
     init_cmd.set_defaults(handler=cmd_init)
 
-    up_cmd = commands.add_parser("up", help="preflight, launch, wait for the agent, run post-boot steps")
-    up_cmd.add_argument("spec", metavar="SPEC")
+    up_cmd = commands.add_parser(
+        "up", help="bring VMs to their specs: start what is not running, leave what matches alone",
+        description="Per VM: validate, preflight, launch, wait for the agent, ethtool step, post_boot hooks. "
+        "A VM already running with the same configuration is left alone; one running with another is refused "
+        "unless --restart. A directory means its *.toml specs; VMs start in parallel.",
+    )
+    up_cmd.add_argument("specs", nargs="+", metavar="SPEC|DIR")
     up_cmd.add_argument("--fresh", action="store_true", help="start UEFI guests with fresh firmware variables")
+    up_cmd.add_argument("--restart", action="store_true",
+                        help="restart a VM that runs with another configuration (graceful down, then up)")
+    up_cmd.add_argument("--jobs", type=positive_int, metavar="N", help="start at most N VMs at once (default: all)")
     up_cmd.set_defaults(handler=cmd_up)
 
-    down_cmd = commands.add_parser("down", help="stop a VM and undo its host changes")
-    down_cmd.add_argument("vm", metavar="NAME|SPEC")
-    down_cmd.add_argument("--timeout", type=float, default=30.0, metavar="S",
+    diff_cmd = commands.add_parser("diff", help="how running VMs differ from their specs (exit 6 on drift)")
+    diff_cmd.add_argument("specs", nargs="+", metavar="SPEC|DIR")
+    diff_cmd.add_argument("--json", action="store_true")
+    diff_cmd.set_defaults(handler=cmd_diff)
+
+    down_cmd = commands.add_parser("down", help="stop VMs and undo their host changes")
+    down_cmd.add_argument("vms", nargs="*", metavar="NAME|SPEC|DIR")
+    down_cmd.add_argument("--all", action="store_true", help="every VM under the run directory")
+    down_cmd.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                           help="seconds the guest gets to power down (default: 30)")
     down_cmd.add_argument("--force", action="store_true", help="skip the powerdown: quit, then kill")
     down_cmd.set_defaults(handler=cmd_down)
@@ -87,8 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     exec_cmd = commands.add_parser("exec", help="run a command in the guest over the agent")
     exec_cmd.add_argument("name", metavar="NAME")
     exec_cmd.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    exec_cmd.add_argument("--timeout", type=float, default=60.0, metavar="S", help="default: 60")
-    exec_cmd.add_argument("--agent-timeout", type=float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    exec_cmd.add_argument("--timeout", type=positive_float, default=60.0, metavar="S", help="default: 60")
+    exec_cmd.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
     exec_cmd.set_defaults(handler=cmd_exec)
 
     logs_cmd = commands.add_parser("logs", help="print the serial console log")
@@ -127,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        exit_code = handler(args)
+        sys.stdout.flush()  # a reader that went away shows here, not in Python's flush at exit
+        return exit_code
     except VmrunError as error:
         if args.debug:
             raise
@@ -135,11 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     except Exception as error:  # noqa: BLE001 - the one place a bug becomes exit 1
         if args.debug:
             raise
         print(f"vmrun: internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
         return 1
+
+
+def _reader_went_away() -> int:
+    """stdout's reader stopped reading (`vmrun status --json | head -c1`): end quietly, with the status
+    a shell reports for a process SIGPIPE ended (128 + 13), as git and ls end there."""
+    # Python flushes stdout again at exit; let that write go nowhere instead of raising once more.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_STDOUT_CLOSED
 
 
 def main_exit() -> None:

@@ -11,19 +11,24 @@ import json
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from vmrun.errors import UsageError, VmrunError
+from vmrun.errors import SpecError, UsageError, VmrunError
 
 if TYPE_CHECKING:
+    from vmrun.facts import HostFacts
+    from vmrun.fleet import Fate, Task
     from vmrun.host import Host
     from vmrun.locations import Places, RunPaths
+    from vmrun.progress import Say
     from vmrun.spec import Spec
 
 Handler = Callable[[argparse.Namespace], int]
+DRIFT_EXIT = 6  # vmrun diff: a VM differs from its spec or is not running
 
 
 def say(message: str) -> None:
@@ -67,14 +72,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return max((invalid.exit_code for invalid in errors), default=0)
 
 
+def facts_for_display(args: argparse.Namespace, spec: Spec, what: str) -> HostFacts:
+    """Host facts for render and export, which never run a qemu the user does not control; says what
+    the output assumes when qemu was not asked."""
+    from vmrun.facts import PrivilegeDrop, gather_facts
+
+    facts = gather_facts(host_of(args), spec.qemu.binary)
+    assumed = f"{what} with default capabilities ({PrivilegeDrop.RUNAS}, no -sandbox)"
+    if facts.qemu_not_run is not None:
+        say(f"not probing qemu.binary {spec.qemu.binary}: {facts.qemu_not_run}; {assumed}")
+    elif facts.qemu_version is None:
+        say(f"{spec.qemu.binary} not found or does not run; {assumed}")
+    elif facts.drop_privileges and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
+        say(f"warning: {spec.qemu.binary} has {facts.privilege_drop}: up refuses to start it as root")
+    return facts
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    from vmrun.facts import choose_accel, gather_facts
+    from vmrun.facts import choose_accel
     from vmrun.render import render
 
     spec = load_valid_spec(args.spec)
-    facts = gather_facts(host_of(args), spec.qemu.binary)
-    if facts.qemu_version is None:
-        say(f"{spec.qemu.binary} not found: rendering without its capabilities (no -sandbox)")
+    facts = facts_for_display(args, spec, "rendering")
     argv = render(spec, facts, run_paths(args, spec.name))
     accel = choose_accel(spec, facts)
     say(f"accel {accel.accel}: {accel.reason}")
@@ -101,31 +120,137 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def vm_name(name_or_spec: str) -> str:
-    """`down` and friends take a VM name or the spec that names it."""
+    """`down` and friends take a VM name or the spec that names it; either way the name rule holds."""
+    from vmrun.naming import VM_NAME_RULE, is_vm_name
+
     if name_or_spec.endswith(".toml") or "/" in name_or_spec:
         from vmrun.load import load_spec
 
-        return load_spec(Path(name_or_spec)).name
+        name = load_spec(Path(name_or_spec)).name
+        if not is_vm_name(name):
+            raise UsageError(f"{name_or_spec}: name: {name!r} is not a valid VM name", hint=VM_NAME_RULE)
+        return name
+    if not is_vm_name(name_or_spec):
+        raise UsageError(f"{name_or_spec!r} is neither a VM name nor a spec file", hint=VM_NAME_RULE)
     return name_or_spec
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from vmrun.lifecycle import up
+def _labelled_report(label: str, error: VmrunError) -> None:
+    report(error, prefix=f"{label}: " if label and not isinstance(error, SpecError) else "")
 
-    spec = load_valid_spec(args.spec)
-    started = time.monotonic()
-    up(spec, Path(args.spec).resolve(), host_of(args), places_of(args), fresh=args.fresh, say=say)
-    say(f"{spec.name} is up ({time.monotonic() - started:.1f} s); stop it with: vmrun down {spec.name}")
-    return 0
+
+def _finish(fates: list[Fate]) -> int:
+    from vmrun.fleet import summary, worst
+
+    if len(fates) > 1:
+        say(summary(fates))
+    return worst([fate.exit_code for fate in fates])
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from vmrun.fleet import Fate, run_all, spec_files
+    from vmrun.lifecycle import Outcome, up
+
+    host, places = host_of(args), places_of(args)
+
+    def task_for(spec: Spec, path: Path) -> Task:
+        def task(say: Say, interrupted: threading.Event) -> Fate:
+            started = time.monotonic()
+            outcome = up(spec, path.resolve(), host, places, fresh=args.fresh, restart=args.restart, say=say,
+                         interrupted=interrupted)
+            if outcome is Outcome.UP_TO_DATE:
+                say(f"{spec.name}: up to date")
+            else:
+                say(f"{spec.name} is up ({time.monotonic() - started:.1f} s); stop it with: vmrun down {spec.name}")
+            return Fate(spec.name, str(outcome))
+        return task
+
+    refused: list[Fate] = []
+    tasks: dict[str, Task] = {}
+    for path in spec_files(args.specs):
+        try:
+            spec = load_valid_spec(str(path))
+            if spec.name in tasks:
+                raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
+        except VmrunError as error:
+            report(error)
+            refused.append(Fate(str(path), f"invalid (exit {error.exit_code})", error.exit_code))
+            continue
+        tasks[spec.name] = task_for(spec, path)
+    return _finish(refused + run_all(list(tasks.items()), jobs=args.jobs, say=say, report=_labelled_report))
+
+
+def vm_names_of(args: argparse.Namespace) -> list[str]:
+    """NAME, SPEC and DIR arguments as VM names; --all: every VM with a run directory."""
+    if args.all:
+        from vmrun.state import vm_names
+
+        return vm_names(places_of(args).run_root)
+    from vmrun.fleet import spec_files
+
+    if not args.vms:
+        raise UsageError("name the VMs to stop", hint="vmrun down NAME|SPEC|DIR... or vmrun down --all")
+    names: list[str] = []
+    for argument in args.vms:
+        if Path(argument).is_dir():
+            names += [vm_name(str(path)) for path in spec_files([argument])]
+        else:
+            names.append(vm_name(argument))
+    return list(dict.fromkeys(names))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from vmrun.fleet import Fate, run_all
     from vmrun.lifecycle import down
 
-    name = vm_name(args.vm)
-    how = down(name, host_of(args), places_of(args), timeout=args.timeout, force=args.force, say=say)
-    say(f"{name} is not running" if how is None else f"{name} stopped ({how})")
-    return 0
+    host, places = host_of(args), places_of(args)
+
+    def task_for(name: str) -> Task:
+        def task(say: Say, interrupted: threading.Event) -> Fate:
+            how = down(name, host, places, timeout=args.timeout, force=args.force, say=say)
+            say(f"{name} is not running" if how is None else f"{name} stopped ({how})")
+            return Fate(name, "not running" if how is None else f"stopped ({how})")
+        return task
+
+    return _finish(run_all([(name, task_for(name)) for name in vm_names_of(args)], jobs=None, say=say,
+                           report=_labelled_report))
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from vmrun.drift import differences
+    from vmrun.facts import gather_facts
+    from vmrun.fleet import spec_files
+    from vmrun.lifecycle import running_state
+    from vmrun.render import render
+    from vmrun.state import recorded_spec
+
+    host, places = host_of(args), places_of(args)
+    rows: list[dict[str, Any]] = []
+    invalid = False
+    for path in spec_files(args.specs):
+        try:
+            spec = load_valid_spec(str(path))
+        except VmrunError as error:
+            report(error)
+            invalid = True
+            continue
+        paths = places.of(spec.name)
+        state = running_state(host, paths, spec.name)
+        if state is None:
+            rows.append({"name": spec.name, "spec": str(path), "status": "not running", "differences": []})
+            continue
+        argv = render(spec, gather_facts(host, spec.qemu.binary), paths)
+        changed = differences(recorded_spec(state), state.argv, spec, argv)
+        rows.append({"name": spec.name, "spec": str(path), "status": "differs" if changed else "up to date",
+                     "differences": changed})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            print(f"{row['name']}: {row['status']}" + "".join(f"\n  {line}" for line in row["differences"]))
+    if invalid:
+        return UsageError.exit_code
+    return 0 if all(row["status"] == "up to date" for row in rows) else DRIFT_EXIT
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -158,7 +283,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
         raise UsageError("no command given", hint="vmrun exec NAME -- CMD [ARGS...]")
-    paths = running_paths(host_of(args), places_of(args), args.name)
+    paths = running_paths(host_of(args), places_of(args), vm_name(args.name))
     with GuestAgent(paths.agent_socket) as agent:
         agent.wait_ready(timeout=args.agent_timeout)
         result = agent.exec(command, timeout=args.timeout)
@@ -176,7 +301,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from vmrun.console import follow_log
 
-    paths = places_of(args).of(args.name)
+    paths = places_of(args).of(vm_name(args.name))
     if not paths.console_log.exists():
         raise UsageError(f"no console log for {args.name}", hint="vmrun status lists the VMs")
     follow_log(paths.console_log, follow=args.follow, alive=lambda: paths.pidfile.exists())
@@ -187,7 +312,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from vmrun.console import attach
     from vmrun.lifecycle import running_paths
 
-    paths = running_paths(host_of(args), places_of(args), args.name)
+    paths = running_paths(host_of(args), places_of(args), vm_name(args.name))
     say("attached to the serial console; detach with Ctrl-]")
     attach(paths.console_socket)
     return 0
@@ -195,19 +320,23 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 def cmd_preflight(args: argparse.Namespace) -> int:
     from vmrun.facts import gather_facts
-    from vmrun.lifecycle import others_than
-    from vmrun.preflight import apply_plan, plan_preflight, refuse
+    from vmrun.lifecycle import others_than, prepare
+    from vmrun.preflight import Plan, plan_preflight, refuse
 
     spec = load_valid_spec(args.spec)
-    host = host_of(args)
-    facts = gather_facts(host, spec.qemu.binary)
-    plan = plan_preflight(spec, host, facts, others=others_than(host, places_of(args), spec.name))
-    print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text())
+    host, places = host_of(args), places_of(args)
+
+    def show(plan: Plan) -> None:
+        print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text(), flush=True)
+
     if args.dry_run:
+        facts = gather_facts(host, spec.qemu.binary)
+        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
+        show(plan)
         refuse(plan)
         return 0
-    applied = apply_plan(plan, host)
-    say(f"applied {len(applied)} change(s); `vmrun up` records and `vmrun down` undoes the changes it makes")
+    state = prepare(spec, Path(args.spec).resolve(), host, places, show=show, say=say)
+    say(f"applied {len(state.changes)} change(s); `vmrun down {spec.name}` undoes them")
     return 0
 
 
@@ -222,21 +351,22 @@ def cmd_host_iommu(args: argparse.Namespace) -> int:
 
 
 def cmd_host_check(args: argparse.Namespace) -> int:
+    from vmrun.facts import probe_qemu
     from vmrun.hostinfo import check_text, host_check
 
     host = host_of(args)
-    report = host_check(host, host.qemu_capabilities("qemu-system-x86_64"))
+    report = host_check(host, probe_qemu(host, "qemu-system-x86_64", asked_to_run=False))
     print(json.dumps(report, indent=1) if args.json else check_text(report))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from vmrun.export import libvirt_domain, systemd_unit
-    from vmrun.facts import choose_accel, gather_facts
+    from vmrun.facts import choose_accel
 
     spec = load_valid_spec(args.spec)
     if args.format == "libvirt":
-        facts = gather_facts(host_of(args), spec.qemu.binary)
+        facts = facts_for_display(args, spec, "exporting")
         exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net)
     else:
         # The vmrun beside this Python (a venv's), else the one on PATH.
@@ -254,8 +384,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(error: VmrunError) -> None:
+def report(error: VmrunError, *, prefix: str = "") -> None:
     for line in error.lines():
-        print(f"vmrun: error: {line}", file=sys.stderr)
+        print(f"vmrun: error: {prefix}{line}", file=sys.stderr)
     if error.hint:
-        print(f"vmrun: hint: {error.hint}", file=sys.stderr)
+        print(f"vmrun: hint: {prefix}{error.hint}", file=sys.stderr)

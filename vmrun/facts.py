@@ -6,6 +6,7 @@ share, so none of them needs the others to know the host.
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,9 +15,25 @@ import attrs
 from vmrun.spec import Accel, Nic, Spec, Vhost
 
 if TYPE_CHECKING:
-    from vmrun.host import Host
+    from vmrun.host import Host, QemuCapabilities
 
 _KVM_HARDWARE_MODULES = ("kvm_intel", "kvm_amd")
+
+
+class PrivilegeDrop(enum.StrEnum):
+    """How qemu is told to leave root for host.user."""
+
+    RUN_WITH_USER = "-run-with user="  # QEMU >= 9.1
+    RUNAS = "-runas"  # QEMU < 10.0; what a qemu that was not asked is assumed to take
+    IMPOSSIBLE = "neither -run-with user= nor -runas"
+
+
+def choose_privilege_drop(qemu: QemuCapabilities | None) -> PrivilegeDrop:
+    if qemu is None:
+        return PrivilegeDrop.RUNAS
+    if qemu.has_run_with_user:
+        return PrivilegeDrop.RUN_WITH_USER
+    return PrivilegeDrop.RUNAS if qemu.has_runas else PrivilegeDrop.IMPOSSIBLE
 
 
 @attrs.frozen
@@ -27,10 +44,13 @@ class HostFacts:
     kvm_reason: str
     vhost_net: bool = False
     drop_privileges: bool = False  # vmrun runs as root: qemu must not
-    qemu_has_run_with: bool = False  # -run-with user= (QEMU >= 9.1) rather than -runas
+    privilege_drop: PrivilegeDrop = PrivilegeDrop.RUNAS
     seccomp: bool = False
     ovmf_code: Path = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-    qemu_version: str | None = None  # None: the qemu binary is missing or does not run
+    qemu_version: str | None = None  # None: the qemu binary is missing, does not run or was not run
+    qemu_program: Path | None = None  # the file qemu.binary names, links resolved: what `up` runs
+    qemu_not_run: str | None = None  # why vmrun did not run qemu.binary to ask what it supports
+    qemu_refused: str | None = None  # why vmrun will not run it even when asked to (`up`, preflight)
 
     @property
     def ovmf_vars_template(self) -> Path:
@@ -79,15 +99,45 @@ def kvm_verdict(host: Host) -> tuple[bool, str]:
     )
 
 
-def gather_facts(host: Host, qemu_binary: str) -> HostFacts:
+@attrs.frozen
+class QemuProbe:
+    program: Path | None  # None: not found
+    capabilities: QemuCapabilities | None  # None: not found, did not run, or was not run
+    not_run: str | None = None  # why it was not run
+    refused: str | None = None  # why it is not run even when asked to
+
+
+def probe_qemu(host: Host, binary: str, *, asked_to_run: bool) -> QemuProbe:
+    """Run `binary -help` only when that runs no one else's code: the program and every directory above
+    it are root's and writable by no group or others. A user who asked to run qemu (`up`, preflight) may
+    also run a qemu of their own; rendering an untrusted spec runs nothing from it."""
+    from vmrun.access import untrusted_reason
+
+    program = host.find_program(binary)
+    if program is None:
+        return QemuProbe(None, None)
+    refused = untrusted_reason(host, program, owners=frozenset({0, host.current_user().uid}))
+    not_run = refused if asked_to_run else untrusted_reason(host, program, owners=frozenset({0}))
+    if not_run is not None:
+        return QemuProbe(program, None, not_run=not_run, refused=refused)
+    return QemuProbe(program, host.qemu_capabilities(program))
+
+
+def gather_facts(host: Host, qemu_binary: str, *, asked_to_run: bool = False) -> HostFacts:
+    """asked_to_run: the command runs qemu (`up`, preflight without --dry-run), so a qemu the user owns
+    may run; render, export and dry runs only run a qemu root controls."""
     kvm_usable, kvm_reason = kvm_verdict(host)
-    qemu = host.qemu_capabilities(qemu_binary)
+    qemu = probe_qemu(host, qemu_binary, asked_to_run=asked_to_run)
+    capabilities = qemu.capabilities
     return HostFacts(
-        qemu_version=qemu.version if qemu else None,
+        qemu_version=capabilities.version if capabilities else None,
+        qemu_program=qemu.program,
+        qemu_not_run=qemu.not_run,
+        qemu_refused=qemu.refused,
         kvm_usable=kvm_usable,
         kvm_reason=kvm_reason,
         vhost_net=host.can_open("/dev/vhost-net"),
         drop_privileges=host.is_root_user(),
-        qemu_has_run_with=bool(qemu and qemu.has_run_with),
-        seccomp=bool(qemu and qemu.has_sandbox),
+        privilege_drop=choose_privilege_drop(capabilities),
+        seccomp=bool(capabilities and capabilities.has_sandbox),
     )

@@ -28,34 +28,42 @@ def _failure(result: ExecResult) -> str:
     return f"{ended}: {output}" if output else ended
 
 
-def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> str:
-    """`ethtool -L IF combined N` on the guest interface with this NIC's MAC, then read it back."""
+def _combined(agent: GuestAgent, nic: Nic, interface: str) -> int | None:
+    result = agent.exec(["ethtool", "-l", interface], timeout=ETHTOOL_TIMEOUT)
+    if not result.ok:
+        raise HookError(f"nics {nic.id}: `ethtool -l {interface}` failed in the guest: {_failure(result)}")
+    return current_combined(result.stdout.decode(errors="replace"))
+
+
+def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]:
+    """The guest interface with this NIC's MAC gets `combined N`: read first, and only when the count
+    differs set it and read it back (one guest-exec in the common case). Returns (interface, was set)."""
     mac = mac_address(spec, nic)
     interface = agent.interface_by_mac(mac)
     if interface is None:
         raise HookError(f"nics {nic.id}: no guest interface has MAC {mac}",
                         hint="is virtio_net loaded in the guest?")
+    if _combined(agent, nic, interface.name) == nic.queues:
+        return interface.name, False
     result = agent.exec(["ethtool", "-L", interface.name, "combined", str(nic.queues)], timeout=ETHTOOL_TIMEOUT)
     # ethtool exits non-zero when the count is already set on some drivers; the read-back decides.
-    readback = agent.exec(["ethtool", "-l", interface.name], timeout=ETHTOOL_TIMEOUT)
-    if not readback.ok:
-        raise HookError(f"nics {nic.id}: `ethtool -l {interface.name}` failed in the guest: {_failure(readback)}")
-    combined = current_combined(readback.stdout.decode(errors="replace"))
+    combined = _combined(agent, nic, interface.name)
     if combined != nic.queues:
         detail = "" if result.ok else f" (ethtool -L: {_failure(result)})"
         raise HookError(
             f"nics {nic.id}: guest {interface.name} has {combined} combined queues, not {nic.queues}{detail}"
         )
-    return interface.name
+    return interface.name, True
 
 
 def run_multiqueue_step(agent: GuestAgent, spec: Spec, say: Say) -> None:
+    """Every NIC, single-queue ones too: a guest that came up with the wrong count is caught either way."""
     for nic in spec.nics:
-        if nic.queues > 1:
-            started = time.monotonic()
-            interface = set_queue_pairs(agent, spec, nic)
-            elapsed_ms = (time.monotonic() - started) * 1000
-            say(f"ethtool {nic.id} {interface} combined {nic.queues} ✓ ({elapsed_ms:.0f} ms)")
+        started = time.monotonic()
+        interface, was_set = set_queue_pairs(agent, spec, nic)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        how = "set" if was_set else "already"
+        say(f"ethtool {nic.id} {interface} combined {nic.queues} ✓ ({how}, {elapsed_ms:.0f} ms)")
 
 
 def run_post_boot_hooks(agent: GuestAgent, spec: Spec, say: Say) -> None:

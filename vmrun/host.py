@@ -29,9 +29,31 @@ class HostCommandError(Exception):
 @attrs.frozen
 class QemuCapabilities:
     version: str
-    has_run_with: bool
-    has_runas: bool
+    has_run_with_user: bool  # -run-with takes user= (QEMU >= 9.1; 8.1-9.0 have -run-with without it)
+    has_runas: bool  # removed in QEMU 10.0
     has_sandbox: bool
+
+
+def parse_qemu_help(help_text: str) -> QemuCapabilities:
+    """What `qemu -help` offers. Each option's text runs from its own line over the indented lines below
+    it: QEMU 9.1 lists user= in -run-with's first line, later layouts on a continuation line."""
+    options: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in help_text.splitlines():
+        if line.startswith("-"):
+            current = options.setdefault(line.split()[0], [])
+            current.append(line)
+        elif current is not None and line[:1].isspace():
+            current.append(line)
+        else:
+            current = None
+    version = re.search(r"version (\S+)", help_text)
+    return QemuCapabilities(
+        version=version.group(1) if version else "unknown",
+        has_run_with_user=re.search(r"\buser=", "\n".join(options.get("-run-with", []))) is not None,
+        has_runas="-runas" in options,
+        has_sandbox="-sandbox" in options,
+    )
 
 
 @attrs.frozen
@@ -107,6 +129,13 @@ class Host:
                 return name
         return "other"
 
+    def file_info(self, host_path: str | Path) -> os.stat_result | None:
+        """Owner, group and mode of the path itself (a link is not followed); None when missing."""
+        try:
+            return os.lstat(self.path(host_path))
+        except OSError:
+            return None
+
     def can_open(self, host_path: str | Path) -> bool:
         """Readable and writable by this process, as qemu needs /dev/kvm, /dev/vhost-net and /dev/vfio/N."""
         return os.access(self.path(host_path), os.R_OK | os.W_OK)
@@ -127,6 +156,15 @@ class Host:
         except OSError:
             return None
         return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+
+    def process_state(self, pid: int) -> str | None:
+        """The one-letter state of /proc/PID/stat ("R", "S", "Z", ...); None when there is no such process."""
+        try:
+            stat_line = self.path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        after_name = stat_line.rpartition(")")[2].split()  # the process name may hold spaces and parentheses
+        return after_name[0] if after_name else None
 
     def signal(self, pid: int, number: int) -> None:
         try:
@@ -274,18 +312,32 @@ class Host:
     def kvm_modules(self) -> list[str]:
         return [name for name in self.listdir("/sys/module") if name.startswith("kvm")]
 
-    def qemu_capabilities(self, binary: str, *, cache_dir: Path | None = None) -> QemuCapabilities | None:
-        """What the qemu binary supports, cached by its identity (path, size, mtime) as libvirt does;
-        None when there is no such binary or it does not run."""
+    @staticmethod
+    def find_program(name: str) -> Path | None:
+        """The file a program name runs, as the shell finds it on PATH, every link resolved; None when missing."""
+        found = name if "/" in name else next(
+            (str(Path(d) / name) for d in os.environ.get("PATH", "").split(os.pathsep)
+             if os.access(Path(d) / name, os.X_OK)),
+            None,
+        )
         try:
-            return self._qemu_capabilities(binary, cache_dir or default_cache_dir())
+            return Path(found).resolve(strict=True) if found else None
         except OSError:
             return None
 
-    def _qemu_capabilities(self, binary: str, cache_dir: Path) -> QemuCapabilities:
-        resolved = self._which(binary)
-        stat = resolved.stat()
-        key = f"{resolved}:{stat.st_size}:{stat.st_mtime_ns}"
+    def qemu_capabilities(self, program: Path, *, cache_dir: Path | None = None) -> QemuCapabilities | None:
+        """What the qemu program (a resolved path) supports, asked with `-help` and cached by the
+        program's identity (path, size, mtime) as libvirt does; None when it does not run.
+
+        This runs the program: the caller decides whether it may."""
+        try:
+            return self._qemu_capabilities(program, cache_dir or default_cache_dir())
+        except OSError:
+            return None
+
+    def _qemu_capabilities(self, program: Path, cache_dir: Path) -> QemuCapabilities:
+        stat = program.stat()
+        key = f"{program}:{stat.st_size}:{stat.st_mtime_ns}"
         cache_file = cache_dir / "qemu-capabilities.json"
         try:
             cached = json.loads(cache_file.read_text())
@@ -293,7 +345,7 @@ class Host:
                 return QemuCapabilities(**cached["capabilities"])
         except (OSError, ValueError, TypeError):
             pass
-        capabilities = self._probe_qemu(resolved)
+        capabilities = parse_qemu_help(self._qemu_help(program))
         cache_dir.mkdir(parents=True, exist_ok=True)
         temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps({"key": key, "capabilities": attrs.asdict(capabilities)}))
@@ -301,34 +353,15 @@ class Host:
         return capabilities
 
     @staticmethod
-    def _which(binary: str) -> Path:
-        found = binary if "/" in binary else next(
-            (str(Path(d) / binary) for d in os.environ.get("PATH", "").split(os.pathsep)
-             if os.access(Path(d) / binary, os.X_OK)),
-            None,
-        )
-        if found is None or not Path(found).exists():
-            raise FileNotFoundError(binary)
-        return Path(found).resolve()
-
-    @staticmethod
-    def _probe_qemu(binary: Path) -> QemuCapabilities:
+    def _qemu_help(program: Path) -> str:
         import subprocess  # only on a capability-cache miss
 
         try:
-            help_text = subprocess.run(
-                [str(binary), "-help"], capture_output=True, text=True, timeout=30, check=True
+            return subprocess.run(
+                [str(program), "-help"], capture_output=True, text=True, timeout=30, check=True
             ).stdout
         except subprocess.SubprocessError as exc:
-            raise OSError(f"{binary} -help failed: {exc}") from exc
-        version = re.search(r"version (\S+)", help_text)
-        options = set(re.findall(r"^(-[\w-]+)", help_text, re.MULTILINE))
-        return QemuCapabilities(
-            version=version.group(1) if version else "unknown",
-            has_run_with="-run-with" in options,
-            has_runas="-runas" in options,
-            has_sandbox="-sandbox" in options,
-        )
+            raise OSError(f"{program} -help failed: {exc}") from exc
 
 
 def default_cache_dir() -> Path:

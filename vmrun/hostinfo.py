@@ -8,12 +8,13 @@ from typing import Any
 
 import attrs
 
-from vmrun.facts import kvm_verdict
-from vmrun.host import Host, QemuCapabilities
-from vmrun.vfio import PCI_BRIDGE_CLASS, PciDevice, group_members, iommu_groups, is_harmless
+from vmrun.facts import QemuProbe, kvm_verdict
+from vmrun.host import Host
+from vmrun.vfio import BRIDGE_BASE_CLASS, PciDevice, group_members, iommu_groups, is_boot_vga, is_harmless
 
 PCI_IDS = (Path("/usr/share/misc/pci.ids"), Path("/usr/share/hwdata/pci.ids"))
 PAGE_SIZE = 4096
+BOOT_VGA_NOTE = "boot VGA: the host's console; not passable"
 
 
 def _hex_id(host: Host, device_dir: str, name: str) -> str:
@@ -46,6 +47,12 @@ class GroupDevice:
     device_class: str
     driver: str | None
     name: str
+    boot_vga: bool = False
+
+    @property
+    def passable(self) -> bool:
+        """An endpoint a guest can have: not a bridge (host, ISA, PCI: the host's plumbing), not the boot VGA."""
+        return not self.device_class.startswith(BRIDGE_BASE_CLASS) and not self.boot_vga
 
 
 @attrs.frozen
@@ -55,9 +62,9 @@ class Group:
     devices: tuple[GroupDevice, ...]
 
     def vfio_lines(self) -> list[str]:
-        """The [[vfio]] entries to paste: every member that is not a bridge."""
+        """The [[vfio]] entries to paste: the group's passable endpoints."""
         lines = []
-        for index, device in enumerate(d for d in self.devices if not d.device_class.startswith(PCI_BRIDGE_CLASS)):
+        for index, device in enumerate(d for d in self.devices if d.passable):
             lines += ["[[vfio]]", f'id = "dev{self.group}-{index}"', f'host = "{device.address}"']
         return lines
 
@@ -78,7 +85,7 @@ def iommu_report(host: Host) -> list[Group]:
             viable=all(is_harmless(member) for member, _, _ in entries),
             devices=tuple(
                 GroupDevice(member.address, vendor, device, member.device_class, member.driver,
-                            names.get((vendor, device), "unknown device"))
+                            names.get((vendor, device), "unknown device"), is_boot_vga(host, member.address))
                 for member, vendor, device in entries
             ),
         )
@@ -95,7 +102,7 @@ def ksm_stats(host: Host) -> dict[str, int] | None:
     return {"run": int(run), **counters, "bytes_saved": counters["pages_sharing"] * PAGE_SIZE}
 
 
-def host_check(host: Host, qemu: QemuCapabilities | None) -> dict[str, Any]:
+def host_check(host: Host, qemu: QemuProbe) -> dict[str, Any]:
     kvm_usable, kvm_reason = kvm_verdict(host)
     return {
         "kvm": {"usable": kvm_usable, "reason": kvm_reason},
@@ -103,7 +110,8 @@ def host_check(host: Host, qemu: QemuCapabilities | None) -> dict[str, Any]:
         "tun": host.exists("/dev/net/tun"),
         "iommu_groups": len(iommu_groups(host)),
         "ksm": ksm_stats(host),
-        "qemu": attrs.asdict(qemu) if qemu else None,
+        "qemu": attrs.asdict(qemu.capabilities) if qemu.capabilities else None,
+        "qemu_not_run": qemu.not_run,
     }
 
 
@@ -118,22 +126,34 @@ def iommu_text(groups: list[Group]) -> str:
         return IOMMU_OFF
     lines = []
     for group in groups:
-        verdict = "viable as is" if group.viable else "its devices must leave their host drivers (vmrun does that)"
+        vfio_lines = group.vfio_lines()
+        if not vfio_lines:
+            verdict = "nothing in it to pass through"
+        elif group.viable:
+            verdict = "viable as is"
+        else:
+            verdict = "its devices must leave their host drivers (vmrun does that)"
         lines.append(f"IOMMU group {group.group}: {verdict}")
         lines += [
             f"  {d.address}  {d.vendor}:{d.device}  {d.device_class}  {d.driver or '-':<16} {d.name}"
+            + (f"  ({BOOT_VGA_NOTE})" if d.boot_vga else "")
             for d in group.devices
         ]
-        lines += ["  to pass it through, add:", *(f"    {line}" for line in group.vfio_lines())]
+        if vfio_lines:
+            lines += ["  to pass it through, add:", *(f"    {line}" for line in vfio_lines)]
     return "\n".join(lines)
 
 
 def check_text(report: dict[str, Any]) -> str:
     kvm, ksm, qemu = report["kvm"], report["ksm"], report["qemu"]
     ksm_line = "absent" if ksm is None else f"run = {ksm['run']}, saving {ksm['bytes_saved'] // 2**20} MiB"
-    qemu_line = "not found" if qemu is None else (
-        f"{qemu['version']} (-run-with: {qemu['has_run_with']}, -sandbox: {qemu['has_sandbox']})"
-    )
+    if report["qemu_not_run"]:
+        qemu_line = f"not run: {report['qemu_not_run']}"
+    elif qemu is None:
+        qemu_line = "not found"
+    else:
+        qemu_line = (f"{qemu['version']} (-run-with user=: {qemu['has_run_with_user']}, -runas: {qemu['has_runas']}, "
+                     f"-sandbox: {qemu['has_sandbox']})")
     rows = [
         ("kvm", f"{'usable' if kvm['usable'] else 'not usable'}: {kvm['reason']}"),
         ("vhost-net", "present" if report["vhost_net"] else "absent (/dev/vhost-net): NICs run without vhost"),

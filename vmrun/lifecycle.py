@@ -2,45 +2,65 @@
 
 from __future__ import annotations
 
+import enum
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from vmrun.crashpoints import crash_point
+from vmrun.drift import differences
 from vmrun.errors import AgentError, LaunchError, UsageError
 from vmrun.facts import HostFacts, gather_facts
 from vmrun.host import Host
+from vmrun.load import converter
 from vmrun.locations import Places, RunPaths
-from vmrun.machine import died_during_startup, is_our_qemu, launch, read_pid, stop
+from vmrun.locks import host_lock, vm_busy, vm_lock
+from vmrun.machine import (
+    KILL_WAIT,
+    died_during_startup,
+    is_gone,
+    is_our_qemu,
+    launch,
+    read_pid,
+    stop,
+    wait_for_exit,
+)
+from vmrun.naming import tap_name
 from vmrun.preflight import (
     AppliedChange,
     Others,
+    Plan,
     Status,
     apply_plan,
     ksm_restore_value,
     plan_preflight,
+    refuse,
     undo_changes,
 )
 from vmrun.progress import Say
 from vmrun.render import render
+from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec import Firmware, Spec
-from vmrun.state import VmState, create_run_dir, read_state, remove_run_dir, vm_names, write_state
+from vmrun.state import StateJournal, VmState, read_state, recorded_spec, remove_run_dir, vm_names
 
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
 
-
-
 AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
-STARTUP_SLICE = 2.0  # `up` checks qemu is still alive this often while waiting for the agent
+STARTUP_SLICE = 2.0  # `up` checks qemu is still alive (and not interrupted) this often while waiting for the agent
+RESTART_TIMEOUT = 60.0  # seconds `up --restart` gives the guest to power down
 
 
 @attrs.frozen
 class VmStatus:
     name: str
-    state: str  # running | stopped | dead
+    state: str  # running | stopped | dead | prepared
     pid: int | None
     accel: str
     run_dir: str
@@ -52,40 +72,56 @@ class VmStatus:
 
 
 def _clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
+    """Under the VM's lock: what an earlier run or preflight left (qemu died, vmrun was killed) is undone."""
     paths = places.of(name)
     state = read_state(paths)
     if state is None and not paths.run_dir.exists():
         return
-    if is_our_qemu(host, read_pid(paths), name):
-        raise UsageError(f"{name} is already running (pid {read_pid(paths)})", hint=f"vmrun down {name}")
-    say(f"{name}: cleaning up after a run that died ({paths.run_dir})")
-    undo_host_changes(host, places, state, say)
+    pid = read_pid(paths)
+    if pid is not None and not is_gone(host, pid, name):
+        raise UsageError(f"{name} is already running (pid {pid})", hint=f"vmrun down {name}")
+    what = "an earlier `vmrun preflight`" if state is not None and not state.argv else "a run that died"
+    say(f"{name}: cleaning up after {what} ({paths.run_dir})")
+    with host_lock(places), shielded():
+        undo_host_changes(host, places, state, say)
     remove_run_dir(paths)
 
 
+def _is_live(host: Host, places: Places, name: str, paths: RunPaths) -> bool:
+    """Its qemu runs, or another vmrun is starting or preparing it right now."""
+    return is_our_qemu(host, read_pid(paths), name) or vm_busy(places, name)
+
+
 def others_than(host: Host, places: Places, name: str) -> Others:
-    """What the other running vmrun VMs hold: their writable disks, whether they want KSM."""
+    """What the other vmrun VMs hold. Call it under the host lock, so that none changes meanwhile.
+
+    Disks and the wish for KSM count while a VM is live; its taps and its duty to restore KSM count
+    as long as its state file exists, because they stay on the host until its `down` undoes them.
+    """
     disks: set[str] = set()
+    taps: dict[str, str] = {}
     want_ksm = False
     ksm_previous: str | None = None
     for other in vm_names(places.run_root):
         paths = places.of(other)
         state = read_state(paths)
-        if other == name or state is None or not is_our_qemu(host, read_pid(paths), other):
+        if other == name or state is None:
             continue
-        disks.update(state.writable_disks)
-        want_ksm = want_ksm or state.wants_ksm
+        taps.update((tap, other) for tap in state.taps)
         # Whoever turned KSM on knows the value to restore; the last VM down must inherit it.
         ksm_previous = ksm_previous or ksm_restore_value(AppliedChange.from_json(c) for c in state.changes)
-    return Others(writable_disks=frozenset(disks), want_ksm=want_ksm, ksm_previous=ksm_previous)
+        if _is_live(host, places, other, paths):
+            disks.update(state.writable_disks)
+            want_ksm = want_ksm or state.wants_ksm
+    return Others(writable_disks=frozenset(disks), taps=taps, want_ksm=want_ksm, ksm_previous=ksm_previous)
 
 
-def undo_host_changes(host: Host, places: Places, state: VmState | None, say: Say) -> None:
-    """Preflight's host changes for this VM, undone newest first."""
+def undo_host_changes(host: Host, places: Places, state: VmState | None, say: Say, *, rollback: bool = False) -> None:
+    """This VM's journal of host changes, undone newest first. Call it under the host lock."""
     if state is None or not state.changes:
         return
     changes = [AppliedChange.from_json(change) for change in state.changes]
-    for problem in undo_changes(changes, host, others=others_than(host, places, state.name)):
+    for problem in undo_changes(changes, host, rollback=rollback, others=others_than(host, places, state.name)):
         say(f"could not undo: {problem}")
 
 
@@ -99,40 +135,125 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
         say(f"fresh UEFI variables in {paths.uefi_vars}")
 
 
-def up(spec: Spec, spec_path: Path, host: Host, places: Places, *, fresh: bool, say: Say) -> VmState:
-    paths = places.of(spec.name)
-    _clear_dead_run(host, places, spec.name, say)
-    facts = gather_facts(host, spec.qemu.binary)
-    plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
+def _say_plan(plan: Plan, say: Say) -> None:
     say(f"accel {plan.accel.accel}: {plan.accel.reason}")
     for check in plan.checks:
         if check.status is Status.WARN:
             say(f"warning: {check.name}: {check.message}")
-    argv = render(spec, facts, paths)
-    applied = apply_plan(plan, host)
-    if applied:
-        say(f"preflight: {len(applied)} host change(s) applied")
-    state = VmState(
-        name=spec.name, spec_path=str(spec_path), argv=tuple(argv), accel=str(plan.accel.accel),
-        accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
-        writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
-        changes=tuple(change.to_json() for change in applied),
-    )
-    try:
-        create_run_dir(paths)
-        write_state(paths, state)
-        _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
-        say(f"launching {spec.name}")
-        pid = launch(host, argv, paths, memlock=plan.memlock)
-    except BaseException:
-        undo_changes(applied, host, rollback=True)
-        remove_run_dir(paths)
-        raise
-    say(f"qemu pid {pid}")
-    _confirm_running(paths)
-    if spec.agent.enabled:
-        _after_boot(spec, host, paths, pid, say)
-    return state
+
+
+def _preflight(
+    spec: Spec, spec_path: Path, host: Host, places: Places, facts: HostFacts, *,
+    argv: tuple[str, ...], show: Callable[[Plan], None],
+) -> tuple[Plan, StateJournal]:
+    """Plan and apply the host changes under the host lock, journaled in a new run directory."""
+    paths = places.of(spec.name)
+    with host_lock(places):
+        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
+        show(plan)
+        refuse(plan)
+        journal = StateJournal.begin(paths, VmState(
+            name=spec.name, spec_path=str(spec_path), argv=argv, accel=str(plan.accel.accel),
+            accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
+            writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
+            taps=tuple(tap_name(spec, nic) for nic in spec.nics), spec=converter.unstructure(spec),
+        ))
+        crash_point("after creating the run directory")
+        try:
+            apply_plan(plan, host, journal=journal)
+        except BaseException:
+            with shielded():
+                remove_run_dir(paths)
+            raise
+    return plan, journal
+
+
+def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Callable[[Plan], None],
+            say: Say) -> VmState:
+    """`vmrun preflight`: the host changes alone, journaled like `up`'s, so `vmrun down NAME` undoes them."""
+    with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
+        _clear_dead_run(host, places, spec.name, say)
+        facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
+        return _preflight(spec, spec_path, host, places, facts, argv=(), show=show)[1].state
+
+
+class Outcome(enum.StrEnum):
+    STARTED = "started"
+    UP_TO_DATE = "up to date"
+    RESTARTED = "restarted"
+
+
+def up(
+    spec: Spec, spec_path: Path, host: Host, places: Places, *, say: Say, fresh: bool = False,
+    restart: bool = False, interrupted: threading.Event | None = None,
+) -> Outcome:
+    """Declarative: a VM running with this configuration is left alone; one running with another is
+    refused unless restart. Otherwise preflight, launch, agent, hooks: until qemu runs with its agent
+    answering, any failure or interruption undoes it all; an agent that never answers or a failed hook
+    leaves the VM up to inspect. `interrupted` lets a caller in another thread stop the agent wait."""
+    paths = places.of(spec.name)
+    with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
+        facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
+        argv = render(spec, facts, paths)
+        outcome = Outcome.STARTED
+        running = running_state(host, paths, spec.name)
+        if running is not None:
+            changed = differences(recorded_spec(running), running.argv, spec, argv)
+            if not changed:
+                return Outcome.UP_TO_DATE
+            if not restart:
+                raise UsageError(f"{spec.name} runs with another configuration: {'; '.join(changed)}",
+                                 hint=f"vmrun up --restart {spec_path} applies it (a graceful down, then up)")
+            say(f"restarting for {'; '.join(changed)}")
+            _stop_and_undo(host, places, spec.name, timeout=RESTART_TIMEOUT, force=False, say=say)
+            outcome = Outcome.RESTARTED
+        _clear_dead_run(host, places, spec.name, say)
+        plan, journal = _preflight(
+            spec, spec_path, host, places, facts, argv=tuple(argv), show=lambda plan: _say_plan(plan, say),
+        )
+        if plan.changes:
+            say(f"preflight: {len(plan.changes)} host change(s) applied")
+        pid: int | None = None
+        try:
+            _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
+            say(f"launching {spec.name}")
+            pid = launch(host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
+            crash_point("after launching qemu")
+            say(f"qemu pid {pid}")
+            _confirm_running(paths)
+            if spec.agent.enabled:
+                _after_boot(spec, host, paths, pid, say, interrupted)
+        except AgentError:
+            raise
+        except BaseException:
+            with shielded():
+                _abort(host, places, journal.state, pid, say)
+            raise
+        return outcome
+
+
+def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:
+    state = read_state(paths)
+    return state if state is not None and state.argv and is_our_qemu(host, read_pid(paths), name) else None
+
+
+def _abort(host: Host, places: Places, state: VmState, pid: int | None, say: Say) -> None:
+    """A failed or interrupted `up`: qemu killed if it runs, host changes undone, run dir removed."""
+    if pid is not None and not is_gone(host, pid, state.name):
+        host.signal(pid, signal.SIGKILL)
+        if not wait_for_exit(host, pid, state.name, KILL_WAIT):
+            say(f"qemu (pid {pid}) survived SIGKILL; its host changes stay: vmrun down --force {state.name}")
+            return
+    with host_lock(places):
+        undo_host_changes(host, places, state, say, rollback=True)
+    remove_run_dir(places.of(state.name))
+
+
+def _checked_program(facts: HostFacts) -> Path:
+    """The file preflight judged, not the name again: a link swapped since then changes nothing."""
+    if facts.qemu_program is None:
+        raise LaunchError("qemu.binary is not found")
+    return facts.qemu_program
 
 
 def _confirm_running(paths: RunPaths) -> None:
@@ -145,13 +266,15 @@ def _confirm_running(paths: RunPaths) -> None:
         raise died_during_startup(paths) if status == "shutdown" else LaunchError(f"qemu reports {status!r}")
 
 
-def _after_boot(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> None:
+def _after_boot(
+    spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say, interrupted: threading.Event | None
+) -> None:
     from vmrun.agent import GuestAgent
     from vmrun.hooks import run_multiqueue_step, run_post_boot_hooks
 
     say(f"waiting for the guest agent (up to {spec.agent.timeout:g} s)")
     with GuestAgent(paths.agent_socket) as agent:
-        waited = _wait_for_agent(agent, spec, host, paths, pid)
+        waited = _wait_for_agent(agent, spec, host, paths, pid, interrupted)
         say(f"guest agent ready after {waited:.1f} s")
         agent.require("guest-exec", "guest-exec-status", "guest-network-get-interfaces",
                       purpose="to set NIC queues and run post_boot hooks")
@@ -159,7 +282,9 @@ def _after_boot(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> 
         run_post_boot_hooks(agent, spec, say)
 
 
-def _wait_for_agent(agent: GuestAgent, spec: Spec, host: Host, paths: RunPaths, pid: int) -> float:
+def _wait_for_agent(
+    agent: GuestAgent, spec: Spec, host: Host, paths: RunPaths, pid: int, interrupted: threading.Event | None
+) -> float:
     """The agent's own wait, in slices, so a qemu that dies meanwhile is reported as such (exit 4)."""
     started = time.monotonic()
     deadline = started + spec.agent.timeout
@@ -169,6 +294,8 @@ def _wait_for_agent(agent: GuestAgent, spec: Spec, host: Host, paths: RunPaths, 
             agent.wait_ready(timeout=max(0.1, min(STARTUP_SLICE, remaining)))
             return time.monotonic() - started
         except AgentError:
+            if interrupted is not None and interrupted.is_set():
+                raise KeyboardInterrupt from None
             if not is_our_qemu(host, pid, spec.name):
                 raise died_during_startup(paths) from None
             if time.monotonic() >= deadline:
@@ -180,13 +307,21 @@ def _wait_for_agent(agent: GuestAgent, spec: Spec, host: Host, paths: RunPaths, 
 
 
 def down(name: str, host: Host, places: Places, *, timeout: float, force: bool, say: Say) -> str | None:
-    """Stop the VM and undo its host changes; None when there was nothing to stop."""
+    """Stop the VM, wait until its qemu is gone, undo its host changes; None when there was nothing."""
+    paths = places.of(name)
+    with vm_lock(places, name, wait=True, say=say):
+        if read_state(paths) is None and not paths.run_dir.exists():
+            return None
+        return _stop_and_undo(host, places, name, timeout=timeout, force=force, say=say)
+
+
+def _stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, force: bool, say: Say) -> str:
+    """Under the VM's lock: qemu stopped and gone, host changes undone, run dir removed."""
     paths = places.of(name)
     state = read_state(paths)
-    if state is None and not paths.run_dir.exists():
-        return None
     how = stop(host, paths, name, timeout=timeout, force=force, say=say)
-    undo_host_changes(host, places, state, say)
+    with host_lock(places), shielded():
+        undo_host_changes(host, places, state, say)
     remove_run_dir(paths)
     return how
 
@@ -201,7 +336,8 @@ def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
     state = read_state(paths)
     pid = read_pid(paths)
     alive = is_our_qemu(host, pid, name)
-    vm_state, agent = "dead", None
+    # "prepared": `vmrun preflight` made the host changes and no qemu was meant to run.
+    vm_state, agent = "prepared" if state is not None and not state.argv else "dead", None
     if alive:
         try:
             with Monitor(paths.qmp_socket) as monitor:

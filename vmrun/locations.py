@@ -7,6 +7,11 @@ from pathlib import Path
 
 import attrs
 
+from vmrun.errors import UsageError
+from vmrun.naming import VM_NAME_RULE, is_vm_name
+
+LOCK_DIR = ".locks"  # under the run root; a dot-name is never a VM name
+
 
 def default_run_root() -> Path:
     """Sockets, pidfile, console log: gone with the run (tmpfs)."""
@@ -64,4 +69,21 @@ class Places:
     state_root: Path
 
     def of(self, name: str) -> RunPaths:
-        return RunPaths(run_dir=self.run_root / name, state_dir=self.state_root / name)
+        """A VM's directories: each a direct child of its root, never a symbolic link. The name comes from
+        a command line or a spec, so it is checked against the VM name rule before it becomes a path."""
+        if not is_vm_name(name):
+            raise UsageError(f"{name!r} is not a VM name", hint=VM_NAME_RULE)
+        return RunPaths(run_dir=_child(self.run_root, name), state_dir=_child(self.state_root, name))
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.run_root / LOCK_DIR
+
+
+def _child(root: Path, name: str) -> Path:
+    # The roots are resolved once (/var/run is often a link to /run); below them vmrun follows no link.
+    child = root.resolve() / name
+    if child.is_symlink():
+        raise UsageError(f"{child} is a symbolic link; vmrun keeps its VMs in real directories",
+                         hint=f"remove the link {child}")
+    return child

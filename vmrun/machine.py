@@ -31,9 +31,20 @@ def is_our_qemu(host: Host, pid: int | None, name: str) -> bool:
     return cmdline is not None and f"guest={name},process=vmrun-{name}" in cmdline
 
 
+def is_gone(host: Host, pid: int, name: str) -> bool:
+    """qemu has really exited: no such process, a zombie (its files, taps and devices are closed), or
+    the pid taken by someone else. An exiting qemu shows an empty command line while it still holds
+    its taps and VFIO devices, so an empty command line alone is not gone."""
+    state = host.process_state(pid)
+    if state is None or state == "Z":
+        return True
+    cmdline = host.process_cmdline(pid)
+    return bool(cmdline) and not is_our_qemu(host, pid, name)
+
+
 def wait_for_exit(host: Host, pid: int, name: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while is_our_qemu(host, pid, name):
+    while not is_gone(host, pid, name):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
@@ -78,7 +89,7 @@ def stop(host: Host, paths: RunPaths, name: str, *, timeout: float, force: bool,
     from vmrun.monitor import Monitor
 
     pid = read_pid(paths)
-    if pid is None or not is_our_qemu(host, pid, name):
+    if pid is None or is_gone(host, pid, name):
         return "already gone"
     try:
         with Monitor(paths.qmp_socket) as monitor:

@@ -7,6 +7,12 @@ import re
 from vmrun.spec import Nic, Spec
 
 IFNAMSIZ = 15  # bytes of an interface name, without the kernel's trailing NUL
+# The one rule for VM names, from a spec or the command line, before a name becomes a path or a tap.
+VM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+VM_NAME_RULE = "use 1-63 of a-z, 0-9 and '-'"
+# Neither VM names nor device ids contain a dot, so "<vm>.<nic>" splits one way only: two VMs cannot derive
+# the same readable tap. Hashed names ("vm" + hex) have no dot, so they cannot meet a readable one.
+TAP_SEPARATOR = "."
 _PCI_ADDRESS = re.compile(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
 
 
@@ -16,11 +22,15 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 
+def is_vm_name(name: str) -> bool:
+    return VM_NAME.fullmatch(name) is not None
+
+
 def tap_name(spec: Spec, nic: Nic) -> str:
-    """The host tap: as given, else "<vm>-<nic>", else a hash of both that fits IFNAMSIZ."""
+    """The host tap: as given, else "<vm>.<nic>", else "vm" + a hash of both that fits IFNAMSIZ."""
     if nic.tap is not None:
         return nic.tap
-    readable = f"{spec.name}-{nic.id}"
+    readable = f"{spec.name}{TAP_SEPARATOR}{nic.id}"
     if len(readable.encode()) <= IFNAMSIZ:
         return readable
     return "vm" + _digest(spec.name, nic.id)[: IFNAMSIZ - 2]

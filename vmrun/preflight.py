@@ -8,9 +8,9 @@ applied in order with rollback, and undone by `down`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -30,10 +30,12 @@ from vmrun.changes import (
     warn_check,
 )
 from vmrun.check import tcg_limits
+from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
-from vmrun.facts import AccelChoice, HostFacts, choose_accel
+from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel
 from vmrun.host import Host, HostCommandError, User
 from vmrun.naming import tap_name
+from vmrun.signals import shielded
 from vmrun.spec import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
 from vmrun.units import KIB, format_size
 from vmrun.vfio import check_memlock, check_vfio
@@ -56,6 +58,7 @@ class Others:
     """What the other running vmrun VMs hold, read from their state files by the caller."""
 
     writable_disks: frozenset[str] = frozenset()
+    taps: Mapping[str, str] = attrs.field(factory=dict)  # tap -> the VM that uses it
     want_ksm: bool = False
     ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
 
@@ -66,6 +69,7 @@ class Plan:
     checks: tuple[CheckResult, ...]
     changes: tuple[Change, ...]
     memlock: int | None  # RLIMIT_MEMLOCK in bytes the launcher gives qemu; None leaves it as it is
+    others: Others = Others()  # what the other VMs held when this plan was made
 
     @property
     def failures(self) -> tuple[CheckResult, ...]:
@@ -113,10 +117,22 @@ def check_accel(spec: Spec, facts: HostFacts) -> Found:
 
 
 def check_qemu(spec: Spec, facts: HostFacts) -> Found:
-    if facts.qemu_version is None:
-        yield fail_check("qemu", f"{spec.qemu.binary} not found (Debian: apt-get install qemu-system-x86)")
+    binary = spec.qemu.binary
+    if facts.qemu_refused is not None:
+        yield fail_check("qemu", f"refusing to run {binary}: {facts.qemu_refused}; qemu must be root's (or "
+                                 "yours), in directories that only root (or you) can write")
+    elif facts.qemu_not_run is not None:
+        yield warn_check("qemu", f"{binary} not run by a dry run: {facts.qemu_not_run}; preflight and up run it, "
+                                 "as it is yours")
+    elif facts.qemu_version is None:
+        yield fail_check("qemu", f"{binary} not found (Debian: apt-get install qemu-system-x86)")
+    elif facts.drop_privileges and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
+        yield fail_check("qemu", f"{binary} {facts.qemu_version} has {facts.privilege_drop}, so it would keep "
+                                 "root's privileges: use a qemu that has either, or run vmrun as another user")
+    elif facts.drop_privileges:
+        yield ok_check("qemu", f"{binary} {facts.qemu_version}; it drops privileges with {facts.privilege_drop}")
     else:
-        yield ok_check("qemu", f"{spec.qemu.binary} {facts.qemu_version}")
+        yield ok_check("qemu", f"{binary} {facts.qemu_version}")
 
 
 def qemu_user(spec: Spec, host: Host, facts: HostFacts) -> User | None:
@@ -225,8 +241,13 @@ def _hex(text: str | None) -> int | None:
         return None
 
 
-def check_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User | None) -> Found:
+def check_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User | None, others: Others) -> Found:
     tap, name = tap_name(spec, nic), f"nics {nic.id}"
+    holder = others.taps.get(tap)
+    if holder is not None:
+        # Two guests on one tap would share its queues, and the first `down` would pull it from the other.
+        yield fail_check(name, f"tap {tap} is in use by VM {holder}: give this NIC another tap (nics.tap)")
+        return
     exists = host.exists(f"/sys/class/net/{tap}")
     if exists:
         yield _existing_tap(tap, name, nic, host, spec, user)
@@ -377,7 +398,7 @@ def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others =
         *check_boot_files(spec, host),
         *check_firmware(spec, host, facts),
         *check_disks(spec, host, others),
-        *(found for nic in spec.nics for found in check_nic(spec, nic, host, facts, user)),
+        *(found for nic in spec.nics for found in check_nic(spec, nic, host, facts, user, others)),
         *(found for share in spec.shares for found in check_share(spec, share, host, facts, user)),
         *check_vfio(spec, host, facts, user),
         *([memlock_check] if memlock_check else []),
@@ -388,6 +409,7 @@ def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others =
         checks=tuple(item for item in found if isinstance(item, CheckResult)),
         changes=tuple(item for item in found if isinstance(item, Change)),
         memlock=memlock,
+        others=others,
     )
 
 
@@ -416,30 +438,50 @@ def _reason(exc: OSError | HostCommandError) -> str:
     return (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
 
 
-def apply_plan(
-    plan: Plan, host: Host, *, on_applied: Callable[[tuple[AppliedChange, ...]], None] | None = None
-) -> tuple[AppliedChange, ...]:
-    """Every change in order; on the first failure the applied ones are undone, newest first.
+class Journal(Protocol):
+    """Where apply_plan writes ahead: each change is recorded before it is made and marked done after."""
 
-    on_applied gets the changes applied so far after each one, for the VM's state file: a vmrun that
-    dies half-way still leaves a record `down` can undo.
-    """
+    def record(self, entries: tuple[AppliedChange, ...]) -> None: ...
+
+
+def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tuple[AppliedChange, ...]:
+    """Every change in order, each journaled before it is made; on any failure or interruption the
+    changes made so far are undone, newest first, and the journal is emptied."""
     refuse(plan)
-    applied: list[AppliedChange] = []
-    for change in plan.changes:
-        try:
+    entries: list[AppliedChange] = []
+
+    def write_ahead() -> None:
+        if journal is not None:
+            journal.record(tuple(entries))
+
+    try:
+        for change in plan.changes:
+            entries.append(AppliedChange(change, done=False))
+            write_ahead()
+            crash_point(f"before {change.step}")
             perform(change.step, host)
-        except (OSError, HostCommandError) as exc:
-            problems = undo_changes(applied, host, rollback=True)
-            rolled_back = "rolled back" if not problems else f"rollback incomplete: {'; '.join(problems)}"
-            raise PreflightError(
-                f"preflight: {change.step} failed: {_reason(exc)}",
-                hint=f"{len(applied)} earlier change(s) {rolled_back}",
-            ) from exc
-        applied.append(AppliedChange(change))
-        if on_applied is not None:
-            on_applied(tuple(applied))
-    return tuple(applied)
+            entries[-1] = AppliedChange(change)
+            write_ahead()
+            crash_point(f"after {change.step}")
+    except (OSError, HostCommandError) as exc:
+        failed = entries.pop()  # perform raised: the host refused this change, so there is nothing to undo
+        problems = undo_changes(entries, host, rollback=True, others=plan.others)
+        earlier = len(entries)
+        entries.clear()
+        write_ahead()
+        rolled_back = "rolled back" if not problems else f"rollback incomplete: {'; '.join(problems)}"
+        raise PreflightError(
+            f"preflight: {failed.change.step} failed: {_reason(exc)}",
+            hint=f"{earlier} earlier change(s) {rolled_back}",
+        ) from exc
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) mid-way: the change in flight may or may not have happened.
+        with shielded():
+            undo_changes(entries, host, rollback=True, others=plan.others)
+            entries.clear()
+            write_ahead()
+        raise
+    return tuple(entries)
 
 
 def undo_changes(
@@ -447,19 +489,22 @@ def undo_changes(
 ) -> list[str]:
     """Undo newest first, going on past failures; returns what could not be undone.
 
-    `down` keeps disk images and system users, and leaves KSM on while others.want_ksm;
-    rollback (a failed preflight or launch) undoes everything it just did.
+    `down` keeps disk images and system users; KSM stays on while others.want_ksm, even in a rollback;
+    a rollback (a failed preflight or launch) undoes everything else it just did. A journal entry never
+    marked done is undone too, quietly: it may never have reached the host.
     """
     problems = []
     for record in reversed(list(applied)):
         change = record.change
-        kept = change.on_down is OnDown.KEEP or (change.on_down is OnDown.SHARED_KSM and others.want_ksm)
-        if kept and not rollback:
+        if change.on_down is OnDown.SHARED_KSM and others.want_ksm:
+            continue
+        if change.on_down is OnDown.KEEP and not rollback:
             continue
         for step in change.undo:
             try:
                 perform(step, host)
             except (OSError, HostCommandError) as exc:
-                problems.append(f"{step}: {_reason(exc)}")
+                if record.done:
+                    problems.append(f"{step}: {_reason(exc)}")
                 break  # the change's later steps build on this one
     return problems

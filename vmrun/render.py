@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from vmrun.facts import HostFacts, choose_accel, vhost_enabled
+from vmrun.facts import HostFacts, PrivilegeDrop, choose_accel, vhost_enabled
 from vmrun.locations import RunPaths
 from vmrun.naming import mac_address, tap_name
 from vmrun.spec import Accel, Cache, Disk, Firmware, Nic, Share, Spec, Vfio
@@ -73,11 +73,18 @@ def _process(spec: Spec, facts: HostFacts, paths: RunPaths) -> list[str]:
         # elevateprivileges=deny would break the privilege drop, spawn=deny kills qemu at -daemonize.
         argv += ["-sandbox", qemu_opt("on", {"obsolete": "deny", "resourcecontrol": "deny"})]
     if facts.drop_privileges:
-        if facts.qemu_has_run_with:
-            argv += ["-run-with", qemu_opt(None, {"user": spec.host.user})]
-        else:
-            argv += ["-runas", spec.host.user]
+        argv += _privilege_drop(spec, facts.privilege_drop)
     return argv
+
+
+def _privilege_drop(spec: Spec, how: PrivilegeDrop) -> list[str]:
+    """QEMU 8.1-9.0 have -run-with without user=, 10.0 has no -runas; a qemu with neither gets nothing
+    here, and preflight refuses to start it as root."""
+    if how is PrivilegeDrop.RUN_WITH_USER:
+        return ["-run-with", qemu_opt(None, {"user": spec.host.user})]
+    if how is PrivilegeDrop.RUNAS:
+        return ["-runas", spec.host.user]
+    return []
 
 
 def _boot(spec: Spec, facts: HostFacts, paths: RunPaths) -> list[str]:

@@ -12,26 +12,32 @@ from typing import Any
 import attrs
 import cattrs
 
+from vmrun.changes import AppliedChange
+from vmrun.errors import UsageError
 from vmrun.load import converter
 from vmrun.locations import RunPaths
+from vmrun.spec import Spec
 
 STATE_FILE = "state.json"
 
 
 @attrs.frozen
 class VmState:
-    """Written before qemu starts and after every host change, so a crash leaves enough to clean up."""
+    """Written before the first host change and before and after each one, so that whatever instant
+    vmrun dies at, `down` or the next `up` knows what to undo."""
 
     name: str
     spec_path: str
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # empty: host changes made by `vmrun preflight`, no qemu
     accel: str
     accel_reason: str
     started_at: float = attrs.field(factory=time.time)
-    # Host changes preflight applied, as AppliedChange JSON, undone in reverse by `down`.
+    # The journal of host changes, as AppliedChange JSON, undone in reverse by `down`.
     changes: tuple[dict[str, Any], ...] = ()
     writable_disks: tuple[str, ...] = ()
+    taps: tuple[str, ...] = ()
     wants_ksm: bool = False
+    spec: dict[str, Any] | None = None  # the spec it started from, for drift (vmrun diff, declarative up)
 
     def to_json(self) -> str:
         return json.dumps(converter.unstructure(self), indent=1) + "\n"
@@ -39,6 +45,14 @@ class VmState:
     @classmethod
     def from_json(cls, text: str) -> VmState:
         return converter.structure(json.loads(text), cls)
+
+
+def recorded_spec(state: VmState) -> Spec | None:
+    """The spec a VM started from; None when its state predates the record or no longer structures."""
+    try:
+        return converter.structure(state.spec, Spec) if state.spec is not None else None
+    except (cattrs.BaseValidationError, ValueError, TypeError):
+        return None
 
 
 def state_path(paths: RunPaths) -> Path:
@@ -60,6 +74,25 @@ def read_state(paths: RunPaths) -> VmState | None:
         return None
 
 
+@attrs.define
+class StateJournal:
+    """The state file as preflight's write-ahead journal (see preflight.apply_plan)."""
+
+    paths: RunPaths
+    state: VmState
+
+    @classmethod
+    def begin(cls, paths: RunPaths, state: VmState) -> StateJournal:
+        """A new run directory holding the state, before any host change is made."""
+        create_run_dir(paths)
+        write_state(paths, state)
+        return cls(paths, state)
+
+    def record(self, entries: tuple[AppliedChange, ...]) -> None:
+        self.state = attrs.evolve(self.state, changes=tuple(entry.to_json() for entry in entries))
+        write_state(self.paths, self.state)
+
+
 def create_run_dir(paths: RunPaths) -> None:
     paths.run_dir.parent.mkdir(parents=True, exist_ok=True)
     paths.run_dir.mkdir(mode=0o700)
@@ -67,7 +100,18 @@ def create_run_dir(paths: RunPaths) -> None:
 
 
 def remove_run_dir(paths: RunPaths) -> None:
-    shutil.rmtree(paths.run_dir, ignore_errors=True)
+    """Only a real directory that holds vmrun's state (or nothing yet) is removed: a run dir is a
+    direct child of the run root (Places.of), and whatever else sits there is not vmrun's to delete."""
+    run_dir = paths.run_dir
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a directory vmrun made; not removing it")
+    entries = [entry.name for entry in run_dir.iterdir()]
+    if entries and STATE_FILE not in entries:
+        raise UsageError(f"{run_dir} holds no vmrun state ({STATE_FILE}); not removing it",
+                         hint="is --run-dir pointing at the right place?")
+    shutil.rmtree(run_dir)
 
 
 def vm_names(run_root: Path) -> list[str]:

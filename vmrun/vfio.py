@@ -19,7 +19,8 @@ from vmrun.units import MIB
 PCI_DEVICES = "/sys/bus/pci/devices"
 DRIVERS_PROBE = "/sys/bus/pci/drivers_probe"
 VFIO_DRIVERS = ("vfio-pci", "pci-stub")  # drivers that leave a device safe to share a group with
-PCI_BRIDGE_CLASS = "0x0604"
+PCI_BRIDGE_CLASS = "0x0604"  # PCI-to-PCI bridges: the kernel lets them share a group with a passed device
+BRIDGE_BASE_CLASS = "0x06"  # every bridge (host, ISA, PCI, ...): part of the host's plumbing, never passed
 MEMLOCK_MARGIN = 1024 * MIB  # libvirt's and KubeVirt's: guest RAM + 1 GiB
 
 
@@ -127,12 +128,16 @@ def _default_route_nic(host: Host, function: str) -> str | None:
     return None
 
 
+def is_boot_vga(host: Host, address: str) -> bool:
+    """The display the firmware and the host's console use."""
+    return host.read(f"{PCI_DEVICES}/{address}/boot_vga") == "1"
+
+
 def why_host_needs(host: Host, address: str) -> str | None:
     """A reason taking this function from its host driver would hurt the host itself, or None."""
-    base = f"{PCI_DEVICES}/{address}"
-    if host.read(f"{base}/boot_vga") == "1":
+    if is_boot_vga(host, address):
         return "it is the boot VGA device (the host console)"
-    function = host.resolve(base)
+    function = host.resolve(f"{PCI_DEVICES}/{address}")
     if function is None:
         return None
     return _busy_block_device(host, function) or _default_route_nic(host, function)

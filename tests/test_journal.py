@@ -1,0 +1,99 @@
+"""Host changes are journaled before they are made, and undone whatever instant vmrun stops at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmrun.changes import AppliedChange
+from vmrun.errors import PreflightError
+from vmrun.preflight import Others, apply_plan, ksm_restore_value, undo_changes
+
+from .fakehost import snapshot
+from .test_preflight import GPU, GPU_AUDIO, fake_host, make_spec, nic_spec, plan_for, vfio_spec
+
+
+class RecordingJournal:
+    """Every journal write, and what the fake host had been told at that moment."""
+
+    def __init__(self, host: object) -> None:
+        self.host = host
+        self.writes: list[tuple[list[tuple[str, bool]], int]] = []
+
+    def record(self, entries: tuple[AppliedChange, ...]) -> None:
+        seen = len(self.host.writes)  # type: ignore[attr-defined]
+        self.writes.append(([(entry.change.step.path, entry.done) for entry in entries], seen))
+
+
+def test_fake_sysfs_each_change_is_journaled_before_it_is_made_and_marked_done_after(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    journal = RecordingJournal(host)
+    plan = plan_for(vfio_spec("03:00.0", "03:00.1"), host)
+    apply_plan(plan, host, journal=journal)
+    writes = [(c.step.path, c.step.value) for c in plan.changes if c.step.action == "write"]
+    assert len(journal.writes) == 2 * len(plan.changes)
+    for index, change in enumerate(plan.changes):
+        intent, intent_seen = journal.writes[2 * index]
+        done, _ = journal.writes[2 * index + 1]
+        assert intent[-1] == (change.step.path, False)  # written ahead ...
+        assert done[-1] == (change.step.path, True)  # ... and marked done after
+        if change.step.action == "write":
+            # When the intent was written, the host had not yet been told this change.
+            assert intent_seen == writes.index((change.step.path, change.step.value))
+
+
+def test_fake_sysfs_a_failure_midway_leaves_an_empty_journal_and_the_host_as_it_was(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO), fail_on="/sys/bus/pci/devices/0000:03:00.1/driver/unbind")
+    before = snapshot(host.root)
+    journal = RecordingJournal(host)
+    with pytest.raises(PreflightError):
+        apply_plan(plan_for(vfio_spec("03:00.0", "03:00.1"), host), host, journal=journal)
+    assert journal.writes[-1][0] == []
+    assert snapshot(host.root) == before
+
+
+def test_fake_sysfs_an_interrupt_midway_rolls_back_the_change_in_flight_too(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    before = snapshot(host.root)
+    plan = plan_for(vfio_spec("03:00.0", "03:00.1"), host)
+
+    class InterruptingJournal(RecordingJournal):
+        def record(self, entries: tuple[AppliedChange, ...]) -> None:
+            super().record(entries)
+            if len(entries) == 3 and entries[-1].done:
+                raise KeyboardInterrupt  # Ctrl-C right after the third change
+
+    journal = InterruptingJournal(host)
+    with pytest.raises(KeyboardInterrupt):
+        apply_plan(plan, host, journal=journal)
+    assert journal.writes[-1][0] == []
+    assert snapshot(host.root) == before
+
+
+def test_fake_sysfs_an_entry_never_marked_done_is_undone_quietly(tmp_path: Path) -> None:
+    # vmrun died between journaling the tap and creating it: the undo (ip tuntap del) fails, unreported.
+    host = fake_host(tmp_path)
+    plan = plan_for(nic_spec(queues=1), host)
+    [tap] = plan.changes
+    assert undo_changes([AppliedChange(tap, done=False)], host) == []
+    assert undo_changes([AppliedChange(tap, done=True)], host) != []
+
+
+def test_fake_ksm_a_rollback_leaves_ksm_on_while_another_vm_wants_it(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    run = host.path("/sys/kernel/mm/ksm/run")
+    first = apply_plan(plan_for(make_spec(host={"user": "nobody", "ksm": True}), host), host)
+    others = Others(want_ksm=True, ksm_previous=ksm_restore_value(first))
+    second = apply_plan(plan_for(make_spec(host={"user": "nobody", "ksm": True}), host, others=others), host)
+    undo_changes(second, host, rollback=True, others=others)  # the second VM fails to start
+    assert run.read_text() == "1"
+
+
+def test_fake_tap_in_use_by_another_vm_is_refused(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    plan = plan_for(nic_spec(), host, others=Others(taps={"vmtap0": "db"}))
+    assert [check.message for check in plan.failures] == [
+        "tap vmtap0 is in use by VM db: give this NIC another tap (nics.tap)"
+    ]
+    assert plan.changes == ()

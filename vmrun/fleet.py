@@ -1,0 +1,95 @@
+"""Many VMs in one command, as `docker compose up` does: specs and directories of specs, in parallel.
+
+Each VM runs in its own thread with its own lock; one VM's failure does not stop the others, and the
+command exits with the worst code. Progress lines carry the VM's name.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import attrs
+
+from vmrun.errors import UsageError, VmrunError
+from vmrun.progress import Say
+from vmrun.signals import shielded, sigterm_interrupts
+
+INTERRUPTED = 130
+BUG = 1
+
+
+@attrs.frozen
+class Fate:
+    """What became of one VM: its name (or spec path, when the spec is invalid), outcome and exit code."""
+
+    name: str
+    outcome: str
+    exit_code: int = 0
+
+
+def spec_files(arguments: Sequence[str]) -> list[Path]:
+    """Each SPEC as given; each DIR as its *.toml files, sorted."""
+    files: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(path.glob("*.toml"))
+            if not found:
+                raise UsageError(f"{path}: no *.toml specs in this directory")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def worst(codes: Sequence[int]) -> int:
+    """The exit code of many: an interruption, then a bug in vmrun, then the highest."""
+    for special in (INTERRUPTED, BUG):
+        if special in codes:
+            return special
+    return max(codes, default=0)
+
+
+Task = Callable[[Say, threading.Event], Fate]
+
+
+def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
+            report: Callable[[str, VmrunError], None]) -> list[Fate]:
+    """Run each (label, task) in parallel, up to jobs at once; a VmrunError becomes that VM's fate.
+
+    Ctrl-C or SIGTERM sets `interrupted`, which the tasks watch; every task is then waited for, so
+    each can roll back what it started."""
+    interrupted = threading.Event()
+    prefix = len(tasks) > 1
+
+    def guarded(label: str, task: Task) -> Fate:
+        own_say: Say = (lambda line: say(f"{label}: {line}")) if prefix else say
+        try:
+            return task(own_say, interrupted)
+        except VmrunError as error:
+            report(label if prefix else "", error)
+            return Fate(label, f"failed (exit {error.exit_code})", error.exit_code)
+        except KeyboardInterrupt:
+            return Fate(label, "interrupted, rolled back", INTERRUPTED)
+
+    if len(tasks) <= 1:
+        return [guarded(label, task) for label, task in tasks]
+    with sigterm_interrupts(), ThreadPoolExecutor(max_workers=jobs or len(tasks)) as pool:
+        futures: list[Future[Fate]] = [pool.submit(guarded, label, task) for label, task in tasks]
+        try:
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:
+            interrupted.set()
+            say("interrupted: rolling back the VMs still starting")
+            with shielded():
+                for future in futures:
+                    future.cancel()
+                return [future.result() if not future.cancelled() else Fate(label, "not started", INTERRUPTED)
+                        for (label, _), future in zip(tasks, futures, strict=True)]
+
+
+def summary(fates: Sequence[Fate]) -> str:
+    return f"{len(fates)} VMs: " + ", ".join(f"{fate.name} {fate.outcome}" for fate in fates)
