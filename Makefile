@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make demo` and `make test`. Both set the host up first.
-.PHONY: setup guest demo test fuzz lint bench
+.PHONY: setup guest debian-image demo test fuzz lint bench
 
 setup:
 	integration/setup-host
@@ -7,10 +7,13 @@ setup:
 guest: setup
 	.venv/bin/python integration/tiny-guest/build
 
+debian-image: setup
+	.venv/bin/python integration/debian-guest/build
+
 demo: guest
 	integration/demo
 
-test: guest
+test: guest debian-image
 	.venv/bin/pytest tests integration
 
 # Thousands of generated specs through the CLI (0 tracebacks, exits 0/2/3 only), and 2,000 valid specs

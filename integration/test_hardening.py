@@ -130,14 +130,16 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, s
     return process.returncode, stderr
 
 
-def wait_for_line(process: subprocess.Popen[str], text: str) -> list[str]:
-    seen = []
+def wait_for_line(process: subprocess.Popen[str], *texts: str) -> None:
+    """Read vmrun's stderr until each text has appeared in some line."""
+    seen, missing = [], set(texts)
     assert process.stderr is not None
     for line in process.stderr:
         seen.append(line)
-        if text in line:
-            return seen
-    pytest.fail(f"vmrun never said {text!r}: {''.join(seen)}")
+        missing = {text for text in missing if text not in line}
+        if not missing:
+            return
+    pytest.fail(f"vmrun never said {sorted(missing)}: {''.join(seen)}")
 
 
 def test_sigterm_while_waiting_for_the_agent_rolls_everything_back(vmrun: Vmrun, spec_with_a_tap: MakeSpec) -> None:
@@ -226,8 +228,7 @@ def test_ctrl_c_during_up_of_a_directory_rolls_back_every_vm_still_starting(
     for name in names:
         spec_with_a_tap(name, agent=True)
     process = subprocess.Popen(vmrun.argv("up", str(vmrun.spec_dir)), stderr=subprocess.PIPE, text=True)
-    for name in names:
-        wait_for_line(process, f"{name}: waiting for the guest agent")
+    wait_for_line(process, *(f"{name}: waiting for the guest agent" for name in names))
     process.send_signal(signal.SIGINT)
     code, stderr = finish(process)
     assert code == 130, stderr

@@ -96,3 +96,13 @@ def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path, command: list[str
         os.close(write_end)
     assert result.returncode == 141
     assert [line for line in result.stderr.splitlines() if "vmrun: accel" not in line] == []
+
+
+def test_export_define_goes_only_with_libvirt_and_through_the_host_layer(tmp_path: Path) -> None:
+    systemd = vmrun("export", str(SPECS / "tiny.toml"), "--format", "systemd", "--define")
+    assert systemd.returncode == 2 and "--define goes with --format libvirt" in systemd.stderr
+    # Against a fake host tree, virsh is not run: nothing is defined in this machine's libvirt.
+    fake = vmrun("--host-root", str(tmp_path), "export", str(SPECS / "tiny.toml"), "--format", "libvirt",
+                 "--define", "-o", str(tmp_path / "tiny.xml"))
+    assert fake.returncode == 3 and "virsh define: not run against the host tree" in fake.stderr
+    assert (tmp_path / "tiny.xml").read_text().startswith('<domain type="')

@@ -40,8 +40,11 @@ def test_db_domain_fields() -> None:
     assert domain.findtext("vcpu") == "4"
     assert domain.find("cpu").get("mode") == "host-passthrough"  # type: ignore[union-attr]
     assert domain.find("os").get("firmware") == "efi"  # type: ignore[union-attr]
-    [controller] = domain.findall("devices/controller")
-    assert (controller.get("type"), controller.get("model")) == ("scsi", "virtio-scsi")
+    controllers = domain.findall("devices/controller")
+    assert [(controller.get("type"), controller.get("model")) for controller in controllers] == [
+        ("scsi", "virtio-scsi"), ("usb", "none"),  # -nodefaults: no USB unless the spec asks
+    ]
+    assert domain.find("devices/memballoon").get("model") == "none"  # type: ignore[union-attr]
     disks = domain.findall("devices/disk")
     assert [disk.find("target").get("bus") for disk in disks] == ["scsi", "scsi"]  # type: ignore[union-attr]
     root_driver = disks[0].find("driver")
@@ -72,8 +75,20 @@ def test_tiny_domain_uses_direct_kernel_boot_a_tap_and_no_page_sharing() -> None
     assert domain.findtext("os/cmdline") == "console=ttyS0 quiet"
     [nic] = domain.findall("devices/interface")
     assert nic.get("type") == "ethernet"
-    assert nic.find("target").attrib == {"dev": "tiny.net0", "managed": "no"}  # type: ignore[union-attr]
+    # libvirt creates the tap under vmrun's name (and deletes it), as vmrun's preflight would.
+    assert nic.find("target").attrib == {"dev": "tiny.net0"}  # type: ignore[union-attr]
     assert domain.find("memoryBacking/nosharepages") is not None
+
+
+def test_domain_uuid_is_stable_per_name_so_a_new_export_redefines_the_same_domain() -> None:
+    data = tomllib.loads(GOOD_SPEC)
+
+    def uuid_of(name: str, memory: str) -> str | None:
+        machine = {**data["machine"], "memory": memory}
+        spec = validate(parse_spec({**data, "name": name, "machine": machine}, source="t", base=Path("/")), "t")
+        return ET.fromstring(libvirt_domain(spec, accel=Accel.TCG, vhost_net=False).text).findtext("uuid")
+
+    assert uuid_of("web", "1G") == uuid_of("web", "2G") != uuid_of("db", "1G")
 
 
 def test_extra_args_and_unexpressible_settings_are_not_dropped() -> None:

@@ -151,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("spec", metavar="SPEC")
     export_cmd.add_argument("--format", choices=("libvirt", "systemd"), required=True)
     export_cmd.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    export_cmd.add_argument("--define", action="store_true", help="libvirt: also `virsh define` the domain")
     export_cmd.set_defaults(handler=cmd_export)
     return parser
 

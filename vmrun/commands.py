@@ -364,6 +364,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vmrun.export import libvirt_domain, systemd_unit
     from vmrun.facts import choose_accel
 
+    if args.define and args.format != "libvirt":
+        raise UsageError("--define goes with --format libvirt")
     spec = load_valid_spec(args.spec)
     if args.format == "libvirt":
         facts = facts_for_display(args, spec, "exporting")
@@ -381,11 +383,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         Path(args.output).write_text(exported.text)
     else:
         sys.stdout.write(exported.text)
+    if args.define:
+        define_domain(host_of(args), exported.text, spec_path=args.spec, name=spec.name)
     return 0
+
+
+def define_domain(host: Host, xml: str, *, spec_path: str, name: str) -> None:
+    """A convenience only: the XML stays the contract, and libvirt's own client defines it."""
+    from vmrun.errors import PreflightError
+    from vmrun.host import HostCommandError
+
+    try:
+        host.run(["virsh", "define", "/dev/stdin"], stdin=xml)
+    except HostCommandError as exc:
+        said = "; ".join(line.removeprefix("error: ") for line in str(exc).splitlines() if line.strip())
+        raise PreflightError(f"{spec_path}: virsh define: {said}") from exc
+    say(f"defined the libvirt domain {name}; start it with: virsh start {name}")
 
 
 def report(error: VmrunError, *, prefix: str = "") -> None:
     for line in error.lines():
-        print(f"vmrun: error: {prefix}{line}", file=sys.stderr)
+        print(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}", file=sys.stderr)
     if error.hint:
         print(f"vmrun: hint: {prefix}{error.hint}", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 
 from vmrun.facts import vhost_enabled
-from vmrun.naming import mac_address, tap_name
+from vmrun.naming import domain_uuid, mac_address, tap_name
 from vmrun.render import AGENT_PORT_NAME
 from vmrun.spec import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio
 from vmrun.units import KIB
@@ -94,7 +94,9 @@ def _nic(devices: ET.Element, spec: Spec, nic: Nic, vhost_net: bool) -> None:
         _sub(element, "source", bridge=nic.bridge)
         _sub(element, "target", dev=tap_name(spec, nic))
     else:
-        _sub(element, "target", dev=tap_name(spec, nic), managed="no")
+        # No managed="no": with no vmrun preflight on the libvirt side, libvirt creates the (multiqueue) tap
+        # under vmrun's name and deletes it when the domain stops, as `vmrun up`/`down` would.
+        _sub(element, "target", dev=tap_name(spec, nic))
     _sub(element, "mac", address=mac_address(spec, nic))
     _sub(element, "model", type="virtio")
     use_vhost = vhost_enabled(nic, vhost_net=vhost_net)
@@ -135,7 +137,8 @@ def _unexpressed(spec: Spec) -> list[str]:
     if any(nic.queues > 1 for nic in spec.nics):
         notes.append("nics: libvirt sets the queues but not the guest's `ethtool -L combined N`; "
                      "modern guest kernels enable min(N, vCPUs) pairs by default")
-    notes.append(f"host.user: libvirt runs qemu as the user in its qemu.conf, not {spec.host.user!r}")
+    notes.append(f"host.user: libvirt runs qemu as the user in its qemu.conf, not {spec.host.user!r}; "
+                 "that user must reach the kernel, initrd, disk images and shares")
     if spec.host.ksm:
         notes.append("host.ksm: libvirt does not turn KSM on; enable /sys/kernel/mm/ksm/run on the host")
     return notes
@@ -146,6 +149,7 @@ def libvirt_domain(spec: Spec, *, accel: Accel, vhost_net: bool) -> Export:
     notes = _unexpressed(spec)
     domain = ET.Element("domain", type="kvm" if accel is Accel.KVM else "qemu")
     _sub(domain, "name", spec.name)
+    _sub(domain, "uuid", domain_uuid(spec))
     if spec.description:
         _sub(domain, "description", spec.description)
     _sub(domain, "memory", str(spec.machine.memory // KIB), unit="KiB")
@@ -166,6 +170,9 @@ def libvirt_domain(spec: Spec, *, accel: Accel, vhost_net: bool) -> Export:
         _share(devices, share, notes)
     for vfio in spec.vfio:
         _vfio(devices, vfio)
+    # vmrun runs qemu with -nodefaults; libvirt would otherwise add a USB controller and a memory balloon.
+    _sub(devices, "controller", type="usb", model="none")
+    _sub(devices, "memballoon", model="none")
     _sub(devices, "serial", type="pty")
     _sub(devices, "console", type="pty")
     if spec.agent.enabled:

@@ -13,7 +13,9 @@ import pwd
 import re
 import resource
 import stat
+import threading
 import time
+import zlib
 from pathlib import Path
 
 import attrs
@@ -203,15 +205,15 @@ class Host:
     def remove_file(self, host_path: str | Path) -> None:
         self.path(host_path).unlink(missing_ok=True)
 
-    def run(self, argv: list[str], *, timeout: float = 60) -> str:
-        """A host tool that acts on the kernel or the user database (ip, qemu-img, useradd)."""
+    def run(self, argv: list[str], *, timeout: float = 60, stdin: str | None = None) -> str:
+        """A host tool that acts on the kernel, the user database or a daemon (ip, qemu-img, useradd, virsh)."""
         import subprocess
 
         if self.is_fake:
             # Reads came from the fake tree; the tool would change this machine instead.
             raise HostCommandError(f"not run against the host tree {self.root}: use --dry-run to see the plan")
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise HostCommandError(f"{argv[0]}: {exc}") from exc
         if result.returncode != 0:
@@ -338,7 +340,8 @@ class Host:
     def _qemu_capabilities(self, program: Path, cache_dir: Path) -> QemuCapabilities:
         stat = program.stat()
         key = f"{program}:{stat.st_size}:{stat.st_mtime_ns}"
-        cache_file = cache_dir / "qemu-capabilities.json"
+        # One file per program, so probing several (a test's fake qemu, a second install) does not thrash.
+        cache_file = cache_dir / f"qemu-capabilities-{zlib.crc32(str(program).encode()):08x}.json"
         try:
             cached = json.loads(cache_file.read_text())
             if cached.get("key") == key:
@@ -346,10 +349,14 @@ class Host:
         except (OSError, ValueError, TypeError):
             pass
         capabilities = parse_qemu_help(self._qemu_help(program))
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"key": key, "capabilities": attrs.asdict(capabilities)}))
-        temporary.replace(cache_file)
+        try:  # the cache only saves time: failing to write it changes nothing else
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            # One temporary per thread: `up DIR` probes from several threads of one process at once.
+            temporary = cache_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            temporary.write_text(json.dumps({"key": key, "capabilities": attrs.asdict(capabilities)}))
+            temporary.replace(cache_file)
+        except OSError:
+            pass
         return capabilities
 
     @staticmethod

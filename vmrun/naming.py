@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 from vmrun.spec import Nic, Spec
 
@@ -42,6 +43,11 @@ def mac_address(spec: Spec, nic: Nic) -> str:
         return nic.mac.lower()
     digest = _digest(spec.name, nic.id)
     return "52:54:00:" + ":".join(digest[i : i + 2] for i in (0, 2, 4))
+
+
+def domain_uuid(spec: Spec) -> str:
+    """Stable per VM name: defining an updated libvirt export replaces the domain instead of clashing with it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vmrun:{spec.name}"))
 
 
 def pci_address(address: str) -> str | None:
