@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make demo` and `make test`. Both set the host up first.
-.PHONY: setup guest debian-image demo test lint bench
+.PHONY: setup guest debian-image demo test fuzz lint bench
 
 setup:
 	integration/setup-host
@@ -15,6 +15,12 @@ demo: guest
 
 test: guest debian-image
 	.venv/bin/pytest tests integration
+
+# Thousands of generated specs through the CLI (0 tracebacks, exits 0/2/3 only), and 2,000 valid specs
+# started in real qemu; `make test` runs a sample of both.
+fuzz: guest
+	VMRUN_FUZZ_EXAMPLES=10000 .venv/bin/pytest tests/test_fuzz.py -q -p no:cacheprovider
+	VMRUN_ORACLE_EXAMPLES=2000 .venv/bin/pytest integration/test_qemu_oracle.py -q -p no:cacheprovider
 
 lint: setup
 	.venv/bin/ruff check .

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from vmrun.check import check_spec, validate
+from vmrun.check import check_spec, load_valid_spec, validate, validate_document
 from vmrun.errors import SpecError
 from vmrun.load import parse_spec
 from vmrun.naming import tap_name
@@ -142,12 +142,19 @@ def test_vfio_addresses_are_checked_and_deduplicated_after_normalizing() -> None
     assert check(data) == ["vfio[1].host: PCI device '0000:01:00.0' is already used by vfio[0].host"]
 
 
-def test_two_writable_disks_on_one_path_are_refused_but_readonly_copies_are_fine() -> None:
+def test_an_image_written_by_one_disk_is_used_by_no_other_but_readonly_copies_are_fine() -> None:
     data = add("disks", {"id": "again", "path": "root.qcow2"})
     assert check(data) == [
         "disks[1].path: writable disk image '/specs/root.qcow2' is already used by disks[0].path"
     ]
-    assert check(add("disks", {"id": "again", "path": "root.qcow2", "readonly": True})) == []
+    # qemu: Failed to get shared "write" lock
+    assert check(add("disks", {"id": "again", "path": "root.qcow2", "readonly": True})) == [
+        "disks[1].path: disk image '/specs/root.qcow2' is already used writable by disks[0].path "
+        "(hint: qemu locks an image it writes: make both read-only)"
+    ]
+    data = with_("disks", 0, readonly=True)
+    data["disks"] += [{"id": "again", "path": "root.qcow2", "readonly": True}, {"id": "rw", "path": "root.qcow2"}]
+    assert check(data) == ["disks[2].path: writable disk image '/specs/root.qcow2' is already used by disks[0].path"]
 
 
 def test_disk_option_combinations() -> None:
@@ -223,4 +230,129 @@ def test_cloud_init_meta_data_and_the_seeds_reserved_id() -> None:
     assert check(data) == [
         "disks[1].id: 'cidata' is reserved for vmrun's own devices (hint: choose another id)",
         "cloud_init.meta_data.local-hostname: is empty",
+    ]
+
+
+# --- what qemu would refuse: block node names, vCPUs, memory, sizes, durations ------------------------
+
+
+def test_disk_ids_whose_block_node_names_exceed_qemus_31_characters() -> None:
+    assert check(with_("disks", 0, id="d" * 26)) == []  # "<id>-file" is 31 characters
+    assert check(with_("disks", 0, id="d" * 27)) == [
+        f"disks[0].id: block node name '{'d' * 27}-file' is longer than qemu's 31 characters "
+        "(hint: use a disk id of at most 26 characters)"
+    ]
+    # A passthrough disk has one node, named after its id.
+    assert check(add("disks", {"id": "p" * 31, "path": "/dev/sdb", "passthrough": True})) == []
+
+
+def test_block_node_names_are_unique_across_disks_and_firmware() -> None:
+    data = with_("disks", 0, id="root-file")
+    data["disks"].append({"id": "root", "path": "other.raw"})
+    assert check(data) == [
+        "disks[1].id: block node name 'root-file' is already used by disks[0].id ('root-file') "
+        "(hint: rename this disk)"
+    ]
+    uefi = {**with_("disks", 0, id="pflash0"), "boot": {"disk": "pflash0", "firmware": "uefi"}}
+    assert check(uefi) == [
+        "disks[0].id: block node name 'pflash0' is already used by the UEFI firmware's drives (hint: rename this disk)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("machine", "expected"),
+    [
+        ({"cpus": 288}, []),
+        ({"cpus": 289}, ["machine.cpus: 289 vCPUs exceed the 288 qemu supports on machine q35"]),
+        ({"type": "pc-q35-7.2", "cpus": 289},
+         ["machine.cpus: 289 vCPUs exceed the 288 qemu supports on machine pc-q35-7.2"]),
+        ({"type": "pc-q35-2.7", "cpus": 256},
+         ["machine.cpus: 256 vCPUs exceed the 255 qemu supports on machine pc-q35-2.7"]),
+        ({"type": "pc-q35-8.2", "cpus": 1024}, []),
+        ({"type": "pc-q35-8.2", "cpus": 1025},
+         ["machine.cpus: 1025 vCPUs exceed the 1024 qemu supports on machine pc-q35-8.2"]),
+        ({"type": "pc-q35-10.1", "cpus": 4096}, []),
+        ({"type": "pc-i440fx-9.2", "cpus": 256},
+         ["machine.cpus: 256 vCPUs exceed the 255 qemu supports on machine pc-i440fx-9.2"]),
+        ({"type": "pc", "cpus": 256}, ["machine.cpus: 256 vCPUs exceed the 255 qemu supports on machine pc"]),
+        ({"type": "virt", "cpus": 256}, ["machine.cpus: 256 vCPUs exceed the 255 qemu supports on machine virt"]),
+        ({"cpus": 2**63 - 1},
+         [f"machine.cpus: {2**63 - 1} vCPUs exceed the 288 qemu supports on machine q35"]),
+        ({"accel": "tcg", "cpus": 256},
+         ["machine.cpus: 256 vCPUs exceed the 255 qemu runs under TCG (hint: more need KVM's in-kernel irqchip)"]),
+        ({"memory": "16T"}, []),
+        ({"memory": "17T"}, ["machine.memory: must be at most 16T, got 17T"]),
+        ({"memory": 2**62}, [f"machine.memory: must be at most 16T, got {2**42}T"]),
+        ({"memory": -1}, ["machine.memory: must be at least 16M, got -1048576 bytes"]),
+        ({"accel": "tcg", "memory": "960G"}, []),
+        ({"accel": "tcg", "memory": "961G"},
+         ["machine.memory: 961G exceeds the 960G qemu gives a TCG guest (40 physical address bits) "
+          "(hint: more needs KVM)"]),
+    ],
+)
+def test_machine_limits(machine: dict[str, Any], expected: list[str]) -> None:
+    data = with_("machine", **machine)
+    data["nics"][0]["queues"] = 1
+    assert check(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ("1T", []),
+        (0, "disks[0].size: must be larger than 0"),
+        (-1, "disks[0].size: must be larger than 0"),
+        ("1025T", "disks[0].size: must be at most 1024T, got 1025T"),
+        ("1536K", []),
+    ],
+)
+def test_disk_sizes(size: object, expected: str | list[str]) -> None:
+    assert check(with_("disks", 0, size=size)) == ([expected] if isinstance(expected, str) else expected)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"),
+    [
+        ("24h", []),
+        ("1441m", ["must be at most 24h, got 1441m"]),
+        (86401, ["must be at most 24h, got 86401s"]),
+        ("500ms", []),
+        (-5, ["must be longer than 0s"]),
+    ],
+)
+def test_durations_are_bounded(timeout: object, expected: list[str]) -> None:
+    data = {**good(), "agent": {"timeout": timeout}, "post_boot": [{"run": ["true"], "timeout": timeout}]}
+    assert check(data) == [f"agent.timeout: {e}" for e in expected] + [f"post_boot[0].timeout: {e}" for e in expected]
+
+
+def test_one_structural_mistake_does_not_hide_the_semantic_ones_of_other_sections(tmp_path: Path) -> None:
+    spec = tmp_path / "db.toml"
+    spec.write_text(GOOD_SPEC.replace('[machine]\n', '[machine]\naccel = "kvmm"\n')
+                    .replace('id = "data"', 'id = "Data"').replace('host = "01:00.0"', 'host = "nope"')
+                    + '\n[agent]\ntimeout = "25h"\n')
+    with pytest.raises(SpecError) as caught:
+        load_valid_spec(spec)
+    assert caught.value.lines() == [
+        f"{spec}: machine.accel: must be one of auto, kvm, tcg, got 'kvmm'",
+        f"{spec}: shares[0].id: 'Data' is not a valid id (hint: use a-z, then up to 30 of a-z 0-9 _ -)",
+        f"{spec}: vfio[0].host: 'nope' is not a PCI address (hint: write it as 0000:01:00.0)",
+        f"{spec}: agent.timeout: must be at most 24h, got 25h",
+    ]
+
+
+def test_checks_that_need_a_section_which_did_not_structure_stay_silent() -> None:
+    # Without a structured name, boot section and machine, derived taps, "nothing to boot" and the queue
+    # limit (cpus would read as the default 1) would be mistakes the user did not make.
+    data = {**good(), "name": 5, "boot": {"kernel": 1}, "machine": {"cpus": "4"}}
+    data["nics"][0]["queues"] = 0
+    data["disks"][0]["id"] = "d" * 27
+    with pytest.raises(SpecError) as caught:
+        validate_document(data, source="t", base=Path("/"))
+    assert [str(problem) for problem in caught.value.problems] == [
+        "name: expected a string, got an integer (5)",
+        "machine.cpus: expected an integer, got a string ('4')",
+        "boot.kernel: expected a string, got an integer (1)",
+        f"disks[0].id: block node name '{'d' * 27}-file' is longer than qemu's 31 characters "
+        "(hint: use a disk id of at most 26 characters)",
+        "nics[0].queues: must be at least 1, got 0",
     ]

@@ -138,3 +138,13 @@ def test_systemd_unit_supervises_qemu_through_its_pidfile() -> None:
 @pytest.mark.parametrize("index", [0, 25, 26, 701])
 def test_scsi_target_names_follow_the_kernel(index: int) -> None:
     assert scsi_disk_name(index) == {0: "sda", 25: "sdz", 26: "sdaa", 701: "sdzz"}[index]
+
+
+def test_systemd_start_timeout_is_whole_seconds_for_the_longest_valid_waits() -> None:
+    data = tomllib.loads(GOOD_SPEC)
+    data["agent"] = {"timeout": "24h"}
+    data["post_boot"] = [{"run": ["true"], "timeout": "24h"}, {"run": ["true"], "timeout": "500ms"}]
+    spec = validate(parse_spec(data, source="t", base=Path("/")), "t")
+    unit = systemd_unit(spec, spec_path=Path("/specs/web.toml"), vmrun=Path("/usr/bin/vmrun"),
+                        run_dir=Path("/run/vmrun/web")).text
+    assert f"TimeoutStartSec={2 * 86400 + 120}\n" in unit  # agent + hooks + 120 s for qemu, rounded down

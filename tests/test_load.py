@@ -132,3 +132,17 @@ def test_vhost_booleans(tmp_path: Path) -> None:
         {"name": "x", "nics": [{"id": "a", "vhost": True}, {"id": "b", "vhost": False}]}, source="x", base=tmp_path
     )
     assert [nic.vhost for nic in spec.nics] == [Vhost.ON, Vhost.OFF]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"),
+    [
+        ("nan", "expected a finite duration, got nan"),
+        ("inf", "expected a finite duration, got inf"),
+        ("-inf", "expected a finite duration, got -inf"),
+        ('"' + "9" * 400 + 's"', f"expected a finite duration, got '{'9' * 400}s'"),
+    ],
+)
+def test_durations_must_be_finite(tmp_path: Path, timeout: str, expected: str) -> None:
+    text = f'name = "x"\n[agent]\ntimeout = {timeout}\n[[post_boot]]\nrun = ["true"]\ntimeout = {timeout}\n'
+    assert problems(text, tmp_path) == [f"agent.timeout: {expected}", f"post_boot[0].timeout: {expected}"]

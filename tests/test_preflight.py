@@ -503,6 +503,26 @@ def test_fake_host_with_kvm_intel_gets_kvm(tmp_path: Path) -> None:
     assert (str(plan.accel.accel), plan.accel.reason) == ("kvm", "auto: /dev/kvm is usable (kvm_intel loaded)")
 
 
+def test_fake_host_without_kvm_refuses_what_only_kvm_runs_when_auto_gets_tcg(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    add_kvm(host.root, modules=["kvm", "kvm_pvm"], cpu_flags="fpu sse2 hypervisor")
+    facts = gather_facts(host, "/nonexistent/qemu")
+    plan = plan_for(make_spec(machine={"cpu_model": "host", "cpus": 256, "memory": "1T"}), host, facts)
+    reason = plan.accel.reason
+    assert [check.message for check in plan.checks if check.name == "accelerator"] == [
+        f'machine.cpu_model = "host" needs KVM, but this host gets TCG ({reason}): '
+        "set accel = kvm on a host with hardware virtualization, or drop cpu_model",
+        f"machine.cpus: 256 vCPUs exceed the 255 qemu runs under TCG, but this host gets TCG ({reason}): "
+        "more need KVM's in-kernel irqchip",
+        f"machine.memory: 1T exceeds the 960G qemu gives a TCG guest (40 physical address bits), but this host "
+        f"gets TCG ({reason}): more needs KVM",
+    ]
+    assert all(check.status is Status.FAIL for check in plan.checks if check.name == "accelerator")
+    add_kvm(host.root, modules=["kvm", "kvm_intel"], cpu_flags="fpu vmx")
+    kvm = plan_for(make_spec(machine={"cpu_model": "host"}), host, gather_facts(host, "/nonexistent/qemu"))
+    assert [check.status for check in kvm.checks if check.name == "accelerator"] == [Status.OK]
+
+
 # --- shares ---------------------------------------------------------------------------------------
 
 

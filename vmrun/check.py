@@ -5,16 +5,36 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from vmrun.errors import Problem, SpecError
+from vmrun.load import read_document, spec_base, structure_spec
 from vmrun.naming import IFNAMSIZ, VM_NAME_RULE, is_vm_name, mac_address, pci_address, tap_name
-from vmrun.spec import Accel, Aio, Cache, Disk, DiskFormat, Spec
-from vmrun.units import MIB
+from vmrun.spec import Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
+from vmrun.units import GIB, MIB, TIB, format_duration, format_size
 
 MAX_QUEUE_PAIRS = 256  # the Linux tap driver's limit (QEMU allows 511)
 MAX_SCSI_TARGETS = 256
 MAX_MOUNT_TAG_BYTES = 31
+MAX_NODE_NAME = 31  # qemu's block node names live in a char[32] (block_int-common.h)
 MIN_MEMORY = 16 * MIB
+# KVM's -cpu host gets the host's physical address bits (46 on common servers: 64 TiB, holes included);
+# 16 TiB is what vmrun promises qemu takes there.
+MAX_MEMORY = 16 * TIB
+# TCG's CPUs have 40 physical address bits (1 TiB) that also hold the PCI holes: qemu 7.2 refuses more
+# than 978G on q35 ("phys-bits too low (40)"), measured here; 960G leaves a margin for pc.
+MAX_TCG_MEMORY = 960 * GIB
+MAX_DISK_SIZE = 1024 * TIB  # qcow2 with 64 KiB clusters addresses at most 2 PiB; raw files stop sooner
+MAX_DURATION = 24 * 3600.0
+# vCPUs qemu accepts per machine type (its error: "The max CPUs supported by machine ... is N").
+# pc-q35-X.Y by version: up to 2.7 255, from 2.8 288, from 8.0 1024, from 9.0 4096 (QEMU's commits and
+# qemu-devel, 2024). The bare alias q35 means the newest q35 of the installed qemu, which vmrun cannot know
+# without running it: it gets 288, qemu 7.2's (Debian 12). pc (i440fx) is 255 in every version.
+Q35_MAX_CPUS = ((9, 0, 4096), (8, 0, 1024), (2, 8, 288), (0, 0, 255))
+MAX_CPUS = {"q35": 288, "pc": 255}
+DEFAULT_MAX_CPUS = 255  # a machine type vmrun has no figure for: the xAPIC limit every x86 machine has
+# Above 255 vCPUs qemu 7.2 needs x2APIC with KVM's in-kernel irqchip, which TCG lacks.
+MAX_TCG_CPUS = 255
 
 _DEVICE_ID = re.compile(r"[a-z][a-z0-9_-]{0,30}")
 _MACHINE_TYPE = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -23,6 +43,8 @@ _MAC = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Ids vmrun gives its own devices and chardevs; a user device may not take them.
 RESERVED_IDS = frozenset({"scsi0", "vser0", "qga0", "qga0-port", "qmp", "serial0", "cidata"})
+# qemu names the -drive if=pflash backends pflash0 and pflash1; a block node may not take their names.
+_FIRMWARE_DRIVES = ("pflash0", "pflash1")
 # Values QEMU treats as a request for help instead of a value.
 _QEMU_HELP_WORDS = frozenset({"help", "?"})
 
@@ -34,16 +56,62 @@ def check_name(spec: Spec) -> Iterator[Problem]:
         yield Problem("name", f"{spec.name!r} is not a valid VM name", VM_NAME_RULE)
 
 
+def max_cpus(machine_type: str) -> int:
+    versioned = re.fullmatch(r"pc-q35-(\d+)\.(\d+)", machine_type)
+    if versioned:
+        version = (int(versioned[1]), int(versioned[2]))
+        return next(limit for major, minor, limit in Q35_MAX_CPUS if version >= (major, minor))
+    if machine_type.startswith("pc-i440fx-"):
+        return MAX_CPUS["pc"]
+    return MAX_CPUS.get(machine_type, DEFAULT_MAX_CPUS)
+
+
+def _tcg_cpus_problem(machine: Machine) -> Problem | None:
+    if machine.cpus <= MAX_TCG_CPUS:
+        return None
+    return Problem("machine.cpus", f"{machine.cpus} vCPUs exceed the {MAX_TCG_CPUS} qemu runs under TCG",
+                   "more need KVM's in-kernel irqchip")
+
+
+def _tcg_memory_problem(machine: Machine) -> Problem | None:
+    if machine.memory <= MAX_TCG_MEMORY:
+        return None
+    return Problem("machine.memory", f"{format_size(machine.memory)} exceeds the {format_size(MAX_TCG_MEMORY)} "
+                   "qemu gives a TCG guest (40 physical address bits)", "more needs KVM")
+
+
+def tcg_limits(machine: Machine) -> list[Problem]:
+    """What qemu refuses under TCG though KVM takes it: validate checks it for accel = "tcg", preflight
+    for accel = "auto" on a host that gets TCG."""
+    return [problem for problem in (_tcg_cpus_problem(machine), _tcg_memory_problem(machine)) if problem]
+
+
+def _cpus_problem(machine: Machine) -> Problem | None:
+    limit = max_cpus(machine.type)
+    if machine.cpus < 1:
+        return Problem("machine.cpus", f"must be at least 1, got {machine.cpus}")
+    if machine.cpus > limit:
+        return Problem("machine.cpus", f"{machine.cpus} vCPUs exceed the {limit} qemu supports on machine "
+                       f"{machine.type}")
+    return _tcg_cpus_problem(machine) if machine.accel is Accel.TCG else None
+
+
+def _memory_problem(machine: Machine) -> Problem | None:
+    if machine.memory < MIN_MEMORY:
+        return Problem("machine.memory", f"must be at least 16M, got {machine.memory} bytes")
+    if machine.memory > MAX_MEMORY:
+        return Problem("machine.memory", f"must be at most {format_size(MAX_MEMORY)}, "
+                       f"got {format_size(machine.memory)}")
+    if machine.memory % MIB:
+        return Problem("machine.memory", "must be a whole number of MiB")
+    return _tcg_memory_problem(machine) if machine.accel is Accel.TCG else None
+
+
 def check_machine(spec: Spec) -> Iterator[Problem]:
     machine = spec.machine
     if not _MACHINE_TYPE.fullmatch(machine.type) or machine.type in _QEMU_HELP_WORDS:
         yield Problem("machine.type", f"{machine.type!r} is not a machine type name", "e.g. q35 or pc-q35-7.2")
-    if machine.cpus < 1:
-        yield Problem("machine.cpus", f"must be at least 1, got {machine.cpus}")
-    if machine.memory < MIN_MEMORY:
-        yield Problem("machine.memory", f"must be at least 16M, got {machine.memory} bytes")
-    elif machine.memory % MIB:
-        yield Problem("machine.memory", "must be a whole number of MiB")
+    yield from (problem for problem in (_cpus_problem(machine), _memory_problem(machine)) if problem)
     cpu_model = machine.cpu_model
     if cpu_model is not None:
         if not _CPU_MODEL.fullmatch(cpu_model) or cpu_model in _QEMU_HELP_WORDS:
@@ -92,8 +160,11 @@ def check_boot(spec: Spec) -> Iterator[Problem]:
         for key in ("initrd", "append"):
             if getattr(boot, key) is not None:
                 yield Problem(f"boot.{key}", "only applies with boot.kernel")
-    if boot.disk is not None and boot.disk not in {disk.id for disk in spec.disks}:
-        yield Problem("boot.disk", f"no disk has id {boot.disk!r}")
+
+
+def check_boot_disk(spec: Spec) -> Iterator[Problem]:
+    if spec.boot.disk is not None and spec.boot.disk not in {disk.id for disk in spec.disks}:
+        yield Problem("boot.disk", f"no disk has id {spec.boot.disk!r}")
 
 
 def check_disks(spec: Spec) -> Iterator[Problem]:
@@ -110,10 +181,9 @@ def check_disks(spec: Spec) -> Iterator[Problem]:
             yield Problem(f"{path}.size", "vmrun does not create passthrough disks (they are host block devices)")
         if disk.aio is Aio.NATIVE and disk.cache not in (Cache.NONE, Cache.DIRECTSYNC):
             yield Problem(f"{path}.aio", 'aio = "native" needs cache = "none" or "directsync" (O_DIRECT)')
-        if disk.size is not None and disk.size % 512:
-            yield Problem(f"{path}.size", "must be a multiple of 512 bytes")
-    writable = ((f"disks[{i}].path", str(d.path)) for i, d in enumerate(spec.disks) if not d.readonly)
-    yield from _duplicates(writable, "writable disk image")
+        if disk.size is not None:
+            yield from _size_problems(disk.size, f"{path}.size")
+    yield from _shared_images(spec)
     paths = {str(disk.path): f"disks[{index}].path" for index, disk in enumerate(spec.disks) if not disk.readonly}
     for index, disk in enumerate(spec.disks):
         if disk.base is not None and str(disk.base) in paths:
@@ -121,6 +191,56 @@ def check_disks(spec: Spec) -> Iterator[Problem]:
                           "a base image must never be written")
 
 
+def _shared_images(spec: Spec) -> Iterator[Problem]:
+    """qemu locks an image it writes: no other disk may open it, read-only or not."""
+    first_use: dict[str, str] = {}
+    writable_use: dict[str, str] = {}
+    for index, disk in enumerate(spec.disks):
+        image, here = str(disk.path), f"disks[{index}].path"
+        if not disk.readonly and image in first_use:
+            yield Problem(here, f"writable disk image {image!r} is already used by {first_use[image]}")
+        elif disk.readonly and image in writable_use:
+            yield Problem(here, f"disk image {image!r} is already used writable by {writable_use[image]}",
+                          "qemu locks an image it writes: make both read-only")
+        first_use.setdefault(image, here)
+        if not disk.readonly:
+            writable_use.setdefault(image, here)
+
+
+def _size_problems(size: int, path: str) -> Iterator[Problem]:
+    if size <= 0:
+        yield Problem(path, "must be larger than 0")
+    elif size > MAX_DISK_SIZE:
+        yield Problem(path, f"must be at most {format_size(MAX_DISK_SIZE)}, got {format_size(size)}")
+    elif size % 512:
+        yield Problem(path, "must be a multiple of 512 bytes")
+
+
+def node_names(disk: Disk) -> tuple[str, ...]:
+    """The block node names render gives a disk: the format node is the id, a file node under it "<id>-file"."""
+    return (disk.id,) if disk.passthrough else (f"{disk.id}-file", disk.id)
+
+
+def check_node_names(spec: Spec) -> Iterator[Problem]:
+    """qemu's block node names are at most 31 characters, and one namespace holds them and the firmware's drives.
+
+    Ids that are not valid ids are check_ids' to report.
+    """
+    # Reserved under BIOS too: a spec that switches to UEFI should not start failing in qemu.
+    taken: dict[str, str] = dict.fromkeys(_FIRMWARE_DRIVES, "the UEFI firmware's drives")
+    for index, disk in enumerate(spec.disks):
+        if not _DEVICE_ID.fullmatch(disk.id):
+            continue
+        path, names = f"disks[{index}].id", node_names(disk)
+        longest = max(names, key=len)
+        clash = next((name for name in names if name in taken), None)
+        if len(longest) > MAX_NODE_NAME:
+            room = MAX_NODE_NAME - (len(longest) - len(disk.id))
+            yield Problem(path, f"block node name {longest!r} is longer than qemu's {MAX_NODE_NAME} characters",
+                          f"use a disk id of at most {room} characters")
+        elif clash is not None:
+            yield Problem(path, f"block node name {clash!r} is already used by {taken[clash]}", "rename this disk")
+        taken.update(dict.fromkeys(names, f"{path} ({disk.id!r})"))
 def _check_overlay(disk: Disk, path: str) -> Iterator[Problem]:
     if disk.base is None:
         if disk.ephemeral:
@@ -131,6 +251,8 @@ def _check_overlay(disk: Disk, path: str) -> Iterator[Problem]:
     elif disk.format is not DiskFormat.QCOW2:
         yield Problem(f"{path}.format", f'an overlay on base is a qcow2 image: format must be "qcow2", not '
                                         f'"{disk.format}"')
+
+
 
 
 def _interface_name_problem(name: str) -> str | None:
@@ -147,17 +269,6 @@ def _interface_name_problem(name: str) -> str | None:
 def check_nics(spec: Spec) -> Iterator[Problem]:
     for index, nic in enumerate(spec.nics):
         path = f"nics[{index}]"
-        if nic.queues < 1:
-            yield Problem(f"{path}.queues", f"must be at least 1, got {nic.queues}")
-        elif spec.machine.cpus >= 1 and nic.queues > min(spec.machine.cpus, MAX_QUEUE_PAIRS):
-            limit = (
-                f"machine.cpus ({spec.machine.cpus})" if spec.machine.cpus <= MAX_QUEUE_PAIRS
-                else f"the tap driver's limit ({MAX_QUEUE_PAIRS})"
-            )
-            yield Problem(
-                f"{path}.queues", f"{nic.queues} queue pairs exceed {limit}",
-                "more queue pairs than vCPUs bring nothing",
-            )
         for key in ("tap", "bridge"):
             name = getattr(nic, key)
             problem = None if name is None else _interface_name_problem(name)
@@ -170,6 +281,27 @@ def check_nics(spec: Spec) -> Iterator[Problem]:
                 yield Problem(f"{path}.mac", f"{nic.mac} is a multicast address", "the first octet must be even")
             elif int(nic.mac.replace(":", ""), 16) == 0:
                 yield Problem(f"{path}.mac", "00:00:00:00:00:00 is not a usable address")
+
+
+def check_queue_count(spec: Spec) -> Iterator[Problem]:
+    for index, nic in enumerate(spec.nics):
+        if nic.queues < 1:
+            yield Problem(f"nics[{index}].queues", f"must be at least 1, got {nic.queues}")
+
+
+def check_queue_limit(spec: Spec) -> Iterator[Problem]:
+    cpus = spec.machine.cpus
+    limit = f"machine.cpus ({cpus})" if cpus <= MAX_QUEUE_PAIRS else f"the tap driver's limit ({MAX_QUEUE_PAIRS})"
+    for index, nic in enumerate(spec.nics):
+        if cpus >= 1 and nic.queues > min(cpus, MAX_QUEUE_PAIRS):
+            yield Problem(
+                f"nics[{index}].queues", f"{nic.queues} queue pairs exceed {limit}",
+                "more queue pairs than vCPUs bring nothing",
+            )
+
+
+def check_derived_names(spec: Spec) -> Iterator[Problem]:
+    """Taps and MACs left out of the spec are derived from the VM's name: each must still be unique."""
     yield from _duplicates(((f"nics[{i}].tap", tap_name(spec, n)) for i, n in enumerate(spec.nics)), "tap")
     yield from _duplicates(((f"nics[{i}].mac", mac_address(spec, n)) for i, n in enumerate(spec.nics)), "MAC")
 
@@ -195,16 +327,21 @@ def check_vfio(spec: Spec) -> Iterator[Problem]:
     yield from _duplicates(addresses, "PCI device")
 
 
+def _duration_problems(seconds: float, path: str) -> Iterator[Problem]:
+    if seconds <= 0:
+        yield Problem(path, "must be longer than 0s")
+    elif seconds > MAX_DURATION:
+        yield Problem(path, f"must be at most {format_duration(MAX_DURATION)}, got {format_duration(seconds)}")
+
+
 def check_agent_and_hooks(spec: Spec) -> Iterator[Problem]:
-    if spec.agent.timeout <= 0:
-        yield Problem("agent.timeout", "must be longer than 0s")
+    yield from _duration_problems(spec.agent.timeout, "agent.timeout")
     if spec.post_boot and not spec.agent.enabled:
         yield Problem("post_boot", "post_boot hooks run over the guest agent", "set agent.enabled = true")
     for index, hook in enumerate(spec.post_boot):
         if not hook.run:
             yield Problem(f"post_boot[{index}].run", "is empty", 'e.g. run = ["/bin/sh", "-c", "..."]')
-        if hook.timeout <= 0:
-            yield Problem(f"post_boot[{index}].timeout", "must be longer than 0s")
+        yield from _duration_problems(hook.timeout, f"post_boot[{index}].timeout")
 
 
 def check_cloud_init(spec: Spec) -> Iterator[Problem]:
@@ -224,23 +361,33 @@ def check_host_and_qemu(spec: Spec) -> Iterator[Problem]:
         yield Problem("qemu.binary", "must not be empty")
 
 
-CHECKS: tuple[Check, ...] = (
-    check_name,
-    check_machine,
-    check_ids,
-    check_boot,
-    check_disks,
-    check_nics,
-    check_shares,
-    check_vfio,
-    check_cloud_init,
-    check_agent_and_hooks,
-    check_host_and_qemu,
+# Each check with the sections it cannot do without. A section that failed to structure is left at its
+# default, and some defaults would make a check report a mistake the user did not make: an absent boot
+# section has nothing to boot, and a placeholder name derives other tap names. Checks that only look at the
+# devices that are there run whatever failed.
+CHECKS: tuple[tuple[Check, frozenset[str]], ...] = (
+    (check_name, frozenset({"name"})),
+    (check_machine, frozenset({"machine"})),
+    (check_ids, frozenset()),
+    (check_boot, frozenset({"boot"})),
+    (check_boot_disk, frozenset({"boot", "disks"})),
+    (check_disks, frozenset()),
+    (check_node_names, frozenset()),
+    (check_queue_count, frozenset()),
+    (check_queue_limit, frozenset({"machine"})),
+    (check_nics, frozenset()),
+    (check_derived_names, frozenset({"name"})),
+    (check_shares, frozenset()),
+    (check_vfio, frozenset()),
+    (check_cloud_init, frozenset()),
+    (check_agent_and_hooks, frozenset()),
+    (check_host_and_qemu, frozenset()),
 )
 
 
-def check_spec(spec: Spec) -> list[Problem]:
-    return [problem for check in CHECKS for problem in check(spec)]
+def check_spec(spec: Spec, *, failed: frozenset[str] = frozenset()) -> list[Problem]:
+    """Every problem the checks find; those that need a section in ``failed`` (it did not structure) skip."""
+    return [problem for check, needs in CHECKS if not needs & failed for problem in check(spec)]
 
 
 def validate(spec: Spec, source: str | Path, *, more: Iterable[Problem] = ()) -> Spec:
@@ -249,3 +396,25 @@ def validate(spec: Spec, source: str | Path, *, more: Iterable[Problem] = ()) ->
     if problems:
         raise SpecError(str(source), problems)
     return spec
+
+
+# More checks a caller adds, such as the seed files [cloud_init] names (they read files, which this module does not).
+MoreChecks = Callable[[Spec], Iterable[Problem]]
+
+
+def validate_document(
+    data: dict[str, Any], *, source: str, base: Path, more: MoreChecks | None = None
+) -> Spec:
+    """Structure and check TOML data: structural mistakes and the semantic ones of every section that
+    structured, all in one SpecError. ``more`` runs only when the whole spec structured."""
+    structured = structure_spec(data, base=base)
+    problems = [*structured.problems, *check_spec(structured.spec, failed=structured.failed)]
+    if more is not None and not structured.failed:
+        problems += more(structured.spec)
+    if problems:
+        raise SpecError(source, problems)
+    return structured.spec
+
+
+def load_valid_spec(path: Path, source: str | None = None, *, more: MoreChecks | None = None) -> Spec:
+    return validate_document(read_document(path), source=source or str(path), base=spec_base(path), more=more)

@@ -37,12 +37,10 @@ def say(message: str) -> None:
 
 
 def load_valid_spec(path: str) -> Spec:
-    from vmrun.check import validate
+    from vmrun import check
     from vmrun.cloudinit import seed_file_problems
-    from vmrun.load import load_spec
 
-    spec = load_spec(Path(path))
-    return validate(spec, path, more=seed_file_problems(spec))
+    return check.load_valid_spec(Path(path), path, more=seed_file_problems)
 
 
 def host_of(args: argparse.Namespace) -> Host:

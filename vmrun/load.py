@@ -10,9 +10,9 @@ import enum
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
@@ -198,6 +198,8 @@ def make_converter() -> cattrs.Converter:
 
 
 converter = make_converter()
+# The type of each top-level section, resolved once (the spec's annotations are strings).
+_SECTION_TYPES: dict[str, Any] = get_type_hints(Spec)
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -211,11 +213,11 @@ def _join(path: str, step: str | int) -> str:
     return f"{path}.{step}" if path else step
 
 
-def _unknown_key_problems(exc: ForbiddenExtraKeysError, path: str) -> Iterator[Problem]:
+def _unknown_key_problems(cls: type, extra_keys: Iterable[str], path: str) -> Iterator[Problem]:
     import difflib  # only when there is a mistake to explain
 
-    known = [field.name for field in attrs.fields(exc.cl)]
-    for key in sorted(exc.extra_fields):
+    known = [field.name for field in attrs.fields(cls)]
+    for key in sorted(extra_keys):
         near = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(known)}"
         yield Problem(_join(path, key), "unknown key", hint)
@@ -223,7 +225,7 @@ def _unknown_key_problems(exc: ForbiddenExtraKeysError, path: str) -> Iterator[P
 
 def _problems(exc: BaseException, path: str = "") -> Iterator[Problem]:
     if isinstance(exc, ForbiddenExtraKeysError):
-        yield from _unknown_key_problems(exc, path)
+        yield from _unknown_key_problems(exc.cl, exc.extra_fields, path)
     elif isinstance(exc, BaseValidationError):
         for child in exc.exceptions:
             yield from _problems(child, _child_path(child, path))
@@ -274,16 +276,45 @@ def normalize(spec: Spec, base: Path) -> Spec:
     )
 
 
+@attrs.frozen
+class Structured:
+    """A spec structured section by section (top-level key by key), so one bad section does not hide the
+    others from the semantic checks. A section that failed is left at its default and named in ``failed``."""
+
+    spec: Spec
+    problems: tuple[Problem, ...]
+    failed: frozenset[str]
+
+
+def structure_spec(data: dict[str, Any], *, base: Path) -> Structured:
+    sections, problems, failed = {}, [], set()
+    for field in attrs.fields(Spec):
+        if field.name not in data:
+            if field.default is attrs.NOTHING:
+                problems.append(Problem(field.name, "required key is missing"))
+                failed.add(field.name)
+            continue
+        try:
+            sections[field.name] = converter.structure(data[field.name], _SECTION_TYPES[field.name])
+        except Exception as exc:  # noqa: BLE001 - cattrs reports every structural mistake as exceptions
+            problems += _problems(exc, field.name)
+            failed.add(field.name)
+    problems += _unknown_key_problems(Spec, data.keys() - _SECTION_TYPES.keys(), "")
+    # A name that failed is a placeholder; "name" in failed keeps the checks that read it from running.
+    spec = Spec(**{"name": "", **sections})
+    return Structured(normalize(spec, base), tuple(problems), frozenset(failed))
+
+
 def parse_spec(data: dict[str, Any], *, source: str, base: Path) -> Spec:
-    """Structure already-parsed TOML data; every mistake is collected into one SpecError."""
-    try:
-        spec = converter.structure(data, Spec)
-    except Exception as exc:  # noqa: BLE001 - cattrs reports every structural mistake as exceptions
-        raise SpecError(source, _problems(exc)) from exc
-    return normalize(spec, base)
+    """Structure already-parsed TOML data; every structural mistake is collected into one SpecError."""
+    structured = structure_spec(data, base=base)
+    if structured.problems:
+        raise SpecError(source, structured.problems)
+    return structured.spec
 
 
-def load_spec(path: Path) -> Spec:
+def read_document(path: Path) -> dict[str, Any]:
+    """The spec file's TOML document; a file that is missing, not text or not TOML is a SpecError."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -291,10 +322,18 @@ def load_spec(path: Path) -> Spec:
     except UnicodeDecodeError as exc:
         raise SpecError(str(path), [Problem("", "spec is not UTF-8 text")]) from exc
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(str(path), [Problem("", f"not valid TOML: {exc}")]) from exc
-    return parse_spec(data, source=str(path), base=path.resolve().parent)
+
+
+def load_spec(path: Path) -> Spec:
+    return parse_spec(read_document(path), source=str(path), base=spec_base(path))
+
+
+def spec_base(path: Path) -> Path:
+    """Relative paths in a spec are relative to its directory."""
+    return path.resolve().parent
 
 
 def dump_spec(spec: Spec) -> str:

@@ -29,6 +29,7 @@ from vmrun.changes import (
     perform,
     warn_check,
 )
+from vmrun.check import tcg_limits
 from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
 from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel
@@ -101,7 +102,18 @@ def check_accel(spec: Spec, facts: HostFacts) -> Found:
     choice = choose_accel(spec, facts)
     if choice.accel is Accel.KVM and not facts.kvm_usable:
         yield fail_check("accelerator", f'machine.accel is "kvm" but {facts.kvm_reason}; use "auto" or "tcg"')
-    else:
+        return
+    refusals = []
+    if choice.accel is Accel.TCG and spec.machine.accel is not Accel.TCG:
+        # validate refuses these for accel = "tcg"; with "auto" only the host tells that it gets TCG.
+        if spec.machine.cpu_model == "host":
+            refusals.append(f'machine.cpu_model = "host" needs KVM, but this host gets TCG ({choice.reason}): '
+                            "set accel = kvm on a host with hardware virtualization, or drop cpu_model")
+        refusals += [f"{problem.path}: {problem.message}, but this host gets TCG ({choice.reason}): {problem.hint}"
+                     for problem in tcg_limits(spec.machine)]
+    for refusal in refusals:
+        yield fail_check("accelerator", refusal)
+    if not refusals:
         yield ok_check("accelerator", f"{choice.accel} ({choice.reason})")
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 KIB = 1024
 MIB = KIB**2
-_SIZE_UNITS = {"K": KIB, "M": MIB, "G": KIB**3, "T": KIB**4}
+GIB = KIB**3
+TIB = KIB**4
+_SIZE_UNITS = {"K": KIB, "M": MIB, "G": GIB, "T": TIB}
 _SIZE = re.compile(r"(\d+)\s*([KMGT])(?:i?B)?", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
@@ -34,15 +37,22 @@ def format_size(size: int) -> str:
 def parse_duration(value: int | float | str) -> float:
     """Seconds from "120s" / "2m" / "500ms"; a bare number means seconds."""
     if isinstance(value, int | float):
-        return float(value)
-    match = _DURATION.fullmatch(value.strip())
-    if not match:
-        raise ValueError(f"expected a duration such as 30s, 2m or 500ms, got {value!r}")
-    number, unit = match.groups()
-    return float(number) * _DURATION_UNITS[unit]
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(value.strip())
+        if not match:
+            raise ValueError(f"expected a duration such as 30s, 2m or 500ms, got {value!r}")
+        number, unit = match.groups()
+        seconds = float(number) * _DURATION_UNITS[unit]
+    # TOML has nan and inf, and a long enough string of digits overflows to inf.
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration, got {value!r}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
     if seconds >= 60 and seconds % 60 == 0:
         return f"{int(seconds // 60)}m"
     if seconds == int(seconds):
