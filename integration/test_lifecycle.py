@@ -156,7 +156,7 @@ def test_drift_is_named_in_spec_terms_refused_and_applied_with_restart(
         assert "bare runs with another configuration: machine.memory: 64M → 96M" in refused.stderr
         assert status_of(vmrun)[0]["pid"] == pid  # untouched
 
-        restarted = vmrun("up", "--restart", str(spec))
+        restarted = vmrun("up", "--restart", "--timeout", "1", str(spec))
         assert restarted.returncode == 0, restarted.stderr
         assert status_of(vmrun)[0]["pid"] != pid
         assert vmrun("diff", str(spec)).returncode == 0
@@ -189,3 +189,20 @@ def test_a_directory_comes_up_in_parallel_and_goes_down_with_all(
         down = vmrun("down", "--all", "--force")
         assert down.returncode == 0, down.stderr
     assert status_of(vmrun) == []
+
+
+def test_a_changed_user_data_file_is_drift_though_the_spec_is_the_same(
+    vmrun: Vmrun, guestless_spec: Callable[..., Path]
+) -> None:
+    user_data = vmrun.spec_dir / "user-data.yaml"
+    user_data.write_text("#cloud-config\nhostname: first\n")
+    spec = guestless_spec(extra='[cloud_init]\nuser_data = "user-data.yaml"')
+    assert vmrun("up", str(spec)).returncode == 0
+    try:
+        assert vmrun("diff", str(spec)).returncode == 0
+        user_data.write_text("#cloud-config\nhostname: second\n")
+        drift = vmrun("diff", str(spec))
+        assert drift.returncode == 6
+        assert "  cloud_init: the seed's files changed (instance-id iid-bare-" in drift.stdout
+    finally:
+        assert vmrun("down", "--force", "bare").returncode == 0

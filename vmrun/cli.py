@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--fresh", action="store_true", help="start UEFI guests with fresh firmware variables")
     up_cmd.add_argument("--restart", action="store_true",
                         help="restart a VM that runs with another configuration (graceful down, then up)")
+    up_cmd.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
+                        help="seconds a restarted guest gets to power down (default: 30)")
     up_cmd.add_argument("--jobs", type=positive_int, metavar="N", help="start at most N VMs at once (default: all)")
     up_cmd.set_defaults(handler=cmd_up)
 

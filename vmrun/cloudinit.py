@@ -133,11 +133,10 @@ def write_seed(seed: Seed, target: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def prepare_seed(spec: Spec, spec_path: Path, paths: RunPaths, say: Say) -> None:
-    """`up` rebuilds the seed every time, from the files as they are now."""
-    if spec.cloud_init is None:
+def prepare_seed(seed: Seed | None, paths: RunPaths, say: Say) -> None:
+    """`up` rebuilds the seed every time, from the files as they were when it started."""
+    if seed is None:
         return
-    seed = make_seed(spec, str(spec_path))
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     write_seed(seed, paths.cloud_init_seed)
     say(f"cloud-init seed {paths.cloud_init_seed} (instance-id {seed.instance_id})")

@@ -169,8 +169,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     def task_for(spec: Spec, path: Path) -> Task:
         def task(say: Say, interrupted: threading.Event) -> Fate:
             started = time.monotonic()
-            outcome = up(spec, path.resolve(), host, places, fresh=args.fresh, restart=args.restart, say=say,
-                         interrupted=interrupted)
+            outcome = up(spec, path.resolve(), host, places, fresh=args.fresh, restart=args.restart,
+                         stop_timeout=args.timeout, say=say, interrupted=interrupted)
             if outcome is Outcome.UP_TO_DATE:
                 say(f"{spec.name}: up to date")
             else:
@@ -230,12 +230,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from vmrun.drift import differences
-    from vmrun.facts import gather_facts
     from vmrun.fleet import spec_files
-    from vmrun.lifecycle import running_state
-    from vmrun.render import render
-    from vmrun.state import recorded_spec
+    from vmrun.lifecycle import drift
 
     host, places = host_of(args), places_of(args)
     rows: list[dict[str, Any]] = []
@@ -247,15 +243,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
             report(error)
             invalid = True
             continue
-        paths = places.of(spec.name)
-        state = running_state(host, paths, spec.name)
-        if state is None:
-            rows.append({"name": spec.name, "spec": str(path), "status": "not running", "differences": []})
-            continue
-        argv = render(spec, gather_facts(host, spec.qemu.binary), paths)
-        changed = differences(recorded_spec(state), state.argv, spec, argv)
-        rows.append({"name": spec.name, "spec": str(path), "status": "differs" if changed else "up to date",
-                     "differences": changed})
+        changed = drift(spec, path.resolve(), host, places)
+        status = "not running" if changed is None else "differs" if changed else "up to date"
+        rows.append({"name": spec.name, "spec": str(path), "status": status, "differences": changed or []})
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

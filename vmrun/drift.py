@@ -77,9 +77,21 @@ def argv_differences(old: Sequence[str], new: Sequence[str]) -> list[str]:
             for line in lines if line[:1] in ("-", "+")]
 
 
-def differences(recorded_spec: Spec | None, recorded_argv: Sequence[str], spec: Spec, argv: Sequence[str]) -> list[str]:
+@attrs.frozen
+class Configuration:
+    """What a VM runs with: its spec, qemu's argv, and the content of its cloud-init seed (whose path in
+    the argv stays the same when the user-data file changes)."""
+
+    spec: Spec | None  # None: recorded by a vmrun that kept no spec
+    argv: tuple[str, ...]
+    seed_id: str | None = None
+
+
+def differences(recorded: Configuration, now: Configuration) -> list[str]:
     """Empty when the VM is up to date; else what differs, spec paths first."""
-    lines = spec_differences(recorded_spec, spec) if recorded_spec is not None else []
-    if not lines and tuple(recorded_argv) != tuple(argv):
-        lines = argv_differences(recorded_argv, argv)
+    lines = spec_differences(recorded.spec, now.spec) if recorded.spec is not None and now.spec is not None else []
+    if recorded.seed_id != now.seed_id:
+        lines.append(f"cloud_init: the seed's files changed (instance-id {recorded.seed_id} → {now.seed_id})")
+    if not lines and recorded.argv != now.argv:
+        lines = argv_differences(recorded.argv, now.argv)
     return lines

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vmrun.cloudinit import prepare_seed
+from vmrun.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.crashpoints import crash_point
-from vmrun.drift import differences
+from vmrun.drift import Configuration, differences
 from vmrun.errors import AgentError, LaunchError, UsageError
 from vmrun.facts import HostFacts, gather_facts
 from vmrun.host import Host
@@ -48,14 +48,13 @@ from vmrun.progress import Say
 from vmrun.render import render
 from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec import Firmware, Spec
-from vmrun.state import StateJournal, VmState, read_state, recorded_spec, remove_run_dir, vm_names
+from vmrun.state import StateJournal, VmState, read_state, recorded_configuration, remove_run_dir, vm_names
 
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
 
 AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
 STARTUP_SLICE = 2.0  # `up` checks qemu is still alive (and not interrupted) this often while waiting for the agent
-RESTART_TIMEOUT = 60.0  # seconds `up --restart` gives the guest to power down
 
 
 @attrs.frozen
@@ -147,7 +146,7 @@ def _say_plan(plan: Plan, say: Say) -> None:
 
 def _preflight(
     spec: Spec, spec_path: Path, host: Host, places: Places, facts: HostFacts, *,
-    argv: tuple[str, ...], show: Callable[[Plan], None],
+    configuration: Configuration, show: Callable[[Plan], None],
 ) -> tuple[Plan, StateJournal]:
     """Plan and apply the host changes under the host lock, journaled in a new run directory."""
     paths = places.of(spec.name)
@@ -156,10 +155,11 @@ def _preflight(
         show(plan)
         refuse(plan)
         journal = StateJournal.begin(paths, VmState(
-            name=spec.name, spec_path=str(spec_path), argv=argv, accel=str(plan.accel.accel),
+            name=spec.name, spec_path=str(spec_path), argv=configuration.argv, accel=str(plan.accel.accel),
             accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
             writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
             taps=tuple(tap_name(spec, nic) for nic in spec.nics), spec=converter.unstructure(spec),
+            seed_id=configuration.seed_id,
         ))
         crash_point("after creating the run directory")
         try:
@@ -177,7 +177,8 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         _clear_dead_run(host, places, spec.name, say)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
-        return _preflight(spec, spec_path, host, places, facts, argv=(), show=show)[1].state
+        no_qemu = Configuration(spec, argv=())
+        return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show)[1].state
 
 
 class Outcome(enum.StrEnum):
@@ -188,7 +189,7 @@ class Outcome(enum.StrEnum):
 
 def up(
     spec: Spec, spec_path: Path, host: Host, places: Places, *, say: Say, fresh: bool = False,
-    restart: bool = False, interrupted: threading.Event | None = None,
+    restart: bool = False, stop_timeout: float = 30.0, interrupted: threading.Event | None = None,
 ) -> Outcome:
     """Declarative: a VM running with this configuration is left alone; one running with another is
     refused unless restart. Otherwise preflight, launch, agent, hooks: until qemu runs with its agent
@@ -197,29 +198,30 @@ def up(
     paths = places.of(spec.name)
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
-        argv = render(spec, facts, paths)
+        configuration, seed = _configuration(spec, spec_path, facts, paths)
+        argv = list(configuration.argv)
         outcome = Outcome.STARTED
         running = running_state(host, paths, spec.name)
         if running is not None:
-            changed = differences(recorded_spec(running), running.argv, spec, argv)
+            changed = differences(recorded_configuration(running), configuration)
             if not changed:
                 return Outcome.UP_TO_DATE
             if not restart:
                 raise UsageError(f"{spec.name} runs with another configuration: {'; '.join(changed)}",
                                  hint=f"vmrun up --restart {spec_path} applies it (a graceful down, then up)")
             say(f"restarting for {'; '.join(changed)}")
-            _stop_and_undo(host, places, spec.name, timeout=RESTART_TIMEOUT, force=False, say=say)
+            _stop_and_undo(host, places, spec.name, timeout=stop_timeout, force=False, say=say)
             outcome = Outcome.RESTARTED
         _clear_dead_run(host, places, spec.name, say)
         plan, journal = _preflight(
-            spec, spec_path, host, places, facts, argv=tuple(argv), show=lambda plan: _say_plan(plan, say),
+            spec, spec_path, host, places, facts, configuration=configuration, show=lambda plan: _say_plan(plan, say),
         )
         if plan.changes:
             say(f"preflight: {len(plan.changes)} host change(s) applied")
         pid: int | None = None
         try:
             _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
-            prepare_seed(spec, spec_path, paths, say)
+            prepare_seed(seed, paths, say)
             say(f"launching {spec.name}")
             pid = launch(host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
@@ -234,6 +236,26 @@ def up(
                 _abort(host, places, journal.state, pid, say)
             raise
         return outcome
+
+
+def _configuration(
+    spec: Spec, spec_path: Path, facts: HostFacts, paths: RunPaths
+) -> tuple[Configuration, Seed | None]:
+    """What the VM would run with now, and the seed that says so (built from the user's files as they are)."""
+    seed = make_seed(spec, str(spec_path)) if spec.cloud_init is not None else None
+    argv = tuple(render(spec, facts, paths))
+    return Configuration(spec, argv, seed.instance_id if seed else None), seed
+
+
+def drift(spec: Spec, spec_path: Path, host: Host, places: Places) -> list[str] | None:
+    """How the running VM differs from its spec now (empty: up to date); None when it is not running.
+    Reads only: nothing untrusted is executed to render."""
+    paths = places.of(spec.name)
+    state = running_state(host, paths, spec.name)
+    if state is None:
+        return None
+    now, _ = _configuration(spec, spec_path, gather_facts(host, spec.qemu.binary), paths)
+    return differences(recorded_configuration(state), now)
 
 
 def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:

@@ -13,6 +13,7 @@ import attrs
 import cattrs
 
 from vmrun.changes import AppliedChange
+from vmrun.drift import Configuration
 from vmrun.errors import UsageError
 from vmrun.load import converter
 from vmrun.locations import RunPaths
@@ -38,6 +39,7 @@ class VmState:
     taps: tuple[str, ...] = ()
     wants_ksm: bool = False
     spec: dict[str, Any] | None = None  # the spec it started from, for drift (vmrun diff, declarative up)
+    seed_id: str | None = None  # the instance-id of its cloud-init seed
 
     def to_json(self) -> str:
         return json.dumps(converter.unstructure(self), indent=1) + "\n"
@@ -47,12 +49,13 @@ class VmState:
         return converter.structure(json.loads(text), cls)
 
 
-def recorded_spec(state: VmState) -> Spec | None:
-    """The spec a VM started from; None when its state predates the record or no longer structures."""
+def recorded_configuration(state: VmState) -> Configuration:
+    """What a VM started with; its spec is None when the state predates the record or no longer structures."""
     try:
-        return converter.structure(state.spec, Spec) if state.spec is not None else None
+        spec = converter.structure(state.spec, Spec) if state.spec is not None else None
     except (cattrs.BaseValidationError, ValueError, TypeError):
-        return None
+        spec = None
+    return Configuration(spec=spec, argv=state.argv, seed_id=state.seed_id)
 
 
 def state_path(paths: RunPaths) -> Path:
