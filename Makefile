@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make demo` and `make test`. Both set the host up first.
-.PHONY: setup guest debian-image demo test fuzz lint bench
+.PHONY: setup guest debian-image demo demo-debian test fuzz lint bench
 
 setup:
 	integration/setup-host
@@ -12,6 +12,9 @@ debian-image: setup
 
 demo: guest
 	integration/demo
+
+demo-debian: debian-image
+	integration/demo-debian
 
 test: guest debian-image
 	.venv/bin/pytest tests integration
