@@ -31,7 +31,8 @@ lint: setup
 	cd integration/workflow-lint && npm ci --silent --no-audit --no-fund
 	node integration/workflow-lint/lint.mjs .github/workflows
 
-bench: guest
+bench: guest debian-image
 	.venv/bin/python bench/render.py
 	.venv/bin/python bench/boot.py
 	.venv/bin/python bench/fleet.py
+	.venv/bin/python bench/debian.py

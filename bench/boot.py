@@ -27,7 +27,10 @@ VMRUN = [sys.executable, "-m", "vmrun.cli"]
 
 
 def vmrun(run_dir: Path, *args: str) -> str:
-    result = subprocess.run([*VMRUN, "--run-dir", str(run_dir), *args], capture_output=True, text=True, cwd=REPO)
+    """vmrun with the bench's own run and state directories, so the host's VMs are never touched."""
+    state_dir = run_dir.with_name(f"{run_dir.name}-state")
+    result = subprocess.run([*VMRUN, "--run-dir", str(run_dir), "--state-dir", str(state_dir), *args],
+                            capture_output=True, text=True, cwd=REPO)
     if result.returncode:
         raise SystemExit(f"vmrun {' '.join(args)} failed: {result.stderr}")
     return result.stdout
@@ -63,20 +66,29 @@ def time_vmrun_up(run_dir: Path) -> float:
     return elapsed
 
 
-def time_raw(run_dir: Path, argv: list[str], tap: str) -> float:
-    vm_dir = run_dir / "tiny"
+def tap_of(argv: list[str]) -> tuple[str, list[str]]:
+    """The tap the argv's first NIC opens, and its `ip tuntap` mode."""
+    netdev = argv[argv.index("-netdev") + 1]
+    tap = netdev.split("ifname=")[1].split(",")[0]
+    return tap, ["mode", "tap", *(["multi_queue"] if ",queues=" in netdev else [])]
+
+
+def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180) -> float:
+    """qemu started by hand with vmrun's argv on a tap made by hand, until its agent answers."""
+    vm_dir = run_dir / name
     vm_dir.mkdir(mode=0o700, parents=True)
-    subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap", "multi_queue"], check=True)
+    tap, mode = tap_of(argv)
+    subprocess.run(["ip", "tuntap", "add", "dev", tap, *mode], check=True)
     try:
         started = time.perf_counter()
         subprocess.run(argv, check=True)
-        agent_answers(vm_dir / "qga.sock")
+        agent_answers(vm_dir / "qga.sock", timeout=timeout)
         elapsed = time.perf_counter() - started
         os.kill(int((vm_dir / "qemu.pid").read_text()), 15)
         time.sleep(0.5)
         return elapsed
     finally:
-        subprocess.run(["ip", "tuntap", "del", "dev", tap, "mode", "tap", "multi_queue"], check=False)
+        subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)
         subprocess.run(["rm", "-rf", str(vm_dir)], check=False)
 
 
@@ -107,14 +119,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vmrun-bench-") as temporary:
-        run_dir = Path(temporary)
+        run_dir = Path(temporary) / "run"
         argv = json.loads(vmrun(run_dir, "render", str(SPEC), "--json"))
-        tap = argv[argv.index("-netdev") + 1].split("ifname=")[1].split(",")[0]
         vmrun_times, raw_times = [], []
         time_vmrun_up(run_dir)  # first run creates the disk image and the qemu user
         for run in range(args.runs):
             vmrun_times.append(time_vmrun_up(run_dir))
-            raw_times.append(time_raw(run_dir, argv, tap))
+            raw_times.append(time_raw(run_dir, argv, "tiny"))
             print(f"run {run + 1}: vmrun up {vmrun_times[-1]:.2f} s, raw qemu {raw_times[-1]:.2f} s", flush=True)
         step_times = time_step(run_dir, repeats=10)
     accel = argv[argv.index("-accel") + 1]

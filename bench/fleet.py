@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from boot import REPO, agent_answers, vmrun
+from boot import REPO, agent_answers, tap_of, vmrun
 
 IMAGES = REPO / "images" / "tiny"
 SIZES = (1, 2, 4, 8)
@@ -57,10 +57,10 @@ def time_vmrun(run_dir: Path, specs: Path) -> float:
 
 
 def time_raw(run_dir: Path, argvs: dict[str, list[str]]) -> float:
-    taps = {name: argv[argv.index("-netdev") + 1].split("ifname=")[1].split(",")[0] for name, argv in argvs.items()}
-    for name, tap in taps.items():
+    taps = {name: tap_of(argv) for name, argv in argvs.items()}
+    for name, (tap, mode) in taps.items():
         (run_dir / name).mkdir(mode=0o700, parents=True)
-        subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+        subprocess.run(["ip", "tuntap", "add", "dev", tap, *mode], check=True)
     try:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(argvs)) as pool:
@@ -72,8 +72,8 @@ def time_raw(run_dir: Path, argvs: dict[str, list[str]]) -> float:
         time.sleep(1)
         return elapsed
     finally:
-        for name, tap in taps.items():
-            subprocess.run(["ip", "tuntap", "del", "dev", tap, "mode", "tap"], check=False)
+        for name, (tap, mode) in taps.items():
+            subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)
             shutil.rmtree(run_dir / name, ignore_errors=True)
 
 

@@ -33,7 +33,13 @@ def tiny_guest(name: str) -> dict[str, object]:
     }
 
 
-def test_eight_guests_from_one_directory_come_up_pass_the_ethtool_step_and_go_down(vmrun: Vmrun) -> None:
+def pids_of(vmrun: Vmrun) -> dict[str, int]:
+    return {vm["name"]: vm["pid"] for vm in json.loads(vmrun("status", "--json").stdout)}
+
+
+def test_eight_guests_from_one_directory_come_up_stay_up_to_date_restart_on_drift_and_go_down(
+    vmrun: Vmrun,
+) -> None:
     fleet = vmrun.spec_dir / "fleet"
     fleet.mkdir()
     names = [f"f{os.getpid() % 10000}-{index}" for index in range(GUESTS)]
@@ -51,6 +57,35 @@ def test_eight_guests_from_one_directory_come_up_pass_the_ethtool_step_and_go_do
         assert {vm["state"] for vm in statuses} == {"running"}
         for name in names:
             assert Path(f"/sys/class/net/{name}.net0").exists()
+        pids = {vm["name"]: vm["pid"] for vm in statuses}
+
+        # The directory again: nothing changes.
+        again = vmrun("up", str(fleet), timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert again.stderr.count(": up to date") == GUESTS
+        assert pids_of(vmrun) == pids
+
+        # Drift in one spec: diff names exactly that VM and field; up refuses it and touches nothing.
+        edited = names[3]
+        bigger = {**tiny_guest(edited), "machine": {"cpus": 1, "memory": "288M"}}
+        (fleet / f"{edited}.toml").write_text(tomli_w.dumps(bigger))
+        diff = vmrun("diff", str(fleet))
+        assert diff.returncode == 6
+        assert [line for line in diff.stdout.splitlines() if "up to date" not in line] == [
+            f"{edited}: differs", "  machine.memory: 256M → 288M",
+        ]
+        refused = vmrun("up", str(fleet), timeout=300)
+        assert refused.returncode == 2
+        assert f"{edited} runs with another configuration: machine.memory: 256M → 288M" in refused.stderr
+        assert pids_of(vmrun) == pids
+
+        restarted = vmrun("up", "--restart", str(fleet), timeout=600)
+        assert restarted.returncode == 0, restarted.stderr
+        after = pids_of(vmrun)
+        assert after[edited] != pids[edited]
+        assert {name: pid for name, pid in after.items() if name != edited} == {
+            name: pid for name, pid in pids.items() if name != edited}
+        assert vmrun("diff", str(fleet)).returncode == 0
     finally:
         down = vmrun("down", "--all", timeout=600)
     assert down.returncode == 0, down.stderr
