@@ -140,3 +140,18 @@ def test_lock_files_live_under_the_run_root_only(tmp_path: Path) -> None:
     assert not vm_busy(places(tmp_path), "web")
     assert os.listdir(tmp_path / "run") == [".locks"]
     assert os.listdir(tmp_path / "run" / ".locks") == ["web.lock"]
+
+
+def test_a_linked_or_misnamed_entry_in_the_run_root_is_not_a_vm(tmp_path: Path) -> None:
+    from vmrun.state import vm_names
+
+    ours = places(tmp_path).of("web")
+    create_run_dir(ours)
+    write_state(ours, VmState(name="web", spec_path="s", argv=(), accel="tcg", accel_reason="r"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "state.json").write_text("{}")
+    (tmp_path / "run" / "evil").symlink_to(elsewhere)
+    (tmp_path / "run" / "Not_A_Name").mkdir()
+    (tmp_path / "run" / "Not_A_Name" / "state.json").write_text("{}")
+    assert vm_names(tmp_path / "run") == ["web"]

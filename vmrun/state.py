@@ -17,6 +17,7 @@ from vmrun.drift import Configuration
 from vmrun.errors import UsageError
 from vmrun.load import converter
 from vmrun.locations import RunPaths
+from vmrun.naming import is_vm_name
 from vmrun.spec import Spec
 
 STATE_FILE = "state.json"
@@ -118,8 +119,11 @@ def remove_run_dir(paths: RunPaths) -> None:
 
 
 def vm_names(run_root: Path) -> list[str]:
-    """Every VM with a run directory, running or left behind."""
+    """Every VM with a run directory, running or left behind. What no vmrun made is not listed: a link,
+    or a name outside the VM name rule."""
     try:
-        return sorted(entry.name for entry in run_root.iterdir() if (entry / STATE_FILE).exists())
+        entries = list(run_root.iterdir())
     except OSError:
         return []
+    return sorted(entry.name for entry in entries
+                  if is_vm_name(entry.name) and not entry.is_symlink() and (entry / STATE_FILE).exists())
