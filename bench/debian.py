@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -30,7 +31,7 @@ def bench_spec(directory: Path) -> Path:
     """specs/debian.toml with its overlay in the bench's own directory, so the user's overlay is untouched."""
     data = tomllib.loads(SPEC.read_text())
     data["name"] = NAME
-    base = (SPEC.parent / data["disks"][0]["base"]).resolve()
+    base = Path(os.path.normpath(SPEC.parent / data["disks"][0]["base"]))  # through images/, as the spec has it
     data["disks"][0] |= {"path": str(directory / "root.qcow2"), "base": str(base)}
     data["cloud_init"] = {key: str(SPEC.parent / value) for key, value in data["cloud_init"].items()}
     data["agent"]["timeout"] = "900s"
