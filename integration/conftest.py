@@ -58,11 +58,14 @@ def vmrun(tmp_path: Path) -> Iterator[Vmrun]:
     cli = Vmrun(run_root=tmp_path / "run", spec_dir=tmp_path)
     yield cli
     leftovers = qemu_pids_of(cli.run_root)
-    for pid in leftovers:
-        subprocess.run(["kill", "-9", str(pid)], check=False)
     # Lock files stay by design: removing a lock file another vmrun may be opening would split the lock.
     run_dirs = sorted(path.name for path in cli.run_root.iterdir() if path.name != ".locks") \
         if cli.run_root.exists() else []
+    if leftovers or run_dirs:
+        # A failed test still must not leave taps, KSM or bindings behind: vmrun's own down undoes them.
+        cli("down", "--all", "--force", timeout=120)
+        for pid in qemu_pids_of(cli.run_root):
+            subprocess.run(["kill", "-9", str(pid)], check=False)
     assert not leftovers, f"test left qemu running: {leftovers}"
     assert not run_dirs, f"test left run directories: {run_dirs}"
 
