@@ -121,6 +121,7 @@ def test_uefi_variables_outlive_a_run_and_fresh_resets_them(
     assert f"fresh UEFI variables in {variables}" in up.stderr
     assert vmrun("down", "bare", "--force").returncode == 0
     assert variables.exists()  # the guest's boot entries survive down
+    assert oct(variables.parent.stat().st_mode & 0o777) == "0o700"  # they, and a seed's user-data, are private
     variables.write_bytes(variables.read_bytes()[:-1] + b"\x01")
     kept = variables.read_bytes()
     again = vmrun("up", str(spec))

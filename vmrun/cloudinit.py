@@ -137,6 +137,6 @@ def prepare_seed(seed: Seed | None, paths: RunPaths, say: Say) -> None:
     """`up` rebuilds the seed every time, from the files as they were when it started."""
     if seed is None:
         return
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.make_state_dir()
     write_seed(seed, paths.cloud_init_seed)
     say(f"cloud-init seed {paths.cloud_init_seed} (instance-id {seed.instance_id})")

@@ -132,7 +132,7 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
     if spec.boot.firmware is not Firmware.UEFI:
         return
     if fresh or not paths.uefi_vars.exists():
-        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        paths.make_state_dir()
         shutil.copyfile(facts.ovmf_vars_template, paths.uefi_vars)
         say(f"fresh UEFI variables in {paths.uefi_vars}")
 

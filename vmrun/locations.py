@@ -56,6 +56,11 @@ class RunPaths:
     def pidfile(self) -> Path:
         return self.run_dir / "qemu.pid"
 
+    def make_state_dir(self) -> None:
+        """Private: it keeps the guest's firmware variables and its cloud-init user-data (passwords, keys)."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)  # mkdir's mode is filtered by the umask, and the directory may predate this
+
     @property
     def uefi_vars(self) -> Path:
         return self.state_dir / "OVMF_VARS.fd"
