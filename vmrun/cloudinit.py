@@ -6,8 +6,6 @@ check stage; `up` reads them again and writes the seed (file I/O in the launch p
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -101,6 +99,8 @@ def seed_file_problems(spec: Spec) -> list[Problem]:
 
 def make_seed(spec: Spec, source: str) -> Seed:
     """The seed's files from the user's files as they are now; SpecError when they went bad since validate."""
+    import hashlib  # OpenSSL takes ~3 ms to load; validate and render need none of it
+
     assert spec.cloud_init is not None
     texts, problems = _read_checked(spec.cloud_init)
     if problems:
@@ -117,6 +117,8 @@ def make_seed(spec: Spec, source: str) -> Seed:
 
 def write_seed(seed: Seed, target: Path) -> None:
     """An ISO9660 image with Rock Ridge and Joliet names, labelled cidata, as cloud-localds makes it."""
+    import io
+
     import pycdlib
 
     iso = pycdlib.PyCdlib()
