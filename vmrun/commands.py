@@ -161,7 +161,7 @@ def _finish(fates: list[Fate]) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from vmrun.fleet import Fate, run_all, spec_files
+    from vmrun.fleet import Fate, run_all
     from vmrun.lifecycle import Outcome, up
 
     host, places = host_of(args), places_of(args)
@@ -178,19 +178,29 @@ def cmd_up(args: argparse.Namespace) -> int:
             return Fate(spec.name, str(outcome))
         return task
 
+    specs, refused = load_valid_specs(args.specs)
+    tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
+    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_labelled_report))
+
+
+def load_valid_specs(arguments: list[str]) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
+    """Every SPEC and each DIR's specs, validated; an invalid one (or a second spec of one name) is
+    reported and becomes a refused fate, and the others go on."""
+    from vmrun.fleet import Fate, spec_files
+
+    specs: dict[str, tuple[Path, Spec]] = {}
     refused: list[Fate] = []
-    tasks: dict[str, Task] = {}
-    for path in spec_files(args.specs):
+    for path in spec_files(arguments):
         try:
             spec = load_valid_spec(str(path))
-            if spec.name in tasks:
+            if spec.name in specs:
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:
             report(error)
             refused.append(Fate(str(path), f"invalid (exit {error.exit_code})", error.exit_code))
             continue
-        tasks[spec.name] = task_for(spec, path)
-    return _finish(refused + run_all(list(tasks.items()), jobs=args.jobs, say=say, report=_labelled_report))
+        specs[spec.name] = (path, spec)
+    return list(specs.values()), refused
 
 
 def vm_names_of(args: argparse.Namespace) -> list[str]:
@@ -230,19 +240,12 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from vmrun.fleet import spec_files
     from vmrun.lifecycle import drift
 
     host, places = host_of(args), places_of(args)
     rows: list[dict[str, Any]] = []
-    invalid = False
-    for path in spec_files(args.specs):
-        try:
-            spec = load_valid_spec(str(path))
-        except VmrunError as error:
-            report(error)
-            invalid = True
-            continue
+    specs, refused = load_valid_specs(args.specs)
+    for path, spec in specs:
         changed = drift(spec, path.resolve(), host, places)
         status = "not running" if changed is None else "differs" if changed else "up to date"
         rows.append({"name": spec.name, "spec": str(path), "status": status, "differences": changed or []})
@@ -251,7 +254,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             print(f"{row['name']}: {row['status']}" + "".join(f"\n  {line}" for line in row["differences"]))
-    if invalid:
+    if refused:
         return UsageError.exit_code
     return 0 if all(row["status"] == "up to date" for row in rows) else DRIFT_EXIT
 

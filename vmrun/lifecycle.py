@@ -84,9 +84,7 @@ def _clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
         raise UsageError(f"{name} is already running (pid {pid})", hint=f"vmrun down {name}")
     what = "an earlier `vmrun preflight`" if state is not None and not state.argv else "a run that died"
     say(f"{name}: cleaning up after {what} ({paths.run_dir})")
-    with host_lock(places), shielded():
-        undo_host_changes(host, places, state, say)
-    remove_run_dir(paths)
+    _end_run(host, places, name, state, say)
 
 
 def _is_live(host: Host, places: Places, name: str, paths: RunPaths) -> bool:
@@ -118,13 +116,18 @@ def others_than(host: Host, places: Places, name: str) -> Others:
     return Others(writable_disks=frozenset(disks), taps=taps, want_ksm=want_ksm, ksm_previous=ksm_previous)
 
 
-def undo_host_changes(host: Host, places: Places, state: VmState | None, say: Say, *, rollback: bool = False) -> None:
-    """This VM's journal of host changes, undone newest first. Call it under the host lock."""
-    if state is None or not state.changes:
-        return
-    changes = [AppliedChange.from_json(change) for change in state.changes]
-    for problem in undo_changes(changes, host, rollback=rollback, others=others_than(host, places, state.name)):
-        say(f"could not undo: {problem}")
+def _end_run(
+    host: Host, places: Places, name: str, state: VmState | None, say: Say, *, rollback: bool = False
+) -> None:
+    """The last of any run (down, a failed up, a dead run's clean-up): its journal of host changes undone,
+    newest first, under the host lock and past any signal, then its run dir removed."""
+    with host_lock(places), shielded():
+        if state is not None and state.changes:
+            changes = [AppliedChange.from_json(change) for change in state.changes]
+            others = others_than(host, places, name)
+            for problem in undo_changes(changes, host, rollback=rollback, others=others):
+                say(f"could not undo: {problem}")
+        remove_run_dir(places.of(name))
 
 
 def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: bool, say: Say) -> None:
@@ -270,9 +273,7 @@ def _abort(host: Host, places: Places, state: VmState, pid: int | None, say: Say
         if not wait_for_exit(host, pid, state.name, KILL_WAIT):
             say(f"qemu (pid {pid}) survived SIGKILL; its host changes stay: vmrun down --force {state.name}")
             return
-    with host_lock(places):
-        undo_host_changes(host, places, state, say, rollback=True)
-    remove_run_dir(places.of(state.name))
+    _end_run(host, places, state.name, state, say, rollback=True)
 
 
 def _checked_program(facts: HostFacts) -> Path:
@@ -346,9 +347,7 @@ def _stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, for
     paths = places.of(name)
     state = read_state(paths)
     how = stop(host, paths, name, timeout=timeout, force=force, say=say)
-    with host_lock(places), shielded():
-        undo_host_changes(host, places, state, say)
-    remove_run_dir(paths)
+    _end_run(host, places, name, state, say)
     return how
 
 
