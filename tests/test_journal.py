@@ -97,3 +97,18 @@ def test_fake_tap_in_use_by_another_vm_is_refused(tmp_path: Path) -> None:
         "tap vmtap0 is in use by VM db: give this NIC another tap (nics.tap)"
     ]
     assert plan.changes == ()
+
+
+def test_fake_sysfs_a_journal_that_cannot_be_written_undoes_what_it_could_not_record(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    before = snapshot(host.root)
+
+    class FullDisk(RecordingJournal):
+        def record(self, entries: tuple[AppliedChange, ...]) -> None:
+            if entries and entries[-1].done:  # the change was made, but marking it done fails
+                raise OSError(28, "No space left on device")
+            super().record(entries)
+
+    with pytest.raises(OSError, match="No space left"):
+        apply_plan(plan_for(vfio_spec("03:00.0", "03:00.1"), host), host, journal=FullDisk(host))
+    assert snapshot(host.root) == before

@@ -542,32 +542,38 @@ def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tup
         if journal is not None:
             journal.record(tuple(entries))
 
+    def roll_back() -> list[str]:
+        with shielded():
+            problems = undo_changes(entries, host, rollback=True, others=plan.others)
+            entries.clear()
+            write_ahead()
+        return problems
+
     try:
         for change in plan.changes:
             entries.append(AppliedChange(change, done=False))
             write_ahead()
             crash_point(f"before {change.step}")
-            perform(change.step, host)
+            try:
+                perform(change.step, host)
+            except (OSError, HostCommandError) as exc:
+                entries.pop()  # the host refused this change, so there is nothing of it to undo
+                earlier = len(entries)
+                problems = roll_back()
+                rolled_back = "rolled back" if not problems else f"rollback incomplete: {'; '.join(problems)}"
+                raise PreflightError(
+                    f"preflight: {change.step} failed: {_reason(exc)}",
+                    hint=f"{earlier} earlier change(s) {rolled_back}",
+                ) from exc
             entries[-1] = AppliedChange(change)
             write_ahead()
             crash_point(f"after {change.step}")
-    except (OSError, HostCommandError) as exc:
-        failed = entries.pop()  # perform raised: the host refused this change, so there is nothing to undo
-        problems = undo_changes(entries, host, rollback=True, others=plan.others)
-        earlier = len(entries)
-        entries.clear()
-        write_ahead()
-        rolled_back = "rolled back" if not problems else f"rollback incomplete: {'; '.join(problems)}"
-        raise PreflightError(
-            f"preflight: {failed.change.step} failed: {_reason(exc)}",
-            hint=f"{earlier} earlier change(s) {rolled_back}",
-        ) from exc
+    except PreflightError:
+        raise
     except BaseException:
-        # Interrupted (Ctrl-C, SIGTERM) mid-way: the change in flight may or may not have happened.
-        with shielded():
-            undo_changes(entries, host, rollback=True, others=plan.others)
-            entries.clear()
-            write_ahead()
+        # Interrupted (Ctrl-C, SIGTERM) or the journal could not be written: the change in flight may or
+        # may not have happened, so it is undone with the rest.
+        roll_back()
         raise
     return tuple(entries)
 
