@@ -12,6 +12,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+from .inlab import lab, lab_session  # noqa: F401 - the lab's fixtures, for every integration test
+
 REPO = Path(__file__).resolve().parent.parent
 
 
