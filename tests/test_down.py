@@ -123,3 +123,13 @@ def test_fake_proc_a_qemu_whose_pid_vmrun_never_read_is_found_by_its_command_lin
     assert find_qemu(host, paths, "web") is None
     fake_process(host, 43, "qemu", "-name", name, "-pidfile", str(paths.pidfile))
     assert find_qemu(host, paths, "web") == 43
+
+
+def test_fake_another_vms_damaged_state_stops_no_down_and_keeps_ksm_on(tmp_path: Path) -> None:
+    host, paths = started(tmp_path, ksm=True)
+    other = places(tmp_path).of("other")
+    other.run_dir.mkdir()
+    state_path(other).write_text("{not json")  # it may want KSM: no one can tell
+    assert down("fake", host, places(tmp_path), timeout=1, force=False, say=print) == "already gone"
+    assert not paths.run_dir.exists() and not host.exists(f"/sys/class/net/{TAP}")
+    assert host.read("/sys/kernel/mm/ksm/run") == "1"

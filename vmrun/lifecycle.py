@@ -105,11 +105,13 @@ def _is_live(host: Host, places: Places, name: str, paths: RunPaths) -> bool:
     return is_our_qemu(host, read_pid(paths), name) or vm_busy(places, name)
 
 
-def others_than(host: Host, places: Places, name: str) -> Others:
+def others_than(host: Host, places: Places, name: str, *, planning: bool = True) -> Others:
     """What the other vmrun VMs hold. Call it under the host lock, so that none changes meanwhile.
 
     Disks and the wish for KSM count while a VM is live; its taps and its duty to restore KSM count
     as long as its state file exists, because they stay on the host until its `down` undoes them.
+    What a VM with a damaged state file holds is unknown: planning around it is refused (DamagedState),
+    and undoing goes on as if it wanted KSM, which then stays on.
     """
     disks: set[str] = set()
     taps: dict[str, str] = {}
@@ -117,8 +119,13 @@ def others_than(host: Host, places: Places, name: str) -> Others:
     ksm_previous: str | None = None
     for other in vm_names(places.run_root):
         paths = places.of(other)
-        # Another VM's damaged state is an error: what it holds is unknown, so nothing can be planned around it.
-        state = read_state(paths) if other != name else None
+        try:
+            state = read_state(paths) if other != name else None
+        except DamagedState:
+            if planning:
+                raise
+            want_ksm = True
+            continue
         if state is None:
             continue
         taps.update((tap, other) for tap in state.taps)
@@ -141,12 +148,13 @@ def _end_run(
     paths = places.of(name)
     with host_lock(places), shielded():
         journal = state.journal() if state is not None else []
-        problems = list(lost)
-        if state is not None and journal:
-            problems += undo_changes(journal, host, rollback=rollback, others=others_than(host, places, name),
-                                     journal=StateJournal(paths, state))
         if not rollback:
             _say_left_on_purpose(journal, paths, say)
+        problems = list(lost)
+        if state is not None and journal:
+            others = others_than(host, places, name, planning=False)
+            problems += undo_changes(journal, host, rollback=rollback, others=others,
+                                     journal=StateJournal(paths, state))
         if problems and not force:
             if not rollback:
                 raise PreflightError(f"{name}: could not undo: {'; '.join(problems)}", hint=(
