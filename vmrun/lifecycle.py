@@ -156,20 +156,24 @@ def _end_run(
             problems += undo_changes(journal, host, rollback=rollback, others=others,
                                      journal=StateJournal(paths, state))
         if problems and not force:
+            kept_in = f"{paths.run_dir} keeps them in its journal"
             if not rollback:
-                raise PreflightError(f"{name}: could not undo: {'; '.join(problems)}", hint=(
-                    f"{paths.run_dir} keeps them in its journal: once the cause is fixed, vmrun down {name} tries "
-                    f"again (vmrun down --force {name} forgets them)"))
+                raise _could_not_undo(name, problems, f"{kept_in}: once the cause is fixed, vmrun down {name} tries "
+                                                      f"again (vmrun down --force {name} forgets them)")
             for problem in problems:
                 say(f"could not undo: {problem}")
-            say(f"{paths.run_dir} keeps them in its journal: vmrun down {name} tries again")
+            say(f"{kept_in}: vmrun down {name} tries again")
             return
         for target in (paths.uefi_vars, paths.cloud_init_seed):  # what a killed `up` was writing
             partial_of(target).unlink(missing_ok=True)
         remove_run_dir(paths)
     if problems:
-        raise PreflightError(f"{name}: could not undo: {'; '.join(problems)}",
-                             hint="--force removed its run dir anyway: these stay on the host until undone by hand")
+        raise _could_not_undo(name, problems, "--force removed its run dir anyway: these stay on the host until "
+                                              "undone by hand")
+
+
+def _could_not_undo(name: str, problems: list[str], hint: str) -> PreflightError:
+    return PreflightError(f"{name}: could not undo: {'; '.join(problems)}", hint=hint)
 
 
 def _say_left_on_purpose(journal: list[AppliedChange], paths: RunPaths, say: Say) -> None:
