@@ -15,7 +15,7 @@ import attrs
 
 from vmrun.errors import UsageError, VmrunError
 from vmrun.progress import Say
-from vmrun.signals import shielded, sigterm_interrupts
+from vmrun.signals import for_workers, shielded, sigterm_interrupts
 
 INTERRUPTED = 130
 BUG = 1
@@ -77,14 +77,14 @@ def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
 
     if len(tasks) <= 1:
         return [guarded(label, task) for label, task in tasks]
-    with sigterm_interrupts(), ThreadPoolExecutor(max_workers=jobs or len(tasks)) as pool:
+    with sigterm_interrupts(), ThreadPoolExecutor(max_workers=jobs or len(tasks), initializer=for_workers) as pool:
         futures: list[Future[Fate]] = [pool.submit(guarded, label, task) for label, task in tasks]
         try:
             return [future.result() for future in futures]
         except KeyboardInterrupt:
-            interrupted.set()
-            say("interrupted: rolling back the VMs still starting")
-            with shielded():
+            with shielded():  # before the tasks hear of it: each rollback may take a second Ctrl-C
+                interrupted.set()
+                say("interrupted: rolling back the VMs still starting")
                 for future in futures:
                     future.cancel()
                 return [future.result() if not future.cancelled() else Fate(label, "not started", INTERRUPTED)

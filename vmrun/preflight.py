@@ -43,7 +43,7 @@ from vmrun.vfio import check_memlock, check_vfio
 
 __all__ = [
     "AppliedChange", "Change", "CheckResult", "Others", "Plan", "PreflightRefused", "Status",
-    "apply_plan", "ksm_restore_value", "plan_preflight", "refuse", "undo_changes",
+    "apply_plan", "kept_on_down", "ksm_restore_value", "plan_preflight", "refuse", "undo_changes",
 ]
 
 IFF_UP = 0x1  # in /sys/class/net/IF/flags
@@ -554,7 +554,7 @@ class Journal(Protocol):
 
 def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tuple[AppliedChange, ...]:
     """Every change in order, each journaled before it is made; on any failure or interruption the
-    changes made so far are undone, newest first, and the journal is emptied."""
+    changes made so far are undone, newest first, and leave the journal; what could not be undone stays."""
     refuse(plan)
     entries: list[AppliedChange] = []
 
@@ -564,9 +564,10 @@ def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tup
 
     def roll_back() -> list[str]:
         with shielded():
-            problems = undo_changes(entries, host, rollback=True, others=plan.others)
-            entries.clear()
-            write_ahead()
+            problems = undo_changes(entries, host, rollback=True, others=plan.others, journal=journal)
+            if not problems:  # what failed stays in the journal, for `down` to try again
+                entries.clear()
+                write_ahead()  # also strikes the intent of a change the host refused
         return problems
 
     try:
@@ -599,26 +600,52 @@ def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tup
 
 
 def undo_changes(
-    applied: Iterable[AppliedChange], host: Host, *, rollback: bool = False, others: Others = Others()
+    applied: Iterable[AppliedChange], host: Host, *, rollback: bool = False, others: Others = Others(),
+    journal: Journal | None = None,
 ) -> list[str]:
     """Undo newest first, going on past failures; returns what could not be undone.
 
     `down` keeps disk images and system users; KSM stays on while others.want_ksm, even in a rollback;
     a rollback (a failed preflight or launch) undoes everything else it just did. A journal entry never
-    marked done is undone too, quietly: it may never have reached the host.
+    marked done is undone too, quietly: it may never have reached the host. Each change leaves the
+    journal once undone (or kept), so a vmrun killed midway undoes nothing twice; what could not be
+    undone stays in it for a later `down` to try again.
     """
+    pending = list(applied)
+    failed: list[AppliedChange] = []
     problems = []
-    for record in reversed(list(applied)):
-        change = record.change
-        if change.on_down is OnDown.SHARED_KSM and others.want_ksm:
-            continue
-        if change.on_down is OnDown.KEEP and not rollback:
-            continue
-        for step in change.undo:
+    while pending:
+        record = pending.pop()
+        problem = _undo(record, host, rollback=rollback, others=others)
+        if problem is not None:
+            problems.append(problem)
+            failed.insert(0, record)
+        if journal is not None:
             try:
-                perform(step, host)
-            except (OSError, HostCommandError) as exc:
-                if record.done:
-                    problems.append(f"{step}: {_reason(exc)}")
-                break  # the change's later steps build on this one
+                journal.record((*pending, *failed))
+            except OSError:
+                pass  # the host comes first: a journal that cannot shrink makes a later down try these again
     return problems
+
+
+def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) -> str | None:
+    change = record.change
+    if change.on_down is OnDown.SHARED_KSM and others.want_ksm:
+        return None
+    if change.on_down is OnDown.KEEP and not rollback:
+        return None
+    crash_point(f"before undoing {change.step}")
+    for step in change.undo:
+        try:
+            perform(step, host)
+        except (OSError, HostCommandError) as exc:
+            # The change's later steps build on this one.
+            return f"{step}: {_reason(exc)}" if record.done else None
+    crash_point(f"after undoing {change.step}")
+    return None
+
+
+def kept_on_down(applied: Iterable[AppliedChange]) -> list[Change]:
+    """What `down` leaves on purpose (disk images, the directories made for them, system users), newest
+    first, as they would be undone."""
+    return [record.change for record in reversed(list(applied)) if record.change.on_down is OnDown.KEEP]
