@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vmrun.errors import Problem, SpecError
+from vmrun.extra_args import refused_extra_args
 from vmrun.load import read_document, spec_base, structure_spec
 from vmrun.naming import IFNAMSIZ, VM_NAME_RULE, is_vm_name, mac_address, pci_address, tap_name
 from vmrun.spec import Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
@@ -359,6 +360,8 @@ def check_host_and_qemu(spec: Spec) -> Iterator[Problem]:
         yield Problem("host.user", f"{spec.host.user!r} is not a user name")
     if not spec.qemu.binary:
         yield Problem("qemu.binary", "must not be empty")
+    for index, why, hint in refused_extra_args(spec.qemu.extra_args):
+        yield Problem(f"qemu.extra_args[{index}]", why, hint)
 
 
 # Each check with the sections it cannot do without. A section that failed to structure is left at its

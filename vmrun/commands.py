@@ -36,11 +36,17 @@ def say(message: str) -> None:
     print(f"vmrun: {message}", file=sys.stderr, flush=True)
 
 
-def load_valid_spec(path: str) -> Spec:
+def load_valid_spec(path: str, args: argparse.Namespace) -> Spec:
+    """The spec checked in full: its own checks, the seed files it names, and extra_args that would reach
+    vmrun's files under this command's run and state roots."""
     from vmrun import check
     from vmrun.cloudinit import seed_file_problems
+    from vmrun.locations import extra_args_reaching_vmrun
 
-    return check.load_valid_spec(Path(path), path, more=seed_file_problems)
+    places = places_of(args)
+    return check.load_valid_spec(
+        Path(path), path, more=lambda spec: [*seed_file_problems(spec), *extra_args_reaching_vmrun(spec, places)]
+    )
 
 
 def host_of(args: argparse.Namespace) -> Host:
@@ -63,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     errors: list[VmrunError] = []
     for path in args.specs:
         try:
-            load_valid_spec(path)
+            load_valid_spec(path, args)
         except VmrunError as error:
             errors.append(error)
         else:
@@ -93,13 +99,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     from vmrun.facts import choose_accel
     from vmrun.render import render
 
-    spec = load_valid_spec(args.spec)
+    spec = load_valid_spec(args.spec, args)
     facts = facts_for_display(args, spec, "rendering")
     argv = render(spec, facts, run_paths(args, spec.name))
     accel = choose_accel(spec, facts)
     say(f"accel {accel.accel}: {accel.reason}")
     if spec.qemu.extra_args:
-        say(f"the last {len(spec.qemu.extra_args)} arguments are qemu.extra_args, passed verbatim (not validated)")
+        say(f"the last {len(spec.qemu.extra_args)} arguments are qemu.extra_args, passed verbatim "
+            "(only the options vmrun refuses are checked)")
     print(json.dumps(argv) if args.json else shlex.join(argv))
     return 0
 
@@ -178,21 +185,21 @@ def cmd_up(args: argparse.Namespace) -> int:
             return Fate(spec.name, str(outcome))
         return task
 
-    specs, refused = load_valid_specs(args.specs)
+    specs, refused = load_valid_specs(args)
     tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
     return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_labelled_report))
 
 
-def load_valid_specs(arguments: list[str]) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
-    """Every SPEC and each DIR's specs, validated; an invalid one (or a second spec of one name) is
+def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
+    """Every SPEC and each DIR's specs (args.specs), validated; an invalid one (or a second spec of one name) is
     reported and becomes a refused fate, and the others go on."""
     from vmrun.fleet import Fate, spec_files
 
     specs: dict[str, tuple[Path, Spec]] = {}
     refused: list[Fate] = []
-    for path in spec_files(arguments):
+    for path in spec_files(args.specs):
         try:
-            spec = load_valid_spec(str(path))
+            spec = load_valid_spec(str(path), args)
             if spec.name in specs:
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:
@@ -244,7 +251,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     host, places = host_of(args), places_of(args)
     rows: list[dict[str, Any]] = []
-    specs, refused = load_valid_specs(args.specs)
+    specs, refused = load_valid_specs(args)
     for path, spec in specs:
         changed = drift(spec, path.resolve(), host, places)
         status = "not running" if changed is None else "differs" if changed else "up to date"
@@ -331,7 +338,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from vmrun.lifecycle import others_than, prepare
     from vmrun.preflight import Plan, plan_preflight, refuse
 
-    spec = load_valid_spec(args.spec)
+    spec = load_valid_spec(args.spec, args)
     host, places = host_of(args), places_of(args)
 
     def show(plan: Plan) -> None:
@@ -374,7 +381,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.define and args.format != "libvirt":
         raise UsageError("--define goes with --format libvirt")
-    spec = load_valid_spec(args.spec)
+    spec = load_valid_spec(args.spec, args)
     if args.format == "libvirt":
         facts = facts_for_display(args, spec, "exporting")
         exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net,
