@@ -197,6 +197,17 @@ def test_host_user_and_qemu_binary() -> None:
     assert check(data) == ["host.user: 'Bad User' is not a user name", "qemu.binary: must not be empty"]
 
 
+def test_qemu_stays_root_only_when_the_spec_says_it_means_it() -> None:
+    assert check({**good(), "host": {"user": "root"}}) == [
+        'host.user: "root" keeps qemu as root when vmrun runs as root: no privilege drop (hint: name another '
+        'user, or set host.allow_root = true to mean it (shares with security_model = "passthrough" need it))'
+    ]
+    assert check({**good(), "host": {"user": "root", "allow_root": True}}) == []
+    assert check({**good(), "host": {"user": "vmrun", "allow_root": True}}) == [
+        'host.allow_root: only applies with host.user = "root"'
+    ]
+
+
 def test_validate_reports_every_problem_at_once() -> None:
     data = with_("machine", cpus=2)
     data["nics"][0].update(queues=3, mac="ff:ff:ff:ff:ff:ff")

@@ -550,7 +550,8 @@ def test_share_problems(tmp_path: Path) -> None:
     host = fake_host(tmp_path)
     assert messages(plan_for(share_spec(tmp_path / "nope"), host)) == [f"{tmp_path}/nope does not exist"]
     assert messages(plan_for(share_spec(tmp_path, security_model="passthrough"), host)) == [
-        'security_model = "passthrough" needs qemu to run as root (vmrun as root with host.user = "root"); '
+        'security_model = "passthrough" needs qemu to run as root (vmrun as root with host.user = "root" and '
+        'host.allow_root = true); '
         'use "mapped-xattr"']
     assert plan_for(share_spec(tmp_path, security_model="passthrough", user="root"), host).failures == ()
     # sysfs stores no user xattrs: the probe tells.
@@ -599,6 +600,17 @@ def test_a_qemu_that_cannot_drop_root_is_refused_only_to_root(tmp_path: Path) ->
     as_user = attrs.evolve(cannot_drop, drop_privileges=False)
     [check] = [c for c in plan_for(make_spec(), fake_host(tmp_path), as_user).checks if c.name == "qemu"]
     assert (check.status, check.message) == (Status.OK, "qemu-system-x86_64 9.0.0")
+
+
+def test_fake_qemu_kept_root_is_said_as_a_warning_and_needs_no_way_to_drop(tmp_path: Path) -> None:
+    cannot_drop = attrs.evolve(ROOT_FACTS, qemu_version="9.0.0", privilege_drop=PrivilegeDrop.IMPOSSIBLE)
+    plan = plan_for(make_spec(host={"user": "root", "allow_root": True}), fake_host(tmp_path), cannot_drop)
+    assert plan.failures == ()
+    assert [(c.name, c.status, c.message) for c in plan.checks if c.name.startswith("qemu")] == [
+        ("qemu", Status.OK, "qemu-system-x86_64 9.0.0"),
+        ("qemu user", Status.WARN, 'qemu keeps root\'s privileges (host.user = "root", host.allow_root = true): a '
+                                   "guest that breaks out of qemu owns the host"),
+    ]
 
 
 def test_cli_up_without_qemu_exits_3_without_a_traceback(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def facts_for_display(args: argparse.Namespace, spec: Spec, what: str) -> HostFacts:
     """Host facts for render and export, which never run a qemu the user does not control; says what
     the output assumes when qemu was not asked."""
-    from vmrun.facts import PrivilegeDrop, gather_facts
+    from vmrun.facts import PrivilegeDrop, drops_privileges, gather_facts
 
     facts = gather_facts(host_of(args), spec.qemu.binary)
     assumed = f"{what} with default capabilities ({PrivilegeDrop.RUNAS}, no -sandbox)"
@@ -90,7 +90,7 @@ def facts_for_display(args: argparse.Namespace, spec: Spec, what: str) -> HostFa
         say(f"not probing qemu.binary {spec.qemu.binary}: {facts.qemu_not_run}; {assumed}")
     elif facts.qemu_version is None:
         say(f"{spec.qemu.binary} not found or does not run; {assumed}")
-    elif facts.drop_privileges and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
+    elif drops_privileges(spec, facts) and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
         say(f"warning: {spec.qemu.binary} has {facts.privilege_drop}: up refuses to start it as root")
     return facts
 

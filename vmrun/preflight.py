@@ -32,7 +32,7 @@ from vmrun.changes import (
 from vmrun.check import tcg_limits
 from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
-from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel
+from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel, drops_privileges, keeps_root
 from vmrun.host import Host, HostCommandError, User
 from vmrun.naming import tap_name
 from vmrun.signals import shielded
@@ -127,10 +127,10 @@ def check_qemu(spec: Spec, facts: HostFacts) -> Found:
                                  "as it is yours")
     elif facts.qemu_version is None:
         yield fail_check("qemu", f"{binary} not found (Debian: apt-get install qemu-system-x86)")
-    elif facts.drop_privileges and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
+    elif drops_privileges(spec, facts) and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
         yield fail_check("qemu", f"{binary} {facts.qemu_version} has {facts.privilege_drop}, so it would keep "
                                  "root's privileges: use a qemu that has either, or run vmrun as another user")
-    elif facts.drop_privileges:
+    elif drops_privileges(spec, facts):
         yield ok_check("qemu", f"{binary} {facts.qemu_version}; it drops privileges with {facts.privilege_drop}")
     else:
         yield ok_check("qemu", f"{binary} {facts.qemu_version}")
@@ -145,6 +145,9 @@ def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
     name = "qemu user"
     if not facts.drop_privileges:
         yield ok_check(name, f"vmrun is not root: qemu runs as {host.current_user().name}")
+    elif keeps_root(spec, facts):
+        yield warn_check(name, 'qemu keeps root\'s privileges (host.user = "root", host.allow_root = true): a guest '
+                               "that breaks out of qemu owns the host")
     elif host.user(spec.host.user) is not None:
         yield ok_check(name, f"qemu drops privileges to {spec.host.user}")
     elif spec.host.user == SYSTEM_USER:
@@ -427,13 +430,13 @@ def _check_vhost(name: str, nic: Nic, host: Host, facts: HostFacts) -> Found:
 def check_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: User | None) -> Found:
     name = f"shares {share.id}"
     kind = host.kind(share.path)
-    qemu_is_root = facts.drop_privileges and spec.host.user == "root"
+    qemu_is_root = keeps_root(spec, facts)
     problem = None
     if kind != "directory":
         problem = f"{share.path} {_is_not(kind, 'directory')}"
     elif share.security_model is SecurityModel.PASSTHROUGH and not qemu_is_root:
         problem = ('security_model = "passthrough" needs qemu to run as root (vmrun as root with host.user = '
-                   '"root"); use "mapped-xattr"')
+                   '"root" and host.allow_root = true); use "mapped-xattr"')
     elif share.security_model is SecurityModel.MAPPED_XATTR and not host.supports_xattrs(share.path):
         problem = f"{share.path}'s filesystem stores no user xattrs; use security_model = \"mapped-file\""
     else:
