@@ -155,8 +155,21 @@ def vm_name(name_or_spec: str) -> str:
     return name_or_spec
 
 
-def _labelled_report(label: str, error: VmrunError) -> None:
-    report(error, prefix=f"{label}: " if label and not isinstance(error, SpecError) else "")
+def _reporter(args: argparse.Namespace) -> Callable[[str, Exception], None]:
+    """How a VM's failure is told: one line per error, and a bug in vmrun as cli.main tells it (with --debug,
+    raised on, for its traceback)."""
+
+    def report_fate(label: str, error: Exception) -> None:
+        prefix = f"{label}: " if label and not isinstance(error, SpecError) else ""
+        if isinstance(error, VmrunError):
+            report(error, prefix=prefix)
+        elif args.debug:
+            raise error
+        else:
+            print(f"vmrun: internal error: {prefix}{type(error).__name__}: {error} (rerun with --debug)",
+                  file=sys.stderr)
+
+    return report_fate
 
 
 def _finish(fates: list[Fate]) -> int:
@@ -187,7 +200,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     specs, refused = load_valid_specs(args)
     tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
-    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_labelled_report))
+    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)))
 
 
 def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
@@ -243,7 +256,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         return task
 
     return _finish(run_all([(name, task_for(name)) for name in vm_names_of(args)], jobs=None, say=say,
-                           report=_labelled_report))
+                           report=_reporter(args)))
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -287,7 +300,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         pid = vm.pid or "-"
         addresses = " ".join(f"{interface} {','.join(ips)}" for interface, ips in vm.addresses.items())
         print(f"{vm.name:<16} {vm.state:<8} pid {pid:<8} {vm.accel:<4} up {uptime:<8} {agent:<18} {vm.run_dir}"
-              f"{'  ' + addresses if addresses else ''}")
+              f"{'  ' + addresses if addresses else ''}" + "".join(f"\n  host drift: {line}" for line in vm.host_drift))
     return 0
 
 

@@ -136,9 +136,9 @@ def check_qemu(spec: Spec, facts: HostFacts) -> Found:
         yield ok_check("qemu", f"{binary} {facts.qemu_version}")
 
 
-def qemu_user(spec: Spec, host: Host, facts: HostFacts) -> User | None:
+def qemu_user(spec: Spec, host: Host, *, as_root: bool) -> User | None:
     """Who qemu runs as: whoever runs vmrun, or host.user when that is root (None until preflight creates it)."""
-    return host.user(spec.host.user) if facts.drop_privileges else host.current_user()
+    return host.user(spec.host.user) if as_root else host.current_user()
 
 
 def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
@@ -480,7 +480,7 @@ def ksm_restore_value(applied: Iterable[AppliedChange]) -> str | None:
 
 def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others = Others()) -> Plan:
     """Every check and the changes they need, from reads only: nothing on the host changes."""
-    user = qemu_user(spec, host, facts)
+    user = qemu_user(spec, host, as_root=facts.drop_privileges)
     memlock_check, memlock = check_memlock(spec, host, facts)
     found: list[CheckResult | Change] = [
         *check_accel(spec, facts),
