@@ -181,6 +181,7 @@ class FakeHost(Host):
 
     natural_drivers: dict[str, str] = attrs.field(factory=dict)  # what probing binds without an override
     fail_on: str | None = None  # a path whose write fails, or the start of a command line that fails
+    fail_also_on: str | None = None  # a second one, for a failure whose rollback fails too
     memlock: tuple[int | None, int | None] = (64 * MIB, 64 * MIB)
     writes: list[tuple[str, str]] = attrs.field(factory=list)
     commands: list[tuple[str, ...]] = attrs.field(factory=list)
@@ -195,7 +196,7 @@ class FakeHost(Host):
 
     def write(self, host_path: str | Path, value: str) -> None:
         path = str(host_path)
-        if path == self.fail_on:
+        if path in (self.fail_on, self.fail_also_on):
             raise _fail(errno.EBUSY, path)
         self.writes.append((path, value))
         if path.endswith("/driver_override"):
@@ -250,7 +251,7 @@ class FakeHost(Host):
 
     def run(self, argv: list[str], *, timeout: float = 60) -> str:
         self.commands.append(tuple(argv))
-        if self.fail_on and " ".join(argv).startswith(self.fail_on):
+        if any(failing and " ".join(argv).startswith(failing) for failing in (self.fail_on, self.fail_also_on)):
             raise HostCommandError(f"{argv[0]}: failed, as the test asked")
         match argv:
             case ["ip", "tuntap", "add", "dev", tap, "mode", "tap", *options]:

@@ -452,6 +452,50 @@ def test_fake_ksm_turns_on_and_only_the_last_vm_that_wants_it_restores_it(tmp_pa
     assert run.read_text() == "0"
 
 
+def test_fake_ksm_already_on_is_left_as_it_is_and_on(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    host.write("/sys/kernel/mm/ksm/run", "1")
+    plan = plan_for(make_spec(host={"user": "nobody", "ksm": True}), host)
+    assert [c.message for c in plan.checks if c.name == "ksm"] == ["KSM is running"]
+    assert plan.changes == ()
+    undo_changes(apply_plan(plan, host), host)
+    assert host.read("/sys/kernel/mm/ksm/run") == "1"
+
+
+def test_fake_kernel_without_ksm_is_a_warning_and_no_change(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    host.path("/sys/kernel/mm/ksm/run").unlink()
+    plan = plan_for(make_spec(host={"user": "nobody", "ksm": True}), host)
+    assert messages(plan, Status.WARN) == ["this kernel has no KSM (/sys/kernel/mm/ksm): running without it"]
+    assert plan.changes == ()
+
+
+def test_fake_rollback_that_cannot_undo_a_change_says_so_and_undoes_the_rest(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, fail_on="/sys/kernel/mm/ksm/run", fail_also_on="ip link set vmtap0 nomaster")
+    add_bridge(host.root, "br0")
+    spec = make_spec(nics=[{"id": "n0", "tap": "vmtap0", "bridge": "br0"}], host={"user": "nobody", "ksm": True})
+    with pytest.raises(PreflightError) as failed:
+        apply_plan(plan_for(spec, host), host)
+    assert str(failed.value) == "preflight: write /sys/kernel/mm/ksm/run 1 failed: Device or resource busy"
+    assert failed.value.hint == ("2 earlier change(s) rollback incomplete: ip link set vmtap0 nomaster down: "
+                                 "ip: failed, as the test asked")
+    assert host.commands[-1] == ("ip", "tuntap", "del", "dev", "vmtap0", "mode", "tap")  # undone all the same
+    assert not host.exists("/sys/class/net/vmtap0")
+
+
+def test_fake_down_reports_what_it_could_not_undo_but_not_an_entry_never_marked_done(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    add_bridge(host.root, "br0")
+    applied = apply_plan(plan_for(nic_spec(bridge="br0"), host), host)
+    stuck = attrs.evolve(host, fail_on="ip link set vmtap0 nomaster")
+    assert undo_changes(applied, stuck) == [
+        "ip link set vmtap0 nomaster down: ip: failed, as the test asked"]
+    assert not host.exists("/sys/class/net/vmtap0")  # the tap went all the same
+    # An entry never marked done may never have reached the host: its undo failing is no news.
+    half_done = attrs.evolve(applied[1], done=False)
+    assert undo_changes([half_done], stuck) == []
+
+
 def test_fake_ksm_without_root_is_a_warning(tmp_path: Path) -> None:
     plan = plan_for(make_spec(host={"user": "nobody", "ksm": True}), fake_host(tmp_path), USER_FACTS)
     assert messages(plan, Status.WARN) == ["KSM is off (run = 0) and only root can turn it on: running without it"]
