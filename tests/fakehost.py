@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -137,6 +138,26 @@ def add_disk(root: Path, name: str, function_dir: str, *, partitions: tuple[str,
         put(root, f"{disk}/{partition}/partition", "1\n")
         link(root, f"/sys/class/block/{partition}", f"{disk}/{partition}")
     return disk
+
+
+def add_block_node(root: Path, name: str, major: int, minor: int, *, sysfs_dir: str) -> str:
+    """/dev/NAME as a block device node, and /sys/dev/block/MAJOR:MINOR leading to its sysfs directory."""
+    node = root / "dev" / name
+    node.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(major, minor))
+    link(root, f"/sys/dev/block/{major}:{minor}", sysfs_dir)
+    put(root, f"{sysfs_dir}/dev", f"{major}:{minor}\n")
+    return f"/dev/{name}"
+
+
+def add_scsi_disk(root: Path, name: str, minor: int) -> str:
+    """A SCSI disk (sd) with one partition, as the sd driver lays them out; returns the disk's /dev path."""
+    target = f"{PCI_ROOT}/0000:00:1f.2/host0/target0:0:0/0:0:0:0"
+    put(root, f"{target}/scsi_device/0:0:0:0/dev", f"21:{minor}\n")
+    disk = f"{target}/block/{name}"
+    link(root, f"{disk}/device", target)
+    add_block_node(root, f"{name}1", 8, minor + 1, sysfs_dir=f"{disk}/{name}1")
+    return add_block_node(root, name, 8, minor, sysfs_dir=disk)
 
 
 def add_device_mapper(root: Path, name: str, mapper_name: str, *, on: str) -> None:

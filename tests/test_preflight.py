@@ -39,12 +39,14 @@ from .common import REPO
 from .fakehost import (
     FakeHost,
     FakePci,
+    add_block_node,
     add_bridge,
     add_default_route,
     add_device_mapper,
     add_disk,
     add_kvm,
     add_net_device,
+    add_scsi_disk,
     add_tap,
     attach,
     build_host_tree,
@@ -417,6 +419,37 @@ def test_fake_disk_problems(tmp_path: Path) -> None:
         f"passthrough needs a block device; {tmp_path} is a directory, not a block device",
         f"{tmp_path} is a directory, not a disk image",
     ]
+
+
+def test_fake_passthrough_takes_a_whole_scsi_disk_only(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (NVME,))
+    sdb = add_scsi_disk(host.root, "sdb", 16)
+    nvme = add_block_node(host.root, "nvme0n1", 259, 0, sysfs_dir=add_disk(host.root, "nvme0n1", NVME.sysfs_dir))
+    spec = make_spec(disks=[{"id": disk_id, "path": path, "passthrough": True}
+                            for disk_id, path in (("lun", sdb), ("part", f"{sdb}1"), ("nvme", nvme))])
+    plan = plan_for(spec, host)
+    assert [(c.name, c.status, c.message) for c in plan.checks if c.name.startswith("disks")] == [
+        ("disks lun", Status.OK, "/dev/sdb is a SCSI disk (scsi-block)"),
+        *((f"disks {disk_id}", Status.FAIL, f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI "
+           f"commands); {path} is a block device but not one: set passthrough = false to attach it as a plain disk")
+          for disk_id, path in (("part", "/dev/sdb1"), ("nvme", nvme))),
+    ]
+
+
+def test_passthrough_on_a_loop_device_is_refused_real_host(tmp_path: Path) -> None:
+    image = tmp_path / "lun.img"
+    image.write_bytes(bytes(1024 * 1024))
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True)
+    if loop.returncode != 0:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    device = loop.stdout.strip()
+    try:
+        plan = plan_for(make_spec(disks=[{"id": "lun", "path": device, "passthrough": True}]), Host())
+        assert messages(plan) == [
+            f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI commands); {device} is a block device "
+            "but not one: set passthrough = false to attach it as a plain disk"]
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
 
 
 def test_fake_missing_tiny_guest_kernel_names_the_build_script(tmp_path: Path) -> None:

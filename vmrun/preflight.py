@@ -201,10 +201,7 @@ def check_disks(spec: Spec, host: Host, others: Others, user: User | None) -> Fo
         elif disk.base is not None:
             yield from _check_overlay(name, disk, disk.base, kind, host, user, in_use, qemu_runs_as=owner)
         elif disk.passthrough:
-            if kind == "block device":
-                yield ok_check(name, f"{disk.path} is a block device (scsi-block)")
-            else:
-                yield fail_check(name, f"passthrough needs a block device; {disk.path} {_is_not(kind, 'block device')}")
+            yield _passthrough_check(name, disk.path, kind, host)
         elif kind in ("file", "block device"):
             yield ok_check(name, str(disk.path))
         elif kind is not None:
@@ -213,6 +210,18 @@ def check_disks(spec: Spec, host: Host, others: Others, user: User | None) -> Fo
             yield fail_check(name, f"{disk.path} does not exist; set disks[{index}].size to create it")
         else:
             yield from _create_image(name, disk, host, size_bytes=disk.size)
+
+
+def _passthrough_check(name: str, path: Path, kind: str | None, host: Host) -> CheckResult:
+    """scsi-block hands the guest's SCSI commands to the device (SG_IO): only a SCSI disk takes them (qemu
+    refuses a loop device: "cannot get SG_IO version number"), and a partition's would reach its whole disk."""
+    if kind != "block device":
+        return fail_check(name, f"passthrough needs a block device; {path} {_is_not(kind, 'block device')}")
+    number = host.device_number(path)
+    if number is None or not host.exists(f"/sys/dev/block/{number}/device/scsi_device"):
+        return fail_check(name, f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI commands); {path} "
+                                "is a block device but not one: set passthrough = false to attach it as a plain disk")
+    return ok_check(name, f"{path} is a SCSI disk (scsi-block)")
 
 
 def _size_text(size_bytes: int) -> str:
