@@ -470,3 +470,49 @@ def test_a_damaged_state_file_is_refused_by_down_and_down_force_still_stops_qemu
     # The tap it made stays: the journal that named it is lost, and down says so.
     assert net(f"{name}.n0").exists()
     run("ip", "tuntap", "del", "dev", f"{name}.n0", "mode", "tap", "multi_queue")
+def test_host_drift_of_a_running_vm_is_named_by_diff_and_status_and_mended_by_a_restart(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec, ksm_restored: str, bridge: str
+) -> None:
+    name = f"h{SUFFIX}"
+    tap = f"{name}.n0"
+    spec = spec_with_a_tap(name, ksm=True, bridge=bridge)
+    up = vmrun("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    try:
+        diff = vmrun("diff", str(spec))
+        assert (diff.returncode, diff.stdout) == (0, f"{name}: up to date\n")
+
+        subprocess.run(["ip", "link", "set", tap, "nomaster"], check=True)
+        KSM_RUN.write_text("0")
+        off_bridge = f"nics[0].bridge: tap {tap} is no longer attached to bridge {bridge}"
+        ksm_off = f"host.ksm: KSM is off on the host ({KSM_RUN} = 0)"
+        diff = vmrun("diff", str(spec))
+        assert (diff.returncode, diff.stdout) == (6, f"{name}: differs\n  {off_bridge}\n  {ksm_off}\n")
+        [status] = json.loads(vmrun("status", name, "--json").stdout)
+        assert status["host_drift"] == [off_bridge, ksm_off]
+        assert vmrun("status", name).stdout.splitlines()[-2:] == [f"  host drift: {off_bridge}",
+                                                                  f"  host drift: {ksm_off}"]
+        refused = vmrun("up", str(spec))
+        assert refused.returncode == 2
+        assert f"{name} runs with another configuration: {off_bridge}; {ksm_off}" in refused.stderr
+
+        restarted = vmrun("up", "--restart", "--timeout", "1", str(spec))
+        assert restarted.returncode == 0, restarted.stderr
+        assert (net(tap) / "master").resolve().name == bridge and KSM_RUN.read_text().strip() == "1"
+        assert vmrun("diff", str(spec)).returncode == 0
+
+        subprocess.run(["ip", "link", "del", tap], check=True)
+        diff = vmrun("diff", str(spec))
+        assert (diff.returncode, diff.stdout) == (6, f"{name}: differs\n  nics[0]: tap {tap} is gone from the host\n")
+    finally:
+        down = vmrun("down", "--timeout", "1", name)
+    assert down.returncode == 0, down.stderr
+    # The tap is gone, so taking it off the bridge cannot be undone: said, and the rest is undone.
+    assert down.stderr.splitlines() == [
+        f"vmrun: asking {name} to power down (ACPI), waiting up to 1 s",
+        f"vmrun: {name} ignored the powerdown; quitting qemu",
+        f'vmrun: could not undo: ip link set {tap} nomaster down: Cannot find device "{tap}"',
+        f"vmrun: {name} stopped (QMP quit)",
+    ]
+    assert KSM_RUN.read_text().strip() == ksm_restored
+    assert_nothing_left(vmrun, name)

@@ -57,8 +57,9 @@ Task = Callable[[Say, threading.Event], Fate]
 
 
 def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
-            report: Callable[[str, VmrunError], None]) -> list[Fate]:
-    """Run each (label, task) in parallel, up to jobs at once; a VmrunError becomes that VM's fate.
+            report: Callable[[str, Exception], None]) -> list[Fate]:
+    """Run each (label, task) in parallel, up to jobs at once; a VmrunError becomes that VM's fate, and so
+    does any other exception (a bug in vmrun, exit 1): one VM's bug does not hide what became of the others.
 
     Ctrl-C or SIGTERM sets `interrupted`, which the tasks watch; every task is then waited for, so
     each can roll back what it started."""
@@ -74,6 +75,9 @@ def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
             return Fate(label, f"failed (exit {error.exit_code})", error.exit_code)
         except KeyboardInterrupt:
             return Fate(label, "interrupted, rolled back", INTERRUPTED)
+        except Exception as bug:  # noqa: BLE001 - reported as a bug, and the other VMs go on
+            report(label if prefix else "", bug)
+            return Fate(label, "failed (a bug in vmrun)", BUG)
 
     if len(tasks) <= 1:
         return [guarded(label, task) for label, task in tasks]

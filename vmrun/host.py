@@ -140,6 +140,16 @@ class Host:
                 return name
         return "other"
 
+    def device_number(self, host_path: str | Path) -> str | None:
+        """"major:minor" of a block or character device (links followed), as /sys/dev names it; None otherwise."""
+        try:
+            info = self.path(host_path).stat()
+        except OSError:
+            return None
+        if not (stat.S_ISBLK(info.st_mode) or stat.S_ISCHR(info.st_mode)):
+            return None
+        return f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+
     def file_info(self, host_path: str | Path) -> os.stat_result | None:
         """Owner, group and mode of the path itself (a link is not followed); None when missing."""
         try:

@@ -20,6 +20,7 @@ from vmrun.errors import AgentError, LaunchError, PreflightError, UsageError
 from vmrun.facts import HostFacts, gather_facts
 from vmrun.files import partial_of, write_whole
 from vmrun.host import Host
+from vmrun.hostdrift import host_differences
 from vmrun.load import converter
 from vmrun.locations import Places, RunPaths
 from vmrun.locks import host_lock, vm_busy, vm_lock
@@ -81,6 +82,8 @@ class VmStatus:
     agent: bool | None
     # The guest's addresses by interface, as the agent reports them; empty when unknown.
     addresses: dict[str, list[str]] = attrs.field(factory=dict, hash=False)
+    # What the host no longer holds for the running VM (a tap gone or off its bridge, KSM off, ...).
+    host_drift: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -269,7 +272,7 @@ def up(
         outcome = Outcome.STARTED
         running = running_state(host, paths, spec.name)
         if running is not None:
-            changed = differences(recorded_configuration(running), configuration)
+            changed = _running_differences(running, configuration, host, as_root=facts.drop_privileges)
             if not changed:
                 return Outcome.UP_TO_DATE
             if not restart:
@@ -322,8 +325,18 @@ def drift(spec: Spec, spec_path: Path, host: Host, places: Places) -> list[str] 
     state = running_state(host, paths, spec.name)
     if state is None:
         return None
-    now, _ = _configuration(spec, spec_path, gather_facts(host, spec.qemu.binary), paths)
-    return differences(recorded_configuration(state), now)
+    facts = gather_facts(host, spec.qemu.binary)
+    now, _ = _configuration(spec, spec_path, facts, paths)
+    return _running_differences(state, now, host, as_root=facts.drop_privileges)
+
+
+def _running_differences(state: VmState, now: Configuration, host: Host, *, as_root: bool) -> list[str]:
+    """How a running VM differs from what it would run with now, then what the host no longer holds for
+    it (judged by the spec it started from, when it recorded one)."""
+    recorded = recorded_configuration(state)
+    started_from = recorded.spec or now.spec
+    on_host = host_differences(started_from, host, as_root=as_root) if started_from is not None else []
+    return [*differences(recorded, now), *on_host]
 
 
 def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:
@@ -457,10 +470,12 @@ def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
             vm_state = "stopped"
         if vm_state == "running" and paths.agent_socket.exists():
             agent, addresses = probe_agent(paths)
+    started_from = recorded_configuration(state).spec if state is not None and alive else None
     return VmStatus(
         name=name, state=vm_state, pid=pid if alive else None, accel=state.accel if state else "unknown",
         run_dir=str(paths.run_dir), uptime=time.time() - state.started_at if state and alive else None, agent=agent,
         addresses=addresses,
+        host_drift=tuple(host_differences(started_from, host, as_root=host.is_root_user())) if started_from else (),
     )
 
 
