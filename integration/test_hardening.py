@@ -5,13 +5,19 @@ Each VM here is guest-less (an empty disk), so nothing waits for a guest unless 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import attrs
 import pytest
 
 from .conftest import Vmrun, qemu_pids_of
@@ -60,44 +66,205 @@ def assert_nothing_left(vmrun: Vmrun, name: str) -> None:
     assert not (vmrun.run_root / name).exists()
 
 
-def test_killed_at_every_step_of_up_then_down_force_leaves_nothing(
-    vmrun: Vmrun, spec_with_a_tap: MakeSpec, ksm_restored: str
-) -> None:
-    name = f"k{SUFFIX}"
-    spec = spec_with_a_tap(name, ksm=True)
-    steps = []
-    for step in range(1, 40):
-        up = vmrun("up", str(spec), env={"VMRUN_TEST_KILL_AT": str(step)})
-        if up.returncode == 0:
-            break
-        assert up.returncode == -signal.SIGKILL, up.stderr
-        steps.append(up.stderr.strip().splitlines()[-1].split("killed at ")[-1])
-        down = vmrun("down", "--force", name)
-        assert down.returncode == 0, down.stderr
-        assert_nothing_left(vmrun, name)
-        assert KSM_RUN.read_text().strip() == ksm_restored, f"KSM left on after a kill {steps[-1]}"
+SYSTEM_USER = "vmrun"
+
+
+@contextmanager
+def new_host_users(vmrun: Vmrun, where: Path) -> Iterator[Vmrun]:
+    """vmrun as on a host where the system user vmrun does not exist yet, so preflight creates it: the
+    commands run in a private mount namespace whose /etc is an overlay without that user (its changes
+    land in `where`). Taps, KSM and processes are the host's own; its users stay as they are."""
+    holder, upper, work = where / "namespace", where / "etc", where / "work"
+    for directory in (holder, upper, work):
+        directory.mkdir(parents=True)
+    for database in ("passwd", "group", "shadow", "gshadow"):
+        source, copy = Path("/etc") / database, upper / database
+        copy.write_text("".join(line for line in source.read_text().splitlines(keepends=True)
+                                if not line.startswith(f"{SYSTEM_USER}:")))
+        shutil.copystat(source, copy)
+        os.chown(copy, source.stat().st_uid, source.stat().st_gid)
+    namespace = holder / "mnt"
+    run("mount", "--bind", str(holder), str(holder))
+    try:
+        run("mount", "--make-private", str(holder))
+        namespace.touch()
+        run("unshare", f"--mount={namespace}", "--propagation", "private", "true")
+        enter = ("nsenter", f"--mount={namespace}", "--")
+        run(*enter, "mount", "-t", "overlay", "overlay", "-o", f"lowerdir=/etc,upperdir={upper},workdir={work}",
+            "/etc")
+        assert subprocess.run([*enter, "id", SYSTEM_USER], capture_output=True).returncode == 1
+        yield attrs.evolve(vmrun, enter=enter)
+    finally:
+        subprocess.run(["umount", str(namespace)], check=False)
+        run("umount", str(holder))
+
+
+def run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@attrs.frozen
+class EveryKind:
+    """A guest-less VM whose `up` makes every kind of host change this machine offers: the system user, two
+    taps (one on a bridge), KSM, the directories and an ephemeral overlay on a base, a cloud-init seed and
+    UEFI variables; with a share. `fresh` gives each try a host as before the first."""
+
+    vmrun: Vmrun
+    spec: Path
+    name: str
+    base: Path
+    overlay: Path
+    bridge: str
+    ksm_before: str
+
+    @property
+    def taps(self) -> list[Path]:
+        return [net(f"{self.name}.n0"), net(f"{self.name}.n1")]
+
+    @contextmanager
+    def fresh(self, attempt: int) -> Iterator[Vmrun]:
+        """No system user, no overlay directories, no state directory (seed, UEFI variables)."""
+        shutil.rmtree(self.vmrun.state_root, ignore_errors=True)
+        shutil.rmtree(self.overlay.parent.parent, ignore_errors=True)
+        with new_host_users(self.vmrun, self.vmrun.spec_dir / f"host{attempt}") as vmrun:
+            yield vmrun
+
+    def assert_nothing_left(self, base_sha256: str, after: str) -> None:
+        assert qemu_pids_of(self.vmrun.run_root) == [], after
+        for tap in self.taps:
+            assert not tap.exists(), f"{tap.name} left {after}"
+        assert not self.overlay.exists(), f"overlay left {after}"
+        assert os.listdir(self.vmrun.run_root) == [".locks"], after
+        assert not list((net(self.bridge) / "brif").iterdir()), after
+        assert KSM_RUN.read_text().strip() == self.ksm_before, f"KSM not as it was {after}"
+        assert sha256(self.base) == base_sha256, f"base written {after}"
+
+
+@pytest.fixture
+def every_kind(vmrun: Vmrun, guestless_spec: MakeSpec, reachable_tmp: Path, bridge: str,
+               ksm_restored: str) -> EveryKind:
+    name = f"e{SUFFIX}"
+    base = reachable_tmp / "base.raw"
+    base.write_bytes(os.urandom(2**20))
+    base.chmod(0o644)
+    share = reachable_tmp / "share"
+    share.mkdir()
+    (vmrun.spec_dir / "user-data.yaml").write_text("#cloud-config\n")
+    spec = guestless_spec(name, f"""
+        [[disks]]
+        id = "scratch"
+        path = "disks/{name}/scratch.qcow2"
+        format = "qcow2"
+        base = "{base}"
+        ephemeral = true
+        [[nics]]
+        id = "n0"
+        queues = 2
+        bridge = "{bridge}"
+        [[nics]]
+        id = "n1"
+        [[shares]]
+        id = "data"
+        path = "{share}"
+        tag = "data"
+        readonly = true
+        [cloud_init]
+        user_data = "user-data.yaml"
+        [host]
+        ksm = true
+        """, cpus=2)
+    spec.write_text(spec.read_text().replace('disk = "empty"', 'disk = "empty"\nfirmware = "uefi"'))
+    return EveryKind(vmrun, spec, name, base, vmrun.spec_dir / "disks" / name / "scratch.qcow2", bridge,
+                     ksm_restored)
+
+
+def killed_at(result: subprocess.CompletedProcess[str]) -> str:
+    """The label of the crash point vmrun was killed at."""
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    return result.stderr.strip().splitlines()[-1].split(": ", 3)[-1]
+
+
+MAX_POINTS = 200
+
+
+def test_killed_at_every_crash_point_of_up_then_down_force_leaves_nothing(every_kind: EveryKind) -> None:
+    base = sha256(every_kind.base)
+    points = []
+    for point in range(1, MAX_POINTS):
+        with every_kind.fresh(point) as vmrun:
+            up = vmrun("up", str(every_kind.spec), kill_at=str(point))
+            if up.returncode == 0:
+                down = vmrun("down", "--timeout", "1", every_kind.name)
+                assert down.returncode == 0, down.stderr
+                break
+            points.append(killed_at(up))
+            down = vmrun("down", "--force", every_kind.name)
+        assert down.returncode == 0, f"after a kill {points[-1]}: {down.stderr}"
+        every_kind.assert_nothing_left(base, f"after a kill {points[-1]}")
     else:
         pytest.fail("up never got past its crash points")
-    # Every kind of step was hit: the run dir, the tap, KSM, and the launch.
-    assert steps[0] == "after creating the run directory"
-    assert any(step.startswith("before ip tuntap add") for step in steps)
-    assert any(step.startswith("after ip tuntap add") for step in steps)
-    assert any("/sys/kernel/mm/ksm/run" in step for step in steps)
-    assert steps[-1] == "after launching qemu"
-    assert vmrun("down", "--timeout", "1", name).returncode == 0
-    assert_nothing_left(vmrun, name)
+    every_kind.assert_nothing_left(base, "after up and down")
+    # What down leaves on purpose is named, with the way to remove it.
+    kept = f"(by hand: rmdir {every_kind.overlay.parent}; rmdir {every_kind.overlay.parent.parent}; userdel vmrun)"
+    assert kept in down.stderr
+    assert "kept for the next up: " in down.stderr and "seed.iso" in down.stderr
+    expected = [
+        "run/.e", "after creating the run directory", "before useradd", "after useradd", "before mkdir",
+        "before qemu-img create", "after qemu-img create", "before ip tuntap add", "before ip link set",
+        "after ip link set", "before write /sys/kernel/mm/ksm/run", "after write /sys/kernel/mm/ksm/run",
+        "state.json.partial written", "OVMF_VARS.fd.partial written", "seed.iso.partial written",
+        "before launching qemu", "after launching qemu",
+    ]
+    assert [kind for kind in expected if not any(kind in point for point in points)] == []
+    print(f"{len(points)} crash points in up: {points}")
 
 
-def test_a_killed_up_is_cleaned_up_by_the_next_up(vmrun: Vmrun, spec_with_a_tap: MakeSpec) -> None:
-    name = f"n{SUFFIX}"
-    spec = spec_with_a_tap(name)
-    killed = vmrun("up", str(spec), env={"VMRUN_TEST_KILL_AT": "3"})  # after the tap was created
-    assert killed.returncode == -signal.SIGKILL
-    assert net(f"{name}.n0").exists()
-    up = vmrun("up", str(spec))
+def test_killed_at_every_crash_point_of_down_then_a_graceful_down_finishes(every_kind: EveryKind) -> None:
+    base = sha256(every_kind.base)
+    points = []
+    for point in range(1, MAX_POINTS):
+        with every_kind.fresh(point) as vmrun:
+            up = vmrun("up", str(every_kind.spec))
+            assert up.returncode == 0, up.stderr
+            down = vmrun("down", "--timeout", "1", every_kind.name, kill_at=str(point))
+            if down.returncode == 0:
+                break
+            points.append(killed_at(down))
+            again = vmrun("down", "--timeout", "1", every_kind.name)
+        assert again.returncode == 0, f"after a kill {points[-1]}: {again.stderr}"
+        assert "could not undo" not in again.stderr, f"undone twice after a kill {points[-1]}: {again.stderr}"
+        every_kind.assert_nothing_left(base, f"after a kill {points[-1]}")
+    else:
+        pytest.fail("down never got past its crash points")
+    every_kind.assert_nothing_left(base, "after down")
+    expected = [
+        "before stopping", "after stopping", "before undoing write /sys/kernel/mm/ksm/run",
+        "after undoing ip link set", "before undoing ip tuntap add", "after undoing qemu-img create",
+        "state.json.partial written", "not yet deleted",
+    ]
+    assert [kind for kind in expected if not any(kind in point for point in points)] == []
+    print(f"{len(points)} crash points in down: {points}")
+
+
+def test_the_crash_point_variable_alone_does_not_stop_a_run(vmrun: Vmrun, guestless_spec: MakeSpec) -> None:
+    spec = guestless_spec()
+    up = vmrun("up", str(spec), env={"VMRUN_TEST_KILL_AT": "1"})  # as exported in a user's shell
     assert up.returncode == 0, up.stderr
-    assert "cleaning up after a run that died" in up.stderr
-    assert vmrun("down", "--timeout", "1", name).returncode == 0
+    assert vmrun("down", "--force", "bare").returncode == 0
+
+
+def test_a_second_sigterm_during_the_rollback_waits_until_it_is_done(vmrun: Vmrun, spec_with_a_tap: MakeSpec) -> None:
+    name = f"r{SUFFIX}"
+    spec = spec_with_a_tap(name)
+    # The first SIGTERM right after the tap is made; the second while its rollback deletes it.
+    up = vmrun("up", str(spec), kill_at="after ip tuntap add,before undoing ip tuntap add", kill_with="TERM")
+    assert up.returncode == 130, up.stderr
+    assert up.stderr.count("VMRUN_TEST_KILL_AT: SIGTERM at crash point") == 2, up.stderr
+    assert "Traceback" not in up.stderr
     assert_nothing_left(vmrun, name)
 
 
@@ -236,3 +403,116 @@ def test_ctrl_c_during_up_of_a_directory_rolls_back_every_vm_still_starting(
     assert "interrupted, rolled back" in stderr.strip().splitlines()[-1]
     for name in names:
         assert_nothing_left(vmrun, name)
+
+
+@pytest.fixture
+def root_only_dir() -> Iterator[Path]:
+    """A directory only root controls, up to /, as vmrun asks of a qemu it runs as root."""
+    path = Path(tempfile.mkdtemp(prefix="vmrun-test-", dir="/run"))
+    yield path
+    shutil.rmtree(path)
+
+
+def test_a_qemu_whose_pid_up_never_read_is_found_and_stopped_by_the_rollback(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec, root_only_dir: Path
+) -> None:
+    name = f"o{SUFFIX}"
+    losing = root_only_dir / "qemu-losing-its-pidfile"
+    losing.write_text(f"""#!/bin/sh
+# qemu daemonizes, then its pidfile goes: up cannot read the pid of the qemu it started.
+{shutil.which("qemu-system-x86_64")} "$@" || exit
+previous=
+for argument; do
+    [ "$previous" = -pidfile ] && rm -f "$argument"
+    previous=$argument
+done
+""")
+    losing.chmod(0o755)
+    spec = spec_with_a_tap(name)
+    spec.write_text(spec.read_text() + f'[qemu]\nbinary = "{losing}"\n')
+    up = vmrun("up", str(spec))
+    assert up.returncode == 4, up.stderr
+    assert "qemu started but wrote no pidfile" in up.stderr
+    assert_nothing_left(vmrun, name)
+
+
+def test_down_stops_a_qemu_whose_pidfile_is_gone_before_it_removes_anything(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec
+) -> None:
+    name = f"f{SUFFIX}"
+    assert vmrun("up", str(spec_with_a_tap(name))).returncode == 0
+    [pid] = qemu_pids_of(vmrun.run_root)
+    (vmrun.run_root / name / "qemu.pid").unlink()
+    status = json.loads(vmrun("status", "--json", name).stdout)
+    assert [(vm["state"], vm["pid"]) for vm in status] == [("running", pid)]
+    down = vmrun("down", "--force", name)
+    assert down.returncode == 0, down.stderr
+    assert f"{name} stopped (QMP quit)" in down.stderr
+    assert_nothing_left(vmrun, name)
+
+
+def test_a_damaged_state_file_is_refused_by_down_and_down_force_still_stops_qemu(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec
+) -> None:
+    name = f"b{SUFFIX}"
+    assert vmrun("up", str(spec_with_a_tap(name))).returncode == 0
+    state = vmrun.run_root / name / "state.json"
+    state.write_text(state.read_text()[:100])  # torn, as a disk that filled up or a hand that edited it
+    down = vmrun("down", name)
+    assert down.returncode == 2
+    assert f"vmrun: error: {state} is not a state file vmrun wrote: what {name} holds" in down.stderr
+    assert len(qemu_pids_of(vmrun.run_root)) == 1 and state.exists()
+    assert [vm["state"] for vm in json.loads(vmrun("status", "--json").stdout)] == ["damaged"]
+    forced = vmrun("down", "--force", name)
+    assert forced.returncode == 3, forced.stderr
+    assert f"could not undo: the unreadable rest of the journal in {state}" in forced.stderr
+    assert qemu_pids_of(vmrun.run_root) == [] and not (vmrun.run_root / name).exists()
+    # The tap it made stays: the journal that named it is lost, and down says so.
+    assert net(f"{name}.n0").exists()
+    run("ip", "tuntap", "del", "dev", f"{name}.n0", "mode", "tap", "multi_queue")
+def test_host_drift_of_a_running_vm_is_named_by_diff_and_status_and_mended_by_a_restart(
+    vmrun: Vmrun, spec_with_a_tap: MakeSpec, ksm_restored: str, bridge: str
+) -> None:
+    name = f"h{SUFFIX}"
+    tap = f"{name}.n0"
+    spec = spec_with_a_tap(name, ksm=True, bridge=bridge)
+    up = vmrun("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    try:
+        diff = vmrun("diff", str(spec))
+        assert (diff.returncode, diff.stdout) == (0, f"{name}: up to date\n")
+
+        subprocess.run(["ip", "link", "set", tap, "nomaster"], check=True)
+        KSM_RUN.write_text("0")
+        off_bridge = f"nics[0].bridge: tap {tap} is no longer attached to bridge {bridge}"
+        ksm_off = f"host.ksm: KSM is off on the host ({KSM_RUN} = 0)"
+        diff = vmrun("diff", str(spec))
+        assert (diff.returncode, diff.stdout) == (6, f"{name}: differs\n  {off_bridge}\n  {ksm_off}\n")
+        [status] = json.loads(vmrun("status", name, "--json").stdout)
+        assert status["host_drift"] == [off_bridge, ksm_off]
+        assert vmrun("status", name).stdout.splitlines()[-2:] == [f"  host drift: {off_bridge}",
+                                                                  f"  host drift: {ksm_off}"]
+        refused = vmrun("up", str(spec))
+        assert refused.returncode == 2
+        assert f"{name} runs with another configuration: {off_bridge}; {ksm_off}" in refused.stderr
+
+        restarted = vmrun("up", "--restart", "--timeout", "1", str(spec))
+        assert restarted.returncode == 0, restarted.stderr
+        assert (net(tap) / "master").resolve().name == bridge and KSM_RUN.read_text().strip() == "1"
+        assert vmrun("diff", str(spec)).returncode == 0
+
+        subprocess.run(["ip", "link", "del", tap], check=True)
+        diff = vmrun("diff", str(spec))
+        assert (diff.returncode, diff.stdout) == (6, f"{name}: differs\n  nics[0]: tap {tap} is gone from the host\n")
+    finally:
+        down = vmrun("down", "--timeout", "1", name)
+    assert down.returncode == 0, down.stderr
+    # The tap is gone, so taking it off the bridge cannot be undone: said, and the rest is undone.
+    assert down.stderr.splitlines() == [
+        f"vmrun: asking {name} to power down (ACPI), waiting up to 1 s",
+        f"vmrun: {name} ignored the powerdown; quitting qemu",
+        f'vmrun: could not undo: ip link set {tap} nomaster down: Cannot find device "{tap}"',
+        f"vmrun: {name} stopped (QMP quit)",
+    ]
+    assert KSM_RUN.read_text().strip() == ksm_restored
+    assert_nothing_left(vmrun, name)

@@ -147,6 +147,12 @@ def guest_run(*argv: str) -> str:
     return base64.b64decode(status.get("out-data", "")).decode()
 
 
+def domain_state() -> str:
+    shown = virsh("domstate", NAME)
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout.strip()
+
+
 def tap_queues(tap: str) -> str | None:
     """The tap's `ip -d link` details, or None when it does not exist."""
     shown = subprocess.run(["ip", "-d", "link", "show", "dev", tap], capture_output=True, text=True)
@@ -173,26 +179,36 @@ def test_libvirt_runs_the_exported_tiny_guest_with_its_queue_pairs_disk_and_shar
             capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
         )
         assert export.returncode == 0, export.stderr
-        assert f"defined the libvirt domain {NAME}" in export.stderr
+        assert export.stderr.splitlines()[-1] == (
+            f"vmrun: defined the libvirt domain {NAME}; start it with: virsh start {NAME}")
+        assert domain_state() == "shut off"
 
     assert virsh("dominfo", NAME).returncode != 0, f"a libvirt domain {NAME} exists already; not touching it"
     try:
         export_and_define("192M")
         # An edited spec exported again replaces the domain (same name, same uuid) rather than clashing with it.
         export_and_define("256M")
-        assert "Max memory:     262144 KiB" in virsh("dominfo", NAME).stdout
+        info = dict(line.split(":", 1) for line in virsh("dominfo", NAME).stdout.splitlines() if ":" in line)
+        assert (info["Max memory"].strip(), info["CPU(s)"].strip(), info["State"].strip()) == (
+            "262144 KiB", "2", "shut off")
         started = virsh("start", NAME)
         assert started.returncode == 0, started.stderr
+        assert domain_state() == "running"
         wait_for_agent(timeout=spec.agent.timeout)
+        assert domain_state() == "running"
         # libvirt made the tap under vmrun's name, multiqueue as vmrun's preflight would.
-        assert "multi_queue" in (tap_queues(tap) or "")
+        assert "multi_queue" in (tap_queues(tap) or "").split()
         assert current_combined(guest_run("ethtool", "-l", "eth0")) == 2
-        # The disk is a LUN behind virtio-scsi, the share qemu's keymaps over 9p.
-        assert guest_run("ls", "/sys/bus/virtio/drivers/virtio_scsi").strip()
-        assert "sda" in guest_run("ls", "/sys/block").split()
+        # The disk is a LUN (target 0) behind virtio-scsi, the share qemu's keymaps over 9p.
+        assert guest_run("ls", "/sys/block") == "sda\n"
+        assert "/host0/target0:0:0/0:0:0:0/block/sda" in guest_run("readlink", "-f", "/sys/block/sda")
+        assert guest_run("cat", "/sys/block/sda/device/model") == "QEMU HARDDISK   \n"
         assert guest_run("cat", "/mnt/keymaps/en-us") == Path("/usr/share/qemu/keymaps/en-us").read_text()
+        destroyed = virsh("destroy", NAME)
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert domain_state() == "shut off"
     finally:
-        virsh("destroy", NAME)  # fails harmlessly when the domain never started
+        virsh("destroy", NAME)  # fails harmlessly when the domain never started or is stopped already
         undefined = virsh("undefine", NAME)  # fails (and says why) only when it was never defined
         Path(f"/var/log/libvirt/qemu/{NAME}.log").unlink(missing_ok=True)
     assert undefined.returncode == 0, undefined.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -160,6 +161,26 @@ def add_disk(root: Path, name: str, function_dir: str, *, partitions: tuple[str,
     return disk
 
 
+def add_block_node(root: Path, name: str, major: int, minor: int, *, sysfs_dir: str) -> str:
+    """/dev/NAME as a block device node, and /sys/dev/block/MAJOR:MINOR leading to its sysfs directory."""
+    node = root / "dev" / name
+    node.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(major, minor))
+    link(root, f"/sys/dev/block/{major}:{minor}", sysfs_dir)
+    put(root, f"{sysfs_dir}/dev", f"{major}:{minor}\n")
+    return f"/dev/{name}"
+
+
+def add_scsi_disk(root: Path, name: str, minor: int) -> str:
+    """A SCSI disk (sd) with one partition, as the sd driver lays them out; returns the disk's /dev path."""
+    target = f"{PCI_ROOT}/0000:00:1f.2/host0/target0:0:0/0:0:0:0"
+    put(root, f"{target}/scsi_device/0:0:0:0/dev", f"21:{minor}\n")
+    disk = f"{target}/block/{name}"
+    link(root, f"{disk}/device", target)
+    add_block_node(root, f"{name}1", 8, minor + 1, sysfs_dir=f"{disk}/{name}1")
+    return add_block_node(root, name, 8, minor, sysfs_dir=disk)
+
+
 def add_device_mapper(root: Path, name: str, mapper_name: str, *, on: str) -> None:
     """dm-N (LVM, dm-crypt; 253:N) built on the block device whose sysfs directory is `on`."""
     directory = f"/sys/devices/virtual/block/{name}"
@@ -229,6 +250,7 @@ class FakeHost(Host):
 
     natural_drivers: dict[str, str] = attrs.field(factory=dict)  # what probing binds without an override
     fail_on: str | None = None  # a path whose write fails, or the start of a command line that fails
+    fail_also_on: str | None = None  # a second one, for a failure whose rollback fails too
     memlock: tuple[int | None, int | None] = (64 * MIB, 64 * MIB)
     writes: list[tuple[str, str]] = attrs.field(factory=list)
     commands: list[tuple[str, ...]] = attrs.field(factory=list)
@@ -251,7 +273,7 @@ class FakeHost(Host):
 
     def write(self, host_path: str | Path, value: str) -> None:
         path = str(host_path)
-        if path == self.fail_on:
+        if path in (self.fail_on, self.fail_also_on):
             raise _fail(errno.EBUSY, path)
         self.writes.append((path, value))
         if path.endswith("/driver_override"):
@@ -306,7 +328,7 @@ class FakeHost(Host):
 
     def run(self, argv: list[str], *, timeout: float = 60) -> str:
         self.commands.append(tuple(argv))
-        if self.fail_on and " ".join(argv).startswith(self.fail_on):
+        if any(failing and " ".join(argv).startswith(failing) for failing in (self.fail_on, self.fail_also_on)):
             raise HostCommandError(f"{argv[0]}: failed, as the test asked")
         match argv:
             case ["ip", "tuntap", "add", "dev", tap, "mode", "tap", *options]:

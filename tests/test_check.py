@@ -197,6 +197,17 @@ def test_host_user_and_qemu_binary() -> None:
     assert check(data) == ["host.user: 'Bad User' is not a user name", "qemu.binary: must not be empty"]
 
 
+def test_qemu_stays_root_only_when_the_spec_says_it_means_it() -> None:
+    assert check({**good(), "host": {"user": "root"}}) == [
+        'host.user: "root" keeps qemu as root when vmrun runs as root: no privilege drop (hint: name another '
+        'user, or set host.allow_root = true to mean it (shares with security_model = "passthrough" need it))'
+    ]
+    assert check({**good(), "host": {"user": "root", "allow_root": True}}) == []
+    assert check({**good(), "host": {"user": "vmrun", "allow_root": True}}) == [
+        'host.allow_root: only applies with host.user = "root"'
+    ]
+
+
 def test_validate_reports_every_problem_at_once() -> None:
     data = with_("machine", cpus=2)
     data["nics"][0].update(queues=3, mac="ff:ff:ff:ff:ff:ff")
@@ -355,4 +366,78 @@ def test_checks_that_need_a_section_which_did_not_structure_stay_silent() -> Non
         f"disks[0].id: block node name '{'d' * 27}-file' is longer than qemu's 31 characters "
         "(hint: use a disk id of at most 26 characters)",
         "nics[0].queues: must be at least 1, got 0",
+    ]
+
+
+# --- qemu.extra_args: an escape hatch that may not undo what vmrun guarantees -----------------------------
+
+PRIVILEGE_HINT = " (hint: host.user sets who qemu runs as)"
+MONITOR = "would open a second monitor, which controls qemu as vmrun's does (hint: vmrun status, exec and console " \
+          "reach the VM through vmrun's own sockets)"
+DEVICE = "passes a host device through behind preflight's back (hint: declare it in the spec ([[vfio]] for PCI " \
+         "passthrough), where preflight checks it and down gives it back)"
+NETWORK = "uses a host network interface behind preflight's back (hint: declare the NIC in [[nics]] (tap and " \
+          "bridge), where preflight creates and undoes it)"
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "expected"),
+    [
+        (["-runas", "root"], f"[0]: -runas would undo vmrun's privilege drop{PRIVILEGE_HINT}"),
+        (["-S", "--run-with", "user=root"], f"[1]: -run-with would undo vmrun's privilege drop{PRIVILEGE_HINT}"),
+        (["-chroot=/"], f"[0]: -chroot would undo vmrun's privilege drop{PRIVILEGE_HINT}"),
+        (["-sandbox", "off"], "[0]: -sandbox would replace the seccomp sandbox vmrun gives qemu"),
+        (["-device", "vfio-pci,host=0000:01:00.0"], f"[1]: -device vfio-pci {DEVICE}"),
+        (["-device", "driver=vfio-pci,host=01:00.0"], f"[1]: -device vfio-pci {DEVICE}"),
+        (["-device", "e1000,driver=vfio-pci-nohotplug"], f"[1]: -device vfio-pci-nohotplug {DEVICE}"),
+        (["-device", '{"driver": "vfio-pci", "host": "01:00.0"}'], f"[1]: -device vfio-pci {DEVICE}"),
+        (["--device", "usb-host,hostbus=1,hostaddr=2"], f"[1]: -device usb-host {DEVICE}"),
+        (["-device=virtio-input-host-pci,evdev=/dev/input/event0"], f"[0]: -device virtio-input-host-pci {DEVICE}"),
+        (["-netdev", "tap,id=t0,ifname=eth0"], f"[1]: -netdev tap {NETWORK}"),
+        (["-netdev", "id=b0,type=bridge,br=br0"], f"[1]: -netdev bridge {NETWORK}"),
+        (["-netdev", '{"type": "vhost-vdpa", "id": "v0"}'], f"[1]: -netdev vhost-vdpa {NETWORK}"),
+        (["-net", "tap"], f"[1]: -net tap {NETWORK}"),
+        (["--nic", "tap,script=/tmp/up"], f"[1]: -nic tap {NETWORK}"),
+        (["-qmp", "tcp:0.0.0.0:4444,server=on,wait=off"], f"[0]: -qmp {MONITOR}"),
+        (["-qmp-pretty", "stdio"], f"[0]: -qmp-pretty {MONITOR}"),
+        (["--monitor", "stdio"], f"[0]: -monitor {MONITOR}"),
+        (["-mon", "chardev=c0,mode=control"], f"[0]: -mon {MONITOR}"),
+        (["-serial", "mon:unix:/tmp/s,server=on"], f"[1]: -serial mon:... {MONITOR}"),
+        (["-daemonize"], "[0]: -daemonize is vmrun's: it starts qemu daemonized itself"),
+        (["-pidfile", "/etc/passwd"],
+         "[0]: -pidfile is vmrun's: it finds its qemu by the pidfile in the run directory"),
+        (["-name", "guest=db,process=vmrun-db"],
+         "[0]: -name is vmrun's: it tells its qemu by the name it gives it "
+         "(hint: the spec's name is the guest's name)"),
+        (["-readconfig", "devices.cfg"],
+         "[0]: -readconfig would add devices and backends vmrun cannot see (hint: write them in extra_args)"),
+        (["-set", "device.nvme0.driver=vfio-pci"], "[0]: -set would change options vmrun gave, out of its sight"),
+    ],
+)
+def test_extra_args_that_undo_vmruns_guarantees_are_refused_at_their_element(
+    extra_args: list[str], expected: str
+) -> None:
+    assert check({**good(), "qemu": {"extra_args": extra_args}}) == [f"qemu.extra_args{expected}"]
+
+
+@pytest.mark.parametrize(
+    "extra_args",
+    [
+        ["-device", "virtio-rng-pci"],
+        ["-device", "e1000,netdev=tap,id=vfio"],  # ids named like the refused, drivers that are not
+        ["-netdev", "user,id=tap", "-device", "virtio-net-pci,netdev=tap"],
+        ["-fsdev", "local,id=f0,path=/srv,security_model=none", "-device", "virtio-9p-pci,fsdev=f0,mount_tag=t"],
+        ["-chardev", "socket,id=c0,path=/tmp/console.sock,server=on,wait=off", "-device", "isa-serial,chardev=c0"],
+        ["-global", "kvm-pit.lost_tick_policy=discard", "-rtc", "base=utc"],
+        ["-append-not-an-option"],  # qemu refuses unknown options itself
+    ],
+)
+def test_other_extra_args_pass(extra_args: list[str]) -> None:
+    assert check({**good(), "qemu": {"extra_args": extra_args}}) == []
+
+
+def test_every_refused_extra_arg_is_reported_at_once() -> None:
+    data = {**good(), "qemu": {"extra_args": ["-runas", "root", "-device", "vfio-pci,host=02:00.0", "-daemonize"]}}
+    assert [line.split(":")[0] for line in check(data)] == [
+        "qemu.extra_args[0]", "qemu.extra_args[3]", "qemu.extra_args[4]",
     ]

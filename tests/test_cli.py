@@ -106,3 +106,29 @@ def test_export_define_goes_only_with_libvirt_and_through_the_host_layer(tmp_pat
                  "--define", "-o", str(tmp_path / "tiny.xml"))
     assert fake.returncode == 3 and "virsh define: not run against the host tree" in fake.stderr
     assert (tmp_path / "tiny.xml").read_text().startswith('<domain type="')
+
+
+def test_extra_args_reaching_vmruns_files_are_refused_with_this_commands_roots(tmp_path: Path) -> None:
+    run, state, elsewhere = tmp_path / "run", tmp_path / "state", tmp_path / "elsewhere"
+    (tmp_path / "through-a-link").symlink_to(run)
+    spec = tmp_path / "web.toml"
+    extra_args = [
+        "-chardev", f"socket,id=steal,path={run}/db/qmp.sock,server=on,wait=off",  # another VM's QMP socket
+        "-drive", f"if=none,id=seed,file={state}/db/seed.iso,readonly=on",  # another VM's user-data
+        "-chardev", f"socket,id=linked,path={tmp_path}/through-a-link/db/qga.sock,server=on",
+        "-serial", f"unix:{run}/../run/web/console.sock",
+        "-drive", f"if=none,id=mine,file={state}/web/data.qcow2",  # the user's own image beside the state
+        "-chardev", f"socket,id=own,path={elsewhere}/qmp.sock,server=on,wait=off",
+    ]
+    spec.write_text(f'name = "web"\n[boot]\nkernel = "k"\n[qemu]\nextra_args = {json.dumps(extra_args)}\n')
+    result = vmrun("--run-dir", str(run), "--state-dir", str(state), "validate", str(spec))
+    assert result.returncode == 2
+    hint = " (hint: name a path of your own)"
+    assert result.stderr.splitlines() == [
+        f"vmrun: error: {spec}: qemu.extra_args[{index}]: {path} is vmrun's own (its run directory, a VM's "
+        f"firmware variables or seed){hint}"
+        for index, path in ((1, f"{run}/db/qmp.sock"), (3, f"{state}/db/seed.iso"),
+                            (5, f"{tmp_path}/through-a-link/db/qga.sock"), (7, f"{run}/../run/web/console.sock"))
+    ]
+    assert vmrun("--run-dir", str(tmp_path / "other-run"), "--state-dir", str(tmp_path / "other-state"),
+                 "validate", str(spec)).returncode == 0

@@ -13,7 +13,7 @@ from vmrun.errors import UsageError
 from vmrun.load import parse_spec
 from vmrun.locations import Places
 from vmrun.naming import tap_name
-from vmrun.state import VmState, create_run_dir, remove_run_dir, write_state
+from vmrun.state import VmState, create_run_dir, remove_run_dir
 
 ESCAPES = ["..", "../x", "/", ".", "", "a/b", "/etc", "x/../..", "-rf", "UPPER", "a" * 64, "tiny\n"]
 
@@ -98,8 +98,7 @@ def test_only_a_directory_holding_vmrun_state_is_removed(tmp_path: Path) -> None
     assert (foreign.run_dir / "passwd").exists()
 
     ours = places(tmp_path).of("web")
-    create_run_dir(ours)
-    write_state(ours, VmState(name="web", spec_path="s", argv=(), accel="tcg", accel_reason="r"))
+    create_run_dir(ours, VmState(name="web", spec_path="s", argv=(), accel="tcg", accel_reason="r"))
     (ours.run_dir / "console.log").write_text("boot")
     remove_run_dir(ours)
     assert not ours.run_dir.exists()
@@ -146,8 +145,7 @@ def test_a_linked_or_misnamed_entry_in_the_run_root_is_not_a_vm(tmp_path: Path) 
     from vmrun.state import vm_names
 
     ours = places(tmp_path).of("web")
-    create_run_dir(ours)
-    write_state(ours, VmState(name="web", spec_path="s", argv=(), accel="tcg", accel_reason="r"))
+    create_run_dir(ours, VmState(name="web", spec_path="s", argv=(), accel="tcg", accel_reason="r"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "state.json").write_text("{}")

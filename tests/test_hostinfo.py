@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vmrun.facts import QemuProbe
 from vmrun.host import Host, QemuCapabilities
-from vmrun.hostinfo import check_text, host_check, iommu_report, iommu_text, ksm_stats
+from vmrun.hostinfo import check_text, host_check, iommu_report, iommu_text, ksm_stats, qemu_user_line
 
 from .fakehost import FakePci, build_host_tree
 
@@ -93,5 +93,19 @@ def test_fake_host_check_says_why_qemu_was_not_asked(tmp_path: Path) -> None:
     assert "\nqemu       not run: /opt/q is writable by others (mode 0777)" in check_text(host_check(host, not_run))
     asked = QemuProbe(Path("/usr/bin/qemu"), QemuCapabilities("9.0.0", has_run_with_user=False, has_runas=True,
                                                               has_sandbox=True))
-    assert check_text(host_check(host, asked)).endswith(
-        "qemu       9.0.0 (-run-with user=: False, -runas: True, -sandbox: True)")
+    assert "\nqemu       9.0.0 (-run-with user=: False, -runas: True, -sandbox: True)\n" in check_text(
+        host_check(host, asked))
+
+
+def test_host_check_says_who_qemu_runs_as_and_what_keeps_it_root() -> None:
+    keep_root = 'host.user = "root" keeps it root only with host.allow_root = true'
+    runas = QemuCapabilities("7.2.0", has_run_with_user=False, has_runas=True, has_sandbox=True)
+    neither = QemuCapabilities("10.0.0", has_run_with_user=False, has_runas=False, has_sandbox=True)
+    assert qemu_user_line(vmrun_is_root=True, capabilities=runas) == (
+        f"qemu leaves root for host.user with -runas; {keep_root}")
+    assert qemu_user_line(vmrun_is_root=True, capabilities=None) == (
+        f"qemu leaves root for host.user with -runas (assumed: qemu was not asked); {keep_root}")
+    assert qemu_user_line(vmrun_is_root=True, capabilities=neither) == (
+        f"this qemu has neither -run-with user= nor -runas: up refuses to start it as root unless {keep_root}")
+    assert qemu_user_line(vmrun_is_root=False, capabilities=runas) == (
+        "vmrun is not root: qemu runs as the user who runs vmrun")

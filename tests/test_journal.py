@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 
 from vmrun.changes import AppliedChange
@@ -112,3 +113,57 @@ def test_fake_sysfs_a_journal_that_cannot_be_written_undoes_what_it_could_not_re
     with pytest.raises(OSError, match="No space left"):
         apply_plan(plan_for(vfio_spec("03:00.0", "03:00.1"), host), host, journal=FullDisk(host))
     assert snapshot(host.root) == before
+
+
+def test_fake_sysfs_each_undone_change_leaves_the_journal_at_once(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    applied = apply_plan(plan_for(vfio_spec("03:00.0", "03:00.1"), host), host)
+    journal = RecordingJournal(host)
+    assert undo_changes(applied, host, journal=journal) == []
+    made = [(entry.change.step.path, True) for entry in applied]
+    assert [entries for entries, _ in journal.writes] == [made[:count] for count in range(len(made) - 1, -1, -1)]
+
+
+class Killed(BaseException):
+    """vmrun dying: nothing after it runs."""
+
+
+def test_fake_sysfs_a_down_killed_midway_and_run_again_undoes_nothing_twice(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    before = snapshot(host.root)
+    applied = apply_plan(plan_for(vfio_spec("03:00.0", "03:00.1"), host), host)
+    made = len(host.writes)
+
+    class DyingJournal:
+        """What reached the disk before vmrun was killed, after its third journal write."""
+
+        def __init__(self) -> None:
+            self.entries: tuple[AppliedChange, ...] = applied
+            self.written = 0
+
+        def record(self, entries: tuple[AppliedChange, ...]) -> None:
+            self.entries, self.written = entries, self.written + 1
+            if self.written == 3:
+                raise Killed
+
+    journal = DyingJournal()
+    with pytest.raises(Killed):
+        undo_changes(applied, host, journal=journal)
+    assert 0 < len(journal.entries) < len(applied)
+    assert undo_changes(journal.entries, host) == []  # the next `down`, from the journal on disk
+    undone = host.writes[made:]
+    assert len(undone) == len(set(undone)), "a change was undone twice"
+    assert snapshot(host.root) == before
+
+
+def test_fake_what_could_not_be_undone_stays_in_the_journal(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    applied = apply_plan(plan_for(make_spec(nics=[{"id": "n0", "tap": "vmtap0"}], host={"user": "nobody",
+                                                                                       "ksm": True}), host), host)
+    tap, ksm = applied
+    stuck = attrs.evolve(host, fail_on="ip tuntap del")
+    journal = RecordingJournal(stuck)
+    assert undo_changes(applied, stuck, journal=journal) == [
+        "ip tuntap del dev vmtap0 mode tap: ip: failed, as the test asked"]
+    assert journal.writes[-1][0] == [(tap.change.step.path, True)]
+    assert stuck.read("/sys/kernel/mm/ksm/run") == "0"

@@ -146,3 +146,33 @@ def test_vhost_booleans(tmp_path: Path) -> None:
 def test_durations_must_be_finite(tmp_path: Path, timeout: str, expected: str) -> None:
     text = f'name = "x"\n[agent]\ntimeout = {timeout}\n[[post_boot]]\nrun = ["true"]\ntimeout = {timeout}\n'
     assert problems(text, tmp_path) == [f"agent.timeout: {expected}", f"post_boot[0].timeout: {expected}"]
+
+
+def _broken_parser(value: object) -> int:
+    raise TypeError("a bug in vmrun's size parser")
+
+
+@pytest.mark.parametrize("document", [
+    {"name": "x", "machine": {"memory": "8G"}},  # a section's key
+    {"name": "x", "disks": [{"id": "a", "path": "a", "size": "1G"}]},  # an array item's key
+], ids=["section", "array-item"])
+def test_a_bug_while_structuring_is_raised_not_reported_as_the_users_mistake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, document: dict[str, object]
+) -> None:
+    # Only a test can break vmrun's own parser; a user's document never reaches this.
+    monkeypatch.setattr("vmrun.load.parse_size", _broken_parser)
+    with pytest.raises(TypeError, match="a bug in vmrun's size parser"):
+        parse_spec(document, source="x", base=tmp_path)
+
+
+def test_a_bug_while_structuring_exits_1_through_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmrun.cli import main
+
+    spec = tmp_path / "x.toml"
+    spec.write_text('name = "x"\n[boot]\nkernel = "k"\n[machine]\nmemory = "8G"\n')
+    monkeypatch.setattr("vmrun.load.parse_size", _broken_parser)
+    assert main(["validate", str(spec)]) == 1
+    assert capsys.readouterr().err == (
+        "vmrun: internal error: TypeError: a bug in vmrun's size parser (rerun with --debug)\n")

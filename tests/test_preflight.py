@@ -39,9 +39,12 @@ from .common import REPO
 from .fakehost import (
     FakeHost,
     FakePci,
+    add_block_node,
     add_bridge,
+    add_disk,
     add_kvm,
     add_net_device,
+    add_scsi_disk,
     add_tap,
     attach,
     build_host_tree,
@@ -359,6 +362,37 @@ def test_fake_disk_problems(tmp_path: Path) -> None:
     ]
 
 
+def test_fake_passthrough_takes_a_whole_scsi_disk_only(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, (NVME,))
+    sdb = add_scsi_disk(host.root, "sdb", 16)
+    nvme = add_block_node(host.root, "nvme0n1", 259, 0, sysfs_dir=add_disk(host.root, "nvme0n1", NVME.sysfs_dir))
+    spec = make_spec(disks=[{"id": disk_id, "path": path, "passthrough": True}
+                            for disk_id, path in (("lun", sdb), ("part", f"{sdb}1"), ("nvme", nvme))])
+    plan = plan_for(spec, host)
+    assert [(c.name, c.status, c.message) for c in plan.checks if c.name.startswith("disks")] == [
+        ("disks lun", Status.OK, "/dev/sdb is a SCSI disk (scsi-block)"),
+        *((f"disks {disk_id}", Status.FAIL, f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI "
+           f"commands); {path} is a block device but not one: set passthrough = false to attach it as a plain disk")
+          for disk_id, path in (("part", "/dev/sdb1"), ("nvme", nvme))),
+    ]
+
+
+def test_passthrough_on_a_loop_device_is_refused_real_host(tmp_path: Path) -> None:
+    image = tmp_path / "lun.img"
+    image.write_bytes(bytes(1024 * 1024))
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True)
+    if loop.returncode != 0:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    device = loop.stdout.strip()
+    try:
+        plan = plan_for(make_spec(disks=[{"id": "lun", "path": device, "passthrough": True}]), Host())
+        assert messages(plan) == [
+            f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI commands); {device} is a block device "
+            "but not one: set passthrough = false to attach it as a plain disk"]
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=True)
+
+
 def test_fake_missing_tiny_guest_kernel_names_the_build_script(tmp_path: Path) -> None:
     spec = make_spec(boot={"kernel": str(tmp_path / "images/tiny/vmlinuz")})
     assert messages(plan_for(spec, fake_host(tmp_path))) == [
@@ -390,6 +424,50 @@ def test_fake_ksm_turns_on_and_only_the_last_vm_that_wants_it_restores_it(tmp_pa
     assert run.read_text() == "1"
     undo_changes(second, host)  # the last one down
     assert run.read_text() == "0"
+
+
+def test_fake_ksm_already_on_is_left_as_it_is_and_on(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    host.write("/sys/kernel/mm/ksm/run", "1")
+    plan = plan_for(make_spec(host={"user": "nobody", "ksm": True}), host)
+    assert [c.message for c in plan.checks if c.name == "ksm"] == ["KSM is running"]
+    assert plan.changes == ()
+    undo_changes(apply_plan(plan, host), host)
+    assert host.read("/sys/kernel/mm/ksm/run") == "1"
+
+
+def test_fake_kernel_without_ksm_is_a_warning_and_no_change(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    host.path("/sys/kernel/mm/ksm/run").unlink()
+    plan = plan_for(make_spec(host={"user": "nobody", "ksm": True}), host)
+    assert messages(plan, Status.WARN) == ["this kernel has no KSM (/sys/kernel/mm/ksm): running without it"]
+    assert plan.changes == ()
+
+
+def test_fake_rollback_that_cannot_undo_a_change_says_so_and_undoes_the_rest(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, fail_on="/sys/kernel/mm/ksm/run", fail_also_on="ip link set vmtap0 nomaster")
+    add_bridge(host.root, "br0")
+    spec = make_spec(nics=[{"id": "n0", "tap": "vmtap0", "bridge": "br0"}], host={"user": "nobody", "ksm": True})
+    with pytest.raises(PreflightError) as failed:
+        apply_plan(plan_for(spec, host), host)
+    assert str(failed.value) == "preflight: write /sys/kernel/mm/ksm/run 1 failed: Device or resource busy"
+    assert failed.value.hint == ("2 earlier change(s) rollback incomplete: ip link set vmtap0 nomaster down: "
+                                 "ip: failed, as the test asked")
+    assert host.commands[-1] == ("ip", "tuntap", "del", "dev", "vmtap0", "mode", "tap")  # undone all the same
+    assert not host.exists("/sys/class/net/vmtap0")
+
+
+def test_fake_down_reports_what_it_could_not_undo_but_not_an_entry_never_marked_done(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    add_bridge(host.root, "br0")
+    applied = apply_plan(plan_for(nic_spec(bridge="br0"), host), host)
+    stuck = attrs.evolve(host, fail_on="ip link set vmtap0 nomaster")
+    assert undo_changes(applied, stuck) == [
+        "ip link set vmtap0 nomaster down: ip: failed, as the test asked"]
+    assert not host.exists("/sys/class/net/vmtap0")  # the tap went all the same
+    # An entry never marked done may never have reached the host: its undo failing is no news.
+    half_done = attrs.evolve(applied[1], done=False)
+    assert undo_changes([half_done], stuck) == []
 
 
 def test_fake_ksm_without_root_is_a_warning(tmp_path: Path) -> None:
@@ -490,7 +568,8 @@ def test_share_problems(tmp_path: Path) -> None:
     host = fake_host(tmp_path)
     assert messages(plan_for(share_spec(tmp_path / "nope"), host)) == [f"{tmp_path}/nope does not exist"]
     assert messages(plan_for(share_spec(tmp_path, security_model="passthrough"), host)) == [
-        'security_model = "passthrough" needs qemu to run as root (vmrun as root with host.user = "root"); '
+        'security_model = "passthrough" needs qemu to run as root (vmrun as root with host.user = "root" and '
+        'host.allow_root = true); '
         'use "mapped-xattr"']
     assert plan_for(share_spec(tmp_path, security_model="passthrough", user="root"), host).failures == ()
     # sysfs stores no user xattrs: the probe tells.
@@ -539,6 +618,17 @@ def test_a_qemu_that_cannot_drop_root_is_refused_only_to_root(tmp_path: Path) ->
     as_user = attrs.evolve(cannot_drop, drop_privileges=False)
     [check] = [c for c in plan_for(make_spec(), fake_host(tmp_path), as_user).checks if c.name == "qemu"]
     assert (check.status, check.message) == (Status.OK, "qemu-system-x86_64 9.0.0")
+
+
+def test_fake_qemu_kept_root_is_said_as_a_warning_and_needs_no_way_to_drop(tmp_path: Path) -> None:
+    cannot_drop = attrs.evolve(ROOT_FACTS, qemu_version="9.0.0", privilege_drop=PrivilegeDrop.IMPOSSIBLE)
+    plan = plan_for(make_spec(host={"user": "root", "allow_root": True}), fake_host(tmp_path), cannot_drop)
+    assert plan.failures == ()
+    assert [(c.name, c.status, c.message) for c in plan.checks if c.name.startswith("qemu")] == [
+        ("qemu", Status.OK, "qemu-system-x86_64 9.0.0"),
+        ("qemu user", Status.WARN, 'qemu keeps root\'s privileges (host.user = "root", host.allow_root = true): a '
+                                   "guest that breaks out of qemu owns the host"),
+    ]
 
 
 def test_cli_up_without_qemu_exits_3_without_a_traceback(tmp_path: Path) -> None:

@@ -140,6 +140,10 @@ def test_no_privilege_option_without_root_or_without_a_way_to_drop() -> None:
     assert privilege_args(render_text(GOOD_SPEC, neither)) == []
 
 
+def test_a_spec_that_keeps_qemu_root_gets_no_privilege_option() -> None:
+    assert privilege_args(render_text(GOOD_SPEC + '[host]\nuser = "root"\nallow_root = true\n')) == []
+
+
 def test_cloud_init_seed_is_a_read_only_cd_on_the_controller_even_without_disks() -> None:
     text = GOOD_SPEC.split("[[disks]]")[0] + '[cloud_init]\nuser_data = "u.yaml"\n'
     argv = render_text(text)

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from vmrun.errors import Problem, SpecError
+from vmrun.extra_args import refused_extra_args
 from vmrun.load import read_document, spec_base, structure_spec
 from vmrun.naming import IFNAMSIZ, VM_NAME_RULE, is_vm_name, mac_address, pci_address, tap_name
-from vmrun.spec import Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
+from vmrun.spec import ROOT_USER, Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
 from vmrun.units import GIB, MIB, TIB, format_duration, format_size
 
 MAX_QUEUE_PAIRS = 256  # the Linux tap driver's limit (QEMU allows 511)
@@ -357,8 +358,16 @@ def check_cloud_init(spec: Spec) -> Iterator[Problem]:
 def check_host_and_qemu(spec: Spec) -> Iterator[Problem]:
     if not _USER.fullmatch(spec.host.user):
         yield Problem("host.user", f"{spec.host.user!r} is not a user name")
+    if spec.host.user == ROOT_USER and not spec.host.allow_root:
+        yield Problem("host.user", '"root" keeps qemu as root when vmrun runs as root: no privilege drop',
+                      'name another user, or set host.allow_root = true to mean it (shares with security_model = '
+                      '"passthrough" need it)')
+    if spec.host.allow_root and spec.host.user != ROOT_USER:
+        yield Problem("host.allow_root", 'only applies with host.user = "root"')
     if not spec.qemu.binary:
         yield Problem("qemu.binary", "must not be empty")
+    for index, why, hint in refused_extra_args(spec.qemu.extra_args):
+        yield Problem(f"qemu.extra_args[{index}]", why, hint)
 
 
 # Each check with the sections it cannot do without. A section that failed to structure is left at its

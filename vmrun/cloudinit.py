@@ -13,6 +13,7 @@ from pathlib import Path
 import attrs
 
 from vmrun.errors import Problem, SpecError
+from vmrun.files import write_whole
 from vmrun.locations import RunPaths
 from vmrun.progress import Say
 from vmrun.spec import CloudInit, Spec
@@ -126,13 +127,10 @@ def write_seed(seed: Seed, target: Path) -> None:
     for name in sorted(seed.files):
         content = seed.files[name]
         iso.add_fp(io.BytesIO(content), len(content), f"/{_ISO_NAMES[name]}", rr_name=name, joliet_path=f"/{name}")
-    partial = target.with_name(f".{target.name}.partial")
     try:
-        iso.write(str(partial))
-        partial.replace(target)
+        write_whole(target, lambda partial: iso.write(str(partial)))
     finally:
         iso.close()
-        partial.unlink(missing_ok=True)
 
 
 def prepare_seed(seed: Seed | None, paths: RunPaths, say: Say) -> None:

@@ -36,11 +36,17 @@ def say(message: str) -> None:
     print(f"vmrun: {message}", file=sys.stderr, flush=True)
 
 
-def load_valid_spec(path: str) -> Spec:
+def load_valid_spec(path: str, args: argparse.Namespace) -> Spec:
+    """The spec checked in full: its own checks, the seed files it names, and extra_args that would reach
+    vmrun's files under this command's run and state roots."""
     from vmrun import check
     from vmrun.cloudinit import seed_file_problems
+    from vmrun.locations import extra_args_reaching_vmrun
 
-    return check.load_valid_spec(Path(path), path, more=seed_file_problems)
+    places = places_of(args)
+    return check.load_valid_spec(
+        Path(path), path, more=lambda spec: [*seed_file_problems(spec), *extra_args_reaching_vmrun(spec, places)]
+    )
 
 
 def host_of(args: argparse.Namespace) -> Host:
@@ -63,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     errors: list[VmrunError] = []
     for path in args.specs:
         try:
-            load_valid_spec(path)
+            load_valid_spec(path, args)
         except VmrunError as error:
             errors.append(error)
         else:
@@ -76,7 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def facts_for_display(args: argparse.Namespace, spec: Spec, what: str) -> HostFacts:
     """Host facts for render and export, which never run a qemu the user does not control; says what
     the output assumes when qemu was not asked."""
-    from vmrun.facts import PrivilegeDrop, gather_facts
+    from vmrun.facts import PrivilegeDrop, drops_privileges, gather_facts
 
     facts = gather_facts(host_of(args), spec.qemu.binary)
     assumed = f"{what} with default capabilities ({PrivilegeDrop.RUNAS}, no -sandbox)"
@@ -84,7 +90,7 @@ def facts_for_display(args: argparse.Namespace, spec: Spec, what: str) -> HostFa
         say(f"not probing qemu.binary {spec.qemu.binary}: {facts.qemu_not_run}; {assumed}")
     elif facts.qemu_version is None:
         say(f"{spec.qemu.binary} not found or does not run; {assumed}")
-    elif facts.drop_privileges and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
+    elif drops_privileges(spec, facts) and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
         say(f"warning: {spec.qemu.binary} has {facts.privilege_drop}: up refuses to start it as root")
     return facts
 
@@ -93,13 +99,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     from vmrun.facts import choose_accel
     from vmrun.render import render
 
-    spec = load_valid_spec(args.spec)
+    spec = load_valid_spec(args.spec, args)
     facts = facts_for_display(args, spec, "rendering")
     argv = render(spec, facts, run_paths(args, spec.name))
     accel = choose_accel(spec, facts)
     say(f"accel {accel.accel}: {accel.reason}")
     if spec.qemu.extra_args:
-        say(f"the last {len(spec.qemu.extra_args)} arguments are qemu.extra_args, passed verbatim (not validated)")
+        say(f"the last {len(spec.qemu.extra_args)} arguments are qemu.extra_args, passed verbatim "
+            "(only the options vmrun refuses are checked)")
     print(json.dumps(argv) if args.json else shlex.join(argv))
     return 0
 
@@ -148,8 +155,21 @@ def vm_name(name_or_spec: str) -> str:
     return name_or_spec
 
 
-def _labelled_report(label: str, error: VmrunError) -> None:
-    report(error, prefix=f"{label}: " if label and not isinstance(error, SpecError) else "")
+def _reporter(args: argparse.Namespace) -> Callable[[str, Exception], None]:
+    """How a VM's failure is told: one line per error, and a bug in vmrun as cli.main tells it (with --debug,
+    raised on, for its traceback)."""
+
+    def report_fate(label: str, error: Exception) -> None:
+        prefix = f"{label}: " if label and not isinstance(error, SpecError) else ""
+        if isinstance(error, VmrunError):
+            report(error, prefix=prefix)
+        elif args.debug:
+            raise error
+        else:
+            print(f"vmrun: internal error: {prefix}{type(error).__name__}: {error} (rerun with --debug)",
+                  file=sys.stderr)
+
+    return report_fate
 
 
 def _finish(fates: list[Fate]) -> int:
@@ -178,21 +198,21 @@ def cmd_up(args: argparse.Namespace) -> int:
             return Fate(spec.name, str(outcome))
         return task
 
-    specs, refused = load_valid_specs(args.specs)
+    specs, refused = load_valid_specs(args)
     tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
-    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_labelled_report))
+    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)))
 
 
-def load_valid_specs(arguments: list[str]) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
-    """Every SPEC and each DIR's specs, validated; an invalid one (or a second spec of one name) is
+def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
+    """Every SPEC and each DIR's specs (args.specs), validated; an invalid one (or a second spec of one name) is
     reported and becomes a refused fate, and the others go on."""
     from vmrun.fleet import Fate, spec_files
 
     specs: dict[str, tuple[Path, Spec]] = {}
     refused: list[Fate] = []
-    for path in spec_files(arguments):
+    for path in spec_files(args.specs):
         try:
-            spec = load_valid_spec(str(path))
+            spec = load_valid_spec(str(path), args)
             if spec.name in specs:
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:
@@ -236,7 +256,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         return task
 
     return _finish(run_all([(name, task_for(name)) for name in vm_names_of(args)], jobs=None, say=say,
-                           report=_labelled_report))
+                           report=_reporter(args)))
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -244,7 +264,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     host, places = host_of(args), places_of(args)
     rows: list[dict[str, Any]] = []
-    specs, refused = load_valid_specs(args.specs)
+    specs, refused = load_valid_specs(args)
     for path, spec in specs:
         changed = drift(spec, path.resolve(), host, places)
         status = "not running" if changed is None else "differs" if changed else "up to date"
@@ -280,7 +300,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         pid = vm.pid or "-"
         addresses = " ".join(f"{interface} {','.join(ips)}" for interface, ips in vm.addresses.items())
         print(f"{vm.name:<16} {vm.state:<8} pid {pid:<8} {vm.accel:<4} up {uptime:<8} {agent:<18} {vm.run_dir}"
-              f"{'  ' + addresses if addresses else ''}")
+              f"{'  ' + addresses if addresses else ''}" + "".join(f"\n  host drift: {line}" for line in vm.host_drift))
     return 0
 
 
@@ -331,7 +351,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from vmrun.lifecycle import others_than, prepare
     from vmrun.preflight import Plan, plan_preflight, refuse
 
-    spec = load_valid_spec(args.spec)
+    spec = load_valid_spec(args.spec, args)
     host, places = host_of(args), places_of(args)
 
     def show(plan: Plan) -> None:
@@ -375,7 +395,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.define and args.format != "libvirt":
         raise UsageError("--define goes with --format libvirt")
-    spec = load_valid_spec(args.spec)
+    spec = load_valid_spec(args.spec, args)
     if args.format == "libvirt":
         facts = facts_for_display(args, spec, "exporting")
         exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net,

@@ -30,6 +30,8 @@ def _needs_restart(path: str) -> bool:
 def _show(value: Any, annotation: str) -> str:
     if value is None:
         return "unset"
+    if attrs.has(type(value)):
+        return "set"  # a whole section added or removed: its own lines would say nothing more
     if "ByteSize" in annotation:
         return format_size(value)
     if "Seconds" in annotation:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from vmrun.spec import Accel, Nic, Spec, Vhost
+from vmrun.spec import ROOT_USER, Accel, Nic, Spec, Vhost
 
 if TYPE_CHECKING:
     from vmrun.host import Host, QemuCapabilities
@@ -56,6 +56,16 @@ class HostFacts:
     def ovmf_vars_template(self) -> Path:
         """The pristine variable store shipped beside the firmware code; each VM gets a copy."""
         return self.ovmf_code.with_name(self.ovmf_code.name.replace("CODE", "VARS"))
+
+
+def drops_privileges(spec: Spec, facts: HostFacts) -> bool:
+    """qemu leaves root for host.user: vmrun runs as root and the spec did not keep qemu root
+    (host.user = "root", which validate takes only with host.allow_root)."""
+    return facts.drop_privileges and spec.host.user != ROOT_USER
+
+
+def keeps_root(spec: Spec, facts: HostFacts) -> bool:
+    return facts.drop_privileges and spec.host.user == ROOT_USER
 
 
 @attrs.frozen

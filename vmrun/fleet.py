@@ -15,7 +15,7 @@ import attrs
 
 from vmrun.errors import UsageError, VmrunError
 from vmrun.progress import Say
-from vmrun.signals import shielded, sigterm_interrupts
+from vmrun.signals import for_workers, shielded, sigterm_interrupts
 
 INTERRUPTED = 130
 BUG = 1
@@ -57,8 +57,9 @@ Task = Callable[[Say, threading.Event], Fate]
 
 
 def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
-            report: Callable[[str, VmrunError], None]) -> list[Fate]:
-    """Run each (label, task) in parallel, up to jobs at once; a VmrunError becomes that VM's fate.
+            report: Callable[[str, Exception], None]) -> list[Fate]:
+    """Run each (label, task) in parallel, up to jobs at once; a VmrunError becomes that VM's fate, and so
+    does any other exception (a bug in vmrun, exit 1): one VM's bug does not hide what became of the others.
 
     Ctrl-C or SIGTERM sets `interrupted`, which the tasks watch; every task is then waited for, so
     each can roll back what it started."""
@@ -74,17 +75,20 @@ def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
             return Fate(label, f"failed (exit {error.exit_code})", error.exit_code)
         except KeyboardInterrupt:
             return Fate(label, "interrupted, rolled back", INTERRUPTED)
+        except Exception as bug:  # noqa: BLE001 - reported as a bug, and the other VMs go on
+            report(label if prefix else "", bug)
+            return Fate(label, "failed (a bug in vmrun)", BUG)
 
     if len(tasks) <= 1:
         return [guarded(label, task) for label, task in tasks]
-    with sigterm_interrupts(), ThreadPoolExecutor(max_workers=jobs or len(tasks)) as pool:
+    with sigterm_interrupts(), ThreadPoolExecutor(max_workers=jobs or len(tasks), initializer=for_workers) as pool:
         futures: list[Future[Fate]] = [pool.submit(guarded, label, task) for label, task in tasks]
         try:
             return [future.result() for future in futures]
         except KeyboardInterrupt:
-            interrupted.set()
-            say("interrupted: rolling back the VMs still starting")
-            with shielded():
+            with shielded():  # before the tasks hear of it: each rollback may take a second Ctrl-C
+                interrupted.set()
+                say("interrupted: rolling back the VMs still starting")
                 for future in futures:
                     future.cancel()
                 return [future.result() if not future.cancelled() else Fate(label, "not started", INTERRUPTED)

@@ -140,6 +140,16 @@ class Host:
                 return name
         return "other"
 
+    def device_number(self, host_path: str | Path) -> str | None:
+        """"major:minor" of a block or character device (links followed), as /sys/dev names it; None otherwise."""
+        try:
+            info = self.path(host_path).stat()
+        except OSError:
+            return None
+        if not (stat.S_ISBLK(info.st_mode) or stat.S_ISCHR(info.st_mode)):
+            return None
+        return f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+
     def file_info(self, host_path: str | Path) -> os.stat_result | None:
         """Owner, group and mode of the path itself (a link is not followed); None when missing."""
         try:
@@ -160,13 +170,21 @@ class Host:
             time.sleep(0.02)
         return True
 
-    def process_cmdline(self, pid: int) -> str | None:
-        """A process's command line, arguments joined by spaces; None when there is no such process."""
+    def process_ids(self) -> list[int]:
+        return [int(name) for name in self.listdir("/proc") if name.isdigit()]
+
+    def process_argv(self, pid: int) -> list[str] | None:
+        """A process's arguments; None when there is no such process, empty while it exits."""
         try:
             raw = self.path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return None
-        return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+        return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
+
+    def process_cmdline(self, pid: int) -> str | None:
+        """A process's command line, arguments joined by spaces; None when there is no such process."""
+        argv = self.process_argv(pid)
+        return None if argv is None else " ".join(argv)
 
     def process_state(self, pid: int) -> str | None:
         """The one-letter state of /proc/PID/stat ("R", "S", "Z", ...); None when there is no such process."""

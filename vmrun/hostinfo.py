@@ -7,8 +7,8 @@ from typing import Any
 
 import attrs
 
-from vmrun.facts import QemuProbe, kvm_verdict
-from vmrun.host import Host
+from vmrun.facts import PrivilegeDrop, QemuProbe, choose_privilege_drop, kvm_verdict
+from vmrun.host import Host, QemuCapabilities
 from vmrun.pci import PCI_DEVICES, iommu_groups
 from vmrun.vfio import Member, group_refusal, group_verdict
 
@@ -103,6 +103,18 @@ def ksm_stats(host: Host) -> dict[str, int] | None:
     return {"run": int(run), **counters, "bytes_saved": counters["pages_sharing"] * PAGE_SIZE}
 
 
+def qemu_user_line(*, vmrun_is_root: bool, capabilities: QemuCapabilities | None) -> str:
+    """Who qemu runs as, said before a spec asks: the privilege drop, and what it takes to keep root."""
+    if not vmrun_is_root:
+        return "vmrun is not root: qemu runs as the user who runs vmrun"
+    keep_root = 'host.user = "root" keeps it root only with host.allow_root = true'
+    drop = choose_privilege_drop(capabilities)
+    if drop is PrivilegeDrop.IMPOSSIBLE:
+        return f"this qemu has {drop}: up refuses to start it as root unless {keep_root}"
+    assumed = "" if capabilities else " (assumed: qemu was not asked)"
+    return f"qemu leaves root for host.user with {drop}{assumed}; {keep_root}"
+
+
 def host_check(host: Host, qemu: QemuProbe) -> dict[str, Any]:
     kvm_usable, kvm_reason = kvm_verdict(host)
     return {
@@ -113,6 +125,7 @@ def host_check(host: Host, qemu: QemuProbe) -> dict[str, Any]:
         "ksm": ksm_stats(host),
         "qemu": attrs.asdict(qemu.capabilities) if qemu.capabilities else None,
         "qemu_not_run": qemu.not_run,
+        "qemu_user": qemu_user_line(vmrun_is_root=host.is_root_user(), capabilities=qemu.capabilities),
     }
 
 
@@ -166,5 +179,6 @@ def check_text(report: dict[str, Any]) -> str:
         ("iommu", f"{report['iommu_groups']} groups" if report["iommu_groups"] else "off"),
         ("ksm", ksm_line),
         ("qemu", qemu_line),
+        ("qemu user", report["qemu_user"]),
     ]
     return "\n".join(f"{name:<10} {value}" for name, value in rows)

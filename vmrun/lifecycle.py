@@ -16,16 +16,18 @@ import attrs
 from vmrun.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.crashpoints import crash_point
 from vmrun.drift import Configuration, differences
-from vmrun.errors import AgentError, LaunchError, UsageError
+from vmrun.errors import AgentError, LaunchError, PreflightError, UsageError
 from vmrun.facts import HostFacts, gather_facts
+from vmrun.files import partial_of, write_whole
 from vmrun.host import Host
+from vmrun.hostdrift import host_differences
 from vmrun.load import converter
 from vmrun.locations import Places, RunPaths
 from vmrun.locks import host_lock, vm_busy, vm_lock
 from vmrun.machine import (
     KILL_WAIT,
     died_during_startup,
-    is_gone,
+    find_qemu,
     is_our_qemu,
     launch,
     read_pid,
@@ -39,6 +41,7 @@ from vmrun.preflight import (
     Plan,
     Status,
     apply_plan,
+    kept_on_down,
     ksm_restore_value,
     plan_preflight,
     refuse,
@@ -48,7 +51,18 @@ from vmrun.progress import Say
 from vmrun.render import render
 from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec import Firmware, Spec
-from vmrun.state import StateJournal, VmState, read_state, recorded_configuration, remove_run_dir, vm_names
+from vmrun.state import (
+    DamagedState,
+    StateJournal,
+    VmState,
+    has_run,
+    read_state,
+    recorded_configuration,
+    remove_run_dir,
+    salvage_state,
+    state_path,
+    vm_names,
+)
 
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
@@ -60,7 +74,7 @@ STARTUP_SLICE = 2.0  # `up` checks qemu is still alive (and not interrupted) thi
 @attrs.frozen
 class VmStatus:
     name: str
-    state: str  # running | stopped | dead | prepared
+    state: str  # running | stopped | dead | prepared | damaged (its state file cannot be read)
     pid: int | None
     accel: str
     run_dir: str
@@ -68,6 +82,8 @@ class VmStatus:
     agent: bool | None
     # The guest's addresses by interface, as the agent reports them; empty when unknown.
     addresses: dict[str, list[str]] = attrs.field(factory=dict, hash=False)
+    # What the host no longer holds for the running VM (a tap gone or off its bridge, KSM off, ...).
+    host_drift: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -76,11 +92,11 @@ class VmStatus:
 def _clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
     """Under the VM's lock: what an earlier run or preflight left (qemu died, vmrun was killed) is undone."""
     paths = places.of(name)
-    state = read_state(paths)
-    if state is None and not paths.run_dir.exists():
+    if not has_run(paths):
         return
-    pid = read_pid(paths)
-    if pid is not None and not is_gone(host, pid, name):
+    state = read_state(paths)
+    pid = find_qemu(host, paths, name)
+    if pid is not None:
         raise UsageError(f"{name} is already running (pid {pid})", hint=f"vmrun down {name}")
     what = "an earlier `vmrun preflight`" if state is not None and not state.argv else "a run that died"
     say(f"{name}: cleaning up after {what} ({paths.run_dir})")
@@ -92,11 +108,13 @@ def _is_live(host: Host, places: Places, name: str, paths: RunPaths) -> bool:
     return is_our_qemu(host, read_pid(paths), name) or vm_busy(places, name)
 
 
-def others_than(host: Host, places: Places, name: str) -> Others:
+def others_than(host: Host, places: Places, name: str, *, planning: bool = True) -> Others:
     """What the other vmrun VMs hold. Call it under the host lock, so that none changes meanwhile.
 
     Disks and the wish for KSM count while a VM is live; its taps, its VFIO devices and its duty to restore
     KSM count as long as its state file exists, because they stay on the host until its `down` undoes them.
+    What a VM with a damaged state file holds is unknown: planning around it is refused (DamagedState),
+    and undoing goes on as if it wanted KSM, which then stays on.
     """
     disks: set[str] = set()
     taps: dict[str, str] = {}
@@ -105,13 +123,19 @@ def others_than(host: Host, places: Places, name: str) -> Others:
     ksm_previous: str | None = None
     for other in vm_names(places.run_root):
         paths = places.of(other)
-        state = read_state(paths)
-        if other == name or state is None:
+        try:
+            state = read_state(paths) if other != name else None
+        except DamagedState:
+            if planning:
+                raise
+            want_ksm = True
+            continue
+        if state is None:
             continue
         taps.update((tap, other) for tap in state.taps)
         vfio.update((address, other) for address in state.vfio)
         # Whoever turned KSM on knows the value to restore; the last VM down must inherit it.
-        ksm_previous = ksm_previous or ksm_restore_value(AppliedChange.from_json(c) for c in state.changes)
+        ksm_previous = ksm_previous or ksm_restore_value(state.journal())
         if _is_live(host, places, other, paths):
             disks.update(state.writable_disks)
             want_ksm = want_ksm or state.wants_ksm
@@ -120,17 +144,52 @@ def others_than(host: Host, places: Places, name: str) -> Others:
 
 
 def _end_run(
-    host: Host, places: Places, name: str, state: VmState | None, say: Say, *, rollback: bool = False
+    host: Host, places: Places, name: str, state: VmState | None, say: Say, *, rollback: bool = False,
+    force: bool = False, lost: tuple[str, ...] = (),
 ) -> None:
     """The last of any run (down, a failed up, a dead run's clean-up): its journal of host changes undone,
-    newest first, under the host lock and past any signal, then its run dir removed."""
+    newest first, under the host lock and past any signal, then its run dir removed. A change that could
+    not be undone stays in the journal and keeps the run dir, for `down` to try again, unless force.
+    lost: what is beyond undoing from the start (the unreadable part of a damaged journal)."""
+    paths = places.of(name)
     with host_lock(places), shielded():
-        if state is not None and state.changes:
-            changes = [AppliedChange.from_json(change) for change in state.changes]
-            others = others_than(host, places, name)
-            for problem in undo_changes(changes, host, rollback=rollback, others=others):
+        journal = state.journal() if state is not None else []
+        if not rollback:
+            _say_left_on_purpose(journal, paths, say)
+        problems = list(lost)
+        if state is not None and journal:
+            others = others_than(host, places, name, planning=False)
+            problems += undo_changes(journal, host, rollback=rollback, others=others,
+                                     journal=StateJournal(paths, state))
+        if problems and not force:
+            kept_in = f"{paths.run_dir} keeps them in its journal"
+            if not rollback:
+                raise _could_not_undo(name, problems, f"{kept_in}: once the cause is fixed, vmrun down {name} tries "
+                                                      f"again (vmrun down --force {name} forgets them)")
+            for problem in problems:
                 say(f"could not undo: {problem}")
-        remove_run_dir(places.of(name))
+            say(f"{kept_in}: vmrun down {name} tries again")
+            return
+        for target in (paths.uefi_vars, paths.cloud_init_seed):  # what a killed `up` was writing
+            partial_of(target).unlink(missing_ok=True)
+        remove_run_dir(paths)
+    if problems:
+        raise _could_not_undo(name, problems, "--force removed its run dir anyway: these stay on the host until "
+                                              "undone by hand")
+
+
+def _could_not_undo(name: str, problems: list[str], hint: str) -> PreflightError:
+    return PreflightError(f"{name}: could not undo: {'; '.join(problems)}", hint=hint)
+
+
+def _say_left_on_purpose(journal: list[AppliedChange], paths: RunPaths, say: Say) -> None:
+    kept = kept_on_down(journal)
+    if kept:
+        undo = "; ".join(str(step) for change in kept for step in change.undo)
+        say(f"kept on purpose, as down keeps disk images, their directories and system users (by hand: {undo})")
+    files = [str(path) for path in (paths.uefi_vars, paths.cloud_init_seed) if path.exists()]
+    if files:
+        say(f"kept for the next up: {', '.join(files)}")
 
 
 def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: bool, say: Say) -> None:
@@ -139,7 +198,7 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
         return
     if fresh or not paths.uefi_vars.exists():
         paths.make_state_dir()
-        shutil.copyfile(facts.ovmf_vars_template, paths.uefi_vars)
+        write_whole(paths.uefi_vars, lambda partial: shutil.copyfile(facts.ovmf_vars_template, partial))
         say(f"fresh UEFI variables in {paths.uefi_vars}")
 
 
@@ -152,7 +211,7 @@ def _say_plan(plan: Plan, say: Say) -> None:
 
 def _preflight(
     spec: Spec, spec_path: Path, host: Host, places: Places, facts: HostFacts, *,
-    configuration: Configuration, show: Callable[[Plan], None],
+    configuration: Configuration, show: Callable[[Plan], None], say: Say,
 ) -> tuple[Plan, StateJournal]:
     """Plan and apply the host changes under the host lock, journaled in a new run directory."""
     paths = places.of(spec.name)
@@ -173,7 +232,10 @@ def _preflight(
             apply_plan(plan, host, journal=journal)
         except BaseException:
             with shielded():
-                remove_run_dir(paths)
+                if journal.state.changes:
+                    say(f"{paths.run_dir} keeps what could not be undone: vmrun down {spec.name} tries again")
+                else:
+                    remove_run_dir(paths)
             raise
     return plan, journal
 
@@ -185,7 +247,7 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
         _clear_dead_run(host, places, spec.name, say)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         no_qemu = Configuration(spec, argv=())
-        return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show)[1].state
+        return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show, say=say)[1].state
 
 
 class Outcome(enum.StrEnum):
@@ -210,7 +272,7 @@ def up(
         outcome = Outcome.STARTED
         running = running_state(host, paths, spec.name)
         if running is not None:
-            changed = differences(recorded_configuration(running), configuration)
+            changed = _running_differences(running, configuration, host, as_root=facts.drop_privileges)
             if not changed:
                 return Outcome.UP_TO_DATE
             if not restart:
@@ -222,6 +284,7 @@ def up(
         _clear_dead_run(host, places, spec.name, say)
         plan, journal = _preflight(
             spec, spec_path, host, places, facts, configuration=configuration, show=lambda plan: _say_plan(plan, say),
+            say=say,
         )
         if plan.changes:
             say(f"preflight: {len(plan.changes)} host change(s) applied")
@@ -229,6 +292,7 @@ def up(
         try:
             _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
             prepare_seed(seed, paths, say)
+            crash_point("before launching qemu")
             say(f"launching {spec.name}")
             pid = launch(host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
@@ -240,7 +304,7 @@ def up(
             raise
         except BaseException:
             with shielded():
-                _abort(host, places, journal.state, pid, say)
+                _abort(host, places, journal.state, say)
             raise
         return outcome
 
@@ -261,8 +325,18 @@ def drift(spec: Spec, spec_path: Path, host: Host, places: Places) -> list[str] 
     state = running_state(host, paths, spec.name)
     if state is None:
         return None
-    now, _ = _configuration(spec, spec_path, gather_facts(host, spec.qemu.binary), paths)
-    return differences(recorded_configuration(state), now)
+    facts = gather_facts(host, spec.qemu.binary)
+    now, _ = _configuration(spec, spec_path, facts, paths)
+    return _running_differences(state, now, host, as_root=facts.drop_privileges)
+
+
+def _running_differences(state: VmState, now: Configuration, host: Host, *, as_root: bool) -> list[str]:
+    """How a running VM differs from what it would run with now, then what the host no longer holds for
+    it (judged by the spec it started from, when it recorded one)."""
+    recorded = recorded_configuration(state)
+    started_from = recorded.spec or now.spec
+    on_host = host_differences(started_from, host, as_root=as_root) if started_from is not None else []
+    return [*differences(recorded, now), *on_host]
 
 
 def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:
@@ -270,9 +344,11 @@ def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:
     return state if state is not None and state.argv and is_our_qemu(host, read_pid(paths), name) else None
 
 
-def _abort(host: Host, places: Places, state: VmState, pid: int | None, say: Say) -> None:
-    """A failed or interrupted `up`: qemu killed if it runs, host changes undone, run dir removed."""
-    if pid is not None and not is_gone(host, pid, state.name):
+def _abort(host: Host, places: Places, state: VmState, say: Say) -> None:
+    """A failed or interrupted `up`: qemu killed if it runs (found even when its pid was never read),
+    host changes undone, run dir removed."""
+    pid = find_qemu(host, places.of(state.name), state.name)
+    if pid is not None:
         host.signal(pid, signal.SIGKILL)
         if not wait_for_exit(host, pid, state.name, KILL_WAIT):
             say(f"qemu (pid {pid}) survived SIGKILL; its host changes stay: vmrun down --force {state.name}")
@@ -341,7 +417,7 @@ def down(name: str, host: Host, places: Places, *, timeout: float, force: bool, 
     """Stop the VM, wait until its qemu is gone, undo its host changes; None when there was nothing."""
     paths = places.of(name)
     with vm_lock(places, name, wait=True, say=say):
-        if read_state(paths) is None and not paths.run_dir.exists():
+        if not has_run(paths):
             return None
         return _stop_and_undo(host, places, name, timeout=timeout, force=force, say=say)
 
@@ -349,10 +425,24 @@ def down(name: str, host: Host, places: Places, *, timeout: float, force: bool, 
 def _stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, force: bool, say: Say) -> str:
     """Under the VM's lock: qemu stopped and gone, host changes undone, run dir removed."""
     paths = places.of(name)
-    state = read_state(paths)
+    state, lost = _state_to_end(paths, force=force, say=say)
+    crash_point(f"before stopping {name}")
     how = stop(host, paths, name, timeout=timeout, force=force, say=say)
-    _end_run(host, places, name, state, say)
+    crash_point(f"after stopping {name}")
+    _end_run(host, places, name, state, say, force=force, lost=lost)
     return how
+
+
+def _state_to_end(paths: RunPaths, *, force: bool, say: Say) -> tuple[VmState | None, tuple[str, ...]]:
+    """The state `down` ends the run with; with force, what a damaged one still tells, and what it lost."""
+    try:
+        return read_state(paths), ()
+    except DamagedState as damage:
+        if not force:
+            raise
+        state, whole = salvage_state(paths)
+        say(f"{damage}; --force goes on with the {len(state.changes)} journal entries that still read whole")
+        return state, () if whole else (f"the unreadable rest of the journal in {state_path(paths)}",)
 
 
 def status(host: Host, places: Places, names: list[str] | None = None) -> list[VmStatus]:
@@ -362,13 +452,16 @@ def status(host: Host, places: Places, names: list[str] | None = None) -> list[V
 def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
     from vmrun.monitor import Monitor
 
-    state = read_state(paths)
-    pid = read_pid(paths)
+    try:
+        state, damaged = read_state(paths), False
+    except DamagedState:
+        state, damaged = None, True
+    pid = find_qemu(host, paths, name)
     alive = is_our_qemu(host, pid, name)
     # "prepared": `vmrun preflight` made the host changes and no qemu was meant to run.
-    vm_state, agent = "prepared" if state is not None and not state.argv else "dead", None
+    vm_state, agent = "damaged" if damaged else "prepared" if state is not None and not state.argv else "dead", None
     addresses: dict[str, list[str]] = {}
-    if alive:
+    if alive and not damaged:
         try:
             with Monitor(paths.qmp_socket) as monitor:
                 monitor.connect(timeout=AGENT_PROBE_TIMEOUT * 2)
@@ -377,10 +470,12 @@ def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
             vm_state = "stopped"
         if vm_state == "running" and paths.agent_socket.exists():
             agent, addresses = probe_agent(paths)
+    started_from = recorded_configuration(state).spec if state is not None and alive else None
     return VmStatus(
         name=name, state=vm_state, pid=pid if alive else None, accel=state.accel if state else "unknown",
         run_dir=str(paths.run_dir), uptime=time.time() - state.started_at if state and alive else None, agent=agent,
         addresses=addresses,
+        host_drift=tuple(host_differences(started_from, host, as_root=host.is_root_user())) if started_from else (),
     )
 
 

@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
@@ -31,6 +31,7 @@ from vmrun.naming import pci_address
 from vmrun.spec import Accel, Aio, ByteSize, Cache, DiskFormat, Firmware, Seconds, SecurityModel, Spec, Vhost
 from vmrun.units import format_duration, format_size, parse_duration, parse_size
 
+_Parsed = TypeVar("_Parsed")
 _TOML_TYPE_NAMES = {
     bool: "a boolean",
     int: "an integer",
@@ -39,6 +40,11 @@ _TOML_TYPE_NAMES = {
     list: "an array",
     dict: "a table",
 }
+
+
+class BadValue(ValueError):
+    """A value that cannot be what its key needs: the user's mistake, reported at its path (exit 2).
+    Any other exception while structuring is a bug in vmrun (exit 1), and fuzzing can tell."""
 
 
 def describe(value: object) -> str:
@@ -51,7 +57,7 @@ def describe(value: object) -> str:
 def _expect(value: object, *types: type, what: str) -> None:
     # bool is an int in Python but never in a spec.
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        raise TypeError(f"expected {what}, got {describe(value)}")
+        raise BadValue(f"expected {what}, got {describe(value)}")
 
 
 def _structure_str(value: object, _: type) -> str:
@@ -59,7 +65,7 @@ def _structure_str(value: object, _: type) -> str:
     assert isinstance(value, str)
     bad = next((char for char in value if ord(char) < 0x20 or ord(char) == 0x7F), None)
     if bad is not None:
-        raise ValueError(f"control character {bad!r} is not allowed")
+        raise BadValue(f"control character {bad!r} is not allowed")
     return value
 
 
@@ -78,20 +84,28 @@ def _structure_bool(value: object, _: type) -> bool:
 def _structure_path(value: object, _: type) -> Path:
     text = _structure_str(value, str)
     if not text:
-        raise ValueError("path must not be empty")
+        raise BadValue("path must not be empty")
     return Path(text)
 
 
 def _structure_size(value: object, _: type) -> int:
     _expect(value, int, str, what='a size such as "8G" or a number of MiB')
     assert isinstance(value, int | str)
-    return parse_size(value)
+    return _parsed(parse_size, value)
 
 
 def _structure_duration(value: object, _: type) -> float:
     _expect(value, int, float, str, what='a duration such as "30s"')
     assert isinstance(value, int | float | str)
-    return parse_duration(value)
+    return _parsed(parse_duration, value)
+
+
+def _parsed(parse: Callable[[Any], _Parsed], value: object) -> _Parsed:
+    """A unit parser's refusal is the user's mistake."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
 
 
 def _structure_vhost(value: object, _: type) -> Vhost:
@@ -99,7 +113,7 @@ def _structure_vhost(value: object, _: type) -> Vhost:
         return Vhost.ON if value else Vhost.OFF
     if value == "auto":
         return Vhost.AUTO
-    raise ValueError(f'must be true, false or "auto", got {describe(value)}')
+    raise BadValue(f'must be true, false or "auto", got {describe(value)}')
 
 
 def _enum_hook(enum_type: type[enum.Enum]) -> Callable[[object, type], enum.Enum]:
@@ -109,7 +123,7 @@ def _enum_hook(enum_type: type[enum.Enum]) -> Callable[[object, type], enum.Enum
         try:
             return enum_type(value)
         except ValueError:
-            raise ValueError(f"must be one of {choices}, got {value!r}") from None
+            raise BadValue(f"must be one of {choices}, got {value!r}") from None
 
     return structure
 
@@ -130,7 +144,7 @@ def _array_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, ty
         for index, item in enumerate(value):
             try:
                 items.append(converter.structure(item, item_type))
-            except Exception as exc:  # noqa: BLE001 - collected and reported with its index
+            except (BaseValidationError, BadValue) as exc:  # the user's mistakes, collected with their index
                 exc.add_note(IterableValidationNote(f"@ index {index}", index, item_type))
                 errors.append(exc)
         if errors:
@@ -224,15 +238,26 @@ def _unknown_key_problems(cls: type, extra_keys: Iterable[str], path: str) -> It
 
 
 def _problems(exc: BaseException, path: str = "") -> Iterator[Problem]:
+    """The user's mistakes among what cattrs collected; anything else is a bug in vmrun, raised again."""
     if isinstance(exc, ForbiddenExtraKeysError):
         yield from _unknown_key_problems(exc.cl, exc.extra_fields, path)
     elif isinstance(exc, BaseValidationError):
         for child in exc.exceptions:
             yield from _problems(child, _child_path(child, path))
-    elif isinstance(exc, KeyError):
+    elif _is_missing_key(exc):
         yield Problem(path, "required key is missing")
-    else:
+    elif isinstance(exc, BadValue):
         yield Problem(path, str(exc))
+    else:
+        raise exc
+
+
+def _is_missing_key(exc: BaseException) -> bool:
+    """cattrs' KeyError for a required key the table lacks: the key it names is the attribute's own."""
+    return isinstance(exc, KeyError) and any(
+        isinstance(note, AttributeValidationNote) and exc.args == (note.name,)
+        for note in getattr(exc, "__notes__", ())
+    )
 
 
 def _child_path(child: BaseException, path: str) -> str:
@@ -296,7 +321,7 @@ def structure_spec(data: dict[str, Any], *, base: Path) -> Structured:
             continue
         try:
             sections[field.name] = converter.structure(data[field.name], _SECTION_TYPES[field.name])
-        except Exception as exc:  # noqa: BLE001 - cattrs reports every structural mistake as exceptions
+        except (BaseValidationError, BadValue) as exc:
             problems += _problems(exc, field.name)
             failed.add(field.name)
     problems += _unknown_key_problems(Spec, data.keys() - _SECTION_TYPES.keys(), "")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
-from vmrun.errors import UsageError
+from vmrun.errors import Problem, UsageError
+from vmrun.extra_args import named_paths
 from vmrun.naming import VM_NAME_RULE, is_vm_name
+from vmrun.spec import Spec
 
 LOCK_DIR = ".locks"  # under the run root; a dot-name is never a VM name
+UEFI_VARS_FILE = "OVMF_VARS.fd"
+SEED_FILE = "seed.iso"
 
 
 def default_run_root() -> Path:
@@ -63,12 +68,12 @@ class RunPaths:
 
     @property
     def uefi_vars(self) -> Path:
-        return self.state_dir / "OVMF_VARS.fd"
+        return self.state_dir / UEFI_VARS_FILE
 
     @property
     def cloud_init_seed(self) -> Path:
         """The NoCloud seed `up` rebuilds from the spec's [cloud_init] files."""
-        return self.state_dir / "seed.iso"
+        return self.state_dir / SEED_FILE
 
 
 @attrs.frozen
@@ -88,6 +93,26 @@ class Places:
     @property
     def lock_dir(self) -> Path:
         return self.run_root / LOCK_DIR
+
+    def holds(self, path: str) -> bool:
+        """Whether a path (a relative one from the working directory, links followed) leads to what vmrun
+        keeps for its VMs: anything under the run root (sockets, pidfiles, logs), or a VM's firmware
+        variables or cloud-init seed. The rest of the state root may hold the user's own disk images."""
+        where = Path(path).resolve()
+        run_root = self.run_root.resolve()
+        if where.is_relative_to(run_root):
+            return True
+        return where.parent.parent == self.state_root.resolve() and where.name in (UEFI_VARS_FILE, SEED_FILE)
+
+
+def extra_args_reaching_vmrun(spec: Spec, places: Places) -> Iterator[Problem]:
+    """extra_args that name a file or socket of vmrun's, this VM's or another's: qemu opens them as root
+    before it drops privileges, and a socket bound on a path replaces the one there (another VM's QMP)."""
+    for index, arg in enumerate(spec.qemu.extra_args):
+        reached = next((path for path in named_paths(arg) if places.holds(path)), None)
+        if reached is not None:
+            yield Problem(f"qemu.extra_args[{index}]", f"{reached} is vmrun's own (its run directory, a VM's "
+                          "firmware variables or seed)", "name a path of your own")
 
 
 def _child(root: Path, name: str) -> Path:

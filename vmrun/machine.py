@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from pathlib import Path
@@ -28,7 +29,11 @@ def is_our_qemu(host: Host, pid: int | None, name: str) -> bool:
     if pid is None:
         return False
     cmdline = host.process_cmdline(pid)
-    return cmdline is not None and f"guest={name},process=vmrun-{name}" in cmdline
+    return cmdline is not None and _names_vm(cmdline, name)
+
+
+def _names_vm(cmdline: str, name: str) -> bool:
+    return f"guest={name},process=vmrun-{name}" in cmdline
 
 
 def is_gone(host: Host, pid: int, name: str) -> bool:
@@ -40,6 +45,22 @@ def is_gone(host: Host, pid: int, name: str) -> bool:
         return True
     cmdline = host.process_cmdline(pid)
     return bool(cmdline) and not is_our_qemu(host, pid, name)
+
+
+def find_qemu(host: Host, paths: RunPaths, name: str) -> int | None:
+    """This run's qemu, alive or still exiting: by its pidfile, else (not written yet, damaged, or taken
+    by a -pidfile of qemu.extra_args) by the pidfile path on its command line, which names this run's
+    directory, and its -name; a qemu that vmrun lost sight of is still found and stopped."""
+    pid = read_pid(paths)
+    if pid is not None and not is_gone(host, pid, name):
+        return pid
+    return next((pid for pid in host.process_ids() if _started_for(host.process_argv(pid) or [], paths, name)), None)
+
+
+def _started_for(argv: list[str], paths: RunPaths, name: str) -> bool:
+    pidfile = str(paths.pidfile)
+    names_pidfile = any(pair == ("-pidfile", pidfile) for pair in itertools.pairwise(argv))
+    return names_pidfile and _names_vm(" ".join(argv), name)
 
 
 def wait_for_exit(host: Host, pid: int, name: str, timeout: float) -> bool:
@@ -88,8 +109,8 @@ def stop(host: Host, paths: RunPaths, name: str, *, timeout: float, force: bool,
     """powerdown -> wait -> quit -> SIGTERM -> SIGKILL; returns the step that ended qemu."""
     from vmrun.monitor import Monitor
 
-    pid = read_pid(paths)
-    if pid is None or is_gone(host, pid, name):
+    pid = find_qemu(host, paths, name)
+    if pid is None:
         return "already gone"
     try:
         with Monitor(paths.qmp_socket) as monitor:

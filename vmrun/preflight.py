@@ -32,7 +32,7 @@ from vmrun.changes import (
 from vmrun.check import tcg_limits
 from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
-from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel
+from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel, drops_privileges, keeps_root
 from vmrun.host import Host, HostCommandError, User
 from vmrun.mounts import mount_of, parse_mountinfo
 from vmrun.naming import tap_name
@@ -43,7 +43,7 @@ from vmrun.vfio import check_memlock, check_vfio
 
 __all__ = [
     "AppliedChange", "Change", "CheckResult", "Others", "Plan", "PreflightRefused", "Status",
-    "apply_plan", "ksm_restore_value", "plan_preflight", "refuse", "undo_changes",
+    "apply_plan", "kept_on_down", "ksm_restore_value", "plan_preflight", "refuse", "undo_changes",
 ]
 
 IFF_UP = 0x1  # in /sys/class/net/IF/flags
@@ -129,24 +129,27 @@ def check_qemu(spec: Spec, facts: HostFacts) -> Found:
                                  "as it is yours")
     elif facts.qemu_version is None:
         yield fail_check("qemu", f"{binary} not found (Debian: apt-get install qemu-system-x86)")
-    elif facts.drop_privileges and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
+    elif drops_privileges(spec, facts) and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
         yield fail_check("qemu", f"{binary} {facts.qemu_version} has {facts.privilege_drop}, so it would keep "
                                  "root's privileges: use a qemu that has either, or run vmrun as another user")
-    elif facts.drop_privileges:
+    elif drops_privileges(spec, facts):
         yield ok_check("qemu", f"{binary} {facts.qemu_version}; it drops privileges with {facts.privilege_drop}")
     else:
         yield ok_check("qemu", f"{binary} {facts.qemu_version}")
 
 
-def qemu_user(spec: Spec, host: Host, facts: HostFacts) -> User | None:
+def qemu_user(spec: Spec, host: Host, *, as_root: bool) -> User | None:
     """Who qemu runs as: whoever runs vmrun, or host.user when that is root (None until preflight creates it)."""
-    return host.user(spec.host.user) if facts.drop_privileges else host.current_user()
+    return host.user(spec.host.user) if as_root else host.current_user()
 
 
 def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
     name = "qemu user"
     if not facts.drop_privileges:
         yield ok_check(name, f"vmrun is not root: qemu runs as {host.current_user().name}")
+    elif keeps_root(spec, facts):
+        yield warn_check(name, 'qemu keeps root\'s privileges (host.user = "root", host.allow_root = true): a guest '
+                               "that breaks out of qemu owns the host")
     elif host.user(spec.host.user) is not None:
         yield ok_check(name, f"qemu drops privileges to {spec.host.user}")
     elif spec.host.user == SYSTEM_USER:
@@ -200,10 +203,7 @@ def check_disks(spec: Spec, host: Host, others: Others, user: User | None) -> Fo
         elif disk.base is not None:
             yield from _check_overlay(name, disk, disk.base, kind, host, user, in_use, qemu_runs_as=owner)
         elif disk.passthrough:
-            if kind == "block device":
-                yield ok_check(name, f"{disk.path} is a block device (scsi-block)")
-            else:
-                yield fail_check(name, f"passthrough needs a block device; {disk.path} {_is_not(kind, 'block device')}")
+            yield _passthrough_check(name, disk.path, kind, host)
         elif kind in ("file", "block device"):
             yield ok_check(name, str(disk.path))
         elif kind is not None:
@@ -212,6 +212,18 @@ def check_disks(spec: Spec, host: Host, others: Others, user: User | None) -> Fo
             yield fail_check(name, f"{disk.path} does not exist; set disks[{index}].size to create it")
         else:
             yield from _create_image(name, disk, host, size_bytes=disk.size)
+
+
+def _passthrough_check(name: str, path: Path, kind: str | None, host: Host) -> CheckResult:
+    """scsi-block hands the guest's SCSI commands to the device (SG_IO): only a SCSI disk takes them (qemu
+    refuses a loop device: "cannot get SG_IO version number"), and a partition's would reach its whole disk."""
+    if kind != "block device":
+        return fail_check(name, f"passthrough needs a block device; {path} {_is_not(kind, 'block device')}")
+    number = host.device_number(path)
+    if number is None or not host.exists(f"/sys/dev/block/{number}/device/scsi_device"):
+        return fail_check(name, f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI commands); {path} "
+                                "is a block device but not one: set passthrough = false to attach it as a plain disk")
+    return ok_check(name, f"{path} is a SCSI disk (scsi-block)")
 
 
 def _size_text(size_bytes: int) -> str:
@@ -429,13 +441,13 @@ def _check_vhost(name: str, nic: Nic, host: Host, facts: HostFacts) -> Found:
 def check_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: User | None) -> Found:
     name = f"shares {share.id}"
     kind = host.kind(share.path)
-    qemu_is_root = facts.drop_privileges and spec.host.user == "root"
+    qemu_is_root = keeps_root(spec, facts)
     problem = None
     if kind != "directory":
         problem = f"{share.path} {_is_not(kind, 'directory')}"
     elif share.security_model is SecurityModel.PASSTHROUGH and not qemu_is_root:
         problem = ('security_model = "passthrough" needs qemu to run as root (vmrun as root with host.user = '
-                   '"root"); use "mapped-xattr"')
+                   '"root" and host.allow_root = true); use "mapped-xattr"')
     elif share.security_model is SecurityModel.MAPPED_XATTR and not host.supports_xattrs(share.path):
         problem = f"{share.path}'s filesystem stores no user xattrs; use security_model = \"mapped-file\""
     else:
@@ -496,7 +508,7 @@ def plan_preflight(
 ) -> Plan:
     """Every check and the changes they need, from reads and probes that leave nothing behind: nothing on the
     host changes. run_dir: where the VM's sockets will be (None: not checked)."""
-    user = qemu_user(spec, host, facts)
+    user = qemu_user(spec, host, as_root=facts.drop_privileges)
     memlock_check, memlock = check_memlock(spec, host, facts)
     found: list[CheckResult | Change] = [
         *(check_run_dir(host, run_dir) if run_dir is not None else ()),
@@ -554,7 +566,7 @@ class Journal(Protocol):
 
 def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tuple[AppliedChange, ...]:
     """Every change in order, each journaled before it is made; on any failure or interruption the
-    changes made so far are undone, newest first, and the journal is emptied."""
+    changes made so far are undone, newest first, and leave the journal; what could not be undone stays."""
     refuse(plan)
     entries: list[AppliedChange] = []
 
@@ -564,9 +576,10 @@ def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tup
 
     def roll_back() -> list[str]:
         with shielded():
-            problems = undo_changes(entries, host, rollback=True, others=plan.others)
-            entries.clear()
-            write_ahead()
+            problems = undo_changes(entries, host, rollback=True, others=plan.others, journal=journal)
+            if not problems:  # what failed stays in the journal, for `down` to try again
+                entries.clear()
+                write_ahead()  # also strikes the intent of a change the host refused
         return problems
 
     try:
@@ -599,26 +612,52 @@ def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tup
 
 
 def undo_changes(
-    applied: Iterable[AppliedChange], host: Host, *, rollback: bool = False, others: Others = Others()
+    applied: Iterable[AppliedChange], host: Host, *, rollback: bool = False, others: Others = Others(),
+    journal: Journal | None = None,
 ) -> list[str]:
     """Undo newest first, going on past failures; returns what could not be undone.
 
     `down` keeps disk images and system users; KSM stays on while others.want_ksm, even in a rollback;
     a rollback (a failed preflight or launch) undoes everything else it just did. A journal entry never
-    marked done is undone too, quietly: it may never have reached the host.
+    marked done is undone too, quietly: it may never have reached the host. Each change leaves the
+    journal once undone (or kept), so a vmrun killed midway undoes nothing twice; what could not be
+    undone stays in it for a later `down` to try again.
     """
+    pending = list(applied)
+    failed: list[AppliedChange] = []
     problems = []
-    for record in reversed(list(applied)):
-        change = record.change
-        if change.on_down is OnDown.SHARED_KSM and others.want_ksm:
-            continue
-        if change.on_down is OnDown.KEEP and not rollback:
-            continue
-        for step in change.undo:
+    while pending:
+        record = pending.pop()
+        problem = _undo(record, host, rollback=rollback, others=others)
+        if problem is not None:
+            problems.append(problem)
+            failed.insert(0, record)
+        if journal is not None:
             try:
-                perform(step, host)
-            except (OSError, HostCommandError) as exc:
-                if record.done:
-                    problems.append(f"{step}: {_reason(exc)}")
-                break  # the change's later steps build on this one
+                journal.record((*pending, *failed))
+            except OSError:
+                pass  # the host comes first: a journal that cannot shrink makes a later down try these again
     return problems
+
+
+def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) -> str | None:
+    change = record.change
+    if change.on_down is OnDown.SHARED_KSM and others.want_ksm:
+        return None
+    if change.on_down is OnDown.KEEP and not rollback:
+        return None
+    crash_point(f"before undoing {change.step}")
+    for step in change.undo:
+        try:
+            perform(step, host)
+        except (OSError, HostCommandError) as exc:
+            # The change's later steps build on this one.
+            return f"{step}: {_reason(exc)}" if record.done else None
+    crash_point(f"after undoing {change.step}")
+    return None
+
+
+def kept_on_down(applied: Iterable[AppliedChange]) -> list[Change]:
+    """What `down` leaves on purpose (disk images, the directories made for them, system users), newest
+    first, as they would be undone."""
+    return [record.change for record in reversed(list(applied)) if record.change.on_down is OnDown.KEEP]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from vmrun.facts import HostFacts, PrivilegeDrop, choose_accel, vhost_enabled
+from vmrun.facts import HostFacts, PrivilegeDrop, choose_accel, drops_privileges, vhost_enabled
 from vmrun.locations import RunPaths
 from vmrun.naming import mac_address, tap_name
 from vmrun.spec import Accel, Cache, Disk, Firmware, Nic, Share, Spec, Vfio
@@ -73,7 +73,7 @@ def _process(spec: Spec, facts: HostFacts, paths: RunPaths) -> list[str]:
     if facts.seccomp:
         # elevateprivileges=deny would break the privilege drop, spawn=deny kills qemu at -daemonize.
         argv += ["-sandbox", qemu_opt("on", {"obsolete": "deny", "resourcecontrol": "deny"})]
-    if facts.drop_privileges:
+    if drops_privileges(spec, facts):
         argv += _privilege_drop(spec, facts.privilege_drop)
     return argv
 

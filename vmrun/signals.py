@@ -32,9 +32,18 @@ def sigterm_interrupts() -> Iterator[None]:
 
 @contextmanager
 def shielded() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends: a second Ctrl-C must not cut a rollback short."""
+    """SIGINT and SIGTERM wait until the block ends: a second Ctrl-C must not cut a rollback short.
+    Worker threads leave them to the main thread (see for_workers), so blocking them here holds for the
+    whole process."""
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def for_workers() -> None:
+    """Run at the start of each worker thread: a signal a worker took would still raise in the main thread,
+    even inside the main thread's shielded(); blocked in the workers, SIGINT and SIGTERM reach the main
+    thread alone, and wait while it shields."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)

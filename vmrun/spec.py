@@ -145,9 +145,14 @@ class Hook:
     timeout: Seconds = Seconds(60.0)
 
 
+ROOT_USER = "root"
+
+
 @attrs.frozen
 class HostOptions:
     user: str = "vmrun"
+    # host.user = "root" keeps qemu as root, undoing the privilege drop: only when the spec says it means it.
+    allow_root: bool = False
     ksm: bool = False
 
 

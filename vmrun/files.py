@@ -1,0 +1,28 @@
+"""Files vmrun writes are whole or absent: written beside their place under a dot name, then renamed.
+
+Whatever instant vmrun dies at, a reader finds the old file or the new one. What a kill can leave is
+the partial file, which the next write replaces and `down` removes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from vmrun.crashpoints import crash_point
+
+
+def partial_of(target: Path) -> Path:
+    """Where target is made before it is renamed into place: a dot name, so never a VM name."""
+    return target.with_name(f".{target.name}.partial")
+
+
+def write_whole(target: Path, write: Callable[[Path], object]) -> None:
+    """write(path) makes the file at path; target then appears in one rename."""
+    partial = partial_of(target)
+    try:
+        write(partial)
+        crash_point(f"{partial} written, not yet renamed")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
