@@ -17,9 +17,11 @@ from pathlib import Path
 import attrs
 
 from vmrun.host import Host, HostCommandError
+from vmrun.mounts import mount_of, parse_mountinfo
 from vmrun.units import MIB, parse_size
 
 PCI_ROOT = "/sys/devices/pci0000:00"
+VENDOR, DEVICE = 0x144D, 0xA808
 IFF_TAP, IFF_MULTI_QUEUE, IFF_PERSIST, IFF_NO_PI = 0x2, 0x100, 0x800, 0x1000
 IFF_UP = 0x1
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
@@ -34,10 +36,23 @@ class FakePci:
     device_class: str = "0x010802"
     boot_vga: bool = False
     behind: str | None = None  # the bridge it sits behind, as in sysfs's device tree
+    header_type: int | None = None  # config space byte 0x0e; None: what the class implies, one function
+    has_config: bool = True  # a recorded or hand-made tree may lack the config file
 
     @property
     def sysfs_dir(self) -> str:
         return f"{PCI_ROOT}/{self.behind + '/' if self.behind else ''}{self.address}"
+
+    def config(self) -> bytes:
+        """The first 64 bytes of config space, as an unprivileged read of sysfs's config file gives them."""
+        header_type = self.header_type
+        if header_type is None:
+            header_type = {"0x0604": 1, "0x0607": 2}.get(self.device_class[:6], 0)
+        class_code = int(self.device_class, 16)
+        status = 0x0010  # a capabilities list, as PCIe functions have
+        header = (VENDOR.to_bytes(2, "little") + DEVICE.to_bytes(2, "little") + bytes(2) + status.to_bytes(2, "little")
+                  + bytes([0x01]) + class_code.to_bytes(3, "little") + bytes([0x10, 0, header_type, 0]))
+        return header.ljust(64, b"\0")
 
 
 def put(root: Path, host_path: str, text: str = "") -> None:
@@ -55,9 +70,11 @@ def link(root: Path, host_path: str, target: str) -> None:
 
 def build_host_tree(root: Path, devices: list[FakePci], *, ksm_run: str = "0") -> Path:
     for device in devices:
-        for name, value in (("vendor", "0x144d"), ("device", "0xa808"), ("class", device.device_class),
+        for name, value in (("vendor", f"{VENDOR:#06x}"), ("device", f"{DEVICE:#06x}"), ("class", device.device_class),
                             ("driver_override", "(null)")):
             put(root, f"{device.sysfs_dir}/{name}", value + "\n")
+        if device.has_config:
+            (root / device.sysfs_dir.lstrip("/") / "config").write_bytes(device.config())
         if device.boot_vga:
             put(root, f"{device.sysfs_dir}/boot_vga", "1\n")
         link(root, f"/sys/bus/pci/devices/{device.address}", device.sysfs_dir)
@@ -78,6 +95,8 @@ def build_host_tree(root: Path, devices: list[FakePci], *, ksm_run: str = "0") -
     put(root, "/etc/passwd", PASSWD)
     put(root, "/etc/group", GROUP)
     put(root, "/proc/mounts", "sysfs /sys sysfs rw 0 0\n/dev/vda1 / ext4 rw 0 0\n")
+    put(root, "/proc/1/mountinfo", "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
+                                   "23 22 0:21 / /sys rw,nosuid shared:7 - sysfs sysfs rw\n")
     put(root, "/proc/swaps", "Filename\tType\tSize\tUsed\tPriority\n")
     put(root, "/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n")
     put(root, "/proc/net/ipv6_route")
@@ -128,23 +147,51 @@ def add_default_route(root: Path, interface: str) -> None:
 
 
 def add_disk(root: Path, name: str, function_dir: str, *, partitions: tuple[str, ...] = ()) -> str:
-    """An NVMe namespace below the function, with its partitions; returns the disk's sysfs directory."""
+    """An NVMe namespace below the function (259:0), with its partitions (259:1, ...); returns the disk's
+    sysfs directory."""
     disk = f"{function_dir}/nvme/nvme0/{name}"
     put(root, f"{disk}/dev", "259:0\n")
     link(root, f"/sys/block/{name}", disk)
     link(root, f"/sys/class/block/{name}", disk)
-    for partition in partitions:
-        put(root, f"{disk}/{partition}/partition", "1\n")
+    for number, partition in enumerate(partitions, start=1):
+        put(root, f"{disk}/{partition}/partition", f"{number}\n")
+        put(root, f"{disk}/{partition}/dev", f"259:{number}\n")
         link(root, f"/sys/class/block/{partition}", f"{disk}/{partition}")
     return disk
 
 
 def add_device_mapper(root: Path, name: str, mapper_name: str, *, on: str) -> None:
-    """dm-N (LVM, dm-crypt) built on the block device whose sysfs directory is `on`."""
+    """dm-N (LVM, dm-crypt; 253:N) built on the block device whose sysfs directory is `on`."""
     directory = f"/sys/devices/virtual/block/{name}"
     put(root, f"{directory}/dm/name", mapper_name + "\n")
+    put(root, f"{directory}/dev", f"253:{name.removeprefix('dm-')}\n")
     link(root, f"/sys/class/block/{name}", directory)
     link(root, f"{on}/holders/{name}", directory)
+
+
+def add_virtio(root: Path, name: str, function_dir: str, driver: str, **attributes: str) -> str:
+    """A virtio device (virtioN) below a virtio PCI function, bound to driver; returns its sysfs directory."""
+    directory = f"{function_dir}/{name}"
+    for attribute, value in attributes.items():
+        put(root, f"{directory}/{attribute}", value)
+    link(root, f"/sys/bus/virtio/devices/{name}", directory)
+    (root / f"sys/bus/virtio/drivers/{driver}").mkdir(parents=True, exist_ok=True)
+    link(root, f"{directory}/driver", f"/sys/bus/virtio/drivers/{driver}")
+    return directory
+
+
+def add_virtio_port(root: Path, port: str, virtio_dir: str, *, name: str = "") -> None:
+    """A virtio-serial port (vportNpM) of a virtio console device, with the name the VMM gave it."""
+    directory = f"{virtio_dir}/virtio-ports/{port}"
+    put(root, f"{directory}/name", name + "\n")
+    link(root, f"/sys/class/virtio-ports/{port}", directory)
+
+
+def open_file(root: Path, pid: int, fd: int, target: str) -> None:
+    """Process pid holds target open (as /proc/PID/fd/N shows it: a link to the path)."""
+    path = root / f"proc/{pid}/fd/{fd}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
 
 
 def add_kvm(root: Path, *, modules: list[str], cpu_flags: str) -> None:
@@ -164,7 +211,8 @@ def snapshot(root: Path) -> dict[str, str]:
         elif path.is_dir():
             state[key] = "dir"
         else:
-            state[key] = path.read_text() + f" [owner {path.stat().st_uid}:{path.stat().st_gid}]"
+            text = path.read_bytes().decode(errors="backslashreplace")  # config space is binary
+            state[key] = text + f" [owner {path.stat().st_uid}:{path.stat().st_gid}]"
     return state
 
 
@@ -190,6 +238,14 @@ class FakeHost(Host):
 
     def wait_for(self, host_path: str | Path, timeout: float) -> bool:
         return self.exists(host_path)  # this kernel acts at once: nothing to wait for
+
+    def socket_refusal(self, directory: Path) -> str | None:
+        """This kernel makes no sockets on 9p, as a share from a VMM often cannot (the directory is real,
+        its file system is what the tree's /proc/self/mountinfo says)."""
+        mount = mount_of(parse_mountinfo(self.read("/proc/self/mountinfo") or ""), str(directory))
+        if mount is not None and mount.fstype == "9p":
+            return os.strerror(errno.EOPNOTSUPP)
+        return super().socket_refusal(directory)
 
     # --- sysfs ---
 

@@ -31,27 +31,33 @@ def test_fake_sysfs_groups_list_devices_drivers_and_viability(tmp_path: Path) ->
 
 
 HOST_BRIDGE = FakePci("0000:00:00.0", group="0", driver=None, device_class="0x060000")
-ISA_BRIDGE = FakePci("0000:00:1f.0", group="0", driver="lpc_ich", device_class="0x060100")
 BOOT_VGA = FakePci("0000:00:02.0", group="1", driver="i915", device_class="0x030000", boot_vga=True)
 SECOND_GPU = FakePci("0000:03:00.0", group="2", driver="amdgpu", device_class="0x030000")
 GPU_AUDIO = FakePci("0000:03:00.1", group="2", driver="snd_hda_intel", device_class="0x040300")
+# AMD's dummy host bridge shares the GPU's group: no driver holds it, so the kernel lets the GPU go.
+DUMMY_HOST_BRIDGE = FakePci("0000:00:03.0", group="2", driver=None, device_class="0x060000")
+GPP_BRIDGE = FakePci("0000:00:03.1", group="2", driver="pcieport", device_class="0x060400")
 
 
 def test_fake_sysfs_suggests_endpoints_only_never_bridges_or_the_boot_vga(tmp_path: Path) -> None:
-    build_host_tree(tmp_path, [HOST_BRIDGE, ISA_BRIDGE, BOOT_VGA, SECOND_GPU, GPU_AUDIO])
+    build_host_tree(tmp_path, [HOST_BRIDGE, BOOT_VGA, DUMMY_HOST_BRIDGE, GPP_BRIDGE, SECOND_GPU, GPU_AUDIO])
     groups = iommu_report(Host(root=tmp_path))
     assert [group.vfio_lines() for group in groups] == [
-        [],  # host bridge and ISA bridge: the host's plumbing
+        [],  # the host bridge
         [],  # the boot VGA
         ["[[vfio]]", 'id = "dev2-0"', 'host = "0000:03:00.0"', "[[vfio]]", 'id = "dev2-1"', 'host = "0000:03:00.1"'],
     ]
-    assert [d.boot_vga for group in groups for d in group.devices] == [False, False, True, False, False]
+    assert [(d.address, d.bridge, d.passable) for d in groups[2].devices] == [
+        ("0000:00:03.0", None, False), ("0000:00:03.1", "PCI-to-PCI bridge", False),
+        ("0000:03:00.0", None, True), ("0000:03:00.1", None, True),
+    ]
     text = iommu_text(groups).splitlines()
     [vga_line] = [line for line in text if line.startswith("  0000:00:02.0")]
-    assert vga_line.endswith("(boot VGA: the host's console; not passable)")
+    assert vga_line.endswith("(stays with the host: it is the boot VGA device (the host console))")
     assert [line for line in text if line.startswith("IOMMU group")] == [
         "IOMMU group 0: nothing in it to pass through",
-        "IOMMU group 1: nothing in it to pass through",
+        "IOMMU group 1 cannot be passed through: 0000:00:02.0 (driver i915) stays with the host: it is the boot "
+        "VGA device (the host console)",
         "IOMMU group 2: its devices must leave their host drivers (vmrun does that)",
     ]
 

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from vmrun.changes import Action
 from vmrun.errors import PreflightError
 from vmrun.facts import HostFacts, PrivilegeDrop, gather_facts
 from vmrun.host import Host
+from vmrun.hostneeds import why_host_needs
 from vmrun.load import parse_spec
 from vmrun.preflight import (
     IFF_MULTI_QUEUE,
@@ -33,16 +34,12 @@ from vmrun.preflight import (
 )
 from vmrun.spec import Spec
 from vmrun.units import MIB
-from vmrun.vfio import why_host_needs
 
 from .common import REPO
 from .fakehost import (
     FakeHost,
     FakePci,
     add_bridge,
-    add_default_route,
-    add_device_mapper,
-    add_disk,
     add_kvm,
     add_net_device,
     add_tap,
@@ -81,8 +78,10 @@ def fake_host(tmp_path: Path, devices: tuple[FakePci, ...] = (), **options: Any)
     return FakeHost(root=root, natural_drivers=NATURAL, **options)
 
 
-def plan_for(spec: Spec, host: Host, facts: HostFacts = ROOT_FACTS, others: Others | None = None) -> Plan:
-    return plan_preflight(spec, host, facts, others=others or Others())
+def plan_for(
+    spec: Spec, host: Host, facts: HostFacts = ROOT_FACTS, others: Others | None = None, run_dir: Path | None = None
+) -> Plan:
+    return plan_preflight(spec, host, facts, others=others or Others(), run_dir=run_dir)
 
 
 def messages(plan: Plan, status: Status = Status.FAIL) -> list[str]:
@@ -164,65 +163,6 @@ def test_fake_sysfs_failure_midway_rolls_everything_back(tmp_path: Path) -> None
                                  "failed: Device or resource busy")
     assert failed.value.hint == "4 earlier change(s) rolled back"
     assert snapshot(host.root) == before
-
-
-def _boot_vga(host: FakeHost) -> None:
-    put(host.root, f"{NVME.sysfs_dir}/boot_vga", "1\n")
-
-
-def _mounted_partition(host: FakeHost) -> None:
-    add_disk(host.root, "nvme0n1", NVME.sysfs_dir, partitions=("nvme0n1p1", "nvme0n1p2"))
-    put(host.root, "/proc/mounts", "/dev/vda1 / ext4 rw 0 0\n/dev/nvme0n1p2 /srv ext4 rw 0 0\n")
-
-
-def _mounted_lvm_on_partition(host: FakeHost) -> None:
-    disk = add_disk(host.root, "nvme0n1", NVME.sysfs_dir, partitions=("nvme0n1p1",))
-    add_device_mapper(host.root, "dm-0", "vg-root", on=f"{disk}/nvme0n1p1")
-    put(host.root, "/proc/mounts", "/dev/mapper/vg-root / ext4 rw 0 0\n")
-
-
-def _swap(host: FakeHost) -> None:
-    add_disk(host.root, "nvme0n1", NVME.sysfs_dir, partitions=("nvme0n1p3",))
-    with open(host.path("/proc/swaps"), "a") as swaps:
-        swaps.write("/dev/nvme0n1p3\tpartition\t8388604\t0\t-2\n")
-
-
-def _default_route_nic(host: FakeHost) -> None:
-    add_net_device(host.root, "enp1s0", NVME.sysfs_dir)
-    add_default_route(host.root, "enp1s0")
-
-
-def _default_route_through_a_bridge(host: FakeHost) -> None:
-    add_net_device(host.root, "enp1s0", NVME.sysfs_dir)
-    add_bridge(host.root, "br0")
-    attach(host.root, "enp1s0", "br0")
-    add_default_route(host.root, "br0")
-
-
-def _unmounted_disk(host: FakeHost) -> None:
-    add_disk(host.root, "nvme0n1", NVME.sysfs_dir, partitions=("nvme0n1p1",))
-    put(host.root, "/proc/mounts", "/dev/nvme0n10 /x ext4 rw 0 0\n")  # a name it is only a prefix of
-
-
-@pytest.mark.parametrize(
-    ("setup", "reason"),
-    [
-        (_unmounted_disk, None),
-        (_boot_vga, "it is the boot VGA device (the host console)"),
-        (_mounted_partition, "it backs /dev/nvme0n1p2, which has a mounted filesystem"),
-        (_mounted_lvm_on_partition, "it backs /dev/mapper/vg-root, which has a mounted filesystem"),
-        (_swap, "it backs /dev/nvme0n1p3, which the host swaps to"),
-        (_default_route_nic, "it is enp1s0, which carries the host's default route"),
-        (_default_route_through_a_bridge, "it is enp1s0, which carries the host's default route (through br0)"),
-    ],
-)
-def test_fake_sysfs_refuses_devices_the_host_needs(
-    tmp_path: Path, setup: Callable[[FakeHost], None], reason: str | None
-) -> None:
-    host = fake_host(tmp_path, (BRIDGE, NVME))
-    setup(host)
-    expected = [f"refusing to take 0000:01:00.0 from the host: {reason}"] if reason else []
-    assert messages(plan_for(vfio_spec("01:00.0"), host)) == expected
 
 
 def test_fake_sysfs_no_iommu_missing_device_and_no_vfio_driver(tmp_path: Path) -> None:

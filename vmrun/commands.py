@@ -339,7 +339,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         facts = gather_facts(host, spec.qemu.binary)
-        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
+        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name),
+                              run_dir=places.of(spec.name).run_dir)
         show(plan)
         refuse(plan)
         return 0

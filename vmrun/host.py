@@ -96,6 +96,14 @@ class Host:
         except OSError:
             return None
 
+    def read_bytes(self, host_path: str | Path, size: int) -> bytes | None:
+        """The first size bytes of a binary file (a PCI function's config space)."""
+        try:
+            with open(self.path(host_path), "rb") as file:
+                return file.read(size)
+        except OSError:
+            return None
+
     def listdir(self, host_path: str | Path) -> list[str]:
         try:
             return sorted(os.listdir(self.path(host_path)))
@@ -294,6 +302,21 @@ class Host:
         limits = resource.getrlimit(resource.RLIMIT_MEMLOCK)
         soft, hard = (None if limit == resource.RLIM_INFINITY else limit for limit in limits)
         return soft, hard
+
+    def socket_refusal(self, directory: Path) -> str | None:
+        """Why a unix socket cannot be made in directory, as qemu makes its monitor's and agent's; None when
+        it can. The probe socket is removed at once."""
+        import socket
+
+        probe = self.path(directory) / f".vmrun-probe-{threading.get_native_id()}"  # a thread id: unique on the host
+        probe.unlink(missing_ok=True)  # left by a killed vmrun whose thread had this id
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            try:
+                listener.bind(str(probe))
+            except OSError as exc:
+                return exc.strerror or str(exc)
+        probe.unlink(missing_ok=True)
+        return None
 
     def supports_xattrs(self, directory: Path) -> bool:
         """Whether the filesystem under directory stores user.* xattrs, as QEMU's mapped-xattr needs:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +9,18 @@ import attrs
 
 from vmrun.facts import QemuProbe, kvm_verdict
 from vmrun.host import Host
-from vmrun.vfio import BRIDGE_BASE_CLASS, PciDevice, group_members, iommu_groups, is_boot_vga, is_harmless
+from vmrun.pci import PCI_DEVICES, iommu_groups
+from vmrun.vfio import Member, group_refusal, group_verdict
 
 PCI_IDS = (Path("/usr/share/misc/pci.ids"), Path("/usr/share/hwdata/pci.ids"))
 PAGE_SIZE = 4096
-BOOT_VGA_NOTE = "boot VGA: the host's console; not passable"
 
 
-def _hex_id(host: Host, device_dir: str, name: str) -> str:
-    return (host.read(f"{device_dir}/{name}") or "0x????").removeprefix("0x")
+def _pci_ids(host: Host, address: str) -> tuple[str, str]:
+    """(vendor, device) as pci.ids writes them, four hex digits each."""
+    vendor, device = ((host.read(f"{PCI_DEVICES}/{address}/{name}") or "0x????").removeprefix("0x")
+                      for name in ("vendor", "device"))
+    return vendor, device
 
 
 def pci_names(wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -47,50 +49,49 @@ class GroupDevice:
     device_class: str
     driver: str | None
     name: str
-    boot_vga: bool = False
-
-    @property
-    def passable(self) -> bool:
-        """An endpoint a guest can have: not a bridge (host, ISA, PCI: the host's plumbing), not the boot VGA."""
-        return not self.device_class.startswith(BRIDGE_BASE_CLASS) and not self.boot_vga
+    bridge: str | None  # "PCI-to-PCI bridge", "CardBus bridge" (header type 1, 2): stays with the host
+    host_needs: str | None  # why the host keeps it, as preflight says it
+    passable: bool  # a spec may list it, unless its group has a refusal
 
 
 @attrs.frozen
 class Group:
     group: str
-    viable: bool  # passthrough works as the host is now, with every non-bridge member listed
+    viable: bool  # every member may stay beside a passed device as the host is now: no driver to unbind
+    refusal: str | None  # why preflight refuses the group whatever is listed, or None
     devices: tuple[GroupDevice, ...]
 
     def vfio_lines(self) -> list[str]:
-        """The [[vfio]] entries to paste: the group's passable endpoints."""
+        """The [[vfio]] entries to paste: every passable function, which preflight then accepts."""
+        if self.refusal:
+            return []
         lines = []
         for index, device in enumerate(d for d in self.devices if d.passable):
             lines += ["[[vfio]]", f'id = "dev{self.group}-{index}"', f'host = "{device.address}"']
         return lines
 
 
-def _group_devices(host: Host, members: list[PciDevice]) -> Iterator[tuple[PciDevice, str, str]]:
-    for member in members:
-        base = f"/sys/bus/pci/devices/{member.address}"
-        yield member, _hex_id(host, base, "vendor"), _hex_id(host, base, "device")
+def _group(group: str, members: tuple[Member, ...], ids: dict[str, tuple[str, str]],
+           names: dict[tuple[str, str], str]) -> Group:
+    devices = tuple(
+        GroupDevice(m.device.address, *ids[m.device.address], m.device.device_class, m.device.driver,
+                    names.get(ids[m.device.address], "unknown device"), m.device.bridge, m.host_needs, m.passable)
+        for m in members
+    )
+    return Group(
+        group=group,
+        viable=all(member.device.may_stay_beside_a_passed_device() for member in members),
+        refusal=group_refusal(group, members, {m.device.address for m in members if m.passable}),
+        devices=devices,
+    )
 
 
 def iommu_report(host: Host) -> list[Group]:
     groups = sorted(iommu_groups(host), key=lambda group: int(group) if group.isdigit() else 0)
-    members = {group: list(_group_devices(host, group_members(host, group))) for group in groups}
-    names = pci_names({(vendor, device) for entries in members.values() for _, vendor, device in entries})
-    return [
-        Group(
-            group=group,
-            viable=all(is_harmless(member) for member, _, _ in entries),
-            devices=tuple(
-                GroupDevice(member.address, vendor, device, member.device_class, member.driver,
-                            names.get((vendor, device), "unknown device"), is_boot_vga(host, member.address))
-                for member, vendor, device in entries
-            ),
-        )
-        for group, entries in members.items()
-    ]
+    verdicts = {group: group_verdict(host, group) for group in groups}
+    ids = {m.device.address: _pci_ids(host, m.device.address) for members in verdicts.values() for m in members}
+    names = pci_names(set(ids.values()))
+    return [_group(group, members, ids, names) for group, members in verdicts.items()]
 
 
 def ksm_stats(host: Host) -> dict[str, int] | None:
@@ -121,22 +122,26 @@ IOMMU_OFF = (
 )
 
 
+def _verdict(group: Group) -> str:
+    if group.refusal:
+        return group.refusal
+    if not group.vfio_lines():
+        return f"IOMMU group {group.group}: nothing in it to pass through"
+    if group.viable:
+        return f"IOMMU group {group.group}: viable as is"
+    return f"IOMMU group {group.group}: its devices must leave their host drivers (vmrun does that)"
+
+
 def iommu_text(groups: list[Group]) -> str:
     if not groups:
         return IOMMU_OFF
     lines = []
     for group in groups:
         vfio_lines = group.vfio_lines()
-        if not vfio_lines:
-            verdict = "nothing in it to pass through"
-        elif group.viable:
-            verdict = "viable as is"
-        else:
-            verdict = "its devices must leave their host drivers (vmrun does that)"
-        lines.append(f"IOMMU group {group.group}: {verdict}")
+        lines.append(_verdict(group))
         lines += [
             f"  {d.address}  {d.vendor}:{d.device}  {d.device_class}  {d.driver or '-':<16} {d.name}"
-            + (f"  ({BOOT_VGA_NOTE})" if d.boot_vga else "")
+            + (f"  (stays with the host: {d.host_needs})" if d.host_needs else "")
             for d in group.devices
         ]
         if vfio_lines:

@@ -108,13 +108,14 @@ def _is_live(host: Host, places: Places, name: str, paths: RunPaths) -> bool:
 def others_than(host: Host, places: Places, name: str, *, planning: bool = True) -> Others:
     """What the other vmrun VMs hold. Call it under the host lock, so that none changes meanwhile.
 
-    Disks and the wish for KSM count while a VM is live; its taps and its duty to restore KSM count
-    as long as its state file exists, because they stay on the host until its `down` undoes them.
+    Disks and the wish for KSM count while a VM is live; its taps, its VFIO devices and its duty to restore
+    KSM count as long as its state file exists, because they stay on the host until its `down` undoes them.
     What a VM with a damaged state file holds is unknown: planning around it is refused (DamagedState),
     and undoing goes on as if it wanted KSM, which then stays on.
     """
     disks: set[str] = set()
     taps: dict[str, str] = {}
+    vfio: dict[str, str] = {}
     want_ksm = False
     ksm_previous: str | None = None
     for other in vm_names(places.run_root):
@@ -129,12 +130,14 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
         if state is None:
             continue
         taps.update((tap, other) for tap in state.taps)
+        vfio.update((address, other) for address in state.vfio)
         # Whoever turned KSM on knows the value to restore; the last VM down must inherit it.
         ksm_previous = ksm_previous or ksm_restore_value(state.journal())
         if _is_live(host, places, other, paths):
             disks.update(state.writable_disks)
             want_ksm = want_ksm or state.wants_ksm
-    return Others(writable_disks=frozenset(disks), taps=taps, want_ksm=want_ksm, ksm_previous=ksm_previous)
+    return Others(writable_disks=frozenset(disks), taps=taps, vfio=vfio, want_ksm=want_ksm,
+                  ksm_previous=ksm_previous)
 
 
 def _end_run(
@@ -210,14 +213,15 @@ def _preflight(
     """Plan and apply the host changes under the host lock, journaled in a new run directory."""
     paths = places.of(spec.name)
     with host_lock(places):
-        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name))
+        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name), run_dir=paths.run_dir)
         show(plan)
         refuse(plan)
         journal = StateJournal.begin(paths, VmState(
             name=spec.name, spec_path=str(spec_path), argv=configuration.argv, accel=str(plan.accel.accel),
             accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
             writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
-            taps=tuple(tap_name(spec, nic) for nic in spec.nics), spec=converter.unstructure(spec),
+            taps=tuple(tap_name(spec, nic) for nic in spec.nics), vfio=tuple(vfio.host for vfio in spec.vfio),
+            spec=converter.unstructure(spec),
             seed_id=configuration.seed_id,
         ))
         crash_point("after creating the run directory")

@@ -34,6 +34,7 @@ from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
 from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel
 from vmrun.host import Host, HostCommandError, User
+from vmrun.mounts import mount_of, parse_mountinfo
 from vmrun.naming import tap_name
 from vmrun.signals import shielded
 from vmrun.spec import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
@@ -60,6 +61,7 @@ class Others:
 
     writable_disks: frozenset[str] = frozenset()
     taps: Mapping[str, str] = attrs.field(factory=dict)  # tap -> the VM that uses it
+    vfio: Mapping[str, str] = attrs.field(factory=dict)  # PCI function -> the VM that passes it
     want_ksm: bool = False
     ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
 
@@ -475,11 +477,29 @@ def ksm_restore_value(applied: Iterable[AppliedChange]) -> str | None:
     return next((a.change.undo[0].value for a in applied if a.change.on_down is OnDown.SHARED_KSM), None)
 
 
-def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others = Others()) -> Plan:
-    """Every check and the changes they need, from reads only: nothing on the host changes."""
+def check_run_dir(host: Host, run_dir: Path) -> Found:
+    """qemu makes its monitor's, agent's and console's sockets in the run dir: some file systems (9p) cannot
+    hold them, and qemu would fail only after every host change was made."""
+    missing = _missing_directories(host, run_dir)
+    directory = missing[0].parent if missing else run_dir  # where the run dir will be made
+    if host.socket_refusal(directory) is None:
+        yield ok_check("run dir", f"{run_dir}: qemu's sockets go there")
+        return
+    mount = mount_of(parse_mountinfo(host.read("/proc/self/mountinfo") or ""), str(directory))
+    filesystem = mount.fstype if mount else "unknown"
+    yield fail_check("run dir", f"cannot create sockets in {directory} (file system {filesystem}): use --run-dir "
+                                "on a local file system such as /run")
+
+
+def plan_preflight(
+    spec: Spec, host: Host, facts: HostFacts, *, others: Others = Others(), run_dir: Path | None = None
+) -> Plan:
+    """Every check and the changes they need, from reads and probes that leave nothing behind: nothing on the
+    host changes. run_dir: where the VM's sockets will be (None: not checked)."""
     user = qemu_user(spec, host, facts)
     memlock_check, memlock = check_memlock(spec, host, facts)
     found: list[CheckResult | Change] = [
+        *(check_run_dir(host, run_dir) if run_dir is not None else ()),
         *check_accel(spec, facts),
         *check_qemu(spec, facts),
         *check_qemu_user(spec, host, facts),
@@ -488,7 +508,7 @@ def plan_preflight(spec: Spec, host: Host, facts: HostFacts, *, others: Others =
         *check_disks(spec, host, others, user),
         *(found for nic in spec.nics for found in check_nic(spec, nic, host, facts, user, others)),
         *(found for share in spec.shares for found in check_share(spec, share, host, facts, user)),
-        *check_vfio(spec, host, facts, user),
+        *check_vfio(spec, host, facts, user, others.vfio),
         *([memlock_check] if memlock_check else []),
         *check_ksm(spec, host, facts, others),
     ]

@@ -53,6 +53,7 @@ class VmState:
     changes: tuple[dict[str, Any], ...] = ()
     writable_disks: tuple[str, ...] = ()
     taps: tuple[str, ...] = ()
+    vfio: tuple[str, ...] = ()  # the PCI functions it passes
     wants_ksm: bool = False
     spec: dict[str, Any] | None = None  # the spec it started from, for drift (vmrun diff, declarative up)
     seed_id: str | None = None  # the instance-id of its cloud-init seed

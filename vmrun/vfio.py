@@ -8,139 +8,64 @@ the device's natural driver.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 
 from vmrun.changes import Action, Change, CheckResult, Found, Step, fail_check, ok_check
 from vmrun.facts import HostFacts
 from vmrun.host import Host, User
+from vmrun.hostneeds import why_host_needs
+from vmrun.pci import PCI_DEVICES, VFIO_DRIVERS, PciDevice, group_members, iommu_groups, pci_device
 from vmrun.spec import Spec
 from vmrun.units import MIB
 
-PCI_DEVICES = "/sys/bus/pci/devices"
 DRIVERS_PROBE = "/sys/bus/pci/drivers_probe"
-VFIO_DRIVERS = ("vfio-pci", "pci-stub")  # drivers that leave a device safe to share a group with
-PCI_BRIDGE_CLASS = "0x0604"  # PCI-to-PCI bridges: the kernel lets them share a group with a passed device
-BRIDGE_BASE_CLASS = "0x06"  # every bridge (host, ISA, PCI, ...): part of the host's plumbing, never passed
 MEMLOCK_MARGIN = 1024 * MIB  # libvirt's and KubeVirt's: guest RAM + 1 GiB
 
 
+# --- what a group offers: one verdict for `host iommu` and for preflight ------------------------------
+
+
 @attrs.frozen
-class PciDevice:
-    address: str
-    driver: str | None
-    device_class: str
-    group: str | None
+class Member:
+    device: PciDevice
+    host_needs: str | None  # why the host keeps this function; None for a bridge, or one a VFIO driver holds
+
+    @property
+    def passable(self) -> bool:
+        """A function a spec may list: an endpoint the host can spare."""
+        return self.device.bridge is None and self.host_needs is None
 
 
-def pci_device(host: Host, address: str) -> PciDevice | None:
-    base = f"{PCI_DEVICES}/{address}"
-    if not host.exists(base):
-        return None
-    return PciDevice(
-        address=address,
-        driver=host.link_name(f"{base}/driver"),
-        device_class=host.read(f"{base}/class") or "",
-        group=host.link_name(f"{base}/iommu_group"),
-    )
+def _member(host: Host, device: PciDevice) -> Member:
+    # A bridge is never passed, and a function already on a VFIO driver has been given away.
+    needed = device.bridge is None and device.driver not in VFIO_DRIVERS
+    return Member(device, why_host_needs(host, device.address) if needed else None)
 
 
-def iommu_groups(host: Host) -> list[str]:
-    return host.listdir("/sys/kernel/iommu_groups")
+def group_verdict(host: Host, group: str) -> tuple[Member, ...]:
+    """Every function of the group, each with what the host needs it for."""
+    return tuple(_member(host, device) for device in group_members(host, group))
 
 
-def group_members(host: Host, group: str) -> list[PciDevice]:
-    members = (pci_device(host, address) for address in host.listdir(f"/sys/kernel/iommu_groups/{group}/devices"))
-    return [member for member in members if member is not None]
+def _described(device: PciDevice) -> str:
+    return f"{device.address} (driver {device.driver})"
 
 
-def is_harmless(device: PciDevice) -> bool:
-    """A group partner that does not stop passthrough: no host driver, a VFIO stub, or a bridge."""
-    return device.driver in (None, *VFIO_DRIVERS) or device.device_class.startswith(PCI_BRIDGE_CLASS)
-
-
-# --- what the host itself cannot give away ----------------------------------------------------------
-
-
-def _is_under(path: str | None, directory: str) -> bool:
-    # A virtio NIC's or disk's device link leads below the PCI function (…/0000:00:03.0/virtio2).
-    return path is not None and (path == directory or path.startswith(directory + "/"))
-
-
-def _rows(host: Host, proc_file: str) -> list[list[str]]:
-    return [line.split() for line in (host.read(proc_file) or "").splitlines() if line.strip()]
-
-
-def _stacked_block_devices(host: Host, function: str) -> set[str]:
-    """/dev names of the function's disks, their partitions and what is built on them (LVM, dm-crypt, md)."""
-    names: set[str] = set()
-    pending = [disk for disk in host.listdir("/sys/block") if _is_under(host.resolve(f"/sys/block/{disk}"), function)]
-    while pending:
-        name = pending.pop()
-        if f"/dev/{name}" in names:
-            continue
-        names.add(f"/dev/{name}")
-        block = f"/sys/class/block/{name}"
-        pending += host.listdir(f"{block}/holders")
-        pending += [child for child in host.listdir(block) if host.exists(f"{block}/{child}/partition")]
-        mapper_name = host.read(f"{block}/dm/name")
-        if mapper_name:
-            names.add(f"/dev/mapper/{mapper_name}")
-    return names
-
-
-def _busy_block_device(host: Host, function: str) -> str | None:
-    devices = _stacked_block_devices(host, function)
-    if not devices:
-        return None
-
-    def held(source: str) -> bool:
-        return source in devices or (source.startswith("/dev/") and host.resolve(source) in devices)
-
-    mounted = next((row[0] for row in _rows(host, "/proc/mounts") if held(row[0])), None)
-    if mounted:
-        return f"it backs {mounted}, which has a mounted filesystem"
-    swap = next((row[0] for row in _rows(host, "/proc/swaps")[1:] if held(row[0])), None)
-    return f"it backs {swap}, which the host swaps to" if swap else None
-
-
-def _default_route_interfaces(host: Host) -> list[str]:
-    ipv4 = [row[0] for row in _rows(host, "/proc/net/route")[1:] if len(row) > 1 and row[1] == "00000000"]
-    ipv6 = [row[9] for row in _rows(host, "/proc/net/ipv6_route") if len(row) > 9 and row[0] == "0" * 32
-            and row[1] == "00" and row[9] != "lo"]
-    return sorted(set(ipv4 + ipv6))
-
-
-def _default_route_nic(host: Host, function: str) -> str | None:
-    """The function as a NIC carrying the default route, itself or below a bridge, bond or VLAN."""
-    pending = [(interface, interface) for interface in _default_route_interfaces(host)]
-    seen = set()
-    while pending:
-        interface, route = pending.pop()
-        if interface in seen:
-            continue
-        seen.add(interface)
-        if _is_under(host.resolve(f"/sys/class/net/{interface}/device"), function):
-            through = f" (through {route})" if route != interface else ""
-            return f"it is {interface}, which carries the host's default route{through}"
-        lower = [entry.removeprefix("lower_") for entry in host.listdir(f"/sys/class/net/{interface}")
-                 if entry.startswith("lower_")]
-        pending += [(name, route) for name in lower]
+def group_refusal(group: str, members: tuple[Member, ...], listed: set[str]) -> str | None:
+    """Why passing the listed functions of this group cannot work, or None: a function the host needs keeps
+    the group while its host driver holds it; any other must be listed too, or leave its driver first."""
+    kept = [m for m in members if m.host_needs and not m.device.may_stay_beside_a_passed_device()]
+    if kept:
+        return f"IOMMU group {group} cannot be passed through: " + "; ".join(
+            f"{_described(m.device)} stays with the host: {m.host_needs}" for m in kept)
+    offenders = [m.device for m in members if m.device.address not in listed
+                 and not m.device.may_stay_beside_a_passed_device()]
+    if offenders:
+        return (f"IOMMU group {group} also holds {', '.join(map(_described, offenders))}: list them in [[vfio]] "
+                "too, or unbind them from their host drivers")
     return None
-
-
-def is_boot_vga(host: Host, address: str) -> bool:
-    """The display the firmware and the host's console use."""
-    return host.read(f"{PCI_DEVICES}/{address}/boot_vga") == "1"
-
-
-def why_host_needs(host: Host, address: str) -> str | None:
-    """A reason taking this function from its host driver would hurt the host itself, or None."""
-    if is_boot_vga(host, address):
-        return "it is the boot VGA device (the host console)"
-    function = host.resolve(f"{PCI_DEVICES}/{address}")
-    if function is None:
-        return None
-    return _busy_block_device(host, function) or _default_route_nic(host, function)
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -162,16 +87,26 @@ def _bind_changes(host: Host, device: PciDevice) -> Found:
     yield Change(probe, (Step(Action.WRITE, "/sys/bus/pci/drivers/vfio-pci/unbind", device.address),))
 
 
-def _refusal(host: Host, facts: HostFacts, device: PciDevice, group: str, listed: set[str]) -> str | None:
-    if device.driver not in VFIO_DRIVERS:
-        reason = why_host_needs(host, device.address)
-        if reason:
-            return f"refusing to take {device.address} from the host: {reason}"
-    offenders = [m for m in group_members(host, group) if m.address not in listed and not is_harmless(m)]
-    if offenders:
-        described = ", ".join(f"{member.address} (driver {member.driver})" for member in offenders)
-        return (f"IOMMU group {group} also holds {described}: list them in [[vfio]] too, "
-                "or unbind them from their host drivers")
+def _refusal(
+    host: Host, facts: HostFacts, device: PciDevice, group: str, listed: set[str], held_by: Mapping[str, str]
+) -> str | None:
+    if device.bridge:
+        return (f"refusing to pass {device.address}: it is a {device.bridge} (header type {device.header_type}), "
+                "which vfio-pci does not bind: list the devices behind it instead")
+    members = group_verdict(host, group)
+    own = next((m for m in members if m.device.address == device.address), None) or _member(host, device)
+    if own.host_needs:
+        return f"refusing to take {device.address} from the host: {own.host_needs}"
+    holder = held_by.get(device.address)
+    if holder:
+        return f"{device.address} is held by VM {holder}: vmrun down {holder} first, or pass another device"
+    partner = next((m.device.address for m in members if m.device.address in held_by), None)
+    if partner:
+        return (f"IOMMU group {group} is held by VM {held_by[partner]}, which passes {partner}: "
+                "a group goes to one VM at a time")
+    refusal = group_refusal(group, members, listed)
+    if refusal:
+        return refusal
     if device.driver != "vfio-pci" and not facts.drop_privileges:
         return f"{device.address} is bound to {device.driver or 'no driver'} and only root can bind it to vfio-pci"
     return None
@@ -188,7 +123,8 @@ def _group_node(spec: Spec, host: Host, facts: HostFacts, group: str, user: User
         yield Change(Step(Action.CHOWN, node, spec.host.user), (Step(Action.CHOWN, node, owned),))
 
 
-def check_vfio(spec: Spec, host: Host, facts: HostFacts, user: User | None) -> Found:
+def check_vfio(spec: Spec, host: Host, facts: HostFacts, user: User | None, held_by: Mapping[str, str]) -> Found:
+    """held_by: the PCI functions other vmrun VMs pass (address -> VM): a group opens for one qemu at a time."""
     if not spec.vfio:
         return
     groups = iommu_groups(host)
@@ -208,7 +144,7 @@ def check_vfio(spec: Spec, host: Host, facts: HostFacts, user: User | None) -> F
         if device.group is None:
             yield fail_check(name, f"{device.address} is in no IOMMU group")
             continue
-        refusal = _refusal(host, facts, device, device.group, listed)
+        refusal = _refusal(host, facts, device, device.group, listed, held_by)
         if refusal:
             yield fail_check(name, refusal)
             continue

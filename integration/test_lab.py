@@ -1,0 +1,271 @@
+"""vmrun on a real kernel: VFIO, vhost-net, KSM, KVM and every crash point, in the lab (integration/lab/lab).
+
+The lab's L1 kernel has an emulated intel-iommu, spare e1000e functions alone in their IOMMU groups, the
+ICH9 functions sharing one, a virtio-net uplink with the default route, and its root disk on virtio-scsi.
+Every assertion about the host is read from that kernel: sysfs, /dev, /proc of the qemu vmrun started.
+The VMs vmrun starts there boot nothing: qemu opening the devices as it realizes them is the proof.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import pytest
+
+from .inlab import Lab, lab, lab_session  # noqa: F401 - fixtures
+
+KSM_RUN = "/sys/kernel/mm/ksm/run"
+MakeSpec = Callable[..., Path]
+
+
+def bare_spec(lab: Lab, name: str, extra: str = "", *, accel: str = "tcg", cpus: int = 2) -> Path:
+    """A VM with an empty disk and no agent: qemu starts, realizes its devices and waits in the firmware."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(lab.spec_dir / f"{name}.raw"), "1M"], check=True)
+    return lab.spec(f"""\
+        name = "{name}"
+        [machine]
+        accel = "{accel}"
+        cpus = {cpus}
+        memory = "64M"
+        [boot]
+        disk = "empty"
+        [[disks]]
+        id = "empty"
+        path = "{name}.raw"
+        [agent]
+        enabled = false
+        {extra}
+        """, name)
+
+
+def vfio_spec(lab: Lab, name: str, device: str, *, tap: bool = True, ksm: bool = True) -> Path:
+    nic = '[[nics]]\nid = "n0"\nqueues = 2\nvhost = true\n' if tap else ""
+    return bare_spec(lab, name, f'{nic}[[vfio]]\nid = "nic0"\nhost = "{device}"\n'
+                                f'[host]\nksm = {"true" if ksm else "false"}\n')
+
+
+def qemu_pid(lab: Lab, name: str) -> int:
+    [vm] = lab.vmrun_json("status", name)
+    assert vm["state"] == "running", vm
+    return int(vm["pid"])
+
+
+def bindings(lab: Lab) -> dict[str, tuple[str, str]]:
+    return {address: (device["driver"], device["override"]) for address, device in lab.pci().items()}
+
+
+def test_host_check_and_iommu_report_match_the_kernel(lab: Lab) -> None:
+    check = lab.vmrun_json("host", "check")
+    kernel_groups = lab.sh("ls /sys/kernel/iommu_groups").split()
+    assert check["iommu_groups"] == len(kernel_groups) > 0
+    assert check["vhost_net"] is True and check["tun"] is True
+    assert check["kvm"]["usable"] is (lab.sh("ls /dev/kvm 2>/dev/null; true").strip() == "/dev/kvm"), check["kvm"]
+
+    report = lab.vmrun_json("host", "iommu")
+    pci = lab.pci()
+    shown = {device["address"]: (group["group"], device["driver"]) for group in report for device in group["devices"]}
+    assert shown == {address: (device["group"], device["driver"] or None) for address, device in pci.items()}
+    # The kernel's rule (VFIO_GROUP_GET_STATUS): viable when every member is unbound, on a VFIO driver, or a
+    # PCI-to-PCI bridge (here the root ports, on pcieport).
+    for group in report:
+        expected = all(pci[device["address"]]["driver"] in ("", "vfio-pci", "pci-stub", "pcieport")
+                       for device in group["devices"])
+        assert group["viable"] is expected, group
+    by_address = {device["address"]: group for group in report for device in group["devices"]}
+    ich9 = by_address["0000:00:1f.0"]
+    assert {device["address"] for device in ich9["devices"]} >= {"0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"}
+    assert ich9["viable"] is False, "the LPC bridge at 00:1f.0 keeps the ICH9 group from being viable"
+    assert "0000:00:1f.0" in ich9["refusal"] and not any(device["passable"] for device in ich9["devices"])
+
+
+def test_suggested_lines_pass_preflight_and_a_dry_run_changes_nothing(lab: Lab) -> None:
+    text = lab.vmrun("host", "iommu").stdout
+    suggested = re.findall(r'host = "([0-9a-f:.]+)"', text)
+    # Everything else the lab has is the host's own: its root disk, uplink, 9p shares, agent console, ICH9.
+    assert sorted(suggested) == lab.spare_nics(), text
+    before = bindings(lab), lab.read(KSM_RUN)
+    for index, device in enumerate(suggested):
+        spec = vfio_spec(lab, f"dry{index}", device)
+        dry = lab.vmrun("preflight", "--dry-run", str(spec))
+        assert dry.returncode == 0, f"{device}: {dry.stdout}{dry.stderr}"
+    assert (bindings(lab), lab.read(KSM_RUN)) == before
+    assert lab.sh(f"ls -A {lab.run_root} 2>/dev/null | grep -v '^.locks$' || true").strip() == ""
+
+
+def test_vfio_vhost_and_ksm_up_and_down_on_a_real_kernel(lab: Lab) -> None:
+    device = lab.spare_nics()[0]
+    group = lab.pci()[device]["group"]
+    ksm_before = lab.read(KSM_RUN)
+    spec = vfio_spec(lab, "pass", device)
+
+    up = lab.vmrun("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    pid = qemu_pid(lab, "pass")
+    assert lab.pci()[device]["driver"] == "vfio-pci"
+    assert lab.pci()[device]["override"] == "vfio-pci"
+    uid = lab.sh("id -u vmrun").strip()
+    assert lab.sh(f"stat -c %u /dev/vfio/{group}").strip() == uid
+    assert lab.sh(f"awk '/^Uid:/ {{print $2}}' /proc/{pid}/status").strip() == uid, "qemu did not drop to vmrun"
+    assert lab.sh(f"awk '/^CapEff:/ {{print $2}}' /proc/{pid}/status").strip() == "0000000000000000"
+    held = lab.sh(f"ls -l /proc/{pid}/fd | sed 's/.*-> //'").split()
+    assert f"/dev/vfio/{group}" in held and "/dev/vfio/vfio" in held
+    assert held.count("/dev/vhost-net") == 2, "one vhost-net per queue pair"
+    memlock = lab.sh(f"awk '/Max locked memory/ {{print $4}}' /proc/{pid}/limits").strip()
+    assert int(memlock) == (64 + 1024) * 2**20
+    assert int(lab.read("/sys/class/net/pass.n0/tun_flags"), 16) & 0x100, "the tap is not multi_queue"
+    assert lab.read(KSM_RUN) == "1"
+
+    down = lab.vmrun("down", "pass")
+    assert down.returncode == 0, down.stderr
+    assert lab.sh(f"test -d /proc/{pid} && echo alive || echo gone").strip() == "gone"
+    assert lab.pci()[device]["driver"] == "e1000e"
+    assert lab.pci()[device]["override"] == "(null)"
+    assert lab.read(KSM_RUN) == ksm_before
+    assert lab.sh("test -e /sys/class/net/pass.n0 && echo tap || echo none").strip() == "none"
+    assert lab.sh(f"test -e {lab.run_root}/pass && echo dir || echo none").strip() == "none"
+
+
+def refused(lab: Lab, spec: Path, *expected: str) -> str:
+    """preflight and up both refuse with exit 3, leaving every driver binding as it was."""
+    before = bindings(lab), lab.read(KSM_RUN)
+    for command in (("preflight",), ("up",)):
+        done = lab.vmrun(*command, str(spec))
+        assert done.returncode == 3, f"{command}: {done.stdout}{done.stderr}"
+        for words in expected:
+            assert words in done.stdout + done.stderr, f"{words!r} not in {done.stdout}{done.stderr}"
+    assert (bindings(lab), lab.read(KSM_RUN)) == before
+    assert lab.sh(f"ls -A {lab.run_root} 2>/dev/null | grep -v '^.locks$' || true").strip() == ""
+    return done.stderr
+
+
+def device_of(lab: Lab, script: str) -> str:
+    """The PCI function a sysfs path below it leads to, e.g. a NIC's or a 9p device's."""
+    path = lab.sh(f"readlink -f {script}").strip()
+    return re.findall(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]", path)[-1]
+
+
+def test_a_function_sharing_its_group_is_refused_naming_the_others(lab: Lab) -> None:
+    refused(lab, vfio_spec(lab, "shared", "00:1f.2", tap=False, ksm=False), "0000:00:1f.0")
+
+
+def test_the_default_route_nic_is_refused(lab: Lab) -> None:
+    uplink = lab.sh("ip -4 route show default | awk '{print $5}'").strip()
+    device = device_of(lab, f"/sys/class/net/{uplink}/device")
+    refused(lab, vfio_spec(lab, "route", device, tap=False, ksm=False), device, "default route")
+
+
+def test_the_root_disk_controller_is_refused(lab: Lab) -> None:
+    device = device_of(lab, "/sys/block/sda/device")
+    refused(lab, vfio_spec(lab, "rootdisk", device, tap=False, ksm=False), device, "mounted")
+
+
+def test_a_9p_device_backing_a_mount_is_refused(lab: Lab) -> None:
+    tag_file = lab.sh("grep -l '^hosttmp$' /sys/bus/virtio/devices/*/mount_tag").strip()
+    device = device_of(lab, tag_file.rsplit("/", 1)[0])
+    refused(lab, vfio_spec(lab, "ninep", device, tap=False, ksm=False), device, "mounted")
+
+
+def test_a_device_held_by_a_running_vm_is_refused_naming_it(lab: Lab) -> None:
+    device = lab.spare_nics()[0]
+    first = vfio_spec(lab, "holder", device, tap=False, ksm=False)
+    assert lab.vmrun("up", str(first)).returncode == 0
+    try:
+        second = vfio_spec(lab, "thief", device, tap=False, ksm=False)
+        refused_at_once = lab.vmrun("up", str(second))
+        assert refused_at_once.returncode == 3, refused_at_once.stderr
+        assert "holder" in refused_at_once.stderr
+        assert lab.pci()[device]["driver"] == "vfio-pci"
+    finally:
+        assert lab.vmrun("down", "holder").returncode == 0
+    assert lab.pci()[device]["driver"] == "e1000e"
+
+
+def test_a_run_dir_where_sockets_cannot_be_made_is_refused_before_any_change(lab: Lab) -> None:
+    spec = vfio_spec(lab, "nosock", lab.spare_nics()[0])
+    before = bindings(lab), lab.read(KSM_RUN)
+    on_9p = str(lab.spec_dir / "run")  # the lab's /tmp is 9p
+    done = attrs.evolve(lab, run_root=on_9p).vmrun("up", str(spec))
+    assert done.returncode == 3, done.stderr
+    assert "socket" in done.stderr
+    assert (bindings(lab), lab.read(KSM_RUN)) == before
+
+
+def kill_loop(lab: Lab, command: Callable[[dict[str, str]], subprocess.CompletedProcess[str]],
+              after_each: Callable[[], None]) -> list[str]:
+    """Run `command` with VMRUN_TEST_KILL_AT=1, 2, ... until it runs to its end; after_each checks a kill."""
+    points = []
+    for point in range(1, 200):
+        done = command({"VMRUN_TEST_KILL_AT": str(point)})
+        if done.returncode != -signal.SIGKILL:
+            assert done.returncode == 0, done.stderr
+            return points
+        points.append(done.stderr.strip().splitlines()[-1].split(": ", 3)[-1])  # the crash point's label
+        after_each()
+    pytest.fail("never got past its crash points")
+
+
+def test_killed_at_every_crash_point_of_up_and_down_then_down_force_restores_the_kernel(lab: Lab) -> None:
+    device = lab.spare_nics()[-1]
+    spec = vfio_spec(lab, "crash", device)
+    clean = bindings(lab), lab.read(KSM_RUN)
+
+    def nothing_left() -> None:
+        force = lab.vmrun("down", "--force", "crash")
+        assert force.returncode == 0, force.stderr
+        assert (bindings(lab), lab.read(KSM_RUN)) == clean
+        assert lab.sh("pgrep -f process=vmrun-crash || true").strip() == ""
+        assert lab.sh("test -e /sys/class/net/crash.n0 && echo tap || echo none").strip() == "none"
+        assert lab.sh(f"test -e {lab.run_root}/crash && echo dir || echo none").strip() == "none"
+
+    up_points = kill_loop(lab, lambda env: lab.vmrun("up", str(spec), env=env), nothing_left)
+    assert len(up_points) >= 10, up_points
+
+    def up_again() -> None:
+        assert lab.vmrun("up", str(spec)).returncode == 0
+
+    def down_killed_then_finished() -> None:
+        nothing_left()
+        up_again()
+
+    down_points = kill_loop(lab, lambda env: lab.vmrun("down", "crash", env=env), down_killed_then_finished)
+    assert down_points, "down has no crash points"
+    assert (bindings(lab), lab.read(KSM_RUN)) == clean
+
+
+def test_auto_picks_kvm_in_the_lab_and_qemu_runs_with_it(lab: Lab) -> None:
+    if lab.sh("ls /dev/kvm 2>/dev/null; true").strip() != "/dev/kvm":
+        pytest.skip("the L1 CPU offers no vmx/svm here")
+    spec = bare_spec(lab, "kvm", accel="auto", cpus=1)
+    render = lab.vmrun("render", str(spec))
+    assert render.returncode == 0, render.stderr
+    assert "-accel kvm" in render.stdout and "-cpu host" in render.stdout, render.stdout
+    up = lab.vmrun("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    try:
+        [vm] = lab.vmrun_json("status", "kvm")
+        assert vm["accel"] == "kvm" and vm["state"] == "running", vm
+    finally:
+        assert lab.vmrun("down", "kvm").returncode == 0
+
+
+def test_vhost_auto_turns_on_and_a_tap_joins_a_host_bridge(lab: Lab) -> None:
+    lab.sh("ip link add labbr0 type bridge")
+    try:
+        spec = bare_spec(lab, "bridged", '[[nics]]\nid = "n0"\nqueues = 2\nbridge = "labbr0"\n')
+        render = lab.vmrun("render", str(spec))
+        assert "vhost=on" in render.stdout, render.stdout
+        assert lab.vmrun("up", str(spec)).returncode == 0
+        try:
+            assert lab.sh("basename $(readlink /sys/class/net/bridged.n0/master)").strip() == "labbr0"
+            pid = qemu_pid(lab, "bridged")
+            assert lab.sh(f"ls -l /proc/{pid}/fd | sed 's/.*-> //'").split().count("/dev/vhost-net") == 2
+        finally:
+            assert lab.vmrun("down", "bridged").returncode == 0
+        assert lab.sh("test -e /sys/class/net/bridged.n0 && echo tap || echo none").strip() == "none"
+    finally:
+        lab.sh("ip link del labbr0")
