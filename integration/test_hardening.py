@@ -204,7 +204,7 @@ def test_killed_at_every_crash_point_of_up_then_down_force_leaves_nothing(every_
             points.append(killed_at(up))
             down = vmrun("down", "--force", every_kind.name)
         assert down.returncode == 0, f"after a kill {points[-1]}: {down.stderr}"
-        every_kind.assert_nothing_left(base, f"after a kill {points[-1]}")
+        every_kind.assert_nothing_left(base, f"after a kill at {point}: {points[-1]}")
     else:
         pytest.fail("up never got past its crash points")
     every_kind.assert_nothing_left(base, "after up and down")
@@ -237,7 +237,7 @@ def test_killed_at_every_crash_point_of_down_then_a_graceful_down_finishes(every
             again = vmrun("down", "--timeout", "1", every_kind.name)
         assert again.returncode == 0, f"after a kill {points[-1]}: {again.stderr}"
         assert "could not undo" not in again.stderr, f"undone twice after a kill {points[-1]}: {again.stderr}"
-        every_kind.assert_nothing_left(base, f"after a kill {points[-1]}")
+        every_kind.assert_nothing_left(base, f"after a kill at {point}: {points[-1]}")
     else:
         pytest.fail("down never got past its crash points")
     every_kind.assert_nothing_left(base, "after down")

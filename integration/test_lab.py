@@ -198,7 +198,7 @@ def kill_loop(lab: Lab, command: Callable[[dict[str, str]], subprocess.Completed
         if done.returncode != -signal.SIGKILL:
             assert done.returncode == 0, done.stderr
             return points
-        points.append(done.stderr.strip().splitlines()[-1].split("killed at ")[-1])
+        points.append(done.stderr.strip().splitlines()[-1].split(": ", 3)[-1])  # the crash point's label
         after_each()
     pytest.fail("never got past its crash points")
 
