@@ -23,8 +23,8 @@ SPARE_NIC = "8086:10d3"  # the lab's spare e1000e functions, each alone in its I
 LAB_RUN_ROOT = "/run/vmrun-lab-test"
 
 
-def lab_command(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def lab_command(*args: str, timeout: float = 900, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 @attrs.frozen
@@ -34,10 +34,11 @@ class Lab:
     spec_dir: Path
     run_root: str = LAB_RUN_ROOT
 
-    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 600,
+    def run(self, *argv: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path = REPO,
             ) -> subprocess.CompletedProcess[str]:
+        """ARGV in the lab, in cwd (there as here)."""
         options = [f"--env={name}={value}" for name, value in (env or {}).items()]
-        return lab_command("exec", *options, "--", *argv, timeout=timeout)
+        return lab_command("exec", *options, "--", *argv, timeout=timeout, cwd=cwd)
 
     def sh(self, script: str, timeout: float = 300) -> str:
         """A shell script in the lab that must succeed; its stdout."""

@@ -56,6 +56,16 @@ def qemu_pid(lab: Lab, name: str) -> int:
     return int(vm["pid"])
 
 
+def test_lab_exec_keeps_streams_apart_runs_here_and_shares_tmp(lab: Lab) -> None:
+    (lab.spec_dir / "from-host").write_text("sent\n")
+    done = lab.run("/bin/sh", "-c", 'pwd; cat from-host; echo back > from-lab; echo err >&2; exit 7',
+                   cwd=lab.spec_dir)
+    assert (done.returncode, done.stdout, done.stderr) == (7, f"{lab.spec_dir}\nsent\n", "err\n")
+    assert (lab.spec_dir / "from-lab").read_text() == "back\n"
+    killed = lab.run("/bin/sh", "-c", "kill -KILL $$")
+    assert killed.returncode == -9
+
+
 def test_host_check_and_iommu_report_match_the_kernel(lab: Lab) -> None:
     check = lab.vmrun_json("host", "check")
     kernel_groups = lab.sh("ls /sys/kernel/iommu_groups").split()
@@ -202,7 +212,7 @@ def test_killed_at_every_crash_point_of_up_and_down_then_down_force_restores_the
     # chown of /dev/vfio/N, KSM, qemu's launch.
     for step in ("tuntap", "driver_override", "unbind", "drivers_probe", "/dev/vfio", "ksm", "qemu"):
         assert any(step in label for label in up_points), (step, up_points)
-    assert any("qemu" in label for label in down_points) and len(down_points) >= 6, down_points
+    assert any("stopping" in label for label in down_points) and len(down_points) >= 6, down_points
 
 
 def test_auto_picks_kvm_in_the_lab_and_qemu_runs_with_it(lab: Lab) -> None:
