@@ -190,8 +190,37 @@ def _table_hook(converter: cattrs.Converter, cls: type) -> Callable[[object, typ
     return structure
 
 
+def _table_unstructure_hook(converter: cattrs.Converter, cls: type) -> Callable[[Any], dict[str, Any]]:
+    """An attrs instance as a table, each field through the hook of its declared type and left out when it
+    equals its default, as cattrs' generated functions do with omit_if_default; nothing is generated
+    (see _table_hook)."""
+    types = get_type_hints(cls)
+    fields = [(field.name, _default_of(field), converter.get_unstructure_hook(types[field.name]))
+              for field in attrs.fields(cls)]
+
+    def unstructure(instance: Any) -> dict[str, Any]:
+        table = {}
+        for name, default, hook in fields:
+            value = getattr(instance, name)
+            if default is None or value != default():
+                table[name] = hook(value)
+        return table
+
+    return unstructure
+
+
+def _default_of(field: attrs.Attribute[Any]) -> Callable[[], Any] | None:
+    """What makes the field's default (a factory is called afresh, as attrs does); None: it has none."""
+    default = field.default
+    if default is attrs.NOTHING:
+        return None
+    factory: Callable[[], Any] | None = getattr(default, "factory", None)  # an attrs.Factory
+    return factory or (lambda: default)
+
+
 def _unstructure_hooks(converter: cattrs.Converter) -> None:
     """Write sizes and durations back the way people write them."""
+    converter.register_unstructure_hook_factory(attrs.has, lambda cls: _table_unstructure_hook(converter, cls))
     converter.register_unstructure_hook(ByteSize, format_size)
     converter.register_unstructure_hook(Seconds, format_duration)
     converter.register_unstructure_hook(Path, str)
