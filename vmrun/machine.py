@@ -1,4 +1,4 @@
-"""One qemu process: start it daemonized through `sh`, tell whether it lives, stop it step by step."""
+"""One qemu process: start it daemonized, tell whether it lives, stop it step by step."""
 
 from __future__ import annotations
 
