@@ -40,6 +40,9 @@ _TOML_TYPE_NAMES = {
 }
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def describe(value: object) -> str:
     for python_type, name in _TOML_TYPE_NAMES.items():
         if isinstance(value, python_type):
@@ -56,9 +59,9 @@ def _expect(value: object, *types: type, what: str) -> None:
 def _structure_str(value: object, _: type) -> str:
     _expect(value, str, what="a string")
     assert isinstance(value, str)
-    bad = next((char for char in value if ord(char) < 0x20 or ord(char) == 0x7F), None)
+    bad = _CONTROL_CHARACTER.search(value)
     if bad is not None:
-        raise ValueError(f"control character {bad!r} is not allowed")
+        raise ValueError(f"control character {bad.group()!r} is not allowed")
     return value
 
 
@@ -120,6 +123,7 @@ def _is_homogeneous_tuple(type_: Any) -> bool:
 
 def _array_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, type], tuple[Any, ...]]:
     item_type = get_args(type_)[0]
+    structure_item = converter.get_structure_hook(item_type)
 
     def structure(value: object, _: type) -> tuple[Any, ...]:
         # Without this, cattrs would happily iterate a table's keys or a string's letters.
@@ -128,7 +132,7 @@ def _array_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, ty
         items, errors = [], []
         for index, item in enumerate(value):
             try:
-                items.append(converter.structure(item, item_type))
+                items.append(structure_item(item, item_type))
             except Exception as exc:  # noqa: BLE001 - collected and reported with its index
                 exc.add_note(IterableValidationNote(f"@ index {index}", index, item_type))
                 errors.append(exc)
@@ -161,24 +165,24 @@ def _table_hook(converter: cattrs.Converter, cls: type) -> Callable[[object, typ
     all of them raised together, as cattrs' generated structure functions do. Nothing is generated:
     compiling a function per class costs more (~0.5 ms each, paid by every `validate` and `render`)
     than structuring a spec through a loop ever does."""
-    fields = attrs.fields(cls)
-    known = frozenset(field.name for field in fields)
     types = get_type_hints(cls)  # the spec's annotations are strings
+    fields = [(field.name, types[field.name], converter.get_structure_hook(types[field.name]),
+               field.default is attrs.NOTHING) for field in attrs.fields(cls)]
+    known = frozenset(name for name, *_ in fields)
 
     def structure(value: object, _: type) -> Any:
         _expect(value, dict, what="a table")
         assert isinstance(value, dict)
         values, errors = {}, []
-        for field in fields:
-            name = field.name
+        for name, field_type, structure_field, required in fields:
             try:
                 if name in value:
-                    values[name] = converter.structure(value[name], types[name])
-                elif field.default is attrs.NOTHING:
+                    values[name] = structure_field(value[name], field_type)
+                elif required:
                     raise KeyError(name)
             except Exception as exc:  # noqa: BLE001 - collected and reported with its key
                 exc.add_note(AttributeValidationNote(f"Structuring class {cls.__name__} @ attribute {name}", name,
-                                                     types[name]))
+                                                     field_type))
                 errors.append(exc)
         unknown = value.keys() - known
         if unknown:
@@ -297,7 +301,7 @@ def _child_path(child: BaseException, path: str) -> str:
 
 def _resolve(path: Path, base: Path) -> Path:
     # normpath, not resolve(): "../images/x" reads better without "..", and symlinks stay as written.
-    return Path(os.path.normpath(base / path.expanduser()))
+    return Path(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
 
 
 def _resolve_optional(path: Path | None, base: Path) -> Path | None:
