@@ -52,6 +52,13 @@ def test_validate_and_render_load_nothing_they_do_not_need(tmp_path: Path, argum
     assert loaded_by(tmp_path, *arguments) & NOT_LOADED == set()
 
 
+def test_status_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:
+    """`status` reads state files and asks running VMs; an empty run directory asks none."""
+    loaded = loaded_by(tmp_path, "status")
+    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.render", "vmrun.check", "vmrun.cloudinit"} == set()
+    assert loaded & NOT_LOADED - {"vmrun.state", "vmrun.machine", "vmrun.drift"} == set()
+
+
 def test_every_name_in_the_list_is_a_module() -> None:
     """A misspelt name is never loaded, and the test above could not fail for it."""
     code = f"import importlib, sys; [importlib.import_module(name) for name in {sorted(NOT_LOADED)!r}]"

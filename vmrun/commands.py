@@ -262,7 +262,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from vmrun.lifecycle import status
+    from vmrun.status import status
 
     statuses = status(host_of(args), places_of(args), [vm_name(args.vm)] if args.vm else None)
     if args.json:
@@ -288,7 +288,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from vmrun.agent import GuestAgent
-    from vmrun.lifecycle import running_paths
+    from vmrun.status import running_paths
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -320,7 +320,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_console(args: argparse.Namespace) -> int:
     from vmrun.console import attach
-    from vmrun.lifecycle import running_paths
+    from vmrun.status import running_paths
 
     paths = running_paths(host_of(args), places_of(args), vm_name(args.name))
     say("attached to the serial console; detach with Ctrl-]")

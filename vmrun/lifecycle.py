@@ -11,9 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import attrs
+from typing import TYPE_CHECKING
 
 from vmrun.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.crashpoints import crash_point
@@ -55,24 +53,7 @@ from vmrun.state import StateJournal, VmState, read_state, recorded_configuratio
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
 
-AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
 STARTUP_SLICE = 2.0  # `up` checks qemu is still alive (and not interrupted) this often while waiting for the agent
-
-
-@attrs.frozen
-class VmStatus:
-    name: str
-    state: str  # running | stopped | dead | prepared
-    pid: int | None
-    accel: str
-    run_dir: str
-    uptime: float | None
-    agent: bool | None
-    # The guest's addresses by interface, as the agent reports them; empty when unknown.
-    addresses: dict[str, list[str]] = attrs.field(factory=dict, hash=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
 
 
 def _clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
@@ -370,54 +351,3 @@ def _stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, for
     how = stop(host, paths, name, timeout=timeout, force=force, say=say)
     _end_run(host, places, name, state, say)
     return how
-
-
-def status(host: Host, places: Places, names: list[str] | None = None) -> list[VmStatus]:
-    return [_status_of(host, places.of(name), name) for name in (names or vm_names(places.run_root))]
-
-
-def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
-    from vmrun.monitor import Monitor
-
-    state = read_state(paths)
-    pid = read_pid(paths)
-    alive = is_our_qemu(host, pid, name)
-    # "prepared": `vmrun preflight` made the host changes and no qemu was meant to run.
-    vm_state, agent = "prepared" if state is not None and not state.argv else "dead", None
-    addresses: dict[str, list[str]] = {}
-    if alive:
-        try:
-            with Monitor(paths.qmp_socket) as monitor:
-                monitor.connect(timeout=AGENT_PROBE_TIMEOUT * 2)
-                vm_state = "running" if monitor.status() == "running" else "stopped"
-        except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
-            vm_state = "stopped"
-        if vm_state == "running" and paths.agent_socket.exists():
-            agent, addresses = probe_agent(paths)
-    return VmStatus(
-        name=name, state=vm_state, pid=pid if alive else None, accel=state.accel if state else "unknown",
-        run_dir=str(paths.run_dir), uptime=time.time() - state.started_at if state and alive else None, agent=agent,
-        addresses=addresses,
-    )
-
-
-def probe_agent(paths: RunPaths) -> tuple[bool, dict[str, list[str]]]:
-    """Whether the agent answers, and the guest's addresses when it tells them."""
-    from vmrun.agent import GuestAgent, addresses_by_interface
-
-    try:
-        with GuestAgent(paths.agent_socket) as agent:
-            agent.wait_ready(timeout=AGENT_PROBE_TIMEOUT)
-            try:
-                return True, addresses_by_interface(agent.interfaces())
-            except AgentError:  # an agent with guest-network-get-interfaces disabled still answers
-                return True, {}
-    except AgentError:
-        return False, {}
-
-
-def running_paths(host: Host, places: Places, name: str) -> RunPaths:
-    paths = places.of(name)
-    if not is_our_qemu(host, read_pid(paths), name):
-        raise UsageError(f"{name} is not running", hint="vmrun status lists the VMs")
-    return paths
