@@ -55,7 +55,8 @@ def test_validate_and_render_load_nothing_they_do_not_need(tmp_path: Path, argum
 def test_status_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:
     """`status` reads state files and asks running VMs; an empty run directory asks none."""
     loaded = loaded_by(tmp_path, "status")
-    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.render", "vmrun.check", "vmrun.cloudinit"} == set()
+    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.changes", "vmrun.render", "vmrun.check",
+                      "vmrun.cloudinit"} == set()
     assert loaded & NOT_LOADED - {"vmrun.state", "vmrun.machine", "vmrun.drift"} == set()
 
 

@@ -7,18 +7,20 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
 
-from vmrun.changes import AppliedChange
 from vmrun.drift import Configuration
 from vmrun.errors import UsageError
 from vmrun.load import converter
 from vmrun.locations import RunPaths
 from vmrun.naming import is_vm_name
 from vmrun.spec import Spec
+
+if TYPE_CHECKING:
+    from vmrun.changes import AppliedChange
 
 STATE_FILE = "state.json"
 
