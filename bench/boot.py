@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,10 @@ def tap_of(argv: list[str]) -> tuple[str, list[str]]:
     return tap, ["mode", "tap", *(["multi_queue"] if ",queues=" in netdev else [])]
 
 
-def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180) -> float:
-    """qemu started by hand with vmrun's argv on a tap made by hand, until its agent answers."""
+def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180,
+             ready: Callable[[Path], None] | None = None) -> float:
+    """qemu started by hand with vmrun's argv on a tap made by hand, until `ready(its run dir)` returns:
+    by default, until its agent answers."""
     vm_dir = run_dir / name
     vm_dir.mkdir(mode=0o700, parents=True)
     tap, mode = tap_of(argv)
@@ -128,10 +131,15 @@ def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180) ->
     try:
         started = time.perf_counter()
         subprocess.run(argv, check=True)
-        agent_answers(vm_dir / "qga.sock", timeout=timeout)
+        if ready is None:
+            agent_answers(vm_dir / "qga.sock", timeout=timeout)
+        else:
+            ready(vm_dir)
         elapsed = time.perf_counter() - started
-        os.kill(int((vm_dir / "qemu.pid").read_text()), 15)
-        time.sleep(0.5)
+        pid = int((vm_dir / "qemu.pid").read_text())
+        os.kill(pid, 9)
+        while os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.01)
         return elapsed
     finally:
         subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)

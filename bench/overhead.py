@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from boot import REPO, VMRUN, qmp, tap_of, vmrun
+import boot
+from boot import REPO, VMRUN, qmp, vmrun
 
 TARGET_MS = 150
 NAME = "benchov"
@@ -56,23 +56,7 @@ enabled = false
 
 
 def time_raw(run_dir: Path, argv: list[str]) -> float:
-    vm_dir = run_dir / NAME
-    vm_dir.mkdir(mode=0o700, parents=True)
-    tap, mode = tap_of(argv)
-    subprocess.run(["ip", "tuntap", "add", "dev", tap, *mode], check=True)
-    try:
-        started = time.perf_counter()
-        subprocess.run(argv, check=True)
-        qmp(vm_dir / "qmp.sock", "query-status")
-        elapsed = time.perf_counter() - started
-        pid = int((vm_dir / "qemu.pid").read_text())
-        os.kill(pid, 9)
-        while os.path.exists(f"/proc/{pid}"):
-            time.sleep(0.01)
-        return elapsed
-    finally:
-        subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)
-        subprocess.run(["rm", "-rf", str(vm_dir)], check=False)
+    return boot.time_raw(run_dir, argv, NAME, ready=lambda vm_dir: qmp(vm_dir / "qmp.sock", "query-status"))
 
 
 def vmrun_arguments(run_dir: Path) -> list[str]:
