@@ -120,6 +120,14 @@ def tap_of(argv: list[str]) -> tuple[str, list[str]]:
     return tap, ["mode", "tap", *(["multi_queue"] if ",queues=" in netdev else [])]
 
 
+def gone(pid: int) -> bool:
+    """The process has exited: no such process, or a zombie its new parent (init) has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180,
              ready: Callable[[Path], None] | None = None) -> float:
     """qemu started by hand with vmrun's argv on a tap made by hand, until `ready(its run dir)` returns:
@@ -138,7 +146,7 @@ def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180,
         elapsed = time.perf_counter() - started
         pid = int((vm_dir / "qemu.pid").read_text())
         os.kill(pid, 9)
-        while os.path.exists(f"/proc/{pid}"):
+        while not gone(pid):
             time.sleep(0.01)
         return elapsed
     finally:

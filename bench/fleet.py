@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from boot import REPO, VMRUN, Timing, agent_answers, qmp, tap_of, timed, vmrun
+from boot import REPO, VMRUN, Timing, agent_answers, gone, qmp, tap_of, timed, vmrun
 
 IMAGES = REPO / "images" / "tiny"
 SIZES = (1, 2, 4, 8)
@@ -88,7 +88,7 @@ def powerdown(socket_path: Path, pid: int) -> float:
     """system_powerdown over QMP, until the qemu process is gone."""
     started = time.perf_counter()
     qmp(socket_path, "system_powerdown")
-    while os.path.exists(f"/proc/{pid}"):
+    while not gone(pid):
         time.sleep(0.01)
     return time.perf_counter() - started
 
@@ -111,7 +111,7 @@ def time_raw(run_dir: Path, argvs: dict[str, list[str]]) -> tuple[float, float]:
     finally:
         for name, (tap, mode) in taps.items():
             pidfile = run_dir / name / "qemu.pid"
-            if pidfile.exists() and os.path.exists(f"/proc/{pidfile.read_text().strip()}"):
+            if pidfile.exists() and not gone(int(pidfile.read_text())):
                 os.kill(int(pidfile.read_text()), 9)
                 time.sleep(0.2)
             subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)
