@@ -103,6 +103,14 @@ def test_a_daemon_that_fails_to_start_says_why_in_its_own_words() -> None:
         Host().start_daemon(["no-such-qemu"], memlock=None, timeout=10)
 
 
+def test_a_daemon_starts_with_the_memlock_limit_it_asks_for() -> None:
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    # Half of what vmrun has: a limit it may always set, and one the child could not inherit.
+    limit = (128 * 2**20 if soft == resource.RLIM_INFINITY else soft) // 2 // 1024 * 1024
+    with pytest.raises(HostCommandError, match=f"^{limit // 1024}$"):  # ulimit -l counts KiB
+        Host().start_daemon(["sh", "-c", "ulimit -l >&2; exit 1"], memlock=limit, timeout=10)
+
+
 def test_a_daemon_start_that_never_returns_is_killed_at_its_timeout(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     with pytest.raises(HostCommandError, match="did not finish starting within 0.3 s"):

@@ -333,6 +333,8 @@ class Host:
             raise HostCommandError(f"{argv[0]}: {exc.strerror}") from exc
         except subprocess.TimeoutExpired as exc:  # run() has killed it
             raise HostCommandError(f"{argv[0]} did not finish starting within {timeout:g} s") from exc
+        except subprocess.SubprocessError as exc:  # the memlock limit could not be raised
+            raise HostCommandError(f"{argv[0]}: {exc}") from exc
         if result.returncode != 0:
             stderr = result.stderr.decode(errors="replace").strip()
             raise HostCommandError(stderr or f"exit status {result.returncode}")
