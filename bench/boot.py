@@ -120,12 +120,13 @@ def tap_of(argv: list[str]) -> tuple[str, list[str]]:
     return tap, ["mode", "tap", *(["multi_queue"] if ",queues=" in netdev else [])]
 
 
-def gone(pid: int) -> bool:
-    """The process has exited: no such process, or a zombie its new parent (init) has not reaped yet."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
+def gone(pid: int, name: str) -> bool:
+    """VM `name`'s qemu has exited, as vmrun tells (machine.is_gone): no such process, or a zombie its new
+    parent (init) has not reaped yet whose other threads have ended, so its taps are closed."""
+    from vmrun.host import Host
+    from vmrun.machine import is_gone
+
+    return is_gone(Host(), pid, name)
 
 
 def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180,
@@ -146,7 +147,7 @@ def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180,
         elapsed = time.perf_counter() - started
         pid = int((vm_dir / "qemu.pid").read_text())
         os.kill(pid, 9)
-        while not gone(pid):
+        while not gone(pid, name):
             time.sleep(0.01)
         return elapsed
     finally:

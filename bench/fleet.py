@@ -84,11 +84,11 @@ def time_vmrun(run_dir: Path, specs: Path, *, with_status: bool) -> tuple[float,
     return up, down, statuses
 
 
-def powerdown(socket_path: Path, pid: int) -> float:
+def powerdown(run_dir: Path, name: str, pid: int) -> float:
     """system_powerdown over QMP, until the qemu process is gone."""
     started = time.perf_counter()
-    qmp(socket_path, "system_powerdown")
-    while not gone(pid):
+    qmp(run_dir / name / "qmp.sock", "system_powerdown")
+    while not gone(pid, name):
         time.sleep(0.01)
     return time.perf_counter() - started
 
@@ -106,12 +106,12 @@ def time_raw(run_dir: Path, argvs: dict[str, list[str]]) -> tuple[float, float]:
             list(pool.map(lambda name: agent_answers(run_dir / name / "qga.sock", timeout=600), argvs))
             up = time.perf_counter() - started
             pids = {name: int((run_dir / name / "qemu.pid").read_text()) for name in argvs}
-            down = max(pool.map(lambda name: powerdown(run_dir / name / "qmp.sock", pids[name]), argvs))
+            down = max(pool.map(lambda name: powerdown(run_dir, name, pids[name]), argvs))
         return up, down
     finally:
         for name, (tap, mode) in taps.items():
             pidfile = run_dir / name / "qemu.pid"
-            if pidfile.exists() and not gone(int(pidfile.read_text())):
+            if pidfile.exists() and not gone(int(pidfile.read_text()), name):
                 os.kill(int(pidfile.read_text()), 9)
                 time.sleep(0.2)
             subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)
