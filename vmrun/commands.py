@@ -270,9 +270,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     if not statuses:
         say(f"no VMs under {args.run_dir}")
-    from vmrun.hostinfo import ksm_stats
-
-    ksm = ksm_stats(host_of(args))
+    ksm = host_of(args).ksm_stats()
     if ksm and ksm["run"] == 1:
         saved = ksm["bytes_saved"] / 2**20
         print(f"ksm: {ksm['pages_shared']} pages shared, {ksm['pages_sharing']} sharing, {saved:.1f} MiB saved")

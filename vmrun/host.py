@@ -24,6 +24,7 @@ import attrs
 
 _HOST_TREES = ("/sys", "/dev", "/proc", "/etc/passwd", "/etc/group")
 _XATTR_PROBE = "user.vmrun.probe"
+PAGE_SIZE = 4096
 
 
 class HostCommandError(Exception):
@@ -341,6 +342,15 @@ class Host:
 
     def is_root_user(self) -> bool:
         return os.geteuid() == 0
+
+    def ksm_stats(self) -> dict[str, int] | None:
+        """KSM's run state and counters, and the bytes it saves; None when the kernel has no KSM."""
+        run = self.read("/sys/kernel/mm/ksm/run")
+        if run is None:
+            return None
+        counters = {name: int(self.read(f"/sys/kernel/mm/ksm/{name}") or 0)
+                    for name in ("pages_shared", "pages_sharing")}
+        return {"run": int(run), **counters, "bytes_saved": counters["pages_sharing"] * PAGE_SIZE}
 
     def cpu_flags(self) -> frozenset[str]:
         cpuinfo = self.read("/proc/cpuinfo") or ""

@@ -13,7 +13,6 @@ from vmrun.host import Host
 from vmrun.vfio import BRIDGE_BASE_CLASS, PciDevice, group_members, iommu_groups, is_boot_vga, is_harmless
 
 PCI_IDS = (Path("/usr/share/misc/pci.ids"), Path("/usr/share/hwdata/pci.ids"))
-PAGE_SIZE = 4096
 BOOT_VGA_NOTE = "boot VGA: the host's console; not passable"
 
 
@@ -93,15 +92,6 @@ def iommu_report(host: Host) -> list[Group]:
     ]
 
 
-def ksm_stats(host: Host) -> dict[str, int] | None:
-    run = host.read("/sys/kernel/mm/ksm/run")
-    if run is None:
-        return None
-    counters = {name: int(host.read(f"/sys/kernel/mm/ksm/{name}") or 0)
-                for name in ("pages_shared", "pages_sharing")}
-    return {"run": int(run), **counters, "bytes_saved": counters["pages_sharing"] * PAGE_SIZE}
-
-
 def host_check(host: Host, qemu: QemuProbe) -> dict[str, Any]:
     kvm_usable, kvm_reason = kvm_verdict(host)
     return {
@@ -109,7 +99,7 @@ def host_check(host: Host, qemu: QemuProbe) -> dict[str, Any]:
         "vhost_net": host.exists("/dev/vhost-net"),
         "tun": host.exists("/dev/net/tun"),
         "iommu_groups": len(iommu_groups(host)),
-        "ksm": ksm_stats(host),
+        "ksm": host.ksm_stats(),
         "qemu": attrs.asdict(qemu.capabilities) if qemu.capabilities else None,
         "qemu_not_run": qemu.not_run,
     }
