@@ -32,8 +32,8 @@ from vmrun.changes import (
 from vmrun.check import tcg_limits
 from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
-from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel, drops_privileges, keeps_root
-from vmrun.host import Host, HostCommandError, User
+from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel, drops_privileges, keeps_root, qemu_user
+from vmrun.host import KSM_RUN, Host, HostCommandError, User
 from vmrun.mounts import mount_of, parse_mountinfo
 from vmrun.naming import tap_name
 from vmrun.signals import shielded
@@ -48,7 +48,6 @@ __all__ = [
 
 IFF_UP = 0x1  # in /sys/class/net/IF/flags
 IFF_MULTI_QUEUE = 0x100  # in /sys/class/net/TAP/tun_flags
-KSM_RUN = "/sys/kernel/mm/ksm/run"
 SYSTEM_USER = "vmrun"
 TINY_GUEST_IMAGES = "images/tiny/"
 SECTOR = 512
@@ -136,11 +135,6 @@ def check_qemu(spec: Spec, facts: HostFacts) -> Found:
         yield ok_check("qemu", f"{binary} {facts.qemu_version}; it drops privileges with {facts.privilege_drop}")
     else:
         yield ok_check("qemu", f"{binary} {facts.qemu_version}")
-
-
-def qemu_user(spec: Spec, host: Host, *, as_root: bool) -> User | None:
-    """Who qemu runs as: whoever runs vmrun, or host.user when that is root (None until preflight creates it)."""
-    return host.user(spec.host.user) if as_root else host.current_user()
 
 
 def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:

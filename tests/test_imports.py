@@ -1,0 +1,66 @@
+"""What `validate` and `render` load. Each module costs every run of them its import time: neither needs
+what starts and watches VMs (the lifecycle, `sh`, `qemu.qmp`, asyncio) nor what only some specs or
+other commands need (hashing for derived names, the seed's ISO and YAML, TOML writing, difflib)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .common import SPECS
+
+# db.toml names its taps and MACs and has no cloud-init seed, so none of these has a reason to load.
+NOT_LOADED = frozenset({
+    "vmrun.lifecycle", "vmrun.preflight", "vmrun.state", "vmrun.machine", "vmrun.fleet", "vmrun.monitor",
+    "vmrun.agent", "vmrun.drift", "sh", "qemu.qmp", "asyncio", "concurrent.futures", "hashlib", "pycdlib",
+    "yaml", "tomli_w", "difflib", "uuid",
+})
+
+# The command runs in a fresh interpreter, as from a shell; its output goes to a file so the module list
+# is all that reaches stdout.
+_RUN_AND_LIST = """\
+import contextlib, sys
+from vmrun.cli import main
+with open(sys.argv[1], "w") as output, contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+    exit_code = main(sys.argv[2:])
+print(exit_code, " ".join(sys.modules))
+"""
+
+
+def loaded_by(tmp_path: Path, *arguments: str) -> set[str]:
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_AND_LIST, str(tmp_path / "output"), "--run-dir", str(tmp_path), *arguments],
+        capture_output=True, text=True, check=True, timeout=60, env=environment,
+    )
+    exit_code, *modules = result.stdout.split()
+    assert exit_code == "0", (tmp_path / "output").read_text()
+    return set(modules)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["validate", str(SPECS / "db.toml")], ["render", str(SPECS / "db.toml")],
+     ["render", "--json", str(SPECS / "db.toml")]],
+    ids=["validate", "render", "render-json"],
+)
+def test_validate_and_render_load_nothing_they_do_not_need(tmp_path: Path, arguments: list[str]) -> None:
+    assert loaded_by(tmp_path, *arguments) & NOT_LOADED == set()
+
+
+def test_status_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:
+    """`status` reads state files and asks running VMs; an empty run directory asks none."""
+    loaded = loaded_by(tmp_path, "status")
+    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.changes", "vmrun.render", "vmrun.check",
+                      "vmrun.cloudinit"} == set()
+    assert loaded & NOT_LOADED - {"vmrun.state", "vmrun.machine", "vmrun.drift"} == set()
+
+
+def test_every_name_in_the_list_is_a_module() -> None:
+    """A misspelt name is never loaded, and the test above could not fail for it."""
+    code = f"import importlib, sys; [importlib.import_module(name) for name in {sorted(NOT_LOADED)!r}]"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
