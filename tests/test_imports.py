@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from vmrun.load import converter, load_spec
+from vmrun.locations import Places
+from vmrun.state import VmState, create_run_dir
+
 from .common import SPECS
 
 # db.toml names its taps and MACs and has no cloud-init seed, so none of these has a reason to load.
@@ -58,6 +62,25 @@ def test_status_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) 
     assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.changes", "vmrun.render", "vmrun.check",
                       "vmrun.cloudinit"} == set()
     assert loaded & NOT_LOADED - {"vmrun.state", "vmrun.machine", "vmrun.drift"} == set()
+
+
+def test_status_of_a_running_vm_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:
+    """A running VM is asked over QMP and checked for host drift (hostdrift loads): neither needs preflight's
+    planning, render or the checks. Its qemu is a stand-in process that carries the VM's name."""
+    spec = load_spec(SPECS / "db.toml")
+    paths = Places(run_root=tmp_path, state_root=tmp_path / "state").of(spec.name)
+    create_run_dir(paths, VmState(name=spec.name, spec_path=str(SPECS / "db.toml"), argv=("qemu",), accel="tcg",
+                                  accel_reason="test", spec=converter.unstructure(spec)))
+    qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "-name", f"guest={spec.name},process=vmrun-{spec.name}"])
+    try:
+        paths.pidfile.write_text(f"{qemu.pid}\n")
+        loaded = loaded_by(tmp_path, "status")
+    finally:
+        qemu.kill()
+        qemu.wait()
+    assert "vmrun.hostdrift" in loaded
+    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.render", "vmrun.check", "vmrun.cloudinit"} == set()
 
 
 def test_every_name_in_the_list_is_a_module() -> None:
