@@ -642,6 +642,8 @@ def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) 
         return None
     crash_point(f"before undoing {change.step}")
     for step in change.undo:
+        if _moot(step, host):
+            continue
         try:
             perform(step, host)
         except (OSError, HostCommandError) as exc:
@@ -649,6 +651,12 @@ def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) 
             return f"{step}: {_reason(exc)}" if record.done else None
     crash_point(f"after undoing {change.step}")
     return None
+
+
+def _moot(step: Step, host: Host) -> bool:
+    """An undo aimed at a network link that is gone has nothing left to do: someone deleted the tap, and
+    detaching or deleting it again cannot succeed nor matter."""
+    return step.action is Action.RUN and step.path.startswith("/sys/class/net/") and not host.exists(step.path)
 
 
 def kept_on_down(applied: Iterable[AppliedChange]) -> list[Change]:
