@@ -653,10 +653,22 @@ def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) 
     return None
 
 
+PCI_DRIVERS = "/sys/bus/pci/drivers/"
+
+
 def _moot(step: Step, host: Host) -> bool:
-    """An undo aimed at a network link that is gone has nothing left to do: someone deleted the tap, and
-    detaching or deleting it again cannot succeed nor matter."""
-    return step.action is Action.RUN and step.path.startswith("/sys/class/net/") and not host.exists(step.path)
+    """An undo whose end is already reached: a vmrun killed between an undo and its journal entry's removal
+    runs it again, and someone may have done it by hand. The kernel refuses to unbind a device from a
+    driver that does not hold it, to delete a link that is gone, to chown a /dev/vfio node that left
+    with its group's last vfio-pci device; each of those means the host is already as the undo wants it."""
+    if step.action is Action.RUN:
+        return step.path.startswith("/sys/class/net/") and not host.exists(step.path)
+    if step.action is Action.WRITE and step.path.startswith(PCI_DRIVERS) and step.path.endswith("/unbind"):
+        driver = step.path.removeprefix(PCI_DRIVERS).removesuffix("/unbind")
+        return host.link_name(f"/sys/bus/pci/devices/{step.value}/driver") != driver
+    if step.action in (Action.CHOWN, Action.REMOVE, Action.RMDIR):
+        return not host.exists(step.path)
+    return False
 
 
 def kept_on_down(applied: Iterable[AppliedChange]) -> list[Change]:
