@@ -33,6 +33,7 @@ lint: setup
 
 bench: guest debian-image
 	.venv/bin/python bench/render.py
+	.venv/bin/python bench/overhead.py
 	.venv/bin/python bench/boot.py
 	.venv/bin/python bench/fleet.py
 	.venv/bin/python bench/debian.py

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Bring 1, 2, 4 and 8 tiny guests to agent-ready with one `vmrun up DIR`, against as many raw qemu launches.
 
-vmrun:  `vmrun up DIR` wall time until every VM's hooks are done (preflight, taps, launch, agent, ethtool).
-raw:    the argv `vmrun render` prints for each VM, started at once by hand on pre-made taps, until every
-        agent answers a guest-sync.
-Both in the same run, interleaved. Prints per N the medians, the ratio vmrun / raw (target <= 1.03) and
-vmrun's own overhead per VM, (vmrun - raw) / N in ms (target <= 150 ms).
+up:      `vmrun up DIR` until every VM's hooks are done (preflight, taps, launch, agent, ethtool), against
+         the argv `vmrun render` prints for each VM, started at once by hand on pre-made taps, until every
+         agent answers a guest-sync. Interleaved; per N the medians and the ratio (target <= 1.05).
+down:    `vmrun down --all` (ACPI powerdown, then the host changes undone) against the slowest of the raw
+         guests powered down at once over QMP until its qemu exits (target: at most 0.5 s more, at N=8).
+status:  with the N=8 fleet up, `vmrun status` against the import floor `python -c 'import attrs, cattrs'`
+         (target <= 1.3), and against that floor with qemu.qmp, which status cannot do without.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from boot import REPO, agent_answers, tap_of, vmrun
+from boot import REPO, VMRUN, Timing, agent_answers, gone, qmp, tap_of, timed, vmrun
 
 IMAGES = REPO / "images" / "tiny"
 SIZES = (1, 2, 4, 8)
+UP_TARGET = 1.05
+DOWN_MARGIN = 0.5
+STATUS_TARGET = 1.3
+STATUS_ROUNDS = 7
 
 
 def write_specs(directory: Path, count: int) -> list[str]:
@@ -48,41 +56,79 @@ timeout = "600s"
     return names
 
 
-def time_vmrun(run_dir: Path, specs: Path) -> float:
+def elapsed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
-    vmrun(run_dir, "up", str(specs))
-    elapsed = time.perf_counter() - started
-    vmrun(run_dir, "down", "--all", "--force")
-    return elapsed
+    action()
+    return time.perf_counter() - started
 
 
-def time_raw(run_dir: Path, argvs: dict[str, list[str]]) -> float:
+def status_against_floors(run_dir: Path) -> dict[str, Timing]:
+    state_dir = run_dir.with_name(f"{run_dir.name}-state")
+    commands = {
+        "status": [*VMRUN, "--run-dir", str(run_dir), "--state-dir", str(state_dir), "status"],
+        "floor": [sys.executable, "-c", "import attrs, cattrs"],
+        "floor with qemu.qmp": [sys.executable, "-c", "import attrs, cattrs, qemu.qmp"],
+    }
+    samples: dict[str, list[Timing]] = {name: [] for name in commands}
+    for _ in range(STATUS_ROUNDS):
+        for name, argv in commands.items():
+            samples[name].append(timed(argv))
+    return {name: Timing.median(times) for name, times in samples.items()}
+
+
+def time_vmrun(run_dir: Path, specs: Path, *, with_status: bool) -> tuple[float, float, dict[str, Timing]]:
+    """`up DIR`, then (with the fleet up) status, then `down --all`: the seconds of up and of down."""
+    up = elapsed(lambda: vmrun(run_dir, "up", str(specs)))
+    statuses = status_against_floors(run_dir) if with_status else {}
+    down = elapsed(lambda: vmrun(run_dir, "down", "--all", "--timeout", "120"))
+    return up, down, statuses
+
+
+def powerdown(run_dir: Path, name: str, pid: int) -> float:
+    """system_powerdown over QMP, until the qemu process is gone."""
+    started = time.perf_counter()
+    qmp(run_dir / name / "qmp.sock", "system_powerdown")
+    while not gone(pid, name):
+        time.sleep(0.01)
+    return time.perf_counter() - started
+
+
+def time_raw(run_dir: Path, argvs: dict[str, list[str]]) -> tuple[float, float]:
+    """The raw launches until every agent answers, then the slowest of their powerdowns, started at once."""
     taps = {name: tap_of(argv) for name, argv in argvs.items()}
     for name, (tap, mode) in taps.items():
         (run_dir / name).mkdir(mode=0o700, parents=True)
         subprocess.run(["ip", "tuntap", "add", "dev", tap, *mode], check=True)
     try:
-        started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(argvs)) as pool:
+            started = time.perf_counter()
             list(pool.map(lambda argv: subprocess.run(argv, check=True), argvs.values()))
             list(pool.map(lambda name: agent_answers(run_dir / name / "qga.sock", timeout=600), argvs))
-        elapsed = time.perf_counter() - started
-        for name in argvs:
-            os.kill(int((run_dir / name / "qemu.pid").read_text()), 15)
-        time.sleep(1)
-        return elapsed
+            up = time.perf_counter() - started
+            pids = {name: int((run_dir / name / "qemu.pid").read_text()) for name in argvs}
+            down = max(pool.map(lambda name: powerdown(run_dir, name, pids[name]), argvs))
+        return up, down
     finally:
         for name, (tap, mode) in taps.items():
+            pidfile = run_dir / name / "qemu.pid"
+            if pidfile.exists() and not gone(int(pidfile.read_text()), name):
+                os.kill(int(pidfile.read_text()), 9)
+                time.sleep(0.2)
             subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)
             shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=SIZES)
     args = parser.parse_args()
     rows = []
+    statuses: dict[str, Timing] = {}
     with tempfile.TemporaryDirectory(prefix="vmrun-bench-") as temporary:
         base = Path(temporary)
         for count in args.sizes:
@@ -90,20 +136,40 @@ def main() -> None:
             names = write_specs(specs, count)
             argvs = {name: json.loads(vmrun(run_dir, "render", str(specs / f"{name}.toml"), "--json"))
                      for name in names}
-            time_vmrun(run_dir, specs)  # the first start creates the qemu user
-            vmrun_times, raw_times = [], []
+            vmrun(run_dir, "up", str(specs))  # the first start creates the qemu user
+            vmrun(run_dir, "down", "--all", "--force")
+            samples: dict[str, list[float]] = {"vmrun up": [], "raw up": [], "vmrun down": [], "raw down": []}
             for run in range(args.runs):
-                vmrun_times.append(time_vmrun(run_dir, specs))
-                raw_times.append(time_raw(run_dir, argvs))
-                print(f"N={count} run {run + 1}: vmrun up DIR {vmrun_times[-1]:.2f} s, "
-                      f"raw qemu {raw_times[-1]:.2f} s", flush=True)
-            rows.append((count, statistics.median(vmrun_times), statistics.median(raw_times)))
-    print(f"{'N':>3} {'vmrun up DIR':>13} {'raw qemu':>9} {'ratio':>6} {'overhead/VM':>12}   (TCG, 1 vCPU each)")
-    for count, vmrun_median, raw_median in rows:
-        overhead = (vmrun_median - raw_median) / count * 1000
-        print(f"{count:>3} {vmrun_median:>12.2f}s {raw_median:>8.2f}s {vmrun_median / raw_median:>6.3f} "
-              f"{overhead:>10.0f}ms")
-    print("targets: ratio <= 1.03 at every N, overhead <= 150 ms per VM")
+                last = run == args.runs - 1 and count == max(args.sizes)
+                vmrun_up, vmrun_down, measured = time_vmrun(run_dir, specs, with_status=last)
+                statuses |= measured
+                raw_up, raw_down = time_raw(run_dir, argvs)
+                for key, value in (("vmrun up", vmrun_up), ("raw up", raw_up), ("vmrun down", vmrun_down),
+                                   ("raw down", raw_down)):
+                    samples[key].append(value)
+                print(f"N={count} run {run + 1}: up {vmrun_up:.2f} s vmrun, {raw_up:.2f} s raw; "
+                      f"down {vmrun_down:.2f} s vmrun, slowest raw powerdown {raw_down:.2f} s", flush=True)
+            rows.append((count, {key: statistics.median(values) for key, values in samples.items()}))
+    print(f"\n{'N':>3} {'vmrun up DIR':>13} {'raw qemu':>9} {'ratio':>6} {'overhead/VM':>12}   "
+          f"{'down --all':>11} {'raw slowest':>12}   (medians of {args.runs}; TCG, 1 vCPU each)")
+    for count, median in rows:
+        overhead = (median["vmrun up"] - median["raw up"]) / count * 1000
+        print(f"{count:>3} {median['vmrun up']:>12.2f}s {median['raw up']:>8.2f}s "
+              f"{median['vmrun up'] / median['raw up']:>6.3f} {overhead:>10.0f}ms   "
+              f"{median['vmrun down']:>10.2f}s {median['raw down']:>11.2f}s")
+    print(f"up DIR / raw <= {UP_TARGET} at every N: "
+          f"{verdict(all(m['vmrun up'] / m['raw up'] <= UP_TARGET for _, m in rows))}")
+    count, median = rows[-1]
+    print(f"down --all of {count} <= slowest raw powerdown + {DOWN_MARGIN} s: "
+          f"{verdict(median['vmrun down'] <= median['raw down'] + DOWN_MARGIN)}")
+    if statuses:
+        status = statuses["status"]
+        for floor in ("floor", "floor with qemu.qmp"):
+            print(f"status of {count} running VMs {status.wall * 1000:.0f} ms ({status.cpu * 1000:.0f} ms of CPU) "
+                  f"/ {floor} {statuses[floor].wall * 1000:.0f} ms ({statuses[floor].cpu * 1000:.0f} ms of CPU): "
+                  f"{status.wall / statuses[floor].wall:.2f} (CPU {status.cpu / statuses[floor].cpu:.2f})"
+                  + (f", target <= {STATUS_TARGET}: {verdict(status.wall / statuses[floor].wall <= STATUS_TARGET)}"
+                     if floor == "floor" else ""))
 
 
 if __name__ == "__main__":

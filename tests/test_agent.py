@@ -56,6 +56,25 @@ def test_an_agent_that_starts_late_is_waited_for(socket_path: Path) -> None:
         assert peer.commands().count("guest-sync") >= 3
 
 
+def test_syncs_sent_before_the_agent_runs_are_answered_on_the_same_connection(socket_path: Path) -> None:
+    """qemu keeps what is written to the agent's port until qemu-ga reads it, so the client stays connected
+    (a new connection would throw its syncs away) and takes the answer to its latest."""
+    waiting: list[Message] = []
+
+    def agent(request: Message) -> Iterable[object]:
+        waiting.append(request)
+        if len(waiting) < 3:
+            return []  # qemu-ga not running yet
+        answers = [answer(sync, sync["arguments"]["id"]) for sync in waiting]
+        waiting.clear()
+        return answers
+
+    with FakePeer(socket_path, agent) as peer, GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=2)
+        assert peer.connections == 1
+        assert peer.commands() == ["guest-sync"] * 3
+
+
 def test_socket_that_appears_later_is_waited_for(socket_path: Path) -> None:
     peers: list[FakePeer] = []
     timer = threading.Timer(0.5, lambda: peers.append(FakePeer(socket_path, syncing)))

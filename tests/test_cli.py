@@ -82,6 +82,20 @@ def test_version_and_help() -> None:
         assert command in help_text
 
 
+def test_a_run_directory_named_like_a_command_is_not_taken_for_the_command(tmp_path: Path) -> None:
+    result = vmrun("--run-dir", "up", "--state-dir=down", "status", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_usage_errors_name_the_command_and_list_the_commands() -> None:
+    missing = vmrun("--debug", "render")
+    assert missing.returncode == 2
+    assert "vmrun render: error: the following arguments are required: SPEC" in missing.stderr
+    unknown = vmrun("rendr", "x.toml")
+    assert unknown.returncode == 2 and "invalid choice: 'rendr'" in unknown.stderr and "'validate'" in unknown.stderr
+
+
 @pytest.mark.parametrize("command", [["status", "--json"], ["render", str(SPECS / "tiny.toml"), "--json"],
                                      ["host", "check"]], ids=["status", "render", "host-check"])
 def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path, command: list[str]) -> None:

@@ -10,10 +10,11 @@ import attrs
 import pytest
 
 from vmrun.errors import PreflightError, UsageError
-from vmrun.lifecycle import down, others_than, status
+from vmrun.lifecycle import down, others_than
 from vmrun.locations import Places, RunPaths
 from vmrun.preflight import apply_plan
 from vmrun.state import StateJournal, VmState, read_state, state_path
+from vmrun.status import status
 
 from .fakehost import FakeHost, put
 from .test_preflight import fake_host, make_spec, plan_for

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vmrun.facts import QemuProbe
 from vmrun.host import Host, QemuCapabilities
-from vmrun.hostinfo import check_text, host_check, iommu_report, iommu_text, ksm_stats, qemu_user_line
+from vmrun.hostinfo import check_text, host_check, iommu_report, iommu_text, qemu_user_line
 
 from .fakehost import FakePci, build_host_tree
 
@@ -70,7 +70,7 @@ def test_fake_ksm_savings(tmp_path: Path) -> None:
     build_host_tree(tmp_path, [], ksm_run="1")
     (tmp_path / "sys/kernel/mm/ksm/pages_shared").write_text("10\n")
     (tmp_path / "sys/kernel/mm/ksm/pages_sharing").write_text("256\n")
-    assert ksm_stats(Host(root=tmp_path)) == {
+    assert Host(root=tmp_path).ksm_stats() == {
         "run": 1, "pages_shared": 10, "pages_sharing": 256, "bytes_saved": 256 * 4096,
     }
 

@@ -11,7 +11,7 @@ from vmrun.changes import AppliedChange
 from vmrun.errors import PreflightError
 from vmrun.preflight import Others, apply_plan, ksm_restore_value, undo_changes
 
-from .fakehost import snapshot
+from .fakehost import add_tap, snapshot
 from .test_preflight import GPU, GPU_AUDIO, fake_host, make_spec, nic_spec, plan_for, vfio_spec
 
 
@@ -74,11 +74,19 @@ def test_fake_sysfs_an_interrupt_midway_rolls_back_the_change_in_flight_too(tmp_
 
 def test_fake_sysfs_an_entry_never_marked_done_is_undone_quietly(tmp_path: Path) -> None:
     # vmrun died between journaling the tap and creating it: the undo (ip tuntap del) fails, unreported.
-    host = fake_host(tmp_path)
+    host = fake_host(tmp_path, fail_on="ip tuntap del")
     plan = plan_for(nic_spec(queues=1), host)
     [tap] = plan.changes
+    add_tap(host.root, "vmtap0", multi_queue=False)  # there, and `ip tuntap del` fails
     assert undo_changes([AppliedChange(tap, done=False)], host) == []
     assert undo_changes([AppliedChange(tap, done=True)], host) != []
+
+
+def test_fake_sysfs_undoing_a_tap_someone_deleted_is_done(tmp_path: Path) -> None:
+    # The tap vmrun made is gone (deleted by hand): there is nothing left to delete, and down goes on.
+    host = fake_host(tmp_path)
+    [tap] = plan_for(nic_spec(queues=1), host).changes
+    assert undo_changes([AppliedChange(tap, done=True)], host) == []
 
 
 def test_fake_ksm_a_rollback_leaves_ksm_on_while_another_vm_wants_it(tmp_path: Path) -> None:
@@ -167,3 +175,15 @@ def test_fake_what_could_not_be_undone_stays_in_the_journal(tmp_path: Path) -> N
         "ip tuntap del dev vmtap0 mode tap: ip: failed, as the test asked"]
     assert journal.writes[-1][0] == [(tap.change.step.path, True)]
     assert stuck.read("/sys/kernel/mm/ksm/run") == "0"
+
+
+def test_fake_sysfs_undos_run_again_after_a_kill_find_their_work_done(tmp_path: Path) -> None:
+    # vmrun was killed after undoing but before its journal shrank: the next down undoes the same again,
+    # and a device already given back, a tap gone and a /dev/vfio node gone are not failures.
+    host = fake_host(tmp_path, (GPU, GPU_AUDIO))
+    before = snapshot(host.root)
+    spec = attrs.evolve(vfio_spec("03:00.0", "03:00.1"), nics=nic_spec(queues=1).nics)
+    applied = apply_plan(plan_for(spec, host), host)
+    assert undo_changes(applied, host) == []
+    assert undo_changes(applied, host) == []
+    assert snapshot(host.root) == before

@@ -1,6 +1,7 @@
 """Stopping qemu step by step: ACPI powerdown, then quit, then SIGTERM, then SIGKILL, each step only when the
 one before left qemu running. qemu is a scripted QMP peer and a fake process in a fake /proc that exits at
-the step the test says (fake: a real qemu that ignores quit and SIGTERM cannot be made to order)."""
+the step the test says (fake: a real qemu that ignores quit and SIGTERM cannot be made to order). And when a
+qemu counts as gone: the moment `down` and a failed `up` may undo the taps and devices it held."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 from vmrun.errors import LaunchError
 from vmrun.host import Host
 from vmrun.locations import RunPaths
-from vmrun.machine import stop
+from vmrun.machine import is_gone, stop
 
+from .fakehost import put
 from .fakepeer import HANG_UP, QMP_GREETING, FakePeer, Message, Script, answer
 
 NAME = "web"
@@ -143,3 +145,28 @@ def test_fake_proc_a_zombie_or_a_recycled_pid_is_already_gone(tmp_path: Path) ->
     process.path(f"/proc/{PID}/cmdline").write_bytes(b"/usr/sbin/sshd\0-D\0")
     assert stop(process, paths, NAME, timeout=0.3, force=False, say=print) == "already gone"
     assert process.sent == []
+
+
+def qemu_process(root: Path, state: str, *, threads: tuple[int, ...]) -> None:
+    put(root, f"/proc/{PID}/stat", f"{PID} (qemu-system-x86) {state} 1 {PID} {PID} 0 -1")
+    put(root, f"/proc/{PID}/cmdline", "" if state == "Z" else "qemu\0-name\0guest=db,process=vmrun-db\0")
+    for thread in threads:
+        put(root, f"/proc/{PID}/task/{thread}/stat", f"{thread} (qemu-system-x86) {state}")
+
+
+def test_a_zombie_qemu_is_gone_once_its_other_threads_have_ended_on_a_fake_host(tmp_path: Path) -> None:
+    """The main thread turns zombie first; another thread may still hold the taps (a real qemu killed
+    with SIGKILL does so about one time in three, and `ip tuntap del` then fails)."""
+    host = Host(root=tmp_path)
+    qemu_process(tmp_path, "Z", threads=(PID, PID + 8))
+    assert not is_gone(host, PID, "db")
+    shutil.rmtree(tmp_path / f"proc/{PID}/task/{PID + 8}")
+    assert is_gone(host, PID, "db")
+
+
+def test_a_running_qemu_is_not_gone_and_a_missing_or_other_process_is_on_a_fake_host(tmp_path: Path) -> None:
+    host = Host(root=tmp_path)
+    qemu_process(tmp_path, "S", threads=(PID, PID + 8))
+    assert not is_gone(host, PID, "db")
+    assert is_gone(host, PID, "web")  # the pid now runs another VM's qemu
+    assert is_gone(host, PID + 1, "db")

@@ -79,7 +79,10 @@ class GuestAgent(QmpSession):
         """Connect and sync, retrying until the agent answers; return the seconds waited.
 
         qemu's socket accepts as soon as qemu starts, long before qemu-ga runs in the guest,
-        so a connection proves nothing until a guest-sync comes back.
+        so a connection proves nothing until a guest-sync comes back. qemu keeps what is written
+        to the port until qemu-ga reads it, so a sync that was not answered in time stays on a
+        connection that does: the next round syncs on it too, and qemu-ga answers both the moment
+        it runs (the stale answer is dropped by its id). Reconnecting would throw that away.
         """
         started = time.monotonic()
         deadline = started + timeout
@@ -91,8 +94,9 @@ class GuestAgent(QmpSession):
                     return time.monotonic() - started
             except AgentError as exc:
                 last_problem = str(exc)
-                self._disconnect()
-                time.sleep(min(RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
+                if not self._connected:  # refused, or dropped: afresh after a pause
+                    self._disconnect()
+                    time.sleep(min(RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
                 try_timeout = min(try_timeout * 1.5, SYNC_LONGEST_TRY)
         hint = "check that qemu-ga runs in the guest on the virtio port org.qemu.guest_agent.0"
         if last_problem:

@@ -1,7 +1,8 @@
 """What each command does, between parsing its arguments and exiting: one function per command.
 
-Commands import what they use when they run: `validate` and `render` must stay fast,
-so neither `sh` nor `qemu.qmp` (~70 ms each) is imported on their way.
+Commands import what they use when they run: `validate` and `render` must stay fast, so nothing
+only `up` and the commands after it need (`sh`, `qemu.qmp`, asyncio, the lifecycle) is imported on
+their way; tests/test_imports.py holds them to it.
 """
 
 from __future__ import annotations
@@ -9,10 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from vmrun.errors import SpecError, UsageError, VmrunError
 
 if TYPE_CHECKING:
+    import threading
+
     from vmrun.facts import HostFacts
     from vmrun.fleet import Fate, Task
     from vmrun.host import Host
@@ -181,6 +181,8 @@ def _finish(fates: list[Fate]) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    import time
+
     from vmrun.fleet import Fate, run_all
     from vmrun.lifecycle import Outcome, up
 
@@ -280,7 +282,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from vmrun.lifecycle import status
+    from vmrun.status import status
 
     statuses = status(host_of(args), places_of(args), [vm_name(args.vm)] if args.vm else None)
     if args.json:
@@ -288,9 +290,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     if not statuses:
         say(f"no VMs under {args.run_dir}")
-    from vmrun.hostinfo import ksm_stats
-
-    ksm = ksm_stats(host_of(args))
+    ksm = host_of(args).ksm_stats()
     if ksm and ksm["run"] == 1:
         saved = ksm["bytes_saved"] / 2**20
         print(f"ksm: {ksm['pages_shared']} pages shared, {ksm['pages_sharing']} sharing, {saved:.1f} MiB saved")
@@ -306,7 +306,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from vmrun.agent import GuestAgent
-    from vmrun.lifecycle import running_paths
+    from vmrun.status import running_paths
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
@@ -338,7 +338,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_console(args: argparse.Namespace) -> int:
     from vmrun.console import attach
-    from vmrun.lifecycle import running_paths
+    from vmrun.status import running_paths
 
     paths = running_paths(host_of(args), places_of(args), vm_name(args.name))
     say("attached to the serial console; detach with Ctrl-]")
@@ -390,6 +390,8 @@ def cmd_host_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import shutil
+
     from vmrun.export import libvirt_domain, systemd_unit
     from vmrun.facts import choose_accel
 

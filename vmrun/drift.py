@@ -7,7 +7,6 @@ changed: another qemu, vhost-net appeared) shows as an argv difference.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import json
 from collections.abc import Iterator, Sequence
@@ -74,6 +73,8 @@ def spec_differences(old: Spec, new: Spec) -> list[str]:
 
 
 def argv_differences(old: Sequence[str], new: Sequence[str]) -> list[str]:
+    import difflib  # only when the argv differs: a VM started afresh has nothing to compare
+
     lines = difflib.ndiff(list(old), list(new))
     return [f"argv: {'removed' if line[0] == '-' else 'added'} {json.dumps(line[2:])}"
             for line in lines if line[:1] in ("-", "+")]

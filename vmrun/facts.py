@@ -15,7 +15,7 @@ import attrs
 from vmrun.spec import ROOT_USER, Accel, Nic, Spec, Vhost
 
 if TYPE_CHECKING:
-    from vmrun.host import Host, QemuCapabilities
+    from vmrun.host import Host, QemuCapabilities, User
 
 _KVM_HARDWARE_MODULES = ("kvm_intel", "kvm_amd")
 
@@ -66,6 +66,11 @@ def drops_privileges(spec: Spec, facts: HostFacts) -> bool:
 
 def keeps_root(spec: Spec, facts: HostFacts) -> bool:
     return facts.drop_privileges and spec.host.user == ROOT_USER
+
+
+def qemu_user(spec: Spec, host: Host, *, as_root: bool) -> User | None:
+    """Who qemu runs as: whoever runs vmrun, or host.user when that is root (None until preflight creates it)."""
+    return host.user(spec.host.user) if as_root else host.current_user()
 
 
 @attrs.frozen

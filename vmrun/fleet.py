@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
 from vmrun.errors import UsageError, VmrunError
 from vmrun.progress import Say
 from vmrun.signals import for_workers, shielded, sigterm_interrupts
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 INTERRUPTED = 130
 BUG = 1
@@ -81,6 +84,8 @@ def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
 
     if len(tasks) <= 1:
         return [guarded(label, task) for label, task in tasks]
+    from concurrent.futures import ThreadPoolExecutor  # with logging, ~5 ms that one VM does without
+
     with sigterm_interrupts(), ThreadPoolExecutor(max_workers=jobs or len(tasks), initializer=for_workers) as pool:
         futures: list[Future[Fate]] = [pool.submit(guarded, label, task) for label, task in tasks]
         try:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from vmrun.host import Host, User
+from vmrun.facts import qemu_user
+from vmrun.host import KSM_RUN, Host, User
 from vmrun.naming import tap_name
 from vmrun.pci import pci_device
-from vmrun.preflight import KSM_RUN, qemu_user
 from vmrun.spec import Spec
 
 

@@ -13,7 +13,6 @@ from vmrun.pci import PCI_DEVICES, iommu_groups
 from vmrun.vfio import Member, group_refusal, group_verdict
 
 PCI_IDS = (Path("/usr/share/misc/pci.ids"), Path("/usr/share/hwdata/pci.ids"))
-PAGE_SIZE = 4096
 
 
 def _pci_ids(host: Host, address: str) -> tuple[str, str]:
@@ -94,15 +93,6 @@ def iommu_report(host: Host) -> list[Group]:
     return [_group(group, members, ids, names) for group, members in verdicts.items()]
 
 
-def ksm_stats(host: Host) -> dict[str, int] | None:
-    run = host.read("/sys/kernel/mm/ksm/run")
-    if run is None:
-        return None
-    counters = {name: int(host.read(f"/sys/kernel/mm/ksm/{name}") or 0)
-                for name in ("pages_shared", "pages_sharing")}
-    return {"run": int(run), **counters, "bytes_saved": counters["pages_sharing"] * PAGE_SIZE}
-
-
 def qemu_user_line(*, vmrun_is_root: bool, capabilities: QemuCapabilities | None) -> str:
     """Who qemu runs as, said before a spec asks: the privilege drop, and what it takes to keep root."""
     if not vmrun_is_root:
@@ -122,7 +112,7 @@ def host_check(host: Host, qemu: QemuProbe) -> dict[str, Any]:
         "vhost_net": host.exists("/dev/vhost-net"),
         "tun": host.exists("/dev/net/tun"),
         "iommu_groups": len(iommu_groups(host)),
-        "ksm": ksm_stats(host),
+        "ksm": host.ksm_stats(),
         "qemu": attrs.asdict(qemu.capabilities) if qemu.capabilities else None,
         "qemu_not_run": qemu.not_run,
         "qemu_user": qemu_user_line(vmrun_is_root=host.is_root_user(), capabilities=qemu.capabilities),

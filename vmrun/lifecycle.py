@@ -1,17 +1,17 @@
-"""The pipeline behind `up`, `down` and `status`: preflight -> render -> launch -> agent -> hooks."""
+"""The pipeline behind `up`, `preflight` and `down`: preflight -> render -> launch -> agent -> hooks."""
 
 from __future__ import annotations
 
 import enum
+import importlib
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import attrs
+from typing import TYPE_CHECKING
 
 from vmrun.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.crashpoints import crash_point
@@ -49,7 +49,7 @@ from vmrun.preflight import (
 )
 from vmrun.progress import Say
 from vmrun.render import render
-from vmrun.signals import shielded, sigterm_interrupts
+from vmrun.signals import for_workers, shielded, sigterm_interrupts
 from vmrun.spec import Firmware, Spec
 from vmrun.state import (
     DamagedState,
@@ -67,26 +67,7 @@ from vmrun.state import (
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
 
-AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
 STARTUP_SLICE = 2.0  # `up` checks qemu is still alive (and not interrupted) this often while waiting for the agent
-
-
-@attrs.frozen
-class VmStatus:
-    name: str
-    state: str  # running | stopped | dead | prepared | damaged (its state file cannot be read)
-    pid: int | None
-    accel: str
-    run_dir: str
-    uptime: float | None
-    agent: bool | None
-    # The guest's addresses by interface, as the agent reports them; empty when unknown.
-    addresses: dict[str, list[str]] = attrs.field(factory=dict, hash=False)
-    # What the host no longer holds for the running VM (a tap gone or off its bridge, KSM off, ...).
-    host_drift: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
 
 
 def _clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
@@ -294,7 +275,8 @@ def up(
             prepare_seed(seed, paths, say)
             crash_point("before launching qemu")
             say(f"launching {spec.name}")
-            pid = launch(host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
+            with _importing_meanwhile("vmrun.monitor"):
+                pid = launch(host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
             say(f"qemu pid {pid}")
             _confirm_running(paths)
@@ -361,6 +343,25 @@ def _checked_program(facts: HostFacts) -> Path:
     if facts.qemu_program is None:
         raise LaunchError("qemu.binary is not found")
     return facts.qemu_program
+
+
+@contextmanager
+def _importing_meanwhile(module: str) -> Iterator[None]:
+    """Import ``module`` in a thread while the block waits for something else. qemu takes ~50 ms to start,
+    during which vmrun only waits; the QMP client that asks it next (asyncio and qemu.qmp, ~45 ms to
+    import) then costs `up` nothing."""
+    loader = threading.Thread(target=_import_quietly, args=(module,), name=f"import {module}", daemon=True)
+    loader.start()
+    try:
+        yield
+    finally:
+        loader.join()
+
+
+def _import_quietly(module: str) -> None:
+    for_workers()  # a Ctrl-C meanwhile is the main thread's, as in a fleet's workers
+    with suppress(Exception):  # the import that needs the module reports its failure
+        importlib.import_module(module)
 
 
 def _confirm_running(paths: RunPaths) -> None:
@@ -444,58 +445,3 @@ def _state_to_end(paths: RunPaths, *, force: bool, say: Say) -> tuple[VmState | 
         say(f"{damage}; --force goes on with the {len(state.changes)} journal entries that still read whole")
         return state, () if whole else (f"the unreadable rest of the journal in {state_path(paths)}",)
 
-
-def status(host: Host, places: Places, names: list[str] | None = None) -> list[VmStatus]:
-    return [_status_of(host, places.of(name), name) for name in (names or vm_names(places.run_root))]
-
-
-def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
-    from vmrun.monitor import Monitor
-
-    try:
-        state, damaged = read_state(paths), False
-    except DamagedState:
-        state, damaged = None, True
-    pid = find_qemu(host, paths, name)
-    alive = is_our_qemu(host, pid, name)
-    # "prepared": `vmrun preflight` made the host changes and no qemu was meant to run.
-    vm_state, agent = "damaged" if damaged else "prepared" if state is not None and not state.argv else "dead", None
-    addresses: dict[str, list[str]] = {}
-    if alive and not damaged:
-        try:
-            with Monitor(paths.qmp_socket) as monitor:
-                monitor.connect(timeout=AGENT_PROBE_TIMEOUT * 2)
-                vm_state = "running" if monitor.status() == "running" else "stopped"
-        except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
-            vm_state = "stopped"
-        if vm_state == "running" and paths.agent_socket.exists():
-            agent, addresses = probe_agent(paths)
-    started_from = recorded_configuration(state).spec if state is not None and alive else None
-    return VmStatus(
-        name=name, state=vm_state, pid=pid if alive else None, accel=state.accel if state else "unknown",
-        run_dir=str(paths.run_dir), uptime=time.time() - state.started_at if state and alive else None, agent=agent,
-        addresses=addresses,
-        host_drift=tuple(host_differences(started_from, host, as_root=host.is_root_user())) if started_from else (),
-    )
-
-
-def probe_agent(paths: RunPaths) -> tuple[bool, dict[str, list[str]]]:
-    """Whether the agent answers, and the guest's addresses when it tells them."""
-    from vmrun.agent import GuestAgent, addresses_by_interface
-
-    try:
-        with GuestAgent(paths.agent_socket) as agent:
-            agent.wait_ready(timeout=AGENT_PROBE_TIMEOUT)
-            try:
-                return True, addresses_by_interface(agent.interfaces())
-            except AgentError:  # an agent with guest-network-get-interfaces disabled still answers
-                return True, {}
-    except AgentError:
-        return False, {}
-
-
-def running_paths(host: Host, places: Places, name: str) -> RunPaths:
-    paths = places.of(name)
-    if not is_our_qemu(host, read_pid(paths), name):
-        raise UsageError(f"{name} is not running", hint="vmrun status lists the VMs")
-    return paths

@@ -16,15 +16,14 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
-import tomli_w
 from cattrs.errors import (
     AttributeValidationNote,
     BaseValidationError,
+    ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn
 
 from vmrun.errors import Problem, SpecError
 from vmrun.naming import pci_address
@@ -40,6 +39,9 @@ _TOML_TYPE_NAMES = {
     list: "an array",
     dict: "a table",
 }
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class BadValue(ValueError):
@@ -63,9 +65,9 @@ def _expect(value: object, *types: type, what: str) -> None:
 def _structure_str(value: object, _: type) -> str:
     _expect(value, str, what="a string")
     assert isinstance(value, str)
-    bad = next((char for char in value if ord(char) < 0x20 or ord(char) == 0x7F), None)
+    bad = _CONTROL_CHARACTER.search(value)
     if bad is not None:
-        raise BadValue(f"control character {bad!r} is not allowed")
+        raise BadValue(f"control character {bad.group()!r} is not allowed")
     return value
 
 
@@ -135,6 +137,7 @@ def _is_homogeneous_tuple(type_: Any) -> bool:
 
 def _array_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, type], tuple[Any, ...]]:
     item_type = get_args(type_)[0]
+    structure_item = converter.get_structure_hook(item_type)
 
     def structure(value: object, _: type) -> tuple[Any, ...]:
         # Without this, cattrs would happily iterate a table's keys or a string's letters.
@@ -143,7 +146,7 @@ def _array_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, ty
         items, errors = [], []
         for index, item in enumerate(value):
             try:
-                items.append(converter.structure(item, item_type))
+                items.append(structure_item(item, item_type))
             except (BaseValidationError, BadValue) as exc:  # the user's mistakes, collected with their index
                 exc.add_note(IterableValidationNote(f"@ index {index}", index, item_type))
                 errors.append(exc)
@@ -172,18 +175,76 @@ def _dict_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, typ
 
 
 def _table_hook(converter: cattrs.Converter, cls: type) -> Callable[[object, type], Any]:
-    # No linecache entries for the generated code: they only serve tracebacks, and cost render ~5 ms.
-    structure_fields: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, converter, _cattrs_use_linecache=False)
+    """A table into an attrs class, field by field: each mistake noted with its key, unknown keys refused,
+    all of them raised together, as cattrs' generated structure functions do. Nothing is generated:
+    compiling a function per class costs more (~0.5 ms each, paid by every `validate` and `render`)
+    than structuring a spec through a loop ever does."""
+    types = get_type_hints(cls)  # the spec's annotations are strings
+    fields = [(field.name, types[field.name], converter.get_structure_hook(types[field.name]),
+               field.default is attrs.NOTHING,
+               AttributeValidationNote(f"Structuring class {cls.__name__} @ attribute {field.name}", field.name,
+                                       types[field.name]))
+              for field in attrs.fields(cls)]
+    known = frozenset(name for name, *_ in fields)
 
-    def structure(value: object, type_: type) -> Any:
+    def structure(value: object, _: type) -> Any:
         _expect(value, dict, what="a table")
-        return structure_fields(value, type_)
+        assert isinstance(value, dict)
+        values: dict[str, Any] = {}
+        errors: list[Exception] = []
+        for name, field_type, structure_field, required, note in fields:
+            if name not in value:
+                if required:
+                    missing = KeyError(name)  # as cattrs reports a required key the table lacks
+                    missing.add_note(note)
+                    errors.append(missing)
+                continue
+            try:
+                values[name] = structure_field(value[name], field_type)
+            except (BaseValidationError, BadValue) as exc:  # the user's mistakes, collected with their key
+                exc.add_note(note)
+                errors.append(exc)
+        unknown = value.keys() - known
+        if unknown:
+            errors.append(ForbiddenExtraKeysError("", cls, set(unknown)))
+        if errors:
+            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
+        return cls(**values)
 
     return structure
 
 
+def _table_unstructure_hook(converter: cattrs.Converter, cls: type) -> Callable[[Any], dict[str, Any]]:
+    """An attrs instance as a table, each field through the hook of its declared type and left out when it
+    equals its default, as cattrs' generated functions do with omit_if_default; nothing is generated
+    (see _table_hook)."""
+    types = get_type_hints(cls)
+    fields = [(field.name, _default_of(field), converter.get_unstructure_hook(types[field.name]))
+              for field in attrs.fields(cls)]
+
+    def unstructure(instance: Any) -> dict[str, Any]:
+        table = {}
+        for name, default, hook in fields:
+            value = getattr(instance, name)
+            if default is None or value != default():
+                table[name] = hook(value)
+        return table
+
+    return unstructure
+
+
+def _default_of(field: attrs.Attribute[Any]) -> Callable[[], Any] | None:
+    """What makes the field's default (a factory is called afresh, as attrs does); None: it has none."""
+    default = field.default
+    if default is attrs.NOTHING:
+        return None
+    factory: Callable[[], Any] | None = getattr(default, "factory", None)  # an attrs.Factory
+    return factory or (lambda: default)
+
+
 def _unstructure_hooks(converter: cattrs.Converter) -> None:
     """Write sizes and durations back the way people write them."""
+    converter.register_unstructure_hook_factory(attrs.has, lambda cls: _table_unstructure_hook(converter, cls))
     converter.register_unstructure_hook(ByteSize, format_size)
     converter.register_unstructure_hook(Seconds, format_duration)
     converter.register_unstructure_hook(Path, str)
@@ -228,10 +289,10 @@ def _join(path: str, step: str | int) -> str:
 
 
 def _unknown_key_problems(cls: type, extra_keys: Iterable[str], path: str) -> Iterator[Problem]:
-    import difflib  # only when there is a mistake to explain
-
     known = [field.name for field in attrs.fields(cls)]
     for key in sorted(extra_keys):
+        import difflib  # only when there is a mistake to explain
+
         near = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {near[0]!r}?" if near else f"known keys: {', '.join(known)}"
         yield Problem(_join(path, key), "unknown key", hint)
@@ -271,7 +332,7 @@ def _child_path(child: BaseException, path: str) -> str:
 
 def _resolve(path: Path, base: Path) -> Path:
     # normpath, not resolve(): "../images/x" reads better without "..", and symlinks stay as written.
-    return Path(os.path.normpath(base / path.expanduser()))
+    return Path(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
 
 
 def _resolve_optional(path: Path | None, base: Path) -> Path | None:
@@ -362,4 +423,6 @@ def spec_base(path: Path) -> Path:
 
 
 def dump_spec(spec: Spec) -> str:
+    import tomli_w  # writing TOML is rare; reading specs, the common case, needs none of it
+
     return tomli_w.dumps(converter.unstructure(spec))

@@ -1,4 +1,4 @@
-"""One qemu process: start it daemonized through `sh`, tell whether it lives, stop it step by step."""
+"""One qemu process: start it daemonized, tell whether it lives, stop it step by step."""
 
 from __future__ import annotations
 
@@ -37,12 +37,15 @@ def _names_vm(cmdline: str, name: str) -> bool:
 
 
 def is_gone(host: Host, pid: int, name: str) -> bool:
-    """qemu has really exited: no such process, a zombie (its files, taps and devices are closed), or
-    the pid taken by someone else. An exiting qemu shows an empty command line while it still holds
-    its taps and VFIO devices, so an empty command line alone is not gone."""
+    """qemu has really exited: no such process, a zombie whose threads have all ended (its files, taps and
+    devices are closed), or the pid taken by someone else. An exiting qemu shows an empty command line
+    while it still holds its taps and VFIO devices, so an empty command line alone is not gone; and its
+    main thread turns zombie before the others have closed what they share, so a zombie alone is not."""
     state = host.process_state(pid)
-    if state is None or state == "Z":
+    if state is None:
         return True
+    if state == "Z":
+        return host.listdir(f"/proc/{pid}/task") in ([], [str(pid)])
     cmdline = host.process_cmdline(pid)
     return bool(cmdline) and not is_our_qemu(host, pid, name)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 from vmrun.spec import Nic, Spec
 
@@ -47,6 +46,8 @@ def mac_address(spec: Spec, nic: Nic) -> str:
 
 def domain_uuid(spec: Spec) -> str:
     """Stable per VM name: defining an updated libvirt export replaces the domain instead of clashing with it."""
+    import uuid  # only export needs it
+
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vmrun:{spec.name}"))
 
 

@@ -32,8 +32,8 @@ from vmrun.changes import (
 from vmrun.check import tcg_limits
 from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
-from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel, drops_privileges, keeps_root
-from vmrun.host import Host, HostCommandError, User
+from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel, drops_privileges, keeps_root, qemu_user
+from vmrun.host import KSM_RUN, Host, HostCommandError, User
 from vmrun.mounts import mount_of, parse_mountinfo
 from vmrun.naming import tap_name
 from vmrun.signals import shielded
@@ -48,7 +48,6 @@ __all__ = [
 
 IFF_UP = 0x1  # in /sys/class/net/IF/flags
 IFF_MULTI_QUEUE = 0x100  # in /sys/class/net/TAP/tun_flags
-KSM_RUN = "/sys/kernel/mm/ksm/run"
 SYSTEM_USER = "vmrun"
 TINY_GUEST_IMAGES = "images/tiny/"
 SECTOR = 512
@@ -136,11 +135,6 @@ def check_qemu(spec: Spec, facts: HostFacts) -> Found:
         yield ok_check("qemu", f"{binary} {facts.qemu_version}; it drops privileges with {facts.privilege_drop}")
     else:
         yield ok_check("qemu", f"{binary} {facts.qemu_version}")
-
-
-def qemu_user(spec: Spec, host: Host, *, as_root: bool) -> User | None:
-    """Who qemu runs as: whoever runs vmrun, or host.user when that is root (None until preflight creates it)."""
-    return host.user(spec.host.user) if as_root else host.current_user()
 
 
 def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
@@ -648,6 +642,8 @@ def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) 
         return None
     crash_point(f"before undoing {change.step}")
     for step in change.undo:
+        if _moot(step, host):
+            continue
         try:
             perform(step, host)
         except (OSError, HostCommandError) as exc:
@@ -655,6 +651,24 @@ def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) 
             return f"{step}: {_reason(exc)}" if record.done else None
     crash_point(f"after undoing {change.step}")
     return None
+
+
+PCI_DRIVERS = "/sys/bus/pci/drivers/"
+
+
+def _moot(step: Step, host: Host) -> bool:
+    """An undo whose end is already reached: a vmrun killed between an undo and its journal entry's removal
+    runs it again, and someone may have done it by hand. The kernel refuses to unbind a device from a
+    driver that does not hold it, to delete a link that is gone, to chown a /dev/vfio node that left
+    with its group's last vfio-pci device; each of those means the host is already as the undo wants it."""
+    if step.action is Action.RUN:
+        return step.path.startswith("/sys/class/net/") and not host.exists(step.path)
+    if step.action is Action.WRITE and step.path.startswith(PCI_DRIVERS) and step.path.endswith("/unbind"):
+        driver = step.path.removeprefix(PCI_DRIVERS).removesuffix("/unbind")
+        return host.link_name(f"/sys/bus/pci/devices/{step.value}/driver") != driver
+    if step.action in (Action.CHOWN, Action.REMOVE, Action.RMDIR):
+        return not host.exists(step.path)
+    return False
 
 
 def kept_on_down(applied: Iterable[AppliedChange]) -> list[Change]:

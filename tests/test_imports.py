@@ -1,0 +1,89 @@
+"""What `validate` and `render` load. Each module costs every run of them its import time: neither needs
+what starts and watches VMs (the lifecycle, `sh`, `qemu.qmp`, asyncio) nor what only some specs or
+other commands need (hashing for derived names, the seed's ISO and YAML, TOML writing, difflib)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmrun.load import converter, load_spec
+from vmrun.locations import Places
+from vmrun.state import VmState, create_run_dir
+
+from .common import SPECS
+
+# db.toml names its taps and MACs and has no cloud-init seed, so none of these has a reason to load.
+NOT_LOADED = frozenset({
+    "vmrun.lifecycle", "vmrun.preflight", "vmrun.state", "vmrun.machine", "vmrun.fleet", "vmrun.monitor",
+    "vmrun.agent", "vmrun.drift", "sh", "qemu.qmp", "asyncio", "concurrent.futures", "hashlib", "pycdlib",
+    "yaml", "tomli_w", "difflib", "uuid",
+})
+
+# The command runs in a fresh interpreter, as from a shell; its output goes to a file so the module list
+# is all that reaches stdout.
+_RUN_AND_LIST = """\
+import contextlib, sys
+from vmrun.cli import main
+with open(sys.argv[1], "w") as output, contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+    exit_code = main(sys.argv[2:])
+print(exit_code, " ".join(sys.modules))
+"""
+
+
+def loaded_by(tmp_path: Path, *arguments: str) -> set[str]:
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_AND_LIST, str(tmp_path / "output"), "--run-dir", str(tmp_path), *arguments],
+        capture_output=True, text=True, check=True, timeout=60, env=environment,
+    )
+    exit_code, *modules = result.stdout.split()
+    assert exit_code == "0", (tmp_path / "output").read_text()
+    return set(modules)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["validate", str(SPECS / "db.toml")], ["render", str(SPECS / "db.toml")],
+     ["render", "--json", str(SPECS / "db.toml")]],
+    ids=["validate", "render", "render-json"],
+)
+def test_validate_and_render_load_nothing_they_do_not_need(tmp_path: Path, arguments: list[str]) -> None:
+    assert loaded_by(tmp_path, *arguments) & NOT_LOADED == set()
+
+
+def test_status_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:
+    """`status` reads state files and asks running VMs; an empty run directory asks none."""
+    loaded = loaded_by(tmp_path, "status")
+    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.changes", "vmrun.render", "vmrun.check",
+                      "vmrun.cloudinit"} == set()
+    assert loaded & NOT_LOADED - {"vmrun.state", "vmrun.machine", "vmrun.drift"} == set()
+
+
+def test_status_of_a_running_vm_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:
+    """A running VM is asked over QMP and checked for host drift (hostdrift loads): neither needs preflight's
+    planning, render or the checks. Its qemu is a stand-in process that carries the VM's name."""
+    spec = load_spec(SPECS / "db.toml")
+    paths = Places(run_root=tmp_path, state_root=tmp_path / "state").of(spec.name)
+    create_run_dir(paths, VmState(name=spec.name, spec_path=str(SPECS / "db.toml"), argv=("qemu",), accel="tcg",
+                                  accel_reason="test", spec=converter.unstructure(spec)))
+    qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "-name", f"guest={spec.name},process=vmrun-{spec.name}"])
+    try:
+        paths.pidfile.write_text(f"{qemu.pid}\n")
+        loaded = loaded_by(tmp_path, "status")
+    finally:
+        qemu.kill()
+        qemu.wait()
+    assert "vmrun.hostdrift" in loaded
+    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.render", "vmrun.check", "vmrun.cloudinit"} == set()
+
+
+def test_every_name_in_the_list_is_a_module() -> None:
+    """A misspelt name is never loaded, and the test above could not fail for it."""
+    code = f"import importlib, sys; [importlib.import_module(name) for name in {sorted(NOT_LOADED)!r}]"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
