@@ -33,7 +33,14 @@ DRIFT_EXIT = 6  # vmrun diff: a VM differs from its spec or is not running
 
 def say(message: str) -> None:
     """Progress and notes go to stderr, so stdout stays machine-readable."""
-    print(f"vmrun: {message}", file=sys.stderr, flush=True)
+    _stderr_line(f"vmrun: {message}")
+
+
+def _stderr_line(line: str) -> None:
+    # One write per line: VMs report from parallel threads, and print() writes the newline on its own,
+    # so two threads' lines could run together.
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 def load_valid_spec(path: str, args: argparse.Namespace) -> Spec:
@@ -435,6 +442,6 @@ def define_domain(host: Host, xml: str, *, spec_path: str, name: str) -> None:
 
 def report(error: VmrunError, *, prefix: str = "") -> None:
     for line in error.lines():
-        print(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}", file=sys.stderr)
+        _stderr_line(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}")
     if error.hint:
-        print(f"vmrun: hint: {prefix}{error.hint}", file=sys.stderr)
+        _stderr_line(f"vmrun: hint: {prefix}{error.hint}")
