@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from .inlab import lab, lab_session  # noqa: F401 - the lab's fixtures, for every integration test
+from .inlab import guestless_toml, lab, lab_session  # noqa: F401 - the lab's fixtures, for every integration test
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -134,20 +134,6 @@ def guestless_spec(vmrun: Vmrun) -> Callable[..., Path]:
     def make(name: str = "bare", extra: str = "", *, agent: bool = False, cpus: int = 1) -> Path:
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(vmrun.spec_dir / f"{name}.raw"), "1M"],
                        check=True)
-        return vmrun.spec(f"""\
-            name = "{name}"
-            [machine]
-            accel = "tcg"
-            cpus = {cpus}
-            memory = "64M"
-            [boot]
-            disk = "empty"
-            [[disks]]
-            id = "empty"
-            path = "{name}.raw"
-            [agent]
-            enabled = {"true" if agent else "false"}
-            {extra}
-            """, f"{name}.toml")
+        return vmrun.spec(guestless_toml(name, extra, cpus=cpus, agent=agent), f"{name}.toml")
 
     return make

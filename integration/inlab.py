@@ -23,6 +23,24 @@ SPARE_NIC = "8086:10d3"  # the lab's spare e1000e functions, each alone in its I
 LAB_RUN_ROOT = "/run/vmrun-lab-test"
 
 
+def guestless_toml(name: str, extra: str = "", *, accel: str = "tcg", cpus: int = 1, agent: bool = False) -> str:
+    """A VM with an empty disk NAME.raw beside its spec: firmware finds nothing to boot and ignores ACPI."""
+    return textwrap.dedent(f"""\
+        name = "{name}"
+        [machine]
+        accel = "{accel}"
+        cpus = {cpus}
+        memory = "64M"
+        [boot]
+        disk = "empty"
+        [[disks]]
+        id = "empty"
+        path = "{name}.raw"
+        [agent]
+        enabled = {"true" if agent else "false"}
+        """) + textwrap.dedent(extra)
+
+
 def lab_command(*args: str, timeout: float = 900, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(LAB), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 

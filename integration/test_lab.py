@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from .inlab import REPO, Lab
+from .inlab import REPO, Lab, guestless_toml
 
 KSM_RUN = "/sys/kernel/mm/ksm/run"
 QUICK_DOWN = ("--timeout", "1")  # these VMs boot nothing, so they never answer an ACPI powerdown
@@ -27,21 +27,7 @@ MakeSpec = Callable[..., Path]
 def bare_spec(lab: Lab, name: str, extra: str = "", *, accel: str = "tcg", cpus: int = 2) -> Path:
     """A VM with an empty disk and no agent: qemu starts, realizes its devices and waits in the firmware."""
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(lab.spec_dir / f"{name}.raw"), "1M"], check=True)
-    return lab.spec(f"""\
-        name = "{name}"
-        [machine]
-        accel = "{accel}"
-        cpus = {cpus}
-        memory = "64M"
-        [boot]
-        disk = "empty"
-        [[disks]]
-        id = "empty"
-        path = "{name}.raw"
-        [agent]
-        enabled = false
-        {extra}
-        """, name)
+    return lab.spec(guestless_toml(name, extra, accel=accel, cpus=cpus), name)
 
 
 def vfio_spec(lab: Lab, name: str, device: str, *, tap: bool = True, ksm: bool = True) -> Path:
