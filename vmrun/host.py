@@ -357,7 +357,7 @@ class Host:
     def start_daemon(self, argv: list[str], *, memlock: int | None, timeout: float) -> None:
         """Run a self-daemonizing program (qemu -daemonize) until it returns; its stderr on failure.
 
-        Through subprocess, not the sh library: measured side by side (10 rounds of an agent-less `up`), sh
+        Through subprocess, not the sh library: measured side by side (12 rounds of an agent-less `up`), sh
         cost each launch ~35 ms of CPU and ~40-100 ms of wall time: its import (importlib.metadata and
         asyncio, which then loads before qemu starts instead of while it does) and its reader and
         watcher threads. subprocess is loaded anyway, for the host tools."""

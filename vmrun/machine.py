@@ -13,6 +13,7 @@ from vmrun.locations import RunPaths
 from vmrun.progress import Say
 
 KILL_WAIT = 5.0  # seconds qemu gets after quit and after SIGTERM before the next step
+EXIT_POLL = 0.01  # qemu is gone milliseconds after its SHUTDOWN event; a look is a few reads in /proc
 LOG_TAIL_LINES = 15
 STARTUP_TIMEOUT = 120.0  # qemu -daemonize returns once initialized; this bounds a wedged start
 
@@ -71,7 +72,7 @@ def wait_for_exit(host: Host, pid: int, name: str, timeout: float) -> bool:
     while not is_gone(host, pid, name):
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.05)
+        time.sleep(EXIT_POLL)
     return True
 
 
