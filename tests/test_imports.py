@@ -20,7 +20,7 @@ from .common import SPECS
 # db.toml names its taps and MACs and has no cloud-init seed, so none of these has a reason to load.
 NOT_LOADED = frozenset({
     "vmrun.lifecycle", "vmrun.preflight", "vmrun.state", "vmrun.machine", "vmrun.fleet", "vmrun.monitor",
-    "vmrun.agent", "vmrun.drift", "sh", "qemu.qmp", "asyncio", "concurrent.futures", "hashlib", "pycdlib",
+    "vmrun.agent", "vmrun.drift", "qemu.qmp", "asyncio", "concurrent.futures", "hashlib", "pycdlib",
     "yaml", "tomli_w", "difflib", "uuid",
 })
 
