@@ -38,7 +38,7 @@ def guestless_toml(name: str, extra: str = "", *, accel: str = "tcg", cpus: int 
         path = "{name}.raw"
         [agent]
         enabled = {"true" if agent else "false"}
-        """) + textwrap.dedent(extra)
+        """) + textwrap.dedent(extra) + "\n"  # tests append tables to it
 
 
 def lab_command(*args: str, timeout: float = 900, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
