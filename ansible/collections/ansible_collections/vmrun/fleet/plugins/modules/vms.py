@@ -19,7 +19,7 @@ description:
   - Errors are vmrun's own one-line messages.
 version_added: "1.0.0"
 author:
-  - vmrun contributors
+  - vmrun maintainers (!UNKNOWN)  # no GitHub handle to name
 options:
   specs:
     description:
@@ -60,8 +60,10 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Starts and stops nothing; what would become of each VM comes from C(vmrun diff --json).
     support: full
   diff_mode:
+    description: Each VM as C(vmrun diff) says it before, and what it is (or would be) after.
     support: full
 requirements:
   - vmrun on the managed host
@@ -134,9 +136,9 @@ vms:
     - {name: web, result: started, outcome: started, exit_code: 0, errors: [], hint: null}
 """
 
-import json
+import json  # noqa: E402 - after the documentation, as Ansible modules are laid out
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 CHANGED = ("started", "restarted", "stopped")
 GOOD = ("started", "restarted", "up to date", "stopped", "not running")
@@ -176,14 +178,14 @@ class Vmrun:
         than ok_codes (None: whatever it exits with, its JSON tells each VM's fate)."""
         rc, parsed, errors, err = self.run(*args)
         if (ok_codes is not None and rc not in ok_codes) or parsed is None:
-            self.module.fail_json(msg="; ".join(errors) or "vmrun %s failed (exit %d)" % (args[0], rc), rc=rc,
+            self.module.fail_json(msg="; ".join(errors) or f"vmrun {args[0]} failed (exit {rc})", rc=rc,
                                   stderr=err, vms=[])
         return parsed
 
 
 def error_lines(vms):
     """Each failed VM's errors as one line each, named by the VM unless vmrun's message names it already."""
-    return [line if line.startswith(entry["name"]) else "%s: %s" % (entry["name"], line)
+    return [line if line.startswith(entry["name"]) else f"{entry['name']}: {line}"
             for entry in vms if entry["result"] not in GOOD for line in entry["errors"]]
 
 
@@ -205,14 +207,14 @@ def predict_up(rows, restart):
             predicted.append(vm(row["name"], "restarted"))
         else:
             # vmrun up's own refusal, word for word.
-            message = "%s runs with another configuration: %s" % (row["name"], "; ".join(row["differences"]))
+            message = f"{row['name']} runs with another configuration: {'; '.join(row['differences'])}"
             predicted.append(vm(row["name"], "refused", [message], exit_code=2,
-                                hint="vmrun up --restart %s applies it (a graceful down, then up)" % row["spec"]))
+                                hint=f"vmrun up --restart {row['spec']} applies it (a graceful down, then up)"))
     return predicted
 
 
 def vm_text(name, status, lines=()):
-    return "%s: %s\n" % (name, status) + "".join("  %s\n" % line for line in lines)
+    return f"{name}: {status}\n" + "".join(f"  {line}\n" for line in lines)
 
 
 def up_diff(rows, vms):
@@ -237,7 +239,7 @@ def present(module, vmrun):
 def apply(vmrun, args):
     """`vmrun up` or `down` with --json (and --timeout): each VM's entry as vmrun gives it."""
     timeout = vmrun.module.params["timeout"]
-    args = args + (["--timeout", "%g" % timeout] if timeout is not None else []) + [vmrun.module.params["specs"]]
+    args = args + (["--timeout", f"{timeout:g}"] if timeout is not None else []) + [vmrun.module.params["specs"]]
     return vmrun.json_or_fail(None, *args)
 
 
