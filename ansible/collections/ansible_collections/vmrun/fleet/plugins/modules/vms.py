@@ -162,6 +162,10 @@ class Vmrun:
             if module.params[param]:
                 self.base += [option, module.params[param]]
 
+    def specs(self):
+        """The specs argument, never taken for an option (a directory named --all)."""
+        return ["--", self.module.params["specs"]]
+
     def run(self, *args):
         """vmrun's exit code, its JSON output (None when it printed none) and its error lines."""
         argv = self.base + list(args)
@@ -192,7 +196,7 @@ def error_lines(vms):
 def specs_now(vmrun, *, invalid_ok=False):
     """`vmrun diff --json`: each VM of the specs, up to date, not running or what differs. An invalid spec
     fails the task with vmrun's errors unless invalid_ok (then it is left out, for `up` to report)."""
-    return vmrun.json_or_fail((0, 2, 6) if invalid_ok else (0, 6), "diff", "--json", vmrun.module.params["specs"])
+    return vmrun.json_or_fail((0, 2, 6) if invalid_ok else (0, 6), "diff", "--json", *vmrun.specs())
 
 
 def predict_up(rows, restart):
@@ -239,7 +243,7 @@ def present(module, vmrun):
 def apply(vmrun, args):
     """`vmrun up` or `down` with --json (and --timeout): each VM's entry as vmrun gives it."""
     timeout = vmrun.module.params["timeout"]
-    args = args + (["--timeout", f"{timeout:g}"] if timeout is not None else []) + [vmrun.module.params["specs"]]
+    args = args + (["--timeout", f"{timeout:g}"] if timeout is not None else []) + vmrun.specs()
     return vmrun.json_or_fail(None, *args)
 
 
@@ -251,7 +255,7 @@ def running_now(vmrun):
 def absent(module, vmrun):
     if not (module.check_mode or module._diff):
         return apply(vmrun, ["down", "--json"]), None
-    names = [row["name"] for row in specs_now(vmrun)]
+    names = [row["name"] for row in specs_now(vmrun, invalid_ok=not module.check_mode)]
     states = running_now(vmrun)
     if module.check_mode:
         vms = [vm(name, "stopped" if name in states else "not running") for name in names]
@@ -282,9 +286,8 @@ def main():
     result = {"changed": any(entry["result"] in CHANGED for entry in vms), "vms": vms}
     if module._diff and diff is not None:
         result["diff"] = dict(diff, before_header=module.params["specs"], after_header=module.params["specs"])
-    failed = error_lines(vms)
-    if failed or any(entry["result"] not in GOOD for entry in vms):
-        module.fail_json(msg="; ".join(failed) or "vmrun failed", **result)
+    if any(entry["result"] not in GOOD for entry in vms):
+        module.fail_json(msg="; ".join(error_lines(vms)) or "vmrun failed", **result)
     module.exit_json(**result)
 
 
