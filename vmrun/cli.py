@@ -89,6 +89,9 @@ def _init(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_init)
 
 
+_FATES_JSON = "print what became of each VM as a JSON array on stdout"
+
+
 def _up(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Per VM: validate, preflight, launch, wait for the agent, ethtool step, post_boot hooks. "
@@ -102,6 +105,7 @@ def _up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                         help="seconds a restarted guest gets to power down (default: 30)")
     parser.add_argument("--jobs", type=positive_int, metavar="N", help="start at most N VMs at once (default: all)")
+    parser.add_argument("--json", action="store_true", help=_FATES_JSON)
     parser.set_defaults(handler=cmd_up)
 
 
@@ -117,6 +121,7 @@ def _down(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                         help="seconds the guest gets to power down (default: 30)")
     parser.add_argument("--force", action="store_true", help="skip the powerdown: quit, then kill")
+    parser.add_argument("--json", action="store_true", help=_FATES_JSON)
     parser.set_defaults(handler=cmd_down)
 
 

@@ -179,11 +179,13 @@ def _reporter(args: argparse.Namespace) -> Callable[[str, Exception], None]:
     return report_fate
 
 
-def _finish(fates: list[Fate]) -> int:
+def _finish(fates: list[Fate], *, as_json: bool) -> int:
     from vmrun.fleet import summary, worst
 
     if len(fates) > 1:
         say(summary(fates))
+    if as_json:
+        print(json.dumps([fate.to_json() for fate in fates], indent=1))
     return worst([fate.exit_code for fate in fates])
 
 
@@ -209,7 +211,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     specs, refused = load_valid_specs(args)
     tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
-    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)))
+    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)), as_json=args.json)
 
 
 def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
@@ -226,7 +228,7 @@ def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]],
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:
             report(error)
-            refused.append(Fate(str(path), f"invalid (exit {error.exit_code})", error.exit_code))
+            refused.append(Fate.of_error(str(path), f"invalid (exit {error.exit_code})", error, result="invalid"))
             continue
         specs[spec.name] = (path, spec)
     return list(specs.values()), refused
@@ -261,11 +263,11 @@ def cmd_down(args: argparse.Namespace) -> int:
         def task(say: Say, interrupted: threading.Event) -> Fate:
             how = down(name, host, places, timeout=args.timeout, force=args.force, say=say)
             say(f"{name} is not running" if how is None else f"{name} stopped ({how})")
-            return Fate(name, "not running" if how is None else f"stopped ({how})")
+            return Fate(name, "not running") if how is None else Fate(name, f"stopped ({how})", result="stopped")
         return task
 
     return _finish(run_all([(name, task_for(name)) for name in vm_names_of(args)], jobs=None, say=say,
-                           report=_reporter(args)))
+                           report=_reporter(args)), as_json=args.json)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
