@@ -13,6 +13,7 @@ from vmrun import __version__
 from vmrun.commands import (
     Handler,
     cmd_console,
+    cmd_cp,
     cmd_diff,
     cmd_down,
     cmd_exec,
@@ -134,6 +135,18 @@ def _exec(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_exec)
 
 
+def _cp(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Copy one file into a running guest or out of it, over the guest agent. NAME:PATH is in the guest "
+        "(absolute); a host path with ':' goes as ./a:b. The copy appears whole (a temporary file, renamed) "
+        "with the source's permission bits; into a directory, it keeps its name."
+    )
+    parser.add_argument("source", metavar="SRC|NAME:SRC")
+    parser.add_argument("destination", metavar="NAME:DST|DST")
+    parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    parser.set_defaults(handler=cmd_cp)
+
+
 def _logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the VM runs")
@@ -180,6 +193,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "down": ("stop VMs and undo their host changes", _down),
     "status": ("running / stopped / dead, pid, accel, agent", _status),
     "exec": ("run a command in the guest over the agent", _exec),
+    "cp": ("copy a file into or out of a running guest over the agent", _cp),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),

@@ -333,6 +333,17 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return result.exitcode if result.exitcode is not None else 1
 
 
+def cmd_cp(args: argparse.Namespace) -> int:
+    from vmrun.copy import GuestPath, copy, endpoints
+    from vmrun.status import running_paths
+
+    source, destination = endpoints(args.source, args.destination)
+    vm = next(end.vm for end in (source, destination) if isinstance(end, GuestPath))
+    paths = running_paths(host_of(args), places_of(args), vm)
+    copy(source, destination, paths.agent_socket, agent_timeout=args.agent_timeout, say=say)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from vmrun.console import follow_log
 
