@@ -145,7 +145,7 @@ class GuestAgent(QmpSession):
     def open_file(self, path: str, mode: str, *, timeout: float = REPLY_TIMEOUT) -> int:
         """A handle on the guest file ``path``, opened with fopen's ``mode`` ("rb", "wb")."""
         reply = self._call("guest-file-open", {"path": path, "mode": mode}, timeout=timeout,
-                           action=f"open {path} ({mode})")
+                           action=f"open {path}")
         if not isinstance(reply, int):
             raise _malformed("guest-file-open", reply)
         return reply

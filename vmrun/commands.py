@@ -291,6 +291,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from vmrun.status import status
 
+    if args.names:
+        from vmrun.state import vm_names
+
+        for name in vm_names(places_of(args).run_root):
+            print(name)
+        return 0
     statuses = status(host_of(args), places_of(args), [vm_name(args.vm)] if args.vm else None)
     if args.json:
         print(json.dumps([vm.to_json() for vm in statuses], indent=1))
@@ -334,13 +340,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    from vmrun.copy import GuestPath, copy, endpoints
+    from vmrun.copy import copy, endpoints
     from vmrun.status import running_paths
 
-    source, destination = endpoints(args.source, args.destination)
-    vm = next(end.vm for end in (source, destination) if isinstance(end, GuestPath))
+    vm, source, destination = endpoints(args.source, args.destination)
     paths = running_paths(host_of(args), places_of(args), vm)
-    copy(source, destination, paths.agent_socket, agent_timeout=args.agent_timeout, say=say)
+    copy(vm, source, destination, paths.agent_socket, agent_timeout=args.agent_timeout, say=say)
     return 0
 
 
@@ -456,3 +461,17 @@ def report(error: VmrunError, *, prefix: str = "") -> None:
         _stderr_line(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}")
     if error.hint:
         _stderr_line(f"vmrun: hint: {prefix}{error.hint}")
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from vmrun.completion import completion_script
+
+    sys.stdout.write(completion_script(args.shell))
+    return 0
+
+
+def cmd_man(args: argparse.Namespace) -> int:
+    from vmrun.completion import man_page
+
+    sys.stdout.write(man_page())
+    return 0

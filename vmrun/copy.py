@@ -8,6 +8,7 @@ guest-exec); its owner does not: the copy belongs to whoever writes it (root, as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import secrets
@@ -58,17 +59,25 @@ def endpoint(text: str) -> GuestPath | Path:
     return GuestPath(vm, path)
 
 
-def endpoints(source: str, destination: str) -> tuple[GuestPath | Path, GuestPath | Path]:
-    """Exactly one side is in a guest."""
+def endpoints(source: str, destination: str) -> tuple[str, GuestPath | Path, GuestPath | Path]:
+    """The VM, the source and the destination: exactly one of them is in the VM."""
     ends = endpoint(source), endpoint(destination)
     in_guest = [end for end in ends if isinstance(end, GuestPath)]
     if len(in_guest) != 1:
         raise UsageError("one side of vmrun cp is a guest path NAME:PATH, the other a host path", hint=USAGE)
-    return ends
+    return in_guest[0].vm, *ends
 
 
-def copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
+def copy(vm: str, source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
          agent_timeout: float, say: Say) -> None:
+    try:
+        _copy(source, destination, agent_socket, agent_timeout=agent_timeout, say=say)
+    except AgentError as error:
+        raise AgentError(f"{vm}: {error}", hint=error.hint) from error
+
+
+def _copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
+          agent_timeout: float, say: Say) -> None:
     with GuestAgent(agent_socket) as agent:
         agent.wait_ready(timeout=agent_timeout)
         calls = ("guest-file-open", "guest-file-close", "guest-exec", "guest-exec-status")
@@ -110,7 +119,8 @@ def upload(agent: GuestAgent, source: Path, destination: GuestPath) -> tuple[int
             _guest(agent, ["chmod", f"{mode:o}", temporary])
             _guest(agent, ["mv", "-f", temporary, target])
         except BaseException:
-            _guest(agent, ["rm", "-f", temporary], check=False)
+            with contextlib.suppress(AgentError):  # what failed may have been the agent itself
+                _guest(agent, ["rm", "-f", temporary], check=False)
             raise
     return size, GuestPath(destination.vm, target)
 
