@@ -182,7 +182,11 @@ fi
 
 _NAMES = r"""
 _vmrun_names() {
-    vmrun ${_vmrun_run_dir:+--run-dir "$_vmrun_run_dir"} status --names 2>/dev/null
+    if [[ -n $_vmrun_run_dir ]]; then
+        vmrun --run-dir="$_vmrun_run_dir" status --names 2>/dev/null
+    else
+        vmrun status --names 2>/dev/null
+    fi
 }
 """
 
