@@ -70,22 +70,23 @@ BASH_CASES = {
 }
 
 
+def offered(shell: str, workdir: Path, stand_ins: str, queries: list[str]) -> list[str]:
+    """One line of what the shell offers per query, with its script sourced after the stand-ins."""
+    (workdir / f"vmrun.{shell}").write_text(completion_script(shell))
+    script = "\n".join([stand_ins, f"source ./vmrun.{shell}", *queries, "true"])  # a query's status is no failure
+    return run_shell(shell, script, workdir).splitlines()
+
+
 @needs["bash"]
 def test_bash_completes_commands_options_specs_and_running_vm_names(workdir: Path) -> None:
-    (workdir / "vmrun.bash").write_text(completion_script("bash"))
-    lines = [
-        "source vmrun.bash",
-        "compopt() { :; }",  # only callable while bash itself completes
-        *(f"COMP_WORDS=(vmrun {' '.join(repr(word) for word in words)}); COMP_CWORD={len(words)}; _vmrun; "
-          "printf '%s\\n' \"$(printf '%s\\n' \"${COMPREPLY[@]}\" | sort | xargs)\"" for words in BASH_CASES),
-    ]
-    offered = run_shell("bash", "\n".join(lines), workdir).splitlines()
-    assert dict(zip(BASH_CASES, offered, strict=True)) == BASH_CASES
+    queries = [f"COMP_WORDS=(vmrun {' '.join(repr(word) for word in words)}); COMP_CWORD={len(words)}; _vmrun; "
+               "printf '%s\\n' \"$(printf '%s\\n' \"${COMPREPLY[@]}\" | sort | xargs)\"" for words in BASH_CASES]
+    # compopt works only while bash itself completes
+    assert dict(zip(BASH_CASES, offered("bash", workdir, "compopt() { :; }", queries), strict=True)) == BASH_CASES
 
 
 @needs["fish"]
 def test_fish_completes_commands_options_specs_and_running_vm_names(workdir: Path) -> None:
-    (workdir / "vmrun.fish").write_text(completion_script("fish"))
     cases = {
         "vmrun --run-dir run exec ": "web",
         "vmrun up specs/": "specs/db.toml",
@@ -93,17 +94,13 @@ def test_fish_completes_commands_options_specs_and_running_vm_names(workdir: Pat
         "vmrun export --format ": "libvirt systemd",
         "vmrun --run-dir=run cp w": "web:",
     }
-    lines = ["source vmrun.fish",
-             *(f"complete -C '{line}' | string replace -r '\\t.*' '' | sort | string join ' '" for line in cases),
-             "true"]  # string join fails when it had only one word to join
-    offered = run_shell("fish", "\n".join(lines), workdir).splitlines()
-    assert dict(zip(cases, offered, strict=True)) == cases
+    queries = [f"complete -C '{line}' | string replace -r '\\t.*' '' | sort | string join ' '" for line in cases]
+    assert dict(zip(cases, offered("fish", workdir, "", queries), strict=True)) == cases
 
 
 @needs["zsh"]
 def test_zsh_asks_for_what_the_word_at_the_cursor_may_be(workdir: Path) -> None:
     """zsh completes only in an interactive shell: here its helpers are stand-ins that say what they were asked."""
-    (workdir / "_vmrun").write_text(completion_script("zsh"))
     cases = {
         "--run-dir run exec ''": "compadd -- web",
         "up s": "_files -g *.toml",
@@ -112,13 +109,10 @@ def test_zsh_asks_for_what_the_word_at_the_cursor_may_be(workdir: Path) -> None:
         "--run-dir run cp w": "compadd -S : -- web|_files",
         "init -o ''": "_files",
     }
-    lines = [
-        "compdef() { :; }; compadd() { print -rn -- \"compadd $*|\"; }; _files() { print -rn -- \"_files $*|\"; }",
-        "source ./_vmrun",
-        *(f"words=(vmrun {words}); CURRENT=${{#words}}; _vmrun; print" for words in cases),
-    ]
-    offered = [line.rstrip("| ") for line in run_shell("zsh", "\n".join(lines), workdir).splitlines()]
-    assert dict(zip(cases, offered, strict=True)) == cases
+    stand_ins = 'compdef() { :; }; compadd() { print -rn -- "compadd $*|"; }; _files() { print -rn -- "_files $*|"; }'
+    queries = [f"words=(vmrun {words}); CURRENT=${{#words}}; _vmrun; print" for words in cases]
+    lines = [line.rstrip("| ") for line in offered("zsh", workdir, stand_ins, queries)]
+    assert dict(zip(cases, lines, strict=True)) == cases
 
 
 def test_status_names_lists_the_vms_under_the_run_dir_without_asking_them(workdir: Path) -> None:
