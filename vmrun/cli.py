@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from vmrun import __version__
 from vmrun.commands import (
     Handler,
+    cmd_completion,
     cmd_console,
+    cmd_cp,
     cmd_diff,
     cmd_down,
     cmd_exec,
@@ -21,6 +23,7 @@ from vmrun.commands import (
     cmd_host_iommu,
     cmd_init,
     cmd_logs,
+    cmd_man,
     cmd_preflight,
     cmd_render,
     cmd_status,
@@ -128,6 +131,8 @@ def _down(parser: argparse.ArgumentParser) -> None:
 def _status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vm", nargs="?", metavar="NAME|SPEC")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--names", action="store_true",
+                        help="only the names of the VMs under the run directory, one a line; asks no VM")
     parser.set_defaults(handler=cmd_status)
 
 
@@ -137,6 +142,18 @@ def _exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="S", help="default: 60")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
     parser.set_defaults(handler=cmd_exec)
+
+
+def _cp(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Copy one file into a running guest or out of it, over the guest agent. NAME:PATH is in the guest "
+        "(absolute); a host path with ':' goes as ./a:b. The copy appears whole (a temporary file, renamed) "
+        "with the source's permission bits; into a directory, it keeps its name."
+    )
+    parser.add_argument("source", metavar="SRC|NAME:SRC")
+    parser.add_argument("destination", metavar="NAME:DST|DST")
+    parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    parser.set_defaults(handler=cmd_cp)
 
 
 def _logs(parser: argparse.ArgumentParser) -> None:
@@ -175,6 +192,21 @@ def _export(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_export)
 
 
+def _completion(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print a completion script for commands, options, spec files and VM names (from `vmrun status --names`). "
+        "bash: source it, or save it as /usr/share/bash-completion/completions/vmrun; zsh: save it as _vmrun "
+        "on $fpath; fish: save it as ~/.config/fish/completions/vmrun.fish."
+    )
+    parser.add_argument("shell", choices=("bash", "zsh", "fish"))
+    parser.set_defaults(handler=cmd_completion)
+
+
+def _man(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Print the manual page, generated from the parser: vmrun man | man -l -"
+    parser.set_defaults(handler=cmd_man)
+
+
 # Each command: its one-line help and what adds its arguments, in the order `vmrun --help` lists them.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "validate": ("check specs without touching the host", _validate),
@@ -185,11 +217,14 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "down": ("stop VMs and undo their host changes", _down),
     "status": ("running / stopped / dead, pid, accel, agent", _status),
     "exec": ("run a command in the guest over the agent", _exec),
+    "cp": ("copy a file into or out of a running guest over the agent", _cp),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),
     "host": ("what this host offers: IOMMU groups, KVM, vhost-net, KSM", _host),
     "export": ("the same VM as a libvirt domain XML or a systemd unit", _export),
+    "completion": ("print a bash, zsh or fish completion script", _completion),
+    "man": ("print the manual page (roff)", _man),
 }
 
 

@@ -293,6 +293,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from vmrun.status import status
 
+    if args.names:
+        from vmrun.state import vm_names
+
+        for name in vm_names(places_of(args).run_root):
+            print(name)
+        return 0
     statuses = status(host_of(args), places_of(args), [vm_name(args.vm)] if args.vm else None)
     if args.json:
         print(json.dumps([vm.to_json() for vm in statuses], indent=1))
@@ -333,6 +339,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if result.signal is not None:
         return 128 + result.signal
     return result.exitcode if result.exitcode is not None else 1
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from vmrun.copy import copy, endpoints
+    from vmrun.status import running_paths
+
+    vm, source, destination = endpoints(args.source, args.destination)
+    paths = running_paths(host_of(args), places_of(args), vm)
+    copy(vm, source, destination, paths.agent_socket, agent_timeout=args.agent_timeout, say=say)
+    return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -447,3 +463,17 @@ def report(error: VmrunError, *, prefix: str = "") -> None:
         _stderr_line(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}")
     if error.hint:
         _stderr_line(f"vmrun: hint: {prefix}{error.hint}")
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from vmrun.completion import completion_script
+
+    sys.stdout.write(completion_script(args.shell))
+    return 0
+
+
+def cmd_man(args: argparse.Namespace) -> int:
+    from vmrun.completion import man_page
+
+    sys.stdout.write(man_page())
+    return 0
