@@ -399,7 +399,8 @@ def cmd_host_check(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
-    from vmrun.export import libvirt_domain, systemd_unit
+    from vmrun.export.libvirt import libvirt_domain
+    from vmrun.export.systemd import systemd_unit
     from vmrun.facts import choose_accel
 
     if args.define and args.format != "libvirt":
