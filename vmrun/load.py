@@ -24,6 +24,7 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
+from cattrs.gen import mapping_structure_factory
 
 from vmrun.errors import Problem, SpecError
 from vmrun.naming import pci_address
@@ -174,7 +175,9 @@ def _is_dict(type_: Any) -> bool:
 
 
 def _dict_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, type], dict[Any, Any]]:
-    structure_items = converter.gen_structure_mapping(type_)
+    # Not converter.gen_structure_mapping: it registers its function for the type, which then wins over this hook
+    # whenever the type's hook is looked up again (a table holding such a dict, after the dispatch cache clears).
+    structure_items = mapping_structure_factory(type_, converter)
 
     def structure(value: object, _: type) -> dict[Any, Any]:
         # cattrs' own mapping hook would fail on an array with "'list' object has no attribute 'items'".
