@@ -61,7 +61,7 @@ BASH_CASES = {
     ("up", "--"): "--fresh --help --jobs --json --restart --timeout",
     ("host", ""): "check iommu",
     ("host", "iommu", "--"): "--help --json",
-    ("export", "--format", ""): "libvirt systemd",
+    ("export", "--format", ""): "kubevirt libvirt systemd",
     ("--run-dir", "run", "cp", "specs/db.toml", "w"): "web:",
     ("--run-dir", "run", "cp", "web", ":", "/e"): "",  # a path in the guest: nothing to offer
     ("exec", "web", "--", ""): "",  # the guest's command line
@@ -91,7 +91,7 @@ def test_fish_completes_commands_options_specs_and_running_vm_names(workdir: Pat
         "vmrun --run-dir run exec ": "web",
         "vmrun up specs/": "specs/db.toml",
         "vmrun host iommu --": "--help --json",
-        "vmrun export --format ": "libvirt systemd",
+        "vmrun export --format ": "kubevirt libvirt systemd",
         "vmrun --run-dir=run cp w": "web:",
     }
     queries = [f"complete -C '{line}' | string replace -r '\\t.*' '' | sort | string join ' '" for line in cases]

@@ -185,8 +185,8 @@ def _host(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC")
-    parser.add_argument("--format", choices=("libvirt", "systemd"), required=True)
+    parser.add_argument("spec", metavar="SPEC|DIR", help="a directory (its *.toml) only with --format kubevirt")
+    parser.add_argument("--format", choices=("libvirt", "systemd", "kubevirt"), required=True)
     parser.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     parser.add_argument("--define", action="store_true", help="libvirt: also `virsh define` the domain")
     parser.set_defaults(handler=cmd_export)
@@ -222,7 +222,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "console": ("attach to the serial console", _console),
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),
     "host": ("what this host offers: IOMMU groups, KVM, vhost-net, KSM", _host),
-    "export": ("the same VM as a libvirt domain XML or a systemd unit", _export),
+    "export": ("the same VM as a libvirt domain XML, a systemd unit or KubeVirt manifests", _export),
     "completion": ("print a bash, zsh or fish completion script", _completion),
     "man": ("print the manual page (roff)", _man),
 }

@@ -20,6 +20,7 @@ from vmrun.errors import SpecError, UsageError, VmrunError
 if TYPE_CHECKING:
     import threading
 
+    from vmrun.export import Export
     from vmrun.facts import HostFacts
     from vmrun.fleet import Fate, Task
     from vmrun.host import Host
@@ -417,11 +418,16 @@ def cmd_host_check(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
-    from vmrun.export import libvirt_domain, systemd_unit
+    from vmrun.export.libvirt import libvirt_domain
+    from vmrun.export.systemd import systemd_unit
     from vmrun.facts import choose_accel
 
     if args.define and args.format != "libvirt":
         raise UsageError("--define goes with --format libvirt")
+    if args.format == "kubevirt":
+        return _write_export(args, kubevirt_export(args))
+    if Path(args.spec).is_dir():
+        raise UsageError(f"{args.spec} is a directory", hint="one spec, or a directory with --format kubevirt")
     spec = load_valid_spec(args.spec, args)
     if args.format == "libvirt":
         facts = facts_for_display(args, spec, "exporting")
@@ -434,15 +440,49 @@ def cmd_export(args: argparse.Namespace) -> int:
         exported = systemd_unit(
             spec, spec_path=Path(args.spec).resolve(), vmrun=vmrun, run_dir=run_paths(args, spec.name).run_dir
         )
+    _write_export(args, exported)
+    if args.define:
+        define_domain(host_of(args), exported.text, spec_path=args.spec, name=spec.name)
+    return 0
+
+
+def _write_export(args: argparse.Namespace, exported: Export) -> int:
     for note in exported.notes:
         say(f"not expressible in {args.format}: {note}")
     if args.output:
         Path(args.output).write_text(exported.text)
     else:
         sys.stdout.write(exported.text)
-    if args.define:
-        define_domain(host_of(args), exported.text, spec_path=args.spec, name=spec.name)
     return 0
+
+
+def kubevirt_export(args: argparse.Namespace) -> Export:
+    """SPEC, or every spec in DIR, as one stream of KubeVirt manifests; nothing when any spec is invalid or
+    cannot be mapped (every such problem reported, exit 2)."""
+    from vmrun.cloudinit import seed_texts
+    from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests, unmappable
+    from vmrun.fleet import spec_files
+
+    specs: dict[str, tuple[str, Spec, CloudInitTexts]] = {}
+    refused: list[VmrunError] = []
+    for path in spec_files([args.spec]):
+        try:
+            spec = load_valid_spec(str(path), args)
+            problems = unmappable(spec)
+            if problems:
+                raise SpecError(str(path), problems)
+            if spec.name in specs:
+                raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
+            texts = seed_texts(spec, str(path)) if spec.cloud_init is not None else {}
+        except VmrunError as error:
+            refused.append(error)
+            continue
+        specs[spec.name] = (str(path), spec, CloudInitTexts.of(texts))
+    if not refused:
+        return kubevirt_manifests(list(specs.values()))
+    for failure in refused[:-1]:
+        report(failure)
+    raise refused[-1]
 
 
 def define_domain(host: Host, xml: str, *, spec_path: str, name: str) -> None:

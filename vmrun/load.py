@@ -24,10 +24,23 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
+from cattrs.gen import mapping_structure_factory
 
 from vmrun.errors import Problem, SpecError
 from vmrun.naming import pci_address
-from vmrun.spec import Accel, Aio, ByteSize, Cache, DiskFormat, Firmware, Seconds, SecurityModel, Spec, Vhost
+from vmrun.spec import (
+    Accel,
+    Aio,
+    ByteSize,
+    Cache,
+    DiskFormat,
+    Firmware,
+    RunStrategy,
+    Seconds,
+    SecurityModel,
+    Spec,
+    Vhost,
+)
 from vmrun.units import format_duration, format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -166,7 +179,9 @@ def _is_dict(type_: Any) -> bool:
 
 
 def _dict_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, type], dict[Any, Any]]:
-    structure_items = converter.gen_structure_mapping(type_)
+    # Not converter.gen_structure_mapping: it registers its function for the type, which then wins over this hook
+    # whenever the type's hook is looked up again (a table holding such a dict, after the dispatch cache clears).
+    structure_items = mapping_structure_factory(type_, converter)
 
     def structure(value: object, _: type) -> dict[Any, Any]:
         # cattrs' own mapping hook would fail on an array with "'list' object has no attribute 'items'".
@@ -266,7 +281,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(ByteSize, _structure_size)
     converter.register_structure_hook(Seconds, _structure_duration)
     # Class hooks, one per enum: the str hook above would otherwise catch every StrEnum.
-    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel):
+    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel, RunStrategy):
         converter.register_structure_hook(choice, _enum_hook(choice))
     converter.register_structure_hook(Vhost, _structure_vhost)
     converter.register_structure_hook_factory(_is_homogeneous_tuple, lambda t: _array_hook(converter, t))
