@@ -502,7 +502,7 @@ def cmd_image_pull(args: argparse.Namespace) -> int:
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     from vmrun.imagecache import ImageCache, image_users
-    from vmrun.units import format_size
+    from vmrun.units import format_bytes
 
     places = places_of(args)
     images = ImageCache(places.image_cache).images()
@@ -516,7 +516,7 @@ def cmd_image_list(args: argparse.Namespace) -> int:
         say(f"no images in {places.image_cache}")
     for image in images:
         used = ", ".join(users.of(image.digest)) or "unused"
-        print(f"{str(image.digest)[:19]}…  {format_size(image.size):>7}  {used:<16}  {image.url or '?'}")
+        print(f"{str(image.digest)[:19]}…  {format_bytes(image.size):>10}  {used:<16}  {image.url or '?'}")
     for name in users.unknown:
         say(f"{name}: its state file is damaged, so which images it uses is unknown")
     return 0

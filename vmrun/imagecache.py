@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from vmrun.images import DIGEST_LENGTHS, Digest, parse_digest, scheme_of, url_ba
 from vmrun.locations import Places
 from vmrun.progress import Say
 from vmrun.spec import Spec
-from vmrun.units import GIB, format_size
+from vmrun.units import GIB, format_bytes
 
 MAX_IMAGE_BYTES = 64 * GIB  # a sanity bound: cloud images are a few hundred MiB; a larger body is a wrong URL
 CHUNK = 1 << 20
@@ -109,18 +110,18 @@ class _Partial:
         if total is None:
             return
         if total > MAX_IMAGE_BYTES:
-            raise FetchError(f"{self.url} is {format_size(total)}, more than the {format_size(MAX_IMAGE_BYTES)} "
+            raise FetchError(f"{self.url} is {format_bytes(total)}, more than the {format_bytes(MAX_IMAGE_BYTES)} "
                              "vmrun takes for an image")
         stats = os.fstatvfs(self.file.fileno())
         free = stats.f_bavail * stats.f_frsize
         if total - self.received > free:
-            raise FetchError(f"{self.url}: {format_size(total)} does not fit in the cache "
-                             f"({format_size(free)} free)", hint="free space, or point --cache-dir elsewhere")
+            raise FetchError(f"{self.url}: {format_bytes(total)} does not fit in the cache "
+                             f"({format_bytes(free)} free)", hint="free space, or point --cache-dir elsewhere")
         self.meter.show(self.received, total)
 
     def write(self, chunk: bytes) -> None:
         if self.received + len(chunk) > MAX_IMAGE_BYTES:
-            raise FetchError(f"{self.url} sends more than the {format_size(MAX_IMAGE_BYTES)} vmrun takes for an image")
+            raise FetchError(f"{self.url} sends more than the {format_bytes(MAX_IMAGE_BYTES)} vmrun takes for an image")
         try:
             self.file.write(chunk)
         except OSError as exc:
@@ -180,8 +181,8 @@ def _copy_http(url: str, partial: _Partial) -> None:
         except urllib.error.HTTPError as exc:
             raise FetchError(f"{url}: the server answered {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
-            why = f"cannot reach it: {exc.reason}"
-        except OSError as exc:  # reset, timed out, ...: the transfer broke off
+            raise FetchError(f"{url}: cannot reach it: {exc.reason}") from None
+        except (OSError, http.client.HTTPException) as exc:  # reset, timed out, a bad chunk: it broke off
             why = f"the transfer broke off after {partial.received} bytes: {exc}"
     raise FetchError(f"{url}: {why} ({ATTEMPTS} attempts)")
 
@@ -266,7 +267,7 @@ class ImageCache:
             say(f"fetching {url}")
             started = time.monotonic()
             self._download(url, digest, target)
-            say(f"fetched {url} ({format_size(target.stat().st_size)} in {time.monotonic() - started:.1f} s, "
+            say(f"fetched {url} ({format_bytes(target.stat().st_size)} in {time.monotonic() - started:.1f} s, "
                 f"{digest.algorithm} verified) into {target}")
         return target
 
