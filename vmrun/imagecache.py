@@ -329,7 +329,7 @@ def fetch_bases(spec: Spec, cache: ImageCache, say: Say) -> None:
         try:
             cache.fetch(found.url, found.digest, lambda line: say(f"{spec.name}: {line}"))
         except FetchError as exc:
-            raise FetchError(f"disks[{found.index}].base: {exc}", hint=exc.hint) from None
+            raise FetchError(f"{spec.name}: disks[{found.index}].base: {exc}", hint=exc.hint) from None
 
 
 @attrs.frozen
