@@ -30,6 +30,7 @@ class Served:
         self.truncate: set[str] = set()  # sends half the body, then closes (Content-Length says all of it)
         self.truncate_once: set[str] = set()  # the same, the first time only; takes a Range after that
         self.redirects: dict[str, str] = {}
+        self.no_length: set[str] = set()  # no Content-Length: the body ends when the connection does
         self.requests: list[tuple[str, str | None]] = []  # (path, its Range header)
         self.hold = threading.Event()  # cleared: the first request for a body waits until it is set
         self.hold.set()
@@ -64,7 +65,8 @@ def handler_for(served: Served) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             else:
                 start = 0
-            self.send_header("Content-Length", str(len(body) - start))
+            if self.path not in served.no_length:
+                self.send_header("Content-Length", str(len(body) - start))
             self.end_headers()
             cut = self.path in served.truncate or (self.path in served.truncate_once and first)
             self.wfile.write(body[start:len(body) // 2] if cut else body[start:])
@@ -240,3 +242,33 @@ def test_two_ups_that_share_an_image_download_it_once(
         vmrun("down", "--force", "one", "two")
     assert served.asked("/base.qcow2") == 1
     assert "another vmrun fetched it meanwhile" in logs[1].read_text()
+
+
+@pytest.fixture
+def small_cache(tmp_path: Path) -> Iterator[Path]:
+    """A cache on a 64 KiB tmpfs, smaller than the image."""
+    cache = tmp_path / "small"
+    cache.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(cache)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield cache
+    subprocess.run(["umount", str(cache)], check=True)
+
+
+@pytest.mark.parametrize(("announced", "said"), [
+    (True, "does not fit in the cache"),  # refused before a byte is written
+    (False, "cannot write to the cache: No space left on device"),  # found out while writing
+])
+def test_a_full_disk_is_exit_4_and_leaves_nothing(
+    vmrun: Vmrun, server: tuple[Served, str], base_image: tuple[bytes, str], small_cache: Path, announced: bool,
+    said: str,
+) -> None:
+    served, address = server
+    content, digest = base_image
+    served.bodies["/base.qcow2"] = content
+    if not announced:
+        served.no_length.add("/base.qcow2")
+    pull = vmrun("--cache-dir", str(small_cache), "image", "pull", f"{address}/base.qcow2", "--digest", digest)
+    errors = [line for line in pull.stderr.splitlines() if line.startswith("vmrun: error: ")]
+    assert pull.returncode == 4 and len(errors) == 1 and said in errors[0], pull.stderr
+    assert cached(small_cache) == []

@@ -80,6 +80,8 @@ _BASE_LINES = """\
 # ephemeral = true        # a fresh overlay at every `up`, deleted at `down`
 """
 
+_DOWNLOADED = "# a URL: `vmrun up` downloads it once into the image cache, verified against base_digest"
+
 _CLOUD_INIT = """
 [cloud_init]              # a NoCloud seed vmrun builds at every `up`, attached as a read-only CD-ROM
 {user_data_line}
@@ -112,7 +114,7 @@ def starter_spec(name: str, file: str, *, base: str | None = None, digest: str |
         intro=_CLOUD_IMAGE_INTRO.format(base=base, overlay=f"{name}-root.qcow2", user_data=user_data_file(name)),
         firmware="uefi",
         base_lines=_BASE_LINES.format(base_line="\n".join(
-            [_toml_line("base", base), *([_toml_line("base_digest", digest)] if digest else [])])),
+            [_toml_line("base", base), *([_DOWNLOADED, _toml_line("base_digest", digest)] if digest else [])])),
         size_comment="the overlay's virtual size (at least the image's); cloud-init grows the root partition",
         bridge_comment="; the user-data's packages: need it",
         cloud_init=_CLOUD_INIT.format(name=name, user_data_line=_toml_line("user_data", user_data_file(name))),
