@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from stat import S_ISREG
 from typing import IO, Any
 
 import attrs
@@ -140,7 +141,7 @@ class _Partial:
         if got != self.digest.hex:
             raise FetchError(f"{self.url}: {self.digest.algorithm} digest mismatch: expected {self.digest.hex}, "
                              f"got {got}; nothing was kept",
-                             hint="check base_digest against the image's published checksums")
+                             hint="check the digest against the checksums published with the image")
         try:
             self.file.flush()
             os.fsync(self.file.fileno())
@@ -152,7 +153,10 @@ def _copy_local(url: str, partial: _Partial) -> None:
     path = urllib.request.url2pathname(url.split("://", 1)[1].removeprefix("localhost"))
     try:
         with open(path, "rb") as source:
-            partial.expect(os.fstat(source.fileno()).st_size)
+            stat = os.fstat(source.fileno())
+            if not S_ISREG(stat.st_mode):
+                raise FetchError(f"{url}: {path} is not a regular file")
+            partial.expect(stat.st_size)
             partial.copy(source)
     except OSError as exc:
         raise FetchError(f"{url}: cannot read {path}: {exc.strerror}") from None
@@ -182,6 +186,8 @@ def _copy_http(url: str, partial: _Partial) -> None:
             raise FetchError(f"{url}: the server answered {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
             raise FetchError(f"{url}: cannot reach it: {exc.reason}") from None
+        except ValueError as exc:  # http.client.InvalidURL: a port that is no number, ...
+            raise FetchError(f"{url}: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:  # reset, timed out, a bad chunk: it broke off
             why = f"the transfer broke off after {partial.received} bytes: {exc}"
     raise FetchError(f"{url}: {why} ({ATTEMPTS} attempts)")
