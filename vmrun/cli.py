@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from vmrun import __version__
 from vmrun.commands import (
     Handler,
+    cmd_completion,
     cmd_console,
+    cmd_cp,
     cmd_diff,
     cmd_down,
     cmd_exec,
@@ -24,6 +26,7 @@ from vmrun.commands import (
     cmd_image_rm,
     cmd_init,
     cmd_logs,
+    cmd_man,
     cmd_preflight,
     cmd_render,
     cmd_status,
@@ -99,6 +102,9 @@ def _init(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_init)
 
 
+_FATES_JSON = "print what became of each VM as a JSON array on stdout"
+
+
 def _up(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Per VM: validate, preflight, launch, wait for the agent, ethtool step, post_boot hooks. "
@@ -112,6 +118,7 @@ def _up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                         help="seconds a restarted guest gets to power down (default: 30)")
     parser.add_argument("--jobs", type=positive_int, metavar="N", help="start at most N VMs at once (default: all)")
+    parser.add_argument("--json", action="store_true", help=_FATES_JSON)
     parser.set_defaults(handler=cmd_up)
 
 
@@ -127,12 +134,15 @@ def _down(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                         help="seconds the guest gets to power down (default: 30)")
     parser.add_argument("--force", action="store_true", help="skip the powerdown: quit, then kill")
+    parser.add_argument("--json", action="store_true", help=_FATES_JSON)
     parser.set_defaults(handler=cmd_down)
 
 
 def _status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vm", nargs="?", metavar="NAME|SPEC")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--names", action="store_true",
+                        help="only the names of the VMs under the run directory, one a line; asks no VM")
     parser.set_defaults(handler=cmd_status)
 
 
@@ -142,6 +152,18 @@ def _exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="S", help="default: 60")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
     parser.set_defaults(handler=cmd_exec)
+
+
+def _cp(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Copy one file into a running guest or out of it, over the guest agent. NAME:PATH is in the guest "
+        "(absolute); a host path with ':' goes as ./a:b. The copy appears whole (a temporary file, renamed) "
+        "with the source's permission bits; into a directory, it keeps its name."
+    )
+    parser.add_argument("source", metavar="SRC|NAME:SRC")
+    parser.add_argument("destination", metavar="NAME:DST|DST")
+    parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    parser.set_defaults(handler=cmd_cp)
 
 
 def _logs(parser: argparse.ArgumentParser) -> None:
@@ -195,6 +217,21 @@ def _export(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_export)
 
 
+def _completion(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print a completion script for commands, options, spec files and VM names (from `vmrun status --names`). "
+        "bash: source it, or save it as /usr/share/bash-completion/completions/vmrun; zsh: save it as _vmrun "
+        "on $fpath; fish: save it as ~/.config/fish/completions/vmrun.fish."
+    )
+    parser.add_argument("shell", choices=("bash", "zsh", "fish"))
+    parser.set_defaults(handler=cmd_completion)
+
+
+def _man(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Print the manual page, generated from the parser: vmrun man | man -l -"
+    parser.set_defaults(handler=cmd_man)
+
+
 # Each command: its one-line help and what adds its arguments, in the order `vmrun --help` lists them.
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "validate": ("check specs without touching the host", _validate),
@@ -205,12 +242,15 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "down": ("stop VMs and undo their host changes", _down),
     "status": ("running / stopped / dead, pid, accel, agent", _status),
     "exec": ("run a command in the guest over the agent", _exec),
+    "cp": ("copy a file into or out of a running guest over the agent", _cp),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),
     "host": ("what this host offers: IOMMU groups, KVM, vhost-net, KSM", _host),
     "export": ("the same VM as a libvirt domain XML or a systemd unit", _export),
     "image": ("the cache of base images downloaded by URL: pull, list, rm", _image),
+    "completion": ("print a bash, zsh or fish completion script", _completion),
+    "man": ("print the manual page (roff)", _man),
 }
 
 

@@ -181,11 +181,13 @@ def _reporter(args: argparse.Namespace) -> Callable[[str, Exception], None]:
     return report_fate
 
 
-def _finish(fates: list[Fate]) -> int:
+def _finish(fates: list[Fate], *, as_json: bool) -> int:
     from vmrun.fleet import summary, worst
 
     if len(fates) > 1:
         say(summary(fates))
+    if as_json:
+        print(json.dumps([fate.to_json() for fate in fates], indent=1))
     return worst([fate.exit_code for fate in fates])
 
 
@@ -211,7 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     specs, refused = load_valid_specs(args)
     tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
-    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)))
+    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)), as_json=args.json)
 
 
 def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
@@ -228,7 +230,7 @@ def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]],
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:
             report(error)
-            refused.append(Fate(str(path), f"invalid (exit {error.exit_code})", error.exit_code))
+            refused.append(Fate.of_error(str(path), f"invalid (exit {error.exit_code})", error, result="invalid"))
             continue
         specs[spec.name] = (path, spec)
     return list(specs.values()), refused
@@ -263,11 +265,11 @@ def cmd_down(args: argparse.Namespace) -> int:
         def task(say: Say, interrupted: threading.Event) -> Fate:
             how = down(name, host, places, timeout=args.timeout, force=args.force, say=say)
             say(f"{name} is not running" if how is None else f"{name} stopped ({how})")
-            return Fate(name, "not running" if how is None else f"stopped ({how})")
+            return Fate(name, "not running") if how is None else Fate(name, f"stopped ({how})", result="stopped")
         return task
 
     return _finish(run_all([(name, task_for(name)) for name in vm_names_of(args)], jobs=None, say=say,
-                           report=_reporter(args)))
+                           report=_reporter(args)), as_json=args.json)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -293,6 +295,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from vmrun.status import status
 
+    if args.names:
+        from vmrun.state import vm_names
+
+        for name in vm_names(places_of(args).run_root):
+            print(name)
+        return 0
     statuses = status(host_of(args), places_of(args), [vm_name(args.vm)] if args.vm else None)
     if args.json:
         print(json.dumps([vm.to_json() for vm in statuses], indent=1))
@@ -333,6 +341,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if result.signal is not None:
         return 128 + result.signal
     return result.exitcode if result.exitcode is not None else 1
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from vmrun.copy import copy, endpoints
+    from vmrun.status import running_paths
+
+    vm, source, destination = endpoints(args.source, args.destination)
+    paths = running_paths(host_of(args), places_of(args), vm)
+    copy(vm, source, destination, paths.agent_socket, agent_timeout=args.agent_timeout, say=say)
+    return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -554,4 +572,18 @@ def cmd_image_rm(args: argparse.Namespace) -> int:
         raise UsageError(f"not in the image cache {places.image_cache}: {', '.join(missing)}")
     if not digests:
         say("no unused images")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from vmrun.completion import completion_script
+
+    sys.stdout.write(completion_script(args.shell))
+    return 0
+
+
+def cmd_man(args: argparse.Namespace) -> int:
+    from vmrun.completion import man_page
+
+    sys.stdout.write(man_page())
     return 0
