@@ -53,7 +53,7 @@ def test_each_shell_accepts_its_script_and_it_names_every_command(shell: str, tm
 
 # (the words typed, the cursor's word last) -> what bash offers
 BASH_CASES = {
-    ("",): "completion console cp diff down exec export host init logs man preflight render status up validate",
+    ("",): "completion console cp diff down exec export host image init logs man preflight render status up validate",
     ("--run-dir", "run", "ex"): "exec export",
     ("--run-dir", "run", "exec", ""): "web",
     ("--run-dir=run", "down", ""): "run specs web",  # VMs, specs and directories
