@@ -58,7 +58,7 @@ BASH_CASES = {
     ("--run-dir", "run", "exec", ""): "web",
     ("--run-dir=run", "down", ""): "run specs web",  # VMs, specs and directories
     ("up", "specs/"): "specs/db.toml",
-    ("up", "--"): "--fresh --help --jobs --restart --timeout",
+    ("up", "--"): "--fresh --help --jobs --json --restart --timeout",
     ("host", ""): "check iommu",
     ("host", "iommu", "--"): "--help --json",
     ("export", "--format", ""): "libvirt systemd",
