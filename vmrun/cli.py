@@ -98,7 +98,7 @@ def _init(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", metavar="IMAGE",
                         help="boot this cloud image (a path or an https/http/file URL) through an overlay; also "
                         "writes NAME-user-data.yaml")
-    parser.add_argument("--digest", metavar="ALGO:HEX", help="with a URL --base: the image's sha256: or sha512: digest")
+    parser.add_argument("--digest", metavar="DIGEST", help="with a URL --base: the image's sha256: or sha512: digest")
     parser.set_defaults(handler=cmd_init)
 
 
@@ -198,7 +198,7 @@ def _image(parser: argparse.ArgumentParser) -> None:
     image_commands = parser.add_subparsers(dest="image_command", required=True, metavar="WHAT")
     pull = image_commands.add_parser("pull", help="download a spec's URL bases (or one URL) into the cache")
     pull.add_argument("source", metavar="SPEC|URL")
-    pull.add_argument("--digest", metavar="ALGO:HEX", help="with a URL: sha256:<hex> or sha512:<hex>")
+    pull.add_argument("--digest", metavar="DIGEST", help="with a URL: sha256:<hex> or sha512:<hex>")
     pull.set_defaults(handler=cmd_image_pull)
     listing = image_commands.add_parser("list", help="cached images: digest, size, which VMs use them, URL")
     listing.add_argument("--json", action="store_true")
