@@ -438,3 +438,33 @@ def test_generated_specs_export_what_kubevirt_admits_or_name_what_is_missing(
 
 def spec_of_data(data: dict[str, Any]) -> Spec:
     return validate(parse_spec(data, source="test", base=Path("/specs")), "test")
+
+
+URL_BASE = """\
+name = "cloud"
+[boot]
+disk = "root"
+[[disks]]
+id = "root"
+path = "root.qcow2"
+format = "qcow2"
+size = "20G"
+base = "https://images.example/debian-12.qcow2"
+base_digest = "sha256:""" + "ab" * 32 + """"
+"""
+
+
+def test_a_url_base_is_suggested_as_the_import_and_its_unchecked_digest_is_said(tmp_path: Path) -> None:
+    spec = tmp_path / "cloud.toml"
+    spec.write_text(URL_BASE)
+    result = vmrun("export", "--format", "kubevirt", str(spec))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert 'add [kubevirt.disks.root] with pvc, container_disk or url (url = ' \
+           '"https://images.example/debian-12.qcow2" imports the base image)' in result.stderr
+    documents = export(spec_of(URL_BASE + '[kubevirt.disks.root]\nurl = "https://images.example/debian-12.qcow2"\n'))
+    [vm] = [document for document in documents if document["kind"] == "VirtualMachine"]
+    assert vm["spec"]["dataVolumeTemplates"][0]["spec"]["source"] == {
+        "http": {"url": "https://images.example/debian-12.qcow2"}}
+    text = kubevirt_manifests([("test", spec_of(URL_BASE + '[kubevirt.disks.root]\nurl = '
+                                             '"https://images.example/debian-12.qcow2"\n'), NO_SEED)]).text
+    assert f"CDI imports the URL without checking base_digest sha256:{'ab' * 32}" in text

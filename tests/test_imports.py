@@ -21,7 +21,7 @@ from .common import SPECS
 NOT_LOADED = frozenset({
     "vmrun.lifecycle", "vmrun.preflight", "vmrun.state", "vmrun.machine", "vmrun.fleet", "vmrun.monitor",
     "vmrun.agent", "vmrun.drift", "qemu.qmp", "asyncio", "concurrent.futures", "hashlib", "pycdlib",
-    "yaml", "tomli_w", "difflib", "uuid",
+    "yaml", "tomli_w", "difflib", "uuid", "vmrun.imagecache", "rich", "urllib.request", "http.client",
 })
 
 # The command runs in a fresh interpreter, as from a shell; its output goes to a file so the module list
@@ -54,6 +54,16 @@ def loaded_by(tmp_path: Path, *arguments: str) -> set[str]:
 )
 def test_validate_and_render_load_nothing_they_do_not_need(tmp_path: Path, arguments: list[str]) -> None:
     assert loaded_by(tmp_path, *arguments) & NOT_LOADED == set()
+
+
+def test_validate_and_render_of_a_url_base_load_no_downloader(tmp_path: Path) -> None:
+    """The download (urllib, hashing, the progress bar) is `up`'s and `image pull`'s alone."""
+    spec = tmp_path / "web.toml"
+    spec.write_text('name = "web"\n[boot]\ndisk = "root"\n[[disks]]\nid = "root"\npath = "root.qcow2"\n'
+                    'format = "qcow2"\nbase = "https://cloud.example/x.qcow2"\n'
+                    f'base_digest = "sha256:{"0" * 64}"\n[agent]\nenabled = false\n')
+    for command in ("validate", "render"):
+        assert loaded_by(tmp_path, command, str(spec)) & NOT_LOADED == set()
 
 
 def test_status_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from vmrun import kubenames
 from vmrun.errors import Problem, SpecError
 from vmrun.extra_args import refused_extra_args
+from vmrun.images import check_image_bases
 from vmrun.load import read_document, spec_base, structure_spec
 from vmrun.naming import IFNAMSIZ, VM_NAME_RULE, is_vm_name, mac_address, pci_address, tap_name
 from vmrun.spec import ROOT_USER, Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
@@ -428,6 +429,7 @@ CHECKS: tuple[tuple[Check, frozenset[str]], ...] = (
     (check_boot, frozenset({"boot"})),
     (check_boot_disk, frozenset({"boot", "disks"})),
     (check_disks, frozenset()),
+    (check_image_bases, frozenset()),
     (check_node_names, frozenset()),
     (check_queue_count, frozenset()),
     (check_queue_limit, frozenset({"machine"})),

@@ -21,6 +21,9 @@ from vmrun.commands import (
     cmd_export,
     cmd_host_check,
     cmd_host_iommu,
+    cmd_image_list,
+    cmd_image_pull,
+    cmd_image_rm,
     cmd_init,
     cmd_logs,
     cmd_man,
@@ -32,6 +35,7 @@ from vmrun.commands import (
     report,
 )
 from vmrun.errors import VmrunError
+from vmrun.images import default_cache_root
 from vmrun.locations import default_run_root, default_state_root
 
 EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
@@ -66,10 +70,14 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
         "--state-dir", default=os.environ.get("VMRUN_STATE_DIR") or str(default_state_root()), metavar="DIR",
         help="what outlives a run, such as UEFI variables (default: %(default)s); env VMRUN_STATE_DIR",
     )
+    parser.add_argument(
+        "--cache-dir", default=os.environ.get("VMRUN_CACHE_DIR") or str(default_cache_root()), metavar="DIR",
+        help="downloaded base images, by digest (default: %(default)s); env VMRUN_CACHE_DIR",
+    )
 
 
 # The global options that take a value: the command line's command is the first word after them.
-_VALUE_OPTIONS = ("--host-root", "--run-dir", "--state-dir")
+_VALUE_OPTIONS = ("--host-root", "--run-dir", "--state-dir", "--cache-dir")
 
 
 def _validate(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +96,9 @@ def _init(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", help="default: NAME.toml")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     parser.add_argument("--base", metavar="IMAGE",
-                        help="boot this cloud image through an overlay; also writes NAME-user-data.yaml")
+                        help="boot this cloud image (a path or an https/http/file URL) through an overlay; also "
+                        "writes NAME-user-data.yaml")
+    parser.add_argument("--digest", metavar="DIGEST", help="with a URL --base: the image's sha256: or sha512: digest")
     parser.set_defaults(handler=cmd_init)
 
 
@@ -184,6 +194,21 @@ def _host(parser: argparse.ArgumentParser) -> None:
     check_cmd.set_defaults(handler=cmd_host_check)
 
 
+def _image(parser: argparse.ArgumentParser) -> None:
+    image_commands = parser.add_subparsers(dest="image_command", required=True, metavar="WHAT")
+    pull = image_commands.add_parser("pull", help="download a spec's URL bases (or one URL) into the cache")
+    pull.add_argument("source", metavar="SPEC|URL")
+    pull.add_argument("--digest", metavar="DIGEST", help="with a URL: sha256:<hex> or sha512:<hex>")
+    pull.set_defaults(handler=cmd_image_pull)
+    listing = image_commands.add_parser("list", help="cached images: digest, size, which VMs use them, URL")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_image_list)
+    remove = image_commands.add_parser("rm", help="remove cached images no VM with a run directory uses")
+    remove.add_argument("digests", nargs="*", metavar="DIGEST")
+    remove.add_argument("--unused", action="store_true", help="every image no VM uses")
+    remove.set_defaults(handler=cmd_image_rm)
+
+
 def _export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC|DIR", help="a directory (its *.toml) only with --format kubevirt")
     parser.add_argument("--format", choices=("libvirt", "systemd", "kubevirt"), required=True)
@@ -223,6 +248,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),
     "host": ("what this host offers: IOMMU groups, KVM, vhost-net, KSM", _host),
     "export": ("the same VM as a libvirt domain XML, a systemd unit or KubeVirt manifests", _export),
+    "image": ("the cache of base images downloaded by URL: pull, list, rm", _image),
     "completion": ("print a bash, zsh or fish completion script", _completion),
     "man": ("print the manual page (roff)", _man),
 }

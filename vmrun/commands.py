@@ -66,7 +66,7 @@ def host_of(args: argparse.Namespace) -> Host:
 def places_of(args: argparse.Namespace) -> Places:
     from vmrun.locations import Places
 
-    return Places(run_root=Path(args.run_dir), state_root=Path(args.state_dir))
+    return Places(run_root=Path(args.run_dir), state_root=Path(args.state_dir), image_cache=Path(args.cache_dir))
 
 
 def run_paths(args: argparse.Namespace, name: str) -> RunPaths:
@@ -123,12 +123,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     import os
 
     from vmrun.check import check_name
+    from vmrun.images import is_url
     from vmrun.spec import Spec as SpecModel
     from vmrun.starter import invoking_user, public_keys, starter_spec, starter_user_data, user_data_file
 
     problems = list(check_name(SpecModel(name=args.name)))
     if problems:
         raise UsageError(str(problems[0]), hint=problems[0].hint)
+    digest = checked_image_url(args.base, args.digest) if args.base and is_url(args.base) else None
     target = Path(args.output or f"{args.name}.toml")
     user_data = target.parent / user_data_file(args.name) if args.base else None
     for path in (target, user_data):
@@ -136,13 +138,13 @@ def cmd_init(args: argparse.Namespace) -> int:
             raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
     if args.base:
         # As the spec will name it: relative to the spec's directory, as every relative path in a spec is.
-        base = os.path.relpath(Path(args.base).resolve(), target.parent.resolve())
+        base = args.base if digest else os.path.relpath(Path(args.base).resolve(), target.parent.resolve())
         user, home = invoking_user(host_of(args), os.environ)
         keys = public_keys(home)
         assert user_data is not None
         user_data.write_text(starter_user_data(user, keys))
         say(f"wrote {user_data}: user {user}, {len(keys)} SSH key(s), sudo")
-    target.write_text(starter_spec(args.name, str(target), base=base if args.base else None))
+    target.write_text(starter_spec(args.name, str(target), base=base if args.base else None, digest=digest))
     say(f"wrote {target}; edit it, then: vmrun validate {target}")
     return 0
 
@@ -384,9 +386,12 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text(), flush=True)
 
     if args.dry_run:
+        from vmrun.images import with_cached_bases
+
         facts = gather_facts(host, spec.qemu.binary)
-        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name),
-                              run_dir=places.of(spec.name).run_dir)
+        say_uncached_bases(spec, places)
+        plan = plan_preflight(with_cached_bases(spec, places.image_cache), host, facts,
+                              others=others_than(host, places, spec.name), run_dir=places.of(spec.name).run_dir)
         show(plan)
         refuse(plan)
         return 0
@@ -430,6 +435,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.spec} is a directory", hint="one spec, or a directory with --format kubevirt")
     spec = load_valid_spec(args.spec, args)
     if args.format == "libvirt":
+        from vmrun.images import with_cached_bases
+
+        say_uncached_bases(spec, places_of(args))
+        spec = with_cached_bases(spec, places_of(args).image_cache)  # libvirt's backingStore is the cached file
         facts = facts_for_display(args, spec, "exporting")
         exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net,
                                   seed=run_paths(args, spec.name).cloud_init_seed)
@@ -503,6 +512,107 @@ def report(error: VmrunError, *, prefix: str = "") -> None:
         _stderr_line(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}")
     if error.hint:
         _stderr_line(f"vmrun: hint: {prefix}{error.hint}")
+
+
+def say_uncached_bases(spec: Spec, places: Places) -> None:
+    """For the commands that show a plan without fetching: which URL bases are not downloaded yet."""
+    from vmrun.images import url_bases
+
+    for found in url_bases(spec):
+        if not (places.image_cache / found.digest.file_name).is_file():
+            say(f"disks[{found.index}].base {found.url} is not in the image cache {places.image_cache} yet: "
+                f"vmrun up downloads it (or: vmrun image pull {found.url} --digest {found.digest})")
+
+
+def checked_image_url(url: str, digest: str | None) -> str:
+    """A URL and its --digest from the command line, as a spec would need them; the digest."""
+    from vmrun.images import DIGEST_FORM, digest_problem, url_problem
+
+    problem = url_problem(url) or (digest_problem(digest) if digest else None)
+    if problem is not None:
+        raise UsageError(problem)
+    if digest is None:
+        raise UsageError(f"{url}: --digest is required with a URL: vmrun boots no image it has not verified",
+                         hint=f"--digest {DIGEST_FORM}")
+    return digest
+
+
+def cmd_image_pull(args: argparse.Namespace) -> int:
+    from vmrun.imagecache import ImageCache, fetch_bases
+    from vmrun.images import is_url, parse_digest, url_bases
+
+    cache = ImageCache(places_of(args).image_cache)
+    if is_url(args.source):
+        digest = parse_digest(checked_image_url(args.source, args.digest))
+        assert digest is not None
+        print(cache.fetch(args.source, digest, say))
+        return 0
+    if args.digest:
+        raise UsageError("--digest goes with a URL; a spec names its digests itself")
+    spec = load_valid_spec(args.source, args)
+    if not url_bases(spec):
+        say(f"{args.source}: no disk has a base given by URL; nothing to fetch")
+    fetch_bases(spec, cache, say)
+    for found in url_bases(spec):
+        print(cache.path_of(found.digest))
+    return 0
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from vmrun.imagecache import ImageCache, image_users
+    from vmrun.units import format_bytes
+
+    places = places_of(args)
+    images = ImageCache(places.image_cache).images()
+    users = image_users(places)
+    rows = [{"digest": str(image.digest), "path": str(image.path), "size": image.size, "url": image.url,
+             "used_by": users.of(image.digest)} for image in images]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        say(f"no images in {places.image_cache}")
+    for image in images:
+        used = ", ".join(users.of(image.digest)) or "unused"
+        print(f"{str(image.digest)[:19]}…  {format_bytes(image.size):>10}  {used:<16}  {image.url or '?'}")
+    for name in users.unknown:
+        say(f"{name}: its state file is damaged, so which images it uses is unknown")
+    return 0
+
+
+def cmd_image_rm(args: argparse.Namespace) -> int:
+    from vmrun.imagecache import ImageCache, image_users
+    from vmrun.images import DIGEST_FORM, digest_problem, parse_digest
+
+    places = places_of(args)
+    cache = ImageCache(places.image_cache)
+    if args.unused == bool(args.digests):
+        raise UsageError("name the images to remove, or --unused", hint="vmrun image rm DIGEST... | --unused")
+    users = image_users(places)
+    if users.unknown:
+        raise UsageError(f"which images {', '.join(users.unknown)} use is unknown (damaged state)",
+                         hint="vmrun down --force them first")
+    if args.unused:
+        digests = [image.digest for image in cache.images() if not users.of(image.digest)]
+    else:
+        digests = []
+        for text in args.digests:
+            digest = parse_digest(text)
+            if digest is None:
+                raise UsageError(digest_problem(text) or text, hint=f"a digest is {DIGEST_FORM}; vmrun image list")
+            if users.of(digest):
+                raise UsageError(f"{digest} is the base of {', '.join(users.of(digest))}",
+                                 hint=f"vmrun down {' '.join(users.of(digest))} first")
+            digests.append(digest)
+    missing = [str(digest) for digest in digests if not cache.remove(digest, say)]
+    for digest in digests:
+        if str(digest) not in missing:
+            say(f"removed {digest}")
+    if missing:
+        raise UsageError(f"not in the image cache {places.image_cache}: {', '.join(missing)}")
+    if not digests:
+        say("no unused images")
+    return 0
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

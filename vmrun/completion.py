@@ -355,7 +355,7 @@ def man_page() -> str:
         ".SH EXIT STATUS", _roff(parser.epilog or ""),
         ".SH ENVIRONMENT",
         *(line for variable, option in (("VMRUN_HOST_ROOT", "--host-root"), ("VMRUN_RUN_DIR", "--run-dir"),
-                                        ("VMRUN_STATE_DIR", "--state-dir"))
+                                        ("VMRUN_STATE_DIR", "--state-dir"), ("VMRUN_CACHE_DIR", "--cache-dir"))
           for line in (".TP", f".B {variable}", _roff(f"the default of {option}"))),
         ".SH SEE ALSO", "qemu\\-system\\-x86_64(1), qemu\\-ga(8)",
     ]

@@ -74,6 +74,12 @@ class LaunchError(VmrunError):
     exit_code = 4
 
 
+class FetchError(VmrunError):
+    """A base image could not be had: a failed or truncated transfer, a wrong digest, a full disk."""
+
+    exit_code = 4
+
+
 class AgentError(VmrunError):
     """The guest agent did not answer, or a guest command failed."""
 

@@ -21,6 +21,7 @@ from vmrun.facts import HostFacts, gather_facts
 from vmrun.files import partial_of, write_whole
 from vmrun.host import Host
 from vmrun.hostdrift import host_differences
+from vmrun.images import url_bases, with_cached_bases
 from vmrun.load import converter
 from vmrun.locations import Places, RunPaths
 from vmrun.locks import host_lock, vm_busy, vm_lock
@@ -197,7 +198,8 @@ def _preflight(
     """Plan and apply the host changes under the host lock, journaled in a new run directory."""
     paths = places.of(spec.name)
     with host_lock(places):
-        plan = plan_preflight(spec, host, facts, others=others_than(host, places, spec.name), run_dir=paths.run_dir)
+        plan = plan_preflight(with_cached_bases(spec, places.image_cache), host, facts,
+                              others=others_than(host, places, spec.name), run_dir=paths.run_dir)
         show(plan)
         refuse(plan)
         journal = StateJournal.begin(paths, VmState(
@@ -228,6 +230,7 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
         _clear_dead_run(host, places, spec.name, say)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         no_qemu = Configuration(spec, argv=())
+        _fetch_bases(spec, places, say)
         return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show, say=say)[1].state
 
 
@@ -259,6 +262,8 @@ def up(
             if not restart:
                 raise ConfigurationDiffers(f"{spec.name} runs with another configuration: {'; '.join(changed)}",
                                            hint=f"vmrun up --restart {spec_path} applies it (a graceful down, then up)")
+        _fetch_bases(spec, places, say)  # before a restart stops the VM: a failed download leaves it running
+        if running is not None:
             say(f"restarting for {'; '.join(changed)}")
             _stop_and_undo(host, places, spec.name, timeout=stop_timeout, force=False, say=say)
             outcome = Outcome.RESTARTED
@@ -289,6 +294,15 @@ def up(
                 _abort(host, places, journal.state, say)
             raise
         return outcome
+
+
+def _fetch_bases(spec: Spec, places: Places, say: Say) -> None:
+    """The images the spec's URL bases name, into the cache: the host step before preflight makes overlays on
+    them. The downloader (urllib, hashlib) is imported only for a spec that has one."""
+    if url_bases(spec):
+        from vmrun.imagecache import ImageCache, fetch_bases
+
+        fetch_bases(spec, ImageCache(places.image_cache), say)
 
 
 def _configuration(

@@ -27,6 +27,7 @@ from cattrs.errors import (
 from cattrs.gen import mapping_structure_factory
 
 from vmrun.errors import Problem, SpecError
+from vmrun.images import is_url
 from vmrun.naming import pci_address
 from vmrun.spec import (
     Accel,
@@ -35,6 +36,7 @@ from vmrun.spec import (
     Cache,
     DiskFormat,
     Firmware,
+    ImageUrl,
     RunStrategy,
     Seconds,
     SecurityModel,
@@ -105,6 +107,12 @@ def _structure_path(value: object, _: type) -> Path:
     if not text:
         raise BadValue("path must not be empty")
     return Path(text)
+
+
+def _structure_base(value: object, _: type) -> Path | ImageUrl:
+    """A disk's base: a URL to download (its scheme is checked with the rest of the spec) or a path."""
+    text = _structure_str(value, str)
+    return ImageUrl(text) if is_url(text) else _structure_path(text, Path)
 
 
 def _structure_size(value: object, _: type) -> int:
@@ -279,6 +287,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(bool, _structure_bool)
     converter.register_structure_hook(Path, _structure_path)
     converter.register_structure_hook(ByteSize, _structure_size)
+    converter.register_structure_hook(Path | ImageUrl | None, _structure_base)
     converter.register_structure_hook(Seconds, _structure_duration)
     # Class hooks, one per enum: the str hook above would otherwise catch every StrEnum.
     for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel, RunStrategy):
@@ -377,7 +386,8 @@ def normalize(spec: Spec, base: Path) -> Spec:
             initrd=_resolve_optional(spec.boot.initrd, base),
         ),
         disks=tuple(
-            _changed(disk, path=_resolve(disk.path, base), base=_resolve_optional(disk.base, base))
+            _changed(disk, path=_resolve(disk.path, base),
+                     base=disk.base if isinstance(disk.base, ImageUrl) else _resolve_optional(disk.base, base))
             for disk in spec.disks
         ),
         shares=tuple(_changed(share, path=_resolve(share.path, base)) for share in spec.shares),

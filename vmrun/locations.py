@@ -10,6 +10,7 @@ import attrs
 
 from vmrun.errors import Problem, UsageError
 from vmrun.extra_args import named_paths
+from vmrun.images import default_cache_root
 from vmrun.naming import VM_NAME_RULE, is_vm_name
 from vmrun.spec import Spec
 
@@ -82,6 +83,7 @@ class Places:
 
     run_root: Path
     state_root: Path
+    image_cache: Path = attrs.field(factory=default_cache_root)  # downloaded base images, by digest
 
     def of(self, name: str) -> RunPaths:
         """A VM's directories: each a direct child of its root, never a symbolic link. The name comes from

@@ -194,8 +194,10 @@ def check_disks(spec: Spec, host: Host, others: Others, user: User | None) -> Fo
         kind = host.kind(disk.path)
         if (host.resolve(disk.path) or str(disk.path)) in in_use:
             yield fail_check(name, f"{disk.path} is already used writable by another running vmrun VM")
-        elif disk.base is not None:
+        elif isinstance(disk.base, Path):
             yield from _check_overlay(name, disk, disk.base, kind, host, user, in_use, qemu_runs_as=owner)
+        elif disk.base is not None:  # the caller plans with vmrun.images.with_cached_bases
+            yield fail_check(name, f"base {disk.base} is not in the image cache")
         elif disk.passthrough:
             yield _passthrough_check(name, disk.path, kind, host)
         elif kind in ("file", "block device"):

@@ -82,6 +82,10 @@ class Boot:
     firmware: Firmware = Firmware.BIOS
 
 
+class ImageUrl(str):
+    """A base image to download (an https, http or file URL), verified against its disk's base_digest."""
+
+
 @attrs.frozen
 class Disk:
     id: str
@@ -94,7 +98,8 @@ class Disk:
     readonly: bool = False
     passthrough: bool = False
     # A read-only backing image: `path` is a qcow2 overlay on it, created by preflight when missing.
-    base: Path | None = None
+    base: Path | ImageUrl | None = None
+    base_digest: str | None = None  # "sha256:<hex>" or "sha512:<hex>": required with a URL base
     ephemeral: bool = False  # the overlay is created afresh at every `up` and deleted at `down`
 
 

@@ -80,6 +80,8 @@ _BASE_LINES = """\
 # ephemeral = true        # a fresh overlay at every `up`, deleted at `down`
 """
 
+_DOWNLOADED = "# a URL: `vmrun up` downloads it once into the image cache, verified against base_digest"
+
 _CLOUD_INIT = """
 [cloud_init]              # a NoCloud seed vmrun builds at every `up`, attached as a read-only CD-ROM
 {user_data_line}
@@ -98,8 +100,9 @@ def _toml_line(key: str, value: str) -> str:
     return tomli_w.dumps({key: value}).strip()
 
 
-def starter_spec(name: str, file: str, *, base: str | None = None) -> str:
-    """base: the cloud image, as the spec should name it (relative to the spec's directory, or absolute)."""
+def starter_spec(name: str, file: str, *, base: str | None = None, digest: str | None = None) -> str:
+    """base: the cloud image, as the spec should name it (relative to the spec's directory, or absolute, or a
+    URL, with the digest it must have)."""
     values = {"name": name, "file": file, "name_line": _toml_line("name", name)}
     if base is None:
         return _TEMPLATE.format(
@@ -110,7 +113,8 @@ def starter_spec(name: str, file: str, *, base: str | None = None) -> str:
         **values,
         intro=_CLOUD_IMAGE_INTRO.format(base=base, overlay=f"{name}-root.qcow2", user_data=user_data_file(name)),
         firmware="uefi",
-        base_lines=_BASE_LINES.format(base_line=_toml_line("base", base)),
+        base_lines=_BASE_LINES.format(base_line="\n".join(
+            [_toml_line("base", base), *([_DOWNLOADED, _toml_line("base_digest", digest)] if digest else [])])),
         size_comment="the overlay's virtual size (at least the image's); cloud-init grows the root partition",
         bridge_comment="; the user-data's packages: need it",
         cloud_init=_CLOUD_INIT.format(name=name, user_data_line=_toml_line("user_data", user_data_file(name))),

@@ -34,6 +34,14 @@ def format_size(size: int) -> str:
     return f"{size}B" if size else "0M"
 
 
+def format_bytes(size: int) -> str:
+    """A size for people to read, rounded: 30000000 -> "28.6 MiB"."""
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} bytes"
+
+
 def parse_duration(value: int | float | str) -> float:
     """Seconds from "120s" / "2m" / "500ms"; a bare number means seconds."""
     if isinstance(value, int | float):

@@ -25,7 +25,8 @@ from vmrun.errors import Problem, SpecError
 from vmrun.export import Export
 from vmrun.naming import mac_address
 from vmrun.render import SEED_ID
-from vmrun.spec import Aio, Cache, Disk, Firmware, Nic, Spec
+from vmrun.images import scheme_of
+from vmrun.spec import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
 from vmrun.units import KIB
 
 API_VERSION = "kubevirt.io/v1"
@@ -154,6 +155,8 @@ def _disk(spec: Spec, disk: Disk, notes: list[str]) -> tuple[dict[str, Any], dic
         notes.append(f"disks {disk.id}: " + ("a container disk loses its writes when the VM stops" if ephemeral
                                              else "the volume keeps its writes across runs, where vmrun's ephemeral "
                                              "overlay starts afresh"))
+    if isinstance(disk.base, ImageUrl) and source.url == disk.base:
+        notes.append(f"disks {disk.id}: CDI imports the URL without checking base_digest {disk.base_digest}")
     if source.container_disk is None and disk.format.value == "qcow2":
         notes.append(f"disks {disk.id}: KubeVirt reads a PVC's image as CDI leaves it (raw, imported from qcow2)")
     return device, {"name": name, **volume}, template
@@ -281,7 +284,10 @@ def unmappable(spec: Spec) -> list[Problem]:
                                     "device", "export the disk as an image on a PVC instead"))
         elif source is None:
             problems.append(Problem(f"disks[{index}]", f"disk {disk.id} has no source in the cluster",
-                                    f'add [kubevirt.disks.{disk.id}] with pvc, container_disk or url'))
+                                    f'add [kubevirt.disks.{disk.id}] with pvc, container_disk or url'
+                                    + (f' (url = "{disk.base}" imports the base image)'
+                                       if isinstance(disk.base, ImageUrl) and scheme_of(disk.base) in ("http", "https")
+                                       and disk.size is not None else "")))
         elif source.url is not None and disk.size is None:
             problems.append(Problem(f"disks[{index}].size", "the DataVolume importing kubevirt.disks."
                                     f"{disk.id}.url needs a size", 'add size, e.g. size = "20G"'))

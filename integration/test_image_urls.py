@@ -1,0 +1,274 @@
+"""Base images by URL, from a real HTTP server (http.server in a thread, counting its requests): a verified image
+boots through an overlay on its cached file, a second `up` downloads nothing, two `up`s that share it
+download it once; a wrong digest, a truncated body or a 404 is exit 4 with nothing left in the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from .conftest import Vmrun
+
+MakeSpec = Callable[..., Path]
+
+
+class Served:
+    """What the server serves and what it was asked: per path, its body and how to misbehave."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, bytes] = {}
+        self.truncate: set[str] = set()  # sends half the body, then closes (Content-Length says all of it)
+        self.truncate_once: set[str] = set()  # the same, the first time only; takes a Range after that
+        self.redirects: dict[str, str] = {}
+        self.no_length: set[str] = set()  # no Content-Length: the body ends when the connection does
+        self.requests: list[tuple[str, str | None]] = []  # (path, its Range header)
+        self.hold = threading.Event()  # cleared: the first request for a body waits until it is set
+        self.hold.set()
+        self.lock = threading.Lock()
+
+    def asked(self, path: str) -> int:
+        with self.lock:
+            return sum(1 for asked, _ in self.requests if asked == path)
+
+
+def handler_for(served: Served) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            with served.lock:
+                served.requests.append((self.path, self.headers.get("Range")))
+                first = sum(1 for asked, _ in served.requests if asked == self.path) == 1
+            if self.path in served.redirects:
+                self.send_response(302)
+                self.send_header("Location", served.redirects[self.path])
+                self.end_headers()
+                return
+            body = served.bodies.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            if first:
+                served.hold.wait(timeout=120)
+            start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-"))[1])  # type: ignore[index]
+            resumable = self.path in served.truncate_once and start
+            self.send_response(206 if resumable else 200)
+            if resumable:
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                start = 0
+            if self.path not in served.no_length:
+                self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            cut = self.path in served.truncate or (self.path in served.truncate_once and first)
+            self.wfile.write(body[start:len(body) // 2] if cut else body[start:])
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[Served, str]]:
+    served = Served()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(served))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
+    served.hold.set()
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def base_image(tmp_path: Path) -> tuple[bytes, str]:
+    """A 16 MiB qcow2 base made by qemu-img, and its sha256 digest."""
+    path = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    content = path.read_bytes()
+    path.unlink()
+    return content, "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def overlay_on(url: str, digest: str, name: str) -> str:
+    """A second disk: an ephemeral overlay (made at up, deleted at down) on the base at url."""
+    return f"""
+        [[disks]]
+        id = "root"
+        path = "{name}-root.qcow2"
+        format = "qcow2"
+        base = "{url}"
+        base_digest = "{digest}"
+        ephemeral = true
+        """
+
+
+def cached(cache: Path) -> list[str]:
+    """What the cache holds: nothing at all after a failed fetch (no partial, no lock, no note)."""
+    return sorted(path.name for path in cache.iterdir()) if cache.exists() else []
+
+
+@pytest.mark.qemu
+def test_a_verified_image_boots_through_an_overlay_on_its_cached_file_and_is_fetched_once(
+    vmrun: Vmrun, guestless_spec: MakeSpec, server: tuple[Served, str], base_image: tuple[bytes, str],
+    reachable_tmp: Path,
+) -> None:
+    served, address = server
+    content, digest = base_image
+    served.bodies["/images/base.qcow2"] = content
+    cache = reachable_tmp / "cache"
+    env = {"VMRUN_CACHE_DIR": str(cache)}
+    spec = guestless_spec("web", overlay_on(f"{address}/images/base.qcow2", digest, "web"))
+    cached_file = cache / digest.replace(":", "-")
+    try:
+        up = vmrun("up", str(spec), env=env)
+        assert up.returncode == 0, up.stderr
+        assert cached_file.read_bytes() == content
+        overlay = vmrun.spec_dir / "web-root.qcow2"
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(overlay)],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert info["full-backing-filename"] == str(cached_file)
+        # qemu itself holds the cached base open, through the overlay's backing chain.
+        pid = int((vmrun.run_root / "web" / "qemu.pid").read_text())
+        assert str(cached_file) in {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+        [row] = json.loads(vmrun("image", "list", "--json", env=env).stdout)
+        assert (row["digest"], row["used_by"], row["url"]) == (digest, ["web"], f"{address}/images/base.qcow2")
+        refused = vmrun("image", "rm", digest, env=env)
+        assert refused.returncode == 2 and cached_file.exists()
+        assert vmrun("down", "--force", "web").returncode == 0
+        again = vmrun("up", str(spec), env=env)
+        assert again.returncode == 0, again.stderr
+        assert "fetching" not in again.stderr
+    finally:
+        vmrun("down", "--force", "web")
+    assert served.asked("/images/base.qcow2") == 1
+    assert vmrun("image", "rm", "--unused", env=env).returncode == 0
+    assert cached(cache) == []
+
+
+@pytest.mark.parametrize(("misbehave", "said"), [
+    ("wrong digest", "sha256 digest mismatch"),
+    ("truncated", "the transfer ended after {half} of {size} bytes (3 attempts)"),
+    ("not found", "the server answered 404"),
+    ("redirect to ftp", "vmrun follows redirects to http and https only"),
+])
+def test_a_failed_fetch_is_exit_4_in_one_line_and_leaves_nothing(
+    vmrun: Vmrun, guestless_spec: MakeSpec, server: tuple[Served, str], base_image: tuple[bytes, str],
+    reachable_tmp: Path, misbehave: str, said: str,
+) -> None:
+    served, address = server
+    content, digest = base_image
+    path = "/base.qcow2"
+    if misbehave == "wrong digest":
+        served.bodies[path] = content + b"\0"
+    elif misbehave == "truncated":
+        served.bodies[path] = content
+        served.truncate.add(path)
+    elif misbehave == "redirect to ftp":
+        served.redirects[path] = "ftp://127.0.0.1/base.qcow2"
+    cache = reachable_tmp / "cache"
+    spec = guestless_spec("web", overlay_on(f"{address}{path}", digest, "web"))
+    listing = sorted(path.name for path in vmrun.spec_dir.iterdir() if path.name != "run")
+    up = vmrun("up", str(spec), env={"VMRUN_CACHE_DIR": str(cache)})
+    errors = [line for line in up.stderr.splitlines() if line.startswith("vmrun: error: ")]
+    assert up.returncode == 4, up.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"vmrun: error: web: disks[1].base: {address}{path}")
+    assert said.format(half=len(content) // 2, size=len(content)) in errors[0]
+    assert "Traceback" not in up.stderr
+    assert cached(cache) == []
+    # No overlay, no state; the vmrun fixture checks that no run directory is left.
+    assert sorted(path.name for path in vmrun.spec_dir.iterdir() if path.name != "run") == listing
+
+
+def test_a_broken_off_transfer_goes_on_from_where_it_stopped(
+    vmrun: Vmrun, server: tuple[Served, str], base_image: tuple[bytes, str]
+) -> None:
+    """The server cuts the first response halfway and takes a Range after that; a redirect leads to it."""
+    served, address = server
+    content, digest = base_image
+    served.bodies["/base.qcow2"] = content
+    served.truncate_once.add("/base.qcow2")
+    served.redirects["/latest"] = "/base.qcow2"
+    pull = vmrun("--cache-dir", str(vmrun.spec_dir / "cache"), "image", "pull", f"{address}/latest", "--digest", digest)
+    assert pull.returncode == 0, pull.stderr
+    assert Path(pull.stdout.strip()).read_bytes() == content
+    assert served.requests == [("/latest", None), ("/base.qcow2", None), ("/latest", f"bytes={len(content) // 2}-"),
+                               ("/base.qcow2", f"bytes={len(content) // 2}-")]
+
+
+@pytest.mark.qemu
+def test_two_ups_that_share_an_image_download_it_once(
+    vmrun: Vmrun, guestless_spec: MakeSpec, server: tuple[Served, str], base_image: tuple[bytes, str],
+    reachable_tmp: Path,
+) -> None:
+    """The first up's download is held at the server until the second up says it waits for it; without the
+    lock the second would ask the server too."""
+    served, address = server
+    content, digest = base_image
+    served.bodies["/base.qcow2"] = content
+    served.hold.clear()
+    env = {**os.environ, "VMRUN_CACHE_DIR": str(reachable_tmp / "cache")}
+    specs = [guestless_spec(name, overlay_on(f"{address}/base.qcow2", digest, name)) for name in ("one", "two")]
+    logs = [vmrun.spec_dir / f"{name}.log" for name in ("one", "two")]
+    ups: list[subprocess.Popen[bytes]] = []
+    try:
+        for spec, log in zip(specs, logs, strict=True):
+            with open(log, "wb") as stderr:
+                ups.append(subprocess.Popen(vmrun.argv("up", str(spec)), stderr=stderr, env=env))
+            deadline = time.monotonic() + 120
+            while not served.requests and time.monotonic() < deadline:  # the first one is downloading
+                time.sleep(0.05)
+        deadline = time.monotonic() + 120
+        while ("waiting for another vmrun that is fetching" not in logs[1].read_text()
+               and served.asked("/base.qcow2") < 2 and time.monotonic() < deadline):
+            time.sleep(0.05)
+        served.hold.set()
+        exit_codes = [up.wait(timeout=300) for up in ups]
+        assert exit_codes == [0, 0], [log.read_text() for log in logs]
+    finally:
+        served.hold.set()
+        for up in ups:
+            up.wait(timeout=300)
+        vmrun("down", "--force", "one", "two")
+    assert served.asked("/base.qcow2") == 1
+    assert "another vmrun fetched it meanwhile" in logs[1].read_text()
+
+
+@pytest.fixture
+def small_cache(tmp_path: Path) -> Iterator[Path]:
+    """A cache on a 64 KiB tmpfs, smaller than the image."""
+    cache = tmp_path / "small"
+    cache.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(cache)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield cache
+    subprocess.run(["umount", str(cache)], check=True)
+
+
+@pytest.mark.parametrize(("announced", "said"), [
+    (True, "does not fit in the cache"),  # refused before a byte is written
+    (False, "cannot write to the cache: No space left on device"),  # found out while writing
+])
+def test_a_full_disk_is_exit_4_and_leaves_nothing(
+    vmrun: Vmrun, server: tuple[Served, str], base_image: tuple[bytes, str], small_cache: Path, announced: bool,
+    said: str,
+) -> None:
+    served, address = server
+    content, digest = base_image
+    served.bodies["/base.qcow2"] = content
+    if not announced:
+        served.no_length.add("/base.qcow2")
+    pull = vmrun("--cache-dir", str(small_cache), "image", "pull", f"{address}/base.qcow2", "--digest", digest)
+    errors = [line for line in pull.stderr.splitlines() if line.startswith("vmrun: error: ")]
+    assert pull.returncode == 4 and len(errors) == 1 and said in errors[0], pull.stderr
+    assert cached(small_cache) == []

@@ -1,0 +1,197 @@
+"""Base images by URL without a network: what validate refuses, `init --base URL`, and the cache that
+`image pull` (file:// URLs), `image list` and `image rm` manage. integration/test_image_urls.py has HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from vmrun.cli import main
+from vmrun.load import converter, load_spec
+from vmrun.locations import Places
+from vmrun.state import VmState, create_run_dir
+
+URL = "https://cloud.example/debian-12-genericcloud-amd64.qcow2"
+SHA256 = "sha256:" + "ab" * 32
+SHA512 = "sha512:" + "cd" * 64
+
+
+def spec_with_base(tmp_path: Path, base: str, digest: str | None = None, name: str = "web") -> Path:
+    digest_line = f'base_digest = "{digest}"\n' if digest is not None else ""
+    spec = tmp_path / f"{name}.toml"
+    spec.write_text(f'name = "{name}"\n[boot]\ndisk = "root"\n[[disks]]\nid = "root"\npath = "{name}.qcow2"\n'
+                    f'format = "qcow2"\nbase = "{base}"\n{digest_line}')
+    return spec
+
+
+def run(capsys: pytest.CaptureFixture[str], tmp_path: Path, *args: str) -> tuple[int, str, list[str]]:
+    """vmrun in-process with this test's run, state and cache dirs: exit code, stdout, stderr lines."""
+    exit_code = main(["--run-dir", str(tmp_path / "run"), "--state-dir", str(tmp_path / "state"),
+                      "--cache-dir", str(tmp_path / "cache"), *args])
+    out, err = capsys.readouterr()
+    return exit_code, out, err.splitlines()
+
+
+def errors(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("vmrun: error: ")]
+
+
+@pytest.mark.parametrize("digest", [SHA256, SHA512, SHA256.upper().replace("SHA256", "sha256")])
+def test_a_url_base_with_a_digest_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str], digest: str) -> None:
+    exit_code, _, lines = run(capsys, tmp_path, "validate", str(spec_with_base(tmp_path, URL, digest)))
+    assert (exit_code, errors(lines)) == (0, [])
+
+
+@pytest.mark.parametrize(("base", "digest", "path", "said"), [
+    (URL, None, "disks[0].base_digest", "required with a URL base"),
+    ("http://mirror.example/x.img", None, "disks[0].base_digest", "required with a URL base"),
+    (URL, "sha256:abc", "disks[0].base_digest", "a sha256 digest is 64 hex digits"),
+    (URL, "sha256:" + "g" * 64, "disks[0].base_digest", "a sha256 digest is 64 hex digits"),
+    (URL, SHA256.replace("sha256", "sha512"), "disks[0].base_digest", "a sha512 digest is 128 hex digits"),
+    (URL, "md5:" + "a" * 32, "disks[0].base_digest", "is not a digest"),
+    (URL, "ab" * 32, "disks[0].base_digest", "is not a digest"),
+    ("ftp://mirror.example/x.img", SHA256, "disks[0].base", "scheme 'ftp' is not supported"),
+    ("s3://bucket/x.img", SHA256, "disks[0].base", "scheme 's3' is not supported"),
+    ("file://images/x.img", SHA256, "disks[0].base", "a file URL names an absolute path"),
+    ("https:///x.img", SHA256, "disks[0].base", "names no host"),
+    ("images/x.qcow2", SHA256, "disks[0].base_digest", "only applies to a base given by URL"),
+])
+def test_validate_refuses_what_cannot_be_verified_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], base: str, digest: str | None, path: str, said: str
+) -> None:
+    spec = spec_with_base(tmp_path, base, digest)
+    exit_code, _, lines = run(capsys, tmp_path, "validate", str(spec))
+    [error] = errors(lines)
+    assert exit_code == 2
+    assert error.startswith(f"vmrun: error: {spec}: {path}: ") and said in error
+
+
+def test_a_url_base_stays_a_url_and_its_digest_is_recorded_with_the_spec(tmp_path: Path) -> None:
+    spec = load_spec(spec_with_base(tmp_path, URL, SHA256))
+    assert str(spec.disks[0].base) == URL  # not a path relative to the spec (https:/cloud.example/...)
+    recorded = converter.unstructure(spec)["disks"][0]
+    assert (recorded["base"], recorded["base_digest"]) == (URL, SHA256)
+    assert converter.structure(converter.unstructure(spec), type(spec)) == spec
+
+
+def test_init_with_a_url_writes_a_spec_that_names_it_and_its_digest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "web.toml"
+    exit_code, _, lines = run(capsys, tmp_path, "init", "web", "-o", str(output), "--base", URL)
+    assert exit_code == 2 and "--digest is required" in errors(lines)[0] and not output.exists()
+    exit_code, _, lines = run(capsys, tmp_path, "init", "web", "-o", str(output), "--base", URL, "--digest", SHA512)
+    assert exit_code == 0, lines
+    disk = load_spec(output).disks[0]
+    assert (str(disk.base), disk.base_digest) == (URL, SHA512)
+    assert run(capsys, tmp_path, "validate", str(output))[0] == 0
+
+
+def pulled(capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes) -> tuple[str, Path]:
+    """An image pulled into the cache from a file:// URL: its digest and cached path."""
+    source = tmp_path / f"image-{hashlib.sha256(content).hexdigest()[:8]}.raw"
+    source.write_bytes(content)
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    exit_code, out, lines = run(capsys, tmp_path, "image", "pull", f"file://{source}", "--digest", digest)
+    assert exit_code == 0, lines
+    return digest, Path(out.strip())
+
+
+def cache_listing(tmp_path: Path) -> list[str]:
+    return sorted(path.name for path in (tmp_path / "cache").iterdir())
+
+
+def test_pull_keeps_the_image_under_its_digest_read_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digest, path = pulled(capsys, tmp_path, b"an image\n" * 1000)
+    assert path == tmp_path / "cache" / digest.replace(":", "-")
+    assert path.read_bytes() == b"an image\n" * 1000 and path.stat().st_mode & 0o777 == 0o444
+    assert cache_listing(tmp_path) == [path.name, f"{path.name}.json"]  # no lock, no partial left
+
+
+def test_a_wrong_digest_is_exit_4_and_leaves_the_cache_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kept, _ = pulled(capsys, tmp_path, b"kept\n")
+    before = cache_listing(tmp_path)
+    source = tmp_path / "other.raw"
+    source.write_bytes(b"not what the digest says\n")
+    exit_code, out, lines = run(capsys, tmp_path, "image", "pull", f"file://{source}", "--digest", SHA256)
+    [error] = errors(lines)
+    assert exit_code == 4 and out == ""
+    assert "sha256 digest mismatch" in error and "nothing was kept" in error
+    assert cache_listing(tmp_path) == before
+
+
+def test_a_missing_file_is_exit_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exit_code, _, lines = run(capsys, tmp_path, "image", "pull", f"file://{tmp_path}/none.raw", "--digest", SHA256)
+    assert exit_code == 4 and "No such file or directory" in errors(lines)[0]
+    assert cache_listing(tmp_path) == []
+
+
+def test_pull_refuses_a_url_without_a_digest_and_a_spec_with_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, tmp_path, "image", "pull", URL)[0] == 2
+    spec = spec_with_base(tmp_path, URL, SHA256)
+    assert run(capsys, tmp_path, "image", "pull", str(spec), "--digest", SHA256)[0] == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a cache owned by another user needs root to make")
+def test_a_cache_others_can_write_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "cache").mkdir(mode=0o777)
+    (tmp_path / "cache").chmod(0o777)
+    source = tmp_path / "image.raw"
+    source.write_bytes(b"x")
+    digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    exit_code, _, lines = run(capsys, tmp_path, "image", "pull", f"file://{source}", "--digest", digest)
+    assert exit_code == 3 and "writable by others" in errors(lines)[0]
+    assert cache_listing(tmp_path) == []
+
+
+def running_with(tmp_path: Path, name: str, digest: str) -> None:
+    """A VM with a run directory whose recorded spec has this URL base (as `up` or `preflight` leaves it)."""
+    spec = load_spec(spec_with_base(tmp_path, URL, digest, name=name))
+    paths = Places(run_root=tmp_path / "run", state_root=tmp_path / "state").of(name)
+    create_run_dir(paths, VmState(name=name, spec_path=str(tmp_path / f"{name}.toml"), argv=("qemu",), accel="tcg",
+                                  accel_reason="test", spec=converter.unstructure(spec)))
+
+
+def test_list_shows_each_image_with_its_url_and_the_vms_that_use_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    used, used_path = pulled(capsys, tmp_path, b"used\n")
+    unused, _ = pulled(capsys, tmp_path, b"unused\n")
+    running_with(tmp_path, "web", used)
+    exit_code, out, _ = run(capsys, tmp_path, "image", "list", "--json")
+    rows = {row["digest"]: row for row in json.loads(out)}
+    assert exit_code == 0 and rows.keys() == {used, unused}
+    assert rows[used] == {"digest": used, "path": str(used_path), "size": 5, "url": f"file://{tmp_path}/"
+                          f"image-{used[7:15]}.raw", "used_by": ["web"]}
+    assert rows[unused]["used_by"] == []
+    exit_code, out, _ = run(capsys, tmp_path, "image", "list")
+    assert exit_code == 0
+    assert {line.split()[0][:-1]: line.split()[3] for line in out.splitlines()} == {used[:19]: "web",
+                                                                                     unused[:19]: "unused"}
+
+
+def test_rm_removes_what_no_vm_uses_and_refuses_what_one_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    used, used_path = pulled(capsys, tmp_path, b"used\n")
+    unused, _ = pulled(capsys, tmp_path, b"unused\n")
+    other, _ = pulled(capsys, tmp_path, b"other\n")
+    running_with(tmp_path, "web", used)
+    exit_code, _, lines = run(capsys, tmp_path, "image", "rm", used)
+    assert exit_code == 2 and f"{used} is the base of web" in errors(lines)[0]
+    assert run(capsys, tmp_path, "image", "rm", "sha256:nothex")[0] == 2
+    assert run(capsys, tmp_path, "image", "rm")[0] == 2  # neither digests nor --unused
+    assert run(capsys, tmp_path, "image", "rm", other)[0] == 0
+    exit_code, _, lines = run(capsys, tmp_path, "image", "rm", other)
+    assert exit_code == 2 and "not in the image cache" in errors(lines)[0]
+    assert run(capsys, tmp_path, "image", "rm", "--unused")[0] == 0
+    assert cache_listing(tmp_path) == [used_path.name, f"{used_path.name}.json"]
+    assert unused.replace(":", "-") not in " ".join(cache_listing(tmp_path))
