@@ -23,9 +23,9 @@ from vmrun import kubenames
 from vmrun.cloudinit import CLOUD_CONFIG
 from vmrun.errors import Problem, SpecError
 from vmrun.export import Export
+from vmrun.images import scheme_of
 from vmrun.naming import mac_address
 from vmrun.render import SEED_ID
-from vmrun.images import scheme_of
 from vmrun.spec import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
 from vmrun.units import KIB
 
