@@ -27,7 +27,7 @@ from cattrs.errors import (
 
 from vmrun.errors import Problem, SpecError
 from vmrun.naming import pci_address
-from vmrun.spec import Accel, Aio, ByteSize, Cache, DiskFormat, Firmware, Seconds, SecurityModel, Spec, Vhost
+from vmrun.spec import Accel, Aio, ByteSize, Cache, DiskFormat, Firmware, NicMode, Seconds, SecurityModel, Spec, Vhost
 from vmrun.units import format_duration, format_size, parse_duration, parse_size
 
 _Parsed = TypeVar("_Parsed")
@@ -262,7 +262,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(ByteSize, _structure_size)
     converter.register_structure_hook(Seconds, _structure_duration)
     # Class hooks, one per enum: the str hook above would otherwise catch every StrEnum.
-    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel):
+    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel, NicMode):
         converter.register_structure_hook(choice, _enum_hook(choice))
     converter.register_structure_hook(Vhost, _structure_vhost)
     converter.register_structure_hook_factory(_is_homogeneous_tuple, lambda t: _array_hook(converter, t))
