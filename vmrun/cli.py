@@ -23,6 +23,7 @@ from vmrun.commands import (
     cmd_logs,
     cmd_preflight,
     cmd_render,
+    cmd_ssh,
     cmd_status,
     cmd_up,
     cmd_validate,
@@ -134,6 +135,18 @@ def _exec(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_exec)
 
 
+def _ssh(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "ssh to the guest: through a user-mode NIC's forward of port 22, else to the first address the guest agent "
+        "reports. Host keys are kept in the VM's state directory."
+    )
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    parser.add_argument("-l", "--user", help="default: the user the spec's cloud-init user-data creates, else yours")
+    parser.add_argument("-i", "--identity", metavar="FILE", help="the private key (default: ssh's own choice)")
+    parser.set_defaults(handler=cmd_ssh)
+
+
 def _logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the VM runs")
@@ -180,6 +193,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "down": ("stop VMs and undo their host changes", _down),
     "status": ("running / stopped / dead, pid, accel, agent", _status),
     "exec": ("run a command in the guest over the agent", _exec),
+    "ssh": ("ssh to the guest (a user-mode forward of port 22, or an address the agent reports)", _ssh),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),
