@@ -30,6 +30,12 @@ lint: setup
 	.venv/bin/mypy vmrun
 	cd integration/workflow-lint && npm ci --silent --no-audit --no-fund
 	node integration/workflow-lint/lint.mjs .github/workflows
+	cd ansible/collections/ansible_collections/vmrun/fleet && PATH="$(CURDIR)/.venv/bin:$$PATH" ansible-test sanity \
+	  --python "$$($(CURDIR)/.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" $(SANITY_SKIPPED:%=--skip-test %)
+
+# ansible-test installs these sanity tests' requirements into virtualenvs it bootstraps with a get-pip script from
+# ci-files.testing.ansible.com (unreachable from CI here); the others need nothing but ansible-test itself.
+SANITY_SKIPPED = ansible-doc import pep8 pylint runtime-metadata validate-modules yamllint
 
 bench: guest debian-image
 	.venv/bin/python bench/render.py

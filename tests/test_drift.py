@@ -42,9 +42,13 @@ EVERY_FIELD: dict[str, Any] = {
     "post_boot": [{"run": ["true"], "timeout": "1m"}],
     "host": {"user": "vmrun", "allow_root": False, "ksm": True},
     "qemu": {"binary": "qemu-system-x86_64", "extra_args": ["-device", "virtio-rng-pci"]},
+    "kubevirt": {"namespace": "vms", "run_strategy": "Manual", "secure_boot": True, "kernel_image": "k:1",
+                 "disks": {"root": {"pvc": "root"}}, "nics": {"net0": {"network": "br0"}},
+                 "vfio": {"nvme0": {"device_name": "a.com/b"}}, "shares": {"data": {"pvc": "data"}}},
 }
 # Editing these changes neither qemu's argv nor the host: a running VM stays up to date.
-NO_RESTART = ("description", "agent.timeout", "post_boot[0].run", "post_boot[0].timeout")
+KUBEVIRT_FIELDS = tuple(f"kubevirt.{key}" for key in EVERY_FIELD["kubevirt"])
+NO_RESTART = ("description", "agent.timeout", "post_boot[0].run", "post_boot[0].timeout", *KUBEVIRT_FIELDS)
 
 
 def spec_of(data: dict[str, Any]) -> Spec:
@@ -101,7 +105,7 @@ def every_field() -> list[tuple[str, tuple[str | int, ...]]]:
 def test_the_spec_sets_every_field() -> None:
     spec = spec_of(EVERY_FIELD)
     assert [path for path, _ in every_field() if _value_at(spec, path) is None] == []
-    assert len(every_field()) == 51  # one per field of the spec model: a new field must join EVERY_FIELD
+    assert len(every_field()) == 59  # one per field of the spec model: a new field must join EVERY_FIELD
 
 
 def _value_at(spec: Spec, path: str) -> Any:

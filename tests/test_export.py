@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from vmrun.check import validate
-from vmrun.export import QEMU_NAMESPACE, libvirt_domain, scsi_disk_name, systemd_unit
+from vmrun.export.libvirt import QEMU_NAMESPACE, libvirt_domain, scsi_disk_name
+from vmrun.export.systemd import systemd_unit
 from vmrun.load import load_spec, parse_spec
 from vmrun.spec import Accel
 

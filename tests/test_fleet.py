@@ -3,15 +3,26 @@ and the worst exit code."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import attrs
 import pytest
 
-from vmrun.errors import AgentError, LaunchError, PreflightError, SpecError, UsageError, VmrunError
+from vmrun.errors import (
+    AgentError,
+    ConfigurationDiffers,
+    LaunchError,
+    PreflightError,
+    SpecError,
+    UsageError,
+    VmrunError,
+)
 from vmrun.fleet import Fate, Task, run_all, spec_files, summary, worst
+from vmrun.lifecycle import Outcome
 from vmrun.progress import Say
+from vmrun.spec import Spec
 
 WAIT = 2.0  # how long a task waits for the others to start: only used up when one cannot start
 
@@ -52,7 +63,9 @@ def test_each_vms_error_becomes_its_fate_and_the_others_go_on() -> None:
     agent = AgentError("the guest agent did not answer")
     fates = run_all([("a", succeeding("a")), ("b", failing(agent)), ("c", failing(LaunchError("qemu died")))],
                     jobs=None, say=say, report=lambda label, error: reported.append((label, error)))
-    assert fates == [Fate("a", "started"), Fate("b", "failed (exit 5)", 5), Fate("c", "failed (exit 4)", 4)]
+    assert fates == [Fate("a", "started"),
+                     Fate("b", "failed (exit 5)", 5, result="failed", errors=("the guest agent did not answer",)),
+                     Fate("c", "failed (exit 4)", 4, result="failed", errors=("qemu died",))]
     assert [(label, str(error)) for label, error in reported] == [
         ("b", "the guest agent did not answer"), ("c", "qemu died")]
     assert said == ["a: a is up"]  # with several VMs, each line carries the VM's label
@@ -65,8 +78,9 @@ def test_a_bug_in_one_worker_is_that_vms_fate_exit_1_and_the_others_finish() -> 
     bug = KeyError("state")
     fates = run_all([("a", failing(bug)), ("b", succeeding("b")), ("c", failing(PreflightError("refused")))],
                     jobs=2, say=say, report=lambda label, error: reported.append((label, error)))
-    assert fates == [Fate("a", "failed (a bug in vmrun)", 1), Fate("b", "started"),
-                     Fate("c", "failed (exit 3)", 3)]
+    bug_fate = Fate("a", "failed (a bug in vmrun)", 1, result="failed", errors=("internal error: KeyError: 'state'",))
+    assert fates == [bug_fate, Fate("b", "started"),
+                     Fate("c", "failed (exit 3)", 3, result="failed", errors=("refused",))]
     assert reported[0] == ("a", bug)
     assert worst([fate.exit_code for fate in fates]) == 1
 
@@ -141,7 +155,7 @@ def test_a_spec_error_keeps_its_exit_code_in_the_fate() -> None:
     said, reported, say = collect()
     error: VmrunError = SpecError("b.toml", [])
     [fate] = run_all([("b", failing(error))], jobs=None, say=say, report=lambda label, e: reported.append((label, e)))
-    assert fate == Fate("b", "failed (exit 2)", 2)
+    assert fate == Fate("b", "failed (exit 2)", 2, result="failed")
 
 
 def _down_with_a_bug_in_a(name: str, *args: object, **options: object) -> str | None:
@@ -165,3 +179,51 @@ def test_cli_a_bug_in_one_vms_down_is_told_as_such_exits_1_and_the_summary_lists
     ]
     with pytest.raises(RuntimeError, match="a bug while stopping a"):
         main(["--debug", "--run-dir", str(tmp_path), "down", "a", "b"])
+
+
+def test_a_vm_running_with_another_configuration_is_refused_in_one_word_with_vmruns_message() -> None:
+    said, reported, say = collect()
+    differs = ConfigurationDiffers("b runs with another configuration: machine.memory: 64M → 96M",
+                                   hint="vmrun up --restart b.toml applies it (a graceful down, then up)")
+    [fate] = run_all([("b", failing(differs))], jobs=None, say=say, report=lambda label, e: reported.append((label, e)))
+    assert fate.to_json() == {
+        "name": "b", "result": "refused", "outcome": "failed (exit 2)", "exit_code": 2,
+        "errors": ["b runs with another configuration: machine.memory: 64M → 96M"],
+        "hint": "vmrun up --restart b.toml applies it (a graceful down, then up)",
+    }
+
+
+def _up_by_name(spec: Spec, *args: object, **options: object) -> Outcome:
+    if spec.name == "b":
+        raise ConfigurationDiffers("b runs with another configuration: machine.cpus: 1 → 2", hint="use --restart")
+    return Outcome.STARTED
+
+
+def test_cli_up_and_down_json_list_each_vms_result_on_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmrun.cli import main
+
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    for name in ("a", "b"):
+        (fleet / f"{name}.toml").write_text(f'name = "{name}"\n[boot]\nkernel = "/boot/vmlinuz"\n')
+    (fleet / "c.toml").write_text('name = "c"\n[machine]\ncpus = 0\n')
+    # Only a test can make up refuse without a running VM; the command around it is the real one.
+    monkeypatch.setattr("vmrun.lifecycle.up", _up_by_name)
+    assert main(["--run-dir", str(tmp_path / "run"), "up", "--json", str(fleet)]) == 2
+    out = capsys.readouterr().out
+    assert [(vm["name"], vm["result"], vm["exit_code"]) for vm in json.loads(out)] == [
+        (f"{fleet}/c.toml", "invalid", 2), ("a", "started", 0), ("b", "refused", 2)]
+    invalid, started, refused = json.loads(out)
+    assert invalid["errors"] == [  # every problem, each a line as vmrun prints it
+        f"{fleet}/c.toml: machine.cpus: must be at least 1, got 0",
+        f"{fleet}/c.toml: boot: nothing to boot (hint: set boot.kernel (direct kernel boot) or boot.disk (a disk id))"]
+    assert started["errors"] == [] and started["hint"] is None
+    assert (refused["errors"], refused["hint"]) == (["b runs with another configuration: machine.cpus: 1 → 2"],
+                                                    "use --restart")
+
+    assert main(["--run-dir", str(tmp_path / "run"), "down", "--json", "a", "b"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"name": name, "result": "not running", "outcome": "not running", "exit_code": 0, "errors": [], "hint": None}
+        for name in ("a", "b")]

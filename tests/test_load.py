@@ -176,3 +176,17 @@ def test_a_bug_while_structuring_exits_1_through_the_cli(
     assert main(["validate", str(spec)]) == 1
     assert capsys.readouterr().err == (
         "vmrun: internal error: TypeError: a bug in vmrun's size parser (rerun with --debug)\n")
+
+
+def test_a_table_of_tables_is_still_checked_after_another_kind_of_table_was_structured() -> None:
+    """cattrs' own mapping function, once made for a type, must not replace vmrun's (which refuses a non-table)."""
+    from cattrs.errors import ClassValidationError
+
+    from vmrun.load import make_converter
+    from vmrun.spec import CloudInit, Kubevirt
+
+    converter = make_converter()
+    converter.structure({"disks": {"root": {"pvc": "root"}}}, Kubevirt)
+    converter.structure({"user_data": "u", "meta_data": {"a": "b"}}, CloudInit)
+    with pytest.raises(ClassValidationError):
+        converter.structure({"disks": False}, Kubevirt)

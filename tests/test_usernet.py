@@ -13,7 +13,8 @@ import pytest
 from vmrun.agent import GuestInterface
 from vmrun.check import check_spec, validate
 from vmrun.errors import SpecError, UsageError
-from vmrun.export import libvirt_domain
+from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests
+from vmrun.export.libvirt import libvirt_domain
 from vmrun.hostdrift import host_differences
 from vmrun.load import parse_spec
 from vmrun.naming import mac_address
@@ -24,6 +25,7 @@ from vmrun.usernet import Forward, parse_forward, refused_forward
 
 from .common import GOLDEN_FACTS, GOOD_SPEC, golden_paths
 from .fakehost import build_host_tree
+from .test_export_kubevirt import ONE_NIC
 from .test_hooks import FakeGuest, run_step
 from .test_preflight import USER_FACTS, fake_host, make_spec, plan_for
 
@@ -248,3 +250,13 @@ def test_under_sudo_the_keys_are_the_callers_own_private_halves(tmp_path: Path) 
         (ssh_dir / name).write_text("key")
     assert private_keys(ssh_dir.parent) == [ssh_dir / "id_rsa"]
     assert private_keys(None) == []
+
+
+def test_kubevirt_puts_a_user_nic_on_the_pod_network_and_says_what_it_has_not() -> None:
+    user_nic = ONE_NIC.replace("queues = 2\n", 'mode = "user"\nrestrict = true\nforward = ["tcp:2222:22"]\n')
+    spec = validate(parse_spec(tomllib.loads(user_nic), source="t", base=Path("/")), "t")
+    exported = kubevirt_manifests([("test", spec, CloudInitTexts())])
+    assert "masquerade: {}" in exported.text and "ethtool" not in exported.text
+    assert [note for note in exported.notes if note.startswith("web: nics")] == [
+        "web: nics net0: the pod network (masquerade) has no port forwards and no restrict: reach the guest through a "
+        "Service, shut it in with a NetworkPolicy"]

@@ -1,6 +1,6 @@
 """A typed, synchronous client for the QEMU guest agent (qemu-ga).
 
-qemu.qmp speaks the protocol; this module adds the vocabulary vmrun needs: sync, exec, interfaces,
+qemu.qmp speaks the protocol; this module adds the vocabulary vmrun needs: sync, exec, files, interfaces,
 shutdown. The agent uses QMP framing without a greeting or capabilities step. It is resynchronised
 with ``guest-sync`` and a random id, never ``guest-sync-delimited`` (its 0xFF byte breaks qemu.qmp's
 reader). Importing this module imports qemu.qmp (~70 ms): keep it out of ``vmrun/__init__``.
@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from vmrun._qmpsync import QmpSession
+from vmrun._qmpsync import REPLY_TIMEOUT, QmpSession
 from vmrun.errors import AgentError
 
 SYNC_FIRST_TRY = 1.0  # seconds one connect + guest-sync round may take before trying afresh
@@ -141,6 +141,30 @@ class GuestAgent(QmpSession):
             time.sleep(min(pause, remaining))
             if time.monotonic() - started > FAST_POLLING:
                 pause = min(pause * 2, LONGEST_POLL)
+
+    def open_file(self, path: str, mode: str, *, timeout: float = REPLY_TIMEOUT) -> int:
+        """A handle on the guest file ``path``, opened with fopen's ``mode`` ("rb", "wb")."""
+        reply = self._call("guest-file-open", {"path": path, "mode": mode}, timeout=timeout,
+                           action=f"open {path}")
+        if not isinstance(reply, int):
+            raise _malformed("guest-file-open", reply)
+        return reply
+
+    def read_file(self, handle: int, count: int, *, timeout: float = REPLY_TIMEOUT) -> tuple[bytes, bool]:
+        """Up to ``count`` bytes from the handle, and whether its end was reached."""
+        reply = _object(self._call("guest-file-read", {"handle": handle, "count": count}, timeout=timeout),
+                        "guest-file-read")
+        return _decoded(reply.get("buf-b64")), reply.get("eof") is True
+
+    def write_file(self, handle: int, data: bytes, *, timeout: float = REPLY_TIMEOUT) -> None:
+        reply = _object(self._call("guest-file-write",
+                                   {"handle": handle, "buf-b64": base64.b64encode(data).decode("ascii")},
+                                   timeout=timeout), "guest-file-write")
+        if reply.get("count") != len(data):  # qemu-ga writes all of it or fails, but a short write must not pass
+            raise AgentError(f"the guest agent wrote {reply.get('count')!r} of {len(data)} bytes")
+
+    def close_file(self, handle: int) -> None:
+        self._call("guest-file-close", {"handle": handle})
 
     def interfaces(self) -> tuple[GuestInterface, ...]:
         reply = self._call("guest-network-get-interfaces")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vmrun import kubenames
 from vmrun.errors import Problem, SpecError
 from vmrun.extra_args import refused_extra_args
 from vmrun.load import read_document, spec_base, structure_spec
@@ -330,6 +331,52 @@ def check_vfio(spec: Spec) -> Iterator[Problem]:
     yield from _duplicates(addresses, "PCI device")
 
 
+def _kubevirt_keys(spec: Spec) -> Iterator[Problem]:
+    """Each [kubevirt.<kind>.<id>] names a device of that kind."""
+    kubevirt = spec.kubevirt
+    for kind, what, tables, devices in (
+        ("disks", "disk", kubevirt.disks, spec.disks), ("nics", "NIC", kubevirt.nics, spec.nics),
+        ("vfio", "VFIO device", kubevirt.vfio, spec.vfio), ("shares", "share", kubevirt.shares, spec.shares),
+    ):
+        ids = [device.id for device in devices]
+        for device_id in sorted(tables.keys() - set(ids)):
+            yield Problem(f"kubevirt.{kind}.{device_id}", f"no {what} has id {device_id!r}",
+                          f"ids in {kind}: {', '.join(ids)}" if ids else f"the spec has no {kind}")
+
+
+def check_kubevirt(spec: Spec) -> Iterator[Problem]:
+    kubevirt = spec.kubevirt
+    yield from _kubevirt_keys(spec)
+    if kubevirt.namespace is not None and not kubenames.is_dns_label(kubevirt.namespace):
+        yield Problem("kubevirt.namespace", f"{kubevirt.namespace!r} is not a namespace", kubenames.LABEL_RULE)
+    if kubevirt.kernel_image is not None and not kubenames.is_image_reference(kubevirt.kernel_image):
+        yield Problem("kubevirt.kernel_image", f"{kubevirt.kernel_image!r} is not an image reference")
+    for disk_id, disk in kubevirt.disks.items():
+        path = f"kubevirt.disks.{disk_id}"
+        sources = [key for key in ("pvc", "container_disk", "url") if getattr(disk, key) is not None]
+        if len(sources) != 1:
+            yield Problem(path, f"has {' and '.join(sources) or 'no source'}",
+                          "give exactly one of pvc, container_disk, url")
+        if disk.pvc is not None and not kubenames.is_dns_subdomain(disk.pvc):
+            yield Problem(f"{path}.pvc", f"{disk.pvc!r} is not a PVC name", kubenames.SUBDOMAIN_RULE)
+        if disk.container_disk is not None and not kubenames.is_image_reference(disk.container_disk):
+            yield Problem(f"{path}.container_disk", f"{disk.container_disk!r} is not an image reference")
+        if disk.url is not None and not disk.url.startswith(("http://", "https://")):
+            yield Problem(f"{path}.url", f"{disk.url!r} is not an http(s) URL", "CDI imports over http and https")
+    for nic_id, nic in kubevirt.nics.items():
+        if nic.network is not None and not kubenames.is_network_name(nic.network):
+            yield Problem(f"kubevirt.nics.{nic_id}.network", f"{nic.network!r} is not a network attachment name",
+                          'write "name" or "namespace/name"')
+    for vfio_id, vfio in kubevirt.vfio.items():
+        if not kubenames.is_resource_name(vfio.device_name):
+            yield Problem(f"kubevirt.vfio.{vfio_id}.device_name", f"{vfio.device_name!r} is not a resource name",
+                          'as permittedHostDevices names it, e.g. "nvidia.com/GA102GL_A10"')
+    for share_id, share in kubevirt.shares.items():
+        if not kubenames.is_dns_subdomain(share.pvc):
+            yield Problem(f"kubevirt.shares.{share_id}.pvc", f"{share.pvc!r} is not a PVC name",
+                          kubenames.SUBDOMAIN_RULE)
+
+
 def _duration_problems(seconds: float, path: str) -> Iterator[Problem]:
     if seconds <= 0:
         yield Problem(path, "must be longer than 0s")
@@ -394,6 +441,7 @@ CHECKS: tuple[tuple[Check, frozenset[str]], ...] = (
     (check_cloud_init, frozenset()),
     (check_agent_and_hooks, frozenset()),
     (check_host_and_qemu, frozenset()),
+    (check_kubevirt, frozenset({"disks", "nics", "vfio", "shares"})),
 )
 
 

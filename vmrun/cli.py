@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from vmrun import __version__
 from vmrun.commands import (
     Handler,
+    cmd_completion,
     cmd_console,
+    cmd_cp,
     cmd_diff,
     cmd_down,
     cmd_exec,
@@ -21,6 +23,7 @@ from vmrun.commands import (
     cmd_host_iommu,
     cmd_init,
     cmd_logs,
+    cmd_man,
     cmd_preflight,
     cmd_render,
     cmd_ssh,
@@ -90,6 +93,9 @@ def _init(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_init)
 
 
+_FATES_JSON = "print what became of each VM as a JSON array on stdout"
+
+
 def _up(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Per VM: validate, preflight, launch, wait for the agent, ethtool step, post_boot hooks. "
@@ -103,6 +109,7 @@ def _up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                         help="seconds a restarted guest gets to power down (default: 30)")
     parser.add_argument("--jobs", type=positive_int, metavar="N", help="start at most N VMs at once (default: all)")
+    parser.add_argument("--json", action="store_true", help=_FATES_JSON)
     parser.set_defaults(handler=cmd_up)
 
 
@@ -118,12 +125,15 @@ def _down(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                         help="seconds the guest gets to power down (default: 30)")
     parser.add_argument("--force", action="store_true", help="skip the powerdown: quit, then kill")
+    parser.add_argument("--json", action="store_true", help=_FATES_JSON)
     parser.set_defaults(handler=cmd_down)
 
 
 def _status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vm", nargs="?", metavar="NAME|SPEC")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--names", action="store_true",
+                        help="only the names of the VMs under the run directory, one a line; asks no VM")
     parser.set_defaults(handler=cmd_status)
 
 
@@ -145,6 +155,18 @@ def _ssh(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-l", "--user", help="default: the user the spec's cloud-init user-data creates, else yours")
     parser.add_argument("-i", "--identity", metavar="FILE", help="the private key (default: ssh's own choice)")
     parser.set_defaults(handler=cmd_ssh)
+
+
+def _cp(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Copy one file into a running guest or out of it, over the guest agent. NAME:PATH is in the guest "
+        "(absolute); a host path with ':' goes as ./a:b. The copy appears whole (a temporary file, renamed) "
+        "with the source's permission bits; into a directory, it keeps its name."
+    )
+    parser.add_argument("source", metavar="SRC|NAME:SRC")
+    parser.add_argument("destination", metavar="NAME:DST|DST")
+    parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    parser.set_defaults(handler=cmd_cp)
 
 
 def _logs(parser: argparse.ArgumentParser) -> None:
@@ -176,11 +198,26 @@ def _host(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC")
-    parser.add_argument("--format", choices=("libvirt", "systemd"), required=True)
+    parser.add_argument("spec", metavar="SPEC|DIR", help="a directory (its *.toml) only with --format kubevirt")
+    parser.add_argument("--format", choices=("libvirt", "systemd", "kubevirt"), required=True)
     parser.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     parser.add_argument("--define", action="store_true", help="libvirt: also `virsh define` the domain")
     parser.set_defaults(handler=cmd_export)
+
+
+def _completion(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print a completion script for commands, options, spec files and VM names (from `vmrun status --names`). "
+        "bash: source it, or save it as /usr/share/bash-completion/completions/vmrun; zsh: save it as _vmrun "
+        "on $fpath; fish: save it as ~/.config/fish/completions/vmrun.fish."
+    )
+    parser.add_argument("shell", choices=("bash", "zsh", "fish"))
+    parser.set_defaults(handler=cmd_completion)
+
+
+def _man(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Print the manual page, generated from the parser: vmrun man | man -l -"
+    parser.set_defaults(handler=cmd_man)
 
 
 # Each command: its one-line help and what adds its arguments, in the order `vmrun --help` lists them.
@@ -194,11 +231,14 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "status": ("running / stopped / dead, pid, accel, agent", _status),
     "exec": ("run a command in the guest over the agent", _exec),
     "ssh": ("ssh to the guest (a user-mode forward of port 22, or an address the agent reports)", _ssh),
+    "cp": ("copy a file into or out of a running guest over the agent", _cp),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),
     "host": ("what this host offers: IOMMU groups, KVM, vhost-net, KSM", _host),
-    "export": ("the same VM as a libvirt domain XML or a systemd unit", _export),
+    "export": ("the same VM as a libvirt domain XML, a systemd unit or KubeVirt manifests", _export),
+    "completion": ("print a bash, zsh or fish completion script", _completion),
+    "man": ("print the manual page (roff)", _man),
 }
 
 

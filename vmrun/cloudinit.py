@@ -98,14 +98,22 @@ def seed_file_problems(spec: Spec) -> list[Problem]:
     return _read_checked(spec.cloud_init)[1]
 
 
+def seed_texts(spec: Spec, source: str) -> dict[str, str]:
+    """The user's files by seed file name (user-data, network-config) as they are now; SpecError when they went
+    bad since validate."""
+    assert spec.cloud_init is not None
+    texts, problems = _read_checked(spec.cloud_init)
+    if problems:
+        raise SpecError(source, problems)
+    return texts
+
+
 def make_seed(spec: Spec, source: str) -> Seed:
     """The seed's files from the user's files as they are now; SpecError when they went bad since validate."""
     import hashlib  # OpenSSL takes ~3 ms to load; validate and render need none of it
 
     assert spec.cloud_init is not None
-    texts, problems = _read_checked(spec.cloud_init)
-    if problems:
-        raise SpecError(source, problems)
+    texts = seed_texts(spec, source)
     files = {name: text.encode() for name, text in texts.items()}
     meta_data = {"local-hostname": spec.name, **spec.cloud_init.meta_data}
     # A hash of everything else on the seed: cloud-init re-runs its per-instance modules when the seed changes.

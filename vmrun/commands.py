@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import threading
 
     from vmrun.agent import GuestInterface
+    from vmrun.export import Export
     from vmrun.facts import HostFacts
     from vmrun.fleet import Fate, Task
     from vmrun.host import Host
@@ -180,11 +181,13 @@ def _reporter(args: argparse.Namespace) -> Callable[[str, Exception], None]:
     return report_fate
 
 
-def _finish(fates: list[Fate]) -> int:
+def _finish(fates: list[Fate], *, as_json: bool) -> int:
     from vmrun.fleet import summary, worst
 
     if len(fates) > 1:
         say(summary(fates))
+    if as_json:
+        print(json.dumps([fate.to_json() for fate in fates], indent=1))
     return worst([fate.exit_code for fate in fates])
 
 
@@ -210,7 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     specs, refused = load_valid_specs(args)
     tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
-    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)))
+    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)), as_json=args.json)
 
 
 def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
@@ -227,7 +230,7 @@ def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]],
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:
             report(error)
-            refused.append(Fate(str(path), f"invalid (exit {error.exit_code})", error.exit_code))
+            refused.append(Fate.of_error(str(path), f"invalid (exit {error.exit_code})", error, result="invalid"))
             continue
         specs[spec.name] = (path, spec)
     return list(specs.values()), refused
@@ -262,11 +265,11 @@ def cmd_down(args: argparse.Namespace) -> int:
         def task(say: Say, interrupted: threading.Event) -> Fate:
             how = down(name, host, places, timeout=args.timeout, force=args.force, say=say)
             say(f"{name} is not running" if how is None else f"{name} stopped ({how})")
-            return Fate(name, "not running" if how is None else f"stopped ({how})")
+            return Fate(name, "not running") if how is None else Fate(name, f"stopped ({how})", result="stopped")
         return task
 
     return _finish(run_all([(name, task_for(name)) for name in vm_names_of(args)], jobs=None, say=say,
-                           report=_reporter(args)))
+                           report=_reporter(args)), as_json=args.json)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -292,6 +295,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from vmrun.status import status
 
+    if args.names:
+        from vmrun.state import vm_names
+
+        for name in vm_names(places_of(args).run_root):
+            print(name)
+        return 0
     statuses = status(host_of(args), places_of(args), [vm_name(args.vm)] if args.vm else None)
     if args.json:
         print(json.dumps([vm.to_json() for vm in statuses], indent=1))
@@ -367,6 +376,16 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     os.execv(program, argv)
 
 
+def cmd_cp(args: argparse.Namespace) -> int:
+    from vmrun.copy import copy, endpoints
+    from vmrun.status import running_paths
+
+    vm, source, destination = endpoints(args.source, args.destination)
+    paths = running_paths(host_of(args), places_of(args), vm)
+    copy(vm, source, destination, paths.agent_socket, agent_timeout=args.agent_timeout, say=say)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from vmrun.console import follow_log
 
@@ -433,11 +452,16 @@ def cmd_host_check(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
-    from vmrun.export import libvirt_domain, systemd_unit
+    from vmrun.export.libvirt import libvirt_domain
+    from vmrun.export.systemd import systemd_unit
     from vmrun.facts import choose_accel
 
     if args.define and args.format != "libvirt":
         raise UsageError("--define goes with --format libvirt")
+    if args.format == "kubevirt":
+        return _write_export(args, kubevirt_export(args))
+    if Path(args.spec).is_dir():
+        raise UsageError(f"{args.spec} is a directory", hint="one spec, or a directory with --format kubevirt")
     spec = load_valid_spec(args.spec, args)
     if args.format == "libvirt":
         facts = facts_for_display(args, spec, "exporting")
@@ -450,15 +474,49 @@ def cmd_export(args: argparse.Namespace) -> int:
         exported = systemd_unit(
             spec, spec_path=Path(args.spec).resolve(), vmrun=vmrun, run_dir=run_paths(args, spec.name).run_dir
         )
+    _write_export(args, exported)
+    if args.define:
+        define_domain(host_of(args), exported.text, spec_path=args.spec, name=spec.name)
+    return 0
+
+
+def _write_export(args: argparse.Namespace, exported: Export) -> int:
     for note in exported.notes:
         say(f"not expressible in {args.format}: {note}")
     if args.output:
         Path(args.output).write_text(exported.text)
     else:
         sys.stdout.write(exported.text)
-    if args.define:
-        define_domain(host_of(args), exported.text, spec_path=args.spec, name=spec.name)
     return 0
+
+
+def kubevirt_export(args: argparse.Namespace) -> Export:
+    """SPEC, or every spec in DIR, as one stream of KubeVirt manifests; nothing when any spec is invalid or
+    cannot be mapped (every such problem reported, exit 2)."""
+    from vmrun.cloudinit import seed_texts
+    from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests, unmappable
+    from vmrun.fleet import spec_files
+
+    specs: dict[str, tuple[str, Spec, CloudInitTexts]] = {}
+    refused: list[VmrunError] = []
+    for path in spec_files([args.spec]):
+        try:
+            spec = load_valid_spec(str(path), args)
+            problems = unmappable(spec)
+            if problems:
+                raise SpecError(str(path), problems)
+            if spec.name in specs:
+                raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
+            texts = seed_texts(spec, str(path)) if spec.cloud_init is not None else {}
+        except VmrunError as error:
+            refused.append(error)
+            continue
+        specs[spec.name] = (str(path), spec, CloudInitTexts.of(texts))
+    if not refused:
+        return kubevirt_manifests(list(specs.values()))
+    for failure in refused[:-1]:
+        report(failure)
+    raise refused[-1]
 
 
 def define_domain(host: Host, xml: str, *, spec_path: str, name: str) -> None:
@@ -479,3 +537,17 @@ def report(error: VmrunError, *, prefix: str = "") -> None:
         _stderr_line(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}")
     if error.hint:
         _stderr_line(f"vmrun: hint: {prefix}{error.hint}")
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from vmrun.completion import completion_script
+
+    sys.stdout.write(completion_script(args.shell))
+    return 0
+
+
+def cmd_man(args: argparse.Namespace) -> int:
+    from vmrun.completion import man_page
+
+    sys.stdout.write(man_page())
+    return 0

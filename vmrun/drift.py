@@ -19,7 +19,8 @@ from vmrun.spec import Spec
 from vmrun.units import format_duration, format_size
 
 # Parts of a spec that change neither qemu's argv nor the host: editing them needs no restart.
-_NO_RESTART = ("description", "agent.timeout", "post_boot")
+# [kubevirt] is read only by `vmrun export --format kubevirt`.
+_NO_RESTART = ("description", "agent.timeout", "post_boot", "kubevirt")
 
 
 def _needs_restart(path: str) -> bool:

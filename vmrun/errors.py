@@ -44,6 +44,10 @@ class UsageError(VmrunError):
     exit_code = 2
 
 
+class ConfigurationDiffers(UsageError):
+    """`up` without --restart: the VM runs with another configuration than its spec gives now."""
+
+
 class SpecError(VmrunError):
     """The spec is invalid; carries every problem found, not just the first."""
 

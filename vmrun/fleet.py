@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vmrun.errors import UsageError, VmrunError
+from vmrun.errors import ConfigurationDiffers, UsageError, VmrunError
 from vmrun.progress import Say
 from vmrun.signals import for_workers, shielded, sigterm_interrupts
 
@@ -26,11 +26,24 @@ BUG = 1
 
 @attrs.frozen
 class Fate:
-    """What became of one VM: its name (or spec path, when the spec is invalid), outcome and exit code."""
+    """What became of one VM: its name (or spec path, when the spec is invalid), outcome and exit code.
+    For `--json`, also the outcome as one word (result: the outcome itself when it is one already) and
+    the one-line errors (and hint) that told a failure."""
 
     name: str
     outcome: str
     exit_code: int = 0
+    result: str = attrs.field(default=attrs.Factory(lambda fate: fate.outcome, takes_self=True))
+    errors: tuple[str, ...] = ()
+    hint: str | None = None
+
+    @classmethod
+    def of_error(cls, label: str, outcome: str, error: VmrunError, *, result: str = "failed") -> Fate:
+        return cls(label, outcome, error.exit_code, result=result, errors=tuple(error.lines()), hint=error.hint)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "result": self.result, "outcome": self.outcome, "exit_code": self.exit_code,
+                "errors": list(self.errors), "hint": self.hint}
 
 
 def spec_files(arguments: Sequence[str]) -> list[Path]:
@@ -75,12 +88,15 @@ def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
             return task(own_say, interrupted)
         except VmrunError as error:
             report(label if prefix else "", error)
-            return Fate(label, f"failed (exit {error.exit_code})", error.exit_code)
+            refused = isinstance(error, ConfigurationDiffers)
+            return Fate.of_error(label, f"failed (exit {error.exit_code})", error,
+                                 result="refused" if refused else "failed")
         except KeyboardInterrupt:
-            return Fate(label, "interrupted, rolled back", INTERRUPTED)
+            return Fate(label, "interrupted, rolled back", INTERRUPTED, result="interrupted")
         except Exception as bug:  # noqa: BLE001 - reported as a bug, and the other VMs go on
             report(label if prefix else "", bug)
-            return Fate(label, "failed (a bug in vmrun)", BUG)
+            return Fate(label, "failed (a bug in vmrun)", BUG, result="failed",
+                        errors=(f"internal error: {type(bug).__name__}: {bug}",))
 
     if len(tasks) <= 1:
         return [guarded(label, task) for label, task in tasks]
@@ -96,7 +112,8 @@ def run_all(tasks: Sequence[tuple[str, Task]], *, jobs: int | None, say: Say,
                 say("interrupted: rolling back the VMs still starting")
                 for future in futures:
                     future.cancel()
-                return [future.result() if not future.cancelled() else Fate(label, "not started", INTERRUPTED)
+                return [future.result() if not future.cancelled()
+                        else Fate(label, "not started", INTERRUPTED, result="interrupted")
                         for (label, _), future in zip(tasks, futures, strict=True)]
 
 

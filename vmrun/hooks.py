@@ -23,7 +23,7 @@ def current_combined(ethtool_l_output: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _failure(result: ExecResult) -> str:
+def describe_failure(result: ExecResult) -> str:
     output = (result.stderr or result.stdout).decode(errors="replace").strip()
     ended = f"signal {result.signal}" if result.signal is not None else f"exit code {result.exitcode}"
     return f"{ended}: {output}" if output else ended
@@ -32,7 +32,7 @@ def _failure(result: ExecResult) -> str:
 def _combined(agent: GuestAgent, nic: Nic, interface: str) -> int | None:
     result = agent.exec(["ethtool", "-l", interface], timeout=ETHTOOL_TIMEOUT)
     if not result.ok:
-        raise HookError(f"nics {nic.id}: `ethtool -l {interface}` failed in the guest: {_failure(result)}")
+        raise HookError(f"nics {nic.id}: `ethtool -l {interface}` failed in the guest: {describe_failure(result)}")
     return current_combined(result.stdout.decode(errors="replace"))
 
 
@@ -50,7 +50,7 @@ def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]
     # ethtool exits non-zero when the count is already set on some drivers; the read-back decides.
     combined = _combined(agent, nic, interface.name)
     if combined != nic.queues:
-        detail = "" if result.ok else f" (ethtool -L: {_failure(result)})"
+        detail = "" if result.ok else f" (ethtool -L: {describe_failure(result)})"
         raise HookError(
             f"nics {nic.id}: guest {interface.name} has {combined} combined queues, not {nic.queues}{detail}"
         )
@@ -73,5 +73,5 @@ def run_post_boot_hooks(agent: GuestAgent, spec: Spec, say: Say) -> None:
         command = shlex.join(hook.run)
         result = agent.exec(hook.run, timeout=hook.timeout)
         if not result.ok:
-            raise HookError(f"post_boot[{index}] `{command}` failed: {_failure(result)}")
+            raise HookError(f"post_boot[{index}] `{command}` failed: {describe_failure(result)}")
         say(f"post_boot[{index}] {command} ✓")

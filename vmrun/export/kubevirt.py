@@ -1,0 +1,414 @@
+"""The same VMs as KubeVirt (kubevirt.io/v1) VirtualMachine manifests, with the Secrets they need. Pure: specs
+and their cloud-init texts in, YAML out.
+
+What the spec means is mapped, not only its shape: the cluster's sources for disks, networks, devices and shares
+come from the spec's [kubevirt] table; what KubeVirt does differently is said in a comment in the YAML (and as a
+note), and what it cannot do at all is one SpecError listing every such field with what to add.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from typing import Any
+
+import attrs
+import yaml
+
+from vmrun import kubenames
+from vmrun.cloudinit import CLOUD_CONFIG
+from vmrun.errors import Problem, SpecError
+from vmrun.export import Export
+from vmrun.naming import mac_address
+from vmrun.render import SEED_ID
+from vmrun.spec import Aio, Cache, Disk, Firmware, Nic, Spec
+from vmrun.units import KIB
+from vmrun.usernet import is_user
+
+API_VERSION = "kubevirt.io/v1"
+KUBEVIRT_VERSION = "v1.9.0"  # the release whose CRD schema and admission rules this export is checked against
+# KubeVirt refuses inline cloud-init data longer than this (vmi-create-admitter.go); longer goes in a Secret.
+MAX_INLINE_CLOUD_INIT = 2048
+# KubeVirt's default emulatedMachines on amd64 (virt-config.go): other machine types need the cluster's consent.
+EMULATED_MACHINES = re.compile(r"(q35|pc-q35).*")
+# qemu gives -smp N to sockets on machine types before 6.2 (smp_props.prefer_sockets), else to cores.
+_PC_Q35_VERSION = re.compile(r"pc-q35-(\d+)\.(\d+)")
+# KubeVirt's masquerade binding keeps this MAC for the pod's bridge (pkg/network/link/mac.go).
+RESERVED_MASQUERADE_MAC = "02:00:00:00:00:00"
+# Disk cache modes KubeVirt admits (pkg/storage/admitters/disks.go), the others mapped to the nearest it has.
+_CACHES = {
+    Cache.NONE: "none", Cache.WRITEBACK: "writeback", Cache.WRITETHROUGH: "writethrough",
+    Cache.DIRECTSYNC: "none",  # O_DIRECT kept (aio native stays valid); the guest sees a write cache it must flush
+    Cache.UNSAFE: "writeback",  # the guest's flushes are honoured, which is only safer
+}
+_IO_MODES = {Aio.NATIVE: "native", Aio.THREADS: "threads"}  # io_uring: KubeVirt admits neither, it picks itself
+_NO_WRAP = 10_000  # a boot command stays on its line
+_QUANTITY_UNITS = (("Ti", KIB**4), ("Gi", KIB**3), ("Mi", KIB**2), ("Ki", KIB))
+
+
+@attrs.frozen
+class CloudInitTexts:
+    """The seed's user files as read (cloudinit.seed_texts); the exporter reads no file itself."""
+
+    user_data: str | None = None
+    network_config: str | None = None
+
+    @classmethod
+    def of(cls, texts: Mapping[str, str]) -> CloudInitTexts:
+        """From seed file names (user-data, network-config) to texts."""
+        return cls(user_data=texts.get("user-data"), network_config=texts.get("network-config"))
+
+
+@attrs.frozen
+class _Manifests:
+    documents: tuple[dict[str, Any], ...]  # the Secret (when there is one) first, then the VirtualMachine
+    notes: tuple[str, ...]
+
+
+def quantity(size: int) -> str:
+    """Bytes as a Kubernetes quantity in the largest binary unit that says them exactly (8Gi, 1536Mi)."""
+    return next((f"{size // unit}{suffix}" for suffix, unit in _QUANTITY_UNITS if size % unit == 0), str(size))
+
+
+def object_name(device_id: str) -> str:
+    """A device id as a KubeVirt disk, volume, interface or network name, which must be a DNS-1123 label:
+    the id itself where it is one, else its '_' as '-' and a short hash that keeps two ids apart."""
+    if kubenames.is_dns_label(device_id):
+        return device_id
+    readable = device_id.replace("_", "-").rstrip("-")
+    return f"{readable}-{hashlib.sha256(device_id.encode()).hexdigest()[:6]}"
+
+
+def _cpu(spec: Spec, notes: list[str]) -> dict[str, Any]:
+    versioned = _PC_Q35_VERSION.fullmatch(spec.machine.type)
+    old_machine = versioned is not None and (int(versioned[1]), int(versioned[2])) < (6, 2)
+    cpus = spec.machine.cpus
+    cpu: dict[str, Any] = {"sockets": cpus if old_machine else 1, "cores": 1 if old_machine else cpus, "threads": 1}
+    model = spec.machine.cpu_model
+    if model is None:
+        notes.append("machine.cpu_model: unset, so KubeVirt's default (host-model, which live migration needs) "
+                     "rather than vmrun's (host under KVM)")
+    elif model in ("host", "max"):
+        cpu["model"] = "host-passthrough"
+        if model == "max":
+            notes.append("machine.cpu_model: KubeVirt has no max; host-passthrough is what max is under KVM")
+    else:
+        cpu["model"] = model
+    return cpu
+
+
+def _firmware(spec: Spec, notes: list[str]) -> dict[str, Any]:
+    firmware: dict[str, Any] = {}
+    if spec.boot.firmware is Firmware.UEFI:
+        # Persistent: vmrun keeps each VM's OVMF variables across runs; KubeVirt keeps them in the cluster's
+        # vmStateStorageClass.
+        firmware["bootloader"] = {"efi": {"secureBoot": spec.kubevirt.secure_boot, "persistent": True}}
+        notes.append("boot.firmware: the UEFI variables persist (efi.persistent), as vmrun keeps them; the cluster "
+                     "needs a vmStateStorageClass for them")
+    else:
+        firmware["bootloader"] = {"bios": {}}
+    if spec.boot.kernel is not None and spec.kubevirt.kernel_image is not None:
+        container = {"image": spec.kubevirt.kernel_image, "kernelPath": f"/{spec.boot.kernel.name}"}
+        if spec.boot.initrd is not None:
+            container["initrdPath"] = f"/{spec.boot.initrd.name}"
+        firmware["kernelBoot"] = {"container": container, **({"kernelArgs": spec.boot.append} if spec.boot.append
+                                                              else {})}
+    return firmware
+
+
+def _disk(spec: Spec, disk: Disk, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """The disk, its volume and, for a URL, the DataVolume template that imports it."""
+    name = object_name(disk.id)
+    device: dict[str, Any] = {"name": name, "disk": {"bus": "scsi", **({"readonly": True} if disk.readonly else {})},
+                              "cache": _CACHES[disk.cache]}
+    if _CACHES[disk.cache] != str(disk.cache):
+        notes.append(f"disks {disk.id}: KubeVirt has no cache {disk.cache}; {_CACHES[disk.cache]} instead")
+    if disk.aio in _IO_MODES:
+        device["io"] = _IO_MODES[disk.aio]
+    else:
+        notes.append(f"disks {disk.id}: KubeVirt has no aio {disk.aio}; it picks native or threads itself")
+    if spec.boot.disk == disk.id:
+        device["bootOrder"] = 1
+    if disk.discard:
+        notes.append(f"disks {disk.id}: discard is KubeVirt's to set (it passes discard=unmap on where the "
+                     "volume allows it)")
+    source = spec.kubevirt.disks[disk.id]
+    template = None
+    if source.pvc is not None:
+        volume: dict[str, Any] = {"persistentVolumeClaim": {"claimName": source.pvc}}
+    elif source.container_disk is not None:
+        volume = {"containerDisk": {"image": source.container_disk}}
+    else:
+        claim = f"{spec.name}-{name}"
+        volume = {"dataVolume": {"name": claim}}
+        assert disk.size is not None  # the missing size is a problem found before
+        template = {"metadata": {"name": claim}, "spec": {
+            "source": {"http": {"url": source.url}},
+            "storage": {"resources": {"requests": {"storage": quantity(disk.size)}}},
+        }}
+    ephemeral = source.container_disk is not None
+    if ephemeral != disk.ephemeral:
+        notes.append(f"disks {disk.id}: " + ("a container disk loses its writes when the VM stops" if ephemeral
+                                             else "the volume keeps its writes across runs, where vmrun's ephemeral "
+                                             "overlay starts afresh"))
+    if source.container_disk is None and disk.format.value == "qcow2":
+        notes.append(f"disks {disk.id}: KubeVirt reads a PVC's image as CDI leaves it (raw, imported from qcow2)")
+    return device, {"name": name, **volume}, template
+
+
+def _interfaces(spec: Spec, notes: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    interfaces, networks = [], []
+    for nic in spec.nics:
+        name = object_name(nic.id)
+        network = spec.kubevirt.nics.get(nic.id)
+        interface: dict[str, Any] = {"name": name, "model": "virtio", "macAddress": mac_address(spec, nic)}
+        if network is not None and network.network is not None:
+            interface["bridge"] = {}
+            networks.append({"name": name, "multus": {"networkName": network.network}})
+        else:
+            interface["masquerade"] = {}
+            networks.append({"name": name, "pod": {}})
+            if nic.bridge:
+                notes.append(f"nics {nic.id}: on the pod network (masquerade), not bridge {nic.bridge}: give "
+                             f"kubevirt.nics.{nic.id}.network for a Multus network")
+            if is_user(nic) and (nic.forward or nic.restrict):
+                notes.append(f"nics {nic.id}: the pod network (masquerade) has no port forwards and no restrict: "
+                             "reach the guest through a Service, shut it in with a NetworkPolicy")
+        interfaces.append(interface)
+    return interfaces, networks
+
+
+def multiqueue_commands(spec: Spec) -> list[str]:
+    """vmrun's multiqueue step as boot commands: `ethtool -L <if> combined N` for each NIC, found by its MAC.
+    KubeVirt gives every NIC as many queues as vCPUs and never runs ethtool."""
+    if not any(nic.queues > 1 for nic in spec.nics):
+        return []
+    return [_ethtool_command(spec, nic) for nic in spec.nics if not is_user(nic)]
+
+
+def _ethtool_command(spec: Spec, nic: Nic) -> str:
+    mac = shlex.quote(mac_address(spec, nic))
+    return (f'for dev in /sys/class/net/*; do if [ "$(cat "$dev/address")" = {mac} ]; '
+            f'then ethtool -L "${{dev##*/}}" combined {nic.queues}; fi; done')
+
+
+def user_data_with(user_data: str | None, boot_commands: Sequence[str]) -> str | None:
+    """The spec's user-data with boot commands that run at every boot (cloud-init's bootcmd): added to a
+    #cloud-config's own, or beside a #! script in a MIME multipart."""
+    if not boot_commands:
+        return user_data
+    if user_data is None or user_data.startswith(CLOUD_CONFIG):
+        config = (yaml.safe_load(user_data) if user_data else None) or {}
+        config["bootcmd"] = [*config.get("bootcmd", []), *boot_commands]
+        return f"{CLOUD_CONFIG}\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=_NO_WRAP)
+    ours = f"{CLOUD_CONFIG}\n" + yaml.safe_dump({"bootcmd": list(boot_commands)}, sort_keys=False, width=_NO_WRAP)
+    boundary = "vmrun-" + hashlib.sha256((user_data + ours).encode()).hexdigest()[:16]  # stable, in neither part
+    multipart = MIMEMultipart(boundary=boundary)
+    multipart.attach(MIMEText(user_data, "x-shellscript", "utf-8"))
+    multipart.attach(MIMEText(ours, "cloud-config", "utf-8"))
+    return multipart.as_string()
+
+
+def _cloud_init(spec: Spec, texts: CloudInitTexts, secret: str,
+                notes: list[str]) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The cloudInitNoCloud volume source, and what goes in the Secret (empty: none needed)."""
+    boot_commands = multiqueue_commands(spec)
+    user_data = user_data_with(texts.user_data, boot_commands)
+    if boot_commands:
+        notes.append("nics: KubeVirt gives every NIC as many queue pairs as vCPUs (networkInterfaceMultiqueue), "
+                     "not one count per NIC; cloud-init's bootcmd runs vmrun's `ethtool -L <if> combined N` for "
+                     "each NIC (by MAC) at every boot, and nothing reads the count back")
+    source: dict[str, Any] = {}
+    secret_data: dict[str, str] = {}
+    for text, inline, reference, key in ((user_data, "userData", "secretRef", "userdata"),
+                                         (texts.network_config, "networkData", "networkDataSecretRef", "networkdata")):
+        if text is None:
+            continue
+        if len(text.encode()) <= MAX_INLINE_CLOUD_INIT:
+            source[inline] = text
+        else:
+            source[reference] = {"name": secret}
+            secret_data[key] = text
+    if spec.cloud_init is not None:
+        extra = sorted(spec.cloud_init.meta_data.keys() - {"local-hostname"})
+        if extra:
+            notes.append(f"cloud_init.meta_data: KubeVirt writes the meta-data itself (instance-id, local-hostname "
+                         f"from spec.hostname); {', '.join(extra)} do not reach the guest")
+    return source or None, secret_data
+
+
+def _shares(spec: Spec, notes: list[str]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for share in spec.shares:
+        name = object_name(share.id)
+        claim: dict[str, Any] = {"claimName": spec.kubevirt.shares[share.id].pvc}
+        if share.readonly:
+            claim["readOnly"] = True
+        notes.append(f"shares {share.id}: KubeVirt has no 9p; virtiofs on the PVC instead (the cluster's virtiofs "
+                     f"storage feature gate), which the guest mounts with `mount -t virtiofs {name} DIR` "
+                     f"(tag {name}, not {share.tag}); security_model does not apply")
+        yield {"name": name, "virtiofs": {}}, {"name": name, "persistentVolumeClaim": claim}
+
+
+def _host_notes(spec: Spec) -> Iterator[str]:
+    yield (f"host.user: KubeVirt runs qemu in the VM's virt-launcher pod as its own unprivileged user (qemu, 107), "
+           f"not {spec.host.user!r}")
+    if spec.host.ksm:
+        yield ("host.ksm: KubeVirt turns KSM on per node (the KubeVirt CR's ksmConfiguration.nodeLabelSelector), "
+               "not per VM")
+    if spec.machine.accel.value == "tcg":
+        yield "machine.accel: KubeVirt uses KVM unless the cluster sets developerConfiguration.useEmulation"
+    if spec.post_boot:
+        yield f"post_boot: {len(spec.post_boot)} hook(s) run by vmrun over the agent; KubeVirt has no such step"
+    if not spec.agent.enabled:
+        yield "agent.enabled: KubeVirt always gives the guest an agent channel"
+
+
+def unmappable(spec: Spec) -> list[Problem]:
+    """What KubeVirt cannot be given from this spec, each with what to add."""
+    problems = []
+    if not kubenames.is_dns_label(spec.name):
+        problems.append(Problem("name", f"{spec.name!r} is no Kubernetes name", kubenames.LABEL_RULE))
+    if not EMULATED_MACHINES.fullmatch(spec.machine.type):
+        problems.append(Problem("machine.type", f"KubeVirt's default emulatedMachines (q35*, pc-q35*) refuse "
+                                f"{spec.machine.type!r}", 'use "q35"'))
+    if spec.boot.kernel is not None and spec.kubevirt.kernel_image is None:
+        problems.append(Problem("boot.kernel", "KubeVirt boots a kernel only from a container image",
+                                "add kubevirt.kernel_image, an image with the kernel and initrd at its root"))
+    for index, disk in enumerate(spec.disks):
+        source = spec.kubevirt.disks.get(disk.id)
+        if disk.passthrough:
+            problems.append(Problem(f"disks[{index}].passthrough", "KubeVirt has no SCSI passthrough of a host "
+                                    "device", "export the disk as an image on a PVC instead"))
+        elif source is None:
+            problems.append(Problem(f"disks[{index}]", f"disk {disk.id} has no source in the cluster",
+                                    f'add [kubevirt.disks.{disk.id}] with pvc, container_disk or url'))
+        elif source.url is not None and disk.size is None:
+            problems.append(Problem(f"disks[{index}].size", "the DataVolume importing kubevirt.disks."
+                                    f"{disk.id}.url needs a size", 'add size, e.g. size = "20G"'))
+    pod_nics = [nic.id for nic in spec.nics if spec.kubevirt.nics.get(nic.id, None) is None
+                or spec.kubevirt.nics[nic.id].network is None]
+    if len(pod_nics) > 1:
+        problems.append(Problem("nics", f"{', '.join(pod_nics)} are all on the pod network, which takes one",
+                                "add kubevirt.nics.<id>.network (a Multus network) for all but one"))
+    problems += [Problem(f"nics[{index}].mac", f"KubeVirt keeps {RESERVED_MASQUERADE_MAC} for the pod's bridge",
+                         "give the NIC another MAC")
+                 for index, nic in enumerate(spec.nics)
+                 if nic.id in pod_nics and mac_address(spec, nic) == RESERVED_MASQUERADE_MAC]
+    problems += [Problem(f"vfio[{index}]", f"{vfio.id}: KubeVirt selects host devices by resource name, not by PCI "
+                         f"address", f'add [kubevirt.vfio.{vfio.id}] device_name = "vendor.com/NAME", as the '
+                         "cluster's permittedHostDevices lists it")
+                 for index, vfio in enumerate(spec.vfio) if vfio.id not in spec.kubevirt.vfio]
+    problems += [Problem(f"shares[{index}]", f"{share.id}: KubeVirt shares a PVC (virtiofs), not a host directory",
+                         f'add [kubevirt.shares.{share.id}] pvc = "NAME"')
+                 for index, share in enumerate(spec.shares) if share.id not in spec.kubevirt.shares]
+    if spec.qemu.extra_args:
+        problems.append(Problem("qemu.extra_args", "KubeVirt takes no qemu arguments",
+                                "remove them, or map what they add to KubeVirt yourself"))
+    if spec.cloud_init is not None:
+        hostname = spec.cloud_init.meta_data.get("local-hostname")
+        if hostname is not None and not kubenames.is_dns_label(hostname):
+            problems.append(Problem("cloud_init.meta_data.local-hostname", f"{hostname!r} is no hostname KubeVirt "
+                                    "takes (spec.hostname)", kubenames.LABEL_RULE))
+    return problems
+
+
+def _manifests(spec: Spec, texts: CloudInitTexts) -> _Manifests:
+    notes: list[str] = []
+    metadata: dict[str, Any] = {"name": spec.name}
+    if spec.kubevirt.namespace is not None:
+        metadata["namespace"] = spec.kubevirt.namespace
+    if spec.description:
+        metadata["annotations"] = {"description": spec.description}
+    domain: dict[str, Any] = {
+        "machine": {"type": spec.machine.type},
+        "cpu": _cpu(spec, notes),
+        "memory": {"guest": quantity(spec.machine.memory)},
+        "firmware": _firmware(spec, notes),
+    }
+    if spec.kubevirt.secure_boot:
+        domain["features"] = {"smm": {"enabled": True}}  # KubeVirt refuses Secure Boot without SMM
+    disks, volumes, templates = [], [], []
+    for disk in spec.disks:
+        device, volume, template = _disk(spec, disk, notes)
+        disks.append(device)
+        volumes.append(volume)
+        if template is not None:
+            templates.append(template)
+    interfaces, networks = _interfaces(spec, notes)
+    secret_name = f"{spec.name}-cloud-init"
+    cloud_init, secret_data = _cloud_init(spec, texts, secret_name, notes)
+    if cloud_init is not None:
+        disks.append({"name": SEED_ID, "cdrom": {"bus": "scsi", "readonly": True}})
+        volumes.append({"name": SEED_ID, "cloudInitNoCloud": cloud_init})
+    shares = list(_shares(spec, notes))
+    volumes += [volume for _, volume in shares]
+    # vmrun starts qemu with -nodefaults: no balloon, no display, and no network unless the spec has NICs.
+    devices: dict[str, Any] = {"disks": disks, "interfaces": interfaces, "autoattachMemBalloon": False,
+                               "autoattachGraphicsDevice": False}
+    if not spec.nics:
+        devices["autoattachPodInterface"] = False
+    if any(nic.queues > 1 for nic in spec.nics):
+        devices["networkInterfaceMultiqueue"] = True
+    if shares:
+        devices["filesystems"] = [filesystem for filesystem, _ in shares]
+    if spec.vfio:
+        devices["hostDevices"] = [{"name": object_name(vfio.id), "deviceName": spec.kubevirt.vfio[vfio.id].device_name}
+                                  for vfio in spec.vfio]
+    domain["devices"] = devices
+    template_spec: dict[str, Any] = {"domain": domain, "networks": networks, "volumes": volumes}
+    hostname = spec.cloud_init.meta_data.get("local-hostname") if spec.cloud_init is not None else None
+    if hostname is not None:
+        template_spec["hostname"] = hostname
+    vm_spec: dict[str, Any] = {"runStrategy": str(spec.kubevirt.run_strategy)}
+    if templates:
+        vm_spec["dataVolumeTemplates"] = templates
+    vm_spec["template"] = {"spec": template_spec}
+    vm = {"apiVersion": API_VERSION, "kind": "VirtualMachine", "metadata": metadata, "spec": vm_spec}
+    notes += _host_notes(spec)
+    documents: list[dict[str, Any]] = []
+    if secret_data:
+        secret_metadata = {**{key: metadata[key] for key in ("namespace",) if key in metadata}, "name": secret_name}
+        documents.append({"apiVersion": "v1", "kind": "Secret", "metadata": dict(sorted(secret_metadata.items())),
+                          "type": "Opaque", "stringData": secret_data})
+    documents.append(vm)
+    return _Manifests(tuple(documents), tuple(notes))
+
+
+class _BlockStrings(yaml.SafeDumper):
+    """Multi-line strings (user-data, scripts) as literal blocks, so the YAML reads like the files."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text and not any(character in text for character in "\r\t") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_BlockStrings.add_representer(str, _represent_str)
+
+
+def _document(manifest: Mapping[str, Any], comments: Sequence[str]) -> str:
+    header = "".join(f"# {line}\n" for line in comments)
+    return "---\n" + header + yaml.dump(dict(manifest), Dumper=_BlockStrings, sort_keys=False, allow_unicode=True,
+                                        width=120)
+
+
+def kubevirt_manifests(specs: Sequence[tuple[str, Spec, CloudInitTexts]]) -> Export:
+    """One YAML stream for (source, spec, seed texts) of one or more VMs, sorted by name; SpecError for the first
+    spec that KubeVirt cannot be given (`unmappable` finds them all)."""
+    for source, spec, _ in specs:
+        problems = unmappable(spec)
+        if problems:
+            raise SpecError(source, problems)
+    text, all_notes = "", []
+    for _, spec, texts in sorted(specs, key=lambda entry: entry[1].name):
+        manifests = _manifests(spec, texts)
+        comments = [f"{spec.name}: exported by vmrun for KubeVirt {KUBEVIRT_VERSION}; what KubeVirt does "
+                     "differently:", *(f"- {note}" for note in manifests.notes)]
+        for document in manifests.documents:
+            text += _document(document, comments if document["kind"] == "VirtualMachine" else [])
+        all_notes += [f"{spec.name}: {note}" for note in manifests.notes]
+    return Export(text, tuple(all_notes))
