@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tomli_w
+import yaml
 
 from vmrun.hooks import current_combined
 from vmrun.load import load_spec
@@ -22,6 +25,7 @@ from .conftest import REPO, Vmrun
 
 DEBIAN = REPO / "specs" / "debian.toml"
 NAME = "debian-it"  # not "debian": a VM someone runs from specs/debian.toml on this host keeps its tap
+USER_NIC_MAC = "52:54:00:de:b1:a1"
 
 SPEC = load_spec(DEBIAN)
 BASE = SPEC.disks[0].base
@@ -46,17 +50,46 @@ def guest(vmrun: Vmrun, *command: str, timeout: str = "60") -> str:
     return result.stdout
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def seed_files(directory: Path, public_key: str) -> dict[str, str]:
+    """The checked-in seed files, plus the test's SSH key for vmrun-demo and a static address on the user-mode
+    NIC (qemu's user network forwards to 10.0.2.15): [cloud_init] naming the copies."""
+    assert SPEC.cloud_init is not None and SPEC.cloud_init.network_config is not None
+    user_data = yaml.safe_load(SPEC.cloud_init.user_data.read_text())
+    user_data["users"][1]["ssh_authorized_keys"].append(public_key)
+    network = yaml.safe_load(SPEC.cloud_init.network_config.read_text())
+    network["ethernets"]["user0"] = {"match": {"macaddress": USER_NIC_MAC}, "set-name": "user0",
+                                     "addresses": ["10.0.2.15/24"]}
+    (directory / "user-data.yaml").write_text("#cloud-config\n" + yaml.safe_dump(user_data))
+    (directory / "network-config.yaml").write_text(yaml.safe_dump(network))
+    return {"user_data": str(directory / "user-data.yaml"), "network_config": str(directory / "network-config.yaml")}
+
+
 @pytest.fixture
-def debian(vmrun: Vmrun, reachable_tmp: Path) -> Iterator[tuple[Spec, str]]:
-    """specs/debian.toml as checked in, but with its overlay in a temporary directory, gone at down;
-    the image's hash is the same after down as before up."""
+def ssh_key(tmp_path: Path) -> Path:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vmrun test", "-f", str(key)], check=True)
+    return key
+
+
+@pytest.fixture
+def debian(vmrun: Vmrun, reachable_tmp: Path, ssh_key: Path) -> Iterator[tuple[Spec, str]]:
+    """specs/debian.toml as checked in, but with its overlay in a temporary directory, gone at down, and a
+    user-mode NIC (restrict on) forwarding a free host port to the guest's sshd; the image's hash is the same
+    after down as before up."""
     data = tomllib.loads(DEBIAN.read_text())
     overlay = reachable_tmp / "debian-root.qcow2"
-    assert SPEC.cloud_init is not None
     data.update(
         name=NAME,
         disks=[{**data["disks"][0], "path": str(overlay), "base": str(BASE), "ephemeral": True}],
-        cloud_init={"user_data": str(SPEC.cloud_init.user_data), "network_config": str(SPEC.cloud_init.network_config)},
+        nics=[*data["nics"], {"id": "user0", "mode": "user", "mac": USER_NIC_MAC, "restrict": True,
+                              "forward": [f"tcp:127.0.0.1:{free_port()}:22"]}],
+        cloud_init=seed_files(vmrun.spec_dir, Path(f"{ssh_key}.pub").read_text().strip()),
         # A first boot takes 40-50 s on an idle 2-core host; the tests of other branches may share it.
         agent={**data["agent"], "timeout": "900s"},
     )
@@ -75,7 +108,7 @@ def debian(vmrun: Vmrun, reachable_tmp: Path) -> Iterator[tuple[Spec, str]]:
 
 
 def test_debian_boots_from_its_overlay_and_cloud_init_applies_the_seed(
-    vmrun: Vmrun, debian: tuple[Spec, str]
+    vmrun: Vmrun, debian: tuple[Spec, str], ssh_key: Path
 ) -> None:
     spec, up = debian
     assert re.search(r"ethtool net0 \S+ combined 2 ✓", up), up
@@ -93,3 +126,10 @@ def test_debian_boots_from_its_overlay_and_cloud_init_applies_the_seed(
     # The network-config's static address, as `status` reports it from the agent.
     [status] = json.loads(vmrun("status", "--json", NAME).stdout)
     assert "192.0.2.2/24" in status["addresses"].get(interface, []), (status, guest(vmrun, "ip", "-br", "addr"))
+    # ssh through the user-mode NIC's forward, as the user the user-data creates, the host key kept per VM.
+    ssh = vmrun("ssh", "-i", str(ssh_key), NAME, "--", "id", "-un", timeout=120)
+    assert (ssh.returncode, ssh.stdout) == (0, "vmrun-demo\n"), ssh.stderr
+    known_hosts = vmrun.state_root / NAME / "known_hosts"  # hashed names (Debian's ssh_config): ask ssh-keygen
+    port = spec.nics[1].forward[0].split(":")[2]
+    assert subprocess.run(["ssh-keygen", "-F", f"[127.0.0.1]:{port}", "-f", str(known_hosts)]).returncode == 0
+    assert vmrun("ssh", "-i", str(ssh_key), NAME, "--", "true", timeout=120).returncode == 0

@@ -1,7 +1,8 @@
 """The promise "validate ok means qemu accepts it", with real qemu as the oracle.
 
 Hypothesis draws valid specs (disks on real image files, shares on real directories, both with commas and
-spaces in their paths; NICs on real taps, multiqueue ones included; odd-but-legal ids, tags and names).
+spaces in their paths; NICs on real taps, multiqueue ones included, and user-mode NICs forwarding free host
+ports; odd-but-legal ids, tags and names).
 Each is validated from its TOML file, rendered for this host, and started paused (-S) in the foreground:
 qemu accepted it when QMP answers query-status. Left out: VFIO (needs hardware), passthrough disks (need
 a block device), bridges (preflight's, qemu never sees them). Render's -daemonize and privilege drop go,
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from vmrun.naming import tap_name
 from vmrun.preflight import Status, check_accel
 from vmrun.render import render
 from vmrun.spec import Firmware, Spec
+from vmrun.usernet import is_user
 
 from .conftest import REPO
 
@@ -111,6 +115,19 @@ def start_paused(argv: list[str], paths: RunPaths) -> None:
             process.stderr.close()
 
 
+def free_ports(count: int) -> tuple[int, ...]:
+    """Host ports nothing listens on now (on any address, for tcp and udp), for the forwards the specs draw."""
+    with ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("0.0.0.0", 0))
+        ports = tuple(int(probe.getsockname()[1]) for probe in probes)
+    for port in ports:
+        with socket.socket(type=socket.SOCK_DGRAM) as udp:
+            udp.bind(("0.0.0.0", port))  # raises when the port is taken for udp: the fixture fails, not a spec
+    return ports
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Files]:
     base = Path(tmp_path_factory.mktemp("oracle"))
@@ -130,7 +147,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Files]:
         pytest.skip("no tiny guest kernel: run integration/tiny-guest/build")
     yield Files(raw_images=raw, qcow2_images=qcow2, share_dirs=shares, kernel=kernel, initrd=initrd,
                 name_prefix=PREFIX, tap_prefix=PREFIX, host_only=True,
-                vhost_net=Host().can_open("/dev/vhost-net"))
+                vhost_net=Host().can_open("/dev/vhost-net"), forward_ports=free_ports(4))
     shutil.rmtree(base)
 
 
@@ -161,7 +178,7 @@ def test_every_valid_spec_starts_in_qemu(files: Files, facts: HostFacts, tmp_pat
         shutil.copy(facts.ovmf_vars_template, paths.uefi_vars)
     taps = Taps(Host())
     try:
-        for nic in spec.nics:
+        for nic in (nic for nic in spec.nics if not is_user(nic)):
             taps.add(tap_name(spec, nic), multi_queue=nic.queues > 1)
         start_paused(qemu_argv(spec, facts, paths), paths)
     finally:

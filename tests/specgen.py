@@ -41,6 +41,7 @@ class Files:
     tap_prefix: str = "t"  # explicit tap names start with this
     vhost_net: bool = False  # whether vhost = true may be drawn (it needs a usable /dev/vhost-net)
     host_only: bool = False  # draw only what qemu itself sees: no vfio, no passthrough, no bridges
+    forward_ports: tuple[int, ...] = (2222, 8022, 8080, 65535)  # host ports user-mode NICs may forward (free ones)
 
 
 def mac_addresses() -> st.SearchStrategy[str]:
@@ -95,12 +96,29 @@ def disks(draw: st.DrawFn, files: Files, ids: list[str]) -> list[dict[str, Any]]
     return drawn
 
 
+def user_nic(draw: st.DrawFn, nic_id: str, free_ports: list[int]) -> dict[str, Any]:
+    """A user-mode NIC whose forwards take host ports from free_ports, none twice in the VM."""
+    nic: dict[str, Any] = {"id": nic_id, "mode": "user", "restrict": draw(st.booleans())}
+    forwards = []
+    for _ in range(draw(st.integers(0, min(2, len(free_ports))))):
+        port = free_ports.pop(draw(st.integers(0, len(free_ports) - 1)))
+        address = draw(st.sampled_from(["", "127.0.0.1:", "0.0.0.0:"]))
+        forwards.append(f"{draw(st.sampled_from(['tcp', 'udp']))}:{address}{port}:{draw(st.integers(1, 65535))}")
+    if forwards or draw(st.booleans()):
+        nic["forward"] = forwards
+    return nic
+
+
 @st.composite
 def nics(draw: st.DrawFn, files: Files, ids: list[str], cpus: int) -> list[dict[str, Any]]:
     drawn = []
     taps = draw(st.lists(tap_names(files.tap_prefix), min_size=len(ids), max_size=len(ids), unique=True))
     macs = draw(st.lists(mac_addresses(), min_size=len(ids), max_size=len(ids), unique_by=str.lower))
+    free_ports = list(files.forward_ports)
     for nic_id, tap, mac in zip(ids, taps, macs, strict=True):
+        if draw(st.integers(0, 3)) == 0:
+            drawn.append({**user_nic(draw, nic_id, free_ports), **({"mac": mac} if draw(st.booleans()) else {})})
+            continue
         nic: dict[str, Any] = {"id": nic_id, "queues": draw(st.integers(1, min(cpus, 8)))}
         if draw(st.booleans()):
             nic["tap"] = tap

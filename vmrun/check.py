@@ -15,6 +15,7 @@ from vmrun.load import read_document, spec_base, structure_spec
 from vmrun.naming import IFNAMSIZ, VM_NAME_RULE, is_vm_name, mac_address, pci_address, tap_name
 from vmrun.spec import ROOT_USER, Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
 from vmrun.units import GIB, MIB, TIB, format_duration, format_size
+from vmrun.usernet import check_user_nics, is_user
 
 MAX_QUEUE_PAIRS = 256  # the Linux tap driver's limit (QEMU allows 511)
 MAX_SCSI_TARGETS = 256
@@ -296,7 +297,7 @@ def check_queue_limit(spec: Spec) -> Iterator[Problem]:
     cpus = spec.machine.cpus
     limit = f"machine.cpus ({cpus})" if cpus <= MAX_QUEUE_PAIRS else f"the tap driver's limit ({MAX_QUEUE_PAIRS})"
     for index, nic in enumerate(spec.nics):
-        if cpus >= 1 and nic.queues > min(cpus, MAX_QUEUE_PAIRS):
+        if cpus >= 1 and nic.queues > min(cpus, MAX_QUEUE_PAIRS) and not is_user(nic):  # check_user_nics says
             yield Problem(
                 f"nics[{index}].queues", f"{nic.queues} queue pairs exceed {limit}",
                 "more queue pairs than vCPUs bring nothing",
@@ -305,7 +306,8 @@ def check_queue_limit(spec: Spec) -> Iterator[Problem]:
 
 def check_derived_names(spec: Spec) -> Iterator[Problem]:
     """Taps and MACs left out of the spec are derived from the VM's name: each must still be unique."""
-    yield from _duplicates(((f"nics[{i}].tap", tap_name(spec, n)) for i, n in enumerate(spec.nics)), "tap")
+    yield from _duplicates(((f"nics[{i}].tap", tap_name(spec, n)) for i, n in enumerate(spec.nics) if not is_user(n)),
+                           "tap")
     yield from _duplicates(((f"nics[{i}].mac", mac_address(spec, n)) for i, n in enumerate(spec.nics)), "MAC")
 
 
@@ -434,6 +436,7 @@ CHECKS: tuple[tuple[Check, frozenset[str]], ...] = (
     (check_queue_count, frozenset()),
     (check_queue_limit, frozenset({"machine"})),
     (check_nics, frozenset()),
+    (check_user_nics, frozenset()),
     (check_derived_names, frozenset({"name"})),
     (check_shares, frozenset()),
     (check_vfio, frozenset()),

@@ -29,6 +29,7 @@ from vmrun.commands import (
     cmd_man,
     cmd_preflight,
     cmd_render,
+    cmd_ssh,
     cmd_status,
     cmd_up,
     cmd_validate,
@@ -154,6 +155,18 @@ def _exec(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_exec)
 
 
+def _ssh(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "ssh to the guest: through a user-mode NIC's forward of port 22, else to the first address the guest agent "
+        "reports. Host keys are kept in the VM's state directory."
+    )
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    parser.add_argument("-l", "--user", help="default: the user the spec's cloud-init user-data creates, else yours")
+    parser.add_argument("-i", "--identity", metavar="FILE", help="the private key (default: ssh's own choice)")
+    parser.set_defaults(handler=cmd_ssh)
+
+
 def _cp(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Copy one file into a running guest or out of it, over the guest agent. NAME:PATH is in the guest "
@@ -242,6 +255,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "down": ("stop VMs and undo their host changes", _down),
     "status": ("running / stopped / dead, pid, accel, agent", _status),
     "exec": ("run a command in the guest over the agent", _exec),
+    "ssh": ("ssh to the guest (a user-mode forward of port 22, or an address the agent reports)", _ssh),
     "cp": ("copy a file into or out of a running guest over the agent", _cp),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),

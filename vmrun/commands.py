@@ -20,6 +20,7 @@ from vmrun.errors import SpecError, UsageError, VmrunError
 if TYPE_CHECKING:
     import threading
 
+    from vmrun.agent import GuestInterface
     from vmrun.export import Export
     from vmrun.facts import HostFacts
     from vmrun.fleet import Fate, Task
@@ -318,7 +319,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         pid = vm.pid or "-"
         addresses = " ".join(f"{interface} {','.join(ips)}" for interface, ips in vm.addresses.items())
         print(f"{vm.name:<16} {vm.state:<8} pid {pid:<8} {vm.accel:<4} up {uptime:<8} {agent:<18} {vm.run_dir}"
-              f"{'  ' + addresses if addresses else ''}" + "".join(f"\n  host drift: {line}" for line in vm.host_drift))
+              f"{'  ' + addresses if addresses else ''}" + "".join(f"\n  host drift: {line}" for line in vm.host_drift)
+              + "".join(f"\n  forward: {forward}" for forward in vm.forwards))
     return 0
 
 
@@ -342,6 +344,38 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if result.signal is not None:
         return 128 + result.signal
     return result.exitcode if result.exitcode is not None else 1
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from vmrun.agent import GuestAgent
+    from vmrun.ssh import KNOWN_HOSTS, guest_user, invoking_user_name, private_keys, ssh_argv, ssh_target
+    from vmrun.status import AGENT_PROBE_TIMEOUT, running_spec
+
+    host = host_of(args)
+    paths, spec = running_spec(host, places_of(args), vm_name(args.name))
+
+    def interfaces() -> tuple[GuestInterface, ...]:
+        with GuestAgent(paths.agent_socket) as agent:
+            agent.wait_ready(timeout=AGENT_PROBE_TIMEOUT * 5)
+            return agent.interfaces()
+
+    address, port = ssh_target(spec, interfaces)
+    program = shutil.which("ssh")
+    if program is None:
+        raise UsageError("ssh is not installed", hint="apt-get install openssh-client")
+    # Under sudo, ssh runs as root: the keys are still those of the user `init` put into the user-data.
+    sudo_user = os.environ.get("SUDO_USER")
+    identities = [Path(args.identity)] if args.identity else private_keys(host.home_dir(sudo_user)) if sudo_user else []
+    paths.make_state_dir()
+    argv = ssh_argv(address=address, port=port, user=args.user or guest_user(spec, invoking_user_name(os.environ)),
+                    known_hosts=paths.state_dir / KNOWN_HOSTS, identities=identities,
+                    command=args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(program, argv)
 
 
 def cmd_cp(args: argparse.Namespace) -> int:

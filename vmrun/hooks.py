@@ -11,6 +11,7 @@ from vmrun.errors import HookError
 from vmrun.naming import mac_address
 from vmrun.progress import Say
 from vmrun.spec import Nic, Spec
+from vmrun.usernet import is_user
 
 ETHTOOL_TIMEOUT = 30.0
 _CURRENT_COMBINED = re.compile(r"Current hardware settings:.*?^Combined:\s*(\d+)", re.MULTILINE | re.DOTALL)
@@ -57,8 +58,9 @@ def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]
 
 
 def run_multiqueue_step(agent: GuestAgent, spec: Spec, say: Say) -> None:
-    """Every NIC, single-queue ones too: a guest that came up with the wrong count is caught either way."""
-    for nic in spec.nics:
+    """Every tap NIC, single-queue ones too: a guest that came up with the wrong count is caught either way.
+    A user-mode NIC has one queue pair, whatever the guest says."""
+    for nic in (nic for nic in spec.nics if not is_user(nic)):
         started = time.monotonic()
         interface, was_set = set_queue_pairs(agent, spec, nic)
         elapsed_ms = (time.monotonic() - started) * 1000

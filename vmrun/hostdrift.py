@@ -14,6 +14,7 @@ from vmrun.host import KSM_RUN, Host, User
 from vmrun.naming import tap_name
 from vmrun.pci import pci_device
 from vmrun.spec import Spec
+from vmrun.usernet import is_user
 
 
 def host_differences(spec: Spec, host: Host, *, as_root: bool) -> list[str]:
@@ -27,6 +28,8 @@ def host_differences(spec: Spec, host: Host, *, as_root: bool) -> list[str]:
 def _nic_differences(spec: Spec, host: Host) -> Iterator[str]:
     for index, nic in enumerate(spec.nics):
         tap, path = tap_name(spec, nic), f"nics[{index}]"
+        if is_user(nic):
+            continue  # qemu's own network: nothing on the host to lose
         if not host.exists(f"/sys/class/net/{tap}"):
             yield f"{path}: tap {tap} is gone from the host"
             continue

@@ -64,6 +64,7 @@ from vmrun.state import (
     state_path,
     vm_names,
 )
+from vmrun.usernet import is_user, refused_forward
 
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
@@ -206,7 +207,8 @@ def _preflight(
             name=spec.name, spec_path=str(spec_path), argv=configuration.argv, accel=str(plan.accel.accel),
             accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
             writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
-            taps=tuple(tap_name(spec, nic) for nic in spec.nics), vfio=tuple(vfio.host for vfio in spec.vfio),
+            taps=tuple(tap_name(spec, nic) for nic in spec.nics if not is_user(nic)),
+            vfio=tuple(vfio.host for vfio in spec.vfio),
             spec=converter.unstructure(spec),
             seed_id=configuration.seed_id,
         ))
@@ -281,7 +283,7 @@ def up(
             crash_point("before launching qemu")
             say(f"launching {spec.name}")
             with _importing_meanwhile("vmrun.monitor"):
-                pid = launch(host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
+                pid = _launch(spec, host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
             say(f"qemu pid {pid}")
             _confirm_running(paths)
@@ -350,6 +352,16 @@ def _abort(host: Host, places: Places, state: VmState, say: Say) -> None:
             say(f"qemu (pid {pid}) survived SIGKILL; its host changes stay: vmrun down --force {state.name}")
             return
     _end_run(host, places, state.name, state, say, rollback=True)
+
+
+def _launch(spec: Spec, host: Host, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
+    try:
+        return launch(host, argv, paths, memlock=memlock)
+    except LaunchError as exc:
+        refused = refused_forward(spec, str(exc))
+        if refused is None:
+            raise
+        raise refused from exc
 
 
 def _checked_program(facts: HostFacts) -> Path:

@@ -37,6 +37,7 @@ from vmrun.spec import (
     DiskFormat,
     Firmware,
     ImageUrl,
+    NicMode,
     RunStrategy,
     Seconds,
     SecurityModel,
@@ -290,7 +291,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(Path | ImageUrl | None, _structure_base)
     converter.register_structure_hook(Seconds, _structure_duration)
     # Class hooks, one per enum: the str hook above would otherwise catch every StrEnum.
-    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel, RunStrategy):
+    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel, RunStrategy, NicMode):
         converter.register_structure_hook(choice, _enum_hook(choice))
     converter.register_structure_hook(Vhost, _structure_vhost)
     converter.register_structure_hook_factory(_is_homogeneous_tuple, lambda t: _array_hook(converter, t))

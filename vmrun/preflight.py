@@ -39,6 +39,7 @@ from vmrun.naming import tap_name
 from vmrun.signals import shielded
 from vmrun.spec import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
 from vmrun.units import KIB, format_size
+from vmrun.usernet import forwards, is_user
 from vmrun.vfio import check_memlock, check_vfio
 
 __all__ = [
@@ -340,6 +341,10 @@ def _hex(text: str | None) -> int | None:
 
 
 def check_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User | None, others: Others) -> Found:
+    if is_user(nic):
+        forwarded = "; ".join(map(str, forwards(nic))) or "no port forwards"
+        yield ok_check(f"nics {nic.id}", f"user-mode network in qemu, no host change ({forwarded})")
+        return
     tap, name = tap_name(spec, nic), f"nics {nic.id}"
     holder = others.taps.get(tap)
     if holder is not None:

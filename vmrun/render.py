@@ -14,6 +14,7 @@ from vmrun.locations import RunPaths
 from vmrun.naming import mac_address, tap_name
 from vmrun.spec import Accel, Cache, Disk, Firmware, Nic, Share, Spec, Vfio
 from vmrun.units import MIB
+from vmrun.usernet import forwards, is_user
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 SEED_ID = "cidata"  # the cloud-init seed's node and device id, reserved in vmrun.check
@@ -160,7 +161,17 @@ def _scsi(spec: Spec, paths: RunPaths) -> list[str]:
     return argv
 
 
+def _user_nic(spec: Spec, nic: Nic) -> list[str]:
+    hostfwd = [qemu_opt(None, {"hostfwd": forward.hostfwd}) for forward in forwards(nic)]
+    return [
+        "-netdev", ",".join([qemu_opt("user", {"id": nic.id, "restrict": nic.restrict}), *hostfwd]),
+        "-device", qemu_opt("virtio-net-pci", {"netdev": nic.id, "id": nic.id, "mac": mac_address(spec, nic)}),
+    ]
+
+
 def _nic(spec: Spec, nic: Nic, facts: HostFacts) -> list[str]:
+    if is_user(nic):
+        return _user_nic(spec, nic)
     multiqueue = nic.queues > 1
     return [
         "-netdev", qemu_opt("tap", {

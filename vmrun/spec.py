@@ -57,6 +57,11 @@ class Vhost(enum.StrEnum):
     AUTO = "auto"
 
 
+class NicMode(enum.StrEnum):
+    TAP = "tap"  # a host tap that preflight creates (root), optionally on a bridge
+    USER = "user"  # qemu's own user-mode network stack: no host change, reached through port forwards
+
+
 class SecurityModel(enum.StrEnum):
     PASSTHROUGH = "passthrough"
     MAPPED_XATTR = "mapped-xattr"
@@ -111,6 +116,10 @@ class Nic:
     queues: int = 1
     vhost: Vhost = Vhost.AUTO
     mac: str | None = None
+    mode: NicMode = NicMode.TAP
+    # user mode only: host->guest port forwards, "tcp:2222:22" or "tcp:0.0.0.0:2222:22" (vmrun.usernet)
+    forward: tuple[str, ...] = ()
+    restrict: bool = False  # user mode only: the guest reaches nothing outside; forwards still work
 
 
 @attrs.frozen

@@ -53,6 +53,8 @@ id = "net0"
 queues = 2                # queue pairs, at most machine.cpus; vmrun runs `ethtool -L <if> combined N` in the guest
 vhost = "auto"            # true | false | auto
 # bridge = "br0"          # attach the tap to this existing bridge{bridge_comment}
+# mode = "user"           # or qemu's own network, no root and no tap (then drop queues and vhost)...
+# forward = ["tcp:2222:22"]   # ...reached through host ports: 127.0.0.1:2222 to the guest's sshd (`vmrun ssh`)
 
 # [[shares]]              # VirtFS (9p): mount -t 9p -o trans=virtio,version=9p2000.L data /mnt
 # id = "data"

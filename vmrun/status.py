@@ -35,6 +35,8 @@ class VmStatus:
     addresses: dict[str, list[str]] = attrs.field(factory=dict, hash=False)
     # What the host no longer holds for the running VM (a tap gone or off its bridge, KSM off, ...).
     host_drift: tuple[str, ...] = ()
+    # A running VM's user-mode port forwards: "tcp 127.0.0.1:2222 -> guest port 22".
+    forwards: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -71,7 +73,14 @@ def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
         name=name, state=vm_state, pid=pid if alive else None, accel=state.accel if state else "unknown",
         run_dir=str(paths.run_dir), uptime=time.time() - state.started_at if state and alive else None, agent=agent,
         addresses=addresses, host_drift=_host_drift(started_from, host) if started_from is not None else (),
+        forwards=_forwards(started_from) if started_from is not None else (),
     )
+
+
+def _forwards(spec: Spec) -> tuple[str, ...]:
+    from vmrun.usernet import forwards, is_user
+
+    return tuple(str(forward) for nic in spec.nics if is_user(nic) for forward in forwards(nic))
 
 
 def _host_drift(started_from: Spec, host: Host) -> tuple[str, ...]:
@@ -104,6 +113,17 @@ def probe_agent(paths: RunPaths) -> tuple[bool, dict[str, list[str]]]:
                 return True, {}
     except AgentError:
         return False, {}
+
+
+def running_spec(host: Host, places: Places, name: str) -> tuple[RunPaths, Spec]:
+    """A running VM's paths and the spec it started from."""
+    paths = running_paths(host, places, name)
+    state = read_state(paths)
+    spec = recorded_configuration(state).spec if state is not None else None
+    if spec is None:
+        raise UsageError(f"{name}: its state records no spec it started from",
+                         hint="vmrun up --restart SPEC starts it again with one")
+    return paths, spec
 
 
 def running_paths(host: Host, places: Places, name: str) -> RunPaths:

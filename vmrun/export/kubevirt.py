@@ -28,6 +28,7 @@ from vmrun.naming import mac_address
 from vmrun.render import SEED_ID
 from vmrun.spec import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
 from vmrun.units import KIB
+from vmrun.usernet import is_user
 
 API_VERSION = "kubevirt.io/v1"
 KUBEVIRT_VERSION = "v1.9.0"  # the release whose CRD schema and admission rules this export is checked against
@@ -177,6 +178,9 @@ def _interfaces(spec: Spec, notes: list[str]) -> tuple[list[dict[str, Any]], lis
             if nic.bridge:
                 notes.append(f"nics {nic.id}: on the pod network (masquerade), not bridge {nic.bridge}: give "
                              f"kubevirt.nics.{nic.id}.network for a Multus network")
+            if is_user(nic) and (nic.forward or nic.restrict):
+                notes.append(f"nics {nic.id}: the pod network (masquerade) has no port forwards and no restrict: "
+                             "reach the guest through a Service, shut it in with a NetworkPolicy")
         interfaces.append(interface)
     return interfaces, networks
 
@@ -186,7 +190,7 @@ def multiqueue_commands(spec: Spec) -> list[str]:
     KubeVirt gives every NIC as many queues as vCPUs and never runs ethtool."""
     if not any(nic.queues > 1 for nic in spec.nics):
         return []
-    return [_ethtool_command(spec, nic) for nic in spec.nics]
+    return [_ethtool_command(spec, nic) for nic in spec.nics if not is_user(nic)]
 
 
 def _ethtool_command(spec: Spec, nic: Nic) -> str:

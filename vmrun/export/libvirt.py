@@ -11,6 +11,7 @@ from vmrun.naming import domain_uuid, mac_address, tap_name
 from vmrun.render import AGENT_PORT_NAME, SEED_ID
 from vmrun.spec import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio
 from vmrun.units import KIB
+from vmrun.usernet import forwards, is_user
 
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 # vmrun's 9p security models as libvirt's filesystem accessmode.
@@ -93,6 +94,9 @@ def scsi_disk_name(index: int) -> str:
 
 
 def _nic(devices: ET.Element, spec: Spec, nic: Nic, vhost_net: bool) -> None:
+    if is_user(nic):
+        _user_nic(devices, spec, nic)
+        return
     element = _sub(devices, "interface", type="bridge" if nic.bridge else "ethernet")
     if nic.bridge:
         _sub(element, "source", bridge=nic.bridge)
@@ -109,6 +113,24 @@ def _nic(devices: ET.Element, spec: Spec, nic: Nic, vhost_net: bool) -> None:
         driver["queues"] = str(nic.queues)
     _sub(element, "driver", **driver)
     _sub(element, "alias", name=f"ua-{nic.id}")
+
+
+def _user_nic(devices: ET.Element, spec: Spec, nic: Nic) -> None:
+    """libvirt's user network is the same slirp; its <portForward> needs the passt backend (notes say so)."""
+    element = _sub(devices, "interface", type="user")
+    _sub(element, "mac", address=mac_address(spec, nic))
+    _sub(element, "model", type="virtio")
+    _sub(element, "alias", name=f"ua-{nic.id}")
+
+
+def _user_nic_notes(nic: Nic) -> list[str]:
+    notes = []
+    if nic.forward:
+        notes.append(f"nics {nic.id}: libvirt's user network (slirp) takes no port forwards (<portForward> needs "
+                     f"the passt backend); forward by hand: {'; '.join(map(str, forwards(nic)))}")
+    if nic.restrict:
+        notes.append(f"nics {nic.id}: libvirt has no restrict: the guest can reach the host's networks")
+    return notes
 
 
 def _share(devices: ET.Element, share: Share, notes: list[str]) -> None:
@@ -138,6 +160,7 @@ def _unexpressed(spec: Spec, seed: Path) -> list[str]:
     notes = []
     if spec.post_boot:
         notes.append(f"post_boot: {len(spec.post_boot)} hook(s) run by vmrun over the agent; libvirt has no such step")
+    notes += [note for nic in spec.nics if is_user(nic) for note in _user_nic_notes(nic)]
     if any(nic.queues > 1 for nic in spec.nics):
         notes.append("nics: libvirt sets the queues but not the guest's `ethtool -L combined N`; "
                      "modern guest kernels enable min(N, vCPUs) pairs by default")
