@@ -40,6 +40,7 @@ def tiny_spec(vmrun: Vmrun, name: str, *, disks: list[dict[str, object]], nic: b
               **sections: object) -> Path:
     """specs/tiny.toml with other disks, and its NIC only when asked for."""
     data = tomllib.loads(TINY.read_text())
+    data.pop("kubevirt")  # its sources name the checked-in spec's disks and shares, which this spec replaces
     if not nic:
         data.pop("nics")
     data.update(
