@@ -154,7 +154,10 @@ class GuestAgent(QmpSession):
         """Up to ``count`` bytes from the handle, and whether its end was reached."""
         reply = _object(self._call("guest-file-read", {"handle": handle, "count": count}, timeout=timeout),
                         "guest-file-read")
-        return _decoded(reply.get("buf-b64")), reply.get("eof") is True
+        data = _decoded(reply.get("buf-b64"), "guest-file-read")
+        if len(data) > count:
+            raise AgentError(f"the guest agent sent {len(data)} bytes for a read of {count}")
+        return data, reply.get("eof") is True
 
     def write_file(self, handle: int, data: bytes, *, timeout: float = REPLY_TIMEOUT) -> None:
         reply = _object(self._call("guest-file-write",
@@ -217,8 +220,8 @@ def _exec_result(status: Mapping[str, Any]) -> ExecResult:
     return ExecResult(
         exitcode=_optional_int(status.get("exitcode")),
         signal=_optional_int(status.get("signal")),
-        stdout=_decoded(status.get("out-data")),
-        stderr=_decoded(status.get("err-data")),
+        stdout=_decoded(status.get("out-data"), "guest-exec-status"),
+        stderr=_decoded(status.get("err-data"), "guest-exec-status"),
         stdout_truncated=status.get("out-truncated") is True,
         stderr_truncated=status.get("err-truncated") is True,
     )
@@ -246,8 +249,13 @@ def _optional_int(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _decoded(value: object) -> bytes:
-    return base64.b64decode(value) if isinstance(value, str) else b""
+def _decoded(value: object, command: str) -> bytes:
+    if not isinstance(value, str):
+        return b""
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error
+        raise AgentError(f"the guest agent answered {command} with data that is not base64") from None
 
 
 def _object(reply: object, command: str) -> Mapping[str, Any]:
