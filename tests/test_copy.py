@@ -4,11 +4,9 @@ which words name a guest path."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
-import signal
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from vmrun import copy
 from vmrun.copy import GuestPath, endpoints
 from vmrun.errors import AgentError, UsageError
 
+from .common import unless_it_hangs
 from .fakepeer import FakePeer, Message, answer, refuse
 
 DIRECTORY = 0o040755
@@ -161,21 +160,6 @@ def test_misuse_is_exit_2(source: str, destination: str, message: str) -> None:
     with pytest.raises(UsageError) as refused:
         endpoints(source, destination)
     assert (str(refused.value), refused.value.exit_code) == (message, 2)
-
-
-@contextlib.contextmanager
-def unless_it_hangs() -> Iterator[None]:
-    """What blocks for good (an open() waiting for a FIFO's writer) fails the test instead of hanging it."""
-    def hung(*_: object) -> None:
-        raise AssertionError("blocked")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(30)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_a_download_onto_a_fifo_or_device_is_refused_and_leaves_it_alone(socket_path: Path, tmp_path: Path) -> None:
