@@ -228,17 +228,33 @@ def _exec_result(status: Mapping[str, Any]) -> ExecResult:
 
 
 def _interface(entry: Mapping[str, Any]) -> GuestInterface:
+    """An interface as a guest reports it: the guest is not trusted, so a name that is not printable is shown
+    quoted and what is no IP address (with a prefix it can have) is left out; status prints these, ssh dials them."""
     mac = entry.get("hardware-address")
+    name = str(entry.get("name", ""))
     addresses = entry.get("ip-addresses") or []
     return GuestInterface(
-        name=str(entry.get("name", "")),
+        name=name if name.isprintable() else repr(name),
         mac=mac.lower() if isinstance(mac, str) else None,
         addresses=tuple(
-            _with_prefix(address["ip-address"], address.get("prefix"))
-            for address in addresses
-            if isinstance(address, Mapping) and isinstance(address.get("ip-address"), str)
+            address for address in (
+                _with_prefix(address["ip-address"], address.get("prefix"))
+                for address in addresses
+                if isinstance(address, Mapping) and isinstance(address.get("ip-address"), str)
+            )
+            if _is_ip_interface(address)
         ),
     )
+
+
+def _is_ip_interface(address: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_interface(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _with_prefix(address: str, prefix: object) -> str:
