@@ -1,7 +1,10 @@
-"""Shared test data: a good spec and the host facts golden tests assume."""
+"""Shared test data: a good spec and the host facts golden tests assume; a guard against a test that blocks."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from vmrun.facts import HostFacts
@@ -49,3 +52,18 @@ GOLDEN_FACTS = HostFacts(
 
 def golden_paths(name: str) -> RunPaths:
     return RunPaths(run_dir=Path("/run/vmrun") / name, state_dir=Path("/var/lib/vmrun") / name)
+
+
+@contextlib.contextmanager
+def unless_it_hangs() -> Iterator[None]:
+    """What blocks for good (an open() waiting for a FIFO's writer) fails the test instead of hanging it."""
+    def hung(*_: object) -> None:
+        raise AssertionError("blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

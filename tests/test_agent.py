@@ -265,3 +265,22 @@ def test_status_addresses_are_per_interface_with_prefixes_and_without_loopback(s
         client.wait_ready(timeout=5)
         addresses = addresses_by_interface(client.interfaces())
     assert addresses == {"eth0": ["10.0.2.15/24", "fe80::5054:ff:feab:cdef/64"]}
+
+
+def test_addresses_a_lying_guest_reports_are_dropped_and_its_interface_names_cannot_drive_the_terminal(
+        socket_path: Path) -> None:
+    """status prints these and vmrun ssh dials them: what is no IP address, or a prefix no IP has, is left out."""
+    def agent(request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-network-get-interfaces":
+            return [answer(request, [
+                {"name": "eth0\x1b[2J", "hardware-address": "52:54:00:ab:cd:ef",
+                 "ip-addresses": [{"ip-address": "-oProxyCommand=touch /tmp/x", "prefix": 24},
+                                  {"ip-address": "10.0.2.15", "prefix": 99},
+                                  {"ip-address": "10.0.2.16", "prefix": 24}]},
+            ])]
+        return syncing(request)
+
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        addresses = addresses_by_interface(client.interfaces())
+    assert addresses == {"'eth0\\x1b[2J'": ["10.0.2.16/24"]}

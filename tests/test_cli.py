@@ -66,6 +66,17 @@ def test_missing_spec_is_a_one_line_error() -> None:
     assert result.stderr == "vmrun: error: no/such.toml: cannot read spec: No such file or directory\n"
 
 
+def test_a_spec_path_with_a_newline_or_escape_still_gives_one_line_per_error(tmp_path: Path) -> None:
+    """A file name (or a guest's message) cannot split an error line, nor drive the terminal."""
+    spec = tmp_path / "a\nvmrun: error: forged\x1b[2J.toml"
+    spec.write_text('name = "Bad"\n')
+    result = vmrun("up", "--json", str(spec))
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 2
+    assert all(line.startswith(f"vmrun: error: {tmp_path}/a\\nvmrun: error: forged\\x1b[2J.toml: ") for line in lines)
+    assert [entry["name"] for entry in json.loads(result.stdout)] == [str(spec)]
+
+
 def test_init_writes_a_spec_that_validates_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert vmrun("init", "web1", cwd=tmp_path).returncode == 0
     assert vmrun("validate", "web1.toml", cwd=tmp_path).returncode == 0

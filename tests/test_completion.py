@@ -144,3 +144,13 @@ def test_groff_renders_the_man_page_without_a_warning() -> None:
                               check=True, timeout=60)
     assert rendered.stderr == ""
     assert "vmrun cp [-h] SRC|NAME:SRC NAME:DST|DST" in rendered.stdout
+
+
+@needs["bash"]
+def test_bash_offers_a_spec_file_with_white_space_or_shell_words_in_its_name_as_one_word(tmp_path: Path) -> None:
+    odd = ["my spec.toml", "$(touch pwned).toml", "*.toml"]
+    for name in odd:
+        (tmp_path / name).touch()
+    query = "COMP_WORDS=(vmrun up ''); COMP_CWORD=2; _vmrun; printf '%s\\n' \"${COMPREPLY[@]}\" | sort"
+    assert sorted(offered("bash", tmp_path, "compopt() { :; }", [query])) == sorted(odd)
+    assert not (tmp_path / "pwned").exists()

@@ -4,6 +4,8 @@ which words name a guest path."""
 from __future__ import annotations
 
 import base64
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from vmrun import copy
 from vmrun.copy import GuestPath, endpoints
 from vmrun.errors import AgentError, UsageError
 
+from .common import unless_it_hangs
 from .fakepeer import FakePeer, Message, answer, refuse
 
 DIRECTORY = 0o040755
@@ -157,3 +160,56 @@ def test_misuse_is_exit_2(source: str, destination: str, message: str) -> None:
     with pytest.raises(UsageError) as refused:
         endpoints(source, destination)
     assert (str(refused.value), refused.value.exit_code) == (message, 2)
+
+
+def test_a_download_onto_a_fifo_or_device_is_refused_and_leaves_it_alone(socket_path: Path, tmp_path: Path) -> None:
+    special = tmp_path / "pipe"  # stands for /dev/null or a disk: root would have replaced the node by a file
+    os.mkfifo(special)
+    with FakePeer(socket_path, FakeGuest({"/etc/motd": b"hello"})), pytest.raises(UsageError) as refused:
+        copy.copy("tiny", GuestPath("tiny", "/etc/motd"), special, socket_path, agent_timeout=5, say=print)
+    assert (str(refused.value), refused.value.exit_code) == (f"{special} is not a regular file", 2)
+    assert stat.S_ISFIFO(special.lstat().st_mode)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pipe", "qga.sock"]
+
+
+def test_an_upload_from_a_fifo_is_refused_without_waiting_for_a_writer(socket_path: Path, tmp_path: Path) -> None:
+    source = tmp_path / "pipe"
+    os.mkfifo(source)
+    guest = FakeGuest({})
+    with FakePeer(socket_path, guest), unless_it_hangs(), pytest.raises(UsageError) as refused:
+        copy.copy("tiny", source, GuestPath("tiny", "/tmp/x"), socket_path, agent_timeout=5, say=print)
+    assert (str(refused.value), refused.value.exit_code) == (f"{source} is not a regular file", 2)
+    assert guest.files == {}
+
+
+class LyingGuest(FakeGuest):
+    """A guest agent that answers guest-file-read with what it likes."""
+
+    def __init__(self, reply: dict[str, object]) -> None:
+        super().__init__({"/etc/motd": b"hello"})
+        self.reply = reply
+
+    def __call__(self, request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-file-read":
+            return [answer(request, self.reply)]
+        return super().__call__(request)
+
+
+@pytest.mark.parametrize(("reply", "message"), [
+    ({"count": 5, "buf-b64": base64.b64encode(b"x" * 5).decode(), "eof": False},
+     "the guest agent sent 5 bytes for a read of 4"),
+    ({"count": 0, "buf-b64": "", "eof": False}, "the guest agent read nothing and no end of /etc/motd"),
+    ({"count": 3, "buf-b64": "abc", "eof": True}, "the guest agent answered guest-file-read with data that is not "
+                                                  "base64"),
+    ({"count": 3, "buf-b64": "a!b=", "eof": True}, "the guest agent answered guest-file-read with data that is not "
+                                                   "base64"),
+])
+def test_a_guest_agent_that_lies_about_a_read_fails_the_copy_at_exit_5(
+        socket_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reply: dict[str, object],
+        message: str) -> None:
+    monkeypatch.setattr(copy, "CHUNK", 4)
+    with FakePeer(socket_path, LyingGuest(reply)), unless_it_hangs(), pytest.raises(AgentError) as failed:
+        copy.copy("tiny", GuestPath("tiny", "/etc/motd"), tmp_path / "motd", socket_path, agent_timeout=5,
+                  say=print)
+    assert (str(failed.value), failed.value.exit_code) == (f"tiny: {message}", 5)
+    assert list(tmp_path.iterdir()) == [socket_path]

@@ -468,3 +468,21 @@ def test_a_url_base_is_suggested_as_the_import_and_its_unchecked_digest_is_said(
     text = kubevirt_manifests([("test", spec_of(URL_BASE + '[kubevirt.disks.root]\nurl = '
                                              '"https://images.example/debian-12.qcow2"\n'), NO_SEED)]).text
     assert f"CDI imports the URL without checking base_digest sha256:{'ab' * 32}" in text
+
+
+@pytest.mark.parametrize("user_data", [
+    "#!/bin/sh\necho 'a\x85b'\n",  # NEL is a YAML line break: in a literal block it came back as "\n"
+    "#!/bin/sh\necho '\u2028'\n---\n# kind: Secret\n...\n",
+    "#cloud-config\nruncmd: ['echo x\x85', 'echo a\x85b']\n",
+])
+def test_user_data_reaches_kubevirt_exactly_as_written(user_data: str) -> None:
+    documents = export(spec_of(ONE_NIC.replace("queues = 2", "queues = 1") + '[cloud_init]\nuser_data = "u"\n'),
+                       CloudInitTexts(user_data=user_data))
+    assert vm_of(documents)["volumes"][-1]["cloudInitNoCloud"]["userData"] == user_data
+
+
+def test_a_cloud_config_keeps_its_values_when_the_multiqueue_step_is_added_to_it() -> None:
+    documents = export(spec_of(ONE_NIC + '[cloud_init]\nuser_data = "u"\n'),
+                       CloudInitTexts(user_data='#cloud-config\nruncmd: ["echo x\\N", "echo a\\Nb"]\n'))
+    user_data = yaml.safe_load(vm_of(documents)["volumes"][-1]["cloudInitNoCloud"]["userData"])
+    assert user_data["runcmd"] == ["echo x\x85", "echo a\x85b"]

@@ -4,16 +4,21 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from vmrun.cli import main
+from vmrun.imagecache import _Meter
 from vmrun.load import converter, load_spec
 from vmrun.locations import Places
 from vmrun.state import VmState, create_run_dir
+
+from .common import unless_it_hangs
 
 URL = "https://cloud.example/debian-12-genericcloud-amd64.qcow2"
 SHA256 = "sha256:" + "ab" * 32
@@ -195,3 +200,60 @@ def test_rm_removes_what_no_vm_uses_and_refuses_what_one_does(
     assert run(capsys, tmp_path, "image", "rm", "--unused")[0] == 0
     assert cache_listing(tmp_path) == [used_path.name, f"{used_path.name}.json"]
     assert unused.replace(":", "-") not in " ".join(cache_listing(tmp_path))
+
+
+def test_pull_refuses_a_url_with_a_control_character_before_printing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exit_code, _, lines = run(capsys, tmp_path, "image", "pull", "https://cloud.example/\x1b[2Jx.img", "--digest",
+                              SHA256)
+    assert exit_code == 2 and errors(lines) == ["vmrun: error: 'https://cloud.example/\\x1b[2Jx.img': a URL has no "
+                                                "white space or control characters (write a space as %20)"]
+
+
+def test_a_file_url_naming_a_fifo_is_exit_4_without_waiting_for_a_writer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.mkfifo(tmp_path / "pipe")
+    with unless_it_hangs():
+        exit_code, _, lines = run(capsys, tmp_path, "image", "pull", f"file://{tmp_path}/pipe", "--digest", SHA256)
+    assert exit_code == 4 and errors(lines) == [f"vmrun: error: file://{tmp_path}/pipe: {tmp_path}/pipe is not a "
+                                                "regular file"]
+    assert cache_listing(tmp_path) == []
+
+
+def test_a_link_at_an_images_place_in_the_cache_is_replaced_by_the_verified_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    content = b"the real image\n"
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    unverified = tmp_path / "unverified.raw"
+    unverified.write_bytes(b"something else\n")
+    (tmp_path / "cache").mkdir(mode=0o755)
+    (tmp_path / "cache" / digest.replace(":", "-")).symlink_to(unverified)
+    _, path = pulled(capsys, tmp_path, content)
+    assert not path.is_symlink() and path.read_bytes() == content
+    assert unverified.read_bytes() == b"something else\n"
+
+
+def test_a_directory_at_an_images_place_in_the_cache_is_exit_4_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "image.raw"
+    source.write_bytes(b"x")
+    digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    (tmp_path / "cache" / digest.replace(":", "-")).mkdir(parents=True)
+    exit_code, _, lines = run(capsys, tmp_path, "image", "pull", f"file://{source}", "--digest", digest)
+    [error] = errors(lines)
+    assert exit_code == 4 and "cannot put it in the cache" in error
+    assert cache_listing(tmp_path) == [digest.replace(":", "-")]
+
+
+def test_the_progress_bar_shows_a_url_with_brackets_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich reads [...] in a label as markup: "[/]" in a URL was a traceback on a terminal."""
+    terminal = io.StringIO()
+    monkeypatch.setattr(terminal, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with _Meter("a[/]b[bold]c.qcow2") as meter:
+        meter.show(1, 2)
+    assert "a[/]b[bold]c.qcow2" in terminal.getvalue()

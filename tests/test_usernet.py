@@ -238,9 +238,23 @@ def test_ssh_argv_keeps_host_keys_per_vm_and_the_command_after_the_host() -> Non
     assert ssh_argv(address="127.0.0.1", port=2222, user="alice", known_hosts=Path("/var/lib/vmrun/web/known_hosts"),
                     identities=[Path("/home/alice/.ssh/id_ed25519")], command=["ls", "-l", "a b"]) == [
         "ssh", "-p", "2222", "-l", "alice",
-        "-o", "UserKnownHostsFile=/var/lib/vmrun/web/known_hosts", "-o", "StrictHostKeyChecking=accept-new",
+        "-o", 'UserKnownHostsFile="/var/lib/vmrun/web/known_hosts"', "-o", "StrictHostKeyChecking=accept-new",
         "-i", "/home/alice/.ssh/id_ed25519", "--", "127.0.0.1", "ls", "-l", "a b",
     ]
+
+
+@pytest.mark.parametrize(("state_dir", "option"), [
+    # ssh splits an option's value at white space into several files and writes new keys to the first
+    # (/home/me/My, outside vmrun's roots); it expands %d, %u... and reads \\ and \" inside quotes.
+    ("/home/me/My VMs", 'UserKnownHostsFile="/home/me/My VMs/web/known_hosts"'),
+    ("/srv/100%d", 'UserKnownHostsFile="/srv/100%%d/web/known_hosts"'),
+    ('/srv/a"b\\c', 'UserKnownHostsFile="/srv/a\\"b\\\\c/web/known_hosts"'),
+])
+def test_the_known_hosts_file_reaches_ssh_as_one_path_whatever_the_state_dir_holds(state_dir: str,
+                                                                                    option: str) -> None:
+    argv = ssh_argv(address="127.0.0.1", port=2222, user="alice", known_hosts=Path(state_dir, "web", "known_hosts"),
+                    identities=[], command=[])
+    assert argv[argv.index("StrictHostKeyChecking=accept-new") - 2] == option
 
 
 def test_under_sudo_the_keys_are_the_callers_own_private_halves(tmp_path: Path) -> None:

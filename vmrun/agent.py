@@ -154,7 +154,10 @@ class GuestAgent(QmpSession):
         """Up to ``count`` bytes from the handle, and whether its end was reached."""
         reply = _object(self._call("guest-file-read", {"handle": handle, "count": count}, timeout=timeout),
                         "guest-file-read")
-        return _decoded(reply.get("buf-b64")), reply.get("eof") is True
+        data = _decoded(reply.get("buf-b64"), "guest-file-read")
+        if len(data) > count:
+            raise AgentError(f"the guest agent sent {len(data)} bytes for a read of {count}")
+        return data, reply.get("eof") is True
 
     def write_file(self, handle: int, data: bytes, *, timeout: float = REPLY_TIMEOUT) -> None:
         reply = _object(self._call("guest-file-write",
@@ -217,25 +220,41 @@ def _exec_result(status: Mapping[str, Any]) -> ExecResult:
     return ExecResult(
         exitcode=_optional_int(status.get("exitcode")),
         signal=_optional_int(status.get("signal")),
-        stdout=_decoded(status.get("out-data")),
-        stderr=_decoded(status.get("err-data")),
+        stdout=_decoded(status.get("out-data"), "guest-exec-status"),
+        stderr=_decoded(status.get("err-data"), "guest-exec-status"),
         stdout_truncated=status.get("out-truncated") is True,
         stderr_truncated=status.get("err-truncated") is True,
     )
 
 
 def _interface(entry: Mapping[str, Any]) -> GuestInterface:
+    """An interface as a guest reports it: the guest is not trusted, so a name that is not printable is shown
+    quoted and what is no IP address (with a prefix it can have) is left out; status prints these, ssh dials them."""
     mac = entry.get("hardware-address")
+    name = str(entry.get("name", ""))
     addresses = entry.get("ip-addresses") or []
     return GuestInterface(
-        name=str(entry.get("name", "")),
+        name=name if name.isprintable() else repr(name),
         mac=mac.lower() if isinstance(mac, str) else None,
         addresses=tuple(
-            _with_prefix(address["ip-address"], address.get("prefix"))
-            for address in addresses
-            if isinstance(address, Mapping) and isinstance(address.get("ip-address"), str)
+            address for address in (
+                _with_prefix(address["ip-address"], address.get("prefix"))
+                for address in addresses
+                if isinstance(address, Mapping) and isinstance(address.get("ip-address"), str)
+            )
+            if _is_ip_interface(address)
         ),
     )
+
+
+def _is_ip_interface(address: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_interface(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _with_prefix(address: str, prefix: object) -> str:
@@ -246,8 +265,13 @@ def _optional_int(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _decoded(value: object) -> bytes:
-    return base64.b64decode(value) if isinstance(value, str) else b""
+def _decoded(value: object, command: str) -> bytes:
+    if not isinstance(value, str):
+        return b""
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error
+        raise AgentError(f"the guest agent answered {command} with data that is not base64") from None
 
 
 def _object(reply: object, command: str) -> Mapping[str, Any]:

@@ -40,8 +40,11 @@ def say(message: str) -> None:
 
 def _stderr_line(line: str) -> None:
     # One write per line: VMs report from parallel threads, and print() writes the newline on its own,
-    # so two threads' lines could run together.
-    sys.stderr.write(f"{line}\n")
+    # so two threads' lines could run together. A control character (in a file name, a guest's message) is
+    # written escaped: it would split the line or drive the terminal.
+    import re
+
+    sys.stderr.write(re.sub(r"[\x00-\x1f\x7f]", lambda bad: repr(bad.group())[1:-1], line) + "\n")
     sys.stderr.flush()
 
 

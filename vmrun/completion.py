@@ -143,16 +143,19 @@ _vmrun() {
     _vmrun_walk "${words[@]}"
     COMPREPLY=()
     case $_vmrun_kind in
-        choices:*) COMPREPLY=($(compgen -W "${_vmrun_kind#choices:}" -- "$cur")) ;;
-        *vms*) COMPREPLY=($(compgen -W "$(_vmrun_names)" -- "$cur")) ;;&
-        *specs*) compopt -o filenames; COMPREPLY+=($(compgen -f -X '!*.toml' -- "$cur") $(compgen -d -- "$cur")) ;;
-        *files*) compopt -o filenames; COMPREPLY+=($(compgen -f -- "$cur")) ;;
-        *dirs*) compopt -o filenames; COMPREPLY+=($(compgen -d -- "$cur")) ;;
+        choices:*) _vmrun_reply -W "${_vmrun_kind#choices:}" -- "$cur" ;;
+        *vms*) _vmrun_reply -W "$(_vmrun_names)" -- "$cur" ;;&
+        *specs*) compopt -o filenames; _vmrun_reply -f -X '!*.toml' -- "$cur"; _vmrun_reply -d -- "$cur" ;;
+        *files*) compopt -o filenames; _vmrun_reply -f -- "$cur" ;;
+        *dirs*) compopt -o filenames; _vmrun_reply -d -- "$cur" ;;
         copy)
             [[ $cur == *:* ]] && return  # a path in the guest: nothing to offer
             compopt -o filenames -o nospace
-            COMPREPLY=($(compgen -W "$(_vmrun_names | sed 's/$/:/')" -- "$cur") $(compgen -f -- "$cur")) ;;
+            _vmrun_reply -W "$(_vmrun_names | sed 's/$/:/')" -- "$cur"; _vmrun_reply -f -- "$cur" ;;
     esac
+}
+_vmrun_reply() {  # compgen's lines onto COMPREPLY, one word each: a file name's spaces and '*' stay in it
+    mapfile -t -O "${#COMPREPLY[@]}" COMPREPLY < <(compgen "$@")
 }
 complete -F _vmrun vmrun
 """

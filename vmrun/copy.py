@@ -23,6 +23,7 @@ import attrs
 
 from vmrun.agent import ExecResult, GuestAgent
 from vmrun.errors import AgentError, UsageError
+from vmrun.files import open_to_read
 from vmrun.hooks import describe_failure
 from vmrun.naming import VM_NAME_RULE, is_vm_name
 from vmrun.progress import Say
@@ -97,7 +98,7 @@ def _copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket:
 
 def upload(agent: GuestAgent, source: Path, destination: GuestPath) -> tuple[int, GuestPath]:
     try:
-        local = source.open("rb")  # a link is followed, as cp follows one
+        local = open_to_read(source)  # a link is followed, as cp follows one
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
     with local:
@@ -135,6 +136,7 @@ def download(agent: GuestAgent, source: GuestPath, destination: Path) -> tuple[i
             raise UsageError(f"{destination} is not a directory")
         else:
             target = destination
+        _replaceable(target)
         try:
             descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".vmrun")
         except OSError as exc:
@@ -144,6 +146,8 @@ def download(agent: GuestAgent, source: GuestPath, destination: Path) -> tuple[i
             with os.fdopen(descriptor, "wb") as local:
                 while True:
                     chunk, end = agent.read_file(handle, CHUNK, timeout=CHUNK_TIMEOUT)
+                    if not chunk and not end:  # a regular file's read gives bytes or its end: it would loop for good
+                        raise AgentError(f"the guest agent read nothing and no end of {source.path}")
                     local.write(chunk)
                     size += len(chunk)
                     if end:
@@ -167,6 +171,18 @@ def _regular_file_mode(st_mode: int, name: str) -> int:
     if not stat.S_ISREG(st_mode):
         raise UsageError(f"{name} is not a regular file", hint="vmrun cp copies one file")
     return stat.S_IMODE(st_mode) & PERMISSION_BITS
+
+
+def _replaceable(target: Path) -> None:
+    """The rename replaces a file or a link; a FIFO or device there (/dev/null) would become a file."""
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from exc
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise UsageError(f"{target} is not a regular file", hint="vmrun cp writes a file, or replaces a link")
 
 
 def _guest_mode(agent: GuestAgent, path: str) -> int:

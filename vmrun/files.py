@@ -6,8 +6,10 @@ the partial file, which the next write replaces and `down` removes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from vmrun.crashpoints import crash_point
 
@@ -26,3 +28,11 @@ def write_whole(target: Path, write: Callable[[Path], object]) -> None:
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def open_to_read(path: str | Path) -> BinaryIO:
+    """path opened for reading without waiting on a FIFO for its writer, which open() would do for good: the
+    caller then refuses what fstat says is no regular file."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")

@@ -29,7 +29,7 @@ import attrs
 
 from vmrun import __version__
 from vmrun.errors import FetchError, PreflightError
-from vmrun.files import write_whole
+from vmrun.files import open_to_read, write_whole
 from vmrun.images import DIGEST_LENGTHS, Digest, parse_digest, scheme_of, url_bases
 from vmrun.locations import Places
 from vmrun.progress import Say
@@ -72,7 +72,7 @@ class _Meter:
             )
 
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                 TimeRemainingColumn(), console=Console(stderr=True), transient=True,
             )
             self._task = self._progress.add_task(label, total=None)
@@ -152,7 +152,7 @@ class _Partial:
 def _copy_local(url: str, partial: _Partial) -> None:
     path = urllib.request.url2pathname(url.split("://", 1)[1].removeprefix("localhost"))
     try:
-        with open(path, "rb") as source:
+        with open_to_read(path) as source:
             stat = os.fstat(source.fileno())
             if not S_ISREG(stat.st_mode):
                 raise FetchError(f"{url}: {path} is not a regular file")
@@ -262,10 +262,10 @@ class ImageCache:
         """The image's file in the cache, downloaded and verified first unless it is there."""
         target = self.path_of(digest)
         self._checked_root(create=True)
-        if target.is_file():
+        if _is_cached(target):
             return target
         with self._lock(digest, say):
-            if target.is_file():
+            if _is_cached(target):
                 say(f"{url}: another vmrun fetched it meanwhile")
                 return target
             for stale in self.root.glob(f".{digest.file_name}.*.partial"):  # a killed vmrun's; we hold the lock
@@ -287,7 +287,10 @@ class ImageCache:
             os.chmod(temporary, 0o444)  # a base is never written
             note = json.dumps({"url": url, "digest": str(digest)}) + "\n"
             write_whole(self._note_of(digest), lambda path: path.write_text(note))
-            os.rename(temporary, target)
+            try:
+                os.rename(temporary, target)
+            except OSError as exc:
+                raise FetchError(f"{url}: cannot put it in the cache at {target}: {exc.strerror}") from None
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             self._note_of(digest).unlink(missing_ok=True)
@@ -300,7 +303,7 @@ class ImageCache:
         for path in sorted(self.root.iterdir()):
             match = _CACHED_NAME.fullmatch(path.name)
             digest = parse_digest(f"{match[1]}:{match[2]}") if match else None
-            if digest is None or not path.is_file():
+            if digest is None or not _is_cached(path):
                 continue
             stat = path.stat()
             found.append(CachedImage(digest, path, stat.st_size, self._url_of(digest), stat.st_mtime))
@@ -322,6 +325,15 @@ class ImageCache:
             self.path_of(digest).unlink(missing_ok=True)
             self._note_of(digest).unlink(missing_ok=True)
         return True
+
+
+def _is_cached(path: Path) -> bool:
+    """Only a regular file vmrun renamed there is a cached image: a link (or a FIFO) is no verified image,
+    and a download replaces it."""
+    try:
+        return S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _user_name() -> str:

@@ -71,8 +71,8 @@ def url_problem(url: str) -> str | None:
     rest = url.split("://", 1)[1]
     if scheme not in SCHEMES:
         return f"{url}: scheme {scheme!r} is not supported; use https, http or file"
-    if any(char.isspace() for char in url):
-        return f"{url}: a URL has no white space (write a space as %20)"
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return f"{url!r}: a URL has no white space or control characters (write a space as %20)"
     if scheme == "file":
         if not rest.startswith("/") and not rest.startswith("localhost/"):
             return f"{url}: a file URL names an absolute path on this host (file:///path)"

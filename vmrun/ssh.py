@@ -83,10 +83,17 @@ def ssh_argv(*, address: str, port: int, user: str, known_hosts: Path, identitie
     """ssh's argv; after "--" ssh reads no option, so a command such as `ls -l` stays the command."""
     return [
         "ssh", "-p", str(port), "-l", user,
-        "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
+        "-o", f"UserKnownHostsFile={_ssh_config_path(known_hosts)}", "-o", "StrictHostKeyChecking=accept-new",
         *(option for identity in identities for option in ("-i", str(identity))),
         "--", address, *command,
     ]
+
+
+def _ssh_config_path(path: Path) -> str:
+    """path as one ssh_config argument: ssh splits a value at white space (several files, new keys written to
+    the first) and expands %-tokens, so it is quoted (\\ and \" escaped) and each % doubled."""
+    quoted = str(path).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{quoted}"'
 
 
 def invoking_user_name(environ: Mapping[str, str]) -> str:

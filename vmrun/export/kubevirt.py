@@ -207,7 +207,8 @@ def user_data_with(user_data: str | None, boot_commands: Sequence[str]) -> str |
     if user_data is None or user_data.startswith(CLOUD_CONFIG):
         config = (yaml.safe_load(user_data) if user_data else None) or {}
         config["bootcmd"] = [*config.get("bootcmd", []), *boot_commands]
-        return f"{CLOUD_CONFIG}\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=_NO_WRAP)
+        return f"{CLOUD_CONFIG}\n" + yaml.dump(config, Dumper=_KeepingNel, sort_keys=False, allow_unicode=True,
+                                               width=_NO_WRAP)
     ours = f"{CLOUD_CONFIG}\n" + yaml.safe_dump({"bootcmd": list(boot_commands)}, sort_keys=False, width=_NO_WRAP)
     boundary = "vmrun-" + hashlib.sha256((user_data + ours).encode()).hexdigest()[:16]  # stable, in neither part
     multipart = MIMEMultipart(boundary=boundary)
@@ -384,16 +385,25 @@ def _manifests(spec: Spec, texts: CloudInitTexts) -> _Manifests:
     return _Manifests(tuple(documents), tuple(notes))
 
 
-class _BlockStrings(yaml.SafeDumper):
+class _KeepingNel(yaml.SafeDumper):
+    """PyYAML writes NEL (U+0085) raw outside double quotes, where YAML reads it as a line break: such a string
+    goes in double quotes (NEL as \\N), so it reads back as written."""
+
+
+class _BlockStrings(_KeepingNel):
     """Multi-line strings (user-data, scripts) as literal blocks, so the YAML reads like the files."""
 
 
-def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in text and not any(character in text for character in "\r\t") else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+def _string_style(text: str, *, blocks: bool) -> str | None:
+    if "\x85" in text:
+        return '"'
+    return "|" if blocks and "\n" in text and not any(character in text for character in "\r\t") else None
 
 
-_BlockStrings.add_representer(str, _represent_str)
+_KeepingNel.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style=_string_style(text, blocks=False)))
+_BlockStrings.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style=_string_style(text, blocks=True)))
 
 
 def _document(manifest: Mapping[str, Any], comments: Sequence[str]) -> str:
