@@ -1,6 +1,7 @@
 """Base images by URL, from a real HTTP server (http.server in a thread, counting its requests): a verified image
 boots through an overlay on its cached file, a second `up` downloads nothing, two `up`s that share it
-download it once; a wrong digest, a truncated body or a 404 is exit 4 with nothing left in the cache."""
+download it once, `image rm` cannot take it from an `up` that is about to build on it; a wrong digest, a
+truncated body, a 404 or a server that drips is exit 4 with nothing left in the cache."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -17,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Vmrun
+from vmrun import imagecache
+from vmrun.cli import main
+
+from .conftest import REPO, Vmrun
 
 MakeSpec = Callable[..., Path]
 
@@ -31,6 +36,8 @@ class Served:
         self.truncate_once: set[str] = set()  # the same, the first time only; takes a Range after that
         self.redirects: dict[str, str] = {}
         self.no_length: set[str] = set()  # no Content-Length: the body ends when the connection does
+        self.drip: set[str] = set()  # 64 bytes every 0.1 s, for 10 s at most (640 B/s)
+        self.hung_up = threading.Event()  # set: a client hung up on a drip
         self.requests: list[tuple[str, str | None]] = []  # (path, its Range header)
         self.hold = threading.Event()  # cleared: the first request for a body waits until it is set
         self.hold.set()
@@ -56,6 +63,9 @@ def handler_for(served: Served) -> type[BaseHTTPRequestHandler]:
             if body is None:
                 self.send_error(404)
                 return
+            if self.path in served.drip:
+                self.drip(body)
+                return
             if first:
                 served.hold.wait(timeout=120)
             start = int(re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-"))[1])  # type: ignore[index]
@@ -70,6 +80,20 @@ def handler_for(served: Served) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             cut = self.path in served.truncate or (self.path in served.truncate_once and first)
             self.wfile.write(body[start:len(body) // 2] if cut else body[start:])
+
+        def drip(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            deadline = time.monotonic() + 10
+            try:
+                for offset in range(0, len(body), 64):
+                    if time.monotonic() > deadline:
+                        return
+                    self.wfile.write(body[offset:offset + 64])
+                    time.sleep(0.1)
+            except OSError:
+                served.hung_up.set()
 
         def log_message(self, *_: object) -> None:
             pass
@@ -242,6 +266,64 @@ def test_two_ups_that_share_an_image_download_it_once(
         vmrun("down", "--force", "one", "two")
     assert served.asked("/base.qcow2") == 1
     assert "another vmrun fetched it meanwhile" in logs[1].read_text()
+
+
+def test_a_server_that_drips_is_given_up_as_exit_4_naming_its_rate_and_leaves_nothing(
+    server: tuple[Served, str], base_image: tuple[bytes, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """640 B/s never trips the 60 s read timeout; with a 1 KiB/s floor over 1 s (60 s by default) vmrun hangs
+    up on it while it still drips, rather than wait out its body (or, reading whole chunks, its end)."""
+    served, address = server
+    content, digest = base_image
+    served.bodies["/base.qcow2"] = content
+    served.drip.add("/base.qcow2")
+    monkeypatch.setattr(imagecache, "SPEED_WINDOW", 1.0)
+    monkeypatch.setattr(imagecache, "SPEED_FLOOR", 1024)
+    cache = tmp_path / "cache"
+    exit_code = main(["--cache-dir", str(cache), "image", "pull", f"{address}/base.qcow2", "--digest", digest])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vmrun: error: ")]
+    assert exit_code == 4 and len(errors) == 1, errors
+    assert re.fullmatch(rf"vmrun: error: {address}/base.qcow2: the transfer averaged \d+ bytes/s over the last 1 s, "
+                        r"below the 1.0 KiB/s vmrun waits for; nothing was kept", errors[0]), errors[0]
+    assert served.hung_up.wait(timeout=10)
+    assert served.asked("/base.qcow2") == 1  # a stall is not retried
+    assert cached(cache) == []
+
+
+@pytest.mark.qemu
+def test_image_rm_cannot_take_an_image_from_an_up_that_is_about_to_build_on_it(
+    vmrun: Vmrun, guestless_spec: MakeSpec, server: tuple[Served, str], base_image: tuple[bytes, str],
+    reachable_tmp: Path,
+) -> None:
+    """`up` stopped (SIGSTOP at a crash point) once it has fetched the image, before its state names it: the
+    gap in which `image rm` found no VM using the image and deleted it. Let go, the up boots on it."""
+    served, address = server
+    content, digest = base_image
+    served.bodies["/base.qcow2"] = content
+    cache = reachable_tmp / "cache"
+    env = {**os.environ, "VMRUN_CACHE_DIR": str(cache)}
+    spec = guestless_spec("web", overlay_on(f"{address}/base.qcow2", digest, "web"))
+    log = vmrun.spec_dir / "up.log"
+    with open(log, "wb") as stderr:
+        up = subprocess.Popen(vmrun.argv("up", str(spec), crash_points=True), stderr=stderr, cwd=REPO, env={
+            **env, "VMRUN_TEST_KILL_AT": "holding the base images", "VMRUN_TEST_KILL_SIGNAL": "STOP"})
+    try:
+        deadline = time.monotonic() + 120
+        while "SIGSTOP at crash point" not in log.read_text() and up.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "SIGSTOP at crash point" in log.read_text(), log.read_text()
+        refused = vmrun("image", "rm", digest, env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert f"cannot remove {digest}: a vmrun up (or preflight) is using it right now" in refused.stderr
+        assert (cache / digest.replace(":", "-")).read_bytes() == content
+        up.send_signal(signal.SIGCONT)
+        assert up.wait(timeout=300) == 0, log.read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        vmrun("down", "--force", "web")
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from vmrun.cli import main
-from vmrun.imagecache import _Meter
+from vmrun.imagecache import ImageCache, _Meter
+from vmrun.images import parse_digest
 from vmrun.load import converter, load_spec
 from vmrun.locations import Places
 from vmrun.state import VmState, create_run_dir
@@ -257,3 +258,27 @@ def test_the_progress_bar_shows_a_url_with_brackets_as_it_is(monkeypatch: pytest
     with _Meter("a[/]b[bold]c.qcow2") as meter:
         meter.show(1, 2)
     assert "a[/]b[bold]c.qcow2" in terminal.getvalue()
+
+
+def test_rm_refuses_an_image_that_a_vmrun_up_holds_until_its_state_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`up` holds the image's lock shared from finding it until its state is written: two such `up`s here,
+    one of which is done; the lock file stays while the other holds it, so `rm` still finds it held."""
+    content = b"in use\n"
+    digest, path = pulled(capsys, tmp_path, content)
+    cache = ImageCache(tmp_path / "cache")
+    url, image = f"file://{tmp_path}/image-{digest[7:15]}.raw", parse_digest(digest)
+    assert image is not None
+    with cache.using(url, image, print) as held:
+        assert held == path
+        with cache.using(url, image, print):
+            pass
+        exit_code, _, lines = run(capsys, tmp_path, "image", "rm", digest)
+        assert exit_code == 2 and errors(lines) == [f"vmrun: error: cannot remove {digest}: a vmrun up (or preflight) "
+                                                    "is using it right now"]
+        exit_code, _, lines = run(capsys, tmp_path, "image", "rm", "--unused")
+        assert exit_code == 0 and f"vmrun: kept {digest}: a vmrun up (or preflight) is using it right now" in lines
+        assert path.read_bytes() == content
+    assert run(capsys, tmp_path, "image", "rm", digest)[0] == 0
+    assert cache_listing(tmp_path) == []  # the last holder took the lock file with it

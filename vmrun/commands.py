@@ -12,6 +12,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -575,21 +576,23 @@ def checked_image_url(url: str, digest: str | None) -> str:
 
 
 def cmd_image_pull(args: argparse.Namespace) -> int:
-    from vmrun.imagecache import ImageCache, fetch_bases
+    from vmrun.imagecache import ImageCache, bases_in_use
     from vmrun.images import is_url, parse_digest, url_bases
 
     cache = ImageCache(places_of(args).image_cache)
     if is_url(args.source):
         digest = parse_digest(checked_image_url(args.source, args.digest))
         assert digest is not None
-        print(cache.fetch(args.source, digest, say))
+        with cache.using(args.source, digest, say) as path:
+            print(path)
         return 0
     if args.digest:
         raise UsageError("--digest goes with a URL; a spec names its digests itself")
     spec = load_valid_spec(args.source, args)
     if not url_bases(spec):
         say(f"{args.source}: no disk has a base given by URL; nothing to fetch")
-    fetch_bases(spec, cache, say)
+    with bases_in_use(spec, cache, say):
+        pass
     for found in url_bases(spec):
         print(cache.path_of(found.digest))
     return 0
@@ -617,6 +620,9 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     return 0
 
 
+IN_USE_NOW = "a vmrun up (or preflight) is using it right now"
+
+
 def cmd_image_rm(args: argparse.Namespace) -> int:
     from vmrun.imagecache import ImageCache, image_users
     from vmrun.images import DIGEST_FORM, digest_problem, parse_digest
@@ -625,28 +631,43 @@ def cmd_image_rm(args: argparse.Namespace) -> int:
     cache = ImageCache(places.image_cache)
     if args.unused == bool(args.digests):
         raise UsageError("name the images to remove, or --unused", hint="vmrun image rm DIGEST... | --unused")
-    users = image_users(places)
-    if users.unknown:
-        raise UsageError(f"which images {', '.join(users.unknown)} use is unknown (damaged state)",
-                         hint="vmrun down --force them first")
     if args.unused:
-        digests = [image.digest for image in cache.images() if not users.of(image.digest)]
+        digests = [image.digest for image in cache.images()]
     else:
         digests = []
         for text in args.digests:
             digest = parse_digest(text)
             if digest is None:
                 raise UsageError(digest_problem(text) or text, hint=f"a digest is {DIGEST_FORM}; vmrun image list")
+            digests.append(digest)
+    digests = list(dict.fromkeys(digests))  # one lock each
+    missing = [digest for digest in digests if not cache.path_of(digest).is_file()]
+    with ExitStack() as held:
+        # An `up` holds its images' locks from finding them until its state names them: with the locks, the
+        # states read next name every image in use.
+        busy = [digest for digest in digests if digest not in missing and not held.enter_context(
+            cache.unused_now(digest))]
+        users = image_users(places)
+        if users.unknown:
+            raise UsageError(f"which images {', '.join(users.unknown)} use is unknown (damaged state)",
+                             hint="vmrun down --force them first")
+        if args.unused:
+            for digest in busy:
+                say(f"kept {digest}: {IN_USE_NOW}")
+            digests = [digest for digest in digests if digest not in busy and not users.of(digest)]
+        elif busy:
+            raise UsageError(f"cannot remove {', '.join(map(str, busy))}: {IN_USE_NOW}",
+                             hint="vmrun image list names the VM once it has started")
+        for digest in digests:
             if users.of(digest):
                 raise UsageError(f"{digest} is the base of {', '.join(users.of(digest))}",
                                  hint=f"vmrun down {' '.join(users.of(digest))} first")
-            digests.append(digest)
-    missing = [str(digest) for digest in digests if not cache.remove(digest, say)]
-    for digest in digests:
-        if str(digest) not in missing:
-            say(f"removed {digest}")
+        for digest in digests:
+            if digest not in missing:
+                cache.remove(digest)
+                say(f"removed {digest}")
     if missing:
-        raise UsageError(f"not in the image cache {places.image_cache}: {', '.join(missing)}")
+        raise UsageError(f"not in the image cache {places.image_cache}: {', '.join(map(str, missing))}")
     if not digests:
         say("no unused images")
     return 0

@@ -2,8 +2,10 @@
 
 An image lands in the cache whole and verified or not at all: it is written to a temporary file beside its
 place, hashed as it arrives, and renamed to its digest's name only when the digest matches. One lock per
-digest makes concurrent `up`s that share an image download it once. vmrun runs as root: a cached file is
-trusted, so the cache must be writable by its owner alone, and names in it come from digests only.
+digest makes concurrent `up`s that share an image download it once; an `up` holds it shared from finding the
+image until its VM's state names the image, and `image rm` needs it exclusively, so it cannot pull an image
+from under an `up` that is about to build on it. vmrun runs as root: a cached file is trusted, so the cache
+must be writable by its owner alone, and names in it come from digests only.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from stat import S_ISREG
 from typing import IO, Any
@@ -40,6 +43,12 @@ MAX_IMAGE_BYTES = 64 * GIB  # a sanity bound: cloud images are a few hundred MiB
 CHUNK = 1 << 20
 ATTEMPTS = 3  # a transfer that breaks off is resumed (Range) or restarted this many times in all
 READ_TIMEOUT = 60.0  # seconds without a byte before a transfer counts as broken off
+# A server that sends a byte now and then never trips READ_TIMEOUT but would hold `up` (and the image's lock)
+# for ever: like curl's --speed-limit/--speed-time, a transfer that averages less than SPEED_FLOOR bytes/s
+# over SPEED_WINDOW seconds is given up. A floor this low is no judgement on a slow link: 1 KiB/s would
+# take days over a cloud image.
+SPEED_FLOOR = 1024
+SPEED_WINDOW = 60.0
 _CACHED_NAME = re.compile(rf"({'|'.join(DIGEST_LENGTHS)})-([0-9a-f]+)")
 
 
@@ -91,11 +100,36 @@ class _Meter:
             self._progress.update(self._task, completed=done, total=total)
 
 
+class _RateFloor:
+    """The bytes that arrived, sampled a few times per SPEED_WINDOW (so a fast transfer keeps few samples);
+    a transfer whose average over the last SPEED_WINDOW seconds is below SPEED_FLOOR is refused. Restarts
+    and retries count as time without bytes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.arrived = 0
+        self.samples = deque([(time.monotonic(), 0)])
+
+    def count(self, size: int) -> None:
+        now = time.monotonic()
+        self.arrived += size
+        if now - self.samples[-1][0] >= SPEED_WINDOW / 16:
+            self.samples.append((now, self.arrived))
+        while len(self.samples) > 1 and self.samples[1][0] <= now - SPEED_WINDOW:
+            self.samples.popleft()
+        since, then = self.samples[0]
+        if now - since >= SPEED_WINDOW and (rate := (self.arrived - then) / (now - since)) < SPEED_FLOOR:
+            raise FetchError(f"{self.url}: the transfer averaged {format_bytes(int(rate))}/s over the last "
+                             f"{now - since:.0f} s, below the {format_bytes(SPEED_FLOOR)}/s vmrun waits for; "
+                             "nothing was kept", hint="the server or the link stalls: try again later, or a mirror")
+
+
 class _Partial:
     """The temporary file a transfer writes, and the digest of what it holds so far."""
 
     def __init__(self, file: IO[bytes], url: str, digest: Digest, meter: _Meter) -> None:
         self.file, self.url, self.digest, self.meter = file, url, digest, meter
+        self.rate = _RateFloor(url)
         self.restart()
 
     def restart(self) -> None:
@@ -121,6 +155,7 @@ class _Partial:
         self.meter.show(self.received, total)
 
     def write(self, chunk: bytes) -> None:
+        self.rate.count(len(chunk))
         if self.received + len(chunk) > MAX_IMAGE_BYTES:
             raise FetchError(f"{self.url} sends more than the {format_bytes(MAX_IMAGE_BYTES)} vmrun takes for an image")
         try:
@@ -132,8 +167,8 @@ class _Partial:
         self.received += len(chunk)
         self.meter.show(self.received, self.total)
 
-    def copy(self, source: IO[bytes]) -> None:
-        while chunk := source.read(CHUNK):
+    def copy(self, read: Callable[[int], bytes]) -> None:
+        while chunk := read(CHUNK):
             self.write(chunk)
 
     def verify(self) -> None:
@@ -157,7 +192,7 @@ def _copy_local(url: str, partial: _Partial) -> None:
             if not S_ISREG(stat.st_mode):
                 raise FetchError(f"{url}: {path} is not a regular file")
             partial.expect(stat.st_size)
-            partial.copy(source)
+            partial.copy(source.read)
     except OSError as exc:
         raise FetchError(f"{url}: cannot read {path}: {exc.strerror}") from None
 
@@ -178,7 +213,7 @@ def _copy_http(url: str, partial: _Partial) -> None:
                     partial.restart()
                 length = response.headers.get("Content-Length")
                 partial.expect(partial.received + int(length) if length and length.isdigit() else None)
-                partial.copy(response)
+                partial.copy(response.read1)  # what arrives: read waits for a whole CHUNK, unmeasured
             if partial.total is None or partial.received == partial.total:
                 return
             why = f"the transfer ended after {partial.received} of {partial.total} bytes"
@@ -230,52 +265,87 @@ class ImageCache:
         return self.root
 
     @contextmanager
-    def _lock(self, digest: Digest, say: Say) -> Iterator[None]:
-        """flock on a lock file per digest, removed by its holder; a waiter that then finds another file at
-        the path (or none) takes the lock again, so no two ever hold it."""
-        path = self.root / f".{digest.file_name}.lock"
+    def _lock(self, digest: Digest, say: Say | None, *, shared: bool = False) -> Iterator[bool]:
+        """Whether it holds the image's lock: always, unless say is None (do not wait) and another holds it."""
+        fd = self._acquire(digest, say, shared=shared)
+        try:
+            yield fd is not None
+        finally:
+            if fd is not None:
+                self._release(digest, fd, shared=shared)
+
+    def _lock_path(self, digest: Digest) -> Path:
+        return self.root / f".{digest.file_name}.lock"
+
+    def _acquire(self, digest: Digest, say: Say | None, *, shared: bool) -> int | None:
+        """flock on a lock file per digest: its descriptor, or None when another holds it and say is None (do
+        not wait). A lock counts only on the file its path names, so a holder that finds another file there
+        (or none) once it has the lock takes it again; and only a holder that has the file to itself removes
+        it (see _release), so the file stays at its path while anyone holds it, and a shared holder and an
+        exclusive one never lock different files."""
+        path = self._lock_path(digest)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         waited = False
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 except BlockingIOError:
+                    if say is None:
+                        os.close(fd)
+                        return None
                     if not waited:
                         say(f"waiting for another vmrun that is fetching {digest}")
                         waited = True
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    current = os.stat(path, follow_symlinks=False).st_ino
-                except FileNotFoundError:
-                    current = None
-                if current == os.fstat(fd).st_ino:
-                    try:
-                        yield
-                    finally:
-                        os.unlink(path)
-                    return
-            finally:
+                    fcntl.flock(fd, mode)
+                held = _names(path, fd)
+            except BaseException:
                 os.close(fd)
+                raise
+            if held:
+                return fd
+            os.close(fd)
 
-    def fetch(self, url: str, digest: Digest, say: Say) -> Path:
-        """The image's file in the cache, downloaded and verified first unless it is there."""
+    def _release(self, digest: Digest, fd: int, *, shared: bool) -> None:
+        """The lock file goes with its exclusive holder, or with the last shared one: one that can take it
+        exclusively on leaving."""
+        try:
+            if (not shared or _alone(fd)) and _names(self._lock_path(digest), fd):
+                os.unlink(self._lock_path(digest))
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def using(self, url: str, digest: Digest, say: Say) -> Iterator[Path]:
+        """The image's file in the cache, downloaded and verified first unless it is there, and kept there
+        until the with-block ends: `image rm` refuses an image whose lock is held shared."""
         target = self.path_of(digest)
         self._checked_root(create=True)
-        if _is_cached(target):
-            return target
-        with self._lock(digest, say):
-            if _is_cached(target):
-                say(f"{url}: another vmrun fetched it meanwhile")
-                return target
-            for stale in self.root.glob(f".{digest.file_name}.*.partial"):  # a killed vmrun's; we hold the lock
-                stale.unlink()
-            say(f"fetching {url}")
-            started = time.monotonic()
-            self._download(url, digest, target)
-            say(f"fetched {url} ({format_bytes(target.stat().st_size)} in {time.monotonic() - started:.1f} s, "
-                f"{digest.algorithm} verified) into {target}")
-        return target
+        meanwhile = f"{url}: another vmrun fetched it meanwhile"
+        looked = _is_cached(target)
+        while True:  # an `image rm` between the download and the shared lock: fetched again
+            with self._lock(digest, say, shared=True):
+                if _is_cached(target):
+                    if not looked:
+                        say(meanwhile)
+                    yield target
+                    return
+            with self._lock(digest, say):
+                if _is_cached(target):
+                    say(meanwhile)
+                else:
+                    self._fetch(url, digest, target, say)
+            looked = True
+
+    def _fetch(self, url: str, digest: Digest, target: Path, say: Say) -> None:
+        for stale in self.root.glob(f".{digest.file_name}.*.partial"):  # a killed vmrun's; we hold the lock
+            stale.unlink()
+        say(f"fetching {url}")
+        started = time.monotonic()
+        self._download(url, digest, target)
+        say(f"fetched {url} ({format_bytes(target.stat().st_size)} in {time.monotonic() - started:.1f} s, "
+            f"{digest.algorithm} verified) into {target}")
 
     def _download(self, url: str, digest: Digest, target: Path) -> None:
         fd, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{digest.file_name}.", suffix=".partial")
@@ -316,15 +386,33 @@ class ImageCache:
             return None
         return url if isinstance(url, str) else None
 
-    def remove(self, digest: Digest, say: Say) -> bool:
-        """Whether there was an image to remove."""
-        if not self.path_of(digest).is_file():
-            return False
+    def unused_now(self, digest: Digest) -> AbstractContextManager[bool]:
+        """Whether no vmrun is using the cached image right now (its lock, taken exclusively without waiting);
+        if so, none starts to until the with-block ends: the time to read which VMs use it and remove it."""
         self._checked_root(create=False)
-        with self._lock(digest, say):
-            self.path_of(digest).unlink(missing_ok=True)
-            self._note_of(digest).unlink(missing_ok=True)
-        return True
+        return self._lock(digest, None)
+
+    def remove(self, digest: Digest) -> None:
+        """Under unused_now."""
+        self.path_of(digest).unlink(missing_ok=True)
+        self._note_of(digest).unlink(missing_ok=True)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether the lock file at path is the one fd holds."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _alone(fd: int) -> bool:
+    """Whether a shared holder that is leaving was the last: it can take the lock exclusively."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _is_cached(path: Path) -> bool:
@@ -340,14 +428,18 @@ def _user_name() -> str:
     return "root" if os.geteuid() == 0 else "you"
 
 
-def fetch_bases(spec: Spec, cache: ImageCache, say: Say) -> None:
-    """Every URL base of the spec in the cache, verified: the host step before preflight makes overlays on
-    them. Said per disk, as the spec names it."""
-    for found in url_bases(spec):
-        try:
-            cache.fetch(found.url, found.digest, lambda line: say(f"{spec.name}: {line}"))
-        except FetchError as exc:
-            raise FetchError(f"{spec.name}: disks[{found.index}].base: {exc}", hint=exc.hint) from None
+@contextmanager
+def bases_in_use(spec: Spec, cache: ImageCache, say: Say) -> Iterator[None]:
+    """Every URL base of the spec in the cache, verified, and kept there until the with-block ends: the
+    host step before preflight makes overlays on them, and the VM's state names them once it is written.
+    Said per disk, as the spec names it."""
+    with ExitStack() as held:
+        for found in url_bases(spec):
+            try:
+                held.enter_context(cache.using(found.url, found.digest, lambda line: say(f"{spec.name}: {line}")))
+            except FetchError as exc:
+                raise FetchError(f"{spec.name}: disks[{found.index}].base: {exc}", hint=exc.hint) from None
+        yield
 
 
 @attrs.frozen

@@ -232,8 +232,9 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
         _clear_dead_run(host, places, spec.name, say)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         no_qemu = Configuration(spec, argv=())
-        _fetch_bases(spec, places, say)
-        return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show, say=say)[1].state
+        with _bases_in_use(spec, places, say):
+            return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show,
+                              say=say)[1].state
 
 
 class Outcome(enum.StrEnum):
@@ -264,16 +265,16 @@ def up(
             if not restart:
                 raise ConfigurationDiffers(f"{spec.name} runs with another configuration: {'; '.join(changed)}",
                                            hint=f"vmrun up --restart {spec_path} applies it (a graceful down, then up)")
-        _fetch_bases(spec, places, say)  # before a restart stops the VM: a failed download leaves it running
-        if running is not None:
-            say(f"restarting for {'; '.join(changed)}")
-            _stop_and_undo(host, places, spec.name, timeout=stop_timeout, force=False, say=say)
-            outcome = Outcome.RESTARTED
-        _clear_dead_run(host, places, spec.name, say)
-        plan, journal = _preflight(
-            spec, spec_path, host, places, facts, configuration=configuration, show=lambda plan: _say_plan(plan, say),
-            say=say,
-        )
+        with _bases_in_use(spec, places, say):  # before a restart stops the VM: a failed download leaves it running
+            if running is not None:
+                say(f"restarting for {'; '.join(changed)}")
+                _stop_and_undo(host, places, spec.name, timeout=stop_timeout, force=False, say=say)
+                outcome = Outcome.RESTARTED
+            _clear_dead_run(host, places, spec.name, say)
+            plan, journal = _preflight(
+                spec, spec_path, host, places, facts, configuration=configuration,
+                show=lambda plan: _say_plan(plan, say), say=say,
+            )
         if plan.changes:
             say(f"preflight: {len(plan.changes)} host change(s) applied")
         pid: int | None = None
@@ -298,13 +299,19 @@ def up(
         return outcome
 
 
-def _fetch_bases(spec: Spec, places: Places, say: Say) -> None:
-    """The images the spec's URL bases name, into the cache: the host step before preflight makes overlays on
-    them. The downloader (urllib, hashlib) is imported only for a spec that has one."""
-    if url_bases(spec):
-        from vmrun.imagecache import ImageCache, fetch_bases
+@contextmanager
+def _bases_in_use(spec: Spec, places: Places, say: Say) -> Iterator[None]:
+    """The images the spec's URL bases name, in the cache and kept there (`image rm` refuses them) until the
+    VM's state names them: the host step before preflight, which makes overlays on them and writes the
+    state. The downloader (urllib, hashlib) is imported only for a spec that has one."""
+    if not url_bases(spec):
+        yield
+        return
+    from vmrun.imagecache import ImageCache, bases_in_use
 
-        fetch_bases(spec, ImageCache(places.image_cache), say)
+    with bases_in_use(spec, ImageCache(places.image_cache), say):
+        crash_point("holding the base images")
+        yield
 
 
 def _configuration(
