@@ -37,6 +37,7 @@ CHUNK_TIMEOUT = 60.0  # one chunk, even on a loaded TCG host
 GUEST_COMMAND_TIMEOUT = 30.0
 PERMISSION_BITS = 0o777  # set-id and sticky bits stay behind, as with cp without -p
 USAGE = "vmrun cp SRC NAME:DST or vmrun cp NAME:SRC DST"
+DIRECTORY_HINT = "vmrun cp -r copies a directory"
 CALLS = ("guest-file-open", "guest-file-close", "guest-exec", "guest-exec-status")
 
 
@@ -56,7 +57,8 @@ class Copied:
     files: int | None = None  # how many, for a tree
 
     def __str__(self) -> str:
-        what = f"{self.size} bytes" if self.files is None else f"{self.files} files ({self.size} bytes)"
+        files = "" if self.files is None else f"{self.files} file{'' if self.files == 1 else 's'}, "
+        what = f"{files}{self.size} bytes"
         return f"copied {what} to {self.target}"
 
 
@@ -120,6 +122,8 @@ def _copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket:
 def upload(agent: GuestAgent, source: Path, destination: GuestPath) -> Copied:
     try:
         local = open_to_read(source)  # a link is followed, as cp follows one
+    except IsADirectoryError:  # from fdopen
+        raise UsageError(f"{source} is a directory", hint=DIRECTORY_HINT) from None
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
     with local:
@@ -212,7 +216,7 @@ def download(agent: GuestAgent, source: GuestPath, destination: Path) -> Copied:
 
 def _regular_file_mode(st_mode: int, name: str) -> int:
     if stat.S_ISDIR(st_mode):
-        raise UsageError(f"{name} is a directory", hint="vmrun cp -r copies a directory")
+        raise UsageError(f"{name} is a directory", hint=DIRECTORY_HINT)
     if not stat.S_ISREG(st_mode):
         raise UsageError(f"{name} is not a regular file", hint="vmrun cp copies one file")
     return stat.S_IMODE(st_mode) & PERMISSION_BITS
