@@ -49,6 +49,7 @@ LIST_TIMEOUT = 300.0
 ARGUMENT_BYTES = 64 * 1024  # of paths in one guest command, far below any guest's ARG_MAX
 HEX_MODE = re.compile(rb"[0-9a-f]{1,8}")
 NO_FOLLOW_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+EXISTS_HINT = "vmrun cp -r makes a new directory: remove it, or name another destination"
 
 
 @attrs.frozen
@@ -67,8 +68,7 @@ def upload_tree(agent: GuestAgent, source: Path, destination: GuestPath, *, say:
         if guest_run(agent, ["test", "-d", target], check=False).ok:
             target = posixpath.join(target, _tree_name(os.path.abspath(source), str(source)))
         if guest_run(agent, ["sh", "-c", 'test -e "$1" || test -L "$1"', "sh", target], check=False).ok:
-            raise UsageError(f"{destination.vm}:{target} exists", hint="vmrun cp -r makes a new directory: remove it, "
-                                                                       "or name another destination")
+            raise UsageError(f"{destination.vm}:{target} exists", hint=EXISTS_HINT)
         temporary = beside(target)
         guest_run(agent, ["mkdir", temporary])
         try:
@@ -85,8 +85,7 @@ def upload_tree(agent: GuestAgent, source: Path, destination: GuestPath, *, say:
 def download_tree(agent: GuestAgent, source: GuestPath, destination: Path, *, say: Say) -> Copied:
     target = destination / _tree_name(source.path, str(source)) if destination.is_dir() else destination
     if os.path.lexists(target):
-        raise UsageError(f"{target} exists", hint="vmrun cp -r makes a new directory: remove it, or name another "
-                                                  "destination")
+        raise UsageError(f"{target} exists", hint=EXISTS_HINT)
     listing = guest_run(agent, ["sh", "-c", LIST_SCRIPT, "sh", source.path], timeout=LIST_TIMEOUT)
     if listing.stdout_truncated:
         raise AgentError(f"the guest agent cut the listing of {source.path} short: copy its subdirectories one by one")
@@ -98,15 +97,14 @@ def download_tree(agent: GuestAgent, source: GuestPath, destination: Path, *, sa
     try:
         root = os.open(temporary, NO_FOLLOW_DIRECTORY)
         try:
-            files, size = _receive_tree(agent, entries, source, root, target, say=say)
+            files, size = _receive_tree(agent, entries, source, root, say=say)
         finally:
             os.close(root)
         os.rename(temporary, target)
-    except OSError as exc:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise UsageError(f"cannot write {target}: {exc.strerror}") from exc
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)  # never follows a link (os.rmdir, unlink at dir fds)
+    except BaseException as exc:
+        shutil.rmtree(temporary, ignore_errors=True)  # never follows a link (it works at directory descriptors)
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write {target}: {exc.strerror}") from exc
         raise
     return Copied(size, target, files)
 
@@ -202,7 +200,7 @@ def _host_directories(directory: int, parts: tuple[str, ...], source: Path
                 os.close(below)
 
 
-def _receive_tree(agent: GuestAgent, entries: Sequence[GuestEntry], source: GuestPath, root: int, target: Path, *,
+def _receive_tree(agent: GuestAgent, entries: Sequence[GuestEntry], source: GuestPath, root: int, *,
                   say: Say) -> tuple[int, int]:
     """The listed entries made below the root descriptor; the files and bytes received."""
     files = size = 0
