@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 from pathlib import Path
@@ -13,6 +14,8 @@ from .conftest import Vmrun
 from .test_tiny_guest import guest, pytestmark, tiny  # noqa: F401 - the tiny guest's boot, and its skip
 
 COPIED = re.compile(r"vmrun: copied (\d+) bytes to (\S+) in \d+\.\d s \(\d+\.\d MiB/s\)\n")
+COPIED_TREE = re.compile(r"vmrun: copied (\d+) files, (\d+) bytes to (\S+) in \d+\.\d s \(\d+\.\d MiB/s\)\n")
+TREE = {"etc/app.conf": 0o640, "etc/deep/a file": 0o600, "run.sh": 0o755}  # and modes of etc, etc/deep below
 
 
 @pytest.mark.usefixtures("tiny")
@@ -57,3 +60,42 @@ def test_cp_both_ways_keeps_bytes_and_mode_and_reports_the_guests_errors(vmrun: 
         2, "vmrun: error: Tiny:/tmp/: 'Tiny' is not a VM name")
     not_running = vmrun("cp", str(source), "tiny2:/tmp/")
     assert (not_running.returncode, not_running.stderr.splitlines()[0]) == (2, "vmrun: error: tiny2 is not running")
+
+    # A tree both ways: nested directories, a name with a space, modes, a link; into a directory it keeps its name.
+    tree = tmp_path / "tree"
+    (tree / "etc" / "deep").mkdir(parents=True)
+    for index, (name, mode) in enumerate(TREE.items()):
+        (tree / name).write_bytes(random.Random(index).randbytes(10_000 * index + 3))
+        (tree / name).chmod(mode)
+    (tree / "etc").chmod(0o750)
+    (tree / "config").symlink_to("etc/app.conf")
+    digests = {name: hashlib.sha256((tree / name).read_bytes()).hexdigest() for name in TREE}
+    size = sum((tree / name).stat().st_size for name in TREE)
+
+    into_tree = vmrun("cp", "-r", str(tree), "tiny:/tmp")
+    assert into_tree.returncode == 0, into_tree.stderr
+    assert COPIED_TREE.fullmatch(into_tree.stderr).groups() == ("3", str(size), "tiny:/tmp/tree")  # type: ignore[union-attr]
+    assert guest(vmrun, "tiny", "sha256sum", *(f"/tmp/tree/{name}" for name in TREE)) == "".join(
+        f"{digests[name]}  /tmp/tree/{name}\n" for name in TREE)
+    assert guest(vmrun, "tiny", "stat", "-c", "%a %n", "/tmp/tree", "/tmp/tree/etc", "/tmp/tree/etc/deep",
+                 *(f"/tmp/tree/{name}" for name in TREE)) == (
+        "755 /tmp/tree\n750 /tmp/tree/etc\n755 /tmp/tree/etc/deep\n640 /tmp/tree/etc/app.conf\n"
+        "600 /tmp/tree/etc/deep/a file\n755 /tmp/tree/run.sh\n")
+    assert guest(vmrun, "tiny", "readlink", "/tmp/tree/config") == "etc/app.conf\n"
+    assert guest(vmrun, "tiny", "ls", "-A", "/tmp") == "payload.bin\ntree\n"  # no temporary directory left
+
+    out_tree = vmrun("cp", "--recursive", "tiny:/tmp/tree", str(back / "copy"))
+    assert out_tree.returncode == 0, out_tree.stderr
+    assert COPIED_TREE.fullmatch(out_tree.stderr).groups() == ("3", str(size), str(back / "copy"))  # type: ignore[union-attr]
+    copied = back / "copy"
+    assert {name: hashlib.sha256((copied / name).read_bytes()).hexdigest() for name in TREE} == digests
+    assert {name: (copied / name).stat().st_mode & 0o7777 for name in TREE} == TREE
+    assert [(copied / name).stat().st_mode & 0o7777 for name in ("", "etc", "etc/deep")] == [0o755, 0o750, 0o755]
+    assert os.readlink(copied / "config") == "etc/app.conf"
+    assert sorted(path.name for path in back.iterdir()) == ["a:b", "copy", "payload.bin"]
+
+    again = vmrun("cp", "-r", str(tree), "tiny:/tmp/")  # /tmp/tree is there now: no merging
+    assert (again.returncode, again.stderr.splitlines()[0]) == (2, "vmrun: error: tiny:/tmp/tree exists")
+    no_r = vmrun("cp", "tiny:/tmp/tree", str(back))
+    assert (no_r.returncode, no_r.stderr) == (
+        2, "vmrun: error: tiny:/tmp/tree is a directory\nvmrun: hint: vmrun cp -r copies a directory\n")

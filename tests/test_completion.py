@@ -65,6 +65,7 @@ BASH_CASES = {
     ("export", "--format", ""): "kubevirt libvirt systemd",
     ("--run-dir", "run", "cp", "specs/db.toml", "w"): "web:",
     ("--run-dir", "run", "cp", "web", ":", "/e"): "",  # a path in the guest: nothing to offer
+    ("--run-dir", "run", "cp", "-r", "w"): "web:",
     ("exec", "web", "--", ""): "",  # the guest's command line
     ("--run-dir", "run", "ssh", ""): "web",
     ("init", ""): "",  # a new VM's name
@@ -143,7 +144,7 @@ def test_groff_renders_the_man_page_without_a_warning() -> None:
     rendered = subprocess.run(["groff", "-man", "-Tutf8", "-ww"], input=man_page(), capture_output=True, text=True,
                               check=True, timeout=60)
     assert rendered.stderr == ""
-    assert "vmrun cp [-h] SRC|NAME:SRC NAME:DST|DST" in rendered.stdout
+    assert "vmrun cp [-h] [-r] SRC|NAME:SRC NAME:DST|DST" in rendered.stdout
 
 
 @needs["bash"]

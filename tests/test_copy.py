@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import os
+import posixpath
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from vmrun import copy
+from vmrun import copy, copytree
 from vmrun.copy import GuestPath, endpoints
 from vmrun.errors import AgentError, UsageError
 
@@ -22,15 +23,23 @@ DIRECTORY = 0o040755
 
 
 class FakeGuest:
-    """Files by path, and the few commands cp runs; a write or read after ``fail_after`` chunks is refused."""
+    """Files, directories and links by path, and the few commands cp runs; a write or read after ``fail_after``
+    chunks is refused. ``listing`` replaces what the guest's find prints, as a lying guest would."""
 
-    def __init__(self, files: dict[str, bytes], *, fail_after: int | None = None) -> None:
+    def __init__(self, files: dict[str, bytes], *, fail_after: int | None = None,
+                 directories: Iterable[str] = ("/", "/tmp"), links: dict[str, str] | None = None,
+                 fifos: Iterable[str] = (), listing: bytes | None = None) -> None:
         self.files = files
+        self.modes = {path: 0o755 for path in directories} | {path: 0o644 for path in files}
+        self.directories = set(directories)
+        self.links = links or {}
+        self.fifos = set(fifos)
+        self.listing = listing
         self.fail_after = fail_after
         self.chunks = 0
         self.commands: list[list[str]] = []
         self.handles: dict[int, tuple[str, int]] = {}  # handle -> (path, read offset)
-        self._last_exit = 0
+        self._last: tuple[int, bytes] = (0, b"")
 
     def __call__(self, request: Message) -> Iterable[object]:
         command, arguments = request["execute"], request.get("arguments", {})
@@ -44,6 +53,7 @@ class FakeGuest:
             path = arguments["path"]
             if "w" in arguments["mode"]:
                 self.files[path] = b""
+                self.modes[path] = 0o666
             elif path not in self.files:
                 return [refuse(request, f"failed to open file '{path}' (mode: 'rb'): No such file or directory")]
             self.handles[len(self.handles) + 1] = (path, 0)
@@ -64,23 +74,70 @@ class FakeGuest:
         if command == "guest-file-close":
             return [answer(request, {})]
         if command == "guest-exec":
-            return [answer(request, {"pid": self._run([arguments["path"], *arguments["arg"]])})]
+            self._last = self._run([arguments["path"], *arguments["arg"]])
+            return [answer(request, {"pid": 1})]
         if command == "guest-exec-status":
-            out = base64.b64encode(b"81a4\n").decode()  # a regular file, 0644
-            return [answer(request, {"exited": True, "exitcode": self._last_exit, "out-data": out})]
+            exitcode, out = self._last
+            return [answer(request, {"exited": True, "exitcode": exitcode, "out-data": base64.b64encode(out).decode()})]
         raise AssertionError(f"unscripted {command}")
 
-    def _run(self, argv: list[str]) -> int:
+    def _run(self, argv: list[str]) -> tuple[int, bytes]:
         self.commands.append(argv)
-        self._last_exit = 0
         match argv:
             case ["test", "-d", path]:
-                self._last_exit = 0 if path == "/tmp" else 1
-            case ["rm", "-f", path]:
-                self.files.pop(path, None)
-            case ["mv", "-f", source, target]:
-                self.files[target] = self.files.pop(source)
-        return 1
+                return int(posixpath.normpath(path) not in self.directories), b""
+            case ["sh", "-c", 'test -e "$1" || test -L "$1"', "sh", path]:
+                return int(path not in self._paths()), b""
+            case ["sh", "-c", copytree.LIST_SCRIPT, "sh", top]:
+                return 0, self._list(posixpath.normpath(top)) if self.listing is None else self.listing
+            case ["stat", "-L", "-c", "%f", path]:
+                kind = stat.S_IFDIR if path in self.directories else stat.S_IFREG
+                return 0, f"{kind | self.modes.get(path, 0o644):x}\n".encode()
+            case ["readlink", "-n", path]:
+                return 0, self.links[path].encode()
+            case ["rm", "-rf", path]:
+                for name in [name for name in self._paths() if name == path or name.startswith(path + "/")]:
+                    self._forget(name)
+            case ["mv", "-f" | "-T", source, target]:
+                for name in sorted(name for name in self._paths() if name == source or name.startswith(source + "/")):
+                    self._move(name, target + name[len(source):])
+            case ["mkdir", *paths]:
+                self.directories.update(paths)
+                self.modes.update(dict.fromkeys(paths, 0o755))
+            case ["chmod", mode, *paths]:
+                self.modes.update(dict.fromkeys(paths, int(mode, 8)))
+            case ["ln", "-s", "--", target, path]:
+                self.links[path] = target
+        return 0, b""
+
+    def _paths(self) -> set[str]:
+        return self.directories | set(self.files) | set(self.links) | self.fifos
+
+    def _forget(self, path: str) -> None:
+        self.directories.discard(path)
+        self.files.pop(path, None)
+        self.links.pop(path, None)
+        self.modes.pop(path, None)
+
+    def _move(self, source: str, target: str) -> None:
+        if source in self.directories:
+            self.directories.add(target)
+        elif source in self.files:
+            self.files[target] = self.files[source]
+        else:
+            self.links[target] = self.links[source]
+        if source in self.modes:
+            self.modes[target] = self.modes[source]
+        self._forget(source)
+
+    def _list(self, top: str) -> bytes:
+        records = []
+        for path in sorted(name for name in self._paths() if name == top or name.startswith(top + "/")):
+            kind = (stat.S_IFDIR if path in self.directories else stat.S_IFREG if path in self.files
+                    else stat.S_IFLNK if path in self.links else stat.S_IFIFO)
+            mode = kind | self.modes.get(path, 0o777)
+            records.append(f"{mode:x}\n.{path[len(top):]}\0".encode())
+        return b"".join(records)
 
 
 @pytest.fixture
@@ -99,7 +156,7 @@ def test_a_failed_upload_removes_its_temporary_file_and_leaves_the_old_one(socke
     assert str(failed.value) == "tiny: the guest agent failed to execute guest-file-write: No space left on device"
     assert failed.value.exit_code == 5
     assert guest.files == {"/tmp/big": b"old"}
-    assert guest.commands[-1][:2] == ["rm", "-f"]
+    assert guest.commands[-1][:2] == ["rm", "-rf"]
 
 
 def test_an_upload_lands_whole_under_the_destination_name(socket_path: Path, tmp_path: Path,
@@ -213,3 +270,207 @@ def test_a_guest_agent_that_lies_about_a_read_fails_the_copy_at_exit_5(
                   say=print)
     assert (str(failed.value), failed.value.exit_code) == (f"tiny: {message}", 5)
     assert list(tmp_path.iterdir()) == [socket_path]
+
+
+def host_tree(top: Path) -> dict[str, object]:
+    """Each path below top: a file's bytes and mode, a directory's mode, a link's target."""
+    found: dict[str, object] = {}
+    for path in sorted(top.rglob("*")):
+        mode = path.lstat().st_mode
+        name = str(path.relative_to(top))
+        if stat.S_ISLNK(mode):
+            found[name] = ("link", os.readlink(path))
+        elif stat.S_ISDIR(mode):
+            found[name] = ("dir", stat.S_IMODE(mode))
+        else:
+            found[name] = (path.read_bytes(), stat.S_IMODE(mode))
+    return found
+
+
+def make_host_tree(top: Path) -> None:
+    (top / "etc" / "deep").mkdir(parents=True)
+    (top / "etc" / "app.conf").write_bytes(b"port = 80\n")
+    (top / "etc" / "deep" / "a name\nwith a newline").write_bytes(b"odd")
+    (top / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (top / "run.sh").chmod(0o750)
+    (top / "etc" / "deep").chmod(0o700)
+    (top / "config").symlink_to("etc/app.conf")
+    (top / "passwd").symlink_to("/etc/passwd")
+    os.mkfifo(top / "pipe")
+
+
+def test_an_upload_of_a_tree_makes_it_at_dst_slash_name_with_its_modes_and_links(
+        socket_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy, "CHUNK", 4)
+    make_host_tree(tmp_path / "app")
+    guest = FakeGuest({})
+    said: list[str] = []
+    with FakePeer(socket_path, guest), unless_it_hangs():
+        copy.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp"), socket_path, recursive=True, agent_timeout=5,
+                  say=said.append)
+    assert guest.files == {"/tmp/app/etc/app.conf": b"port = 80\n", "/tmp/app/etc/deep/a name\nwith a newline": b"odd",
+                           "/tmp/app/run.sh": b"#!/bin/sh\n"}
+    assert guest.directories == {"/", "/tmp", "/tmp/app", "/tmp/app/etc", "/tmp/app/etc/deep"}
+    assert guest.links == {"/tmp/app/config": "etc/app.conf", "/tmp/app/passwd": "/etc/passwd"}
+    assert {path: oct(guest.modes[path]) for path in guest.files} == {
+        "/tmp/app/etc/app.conf": "0o644", "/tmp/app/etc/deep/a name\nwith a newline": "0o644",
+        "/tmp/app/run.sh": "0o750"}
+    assert (oct(guest.modes["/tmp/app/etc/deep"]), oct(guest.modes["/tmp/app"])) == ("0o700", "0o755")
+    assert said[0] == f"skipped {tmp_path / 'app' / 'pipe'}: not a regular file, directory or link"
+    assert said[1].startswith("copied 3 files, 23 bytes to tiny:/tmp/app in ")
+
+
+def test_an_upload_of_a_tree_to_a_new_name_makes_that_name_and_never_merges(socket_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "a").write_bytes(b"a")
+    guest = FakeGuest({"/tmp/old/app/keep": b"keep"}, directories=("/", "/tmp", "/tmp/old", "/tmp/old/app"))
+    with FakePeer(socket_path, guest):
+        copy.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp/new/"), socket_path, recursive=True,
+                  agent_timeout=5, say=print)
+        with pytest.raises(UsageError) as refused:
+            copy.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp/old"), socket_path, recursive=True,
+                      agent_timeout=5, say=print)
+    assert (str(refused.value), refused.value.exit_code) == ("tiny:/tmp/old/app exists", 2)
+    assert guest.files == {"/tmp/new/a": b"a", "/tmp/old/app/keep": b"keep"}
+    assert guest.directories == {"/", "/tmp", "/tmp/new", "/tmp/old", "/tmp/old/app"}
+
+
+def test_a_failed_upload_of_a_tree_leaves_nothing_in_the_guest(socket_path: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy, "CHUNK", 4)
+    make_host_tree(tmp_path / "app")
+    guest = FakeGuest({}, fail_after=2)
+    with FakePeer(socket_path, guest), pytest.raises(AgentError) as failed:
+        copy.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp"), socket_path, recursive=True, agent_timeout=5,
+                  say=print)
+    assert (str(failed.value), failed.value.exit_code) == (
+        "tiny: the guest agent failed to execute guest-file-write: No space left on device", 5)
+    assert (guest.files, guest.links, guest.directories) == ({}, {}, {"/", "/tmp"})
+
+
+@pytest.mark.parametrize("source", ["host", "guest"])
+def test_a_directory_without_r_is_refused_with_a_hint(socket_path: Path, tmp_path: Path, source: str) -> None:
+    (tmp_path / "app").mkdir()
+    guest = FakeGuest({"/tmp": b""})  # guest-file-open of a directory succeeds, as fopen's does
+    ends = ((tmp_path / "app", GuestPath("tiny", "/tmp/x")) if source == "host" else
+            (GuestPath("tiny", "/tmp"), tmp_path / "x"))
+    with FakePeer(socket_path, guest), pytest.raises(UsageError) as refused:
+        copy.copy("tiny", *ends, socket_path, agent_timeout=5, say=print)
+    assert (str(refused.value), refused.value.exit_code, refused.value.hint) == (
+        f"{ends[0]} is a directory", 2, "vmrun cp -r copies a directory")
+
+
+def guest_tree() -> FakeGuest:
+    guest = FakeGuest({"/srv/app/etc/app.conf": b"port = 80\n", "/srv/app/etc/a name\nwith a newline": b"odd",
+                       "/srv/app/run.sh": b"#!/bin/sh\n"},
+                      directories=("/", "/srv", "/srv/app", "/srv/app/etc", "/srv/app/etc/deep"),
+                      links={"/srv/app/config": "etc/app.conf", "/srv/app/etc/up": "../run.sh",
+                             "/srv/app/passwd": "/etc/passwd", "/srv/app/etc/out": "../../x",
+                             "/srv/app/etc/deep/through": "../up/../../x"},
+                      fifos=("/srv/app/pipe",))
+    guest.modes |= {"/srv/app/run.sh": 0o750, "/srv/app/etc/deep": 0o500}
+    return guest
+
+
+def test_a_download_of_a_tree_keeps_names_modes_and_the_links_that_stay_inside(
+        socket_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy, "CHUNK", 4)
+    said: list[str] = []
+    with FakePeer(socket_path, guest_tree()), unless_it_hangs():
+        copy.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
+                  agent_timeout=5, say=said.append)
+    assert host_tree(tmp_path / "copy") == {
+        "config": ("link", "etc/app.conf"),
+        "etc": ("dir", 0o755),
+        "etc/a name\nwith a newline": (b"odd", 0o644),
+        "etc/app.conf": (b"port = 80\n", 0o644),
+        "etc/deep": ("dir", 0o500),
+        "etc/up": ("link", "../run.sh"),
+        "run.sh": (b"#!/bin/sh\n", 0o750),
+    }
+    assert said[:-1] == [
+        "skipped tiny:/srv/app/etc/deep/through: a link out of the copied tree (to '../up/../../x')",
+        "skipped tiny:/srv/app/etc/out: a link out of the copied tree (to '../../x')",
+        "skipped tiny:/srv/app/passwd: a link out of the copied tree (to '/etc/passwd')",
+        "skipped tiny:/srv/app/pipe: not a regular file, directory or link",
+    ]
+    assert said[-1].startswith(f"copied 3 files, 23 bytes to {tmp_path / 'copy'} in ")
+
+
+def test_a_download_of_a_tree_into_a_directory_takes_the_sources_name_and_never_merges(
+        socket_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "into" / "app").mkdir(parents=True)
+    (tmp_path / "into" / "app" / "keep").write_text("keep")
+    guest = FakeGuest({"/srv/app/a": b"a"}, directories=("/", "/srv", "/srv/app"))
+    with FakePeer(socket_path, guest), pytest.raises(UsageError) as refused:
+        copy.copy("tiny", GuestPath("tiny", "/srv/app/"), tmp_path / "into", socket_path, recursive=True,
+                  agent_timeout=5, say=print)
+    assert (str(refused.value), refused.value.exit_code) == (f"{tmp_path / 'into' / 'app'} exists", 2)
+    (tmp_path / "into" / "app" / "keep").unlink()
+    (tmp_path / "into" / "app").rmdir()
+    with FakePeer(socket_path.with_name("again.sock"), guest):
+        copy.copy("tiny", GuestPath("tiny", "/srv/app/"), tmp_path / "into", socket_path.with_name("again.sock"),
+                  recursive=True, agent_timeout=5, say=print)
+    assert host_tree(tmp_path / "into") == {"app": ("dir", 0o755), "app/a": (b"a", 0o644)}
+
+
+def test_a_failed_download_of_a_tree_leaves_nothing_on_the_host(socket_path: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy, "CHUNK", 4)
+    guest = guest_tree()
+    guest.fail_after = 3
+    with FakePeer(socket_path, guest), pytest.raises(AgentError, match="No space left on device"):
+        copy.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
+                  agent_timeout=5, say=print)
+    assert list(tmp_path.iterdir()) == [socket_path]
+
+
+def record(mode: int, name: bytes) -> bytes:
+    return f"{mode:x}\n".encode() + name + b"\0"
+
+
+TOP = record(0o040755, b".")
+
+
+@pytest.mark.parametrize(("listing", "message"), [
+    (TOP + record(0o100644, b"./../escape"),
+     r"the guest listed b'81a4\n./../escape' in /srv/app: not a mode and a path below it"),
+    (TOP + record(0o100644, b"/etc/cron.d/x"),
+     r"the guest listed b'81a4\n/etc/cron.d/x' in /srv/app: not a mode and a path below it"),
+    (TOP + record(0o100644, b"./a//b"),
+     r"the guest listed b'81a4\n./a//b' in /srv/app: not a mode and a path below it"),
+    (TOP + b"+81a4\n./a\0", r"the guest listed b'+81a4\n./a' in /srv/app: not a mode and a path below it"),
+    (TOP + record(0o100644, b"./a")[:-1], "the guest's listing of /srv/app does not end with a NUL: "),
+    (record(0o100644, b"./a"), "the guest's listing of /srv/app does not begin with the directory itself"),
+    # A link the guest lists, then lists a file below: it is never followed, even to a place inside the tree.
+    (TOP + record(0o120777, b"./here") + record(0o100644, b"./here/x"),
+     "the guest listed /srv/app/here/x outside a directory it listed before"),
+    (TOP + record(0o100644, b"./nodir/x"), "the guest listed /srv/app/nodir/x outside a directory it listed before"),
+    (TOP + record(0o040755, b"./d") + record(0o100644, b"./d"), "the guest listed /srv/app/d twice"),
+], ids=["dot-dot", "absolute", "empty-component", "not-hex", "no-nul", "no-top", "below-a-link", "below-nothing",
+        "twice"])
+def test_a_lying_guest_listing_fails_the_copy_and_writes_nothing_outside_it(
+        socket_path: Path, tmp_path: Path, listing: bytes, message: str) -> None:
+    guest = FakeGuest({"/srv/app/here/x": b"x", "/srv/app/nodir/x": b"x", "/srv/app/d": b"d"},
+                      directories=("/", "/srv", "/srv/app"), links={"/srv/app/here": "."}, listing=listing)
+    with FakePeer(socket_path, guest), pytest.raises(AgentError) as failed:
+        copy.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
+                  agent_timeout=5, say=print)
+    assert str(failed.value).startswith(f"tiny: {message}") and failed.value.exit_code == 5
+    assert list(tmp_path.iterdir()) == [socket_path]
+
+
+def test_a_guest_name_that_is_not_utf8_is_skipped_with_a_note() -> None:
+    said: list[str] = []
+    entries = copytree.parse_listing(TOP + record(0o100644, b"./caf\xe9") + record(0o100644, b"./ok"),
+                                     GuestPath("tiny", "/srv"), say=said.append)
+    assert [entry.parts for entry in entries] == [(), ("ok",)]
+    assert said == [r"skipped tiny:/srv/b'caf\xe9': the guest agent cannot name a file whose name is not UTF-8"]
+
+
+@pytest.mark.parametrize(("target", "depth", "inside"), [
+    ("a/b", 0, True), (".", 0, True), ("../a", 1, True), ("../../a", 2, True), ("./../a/./b", 1, True),
+    ("../a", 0, False), ("/etc", 3, False), ("a/../b", 3, False), ("../../a", 1, False), ("..", 0, False),
+])
+def test_a_guest_link_is_kept_only_if_it_points_inside_the_tree(target: str, depth: int, inside: bool) -> None:
+    assert copytree.link_stays_inside(target, depth) is inside

@@ -169,12 +169,16 @@ def _ssh(parser: argparse.ArgumentParser) -> None:
 
 def _cp(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Copy one file into a running guest or out of it, over the guest agent. NAME:PATH is in the guest "
-        "(absolute); a host path with ':' goes as ./a:b. The copy appears whole (a temporary file, renamed) "
-        "with the source's permission bits; into a directory, it keeps its name."
+        "Copy one file, or a directory with -r, into a running guest or out of it, over the guest agent. "
+        "NAME:PATH is in the guest (absolute); a host path with ':' goes as ./a:b. The copy appears whole (a "
+        "temporary file or directory, renamed) with the source's permission bits; into a directory, it keeps its "
+        "name."
     )
     parser.add_argument("source", metavar="SRC|NAME:SRC")
     parser.add_argument("destination", metavar="NAME:DST|DST")
+    parser.add_argument("-r", "--recursive", action="store_true",
+                        help="copy a directory as a new tree (DST/NAME if DST is a directory, else DST); links "
+                             "inside are copied as links, FIFOs and devices skipped")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
     parser.set_defaults(handler=cmd_cp)
 

@@ -388,7 +388,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
     vm, source, destination = endpoints(args.source, args.destination)
     paths = running_paths(host_of(args), places_of(args), vm)
-    copy(vm, source, destination, paths.agent_socket, agent_timeout=args.agent_timeout, say=say)
+    copy(vm, source, destination, paths.agent_socket, recursive=args.recursive,
+         agent_timeout=args.agent_timeout, say=say)
     return 0
 
 

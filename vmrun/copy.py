@@ -1,4 +1,5 @@
-"""`vmrun cp`: one file between the host and a running guest, over the guest agent's file calls.
+"""`vmrun cp`: one file between the host and a running guest, over the guest agent's file calls (a directory
+with -r: vmrun/copytree.py).
 
 Each side writes a temporary file beside the destination and renames it into place, so a copy that
 fails leaves the old file or none, never half of one; a symbolic link at the destination is replaced,
@@ -36,6 +37,8 @@ CHUNK_TIMEOUT = 60.0  # one chunk, even on a loaded TCG host
 GUEST_COMMAND_TIMEOUT = 30.0
 PERMISSION_BITS = 0o777  # set-id and sticky bits stay behind, as with cp without -p
 USAGE = "vmrun cp SRC NAME:DST or vmrun cp NAME:SRC DST"
+DIRECTORY_HINT = "vmrun cp -r copies a directory"
+CALLS = ("guest-file-open", "guest-file-close", "guest-exec", "guest-exec-status")
 
 
 @attrs.frozen
@@ -45,6 +48,18 @@ class GuestPath:
 
     def __str__(self) -> str:
         return f"{self.vm}:{self.path}"
+
+
+@attrs.frozen
+class Copied:
+    size: int
+    target: GuestPath | Path
+    files: int | None = None  # how many, for a tree
+
+    def __str__(self) -> str:
+        files = "" if self.files is None else f"{self.files} file{'' if self.files == 1 else 's'}, "
+        what = f"{files}{self.size} bytes"
+        return f"copied {what} to {self.target}"
 
 
 def endpoint(text: str) -> GuestPath | Path:
@@ -70,63 +85,105 @@ def endpoints(source: str, destination: str) -> tuple[str, GuestPath | Path, Gue
 
 
 def copy(vm: str, source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
-         agent_timeout: float, say: Say) -> None:
+         recursive: bool = False, agent_timeout: float, say: Say) -> None:
+    """One file; with recursive, a directory source is copied as a tree (vmrun/copytree.py)."""
     try:
-        _copy(source, destination, agent_socket, agent_timeout=agent_timeout, say=say)
+        _copy(source, destination, agent_socket, recursive=recursive, agent_timeout=agent_timeout, say=say)
     except AgentError as error:
         raise AgentError(f"{vm}: {error}", hint=error.hint) from error
 
 
 def _copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
-          agent_timeout: float, say: Say) -> None:
+          recursive: bool, agent_timeout: float, say: Say) -> None:
+    from vmrun import copytree
+
     with GuestAgent(agent_socket) as agent:
         agent.wait_ready(timeout=agent_timeout)
-        calls = ("guest-file-open", "guest-file-close", "guest-exec", "guest-exec-status")
         started = time.monotonic()
-        target: GuestPath | Path
+        copied: Copied
         if isinstance(source, GuestPath):
             assert isinstance(destination, Path)  # endpoints() made sure
-            agent.require(*calls, "guest-file-read", purpose="to copy a file from the guest")
-            size, target = download(agent, source, destination)
+            agent.require(*CALLS, "guest-file-read", purpose="to copy a file from the guest")
+            if recursive and guest_run(agent, ["test", "-d", source.path], check=False).ok:
+                copied = copytree.download_tree(agent, source, destination, say=say)
+            else:
+                copied = download(agent, source, destination)
         else:
             assert isinstance(destination, GuestPath)
-            agent.require(*calls, "guest-file-write", purpose="to copy a file into the guest")
-            size, target = upload(agent, source, destination)
+            agent.require(*CALLS, "guest-file-write", purpose="to copy a file into the guest")
+            if recursive and source.is_dir():
+                copied = copytree.upload_tree(agent, source, destination, say=say)
+            else:
+                copied = upload(agent, source, destination)
     seconds = time.monotonic() - started
-    say(f"copied {size} bytes to {target} in {seconds:.1f} s ({size / 2**20 / max(seconds, 1e-3):.1f} MiB/s)")
+    say(f"{copied} in {seconds:.1f} s ({copied.size / 2**20 / max(seconds, 1e-3):.1f} MiB/s)")
 
 
-def upload(agent: GuestAgent, source: Path, destination: GuestPath) -> tuple[int, GuestPath]:
+def upload(agent: GuestAgent, source: Path, destination: GuestPath) -> Copied:
     try:
         local = open_to_read(source)  # a link is followed, as cp follows one
+    except IsADirectoryError:  # from fdopen
+        raise UsageError(f"{source} is a directory", hint=DIRECTORY_HINT) from None
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
     with local:
         mode = _regular_file_mode(os.fstat(local.fileno()).st_mode, str(source))
         target = destination.path
-        if target.endswith("/") or _guest(agent, ["test", "-d", target], check=False).ok:
+        if target.endswith("/") or guest_run(agent, ["test", "-d", target], check=False).ok:
             target = posixpath.join(target, source.name)
-        temporary = _beside(target)
-        handle = agent.open_file(temporary, "wb")
-        size = 0
+        temporary = beside(target)
         try:
-            try:
-                while chunk := _read(local, source):
-                    agent.write_file(handle, chunk, timeout=CHUNK_TIMEOUT)
-                    size += len(chunk)
-            finally:
-                agent.close_file(handle)
+            size = send(agent, local, source, temporary)
             # qemu-ga creates files 0666 whatever the umask.
-            _guest(agent, ["chmod", f"{mode:o}", temporary])
-            _guest(agent, ["mv", "-f", temporary, target])
+            guest_run(agent, ["chmod", f"{mode:o}", temporary])
+            guest_run(agent, ["mv", "-f", temporary, target])
         except BaseException:
-            with contextlib.suppress(AgentError):  # what failed may have been the agent itself
-                _guest(agent, ["rm", "-f", temporary], check=False)
+            remove_in_guest(agent, temporary)
             raise
-    return size, GuestPath(destination.vm, target)
+    return Copied(size, GuestPath(destination.vm, target))
 
 
-def download(agent: GuestAgent, source: GuestPath, destination: Path) -> tuple[int, Path]:
+def send(agent: GuestAgent, local: BinaryIO, source: Path, guest_path: str) -> int:
+    """The local file's bytes written to a new guest file (mode 0666); how many."""
+    handle = agent.open_file(guest_path, "wb")
+    size = 0
+    try:
+        while chunk := _read(local, source):
+            agent.write_file(handle, chunk, timeout=CHUNK_TIMEOUT)
+            size += len(chunk)
+    finally:
+        agent.close_file(handle)
+    return size
+
+
+def receive(agent: GuestAgent, guest_path: str, local: BinaryIO) -> int:
+    """The guest file's bytes written to local; how many."""
+    handle = agent.open_file(guest_path, "rb")
+    try:
+        return receive_from(agent, handle, guest_path, local)
+    finally:
+        agent.close_file(handle)
+
+
+def receive_from(agent: GuestAgent, handle: int, guest_path: str, local: BinaryIO) -> int:
+    size = 0
+    while True:
+        chunk, end = agent.read_file(handle, CHUNK, timeout=CHUNK_TIMEOUT)
+        if not chunk and not end:  # a regular file's read gives bytes or its end: it would loop for good
+            raise AgentError(f"the guest agent read nothing and no end of {guest_path}")
+        local.write(chunk)
+        size += len(chunk)
+        if end:
+            return size
+
+
+def remove_in_guest(agent: GuestAgent, path: str) -> None:
+    """What a failed copy left in the guest, removed if the agent still answers: what failed may be the agent."""
+    with contextlib.suppress(AgentError):
+        guest_run(agent, ["rm", "-rf", path], check=False)
+
+
+def download(agent: GuestAgent, source: GuestPath, destination: Path) -> Copied:
     handle = agent.open_file(source.path, "rb")  # first, so a missing file is told in the agent's words
     try:
         mode = _regular_file_mode(_guest_mode(agent, source.path), str(source))
@@ -141,17 +198,9 @@ def download(agent: GuestAgent, source: GuestPath, destination: Path) -> tuple[i
             descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".vmrun")
         except OSError as exc:
             raise UsageError(f"cannot write {target}: {exc.strerror}") from exc
-        size = 0
         try:
             with os.fdopen(descriptor, "wb") as local:
-                while True:
-                    chunk, end = agent.read_file(handle, CHUNK, timeout=CHUNK_TIMEOUT)
-                    if not chunk and not end:  # a regular file's read gives bytes or its end: it would loop for good
-                        raise AgentError(f"the guest agent read nothing and no end of {source.path}")
-                    local.write(chunk)
-                    size += len(chunk)
-                    if end:
-                        break
+                size = receive_from(agent, handle, source.path, local)
                 os.fchmod(local.fileno(), mode)
             os.replace(temporary, target)
         except OSError as exc:
@@ -162,12 +211,12 @@ def download(agent: GuestAgent, source: GuestPath, destination: Path) -> tuple[i
             raise
     finally:
         agent.close_file(handle)
-    return size, target
+    return Copied(size, target)
 
 
 def _regular_file_mode(st_mode: int, name: str) -> int:
     if stat.S_ISDIR(st_mode):
-        raise UsageError(f"{name} is a directory", hint="vmrun cp copies one file")
+        raise UsageError(f"{name} is a directory", hint=DIRECTORY_HINT)
     if not stat.S_ISREG(st_mode):
         raise UsageError(f"{name} is not a regular file", hint="vmrun cp copies one file")
     return stat.S_IMODE(st_mode) & PERMISSION_BITS
@@ -186,7 +235,7 @@ def _replaceable(target: Path) -> None:
 
 
 def _guest_mode(agent: GuestAgent, path: str) -> int:
-    said = _guest(agent, ["stat", "-L", "-c", "%f", path]).stdout.decode(errors="replace").strip()
+    said = guest_run(agent, ["stat", "-L", "-c", "%f", path]).stdout.decode(errors="replace").strip()
     try:
         return int(said, 16)
     except ValueError:
@@ -200,14 +249,15 @@ def _read(local: BinaryIO, source: Path) -> bytes:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
 
 
-def _beside(path: str) -> str:
+def beside(path: str) -> str:
     """A fresh dot name in path's directory: renamed over path, it stays on path's file system."""
     directory, name = posixpath.split(path)
     return posixpath.join(directory, f".{name}.{secrets.token_hex(4)}.vmrun")
 
 
-def _guest(agent: GuestAgent, argv: Sequence[str], *, check: bool = True) -> ExecResult:
-    result = agent.exec(argv, timeout=GUEST_COMMAND_TIMEOUT)
+def guest_run(agent: GuestAgent, argv: Sequence[str], *, check: bool = True,
+              timeout: float = GUEST_COMMAND_TIMEOUT) -> ExecResult:
+    result = agent.exec(argv, timeout=timeout)
     if check and not result.ok:
         raise AgentError(f"`{' '.join(argv)}` failed in the guest: {describe_failure(result)}")
     return result

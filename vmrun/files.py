@@ -30,9 +30,10 @@ def write_whole(target: Path, write: Callable[[Path], object]) -> None:
         partial.unlink(missing_ok=True)
 
 
-def open_to_read(path: str | Path) -> BinaryIO:
+def open_to_read(path: str | Path, *, dir_fd: int | None = None, follow_links: bool = True) -> BinaryIO:
     """path opened for reading without waiting on a FIFO for its writer, which open() would do for good: the
-    caller then refuses what fstat says is no regular file."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    caller then refuses what fstat says is no regular file. Without follow_links, a link there fails (ELOOP)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    descriptor = os.open(path, flags, dir_fd=dir_fd)
     os.set_blocking(descriptor, True)
     return os.fdopen(descriptor, "rb")
