@@ -440,22 +440,15 @@ def spec_of_data(data: dict[str, Any]) -> Spec:
     return validate(parse_spec(data, source="test", base=Path("/specs")), "test")
 
 
-URL_BASE = """\
-name = "cloud"
-[boot]
-disk = "root"
-[[disks]]
-id = "root"
-path = "root.qcow2"
-format = "qcow2"
-size = "20G"
+# ONE_NIC's VM without its NIC and its KubeVirt source, its disk on a base image by URL.
+URL_BASE = ONE_NIC.split("[[nics]]")[0] + f"""\
 base = "https://images.example/debian-12.qcow2"
-base_digest = "sha256:""" + "ab" * 32 + """"
+base_digest = "sha256:{'ab' * 32}"
 """
 
 
 def test_a_url_base_is_suggested_as_the_import_and_its_unchecked_digest_is_said(tmp_path: Path) -> None:
-    spec = tmp_path / "cloud.toml"
+    spec = tmp_path / "web.toml"
     spec.write_text(URL_BASE)
     result = vmrun("export", "--format", "kubevirt", str(spec))
     assert (result.returncode, result.stdout) == (2, "")
