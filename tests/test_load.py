@@ -99,6 +99,10 @@ def test_enum_error_lists_the_choices(tmp_path: Path) -> None:
         ('name = "x"\n[[post_boot]]\nrun = "ls"\n', "post_boot[0].run: expected an array, got a string ('ls')"),
         ("[machine]\ncpus = 2\n", "name: required key is missing"),
         ('name = "x"\n[[shares]]\nid = "s"\npath = ""\ntag = "t"\n', "shares[0].path: path must not be empty"),
+        ('name = "x"\n[kubevirt.disks.root]\npvc = 3\n',
+         "kubevirt.disks.root.pvc: expected a string, got an integer (3)"),
+        ('name = "x"\n[cloud_init]\nuser_data = "u"\nmeta_data = { "a\\u0007b" = "c" }\n',
+         "cloud_init.meta_data['a\\x07b']: control character '\\x07' is not allowed"),
     ],
 )
 def test_wrong_shapes_are_named(tmp_path: Path, text: str, expected: str) -> None:
