@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmrun.errors import SpecError, UsageError, VmrunError
+from vmrun.errors import Problem, SpecError, UsageError, VmrunError
 
 if TYPE_CHECKING:
     import threading
@@ -56,10 +56,11 @@ def load_valid_spec(path: str, args: argparse.Namespace) -> Spec:
     from vmrun.cloudinit import seed_file_problems
     from vmrun.locations import extra_args_reaching_vmrun
 
-    places = places_of(args)
-    return check.load_valid_spec(
-        Path(path), path, more=lambda spec: [*seed_file_problems(spec), *extra_args_reaching_vmrun(spec, places)]
-    )
+    def more(spec: Spec) -> list[Problem]:
+        reaching = extra_args_reaching_vmrun(spec, places_of(args)) if spec.qemu.extra_args else ()
+        return [*seed_file_problems(spec), *reaching]
+
+    return check.load_valid_spec(Path(path), path, more=more)
 
 
 def host_of(args: argparse.Namespace) -> Host:
