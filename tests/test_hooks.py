@@ -127,11 +127,11 @@ def test_step_fails_when_no_interface_has_the_mac(tmp_path: Path) -> None:
         run_step(tmp_path, FakeGuest("52:54:00:00:00:99"), spec)
 
 
-def test_single_queue_nics_are_checked_with_one_read(tmp_path: Path) -> None:
+def test_single_queue_nics_are_found_by_mac_without_a_guest_command(tmp_path: Path) -> None:
     spec = spec_with(nics=[{"id": "net0", "queues": 1}])
     guest = FakeGuest(mac_address(spec, spec.nics[0]))
     assert run_step(tmp_path, guest, spec)[0].startswith("ethtool net0 eth0 combined 1 ✓ (already,")
-    assert guest.commands == [["ethtool", "-l", "eth0"]]
+    assert guest.commands == []
 
 
 def test_failing_post_boot_hook_shows_its_stderr(tmp_path: Path) -> None:
