@@ -426,11 +426,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text(), flush=True)
 
     if args.dry_run:
-        from vmrun.images import with_cached_bases
-
         facts = gather_facts(host, spec.qemu.binary)
-        say_uncached_bases(spec, places)
-        plan = plan_preflight(with_cached_bases(spec, places.image_cache), host, facts,
+        plan = plan_preflight(on_cached_bases(spec, places), host, facts,
                               others=others_than(host, places, spec.name), run_dir=places.of(spec.name).run_dir)
         show(plan)
         refuse(plan)
@@ -475,10 +472,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.spec} is a directory", hint="one spec, or a directory with --format kubevirt")
     spec = load_valid_spec(args.spec, args)
     if args.format == "libvirt":
-        from vmrun.images import with_cached_bases
-
-        say_uncached_bases(spec, places_of(args))
-        spec = with_cached_bases(spec, places_of(args).image_cache)  # libvirt's backingStore is the cached file
+        spec = on_cached_bases(spec, places_of(args))  # libvirt's backingStore is the cached file
         facts = facts_for_display(args, spec, "exporting")
         exported = libvirt_domain(spec, accel=choose_accel(spec, facts).accel, vhost_net=facts.vhost_net,
                                   seed=run_paths(args, spec.name).cloud_init_seed)
@@ -554,14 +548,16 @@ def report(error: VmrunError, *, prefix: str = "") -> None:
         _stderr_line(f"vmrun: hint: {prefix}{error.hint}")
 
 
-def say_uncached_bases(spec: Spec, places: Places) -> None:
-    """For the commands that show a plan without fetching: which URL bases are not downloaded yet."""
-    from vmrun.images import url_bases
+def on_cached_bases(spec: Spec, places: Places) -> Spec:
+    """For the commands that show a plan without fetching: the spec with its URL bases at their places in the
+    image cache, after saying which are not downloaded yet."""
+    from vmrun.images import url_bases, with_cached_bases
 
     for found in url_bases(spec):
         if not (places.image_cache / found.digest.file_name).is_file():
             say(f"disks[{found.index}].base {found.url} is not in the image cache {places.image_cache} yet: "
                 f"vmrun up downloads it (or: vmrun image pull {found.url} --digest {found.digest})")
+    return with_cached_bases(spec, places.image_cache)
 
 
 def checked_image_url(url: str, digest: str | None) -> str:

@@ -11,7 +11,7 @@ from vmrun.errors import HookError
 from vmrun.naming import mac_address
 from vmrun.progress import Say
 from vmrun.spec import Nic, Spec
-from vmrun.usernet import is_user
+from vmrun.usernet import tap_nics
 
 ETHTOOL_TIMEOUT = 30.0
 _CURRENT_COMBINED = re.compile(r"Current hardware settings:.*?^Combined:\s*(\d+)", re.MULTILINE | re.DOTALL)
@@ -62,7 +62,7 @@ def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]
 def run_multiqueue_step(agent: GuestAgent, spec: Spec, say: Say) -> None:
     """Every tap NIC is found in the guest by its MAC, and a multiqueue one gets its count. A user-mode NIC has
     one queue pair, whatever the guest says."""
-    for nic in (nic for nic in spec.nics if not is_user(nic)):
+    for nic in tap_nics(spec):
         started = time.monotonic()
         interface, was_set = set_queue_pairs(agent, spec, nic)
         elapsed_ms = (time.monotonic() - started) * 1000

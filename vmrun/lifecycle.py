@@ -64,7 +64,7 @@ from vmrun.state import (
     state_path,
     vm_names,
 )
-from vmrun.usernet import is_user, refused_forward
+from vmrun.usernet import refused_forward, tap_nics
 
 if TYPE_CHECKING:
     from vmrun.agent import GuestAgent
@@ -207,7 +207,7 @@ def _preflight(
             name=spec.name, spec_path=str(spec_path), argv=configuration.argv, accel=str(plan.accel.accel),
             accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
             writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
-            taps=tuple(tap_name(spec, nic) for nic in spec.nics if not is_user(nic)),
+            taps=tuple(tap_name(spec, nic) for nic in tap_nics(spec)),
             vfio=tuple(vfio.host for vfio in spec.vfio),
             spec=converter.unstructure(spec),
             seed_id=configuration.seed_id,

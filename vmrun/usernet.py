@@ -73,6 +73,11 @@ def is_user(nic: Nic) -> bool:
     return nic.mode is NicMode.USER
 
 
+def tap_nics(spec: Spec) -> list[Nic]:
+    """The NICs with a host tap: every one but the user-mode ones."""
+    return [nic for nic in spec.nics if not is_user(nic)]
+
+
 def forwards(nic: Nic) -> list[Forward]:
     """A checked NIC's forwards (check_user_nics has refused any that do not parse)."""
     return [parse_forward(text) for text in nic.forward]

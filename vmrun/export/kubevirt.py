@@ -28,7 +28,7 @@ from vmrun.naming import mac_address
 from vmrun.render import SEED_ID
 from vmrun.spec import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
 from vmrun.units import KIB
-from vmrun.usernet import is_user
+from vmrun.usernet import is_user, tap_nics
 
 API_VERSION = "kubevirt.io/v1"
 KUBEVIRT_VERSION = "v1.9.0"  # the release whose CRD schema and admission rules this export is checked against
@@ -190,7 +190,7 @@ def multiqueue_commands(spec: Spec) -> list[str]:
     KubeVirt gives every NIC as many queues as vCPUs and never runs ethtool."""
     if not any(nic.queues > 1 for nic in spec.nics):
         return []
-    return [_ethtool_command(spec, nic) for nic in spec.nics if not is_user(nic)]
+    return [_ethtool_command(spec, nic) for nic in tap_nics(spec)]
 
 
 def _ethtool_command(spec: Spec, nic: Nic) -> str:
