@@ -354,3 +354,29 @@ def test_a_full_disk_is_exit_4_and_leaves_nothing(
     errors = [line for line in pull.stderr.splitlines() if line.startswith("vmrun: error: ")]
     assert pull.returncode == 4 and len(errors) == 1 and said in errors[0], pull.stderr
     assert cached(small_cache) == []
+
+
+def test_a_vmrun_killed_mid_download_leaves_a_partial_that_the_next_fetch_clears(
+    vmrun: Vmrun, server: tuple[Served, str], base_image: tuple[bytes, str]
+) -> None:
+    served, address = server
+    content, digest = base_image
+    served.bodies["/base.qcow2"] = content
+    served.drip.add("/base.qcow2")  # slow enough to be killed halfway
+    cache = vmrun.spec_dir / "cache"
+    pull = subprocess.Popen(vmrun.argv("--cache-dir", str(cache), "image", "pull", f"{address}/base.qcow2",
+                                       "--digest", digest), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.stat().st_size for path in cache.glob("*.partial")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        pull.send_signal(signal.SIGKILL)
+        pull.wait(timeout=30)
+    assert [name for name in cached(cache) if name.endswith(".partial")], cached(cache)
+    served.drip.clear()
+    again = vmrun("--cache-dir", str(cache), "image", "pull", f"{address}/base.qcow2", "--digest", digest)
+    assert again.returncode == 0, again.stderr
+    assert Path(again.stdout.strip()).read_bytes() == content
+    file_name = digest.replace(":", "-")
+    assert cached(cache) == [file_name, f"{file_name}.json"]
