@@ -623,7 +623,7 @@ IN_USE_NOW = "a vmrun up (or preflight) is using it right now"
 
 def cmd_image_rm(args: argparse.Namespace) -> int:
     from vmrun.imagecache import ImageCache, image_users
-    from vmrun.images import DIGEST_FORM, digest_problem, parse_digest
+    from vmrun.images import digest_problem, parse_digest
 
     places = places_of(args)
     cache = ImageCache(places.image_cache)
@@ -636,7 +636,7 @@ def cmd_image_rm(args: argparse.Namespace) -> int:
         for text in args.digests:
             digest = parse_digest(text)
             if digest is None:
-                raise UsageError(digest_problem(text) or text, hint=f"a digest is {DIGEST_FORM}; vmrun image list")
+                raise UsageError(digest_problem(text) or text, hint="vmrun image list shows the cached digests")
             digests.append(digest)
     digests = list(dict.fromkeys(digests))  # one lock each
     missing = [digest for digest in digests if not cache.path_of(digest).is_file()]
