@@ -20,6 +20,7 @@ import attrs
 
 from vmrun._qmpsync import REPLY_TIMEOUT, QmpSession
 from vmrun.errors import AgentError
+from vmrun.record import Record
 
 SYNC_FIRST_TRY = 1.0  # seconds one connect + guest-sync round may take before trying afresh
 SYNC_LONGEST_TRY = 3.0
@@ -30,8 +31,8 @@ LONGEST_POLL = 0.2  # ... then back off: a slow one should not cost a round trip
 SHUTDOWN_GRACE = 1.0  # guest-shutdown answers only on failure; wait this long for one
 
 
-@attrs.frozen
-class ExecResult:
+@attrs.frozen(repr=False)
+class ExecResult(Record):
     """How a command run in the guest ended, and what it printed."""
 
     exitcode: int | None
@@ -46,8 +47,8 @@ class ExecResult:
         return self.exitcode == 0
 
 
-@attrs.frozen
-class GuestInterface:
+@attrs.frozen(repr=False)
+class GuestInterface(Record):
     name: str
     mac: str | None  # lower case, "52:54:00:12:34:56"
     addresses: tuple[str, ...]  # "10.0.2.15/24" ("10.0.2.15" when the agent gives no prefix)

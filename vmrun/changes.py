@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from vmrun.host import Host, HostCommandError
+from vmrun.record import Record
 
 DEVICE_WAIT = 5.0  # seconds for a device node (/dev/vfio/N) to appear after binding
 
@@ -24,8 +25,8 @@ class Status(enum.StrEnum):
     FAIL = "fail"
 
 
-@attrs.frozen
-class CheckResult:
+@attrs.frozen(repr=False)
+class CheckResult(Record):
     name: str
     status: Status
     message: str
@@ -55,8 +56,8 @@ class Action(enum.StrEnum):
     RUN = "run"  # a host tool: ip, qemu-img, useradd
 
 
-@attrs.frozen
-class Step:
+@attrs.frozen(repr=False)
+class Step(Record):
     """One host operation. path is the host path acted on, as seen without --host-root; value is what is
     written, the new owner, or the command line."""
 
@@ -110,8 +111,8 @@ class OnDown(enum.StrEnum):
     SHARED_KSM = "shared-ksm"  # KSM: restored only once no other running VM wants it
 
 
-@attrs.frozen
-class Change:
+@attrs.frozen(repr=False)
+class Change(Record):
     step: Step
     undo: tuple[Step, ...] = ()
     on_down: OnDown = OnDown.UNDO
@@ -121,8 +122,8 @@ class Change:
         return self.step.to_json()
 
 
-@attrs.frozen
-class AppliedChange:
+@attrs.frozen(repr=False)
+class AppliedChange(Record):
     """A journal entry: a change preflight is about to make (done False) or made (done True).
 
     Its JSON, kept in the VM's state file, is all `down` needs to undo it. An entry never marked done

@@ -16,6 +16,7 @@ from vmrun.errors import Problem, SpecError
 from vmrun.files import write_whole
 from vmrun.locations import RunPaths
 from vmrun.progress import Say
+from vmrun.record import Record
 from vmrun.spec import CloudInit, Spec
 
 SEED_LABEL = "cidata"  # NoCloud looks for a filesystem with this label
@@ -25,8 +26,8 @@ SCRIPT = "#!"
 _ISO_NAMES = {"meta-data": "META_DATA.;1", "user-data": "USER_DATA.;1", "network-config": "NETWORK_CONFIG.;1"}
 
 
-@attrs.frozen
-class Seed:
+@attrs.frozen(repr=False)
+class Seed(Record):
     """What goes on the seed: file name -> content, meta-data included."""
 
     files: Mapping[str, bytes]

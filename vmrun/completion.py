@@ -15,21 +15,22 @@ from collections.abc import Iterator
 import attrs
 
 from vmrun import __version__
+from vmrun.record import Record
 
 NO_WORD = "value"  # a value to type, nothing to complete (seconds, counts)
 MAKES_A_VM = frozenset({"init"})  # its NAME is a new VM's, not a running one
 
 
-@attrs.frozen
-class Option:
+@attrs.frozen(repr=False)
+class Option(Record):
     flags: tuple[str, ...]  # "-o", "--output"
     help: str
     kind: str | None  # None: takes no value
     value_name: str  # the metavar, as --help shows it
 
 
-@attrs.frozen
-class Command:
+@attrs.frozen(repr=False)
+class Command(Record):
     words: tuple[str, ...]  # ("host", "iommu"); () for vmrun itself
     summary: str
     options: tuple[Option, ...]

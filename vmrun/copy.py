@@ -28,6 +28,7 @@ from vmrun.files import open_to_read
 from vmrun.hooks import describe_failure
 from vmrun.naming import VM_NAME_RULE, is_vm_name
 from vmrun.progress import Say
+from vmrun.record import Record
 
 # One guest-file-read or -write each. Under TCG the tiny guest read ~14 MiB/s and wrote ~4 MiB/s at 1 MiB, the
 # fastest of 64 KiB to 4 MiB (writes 3.4-4.0 MiB/s across them: qemu-ga parsing the JSON sets their pace, not
@@ -41,8 +42,8 @@ DIRECTORY_HINT = "vmrun cp -r copies a directory"
 CALLS = ("guest-file-open", "guest-file-close", "guest-exec", "guest-exec-status")
 
 
-@attrs.frozen
-class GuestPath:
+@attrs.frozen(repr=False)
+class GuestPath(Record):
     vm: str
     path: str  # absolute, in the guest
 
@@ -50,8 +51,8 @@ class GuestPath:
         return f"{self.vm}:{self.path}"
 
 
-@attrs.frozen
-class Copied:
+@attrs.frozen(repr=False)
+class Copied(Record):
     size: int
     target: GuestPath | Path
     files: int | None = None  # how many, for a tree

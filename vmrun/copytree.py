@@ -41,6 +41,7 @@ from vmrun.copy import (
 from vmrun.errors import AgentError, UsageError
 from vmrun.files import open_to_read
 from vmrun.progress import Say
+from vmrun.record import Record
 
 # Each entry as its raw mode in hex, a newline, its path and a NUL: a name (which may hold newlines, never a NUL)
 # cannot forge a record. One stat per entry costs a fork in the guest, far less than a guest-exec per file would.
@@ -52,8 +53,8 @@ NO_FOLLOW_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXE
 EXISTS_HINT = "vmrun cp -r makes a new directory: remove it, or name another destination"
 
 
-@attrs.frozen
-class GuestEntry:
+@attrs.frozen(repr=False)
+class GuestEntry(Record):
     parts: tuple[str, ...]  # the path below the copied directory; () is that directory
     mode: int
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from vmrun.record import Record
 from vmrun.spec import Spec
 from vmrun.units import format_duration, format_size
 
@@ -81,8 +82,8 @@ def argv_differences(old: Sequence[str], new: Sequence[str]) -> list[str]:
             for line in lines if line[:1] in ("-", "+")]
 
 
-@attrs.frozen
-class Configuration:
+@attrs.frozen(repr=False)
+class Configuration(Record):
     """What a VM runs with: its spec, qemu's argv, and the content of its cloud-init seed (whose path in
     the argv stays the same when the user-data file changes)."""
 

@@ -10,9 +10,11 @@ from collections.abc import Iterable
 
 import attrs
 
+from vmrun.record import Record
 
-@attrs.frozen
-class Problem:
+
+@attrs.frozen(repr=False)
+class Problem(Record):
     """One mistake, located by its path inside the spec (``nics[0].queues``)."""
 
     path: str

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from vmrun.record import Record
 from vmrun.spec import ROOT_USER, Accel, Nic, Spec, Vhost
 
 if TYPE_CHECKING:
@@ -36,8 +37,8 @@ def choose_privilege_drop(qemu: QemuCapabilities | None) -> PrivilegeDrop:
     return PrivilegeDrop.RUNAS if qemu.has_runas else PrivilegeDrop.IMPOSSIBLE
 
 
-@attrs.frozen
-class HostFacts:
+@attrs.frozen(repr=False)
+class HostFacts(Record):
     """What render needs to know of the host; gathered by the host layer, so render stays pure."""
 
     kvm_usable: bool
@@ -73,8 +74,8 @@ def qemu_user(spec: Spec, host: Host, *, as_root: bool) -> User | None:
     return host.user(spec.host.user) if as_root else host.current_user()
 
 
-@attrs.frozen
-class AccelChoice:
+@attrs.frozen(repr=False)
+class AccelChoice(Record):
     accel: Accel
     reason: str
 
@@ -114,8 +115,8 @@ def kvm_verdict(host: Host) -> tuple[bool, str]:
     )
 
 
-@attrs.frozen
-class QemuProbe:
+@attrs.frozen(repr=False)
+class QemuProbe(Record):
     program: Path | None  # None: not found
     capabilities: QemuCapabilities | None  # None: not found, did not run, or was not run
     not_run: str | None = None  # why it was not run

@@ -15,6 +15,7 @@ import attrs
 
 from vmrun.errors import ConfigurationDiffers, UsageError, VmrunError
 from vmrun.progress import Say
+from vmrun.record import Record
 from vmrun.signals import for_workers, shielded, sigterm_interrupts
 
 if TYPE_CHECKING:
@@ -24,8 +25,8 @@ INTERRUPTED = 130
 BUG = 1
 
 
-@attrs.frozen
-class Fate:
+@attrs.frozen(repr=False)
+class Fate(Record):
     """What became of one VM: its name (or spec path, when the spec is invalid), outcome and exit code.
     For `--json`, also the outcome as one word (result: the outcome itself when it is one already) and
     the one-line errors (and hint) that told a failure."""

@@ -22,6 +22,8 @@ from typing import Any
 
 import attrs
 
+from vmrun.record import Record
+
 _HOST_TREES = ("/sys", "/dev", "/proc", "/etc/passwd", "/etc/group")
 _XATTR_PROBE = "user.vmrun.probe"
 PAGE_SIZE = 4096
@@ -33,8 +35,8 @@ class HostCommandError(Exception):
     """A host tool failed; preflight turns this into a rollback and a PreflightError."""
 
 
-@attrs.frozen
-class QemuCapabilities:
+@attrs.frozen(repr=False)
+class QemuCapabilities(Record):
     version: str
     has_run_with_user: bool  # -run-with takes user= (QEMU >= 9.1; 8.1-9.0 have -run-with without it)
     has_runas: bool  # removed in QEMU 10.0
@@ -63,15 +65,15 @@ def parse_qemu_help(help_text: str) -> QemuCapabilities:
     )
 
 
-@attrs.frozen
-class User:
+@attrs.frozen(repr=False)
+class User(Record):
     name: str
     uid: int
     gid: int
 
 
-@attrs.frozen
-class Host:
+@attrs.frozen(repr=False)
+class Host(Record):
     """Paths are host paths as the kernel names them ("/sys/bus/pci/...").
 
     The host's own trees (sysfs, /dev, /proc, the user database) live under ``root``; the files a spec

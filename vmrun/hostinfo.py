@@ -10,6 +10,7 @@ import attrs
 from vmrun.facts import PrivilegeDrop, QemuProbe, choose_privilege_drop, kvm_verdict
 from vmrun.host import Host, QemuCapabilities
 from vmrun.pci import PCI_DEVICES, iommu_groups
+from vmrun.record import Record
 from vmrun.vfio import Member, group_refusal, group_verdict
 
 PCI_IDS = (Path("/usr/share/misc/pci.ids"), Path("/usr/share/hwdata/pci.ids"))
@@ -40,8 +41,8 @@ def pci_names(wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
     return names
 
 
-@attrs.frozen
-class GroupDevice:
+@attrs.frozen(repr=False)
+class GroupDevice(Record):
     address: str
     vendor: str
     device: str
@@ -53,8 +54,8 @@ class GroupDevice:
     passable: bool  # a spec may list it, unless its group has a refusal
 
 
-@attrs.frozen
-class Group:
+@attrs.frozen(repr=False)
+class Group(Record):
     group: str
     viable: bool  # every member may stay beside a passed device as the host is now: no driver to unbind
     refusal: str | None  # why preflight refuses the group whatever is listed, or None

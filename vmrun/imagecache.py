@@ -36,6 +36,7 @@ from vmrun.files import open_to_read, write_whole
 from vmrun.images import DIGEST_LENGTHS, Digest, parse_digest, scheme_of, url_bases
 from vmrun.locations import Places
 from vmrun.progress import Say
+from vmrun.record import Record
 from vmrun.spec import Spec
 from vmrun.units import GIB, format_bytes
 
@@ -233,8 +234,8 @@ def _range_start(response: Any) -> int | None:
     return int(match[1]) if match else None
 
 
-@attrs.frozen
-class CachedImage:
+@attrs.frozen(repr=False)
+class CachedImage(Record):
     digest: Digest
     path: Path
     size: int
@@ -242,8 +243,8 @@ class CachedImage:
     fetched: float  # when it was downloaded (the file's time)
 
 
-@attrs.frozen
-class ImageCache:
+@attrs.frozen(repr=False)
+class ImageCache(Record):
     root: Path
 
     def path_of(self, digest: Digest) -> Path:
@@ -442,8 +443,8 @@ def bases_in_use(spec: Spec, cache: ImageCache, say: Say) -> Iterator[None]:
         yield
 
 
-@attrs.frozen
-class Users:
+@attrs.frozen(repr=False)
+class Users(Record):
     """Which VMs use which cached images: each VM with a run directory (running, or prepared by `vmrun
     preflight`) uses its spec's URL bases; what a VM with a damaged state file uses is unknown."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import attrs
 
 from vmrun.errors import Problem
+from vmrun.record import Record
 from vmrun.spec import Disk, ImageUrl, Spec
 
 SCHEMES = ("https", "http", "file")
@@ -33,8 +34,8 @@ def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
-@attrs.frozen
-class Digest:
+@attrs.frozen(repr=False)
+class Digest(Record):
     algorithm: str  # a hashlib name: sha256 or sha512
     hex: str  # lower case
 
@@ -109,8 +110,8 @@ def default_cache_root() -> Path:
     return Path(cache) / "vmrun" / "images"
 
 
-@attrs.frozen
-class UrlBase:
+@attrs.frozen(repr=False)
+class UrlBase(Record):
     """A disk whose base is downloaded: its index in the spec, its URL and the digest it must have."""
 
     index: int

@@ -28,6 +28,7 @@ from cattrs.errors import (
 from vmrun.errors import Problem, SpecError
 from vmrun.images import is_url
 from vmrun.naming import pci_address
+from vmrun.record import Record
 from vmrun.spec import (
     Accel,
     Aio,
@@ -414,8 +415,8 @@ def normalize(spec: Spec, base: Path) -> Spec:
     )
 
 
-@attrs.frozen
-class Structured:
+@attrs.frozen(repr=False)
+class Structured(Record):
     """A spec structured section by section (top-level key by key), so one bad section does not hide the
     others from the semantic checks. A section that failed is left at its default and named in ``failed``."""
 

@@ -12,6 +12,7 @@ from vmrun.errors import Problem, UsageError
 from vmrun.extra_args import named_paths
 from vmrun.images import default_cache_root
 from vmrun.naming import VM_NAME_RULE, is_vm_name
+from vmrun.record import Record
 from vmrun.spec import Spec
 
 LOCK_DIR = ".locks"  # under the run root; a dot-name is never a VM name
@@ -35,8 +36,8 @@ def default_state_root() -> Path:
     return Path(state) / "vmrun"
 
 
-@attrs.frozen
-class RunPaths:
+@attrs.frozen(repr=False)
+class RunPaths(Record):
     """Where one VM's sockets and files live: run_dir per run; state_dir outlives runs (UEFI vars)."""
 
     run_dir: Path
@@ -77,8 +78,8 @@ class RunPaths:
         return self.state_dir / SEED_FILE
 
 
-@attrs.frozen
-class Places:
+@attrs.frozen(repr=False)
+class Places(Record):
     """Where VMs live on this host; a VM's RunPaths derive from its name."""
 
     run_root: Path

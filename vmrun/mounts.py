@@ -7,11 +7,13 @@ from pathlib import PurePosixPath
 
 import attrs
 
+from vmrun.record import Record
+
 _ESCAPE = re.compile(r"\\([0-7]{3})")  # the kernel writes a space in a path as \040
 
 
-@attrs.frozen
-class Mount:
+@attrs.frozen(repr=False)
+class Mount(Record):
     source: str  # a block device path, a share's tag (9p, virtiofs), a server path, or a name
     mount_point: str
     fstype: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from vmrun.host import Host
+from vmrun.record import Record
 
 PCI_DEVICES = "/sys/bus/pci/devices"
 VFIO_DRIVERS = ("vfio-pci", "pci-stub")  # drivers that leave a device safe to share a group with
@@ -14,8 +15,8 @@ BRIDGE_HEADERS = {1: "PCI-to-PCI bridge", 2: "CardBus bridge"}
 BRIDGE_HEADER_BY_CLASS = {"0x0604": 1, "0x0607": 2}
 
 
-@attrs.frozen
-class PciDevice:
+@attrs.frozen(repr=False)
+class PciDevice(Record):
     address: str
     driver: str | None
     device_class: str

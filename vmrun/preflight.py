@@ -36,6 +36,7 @@ from vmrun.facts import AccelChoice, HostFacts, PrivilegeDrop, choose_accel, dro
 from vmrun.host import KSM_RUN, Host, HostCommandError, User
 from vmrun.mounts import mount_of, parse_mountinfo
 from vmrun.naming import tap_name
+from vmrun.record import Record
 from vmrun.signals import shielded
 from vmrun.spec import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
 from vmrun.units import KIB, format_size
@@ -55,8 +56,8 @@ SECTOR = 512
 REFUSED_HINT = "nothing was changed; `vmrun preflight --dry-run SPEC` shows the whole plan"
 
 
-@attrs.frozen
-class Others:
+@attrs.frozen(repr=False)
+class Others(Record):
     """What the other running vmrun VMs hold, read from their state files by the caller."""
 
     writable_disks: frozenset[str] = frozenset()
@@ -66,8 +67,8 @@ class Others:
     ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
 
 
-@attrs.frozen
-class Plan:
+@attrs.frozen(repr=False)
+class Plan(Record):
     accel: AccelChoice
     checks: tuple[CheckResult, ...]
     changes: tuple[Change, ...]
@@ -227,8 +228,8 @@ def _size_text(size_bytes: int) -> str:
     return format_size(size_bytes) if size_bytes % KIB == 0 else str(size_bytes)
 
 
-@attrs.frozen
-class BaseImage:
+@attrs.frozen(repr=False)
+class BaseImage(Record):
     """An overlay's base as `qemu-img info` describes it."""
 
     path: Path

@@ -13,6 +13,8 @@ from typing import NewType
 
 import attrs
 
+from vmrun.record import Record
+
 # Bytes, parsed from "8G"; a distinct type so the converter knows to parse it.
 ByteSize = NewType("ByteSize", int)
 # Seconds, parsed from "120s".
@@ -69,8 +71,8 @@ class SecurityModel(enum.StrEnum):
     NONE = "none"
 
 
-@attrs.frozen
-class Machine:
+@attrs.frozen(repr=False)
+class Machine(Record):
     type: str = "q35"
     accel: Accel = Accel.AUTO
     cpus: int = 1
@@ -78,8 +80,8 @@ class Machine:
     cpu_model: str | None = None
 
 
-@attrs.frozen
-class Boot:
+@attrs.frozen(repr=False)
+class Boot(Record):
     kernel: Path | None = None
     initrd: Path | None = None
     append: str | None = None
@@ -91,8 +93,8 @@ class ImageUrl(str):
     """A base image to download (an https, http or file URL), verified against its disk's base_digest."""
 
 
-@attrs.frozen
-class Disk:
+@attrs.frozen(repr=False)
+class Disk(Record):
     id: str
     path: Path
     format: DiskFormat = DiskFormat.RAW
@@ -108,8 +110,8 @@ class Disk:
     ephemeral: bool = False  # the overlay is created afresh at every `up` and deleted at `down`
 
 
-@attrs.frozen
-class Nic:
+@attrs.frozen(repr=False)
+class Nic(Record):
     id: str
     tap: str | None = None
     bridge: str | None = None
@@ -122,8 +124,8 @@ class Nic:
     restrict: bool = False  # user mode only: the guest reaches nothing outside; forwards still work
 
 
-@attrs.frozen
-class Share:
+@attrs.frozen(repr=False)
+class Share(Record):
     id: str
     path: Path
     tag: str
@@ -131,14 +133,14 @@ class Share:
     readonly: bool = False
 
 
-@attrs.frozen
-class Vfio:
+@attrs.frozen(repr=False)
+class Vfio(Record):
     id: str
     host: str
 
 
-@attrs.frozen
-class CloudInit:
+@attrs.frozen(repr=False)
+class CloudInit(Record):
     """A NoCloud seed vmrun builds from these files and attaches as a read-only CD-ROM."""
 
     user_data: Path
@@ -147,14 +149,14 @@ class CloudInit:
     meta_data: dict[str, str] = attrs.field(factory=dict, hash=False)
 
 
-@attrs.frozen
-class Agent:
+@attrs.frozen(repr=False)
+class Agent(Record):
     enabled: bool = True
     timeout: Seconds = Seconds(120.0)
 
 
-@attrs.frozen
-class Hook:
+@attrs.frozen(repr=False)
+class Hook(Record):
     run: tuple[str, ...]
     timeout: Seconds = Seconds(60.0)
 
@@ -162,16 +164,16 @@ class Hook:
 ROOT_USER = "root"
 
 
-@attrs.frozen
-class HostOptions:
+@attrs.frozen(repr=False)
+class HostOptions(Record):
     user: str = "vmrun"
     # host.user = "root" keeps qemu as root, undoing the privilege drop: only when the spec says it means it.
     allow_root: bool = False
     ksm: bool = False
 
 
-@attrs.frozen
-class QemuOptions:
+@attrs.frozen(repr=False)
+class QemuOptions(Record):
     binary: str = "qemu-system-x86_64"
     extra_args: tuple[str, ...] = ()
 
@@ -188,8 +190,8 @@ class RunStrategy(enum.StrEnum):
     ONCE = "Once"
 
 
-@attrs.frozen
-class KubevirtDisk:
+@attrs.frozen(repr=False)
+class KubevirtDisk(Record):
     """Exactly one: an existing PVC, a container image (an ephemeral disk) or a URL a DataVolume imports."""
 
     pvc: str | None = None
@@ -197,23 +199,23 @@ class KubevirtDisk:
     url: str | None = None
 
 
-@attrs.frozen
-class KubevirtNic:
+@attrs.frozen(repr=False)
+class KubevirtNic(Record):
     network: str | None = None  # a Multus NetworkAttachmentDefinition, "[namespace/]name"; None: the pod network
 
 
-@attrs.frozen
-class KubevirtVfio:
+@attrs.frozen(repr=False)
+class KubevirtVfio(Record):
     device_name: str  # the resource name the cluster's permittedHostDevices gives the device
 
 
-@attrs.frozen
-class KubevirtShare:
+@attrs.frozen(repr=False)
+class KubevirtShare(Record):
     pvc: str
 
 
-@attrs.frozen
-class Kubevirt:
+@attrs.frozen(repr=False)
+class Kubevirt(Record):
     namespace: str | None = None
     run_strategy: RunStrategy = RunStrategy.ALWAYS
     secure_boot: bool = False  # UEFI Secure Boot (with SMM, which it needs)
@@ -225,8 +227,8 @@ class Kubevirt:
     shares: dict[str, KubevirtShare] = attrs.field(factory=dict, hash=False)
 
 
-@attrs.frozen
-class Spec:
+@attrs.frozen(repr=False)
+class Spec(Record):
     name: str
     description: str | None = None
     machine: Machine = Machine()

@@ -19,6 +19,7 @@ from vmrun.files import partial_of, write_whole
 from vmrun.load import converter
 from vmrun.locations import RunPaths
 from vmrun.naming import is_vm_name
+from vmrun.record import Record
 from vmrun.spec import Spec
 
 if TYPE_CHECKING:
@@ -40,8 +41,8 @@ class DamagedState(UsageError):
         )
 
 
-@attrs.frozen
-class VmState:
+@attrs.frozen(repr=False)
+class VmState(Record):
     """Written before the first host change and before and after each one, so that whatever instant
     vmrun dies at, `down` or the next `up` knows what to undo."""
 
@@ -130,8 +131,8 @@ def _reads_whole(entry: Any) -> bool:
     return True
 
 
-@attrs.define
-class StateJournal:
+@attrs.define(repr=False)
+class StateJournal(Record):
     """The state file as preflight's write-ahead journal (see preflight.apply_plan)."""
 
     paths: RunPaths

@@ -14,6 +14,7 @@ from vmrun.errors import AgentError, UsageError
 from vmrun.host import Host
 from vmrun.locations import Places, RunPaths
 from vmrun.machine import find_qemu, is_our_qemu, read_pid
+from vmrun.record import Record
 from vmrun.state import DamagedState, read_state, recorded_configuration, vm_names
 
 if TYPE_CHECKING:
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
 
 
-@attrs.frozen
-class VmStatus:
+@attrs.frozen(repr=False)
+class VmStatus(Record):
     name: str
     state: str  # running | stopped | dead | prepared | damaged (its state file cannot be read)
     pid: int | None

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import attrs
 
 from vmrun.errors import LaunchError, Problem
+from vmrun.record import Record
 from vmrun.spec import Nic, NicMode, Spec, Vhost
 
 LOOPBACK = "127.0.0.1"
@@ -26,8 +27,8 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _FORWARD_REFUSED = re.compile(r"Could not set up host forwarding rule '([^']*)'")
 
 
-@attrs.frozen
-class Forward:
+@attrs.frozen(repr=False)
+class Forward(Record):
     protocol: str
     address: str
     host_port: int

@@ -17,6 +17,7 @@ from vmrun.facts import HostFacts
 from vmrun.host import Host, User
 from vmrun.hostneeds import why_host_needs
 from vmrun.pci import PCI_DEVICES, VFIO_DRIVERS, PciDevice, group_members, iommu_groups, pci_device
+from vmrun.record import Record
 from vmrun.spec import Spec
 from vmrun.units import MIB
 
@@ -27,8 +28,8 @@ MEMLOCK_MARGIN = 1024 * MIB  # libvirt's and KubeVirt's: guest RAM + 1 GiB
 # --- what a group offers: one verdict for `host iommu` and for preflight ------------------------------
 
 
-@attrs.frozen
-class Member:
+@attrs.frozen(repr=False)
+class Member(Record):
     device: PciDevice
     host_needs: str | None  # why the host keeps this function; None for a bridge, or one a VFIO driver holds
 

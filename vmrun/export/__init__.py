@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import attrs
 
+from vmrun.record import Record
 
-@attrs.frozen
-class Export:
+
+@attrs.frozen(repr=False)
+class Export(Record):
     text: str
     notes: tuple[str, ...] = ()  # what the target cannot express

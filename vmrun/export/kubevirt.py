@@ -25,6 +25,7 @@ from vmrun.errors import Problem, SpecError
 from vmrun.export import Export
 from vmrun.images import scheme_of
 from vmrun.naming import mac_address
+from vmrun.record import Record
 from vmrun.render import SEED_ID
 from vmrun.spec import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
 from vmrun.units import KIB
@@ -51,8 +52,8 @@ _NO_WRAP = 10_000  # a boot command stays on its line
 _QUANTITY_UNITS = (("Ti", KIB**4), ("Gi", KIB**3), ("Mi", KIB**2), ("Ki", KIB))
 
 
-@attrs.frozen
-class CloudInitTexts:
+@attrs.frozen(repr=False)
+class CloudInitTexts(Record):
     """The seed's user files as read (cloudinit.seed_texts); the exporter reads no file itself."""
 
     user_data: str | None = None
@@ -64,8 +65,8 @@ class CloudInitTexts:
         return cls(user_data=texts.get("user-data"), network_config=texts.get("network-config"))
 
 
-@attrs.frozen
-class _Manifests:
+@attrs.frozen(repr=False)
+class _Manifests(Record):
     documents: tuple[dict[str, Any], ...]  # the Secret (when there is one) first, then the VirtualMachine
     notes: tuple[str, ...]
 
