@@ -120,6 +120,19 @@ def test_not_toml_and_missing_file_are_spec_errors(tmp_path: Path) -> None:
         load_spec(tmp_path / "absent.toml")
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('name = "x"\nname = "y"\n', "line 2 column 1"),  # a duplicate key
+        ("a = " + "[" * 100_000 + "]" * 100_000 + "\n", "line 1"),  # nesting no spec has: refused, not a crash
+        ('name = "x"\n[machine]\ncpus = 1e999\n', "line 3"),
+    ],
+)
+def test_a_document_that_is_not_toml_is_refused_where_it_goes_wrong(tmp_path: Path, text: str, where: str) -> None:
+    [message] = problems(text, tmp_path)
+    assert message.startswith("not valid TOML:") and where in message and "\n" not in message
+
+
 def test_dump_round_trips_through_load(tmp_path: Path) -> None:
     path = tmp_path / "spec.toml"
     path.write_text(GOOD_SPEC + '\n[[disks]]\nid = "log"\npath = "/l"\ncache = "none"\nsize = "1536M"\n')
