@@ -157,3 +157,25 @@ def test_extra_args_reaching_vmruns_files_are_refused_with_this_commands_roots(t
     ]
     assert vmrun("--run-dir", str(tmp_path / "other-run"), "--state-dir", str(tmp_path / "other-state"),
                  "validate", str(spec)).returncode == 0
+
+
+def test_the_console_script_pauses_the_collector_for_its_start_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short command runs without cyclic collection; one that runs on (`up` waiting for guests, `logs -f`) gets
+    it back, or the garbage of hours of waiting would never be freed."""
+    import gc
+    import time
+
+    import vmrun.__main__ as entry
+
+    collecting_during_the_command = []
+    monkeypatch.setattr("vmrun.cli.main_exit", lambda: collecting_during_the_command.append(gc.isenabled()))
+    monkeypatch.setattr(entry, "COLLECTOR_PAUSE", 0.05)
+    try:
+        entry.main()
+        assert collecting_during_the_command == [False]
+        deadline = time.monotonic() + 10
+        while not gc.isenabled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gc.isenabled()
+    finally:
+        gc.enable()
