@@ -33,7 +33,7 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 SPEC = REPO / "specs" / "tiny.toml"
 # The console script pip installs beside this Python, as users run vmrun; else the module.
 _SCRIPT = Path(sys.executable).with_name("vmrun")
-VMRUN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "vmrun.cli"]
+VMRUN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "vmrun"]
 
 
 @attrs.frozen
