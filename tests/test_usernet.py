@@ -239,7 +239,7 @@ def test_ssh_argv_keeps_host_keys_per_vm_and_the_command_after_the_host() -> Non
                     identities=[Path("/home/alice/.ssh/id_ed25519")], command=["ls", "-l", "a b"]) == [
         "ssh", "-p", "2222", "-l", "alice",
         "-o", 'UserKnownHostsFile="/var/lib/vmrun/web/known_hosts"', "-o", "StrictHostKeyChecking=accept-new",
-        "-i", "/home/alice/.ssh/id_ed25519", "--", "127.0.0.1", "ls", "-l", "a b",
+        "-o", 'IdentityFile="/home/alice/.ssh/id_ed25519"', "--", "127.0.0.1", "ls", "-l", "a b",
     ]
 
 
@@ -255,6 +255,24 @@ def test_the_known_hosts_file_reaches_ssh_as_one_path_whatever_the_state_dir_hol
     argv = ssh_argv(address="127.0.0.1", port=2222, user="alice", known_hosts=Path(state_dir, "web", "known_hosts"),
                     identities=[], command=[])
     assert argv[argv.index("StrictHostKeyChecking=accept-new") - 2] == option
+
+
+def test_a_key_path_reaches_ssh_as_written() -> None:
+    """ssh checks a -i path as written but opens it %-expanded: a key in "100%d" could not be used."""
+    argv = ssh_argv(address="127.0.0.1", port=22, user="alice", known_hosts=Path("/k"),
+                    identities=[Path("/home/alice/My Keys/100%d")], command=[])
+    assert argv[argv.index("--") - 1] == 'IdentityFile="/home/alice/My Keys/100%%d"'
+    assert "-i" not in argv
+
+
+@pytest.mark.parametrize("where", ["known_hosts", "identity"])
+def test_a_path_ssh_would_fill_with_a_variable_is_refused(where: str) -> None:
+    """ssh replaces ${HOME} in these paths and has no escape for it: the keys would be read, or host keys
+    written, somewhere else."""
+    paths = {"known_hosts": Path("/k"), "identity": Path("/k")} | {where: Path("/srv/${HOME}/x")}
+    with pytest.raises(UsageError, match=r"\$\{\.\.\.\}"):
+        ssh_argv(address="127.0.0.1", port=22, user="alice", known_hosts=paths["known_hosts"],
+                 identities=[paths["identity"]], command=[])
 
 
 def test_under_sudo_the_keys_are_the_callers_own_private_halves(tmp_path: Path) -> None:

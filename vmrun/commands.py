@@ -373,7 +373,10 @@ def cmd_ssh(args: argparse.Namespace) -> int:
         raise UsageError("ssh is not installed", hint="apt-get install openssh-client")
     # Under sudo, ssh runs as root: the keys are still those of the user `init` put into the user-data.
     sudo_user = os.environ.get("SUDO_USER")
-    identities = [Path(args.identity)] if args.identity else private_keys(host.home_dir(sudo_user)) if sudo_user else []
+    if args.identity:
+        identities = [Path(args.identity).absolute()]
+    else:
+        identities = private_keys(host.home_dir(sudo_user)) if sudo_user else []
     paths.make_state_dir()
     argv = ssh_argv(address=address, port=port, user=args.user or guest_user(spec, invoking_user_name(os.environ)),
                     known_hosts=paths.state_dir / KNOWN_HOSTS, identities=identities,

@@ -84,14 +84,19 @@ def ssh_argv(*, address: str, port: int, user: str, known_hosts: Path, identitie
     return [
         "ssh", "-p", str(port), "-l", user,
         "-o", f"UserKnownHostsFile={_ssh_config_path(known_hosts)}", "-o", "StrictHostKeyChecking=accept-new",
-        *(option for identity in identities for option in ("-i", str(identity))),
+        # IdentityFile, not -i: ssh checks a -i path as written but opens it %-expanded, so a path with % fails.
+        *(option for identity in identities for option in ("-o", f"IdentityFile={_ssh_config_path(identity)}")),
         "--", address, *command,
     ]
 
 
 def _ssh_config_path(path: Path) -> str:
     """path as one ssh_config argument: ssh splits a value at white space (several files, new keys written to
-    the first) and expands %-tokens, so it is quoted (\\ and \" escaped) and each % doubled."""
+    the first) and expands %-tokens, so it is quoted (\\ and \" escaped) and each % doubled. It also expands
+    ${VARIABLE}, which nothing escapes: such a path is refused rather than sent somewhere else."""
+    if "${" in str(path):
+        raise UsageError(f"ssh would read {str(path)!r} with the ${{...}} in it replaced by a variable",
+                         hint="use a path without ${")
     quoted = str(path).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
     return f'"{quoted}"'
 
