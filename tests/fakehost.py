@@ -137,6 +137,15 @@ def add_tap(root: Path, name: str, *, multi_queue: bool, owner: int = -1, group:
         put(root, f"{directory}/{attribute}", value + "\n")
 
 
+def hold_tap(root: Path, tap: str, *, pid: int, command: str) -> None:
+    """A process with tap open, as /proc shows one: a file on /dev/net/tun whose fdinfo names the device."""
+    put(root, f"/proc/{pid}/comm", command + "\n")
+    put(root, f"/proc/{pid}/fdinfo/7", f"pos:\t0\nflags:\t0104002\nmnt_id:\t25\nino:\t1046\niff:\t{tap}\n")
+    fd = root / "proc" / str(pid) / "fd" / "7"
+    fd.parent.mkdir(parents=True, exist_ok=True)
+    fd.symlink_to("/dev/net/tun")  # absolute, as /proc shows it
+
+
 def attach(root: Path, tap: str, bridge: str) -> None:
     link(root, f"/sys/devices/virtual/net/{tap}/master", f"/sys/devices/virtual/net/{bridge}")
     link(root, f"/sys/devices/virtual/net/{bridge}/lower_{tap}", f"/sys/devices/virtual/net/{tap}")

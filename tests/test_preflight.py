@@ -48,6 +48,7 @@ from .fakehost import (
     add_tap,
     attach,
     build_host_tree,
+    hold_tap,
     put,
     snapshot,
 )
@@ -250,6 +251,20 @@ def test_fake_existing_tap_must_match_queues_and_owner(
     plan = plan_for(nic_spec(queues=queues), host)
     assert messages(plan) == ([failure] if failure else [])
     assert plan.changes == ()  # an existing tap is never touched
+
+
+def test_fake_existing_tap_another_process_holds_is_refused(tmp_path: Path) -> None:
+    """A qemu of a VM under another run directory has the tap open: with multi_queue, this VM's qemu would
+    open more queues on it and the two guests would share one link."""
+    host = fake_host(tmp_path)
+    add_tap(host.root, "vmtap0", multi_queue=True)
+    hold_tap(host.root, "vmtap1", pid=4242, command="vmrun-web")  # another tap: not in the way
+    assert messages(plan_for(nic_spec(queues=2), host)) == []
+    hold_tap(host.root, "vmtap0", pid=4343, command="vmrun-db")
+    assert messages(plan_for(nic_spec(queues=2), host)) == [
+        "tap vmtap0 is open in process 4343 (vmrun-db), which another VM may be using: give this NIC another tap "
+        "(nics.tap)"
+    ]
 
 
 def test_fake_bridge_attach_brings_the_tap_up_and_down_detaches_it(tmp_path: Path) -> None:
@@ -693,6 +708,31 @@ def test_existing_plain_tap_with_queues_fails_with_the_fix_real_host(real_net: P
                                   f"ip tuntap del dev {REAL_TAP} mode tap; ")
     finally:
         ip("tuntap", "del", "dev", REAL_TAP, "mode", "tap")
+
+
+HOLD_TAP = """
+import fcntl, struct, sys
+tun = open("/dev/net/tun", "r+b", buffering=0)
+IFF_TAP, IFF_NO_PI, IFF_MULTI_QUEUE, TUNSETIFF = 0x2, 0x1000, 0x100, 0x400454CA
+fcntl.ioctl(tun, TUNSETIFF, struct.pack("16sH", sys.argv[1].encode(), IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE))
+print("attached", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_existing_tap_another_process_holds_is_refused_real_host(real_net: Path) -> None:
+    """The kernel's own fdinfo of a process that attached a queue to the tap, as another VM's qemu does."""
+    ip("tuntap", "add", "dev", REAL_TAP, "mode", "tap", "multi_queue")
+    try:
+        assert messages(plan_for(real_nic_spec(queues=2), Host())) == []
+        with subprocess.Popen([sys.executable, "-c", HOLD_TAP, REAL_TAP], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) as holder:
+            assert holder.stdout is not None and holder.stdout.readline() == "attached\n"
+            [failure] = messages(plan_for(real_nic_spec(queues=2), Host()))
+            holder.communicate("")
+        assert failure.startswith(f"tap {REAL_TAP} is open in process {holder.pid} (python")
+    finally:
+        ip("tuntap", "del", "dev", REAL_TAP, "mode", "tap", "multi_queue")
 
 
 def test_tap_is_attached_to_a_bridge_and_detached_real_host(real_net: Path) -> None:

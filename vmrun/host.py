@@ -179,6 +179,19 @@ class Host(Record):
     def process_ids(self) -> list[int]:
         return [int(name) for name in self.listdir("/proc") if name.isdigit()]
 
+    def tap_holders(self, tap: str) -> list[tuple[int, str]]:
+        """The processes (pid, command name) that have tap open: the kernel names a tun file's device in its
+        fdinfo. Only root sees every process's files; a process that ends meanwhile is skipped."""
+        holders = []
+        for pid in self.process_ids():
+            for fd in self.listdir(f"/proc/{pid}/fd"):
+                if self.link_name(f"/proc/{pid}/fd/{fd}") != "tun":  # /dev/net/tun: read only those fdinfo
+                    continue
+                if f"iff:\t{tap}" in (self.read(f"/proc/{pid}/fdinfo/{fd}") or "").splitlines():
+                    holders.append((pid, self.read(f"/proc/{pid}/comm") or "?"))
+                    break
+        return holders
+
     def process_argv(self, pid: int) -> list[str] | None:
         """A process's arguments; None when there is no such process, empty while it exits."""
         try:

@@ -388,6 +388,13 @@ def _existing_tap(tap: str, name: str, nic: Nic, host: Host, spec: Spec, user: U
     if nic.queues == 1 and multiqueue:
         return fail_check(name, f"tap {tap} is multi_queue but queues = 1, which qemu refuses: set queues > 1, "
                                 f"or recreate it: {recreate}")
+    holders = host.tap_holders(tap)
+    if holders:
+        # Another qemu (of a VM under another run directory, or of another tool): a multi_queue tap would
+        # take this VM's queues too, and the two guests would share one link.
+        pid, command = holders[0]
+        return fail_check(name, f"tap {tap} is open in process {pid} ({command}), which another VM may be "
+                                f"using: give this NIC another tap (nics.tap)")
     stranger = _tap_stranger(host, tap, user)
     if stranger is not None:
         return fail_check(name, f"tap {tap} belongs to {stranger}, not to {owner}, who qemu runs as: "
