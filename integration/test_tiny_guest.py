@@ -135,7 +135,7 @@ def test_two_nics_writable_share_and_the_queue_step_restores_pairs(
     try:
         assert up.returncode == 0, up.stderr
         assert re.search(r"^vmrun: ethtool net0 eth0 combined 2 ✓ \(already, \d+ ms\)$", up.stderr, re.MULTILINE)
-        assert re.search(r"^vmrun: ethtool single eth1 combined 1 ✓ \(already, \d+ ms\)$", up.stderr, re.MULTILINE)
+        assert "vmrun: ethtool single combined 1 ✓ (one queue pair: nothing to set)" in up.stderr.splitlines()
         assert guest(vmrun, "tiny2", "cat", "/mnt/work/from-host.txt") == "written on the host\n"
         guest(vmrun, "tiny2", "sh", "-c", "echo from guest > /mnt/work/from-guest.txt")
         assert (share / "from-guest.txt").read_text() == "from guest\n"
@@ -151,7 +151,7 @@ def test_two_nics_writable_share_and_the_queue_step_restores_pairs(
             agent.wait_ready(timeout=10)
             run_multiqueue_step(agent, spec, said.append)
         assert len(said) == 2 and re.fullmatch(r"ethtool net0 eth0 combined 2 ✓ \(set, \d+ ms\)", said[0]), said
-        assert re.fullmatch(r"ethtool single eth1 combined 1 ✓ \(already, \d+ ms\)", said[1]), said
+        assert said[1] == "ethtool single combined 1 ✓ (one queue pair: nothing to set)", said
         assert current_combined(guest(vmrun, "tiny2", "ethtool", "-l", "eth0")) == 2
     finally:
         down = vmrun("down", "tiny2")

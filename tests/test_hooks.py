@@ -53,11 +53,13 @@ class FakeGuest:
 
     def __init__(self, mac: str, *, combined: int = 1, stuck: bool = False, hook_exit: int = 0) -> None:
         self.mac, self.combined, self.stuck, self.hook_exit = mac, combined, stuck, hook_exit
-        self.commands: list[list[str]] = []
+        self.commands: list[list[str]] = []  # what guest-exec ran
+        self.asked: list[str] = []  # every agent command, guest-sync included
 
     def __call__(self, request: Message) -> Iterable[object]:
         arguments = request.get("arguments", {})
         command = request["execute"]
+        self.asked.append(command)
         if command == "guest-sync":
             return [answer(request, arguments["id"])]
         if command == "guest-network-get-interfaces":
@@ -127,11 +129,12 @@ def test_step_fails_when_no_interface_has_the_mac(tmp_path: Path) -> None:
         run_step(tmp_path, FakeGuest("52:54:00:00:00:99"), spec)
 
 
-def test_single_queue_nics_are_found_by_mac_without_a_guest_command(tmp_path: Path) -> None:
+def test_a_single_queue_nic_asks_the_guest_nothing(tmp_path: Path) -> None:
+    # Without mq=on the device offers the guest no other count: there is nothing to find, read or set.
     spec = spec_with(nics=[{"id": "net0", "queues": 1}])
     guest = FakeGuest(mac_address(spec, spec.nics[0]))
-    assert run_step(tmp_path, guest, spec)[0].startswith("ethtool net0 eth0 combined 1 ✓ (already,")
-    assert guest.commands == []
+    assert run_step(tmp_path, guest, spec) == ["ethtool net0 combined 1 ✓ (one queue pair: nothing to set)"]
+    assert guest.asked == ["guest-sync"]
 
 
 def test_failing_post_boot_hook_shows_its_stderr(tmp_path: Path) -> None:

@@ -37,16 +37,14 @@ def _combined(agent: GuestAgent, nic: Nic, interface: str) -> int | None:
 
 
 def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]:
-    """The guest interface with this NIC's MAC gets `combined N`: read first, and only when the count
-    differs set it and read it back (one guest-exec in the common case, none for one queue pair).
-    Returns (interface, was set)."""
+    """The guest interface with this multiqueue NIC's MAC gets `combined N`: read first, and only when the
+    count differs set it and read it back (one guest-exec in the common case). Returns (interface, was set)."""
     mac = mac_address(spec, nic)
     interface = agent.interface_by_mac(mac)
     if interface is None:
         raise HookError(f"nics {nic.id}: no guest interface has MAC {mac}",
                         hint="is virtio_net loaded in the guest?")
-    # Without mq=on (one queue pair) the device offers the guest no other count: nothing to read or set.
-    if nic.queues == 1 or _combined(agent, nic, interface.name) == nic.queues:
+    if _combined(agent, nic, interface.name) == nic.queues:
         return interface.name, False
     result = agent.exec(["ethtool", "-L", interface.name, "combined", str(nic.queues)], timeout=ETHTOOL_TIMEOUT)
     # ethtool exits non-zero when the count is already set on some drivers; the read-back decides.
@@ -60,9 +58,13 @@ def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]
 
 
 def run_multiqueue_step(agent: GuestAgent, spec: Spec, say: Say) -> None:
-    """Every tap NIC is found in the guest by its MAC, and a multiqueue one gets its count. A user-mode NIC has
-    one queue pair, whatever the guest says."""
+    """Each multiqueue tap NIC is found in the guest by its MAC and gets its count. A NIC with one queue pair
+    asks the guest nothing: without mq=on the device offers it no other count. A user-mode NIC has one
+    queue pair, whatever the guest says, and no line."""
     for nic in tap_nics(spec):
+        if nic.queues == 1:
+            say(f"ethtool {nic.id} combined 1 ✓ (one queue pair: nothing to set)")
+            continue
         started = time.monotonic()
         interface, was_set = set_queue_pairs(agent, spec, nic)
         elapsed_ms = (time.monotonic() - started) * 1000
