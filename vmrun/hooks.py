@@ -72,6 +72,29 @@ def run_multiqueue_step(agent: GuestAgent, spec: Spec, say: Say) -> None:
         say(f"ethtool {nic.id} {interface} combined {nic.queues} ✓ ({how}, {elapsed_ms:.0f} ms)")
 
 
+def run_guest_steps(agent: GuestAgent, spec: Spec, say: Say) -> None:
+    """What `up` does over the agent once it answers: the multiqueue step, then the post_boot hooks. The
+    agent commands they use are checked first, and only those: when they need none (one queue pair per NIC,
+    no hooks), the guest is asked nothing more."""
+    commands, purpose = _required_commands(spec)
+    if commands:
+        agent.require(*commands, purpose=purpose)
+    run_multiqueue_step(agent, spec, say)
+    run_post_boot_hooks(agent, spec, say)
+
+
+def _required_commands(spec: Spec) -> tuple[tuple[str, ...], str]:
+    commands: dict[str, None] = {}
+    purposes = []
+    if any(nic.queues > 1 for nic in tap_nics(spec)):
+        commands |= dict.fromkeys(("guest-network-get-interfaces", "guest-exec", "guest-exec-status"))
+        purposes.append("to set NIC queues")
+    if spec.post_boot:
+        commands |= dict.fromkeys(("guest-exec", "guest-exec-status"))
+        purposes.append("to run post_boot hooks")
+    return tuple(commands), " and ".join(purposes)
+
+
 def run_post_boot_hooks(agent: GuestAgent, spec: Spec, say: Say) -> None:
     for index, hook in enumerate(spec.post_boot):
         command = shlex.join(hook.run)
