@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from vmrun.agent import GuestAgent
-from vmrun.errors import HookError
-from vmrun.hooks import current_combined, run_multiqueue_step, run_post_boot_hooks
+from vmrun.errors import AgentError, HookError
+from vmrun.hooks import current_combined, run_guest_steps, run_multiqueue_step, run_post_boot_hooks
 from vmrun.load import parse_spec
 from vmrun.naming import mac_address
 from vmrun.spec import Spec
@@ -48,18 +48,27 @@ def test_current_combined_is_none_when_the_driver_reports_no_channels() -> None:
 
 
 
+AGENT_COMMANDS = ("guest-sync", "guest-info", "guest-exec", "guest-exec-status", "guest-network-get-interfaces")
+
+
 class FakeGuest:
     """A guest whose eth0 has `combined` current queues; `ethtool -L` changes them unless stuck."""
 
-    def __init__(self, mac: str, *, combined: int = 1, stuck: bool = False, hook_exit: int = 0) -> None:
-        self.mac, self.combined, self.stuck, self.hook_exit = mac, combined, stuck, hook_exit
-        self.commands: list[list[str]] = []
+    def __init__(self, mac: str, *, combined: int = 1, stuck: bool = False, hook_exit: int = 0,
+                 blocked: frozenset[str] = frozenset()) -> None:
+        self.mac, self.combined, self.stuck, self.hook_exit, self.blocked = mac, combined, stuck, hook_exit, blocked
+        self.commands: list[list[str]] = []  # what guest-exec ran
+        self.asked: list[str] = []  # every agent command, guest-sync included
 
     def __call__(self, request: Message) -> Iterable[object]:
         arguments = request.get("arguments", {})
         command = request["execute"]
+        self.asked.append(command)
         if command == "guest-sync":
             return [answer(request, arguments["id"])]
+        if command == "guest-info":
+            return [answer(request, {"version": "7.2.22", "supported_commands": [
+                {"name": name, "enabled": name not in self.blocked} for name in AGENT_COMMANDS]})]
         if command == "guest-network-get-interfaces":
             return [answer(request, [{"name": "lo", "hardware-address": "00:00:00:00:00:00"},
                                      {"name": "eth0", "hardware-address": self.mac}])]
@@ -127,11 +136,37 @@ def test_step_fails_when_no_interface_has_the_mac(tmp_path: Path) -> None:
         run_step(tmp_path, FakeGuest("52:54:00:00:00:99"), spec)
 
 
-def test_single_queue_nics_are_found_by_mac_without_a_guest_command(tmp_path: Path) -> None:
+def test_a_single_queue_nic_asks_the_guest_nothing(tmp_path: Path) -> None:
+    # Without mq=on the device offers the guest no other count: there is nothing to find, read or set.
     spec = spec_with(nics=[{"id": "net0", "queues": 1}])
     guest = FakeGuest(mac_address(spec, spec.nics[0]))
-    assert run_step(tmp_path, guest, spec)[0].startswith("ethtool net0 eth0 combined 1 ✓ (already,")
-    assert guest.commands == []
+    assert run_step(tmp_path, guest, spec) == ["ethtool net0 combined 1 ✓ (one queue pair: nothing to set)"]
+    assert guest.asked == ["guest-sync"]
+
+
+def test_after_the_agent_answers_a_spec_that_needs_no_guest_command_asks_nothing_more(tmp_path: Path) -> None:
+    # One queue pair and no hooks: not even which commands the agent offers (a guest that blocks guest-exec
+    # comes up, since vmrun would run nothing there).
+    spec = spec_with(nics=[{"id": "net0", "queues": 1}])
+    guest = FakeGuest(mac_address(spec, spec.nics[0]), blocked=frozenset({"guest-exec"}))
+    assert run_step(tmp_path, guest, spec, run_guest_steps) == [
+        "ethtool net0 combined 1 ✓ (one queue pair: nothing to set)"]
+    assert guest.asked == ["guest-sync"]
+
+
+@pytest.mark.parametrize(("changes", "purpose"), [
+    ({}, "to set NIC queues"),
+    ({"nics": [{"id": "net0", "queues": 1}], "post_boot": [{"run": ["true"]}]}, "to run post_boot hooks"),
+    ({"post_boot": [{"run": ["true"]}]}, "to set NIC queues and to run post_boot hooks"),
+])
+def test_guest_commands_the_steps_need_are_checked_first(
+    tmp_path: Path, changes: dict[str, object], purpose: str
+) -> None:
+    spec = spec_with(**changes)
+    guest = FakeGuest(mac_address(spec, spec.nics[0]), blocked=frozenset({"guest-exec"}))
+    with pytest.raises(AgentError, match=f"has guest-exec disabled .*; vmrun needs it {purpose}$"):
+        run_step(tmp_path, guest, spec, run_guest_steps)
+    assert guest.asked == ["guest-sync", "guest-info"]
 
 
 def test_failing_post_boot_hook_shows_its_stderr(tmp_path: Path) -> None:

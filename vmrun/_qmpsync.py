@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, Runstate, StateError
 
@@ -51,8 +51,8 @@ class QmpSession:
     def _connected(self) -> bool:
         return self._client.runstate == Runstate.RUNNING
 
-    def _run(self, coroutine: Coroutine[Any, Any, T], *, timeout: float) -> T:
-        return self._runner.run(asyncio.wait_for(coroutine, timeout))
+    def _run(self, awaitable: Awaitable[T], *, timeout: float) -> T:
+        return self._runner.run(asyncio.wait_for(awaitable, timeout))
 
     def _connect(self, *, timeout: float) -> None:
         """Start a fresh session; a dropped one must be wound down first or qemu.qmp refuses."""
@@ -76,8 +76,23 @@ class QmpSession:
         action: str | None = None,
     ) -> object:
         """Execute ``command`` and return its "return" value; ``action`` words the failure message."""
+        return self._returned(self._client.execute(command, arguments), command, timeout=timeout, action=action)
+
+    def _send(self, command: str, arguments: Mapping[str, object] | None = None) -> asyncio.Task[object]:
+        """Send ``command`` without waiting: ``_reply`` waits for its answer, in as many waits as it takes."""
+        sent = self._runner.get_loop().create_task(self._client.execute(command, arguments))
+        sent.add_done_callback(_forget)
+        return sent
+
+    def _reply(self, sent: asyncio.Task[object], command: str, *, timeout: float) -> object:
+        """The "return" value of what ``_send`` sent; when it has not come within ``timeout``, the error
+        leaves ``sent`` not done, still waiting for it."""
+        return self._returned(asyncio.shield(sent), command, timeout=timeout)
+
+    def _returned(self, reply: Awaitable[object], command: str, *, timeout: float, action: str | None = None
+                  ) -> object:
         try:
-            return self._run(self._client.execute(command, arguments), timeout=timeout)
+            return self._run(reply, timeout=timeout)
         except ExecuteError as exc:
             raise self.error(f"{self.peer} failed to {action or f'execute {command}'}: {exc}") from exc
         except TimeoutError as exc:
@@ -113,6 +128,13 @@ class QmpSession:
         # disconnect() re-raises whatever ended the session (EOF, a protocol error): that is history now.
         with contextlib.suppress(Exception):
             self._run(self._client.disconnect(), timeout=DISCONNECT_TIMEOUT)
+
+
+def _forget(sent: asyncio.Task[object]) -> None:
+    """An answer no one waits for any more (the connection closed under it, or it was given up) is no
+    error to log."""
+    if not sent.cancelled():
+        sent.exception()
 
 
 def _reason(exc: BaseException) -> str:

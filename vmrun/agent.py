@@ -8,6 +8,7 @@ reader). Importing this module imports qemu.qmp (~70 ms): keep it out of ``vmrun
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import shlex
@@ -22,9 +23,9 @@ from vmrun._qmpsync import REPLY_TIMEOUT, QmpSession
 from vmrun.errors import AgentError
 from vmrun.record import Record
 
-SYNC_FIRST_TRY = 1.0  # seconds one connect + guest-sync round may take before trying afresh
-SYNC_LONGEST_TRY = 3.0
-RETRY_PAUSE = 0.1  # after a failed round, so a missing socket is not hammered
+SYNC_FIRST_RESEND = 1.0  # seconds before another guest-sync joins one that is not answered; each wait is
+SYNC_RESEND_GROWTH = 1.5  # longer than the last: a handful of syncs for a minute's boot, ~25 for a day's
+RETRY_PAUSE = 0.1  # after a failed connection, so a missing socket is not hammered
 FIRST_POLL = 0.01  # a quick guest command (ethtool) is done in tens of milliseconds ...
 FAST_POLLING = 0.3  # ... so poll at FIRST_POLL this long (doubling would overshoot by ~20 ms) ...
 LONGEST_POLL = 0.2  # ... then back off: a slow one should not cost a round trip every 10 ms
@@ -67,6 +68,15 @@ def addresses_by_interface(interfaces: Sequence[GuestInterface]) -> dict[str, li
     return found
 
 
+@attrs.frozen
+class _Sync:
+    """A guest-sync sent and not answered yet, and when another is to join it."""
+
+    token: int
+    reply: asyncio.Task[object]
+    resend_at: float
+
+
 class GuestAgent(QmpSession):
     """The guest agent behind a qemu ``-chardev socket`` unix socket; call ``wait_ready`` first."""
 
@@ -75,30 +85,32 @@ class GuestAgent(QmpSession):
 
     def __init__(self, socket_path: Path) -> None:
         super().__init__(socket_path, handshake=False)
+        self._waiting: _Sync | None = None  # the newest sync on this connection, across wait_ready calls
+        self._resend_after = SYNC_FIRST_RESEND
 
     def wait_ready(self, *, timeout: float) -> float:
-        """Connect and sync, retrying until the agent answers; return the seconds waited.
+        """Connect and sync, until the agent answers; return the seconds waited. Call it again (as `up` does,
+        in slices) to go on waiting for the same sync.
 
-        qemu's socket accepts as soon as qemu starts, long before qemu-ga runs in the guest,
-        so a connection proves nothing until a guest-sync comes back. qemu keeps what is written
-        to the port until qemu-ga reads it, so a sync that was not answered in time stays on a
-        connection that does: the next round syncs on it too, and qemu-ga answers both the moment
-        it runs (the stale answer is dropped by its id). Reconnecting would throw that away.
+        qemu's socket accepts as soon as qemu starts, long before qemu-ga runs in the guest, so a connection
+        proves nothing until a guest-sync comes back. qemu keeps what is written to the port until qemu-ga
+        reads it, and qemu-ga answers it the moment it runs: one sync on one connection is enough, and
+        reconnecting would throw it away. Another joins it only after a wait that grows each time, in case
+        qemu-ga read one and died before answering. A sync per try instead piled up in qemu (qemu-ga then
+        answers each in turn) until the socket was full, and then closing the connection hung for good.
         """
         started = time.monotonic()
         deadline = started + timeout
-        try_timeout = min(SYNC_FIRST_TRY, timeout / 8)
         last_problem: str | None = None
-        while (remaining := deadline - time.monotonic()) > 0:
+        while deadline - time.monotonic() > 0:
             try:
-                if self._sync(timeout=min(try_timeout, remaining)):
+                if self._sync(deadline):
                     return time.monotonic() - started
             except AgentError as exc:
                 last_problem = str(exc)
                 if not self._connected:  # refused, or dropped: afresh after a pause
                     self._disconnect()
                     time.sleep(min(RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
-                try_timeout = min(try_timeout * 1.5, SYNC_LONGEST_TRY)
         hint = "check that qemu-ga runs in the guest on the virtio port org.qemu.guest_agent.0"
         if last_problem:
             hint += f"; last attempt: {last_problem}"
@@ -184,14 +196,33 @@ class GuestAgent(QmpSession):
         """Ask the guest to power off; returns once the agent took the request (it never confirms)."""
         self._send_farewell("guest-shutdown", {"mode": "powerdown"}, wait=grace)
 
-    def _sync(self, *, timeout: float) -> bool:
-        """One connect-if-needed + guest-sync round; True once the agent echoes this round's id."""
+    def _sync(self, deadline: float) -> bool:
+        """Connect if need be, send a sync unless one is waiting (or has waited long enough to be joined),
+        and wait for its answer until the deadline or the next sync's time; True once the agent echoes
+        its id, False when nothing came (the sync stays, waiting)."""
         if not self._connected:
-            self._connect(timeout=timeout)
-        token = random.randint(0, 2**32 - 1)
-        # Another value answers an earlier sync (ours that timed out, or a previous client's whose
-        # message id collides with ours): discard it and sync again.
-        return self._call("guest-sync", {"id": token}, timeout=timeout) == token
+            self._connect(timeout=max(0.0, deadline - time.monotonic()))
+            self._waiting, self._resend_after = None, SYNC_FIRST_RESEND
+        now = time.monotonic()
+        if self._waiting is None or now >= self._waiting.resend_at:
+            if self._waiting is not None:  # its answer, if it ever comes, is dropped as unknown
+                self._waiting.reply.cancel()
+                self._resend_after *= SYNC_RESEND_GROWTH
+            token = random.randint(0, 2**32 - 1)
+            self._waiting = _Sync(token, self._send("guest-sync", {"id": token}), now + self._resend_after)
+        waiting = self._waiting
+        try:
+            answer = self._reply(waiting.reply, "guest-sync",
+                                 timeout=max(0.0, min(deadline, waiting.resend_at) - time.monotonic()))
+        except AgentError:
+            if not waiting.reply.done():
+                return False
+            self._waiting = None
+            raise
+        self._waiting = None
+        # Another value answers an earlier sync (a previous client's whose message id collides with ours):
+        # discard it and sync again.
+        return answer == waiting.token
 
     def _command_states(self) -> dict[str, bool]:
         info = _object(self._call("guest-info"), "guest-info")

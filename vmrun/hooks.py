@@ -37,16 +37,14 @@ def _combined(agent: GuestAgent, nic: Nic, interface: str) -> int | None:
 
 
 def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]:
-    """The guest interface with this NIC's MAC gets `combined N`: read first, and only when the count
-    differs set it and read it back (one guest-exec in the common case, none for one queue pair).
-    Returns (interface, was set)."""
+    """The guest interface with this multiqueue NIC's MAC gets `combined N`: read first, and only when the
+    count differs set it and read it back (one guest-exec in the common case). Returns (interface, was set)."""
     mac = mac_address(spec, nic)
     interface = agent.interface_by_mac(mac)
     if interface is None:
         raise HookError(f"nics {nic.id}: no guest interface has MAC {mac}",
                         hint="is virtio_net loaded in the guest?")
-    # Without mq=on (one queue pair) the device offers the guest no other count: nothing to read or set.
-    if nic.queues == 1 or _combined(agent, nic, interface.name) == nic.queues:
+    if _combined(agent, nic, interface.name) == nic.queues:
         return interface.name, False
     result = agent.exec(["ethtool", "-L", interface.name, "combined", str(nic.queues)], timeout=ETHTOOL_TIMEOUT)
     # ethtool exits non-zero when the count is already set on some drivers; the read-back decides.
@@ -60,14 +58,41 @@ def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]
 
 
 def run_multiqueue_step(agent: GuestAgent, spec: Spec, say: Say) -> None:
-    """Every tap NIC is found in the guest by its MAC, and a multiqueue one gets its count. A user-mode NIC has
-    one queue pair, whatever the guest says."""
+    """Each multiqueue tap NIC is found in the guest by its MAC and gets its count. A NIC with one queue pair
+    asks the guest nothing: without mq=on the device offers it no other count. A user-mode NIC has one
+    queue pair, whatever the guest says, and no line."""
     for nic in tap_nics(spec):
+        if nic.queues == 1:
+            say(f"ethtool {nic.id} combined 1 ✓ (one queue pair: nothing to set)")
+            continue
         started = time.monotonic()
         interface, was_set = set_queue_pairs(agent, spec, nic)
         elapsed_ms = (time.monotonic() - started) * 1000
         how = "set" if was_set else "already"
         say(f"ethtool {nic.id} {interface} combined {nic.queues} ✓ ({how}, {elapsed_ms:.0f} ms)")
+
+
+def run_guest_steps(agent: GuestAgent, spec: Spec, say: Say) -> None:
+    """What `up` does over the agent once it answers: the multiqueue step, then the post_boot hooks. The
+    agent commands they use are checked first, and only those: when they need none (one queue pair per NIC,
+    no hooks), the guest is asked nothing more."""
+    commands, purpose = _required_commands(spec)
+    if commands:
+        agent.require(*commands, purpose=purpose)
+    run_multiqueue_step(agent, spec, say)
+    run_post_boot_hooks(agent, spec, say)
+
+
+def _required_commands(spec: Spec) -> tuple[tuple[str, ...], str]:
+    commands: dict[str, None] = {}
+    purposes = []
+    if any(nic.queues > 1 for nic in tap_nics(spec)):
+        commands |= dict.fromkeys(("guest-network-get-interfaces", "guest-exec", "guest-exec-status"))
+        purposes.append("to set NIC queues")
+    if spec.post_boot:
+        commands |= dict.fromkeys(("guest-exec", "guest-exec-status"))
+        purposes.append("to run post_boot hooks")
+    return tuple(commands), " and ".join(purposes)
 
 
 def run_post_boot_hooks(agent: GuestAgent, spec: Spec, say: Say) -> None:

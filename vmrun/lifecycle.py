@@ -411,16 +411,13 @@ def _after_boot(
     spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say, interrupted: threading.Event | None
 ) -> None:
     from vmrun.agent import GuestAgent
-    from vmrun.hooks import run_multiqueue_step, run_post_boot_hooks
+    from vmrun.hooks import run_guest_steps
 
     say(f"waiting for the guest agent (up to {spec.agent.timeout:g} s)")
     with GuestAgent(paths.agent_socket) as agent:
         waited = _wait_for_agent(agent, spec, host, paths, pid, interrupted)
         say(f"guest agent ready after {waited:.1f} s")
-        agent.require("guest-exec", "guest-exec-status", "guest-network-get-interfaces",
-                      purpose="to set NIC queues and run post_boot hooks")
-        run_multiqueue_step(agent, spec, say)
-        run_post_boot_hooks(agent, spec, say)
+        run_guest_steps(agent, spec, say)
 
 
 def _wait_for_agent(
