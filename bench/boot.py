@@ -151,8 +151,18 @@ def time_raw(run_dir: Path, argv: list[str], name: str, timeout: float = 180,
             time.sleep(0.01)
         return elapsed
     finally:
-        subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)
+        remove_tap(tap, mode)
         subprocess.run(["rm", "-rf", str(vm_dir)], check=False)
+
+
+def remove_tap(tap: str, mode: list[str]) -> None:
+    """Delete a tap the bench made; a qemu that was just killed may hold it a moment longer (EBUSY)."""
+    deadline = time.monotonic() + 10
+    while Path("/sys/class/net", tap).exists():
+        done = subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False, capture_output=True, text=True)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the bench cannot delete its tap {tap}: {done.stderr.strip() or 'it stays'}")
+        time.sleep(0.05)
 
 
 @attrs.define

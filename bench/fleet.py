@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from boot import REPO, VMRUN, Timing, agent_answers, gone, qmp, tap_of, timed, vmrun
+from boot import REPO, VMRUN, Timing, agent_answers, gone, qmp, remove_tap, tap_of, timed, vmrun
 
 IMAGES = REPO / "images" / "tiny"
 SIZES = (1, 2, 4, 8)
@@ -114,7 +114,7 @@ def time_raw(run_dir: Path, argvs: dict[str, list[str]]) -> tuple[float, float]:
             if pidfile.exists() and not gone(int(pidfile.read_text()), name):
                 os.kill(int(pidfile.read_text()), 9)
                 time.sleep(0.2)
-            subprocess.run(["ip", "tuntap", "del", "dev", tap, *mode], check=False)
+            remove_tap(tap, mode)
             shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
