@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -124,6 +125,23 @@ def base_image(tmp_path: Path) -> tuple[bytes, str]:
     return content, "sha256:" + hashlib.sha256(content).hexdigest()
 
 
+class Offered(NamedTuple):
+    """The base image, served at /base.qcow2."""
+
+    served: Served
+    address: str
+    content: bytes
+    digest: str
+
+
+@pytest.fixture
+def offered(server: tuple[Served, str], base_image: tuple[bytes, str]) -> Offered:
+    served, address = server
+    content, digest = base_image
+    served.bodies["/base.qcow2"] = content
+    return Offered(served, address, content, digest)
+
+
 def overlay_on(url: str, digest: str, name: str) -> str:
     """A second disk: an ephemeral overlay (made at up, deleted at down) on the base at url."""
     return f"""
@@ -215,12 +233,10 @@ def test_a_failed_fetch_is_exit_4_in_one_line_and_leaves_nothing(
 
 
 def test_a_broken_off_transfer_goes_on_from_where_it_stopped(
-    vmrun: Vmrun, server: tuple[Served, str], base_image: tuple[bytes, str]
+    vmrun: Vmrun, offered: Offered
 ) -> None:
     """The server cuts the first response halfway and takes a Range after that; a redirect leads to it."""
-    served, address = server
-    content, digest = base_image
-    served.bodies["/base.qcow2"] = content
+    served, address, content, digest = offered
     served.truncate_once.add("/base.qcow2")
     served.redirects["/latest"] = "/base.qcow2"
     pull = vmrun("--cache-dir", str(vmrun.spec_dir / "cache"), "image", "pull", f"{address}/latest", "--digest", digest)
@@ -232,14 +248,12 @@ def test_a_broken_off_transfer_goes_on_from_where_it_stopped(
 
 @pytest.mark.qemu
 def test_two_ups_that_share_an_image_download_it_once(
-    vmrun: Vmrun, guestless_spec: MakeSpec, server: tuple[Served, str], base_image: tuple[bytes, str],
+    vmrun: Vmrun, guestless_spec: MakeSpec, offered: Offered,
     reachable_tmp: Path,
 ) -> None:
     """The first up's download is held at the server until the second up says it waits for it; without the
     lock the second would ask the server too."""
-    served, address = server
-    content, digest = base_image
-    served.bodies["/base.qcow2"] = content
+    served, address, content, digest = offered
     served.hold.clear()
     env = {**os.environ, "VMRUN_CACHE_DIR": str(reachable_tmp / "cache")}
     specs = [guestless_spec(name, overlay_on(f"{address}/base.qcow2", digest, name)) for name in ("one", "two")]
@@ -269,14 +283,12 @@ def test_two_ups_that_share_an_image_download_it_once(
 
 
 def test_a_server_that_drips_is_given_up_as_exit_4_naming_its_rate_and_leaves_nothing(
-    server: tuple[Served, str], base_image: tuple[bytes, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    offered: Offered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """640 B/s never trips the 60 s read timeout; with a 1 KiB/s floor over 1 s (60 s by default) vmrun hangs
     up on it while it still drips, rather than wait out its body (or, reading whole chunks, its end)."""
-    served, address = server
-    content, digest = base_image
-    served.bodies["/base.qcow2"] = content
+    served, address, content, digest = offered
     served.drip.add("/base.qcow2")
     monkeypatch.setattr(imagecache, "SPEED_WINDOW", 1.0)
     monkeypatch.setattr(imagecache, "SPEED_FLOOR", 1024)
@@ -293,14 +305,12 @@ def test_a_server_that_drips_is_given_up_as_exit_4_naming_its_rate_and_leaves_no
 
 @pytest.mark.qemu
 def test_image_rm_cannot_take_an_image_from_an_up_that_is_about_to_build_on_it(
-    vmrun: Vmrun, guestless_spec: MakeSpec, server: tuple[Served, str], base_image: tuple[bytes, str],
+    vmrun: Vmrun, guestless_spec: MakeSpec, offered: Offered,
     reachable_tmp: Path,
 ) -> None:
     """`up` stopped (SIGSTOP at a crash point) once it has fetched the image, before its state names it: the
     gap in which `image rm` found no VM using the image and deleted it. Let go, the up boots on it."""
-    served, address = server
-    content, digest = base_image
-    served.bodies["/base.qcow2"] = content
+    served, address, content, digest = offered
     cache = reachable_tmp / "cache"
     env = {**os.environ, "VMRUN_CACHE_DIR": str(cache)}
     spec = guestless_spec("web", overlay_on(f"{address}/base.qcow2", digest, "web"))
@@ -342,12 +352,10 @@ def small_cache(tmp_path: Path) -> Iterator[Path]:
     (False, "cannot write to the cache: No space left on device"),  # found out while writing
 ])
 def test_a_full_disk_is_exit_4_and_leaves_nothing(
-    vmrun: Vmrun, server: tuple[Served, str], base_image: tuple[bytes, str], small_cache: Path, announced: bool,
+    vmrun: Vmrun, offered: Offered, small_cache: Path, announced: bool,
     said: str,
 ) -> None:
-    served, address = server
-    content, digest = base_image
-    served.bodies["/base.qcow2"] = content
+    served, address, content, digest = offered
     if not announced:
         served.no_length.add("/base.qcow2")
     pull = vmrun("--cache-dir", str(small_cache), "image", "pull", f"{address}/base.qcow2", "--digest", digest)
@@ -357,11 +365,9 @@ def test_a_full_disk_is_exit_4_and_leaves_nothing(
 
 
 def test_a_vmrun_killed_mid_download_leaves_a_partial_that_the_next_fetch_clears(
-    vmrun: Vmrun, server: tuple[Served, str], base_image: tuple[bytes, str]
+    vmrun: Vmrun, offered: Offered
 ) -> None:
-    served, address = server
-    content, digest = base_image
-    served.bodies["/base.qcow2"] = content
+    served, address, content, digest = offered
     served.drip.add("/base.qcow2")  # slow enough to be killed halfway
     cache = vmrun.spec_dir / "cache"
     pull = subprocess.Popen(vmrun.argv("--cache-dir", str(cache), "image", "pull", f"{address}/base.qcow2",
