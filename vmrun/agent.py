@@ -68,8 +68,8 @@ def addresses_by_interface(interfaces: Sequence[GuestInterface]) -> dict[str, li
     return found
 
 
-@attrs.frozen
-class _Sync:
+@attrs.frozen(repr=False)
+class _Sync(Record):
     """A guest-sync sent and not answered yet, and when another is to join it."""
 
     token: int
