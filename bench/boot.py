@@ -123,8 +123,8 @@ def tap_of(argv: list[str]) -> tuple[str, list[str]]:
 def gone(pid: int, name: str) -> bool:
     """VM `name`'s qemu has exited, as vmrun tells (machine.is_gone): no such process, or a zombie its new
     parent (init) has not reaped yet whose other threads have ended, so its taps are closed."""
-    from vmrun.host import Host
-    from vmrun.machine import is_gone
+    from vmrun.host.system import Host
+    from vmrun.qemu.process import is_gone
 
     return is_gone(Host(), pid, name)
 
@@ -179,10 +179,10 @@ class StepTimes:
 def time_step(run_dir: Path, repeats: int) -> StepTimes:
     """The multiqueue step when the guest has other pairs (read, set, read back) and when it already has
     them (one read), each `repeats` times, interleaved with one bare `ethtool -l` guest-exec."""
-    from vmrun.agent import GuestAgent
-    from vmrun.check import validate
-    from vmrun.hooks import run_multiqueue_step
-    from vmrun.load import load_spec
+    from vmrun.guest.agent import GuestAgent
+    from vmrun.guest.hooks import run_multiqueue_step
+    from vmrun.spec.check import validate
+    from vmrun.spec.load import load_spec
 
     spec = validate(load_spec(SPEC), SPEC)
     vmrun(run_dir, "up", str(SPEC))

@@ -20,7 +20,7 @@ from pathlib import Path
 from boot import REPO
 from render import write_specs
 
-ENTRY = "import sys; sys.argv[0] = 'vmrun'; from vmrun.cli import main_exit; main_exit()"
+ENTRY = "import sys; sys.argv[0] = 'vmrun'; from vmrun.__main__ import main; main()"  # the same entry on both sides
 
 
 def cpu_time(argv: list[str], tree: Path) -> float:

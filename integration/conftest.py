@@ -41,7 +41,7 @@ class Vmrun:
 
     def argv(self, *args: str, crash_points: bool = False) -> list[str]:
         armed = ["-X", "vmrun-crash-points"] if crash_points else []
-        return [*self.enter, sys.executable, *armed, "-m", "vmrun.cli", "--run-dir", str(self.run_root),
+        return [*self.enter, sys.executable, *armed, "-m", "vmrun", "--run-dir", str(self.run_root),
                 "--state-dir", str(self.state_root), *args]
 
     @property
@@ -80,8 +80,8 @@ class Vmrun:
     def named_on_the_host(self) -> tuple[list[str], list[str]]:
         """The taps and PCI devices this test's specs name."""
         from vmrun.errors import VmrunError
-        from vmrun.load import load_spec
-        from vmrun.naming import pci_address, tap_name
+        from vmrun.spec.load import load_spec
+        from vmrun.spec.naming import pci_address, tap_name
 
         taps, devices = [], []
         for path in self.spec_dir.glob("*.toml"):
@@ -134,6 +134,6 @@ def guestless_spec(vmrun: Vmrun) -> Callable[..., Path]:
     def make(name: str = "bare", extra: str = "", *, agent: bool = False, cpus: int = 1) -> Path:
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(vmrun.spec_dir / f"{name}.raw"), "1M"],
                        check=True)
-        return vmrun.spec(guestless_toml(name, extra, cpus=cpus, agent=agent), f"{name}.toml")
+        return vmrun.spec.model(guestless_toml(name, extra, cpus=cpus, agent=agent), f"{name}.toml")
 
     return make

@@ -68,7 +68,7 @@ class Lab:
               ) -> subprocess.CompletedProcess[str]:
         # Crash points are honoured only with this interpreter option (vmrun.crashpoints).
         armed = ["-X", "vmrun-crash-points"] if env and "VMRUN_TEST_KILL_AT" in env else []
-        return self.run(str(REPO / ".venv/bin/python"), *armed, "-m", "vmrun.cli", "--run-dir", self.run_root,
+        return self.run(str(REPO / ".venv/bin/python"), *armed, "-m", "vmrun", "--run-dir", self.run_root,
                         "--state-dir", str(self.spec_dir / "state"), *args, env=env, timeout=timeout)
 
     def vmrun_json(self, *args: str) -> Any:

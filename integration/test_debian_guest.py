@@ -16,10 +16,10 @@ import pytest
 import tomli_w
 import yaml
 
-from vmrun.hooks import current_combined
-from vmrun.load import load_spec
-from vmrun.naming import mac_address
-from vmrun.spec import Spec
+from vmrun.guest.hooks import current_combined
+from vmrun.spec.load import load_spec
+from vmrun.spec.model import Spec
+from vmrun.spec.naming import mac_address
 
 from .conftest import REPO, Vmrun
 
@@ -93,7 +93,7 @@ def debian(vmrun: Vmrun, reachable_tmp: Path, ssh_key: Path) -> Iterator[tuple[S
         # A first boot takes 40-50 s on an idle 2-core host; the tests of other branches may share it.
         agent={**data["agent"], "timeout": "900s"},
     )
-    spec = vmrun.spec(tomli_w.dumps(data), "debian.toml")
+    spec = vmrun.spec.model(tomli_w.dumps(data), "debian.toml")
     before = sha256(BASE)
     up = vmrun("up", str(spec), timeout=600)
     try:

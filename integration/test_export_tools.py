@@ -15,7 +15,7 @@ SPECS = sorted((REPO / "specs").glob("*.toml"))
 
 def vmrun_export(spec: Path, export_format: str, output: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vmrun.cli", "export", str(spec), "--format", export_format, "-o", str(output)],
+        [sys.executable, "-m", "vmrun", "export", str(spec), "--format", export_format, "-o", str(output)],
         capture_output=True, text=True, timeout=60,
     )
 

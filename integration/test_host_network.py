@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from vmrun.errors import PreflightError
-from vmrun.facts import HostFacts, kvm_verdict
-from vmrun.host import Host
-from vmrun.load import parse_spec
-from vmrun.preflight import IFF_MULTI_QUEUE, apply_plan, plan_preflight, undo_changes
-from vmrun.spec import Spec
+from vmrun.host.facts import HostFacts, kvm_verdict
+from vmrun.host.system import Host
+from vmrun.preflight.plan import IFF_MULTI_QUEUE, apply_plan, plan_preflight, undo_changes
+from vmrun.spec.load import parse_spec
+from vmrun.spec.model import Spec
 
 FACTS = HostFacts(kvm_usable=False, kvm_reason="tcg here", drop_privileges=True, qemu_version="7.2.0")
 SUFFIX = str(os.getpid())[-5:]

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import pytest
 
-from vmrun import imagecache
-from vmrun.cli import main
+from vmrun.cli.main import main
+from vmrun.run import imagecache
 
 from .conftest import REPO, Vmrun
 

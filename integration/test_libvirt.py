@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from vmrun.hooks import current_combined
-from vmrun.load import load_spec
-from vmrun.naming import tap_name
+from vmrun.guest.hooks import current_combined
+from vmrun.spec.load import load_spec
+from vmrun.spec.naming import tap_name
 
 from .conftest import REPO
 
@@ -175,7 +175,7 @@ def test_libvirt_runs_the_exported_tiny_guest_with_its_queue_pairs_disk_and_shar
     def export_and_define(memory: str) -> None:
         spec_path.write_text(SPEC.format(name=NAME, memory=memory, images=reachable_tmp))
         export = subprocess.run(
-            [sys.executable, "-m", "vmrun.cli", "export", str(spec_path), "--format", "libvirt", "--define"],
+            [sys.executable, "-m", "vmrun", "export", str(spec_path), "--format", "libvirt", "--define"],
             capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "LIBVIRT_DEFAULT_URI": URI},
         )
         assert export.returncode == 0, export.stderr

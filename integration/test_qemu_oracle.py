@@ -29,17 +29,17 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from tests.specgen import Files, valid_specs
-from vmrun.check import load_valid_spec
 from vmrun.errors import LaunchError, SpecError
-from vmrun.facts import HostFacts, gather_facts
-from vmrun.host import Host
-from vmrun.locations import RunPaths
-from vmrun.monitor import Monitor
-from vmrun.naming import tap_name
-from vmrun.preflight import Status, check_accel
-from vmrun.render import render
-from vmrun.spec import Firmware, Spec
-from vmrun.usernet import is_user
+from vmrun.host.facts import HostFacts, gather_facts
+from vmrun.host.system import Host
+from vmrun.preflight.plan import Status, check_accel
+from vmrun.qemu.monitor import Monitor
+from vmrun.qemu.render import render
+from vmrun.spec.check import load_valid_spec
+from vmrun.spec.model import Firmware, Spec
+from vmrun.spec.naming import tap_name
+from vmrun.spec.usernet import is_user
+from vmrun.state.locations import RunPaths
 
 from .conftest import REPO
 

@@ -11,7 +11,7 @@ from .conftest import REPO
 
 
 def host_check(*root: str) -> dict[str, object]:
-    result = subprocess.run([sys.executable, "-m", "vmrun.cli", *root, "host", "check", "--json"],
+    result = subprocess.run([sys.executable, "-m", "vmrun", *root, "host", "check", "--json"],
                             capture_output=True, text=True, timeout=60, check=True)
     report: dict[str, object] = json.loads(result.stdout)
     return report

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from vmrun.agent import GuestAgent
-from vmrun.check import validate
-from vmrun.hooks import current_combined, run_multiqueue_step
-from vmrun.load import load_spec
-from vmrun.naming import mac_address
+from vmrun.guest.agent import GuestAgent
+from vmrun.guest.hooks import current_combined, run_multiqueue_step
+from vmrun.spec.check import validate
+from vmrun.spec.load import load_spec
+from vmrun.spec.naming import mac_address
 
 from .conftest import REPO, Vmrun
 
@@ -90,7 +90,7 @@ def test_tiny_guest_boots_with_every_device_working(vmrun: Vmrun, tiny: str) -> 
 def test_console_gives_a_shell_and_ctrl_bracket_detaches(vmrun: Vmrun, tiny: str) -> None:
     controller, terminal = os.openpty()
     console = subprocess.Popen(
-        [sys.executable, "-m", "vmrun.cli", "--run-dir", str(vmrun.run_root), "console", "tiny"],
+        [sys.executable, "-m", "vmrun", "--run-dir", str(vmrun.run_root), "console", "tiny"],
         stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, cwd=REPO,
     )
     os.close(terminal)
@@ -131,7 +131,7 @@ def test_two_nics_writable_share_and_the_queue_step_restores_pairs(
         shares=[{"id": "work", "path": str(share), "tag": "work"}],
         post_boot=[{"run": ["sh", "-c", "echo from a hook > /mnt/work/from-hook.txt"]}],
     )
-    spec_path = vmrun.spec(tomli_w.dumps(data), "tiny2.toml")
+    spec_path = vmrun.spec.model(tomli_w.dumps(data), "tiny2.toml")
     up = vmrun("up", str(spec_path))
     try:
         assert up.returncode == 0, up.stderr

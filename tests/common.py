@@ -7,8 +7,8 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from vmrun.facts import HostFacts
-from vmrun.locations import RunPaths
+from vmrun.host.facts import HostFacts
+from vmrun.state.locations import RunPaths
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"

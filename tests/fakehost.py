@@ -17,8 +17,8 @@ from pathlib import Path
 
 import attrs
 
-from vmrun.host import Host, HostCommandError
-from vmrun.mounts import mount_of, parse_mountinfo
+from vmrun.host.mounts import mount_of, parse_mountinfo
+from vmrun.host.system import Host, HostCommandError
 from vmrun.units import MIB, parse_size
 
 PCI_ROOT = "/sys/devices/pci0000:00"

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
-from vmrun.check import RESERVED_IDS
+from vmrun.spec.check import RESERVED_IDS
 
 # ids as the spec allows them, and some that validate must refuse because qemu would: too long for a block
 # node name ("<id>-file"), the firmware's drive names, node names that collide ("a" makes "a-file").

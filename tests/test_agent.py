@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.agent import GuestAgent, addresses_by_interface
 from vmrun.errors import AgentError
+from vmrun.guest.agent import GuestAgent, addresses_by_interface
 
 from .fakepeer import HANG_UP, FakePeer, Message, Script, answer, refuse
 
@@ -51,7 +51,7 @@ def test_a_sync_the_agent_took_and_never_answered_is_joined_by_another(
     socket_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # qemu-ga read them and died before answering; the one it restarted with answers the third.
-    monkeypatch.setattr("vmrun.agent.SYNC_FIRST_RESEND", 0.05)
+    monkeypatch.setattr("vmrun.guest.agent.SYNC_FIRST_RESEND", 0.05)
     lost = itertools.count()
 
     def agent(request: Message) -> Iterable[object]:
@@ -88,7 +88,7 @@ def test_a_long_wait_for_an_agent_that_never_runs_ends_and_leaves_a_handful_of_s
 ) -> None:
     # qemu reads nothing from the socket until qemu-ga opens its port. A sync per wait filled the socket
     # within minutes (a second here), and then closing the connection hung for good.
-    monkeypatch.setattr("vmrun.agent.SYNC_FIRST_RESEND", 0.01)
+    monkeypatch.setattr("vmrun.guest.agent.SYNC_FIRST_RESEND", 0.01)
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(socket_path))
         listener.listen()

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from vmrun.check import check_spec, load_valid_spec, validate, validate_document
 from vmrun.errors import SpecError
-from vmrun.load import parse_spec
-from vmrun.naming import tap_name
+from vmrun.spec.check import check_spec, load_valid_spec, validate, validate_document
+from vmrun.spec.load import parse_spec
+from vmrun.spec.naming import tap_name
 
 from .common import GOOD_SPEC
 

@@ -15,7 +15,7 @@ from .common import SPECS
 
 def vmrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vmrun.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+        [sys.executable, "-m", "vmrun", *args], capture_output=True, text=True, cwd=cwd, timeout=60
     )
 
 
@@ -115,7 +115,7 @@ def test_a_closed_stdout_ends_quietly_with_141(tmp_path: Path, command: list[str
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        result = subprocess.run([sys.executable, "-m", "vmrun.cli", "--run-dir", str(tmp_path), *command],
+        result = subprocess.run([sys.executable, "-m", "vmrun", "--run-dir", str(tmp_path), *command],
                                 stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
     finally:
         os.close(write_end)
@@ -168,7 +168,7 @@ def test_the_console_script_pauses_the_collector_for_its_start_only(monkeypatch:
     import vmrun.__main__ as entry
 
     collecting_during_the_command = []
-    monkeypatch.setattr("vmrun.cli.main_exit", lambda: collecting_during_the_command.append(gc.isenabled()))
+    monkeypatch.setattr("vmrun.cli.main.main_exit", lambda: collecting_during_the_command.append(gc.isenabled()))
     monkeypatch.setattr(entry, "COLLECTOR_PAUSE", 0.05)
     try:
         entry.main()

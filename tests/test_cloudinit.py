@@ -14,12 +14,12 @@ import pycdlib
 import pytest
 import yaml
 
-from vmrun.check import validate
-from vmrun.cloudinit import make_seed, seed_file_problems, write_seed
+from vmrun.cli.starter import public_keys, starter_spec, starter_user_data
 from vmrun.errors import SpecError
-from vmrun.load import load_spec, parse_spec
-from vmrun.spec import Spec
-from vmrun.starter import public_keys, starter_spec, starter_user_data
+from vmrun.guest.cloudinit import make_seed, seed_file_problems, write_seed
+from vmrun.spec.check import validate
+from vmrun.spec.load import load_spec, parse_spec
+from vmrun.spec.model import Spec
 
 from .common import REPO, SPECS
 
@@ -124,7 +124,7 @@ def test_a_script_is_user_data_too(tmp_path: Path) -> None:
 
 
 def vmrun(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmrun.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "vmrun", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=60, env=env)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.cli import COMMANDS
-from vmrun.completion import completion_script, man_page
+from vmrun.cli.completion import completion_script, man_page
+from vmrun.cli.main import COMMANDS
 
 HOST_COMMANDS = ("iommu", "check")
 # vmrun on PATH is this checkout's, as the scripts call it for VM names.
@@ -120,7 +120,7 @@ def test_zsh_asks_for_what_the_word_at_the_cursor_may_be(workdir: Path) -> None:
 
 def test_status_names_lists_the_vms_under_the_run_dir_without_asking_them(workdir: Path) -> None:
     def names(run_dir: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "vmrun.cli", "--run-dir", str(run_dir), "status", "--names"],
+        return subprocess.run([sys.executable, "-m", "vmrun", "--run-dir", str(run_dir), "status", "--names"],
                               capture_output=True, text=True, timeout=60)
 
     assert names(workdir / "run").stdout == "web\n"

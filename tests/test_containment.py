@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from vmrun.errors import UsageError
-from vmrun.load import parse_spec
-from vmrun.locations import Places
-from vmrun.naming import tap_name
-from vmrun.state import VmState, create_run_dir, remove_run_dir
+from vmrun.spec.load import parse_spec
+from vmrun.spec.naming import tap_name
+from vmrun.state.locations import Places
+from vmrun.state.vmstate import VmState, create_run_dir, remove_run_dir
 
 ESCAPES = ["..", "../x", "/", ".", "", "a/b", "/etc", "x/../..", "-rf", "UPPER", "a" * 64, "tiny\n"]
 
 
 def vmrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmrun.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "vmrun", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=60)
 
 
@@ -128,7 +128,7 @@ def test_derived_taps_of_vms_whose_names_split_differently_do_not_collide() -> N
 
 
 def test_lock_files_live_under_the_run_root_only(tmp_path: Path) -> None:
-    from vmrun.locks import vm_busy, vm_lock
+    from vmrun.state.locks import vm_busy, vm_lock
 
     said: list[str] = []
     with vm_lock(places(tmp_path), "web", wait=False, say=said.append):
@@ -142,7 +142,7 @@ def test_lock_files_live_under_the_run_root_only(tmp_path: Path) -> None:
 
 
 def test_a_linked_or_misnamed_entry_in_the_run_root_is_not_a_vm(tmp_path: Path) -> None:
-    from vmrun.state import vm_names
+    from vmrun.state.vmstate import vm_names
 
     ours = places(tmp_path).of("web")
     create_run_dir(ours, VmState(name="web", spec_path="s", argv=(), accel="tcg", accel_reason="r"))

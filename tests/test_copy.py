@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vmrun import copy, copytree
-from vmrun.copy import GuestPath, endpoints
 from vmrun.errors import AgentError, UsageError
+from vmrun.guest import copy, copytree
+from vmrun.guest.copy import GuestPath, endpoints
 
 from .common import unless_it_hangs
 from .fakepeer import FakePeer, Message, answer, refuse

@@ -10,11 +10,11 @@ import attrs
 import pytest
 
 from vmrun.errors import PreflightError, UsageError
-from vmrun.lifecycle import down, others_than
-from vmrun.locations import Places, RunPaths
-from vmrun.preflight import apply_plan
-from vmrun.state import StateJournal, VmState, read_state, state_path
-from vmrun.status import status
+from vmrun.preflight.plan import apply_plan
+from vmrun.run.lifecycle import down, others_than
+from vmrun.run.status import status
+from vmrun.state.locations import Places, RunPaths
+from vmrun.state.vmstate import StateJournal, VmState, read_state, state_path
 
 from .fakehost import FakeHost, put
 from .test_preflight import fake_host, make_spec, plan_for
@@ -114,7 +114,7 @@ def fake_process(host: FakeHost, pid: int, *argv: str) -> None:
 
 
 def test_fake_proc_a_qemu_whose_pid_vmrun_never_read_is_found_by_its_command_line(tmp_path: Path) -> None:
-    from vmrun.machine import find_qemu
+    from vmrun.qemu.process import find_qemu
 
     host = fake_host(tmp_path)
     paths = places(tmp_path).of("web")

@@ -11,12 +11,12 @@ from typing import Any
 import attrs
 import pytest
 
-from vmrun.drift import Configuration, differences, spec_differences
-from vmrun.facts import HostFacts
-from vmrun.hostdrift import host_differences
-from vmrun.load import parse_spec
-from vmrun.preflight import apply_plan, plan_preflight
-from vmrun.spec import Spec
+from vmrun.host.facts import HostFacts
+from vmrun.preflight.plan import apply_plan, plan_preflight
+from vmrun.spec.load import parse_spec
+from vmrun.spec.model import Spec
+from vmrun.state.drift import Configuration, differences, spec_differences
+from vmrun.state.hostdrift import host_differences
 from vmrun.units import MIB
 
 from .common import REPO

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.check import validate
 from vmrun.export.libvirt import QEMU_NAMESPACE, libvirt_domain, scsi_disk_name
 from vmrun.export.systemd import systemd_unit
-from vmrun.load import load_spec, parse_spec
-from vmrun.spec import Accel
+from vmrun.spec.check import validate
+from vmrun.spec.load import load_spec, parse_spec
+from vmrun.spec.model import Accel
 
 from .common import GOOD_SPEC, REPO, SPECS
 

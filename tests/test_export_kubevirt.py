@@ -22,7 +22,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmrun.check import validate
 from vmrun.errors import SpecError
 from vmrun.export.kubevirt import (
     MAX_INLINE_CLOUD_INIT,
@@ -31,8 +30,9 @@ from vmrun.export.kubevirt import (
     kubevirt_manifests,
     unmappable,
 )
-from vmrun.load import load_spec, parse_spec
-from vmrun.spec import Nic, Spec
+from vmrun.spec.check import validate
+from vmrun.spec.load import load_spec, parse_spec
+from vmrun.spec.model import Nic, Spec
 
 from .common import SPECS
 from .specgen import Files, valid_specs
@@ -173,7 +173,7 @@ def vm_of(documents: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def vmrun(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmrun.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "vmrun", *args], capture_output=True, text=True, timeout=60)
 
 
 ONE_NIC = """\

@@ -19,10 +19,10 @@ from vmrun.errors import (
     UsageError,
     VmrunError,
 )
-from vmrun.fleet import Fate, Task, run_all, spec_files, summary, worst
-from vmrun.lifecycle import Outcome
 from vmrun.progress import Say
-from vmrun.spec import Spec
+from vmrun.run.fleet import Fate, Task, run_all, spec_files, summary, worst
+from vmrun.run.lifecycle import Outcome
+from vmrun.spec.model import Spec
 
 WAIT = 2.0  # how long a task waits for the others to start: only used up when one cannot start
 
@@ -167,10 +167,10 @@ def _down_with_a_bug_in_a(name: str, *args: object, **options: object) -> str | 
 def test_cli_a_bug_in_one_vms_down_is_told_as_such_exits_1_and_the_summary_lists_every_vm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vmrun.cli import main
+    from vmrun.cli.main import main
 
     # Only a test can put a bug into vmrun's down; the command around it is the real one.
-    monkeypatch.setattr("vmrun.lifecycle.down", _down_with_a_bug_in_a)
+    monkeypatch.setattr("vmrun.run.lifecycle.down", _down_with_a_bug_in_a)
     assert main(["--run-dir", str(tmp_path), "down", "a", "b"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "vmrun: internal error: a: RuntimeError: a bug while stopping a (rerun with --debug)",
@@ -202,7 +202,7 @@ def _up_by_name(spec: Spec, *args: object, **options: object) -> Outcome:
 def test_cli_up_and_down_json_list_each_vms_result_on_stdout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vmrun.cli import main
+    from vmrun.cli.main import main
 
     fleet = tmp_path / "fleet"
     fleet.mkdir()
@@ -210,7 +210,7 @@ def test_cli_up_and_down_json_list_each_vms_result_on_stdout(
         (fleet / f"{name}.toml").write_text(f'name = "{name}"\n[boot]\nkernel = "/boot/vmlinuz"\n')
     (fleet / "c.toml").write_text('name = "c"\n[machine]\ncpus = 0\n')
     # Only a test can make up refuse without a running VM; the command around it is the real one.
-    monkeypatch.setattr("vmrun.lifecycle.up", _up_by_name)
+    monkeypatch.setattr("vmrun.run.lifecycle.up", _up_by_name)
     assert main(["--run-dir", str(tmp_path / "run"), "up", "--json", str(fleet)]) == 2
     out = capsys.readouterr().out
     assert [(vm["name"], vm["result"], vm["exit_code"]) for vm in json.loads(out)] == [

@@ -19,11 +19,11 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmrun.check import validate
-from vmrun.cli import main
+from vmrun.cli.main import main
 from vmrun.errors import SpecError
-from vmrun.load import parse_spec
-from vmrun.render import render
+from vmrun.qemu.render import render
+from vmrun.spec.check import validate
+from vmrun.spec.load import parse_spec
 
 from .common import GOLDEN_FACTS, GOOD_SPEC, SPECS, golden_paths
 from .fakehost import FakePci, build_host_tree

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.agent import GuestAgent
 from vmrun.errors import AgentError, HookError
-from vmrun.hooks import current_combined, run_guest_steps, run_multiqueue_step, run_post_boot_hooks
-from vmrun.load import parse_spec
-from vmrun.naming import mac_address
-from vmrun.spec import Spec
+from vmrun.guest.agent import GuestAgent
+from vmrun.guest.hooks import current_combined, run_guest_steps, run_multiqueue_step, run_post_boot_hooks
+from vmrun.spec.load import parse_spec
+from vmrun.spec.model import Spec
+from vmrun.spec.naming import mac_address
 
 from .common import GOOD_SPEC
 from .fakepeer import FakePeer, Message, answer

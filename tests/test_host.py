@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.facts import PrivilegeDrop, choose_privilege_drop
-from vmrun.host import Host, HostCommandError, QemuCapabilities, User, parse_qemu_help
+from vmrun.host.facts import PrivilegeDrop, choose_privilege_drop
+from vmrun.host.system import Host, HostCommandError, QemuCapabilities, User, parse_qemu_help
 
 from .fakehost import put
 from .qemu_help import HELP_7_2, HELP_8_2, HELP_9_0, HELP_9_1, HELP_10_0, HELP_USER_ON_CONTINUATION_LINE

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vmrun.facts import QemuProbe
-from vmrun.host import Host, QemuCapabilities
-from vmrun.hostinfo import check_text, host_check, iommu_report, iommu_text, qemu_user_line
+from vmrun.host.facts import QemuProbe
+from vmrun.host.system import Host, QemuCapabilities
+from vmrun.preflight.report import check_text, host_check, iommu_report, iommu_text, qemu_user_line
 
 from .fakehost import FakePci, build_host_tree
 
@@ -78,7 +78,7 @@ def test_fake_ksm_savings(tmp_path: Path) -> None:
 def test_cli_host_iommu_json_on_a_fake_tree(tmp_path: Path) -> None:
     build_host_tree(tmp_path, [NVME, BRIDGE])
     result = subprocess.run(
-        [sys.executable, "-m", "vmrun.cli", "--host-root", str(tmp_path), "host", "iommu", "--json"],
+        [sys.executable, "-m", "vmrun", "--host-root", str(tmp_path), "host", "iommu", "--json"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr

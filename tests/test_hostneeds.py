@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.hostinfo import iommu_report, iommu_text
+from vmrun.preflight.report import iommu_report, iommu_text
 
 from .fakehost import (
     FakeHost,

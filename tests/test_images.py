@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.cli import main
-from vmrun.imagecache import ImageCache, _Meter
-from vmrun.images import parse_digest
-from vmrun.load import converter, load_spec
-from vmrun.locations import Places
-from vmrun.state import VmState, create_run_dir
+from vmrun.cli.main import main
+from vmrun.run.imagecache import ImageCache, _Meter
+from vmrun.spec.images import parse_digest
+from vmrun.spec.load import converter, load_spec
+from vmrun.state.locations import Places
+from vmrun.state.vmstate import VmState, create_run_dir
 
 from .common import unless_it_hangs
 

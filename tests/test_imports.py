@@ -11,24 +11,25 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.load import converter, load_spec
-from vmrun.locations import Places
-from vmrun.state import VmState, create_run_dir
+from vmrun.spec.load import converter, load_spec
+from vmrun.state.locations import Places
+from vmrun.state.vmstate import VmState, create_run_dir
 
 from .common import SPECS
 
 # db.toml names its taps and MACs and has no cloud-init seed, so none of these has a reason to load.
 NOT_LOADED = frozenset({
-    "vmrun.lifecycle", "vmrun.preflight", "vmrun.state", "vmrun.machine", "vmrun.fleet", "vmrun.monitor",
-    "vmrun.agent", "vmrun.drift", "qemu.qmp", "asyncio", "concurrent.futures", "hashlib", "pycdlib",
-    "yaml", "tomli_w", "difflib", "uuid", "vmrun.imagecache", "rich", "urllib.request", "http.client",
+    "vmrun.run.lifecycle", "vmrun.preflight.plan", "vmrun.state.vmstate", "vmrun.qemu.process", "vmrun.run.fleet",
+    "vmrun.qemu.monitor", "vmrun.guest.agent", "vmrun.state.drift", "qemu.qmp", "asyncio", "concurrent.futures",
+    "hashlib", "pycdlib", "yaml", "tomli_w", "difflib", "uuid", "vmrun.run.imagecache", "rich", "urllib.request",
+    "http.client",
 })
 
 # The command runs in a fresh interpreter, as from a shell; its output goes to a file so the module list
 # is all that reaches stdout.
 _RUN_AND_LIST = """\
 import contextlib, sys
-from vmrun.cli import main
+from vmrun.cli.main import main
 with open(sys.argv[1], "w") as output, contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
     exit_code = main(sys.argv[2:])
 print(exit_code, " ".join(sys.modules))
@@ -69,9 +70,9 @@ def test_validate_and_render_of_a_url_base_load_no_downloader(tmp_path: Path) ->
 def test_status_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:
     """`status` reads state files and asks running VMs; an empty run directory asks none."""
     loaded = loaded_by(tmp_path, "status")
-    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.changes", "vmrun.render", "vmrun.check",
-                      "vmrun.cloudinit"} == set()
-    assert loaded & NOT_LOADED - {"vmrun.state", "vmrun.machine", "vmrun.drift"} == set()
+    assert loaded & {"vmrun.run.lifecycle", "vmrun.preflight.plan", "vmrun.preflight.changes", "vmrun.qemu.render",
+                      "vmrun.spec.check", "vmrun.guest.cloudinit"} == set()
+    assert loaded & NOT_LOADED - {"vmrun.state.vmstate", "vmrun.qemu.process", "vmrun.state.drift"} == set()
 
 
 def test_status_of_a_running_vm_loads_neither_the_lifecycle_nor_the_spec_checks(tmp_path: Path) -> None:
@@ -89,8 +90,9 @@ def test_status_of_a_running_vm_loads_neither_the_lifecycle_nor_the_spec_checks(
     finally:
         qemu.kill()
         qemu.wait()
-    assert "vmrun.hostdrift" in loaded
-    assert loaded & {"vmrun.lifecycle", "vmrun.preflight", "vmrun.render", "vmrun.check", "vmrun.cloudinit"} == set()
+    assert "vmrun.state.hostdrift" in loaded
+    assert loaded & {"vmrun.run.lifecycle", "vmrun.preflight.plan", "vmrun.qemu.render", "vmrun.spec.check",
+                      "vmrun.guest.cloudinit"} == set()
 
 
 def test_every_name_in_the_list_is_a_module() -> None:

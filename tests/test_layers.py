@@ -14,8 +14,8 @@ def loaded_after(*modules: str) -> set[str]:
 
 
 def test_host_vfio_and_state_do_not_load_render() -> None:
-    assert "vmrun.render" not in loaded_after("vmrun.host", "vmrun.vfio", "vmrun.state")
+    assert "vmrun.qemu.render" not in loaded_after("vmrun.host.system", "vmrun.preflight.vfio", "vmrun.state.vmstate")
 
 
 def test_render_does_not_load_the_host_layer() -> None:
-    assert loaded_after("vmrun.render").isdisjoint({"vmrun.host", "vmrun.access"})
+    assert loaded_after("vmrun.qemu.render").isdisjoint({"vmrun.host.system", "vmrun.host.access"})

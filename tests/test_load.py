@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vmrun.errors import SpecError
-from vmrun.load import dump_spec, load_spec, parse_spec
-from vmrun.spec import Accel, Cache, SecurityModel, Vhost
+from vmrun.spec.load import dump_spec, load_spec, parse_spec
+from vmrun.spec.model import Accel, Cache, SecurityModel, Vhost
 from vmrun.units import MIB
 
 from .common import GOOD_SPEC
@@ -177,7 +177,7 @@ def test_a_bug_while_structuring_is_raised_not_reported_as_the_users_mistake(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, document: dict[str, object]
 ) -> None:
     # Only a test can break vmrun's own parser; a user's document never reaches this.
-    monkeypatch.setattr("vmrun.load.parse_size", _broken_parser)
+    monkeypatch.setattr("vmrun.spec.load.parse_size", _broken_parser)
     with pytest.raises(TypeError, match="a bug in vmrun's size parser"):
         parse_spec(document, source="x", base=tmp_path)
 
@@ -185,11 +185,11 @@ def test_a_bug_while_structuring_is_raised_not_reported_as_the_users_mistake(
 def test_a_bug_while_structuring_exits_1_through_the_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vmrun.cli import main
+    from vmrun.cli.main import main
 
     spec = tmp_path / "x.toml"
     spec.write_text('name = "x"\n[boot]\nkernel = "k"\n[machine]\nmemory = "8G"\n')
-    monkeypatch.setattr("vmrun.load.parse_size", _broken_parser)
+    monkeypatch.setattr("vmrun.spec.load.parse_size", _broken_parser)
     assert main(["validate", str(spec)]) == 1
     assert capsys.readouterr().err == (
         "vmrun: internal error: TypeError: a bug in vmrun's size parser (rerun with --debug)\n")
@@ -199,8 +199,8 @@ def test_a_table_of_tables_is_still_checked_after_another_kind_of_table_was_stru
     """cattrs' own mapping function, once made for a type, must not replace vmrun's (which refuses a non-table)."""
     from cattrs.errors import ClassValidationError
 
-    from vmrun.load import make_converter
-    from vmrun.spec import CloudInit, Kubevirt
+    from vmrun.spec.load import make_converter
+    from vmrun.spec.model import CloudInit, Kubevirt
 
     converter = make_converter()
     converter.structure({"disks": {"root": {"pvc": "root"}}}, Kubevirt)

@@ -14,9 +14,9 @@ import attrs
 import pytest
 
 from vmrun.errors import LaunchError
-from vmrun.host import Host
-from vmrun.locations import RunPaths
-from vmrun.machine import is_gone, stop
+from vmrun.host.system import Host
+from vmrun.qemu.process import is_gone, stop
+from vmrun.state.locations import RunPaths
 
 from .fakehost import put
 from .fakepeer import HANG_UP, QMP_GREETING, FakePeer, Message, Script, answer
@@ -70,7 +70,7 @@ def qemu(process: FakeProcess, *, exits_on: str | None) -> Script:
 @pytest.fixture(autouse=True)
 def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     # Each step's wait is spent in full only when the fake qemu ignores that step.
-    monkeypatch.setattr("vmrun.machine.KILL_WAIT", 0.3)
+    monkeypatch.setattr("vmrun.qemu.process.KILL_WAIT", 0.3)
 
 
 def stopped(tmp_path: Path, *, exits_on: str | None = None, dies_on: frozenset[int] = frozenset(),

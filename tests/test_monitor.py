@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vmrun.errors import LaunchError
-from vmrun.monitor import Monitor
+from vmrun.qemu.monitor import Monitor
 
 from .fakepeer import HANG_UP, QMP_GREETING, FakePeer, Message, Script, answer
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from vmrun.changes import OnDown
-from vmrun.preflight import Others, PreflightRefused, Status, apply_plan, plan_preflight, undo_changes
-from vmrun.spec import Spec
+from vmrun.preflight.changes import OnDown
+from vmrun.preflight.plan import Others, PreflightRefused, Status, apply_plan, plan_preflight, undo_changes
+from vmrun.spec.model import Spec
 
 from .test_preflight import ROOT_FACTS, USER_FACTS, fake_host, make_spec, messages
 

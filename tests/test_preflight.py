@@ -14,13 +14,12 @@ from typing import Any
 import attrs
 import pytest
 
-from vmrun.changes import Action
 from vmrun.errors import PreflightError
-from vmrun.facts import HostFacts, PrivilegeDrop, gather_facts
-from vmrun.host import Host
-from vmrun.hostneeds import why_host_needs
-from vmrun.load import parse_spec
-from vmrun.preflight import (
+from vmrun.host.facts import HostFacts, PrivilegeDrop, gather_facts
+from vmrun.host.in_use import why_host_needs
+from vmrun.host.system import Host
+from vmrun.preflight.changes import Action
+from vmrun.preflight.plan import (
     IFF_MULTI_QUEUE,
     AppliedChange,
     Others,
@@ -32,7 +31,8 @@ from vmrun.preflight import (
     plan_preflight,
     undo_changes,
 )
-from vmrun.spec import Spec
+from vmrun.spec.load import parse_spec
+from vmrun.spec.model import Spec
 from vmrun.units import MIB
 
 from .common import REPO
@@ -596,7 +596,7 @@ def test_share_problems(tmp_path: Path) -> None:
 
 
 def vmrun(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmrun.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "vmrun", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_cli_dry_run_on_a_fake_tree_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:

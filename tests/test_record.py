@@ -7,8 +7,8 @@ from pathlib import Path
 
 import attrs
 
-from vmrun.load import load_spec
 from vmrun.record import Record
+from vmrun.spec.load import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

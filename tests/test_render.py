@@ -10,12 +10,12 @@ from pathlib import Path
 import attrs
 import pytest
 
-from vmrun.check import validate
-from vmrun.facts import HostFacts, PrivilegeDrop, choose_accel, choose_privilege_drop
-from vmrun.host import parse_qemu_help
-from vmrun.load import load_spec, parse_spec
-from vmrun.render import qemu_opt, render
-from vmrun.spec import Accel
+from vmrun.host.facts import HostFacts, PrivilegeDrop, choose_accel, choose_privilege_drop
+from vmrun.host.system import parse_qemu_help
+from vmrun.qemu.render import qemu_opt, render
+from vmrun.spec.check import validate
+from vmrun.spec.load import load_spec, parse_spec
+from vmrun.spec.model import Accel
 
 from .common import GOLDEN_FACTS, GOOD_SPEC, REPO, SPECS, golden_paths
 from .qemu_help import HELP_7_2, HELP_8_2, HELP_9_0, HELP_9_1, HELP_10_0, HELP_USER_ON_CONTINUATION_LINE

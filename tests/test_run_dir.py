@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from vmrun.host import Host
-from vmrun.lifecycle import prepare
-from vmrun.locations import Places
-from vmrun.preflight import PreflightRefused
+from vmrun.host.system import Host
+from vmrun.preflight.plan import PreflightRefused
+from vmrun.run.lifecycle import prepare
+from vmrun.state.locations import Places
 
 from .fakehost import FakeHost, put
 from .test_preflight import GPU, fake_host, messages, plan_for, vfio_spec

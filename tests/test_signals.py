@@ -9,7 +9,7 @@ from .common import REPO
 
 FLEET = """\
 import os, signal, sys, threading, time
-from vmrun.fleet import run_all
+from vmrun.run.fleet import run_all
 
 def vm(say, interrupted):
     interrupted.wait()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from vmrun.errors import UsageError
-from vmrun.locations import Places, RunPaths
-from vmrun.state import VmState, create_run_dir, read_state, state_path, vm_names, write_state
+from vmrun.state.locations import Places, RunPaths
+from vmrun.state.vmstate import VmState, create_run_dir, read_state, state_path, vm_names, write_state
 
 from .common import REPO
 
@@ -64,8 +64,8 @@ def test_a_state_file_that_cannot_be_read_is_an_error_naming_it(tmp_path: Path) 
 KILLED_WHILE = """\
 import sys
 from pathlib import Path
-from vmrun.locations import Places
-from vmrun.state import StateJournal, VmState, remove_run_dir
+from vmrun.state.locations import Places
+from vmrun.state.vmstate import StateJournal, VmState, remove_run_dir
 paths = Places(Path(sys.argv[1]), Path(sys.argv[2])).of("web")
 if sys.argv[3] == "create":
     journal = StateJournal.begin(paths, VmState("web", "s", (), "tcg", "r"))
@@ -87,7 +87,7 @@ def killed_at(point: int, step: str, tmp_path: Path) -> int:
 
 def vmrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vmrun.cli", "--host-root", str(tmp_path / "host"), "--run-dir", str(tmp_path / "run"),
+        [sys.executable, "-m", "vmrun", "--host-root", str(tmp_path / "host"), "--run-dir", str(tmp_path / "run"),
          "--state-dir", str(tmp_path / "state"), *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 

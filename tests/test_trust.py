@@ -15,11 +15,11 @@ from pathlib import Path
 import attrs
 import pytest
 
-from vmrun.access import untrusted_reason
-from vmrun.facts import QemuProbe, gather_facts, probe_qemu
-from vmrun.host import Host, QemuCapabilities, User
-from vmrun.preflight import check_qemu
-from vmrun.spec import Spec
+from vmrun.host.access import untrusted_reason
+from vmrun.host.facts import QemuProbe, gather_facts, probe_qemu
+from vmrun.host.system import Host, QemuCapabilities, User
+from vmrun.preflight.plan import check_qemu
+from vmrun.spec.model import Spec
 
 from .common import REPO
 from .qemu_help import HELP_7_2, HELP_8_2, HELP_9_0, HELP_9_1, HELP_10_0, RUNAS
@@ -70,7 +70,7 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def vmrun(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmrun.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "vmrun", *args], capture_output=True, text=True, timeout=60)
 
 
 def spec_running(tmp_path: Path, qemu: Path) -> Path:

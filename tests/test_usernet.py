@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
-from vmrun.agent import GuestInterface
-from vmrun.check import check_spec, validate
 from vmrun.errors import SpecError, UsageError
 from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests
 from vmrun.export.libvirt import libvirt_domain
-from vmrun.hostdrift import host_differences
-from vmrun.load import parse_spec
-from vmrun.naming import mac_address
-from vmrun.render import render
-from vmrun.spec import Accel, Spec
-from vmrun.ssh import guest_user, private_keys, ssh_argv, ssh_target, user_data_user
-from vmrun.usernet import Forward, parse_forward, refused_forward
+from vmrun.guest.agent import GuestInterface
+from vmrun.guest.ssh import guest_user, private_keys, ssh_argv, ssh_target, user_data_user
+from vmrun.qemu.render import render
+from vmrun.spec.check import check_spec, validate
+from vmrun.spec.load import parse_spec
+from vmrun.spec.model import Accel, Spec
+from vmrun.spec.naming import mac_address
+from vmrun.spec.usernet import Forward, parse_forward, refused_forward
+from vmrun.state.hostdrift import host_differences
 
 from .common import GOLDEN_FACTS, GOOD_SPEC, golden_paths
 from .fakehost import build_host_tree

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmrun.hostinfo import iommu_report
-from vmrun.lifecycle import others_than
-from vmrun.locations import Places
-from vmrun.preflight import Others
-from vmrun.state import StateJournal, VmState
+from vmrun.preflight.plan import Others
+from vmrun.preflight.report import iommu_report
+from vmrun.run.lifecycle import others_than
+from vmrun.state.locations import Places
+from vmrun.state.vmstate import StateJournal, VmState
 
 from .fakehost import FakeHost, FakePci
 from .test_preflight import BRIDGE, GPU, GPU_AUDIO, NVME, fake_host, messages, plan_for, vfio_spec

@@ -17,7 +17,7 @@ def main() -> None:
     resume = threading.Timer(COLLECTOR_PAUSE, gc.enable)
     resume.daemon = True
     resume.start()
-    from vmrun.cli import main_exit  # after the pause begins: importing vmrun is most of what it saves
+    from vmrun.cli.main import main_exit  # after the pause begins: importing vmrun is most of what it saves
 
     main_exit()
 

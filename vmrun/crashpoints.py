@@ -1,7 +1,7 @@
 """A test-only hook to prove that vmrun can be stopped at any instant and cleaned up after.
 
 vmrun passes a crash point before and after each host change, each file it writes and each step of
-stopping a VM. Tests start vmrun as `python -X vmrun-crash-points -m vmrun.cli ...` with
+stopping a VM. Tests start vmrun as `python -X vmrun-crash-points -m vmrun.cli.main ...` with
 
     VMRUN_TEST_KILL_AT=TARGET[,TARGET...]   a number N (the Nth crash point passed) or a text that the
                                             label of a crash point contains ("after ip tuntap add")

@@ -1,6 +1,6 @@
 """The one error tree: every mistake a user can make ends in one of these.
 
-Only ``vmrun.cli`` catches them; it prints ``str(error)`` (and ``error.hint``)
+Only ``vmrun.cli.main`` catches them; it prints ``str(error)`` (and ``error.hint``)
 and exits with ``error.exit_code``. Exit code 1 is left to bugs in vmrun.
 """
 

@@ -19,17 +19,17 @@ from typing import Any
 import attrs
 import yaml
 
-from vmrun import kubenames
-from vmrun.cloudinit import CLOUD_CONFIG
 from vmrun.errors import Problem, SpecError
 from vmrun.export import Export
-from vmrun.images import scheme_of
-from vmrun.naming import mac_address
+from vmrun.guest.cloudinit import CLOUD_CONFIG
+from vmrun.qemu.render import SEED_ID
 from vmrun.record import Record
-from vmrun.render import SEED_ID
-from vmrun.spec import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
+from vmrun.spec import kubenames
+from vmrun.spec.images import scheme_of
+from vmrun.spec.model import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
+from vmrun.spec.naming import mac_address
+from vmrun.spec.usernet import is_user, tap_nics
 from vmrun.units import KIB
-from vmrun.usernet import is_user, tap_nics
 
 API_VERSION = "kubevirt.io/v1"
 KUBEVIRT_VERSION = "v1.9.0"  # the release whose CRD schema and admission rules this export is checked against

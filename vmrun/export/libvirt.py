@@ -6,12 +6,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from vmrun.export import Export
-from vmrun.facts import vhost_enabled
-from vmrun.naming import domain_uuid, mac_address, tap_name
-from vmrun.render import AGENT_PORT_NAME, SEED_ID
-from vmrun.spec import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio
+from vmrun.host.facts import vhost_enabled
+from vmrun.qemu.render import AGENT_PORT_NAME, SEED_ID
+from vmrun.spec.model import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio
+from vmrun.spec.naming import domain_uuid, mac_address, tap_name
+from vmrun.spec.usernet import forwards, is_user
 from vmrun.units import KIB
-from vmrun.usernet import forwards, is_user
 
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 # vmrun's 9p security models as libvirt's filesystem accessmode.

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from vmrun.export import Export
-from vmrun.spec import Spec
+from vmrun.spec.model import Spec
 
 
 def systemd_unit(spec: Spec, *, spec_path: Path, vmrun: Path, run_dir: Path) -> Export:

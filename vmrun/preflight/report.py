@@ -1,0 +1,175 @@
+"""`vmrun host iommu` and `vmrun host check`: what a host offers, before a spec asks for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from vmrun.host.facts import PrivilegeDrop, QemuProbe, choose_privilege_drop, kvm_verdict
+from vmrun.host.pci import PCI_DEVICES, iommu_groups
+from vmrun.host.system import Host, QemuCapabilities
+from vmrun.preflight.vfio import Member, group_refusal, group_verdict
+from vmrun.record import Record
+
+PCI_IDS = (Path("/usr/share/misc/pci.ids"), Path("/usr/share/hwdata/pci.ids"))
+
+
+def _pci_ids(host: Host, address: str) -> tuple[str, str]:
+    """(vendor, device) as pci.ids writes them, four hex digits each."""
+    vendor, device = ((host.read(f"{PCI_DEVICES}/{address}/{name}") or "0x????").removeprefix("0x")
+                      for name in ("vendor", "device"))
+    return vendor, device
+
+
+def pci_names(wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """"Vendor Device" names from pci.ids for the (vendor, device) ids asked for."""
+    names: dict[tuple[str, str], str] = {}
+    path = next((candidate for candidate in PCI_IDS if candidate.exists()), None)
+    vendors = {vendor for vendor, _ in wanted}
+    if path is None:
+        return names
+    vendor, vendor_name = None, ""
+    for line in path.read_text(errors="replace").splitlines():
+        if not line or line.startswith("#") or line.startswith("C "):
+            continue
+        if not line.startswith("\t"):
+            vendor, vendor_name = line[:4], line[6:]
+        elif vendor in vendors and not line.startswith("\t\t") and (vendor, line[1:5]) in wanted:
+            names[(vendor, line[1:5])] = f"{vendor_name} {line[7:]}"
+    return names
+
+
+@attrs.frozen(repr=False)
+class GroupDevice(Record):
+    address: str
+    vendor: str
+    device: str
+    device_class: str
+    driver: str | None
+    name: str
+    bridge: str | None  # "PCI-to-PCI bridge", "CardBus bridge" (header type 1, 2): stays with the host
+    host_needs: str | None  # why the host keeps it, as preflight says it
+    passable: bool  # a spec may list it, unless its group has a refusal
+
+
+@attrs.frozen(repr=False)
+class Group(Record):
+    group: str
+    viable: bool  # every member may stay beside a passed device as the host is now: no driver to unbind
+    refusal: str | None  # why preflight refuses the group whatever is listed, or None
+    devices: tuple[GroupDevice, ...]
+
+    def vfio_lines(self) -> list[str]:
+        """The [[vfio]] entries to paste: every passable function, which preflight then accepts."""
+        if self.refusal:
+            return []
+        lines = []
+        for index, device in enumerate(d for d in self.devices if d.passable):
+            lines += ["[[vfio]]", f'id = "dev{self.group}-{index}"', f'host = "{device.address}"']
+        return lines
+
+
+def _group(group: str, members: tuple[Member, ...], ids: dict[str, tuple[str, str]],
+           names: dict[tuple[str, str], str]) -> Group:
+    devices = tuple(
+        GroupDevice(m.device.address, *ids[m.device.address], m.device.device_class, m.device.driver,
+                    names.get(ids[m.device.address], "unknown device"), m.device.bridge, m.host_needs, m.passable)
+        for m in members
+    )
+    return Group(
+        group=group,
+        viable=all(member.device.may_stay_beside_a_passed_device() for member in members),
+        refusal=group_refusal(group, members, {m.device.address for m in members if m.passable}),
+        devices=devices,
+    )
+
+
+def iommu_report(host: Host) -> list[Group]:
+    groups = sorted(iommu_groups(host), key=lambda group: int(group) if group.isdigit() else 0)
+    verdicts = {group: group_verdict(host, group) for group in groups}
+    ids = {m.device.address: _pci_ids(host, m.device.address) for members in verdicts.values() for m in members}
+    names = pci_names(set(ids.values()))
+    return [_group(group, members, ids, names) for group, members in verdicts.items()]
+
+
+def qemu_user_line(*, vmrun_is_root: bool, capabilities: QemuCapabilities | None) -> str:
+    """Who qemu runs as, said before a spec asks: the privilege drop, and what it takes to keep root."""
+    if not vmrun_is_root:
+        return "vmrun is not root: qemu runs as the user who runs vmrun"
+    keep_root = 'host.user = "root" keeps it root only with host.allow_root = true'
+    drop = choose_privilege_drop(capabilities)
+    if drop is PrivilegeDrop.IMPOSSIBLE:
+        return f"this qemu has {drop}: up refuses to start it as root unless {keep_root}"
+    assumed = "" if capabilities else " (assumed: qemu was not asked)"
+    return f"qemu leaves root for host.user with {drop}{assumed}; {keep_root}"
+
+
+def host_check(host: Host, qemu: QemuProbe) -> dict[str, Any]:
+    kvm_usable, kvm_reason = kvm_verdict(host)
+    return {
+        "kvm": {"usable": kvm_usable, "reason": kvm_reason},
+        "vhost_net": host.exists("/dev/vhost-net"),
+        "tun": host.exists("/dev/net/tun"),
+        "iommu_groups": len(iommu_groups(host)),
+        "ksm": host.ksm_stats(),
+        "qemu": attrs.asdict(qemu.capabilities) if qemu.capabilities else None,
+        "qemu_not_run": qemu.not_run,
+        "qemu_user": qemu_user_line(vmrun_is_root=host.is_root_user(), capabilities=qemu.capabilities),
+    }
+
+
+IOMMU_OFF = (
+    "The IOMMU is off: /sys/kernel/iommu_groups is empty. Enable VT-d/AMD-Vi in the firmware and boot with "
+    "intel_iommu=on (Intel) or amd_iommu=on (AMD) to pass devices through with VFIO."
+)
+
+
+def _verdict(group: Group) -> str:
+    if group.refusal:
+        return group.refusal
+    if not group.vfio_lines():
+        return f"IOMMU group {group.group}: nothing in it to pass through"
+    if group.viable:
+        return f"IOMMU group {group.group}: viable as is"
+    return f"IOMMU group {group.group}: its devices must leave their host drivers (vmrun does that)"
+
+
+def iommu_text(groups: list[Group]) -> str:
+    if not groups:
+        return IOMMU_OFF
+    lines = []
+    for group in groups:
+        vfio_lines = group.vfio_lines()
+        lines.append(_verdict(group))
+        lines += [
+            f"  {d.address}  {d.vendor}:{d.device}  {d.device_class}  {d.driver or '-':<16} {d.name}"
+            + (f"  (stays with the host: {d.host_needs})" if d.host_needs else "")
+            for d in group.devices
+        ]
+        if vfio_lines:
+            lines += ["  to pass it through, add:", *(f"    {line}" for line in vfio_lines)]
+    return "\n".join(lines)
+
+
+def check_text(report: dict[str, Any]) -> str:
+    kvm, ksm, qemu = report["kvm"], report["ksm"], report["qemu"]
+    ksm_line = "absent" if ksm is None else f"run = {ksm['run']}, saving {ksm['bytes_saved'] // 2**20} MiB"
+    if report["qemu_not_run"]:
+        qemu_line = f"not run: {report['qemu_not_run']}"
+    elif qemu is None:
+        qemu_line = "not found"
+    else:
+        qemu_line = (f"{qemu['version']} (-run-with user=: {qemu['has_run_with_user']}, -runas: {qemu['has_runas']}, "
+                     f"-sandbox: {qemu['has_sandbox']})")
+    rows = [
+        ("kvm", f"{'usable' if kvm['usable'] else 'not usable'}: {kvm['reason']}"),
+        ("vhost-net", "present" if report["vhost_net"] else "absent (/dev/vhost-net): NICs run without vhost"),
+        ("tun", "present" if report["tun"] else "absent (/dev/net/tun): no tap devices"),
+        ("iommu", f"{report['iommu_groups']} groups" if report["iommu_groups"] else "off"),
+        ("ksm", ksm_line),
+        ("qemu", qemu_line),
+        ("qemu user", report["qemu_user"]),
+    ]
+    return "\n".join(f"{name:<10} {value}" for name, value in rows)

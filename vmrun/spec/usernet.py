@@ -1,0 +1,149 @@
+"""User-mode NICs: qemu's own network stack (slirp). No tap, no root, no host change; the host reaches the
+guest through port forwards, and ``restrict`` keeps the guest from reaching anything outside.
+
+A forward is written ``PROTO:[ADDRESS:]HOSTPORT:GUESTPORT`` ("tcp:2222:22", "tcp:0.0.0.0:2222:22"); the
+host side listens on 127.0.0.1 unless an address is given. qemu 7.2 forwards from IPv4 addresses only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+
+import attrs
+
+from vmrun.errors import LaunchError, Problem
+from vmrun.record import Record
+from vmrun.spec.model import Nic, NicMode, Spec, Vhost
+
+LOOPBACK = "127.0.0.1"
+ANY_ADDRESS = "0.0.0.0"
+PROTOCOLS = ("tcp", "udp")
+SSH_PORT = 22
+FORWARD_FORMAT = 'PROTO:[ADDRESS:]HOSTPORT:GUESTPORT, e.g. "tcp:2222:22" or "tcp:0.0.0.0:2222:22"'
+_PORT = re.compile(r"[0-9]{1,5}")
+# qemu's words when it cannot listen on a forward's host port (net/slirp.c), quoting the hostfwd rule.
+_FORWARD_REFUSED = re.compile(r"Could not set up host forwarding rule '([^']*)'")
+
+
+@attrs.frozen(repr=False)
+class Forward(Record):
+    protocol: str
+    address: str
+    host_port: int
+    guest_port: int
+
+    @property
+    def hostfwd(self) -> str:
+        """qemu's form, the guest address left to slirp (the address its DHCP hands out)."""
+        return f"{self.protocol}:{self.address}:{self.host_port}-:{self.guest_port}"
+
+    def clashes_with(self, other: Forward) -> bool:
+        """Both would listen on one host port: a wildcard address takes the port on every address."""
+        same_port = (self.protocol, self.host_port) == (other.protocol, other.host_port)
+        return same_port and (ANY_ADDRESS in (self.address, other.address) or self.address == other.address)
+
+    def __str__(self) -> str:
+        return f"{self.protocol} {self.address}:{self.host_port} -> guest port {self.guest_port}"
+
+
+def parse_forward(text: str) -> Forward:
+    """The forward ``text`` says; ValueError with the reason a user can act on."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise ValueError(f"{text!r} is not a port forward")
+    protocol, *address, host_port, guest_port = parts
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is not tcp or udp")
+    host_address = address[0] if address else LOOPBACK
+    try:
+        ipaddress.IPv4Address(host_address)
+    except ValueError:
+        raise ValueError(f"{host_address!r} is not an IPv4 address (qemu forwards from IPv4 only)") from None
+    return Forward(protocol, host_address, _port(host_port, "host"), _port(guest_port, "guest"))
+
+
+def _port(text: str, side: str) -> int:
+    if not _PORT.fullmatch(text) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{side} port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def is_user(nic: Nic) -> bool:
+    return nic.mode is NicMode.USER
+
+
+def tap_nics(spec: Spec) -> list[Nic]:
+    """The NICs with a host tap: every one but the user-mode ones."""
+    return [nic for nic in spec.nics if not is_user(nic)]
+
+
+def forwards(nic: Nic) -> list[Forward]:
+    """A checked NIC's forwards (check_user_nics has refused any that do not parse)."""
+    return [parse_forward(text) for text in nic.forward]
+
+
+def check_user_nics(spec: Spec) -> Iterator[Problem]:
+    """What only applies to one mode, and forwards that parse and take no host port twice in the VM."""
+    taken: list[tuple[Forward, str]] = []
+    for index, nic in enumerate(spec.nics):
+        path = f"nics[{index}]"
+        if not is_user(nic):
+            for key in ("forward", "restrict"):
+                if getattr(nic, key):
+                    yield Problem(f"{path}.{key}", 'only applies to mode = "user"')
+            continue
+        for key in ("tap", "bridge"):
+            if getattr(nic, key) is not None:
+                yield Problem(f"{path}.{key}", "a user-mode NIC has no tap", 'remove it, or set mode = "tap"')
+        if nic.vhost is not Vhost.AUTO:
+            yield Problem(f"{path}.vhost", "vhost-net does not apply to a user-mode NIC", "remove it")
+        if nic.queues > 1:
+            yield Problem(f"{path}.queues", "multiqueue does not apply to a user-mode NIC (qemu's user network "
+                                            "moves packets on one queue)", "remove it, or use a tap NIC")
+        for number, text in enumerate(nic.forward):
+            here = f"{path}.forward[{number}]"
+            try:
+                forward = parse_forward(text)
+            except ValueError as exc:
+                yield Problem(here, str(exc), FORWARD_FORMAT)
+                continue
+            clash = next((where for other, where in taken if forward.clashes_with(other)), None)
+            if clash is not None:
+                yield Problem(here, f"host port {forward.address}:{forward.host_port} ({forward.protocol}) is "
+                                    f"already forwarded by {clash}", "forward another host port")
+            taken.append((forward, here))
+
+
+def refused_forward(spec: Spec, qemu_message: str) -> LaunchError | None:
+    """qemu could not listen on a forward's host port (something else holds it): an error that names the
+    forward, not qemu's long line; None for any other failure."""
+    refused = _FORWARD_REFUSED.search(qemu_message)
+    if refused is None:
+        return None
+    for (index, nic), (number, forward) in _user_forwards(spec):
+        if forward.hostfwd == refused.group(1):
+            return LaunchError(
+                f"nics[{index}].forward[{number}] ({nic.forward[number]}): qemu could not listen on host port "
+                f"{forward.address}:{forward.host_port} ({forward.protocol}): something else holds it",
+                hint=f"free the port (ss -lnp 'sport = :{forward.host_port}' shows who holds it), or forward "
+                     "another one",
+            )
+    return None
+
+
+def ssh_forward(spec: Spec) -> tuple[str, int] | None:
+    """Where the host reaches the guest's sshd through a user-mode NIC: (address, port), or None."""
+    for _, (_, forward) in _user_forwards(spec):
+        if forward.protocol == "tcp" and forward.guest_port == SSH_PORT:
+            return (LOOPBACK if forward.address == ANY_ADDRESS else forward.address), forward.host_port
+    return None
+
+
+def _user_forwards(spec: Spec) -> Iterator[tuple[tuple[int, Nic], tuple[int, Forward]]]:
+    """((NIC index, NIC), (forward index, forward)) for every forward of a checked spec's user-mode NICs."""
+    for index, nic in enumerate(spec.nics):
+        if is_user(nic):
+            for number, forward in enumerate(forwards(nic)):
+                yield (index, nic), (number, forward)
