@@ -12,7 +12,8 @@ import pytest
 from vmrun.errors import PreflightError
 from vmrun.host.facts import HostFacts, kvm_verdict
 from vmrun.host.system import Host
-from vmrun.preflight.plan import IFF_MULTI_QUEUE, apply_plan, plan_preflight, undo_changes
+from vmrun.preflight.apply import apply_plan, undo_changes
+from vmrun.preflight.plan import IFF_MULTI_QUEUE, plan_preflight
 from vmrun.spec.load import parse_spec
 from vmrun.spec.model import Spec
 

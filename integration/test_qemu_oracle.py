@@ -32,7 +32,7 @@ from tests.specgen import Files, valid_specs
 from vmrun.errors import LaunchError, SpecError
 from vmrun.host.facts import HostFacts, gather_facts
 from vmrun.host.system import Host
-from vmrun.preflight.plan import Status, check_accel
+from vmrun.preflight.plan import Status, inspect_accel
 from vmrun.qemu.monitor import Monitor
 from vmrun.qemu.render import render
 from vmrun.spec.check import load_valid_spec
@@ -169,7 +169,7 @@ def test_every_valid_spec_starts_in_qemu(files: Files, facts: HostFacts, tmp_pat
         spec = load_valid_spec(spec_file)
     except SpecError:
         reject()  # one of the limits validate keeps: qemu's word on those is in tests/test_check.py
-    if any(check.status is Status.FAIL for check in check_accel(spec, facts)):
+    if any(check.status is Status.FAIL for check in inspect_accel(spec, facts)):
         reject()  # accel = "auto" on a TCG host: preflight refuses what TCG cannot run
     paths = RunPaths(run_dir=work / "run", state_dir=work / "state")
     paths.run_dir.mkdir(mode=0o700)

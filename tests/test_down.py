@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from vmrun.errors import PreflightError, UsageError
-from vmrun.preflight.plan import apply_plan
+from vmrun.preflight.apply import apply_plan
 from vmrun.run.lifecycle import down, others_than
 from vmrun.run.status import status
 from vmrun.state.locations import Places, RunPaths

@@ -12,7 +12,8 @@ import attrs
 import pytest
 
 from vmrun.host.facts import HostFacts
-from vmrun.preflight.plan import apply_plan, plan_preflight
+from vmrun.preflight.apply import apply_plan
+from vmrun.preflight.plan import plan_preflight
 from vmrun.spec.load import parse_spec
 from vmrun.spec.model import Spec
 from vmrun.state.drift import Configuration, differences, spec_differences

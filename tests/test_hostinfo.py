@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vmrun.host.facts import QemuProbe
 from vmrun.host.system import Host, QemuCapabilities
-from vmrun.preflight.report import check_text, host_check, iommu_report, iommu_text, qemu_user_line
+from vmrun.preflight.report import host_report, iommu_report, iommu_text, qemu_user_line, report_text
 
 from .fakehost import FakePci, build_host_tree
 
@@ -90,11 +90,11 @@ def test_fake_host_check_says_why_qemu_was_not_asked(tmp_path: Path) -> None:
     build_host_tree(tmp_path, [])
     host = Host(root=tmp_path)
     not_run = QemuProbe(Path("/opt/q/qemu"), None, not_run="/opt/q is writable by others (mode 0777)")
-    assert "\nqemu       not run: /opt/q is writable by others (mode 0777)" in check_text(host_check(host, not_run))
+    assert "\nqemu       not run: /opt/q is writable by others (mode 0777)" in report_text(host_report(host, not_run))
     asked = QemuProbe(Path("/usr/bin/qemu"), QemuCapabilities("9.0.0", has_run_with_user=False, has_runas=True,
                                                               has_sandbox=True))
-    assert "\nqemu       9.0.0 (-run-with user=: False, -runas: True, -sandbox: True)\n" in check_text(
-        host_check(host, asked))
+    assert "\nqemu       9.0.0 (-run-with user=: False, -runas: True, -sandbox: True)\n" in report_text(
+        host_report(host, asked))
 
 
 def test_host_check_says_who_qemu_runs_as_and_what_keeps_it_root() -> None:

@@ -18,19 +18,9 @@ from vmrun.errors import PreflightError
 from vmrun.host.facts import HostFacts, PrivilegeDrop, gather_facts
 from vmrun.host.in_use import why_host_needs
 from vmrun.host.system import Host
+from vmrun.preflight.apply import apply_plan, ksm_restore_value, undo_changes
 from vmrun.preflight.changes import Action
-from vmrun.preflight.plan import (
-    IFF_MULTI_QUEUE,
-    AppliedChange,
-    Others,
-    Plan,
-    PreflightRefused,
-    Status,
-    apply_plan,
-    ksm_restore_value,
-    plan_preflight,
-    undo_changes,
-)
+from vmrun.preflight.plan import IFF_MULTI_QUEUE, AppliedChange, Others, Plan, PreflightRefused, Status, plan_preflight
 from vmrun.spec.load import parse_spec
 from vmrun.spec.model import Spec
 from vmrun.units import MIB
@@ -89,7 +79,7 @@ def plan_for(
 
 
 def messages(plan: Plan, status: Status = Status.FAIL) -> list[str]:
-    return [check.message for check in plan.checks if check.status is status]
+    return [check.message for check in plan.findings if check.status is status]
 
 
 def driver_of(host: Host, address: str) -> str | None:
@@ -202,7 +192,7 @@ def test_fake_memlock_covers_guest_ram_plus_a_gibibyte(
 ) -> None:
     host = fake_host(tmp_path, (FakePci("0000:02:00.0", group="13", driver="vfio-pci"),), memlock=limits)
     plan = plan_for(vfio_spec("02:00.0", memory="8G"), host, facts)
-    [check] = [check for check in plan.checks if check.name == "memlock"]
+    [check] = [check for check in plan.findings if check.name == "memlock"]
     assert (check.status, plan.memlock) == (status, memlock)
     assert plan_for(vfio_spec(), host, facts).memlock is None
 
@@ -321,7 +311,7 @@ def test_fake_vhost_auto_is_off_with_a_warning_and_true_fails_without_dev_vhost_
     host = fake_host(tmp_path)
     spec = make_spec(nics=[{"id": "a", "tap": "vmtap0"}, {"id": "b", "tap": "vmtap1", "vhost": True}])
     facts = gather_facts(host, "/nonexistent/qemu")
-    vhost = [(c.name, c.status, c.message) for c in plan_for(spec, host, facts).checks if "vhost" in c.message]
+    vhost = [(c.name, c.status, c.message) for c in plan_for(spec, host, facts).findings if "vhost" in c.message]
     assert vhost == [
         ("nics a", Status.WARN, "vhost off: /dev/vhost-net is missing (modprobe vhost_net), so qemu moves the "
                                 "packets itself (slower)"),
@@ -329,7 +319,7 @@ def test_fake_vhost_auto_is_off_with_a_warning_and_true_fails_without_dev_vhost_
     ]
     put(host.root, "/dev/vhost-net")
     facts = gather_facts(host, "/nonexistent/qemu")
-    assert [c.status for c in plan_for(spec, host, facts).checks if "vhost" in c.message] == [Status.OK] * 2
+    assert [c.status for c in plan_for(spec, host, facts).findings if "vhost" in c.message] == [Status.OK] * 2
 
 
 # --- disks, boot files, the qemu user, KSM ------------------------------------------------------
@@ -384,7 +374,7 @@ def test_fake_passthrough_takes_a_whole_scsi_disk_only(tmp_path: Path) -> None:
     spec = make_spec(disks=[{"id": disk_id, "path": path, "passthrough": True}
                             for disk_id, path in (("lun", sdb), ("part", f"{sdb}1"), ("nvme", nvme))])
     plan = plan_for(spec, host)
-    assert [(c.name, c.status, c.message) for c in plan.checks if c.name.startswith("disks")] == [
+    assert [(c.name, c.status, c.message) for c in plan.findings if c.name.startswith("disks")] == [
         ("disks lun", Status.OK, "/dev/sdb is a SCSI disk (scsi-block)"),
         *((f"disks {disk_id}", Status.FAIL, f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI "
            f"commands); {path} is a block device but not one: set passthrough = false to attach it as a plain disk")
@@ -445,7 +435,7 @@ def test_fake_ksm_already_on_is_left_as_it_is_and_on(tmp_path: Path) -> None:
     host = fake_host(tmp_path)
     host.write("/sys/kernel/mm/ksm/run", "1")
     plan = plan_for(make_spec(host={"user": "nobody", "ksm": True}), host)
-    assert [c.message for c in plan.checks if c.name == "ksm"] == ["KSM is running"]
+    assert [c.message for c in plan.findings if c.name == "ksm"] == ["KSM is running"]
     assert plan.changes == ()
     undo_changes(apply_plan(plan, host), host)
     assert host.read("/sys/kernel/mm/ksm/run") == "1"
@@ -542,7 +532,7 @@ def test_fake_host_without_kvm_refuses_what_only_kvm_runs_when_auto_gets_tcg(tmp
     facts = gather_facts(host, "/nonexistent/qemu")
     plan = plan_for(make_spec(machine={"cpu_model": "host", "cpus": 256, "memory": "1T"}), host, facts)
     reason = plan.accel.reason
-    assert [check.message for check in plan.checks if check.name == "accelerator"] == [
+    assert [check.message for check in plan.findings if check.name == "accelerator"] == [
         f'machine.cpu_model = "host" needs KVM, but this host gets TCG ({reason}): '
         "set accel = kvm on a host with hardware virtualization, or drop cpu_model",
         f"machine.cpus: 256 vCPUs exceed the 255 qemu runs under TCG, but this host gets TCG ({reason}): "
@@ -550,10 +540,10 @@ def test_fake_host_without_kvm_refuses_what_only_kvm_runs_when_auto_gets_tcg(tmp
         f"machine.memory: 1T exceeds the 960G qemu gives a TCG guest (40 physical address bits), but this host "
         f"gets TCG ({reason}): more needs KVM",
     ]
-    assert all(check.status is Status.FAIL for check in plan.checks if check.name == "accelerator")
+    assert all(check.status is Status.FAIL for check in plan.findings if check.name == "accelerator")
     add_kvm(host.root, modules=["kvm", "kvm_intel"], cpu_flags="fpu vmx")
     kvm = plan_for(make_spec(machine={"cpu_model": "host"}), host, gather_facts(host, "/nonexistent/qemu"))
-    assert [check.status for check in kvm.checks if check.name == "accelerator"] == [Status.OK]
+    assert [check.status for check in kvm.findings if check.name == "accelerator"] == [Status.OK]
 
 
 # --- shares ---------------------------------------------------------------------------------------
@@ -631,7 +621,7 @@ def test_a_qemu_that_cannot_drop_root_is_refused_only_to_root(tmp_path: Path) ->
         "qemu", "qemu-system-x86_64 9.0.0 has neither -run-with user= nor -runas, so it would keep root's "
                 "privileges: use a qemu that has either, or run vmrun as another user")
     as_user = attrs.evolve(cannot_drop, drop_privileges=False)
-    [check] = [c for c in plan_for(make_spec(), fake_host(tmp_path), as_user).checks if c.name == "qemu"]
+    [check] = [c for c in plan_for(make_spec(), fake_host(tmp_path), as_user).findings if c.name == "qemu"]
     assert (check.status, check.message) == (Status.OK, "qemu-system-x86_64 9.0.0")
 
 
@@ -639,7 +629,7 @@ def test_fake_qemu_kept_root_is_said_as_a_warning_and_needs_no_way_to_drop(tmp_p
     cannot_drop = attrs.evolve(ROOT_FACTS, qemu_version="9.0.0", privilege_drop=PrivilegeDrop.IMPOSSIBLE)
     plan = plan_for(make_spec(host={"user": "root", "allow_root": True}), fake_host(tmp_path), cannot_drop)
     assert plan.failures == ()
-    assert [(c.name, c.status, c.message) for c in plan.checks if c.name.startswith("qemu")] == [
+    assert [(c.name, c.status, c.message) for c in plan.findings if c.name.startswith("qemu")] == [
         ("qemu", Status.OK, "qemu-system-x86_64 9.0.0"),
         ("qemu user", Status.WARN, 'qemu keeps root\'s privileges (host.user = "root", host.allow_root = true): a '
                                    "guest that breaks out of qemu owns the host"),

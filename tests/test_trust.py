@@ -18,7 +18,7 @@ import pytest
 from vmrun.host.access import untrusted_reason
 from vmrun.host.facts import QemuProbe, gather_facts, probe_qemu
 from vmrun.host.system import Host, QemuCapabilities, User
-from vmrun.preflight.plan import check_qemu
+from vmrun.preflight.plan import inspect_qemu
 from vmrun.spec.model import Spec
 
 from .common import REPO
@@ -189,7 +189,7 @@ def test_a_qemu_of_another_user_runs_only_for_that_user_and_only_when_asked(root
     spec = Spec(name="trust")
     facts = gather_facts(HostOfStranger(), str(qemu))
     assert (facts.qemu_not_run, facts.qemu_refused) == (owned, None)
-    [check] = check_qemu(spec, facts)
+    [check] = inspect_qemu(spec, facts)
     assert check.message == f"qemu-system-x86_64 not run by a dry run: {owned}; preflight and up run it, as it is yours"
     assert not marker.exists()
     # its owner, asking to run it (up, preflight): run

@@ -131,7 +131,7 @@ def test_a_user_nic_needs_no_host_change_nor_root(tmp_path: Path) -> None:
     spec = make_spec(nics=[{"id": "n0", "mode": "user", "forward": ["tcp:2222:22"]}])
     plan = plan_for(spec, fake_host(tmp_path), USER_FACTS)  # no /dev/vhost-net, not root
     assert plan.to_json()["changes"] == []
-    assert [(check.name, check.status.value, check.message) for check in plan.checks if check.name == "nics n0"] \
+    assert [(check.name, check.status.value, check.message) for check in plan.findings if check.name == "nics n0"] \
         == [("nics n0", "ok", "user-mode network in qemu, no host change (tcp 127.0.0.1:2222 -> guest port 22)")]
     assert not plan.failures
     # The same NIC on a tap: a non-root user cannot create it.

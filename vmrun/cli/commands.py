@@ -452,11 +452,11 @@ def cmd_host_iommu(args: argparse.Namespace) -> int:
 
 def cmd_host_check(args: argparse.Namespace) -> int:
     from vmrun.host.facts import probe_qemu
-    from vmrun.preflight.report import check_text, host_check
+    from vmrun.preflight.report import host_report, report_text
 
     host = host_of(args)
-    report = host_check(host, probe_qemu(host, "qemu-system-x86_64", asked_to_run=False))
-    print(json.dumps(report, indent=1) if args.json else check_text(report))
+    report = host_report(host, probe_qemu(host, "qemu-system-x86_64", asked_to_run=False))
+    print(json.dumps(report, indent=1) if args.json else report_text(report))
     return 0
 
 

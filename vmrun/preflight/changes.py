@@ -26,7 +26,7 @@ class Status(enum.StrEnum):
 
 
 @attrs.frozen(repr=False)
-class CheckResult(Record):
+class Finding(Record):
     name: str
     status: Status
     message: str
@@ -35,16 +35,16 @@ class CheckResult(Record):
         return {"name": self.name, "status": str(self.status), "message": self.message}
 
 
-def ok_check(name: str, message: str) -> CheckResult:
-    return CheckResult(name, Status.OK, message)
+def ok_finding(name: str, message: str) -> Finding:
+    return Finding(name, Status.OK, message)
 
 
-def warn_check(name: str, message: str) -> CheckResult:
-    return CheckResult(name, Status.WARN, message)
+def warn_finding(name: str, message: str) -> Finding:
+    return Finding(name, Status.WARN, message)
 
 
-def fail_check(name: str, message: str) -> CheckResult:
-    return CheckResult(name, Status.FAIL, message)
+def fail_finding(name: str, message: str) -> Finding:
+    return Finding(name, Status.FAIL, message)
 
 
 class Action(enum.StrEnum):
@@ -152,4 +152,4 @@ class AppliedChange(Record):
 
 
 # What each check yields: its results and the changes it needs, in the order they must be applied.
-Found = Iterator[CheckResult | Change]
+Found = Iterator[Finding | Change]

@@ -1,20 +1,18 @@
-"""Host preflight: a plan of checks and ordered host changes, computed from reads only; then
-applied in order with rollback, and undone by `down`.
+"""Host preflight's plan: what the host has (findings) and the ordered host changes the spec needs, computed
+from reads and probes only. vmrun.preflight.apply makes the changes.
 
     plan = plan_preflight(spec, host, facts, others=...)   # reads only
-    applied = apply_plan(plan, host)                        # PreflightError (exit 3) on refusal or failure
-    undo_changes(applied, host, others=...)                 # `down`, from the VM's state file
+    refuse(plan)                                            # PreflightRefused (exit 3) listing every failure
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
-from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
 from vmrun.host.access import blocked_for
 from vmrun.host.facts import (
@@ -32,19 +30,17 @@ from vmrun.preflight.changes import (
     Action,
     AppliedChange,
     Change,
-    CheckResult,
+    Finding,
     Found,
     OnDown,
     Status,
     Step,
-    fail_check,
-    ok_check,
-    perform,
-    warn_check,
+    fail_finding,
+    ok_finding,
+    warn_finding,
 )
-from vmrun.preflight.vfio import check_memlock, check_vfio
+from vmrun.preflight.vfio import inspect_memlock, inspect_vfio
 from vmrun.record import Record
-from vmrun.signals import shielded
 from vmrun.spec.check import tcg_limits
 from vmrun.spec.model import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
 from vmrun.spec.naming import tap_name
@@ -52,8 +48,7 @@ from vmrun.spec.usernet import forwards, is_user
 from vmrun.units import KIB, format_size
 
 __all__ = [
-    "AppliedChange", "Change", "CheckResult", "Others", "Plan", "PreflightRefused", "Status",
-    "apply_plan", "kept_on_down", "ksm_restore_value", "plan_preflight", "refuse", "undo_changes",
+    "AppliedChange", "Change", "Finding", "Others", "Plan", "PreflightRefused", "Status", "plan_preflight", "refuse",
 ]
 
 IFF_UP = 0x1  # in /sys/class/net/IF/flags
@@ -75,28 +70,31 @@ class Others(Record):
     ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
 
 
+NO_OTHERS = Others()
+
+
 @attrs.frozen(repr=False)
 class Plan(Record):
     accel: AccelChoice
-    checks: tuple[CheckResult, ...]
+    findings: tuple[Finding, ...]
     changes: tuple[Change, ...]
     memlock: int | None  # RLIMIT_MEMLOCK in bytes the launcher gives qemu; None leaves it as it is
-    others: Others = Others()  # what the other VMs held when this plan was made
+    others: Others = NO_OTHERS  # what the other VMs held when this plan was made
 
     @property
-    def failures(self) -> tuple[CheckResult, ...]:
-        return tuple(check for check in self.checks if check.status is Status.FAIL)
+    def failures(self) -> tuple[Finding, ...]:
+        return tuple(finding for finding in self.findings if finding.status is Status.FAIL)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "accel": str(self.accel.accel), "accel_reason": self.accel.reason,
-            "checks": [check.to_json() for check in self.checks],
+            "checks": [finding.to_json() for finding in self.findings],  # the contract's key
             "changes": [change.to_json() for change in self.changes],
             "memlock": self.memlock,
         }
 
     def to_text(self) -> str:
-        checks = _columns([(str(c.status), c.name, c.message) for c in self.checks])
+        checks = _columns([(str(c.status), c.name, c.message) for c in self.findings])
         changes = _columns([(str(c.step.action), c.step.path, c.step.value) for c in self.changes])
         return "\n".join(["checks:", *checks, "changes:" if changes else "changes: none", *changes])
 
@@ -106,13 +104,13 @@ def _columns(rows: Sequence[tuple[str, str, str]]) -> list[str]:
     return [f"  {a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in rows]
 
 
-# --- the checks: each yields its results and the changes it needs ----------------------------------
+# --- what the host has: each yields its findings and the changes it needs ------------------------------
 
 
-def check_accel(spec: Spec, facts: HostFacts) -> Found:
+def inspect_accel(spec: Spec, facts: HostFacts) -> Found:
     choice = choose_accel(spec, facts)
     if choice.accel is Accel.KVM and not facts.kvm_usable:
-        yield fail_check("accelerator", f'machine.accel is "kvm" but {facts.kvm_reason}; use "auto" or "tcg"')
+        yield fail_finding("accelerator", f'machine.accel is "kvm" but {facts.kvm_reason}; use "auto" or "tcg"')
         return
     refusals = []
     if choice.accel is Accel.TCG and spec.machine.accel is not Accel.TCG:
@@ -123,41 +121,41 @@ def check_accel(spec: Spec, facts: HostFacts) -> Found:
         refusals += [f"{problem.path}: {problem.message}, but this host gets TCG ({choice.reason}): {problem.hint}"
                      for problem in tcg_limits(spec.machine)]
     for refusal in refusals:
-        yield fail_check("accelerator", refusal)
+        yield fail_finding("accelerator", refusal)
     if not refusals:
-        yield ok_check("accelerator", f"{choice.accel} ({choice.reason})")
+        yield ok_finding("accelerator", f"{choice.accel} ({choice.reason})")
 
 
-def check_qemu(spec: Spec, facts: HostFacts) -> Found:
+def inspect_qemu(spec: Spec, facts: HostFacts) -> Found:
     binary = spec.qemu.binary
     if facts.qemu_refused is not None:
-        yield fail_check("qemu", f"refusing to run {binary}: {facts.qemu_refused}; qemu must be root's (or "
+        yield fail_finding("qemu", f"refusing to run {binary}: {facts.qemu_refused}; qemu must be root's (or "
                                  "yours), in directories that only root (or you) can write")
     elif facts.qemu_not_run is not None:
-        yield warn_check("qemu", f"{binary} not run by a dry run: {facts.qemu_not_run}; preflight and up run it, "
+        yield warn_finding("qemu", f"{binary} not run by a dry run: {facts.qemu_not_run}; preflight and up run it, "
                                  "as it is yours")
     elif facts.qemu_version is None:
-        yield fail_check("qemu", f"{binary} not found (Debian: apt-get install qemu-system-x86)")
+        yield fail_finding("qemu", f"{binary} not found (Debian: apt-get install qemu-system-x86)")
     elif drops_privileges(spec, facts) and facts.privilege_drop is PrivilegeDrop.IMPOSSIBLE:
-        yield fail_check("qemu", f"{binary} {facts.qemu_version} has {facts.privilege_drop}, so it would keep "
+        yield fail_finding("qemu", f"{binary} {facts.qemu_version} has {facts.privilege_drop}, so it would keep "
                                  "root's privileges: use a qemu that has either, or run vmrun as another user")
     elif drops_privileges(spec, facts):
-        yield ok_check("qemu", f"{binary} {facts.qemu_version}; it drops privileges with {facts.privilege_drop}")
+        yield ok_finding("qemu", f"{binary} {facts.qemu_version}; it drops privileges with {facts.privilege_drop}")
     else:
-        yield ok_check("qemu", f"{binary} {facts.qemu_version}")
+        yield ok_finding("qemu", f"{binary} {facts.qemu_version}")
 
 
-def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
+def inspect_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
     name = "qemu user"
     if not facts.drop_privileges:
-        yield ok_check(name, f"vmrun is not root: qemu runs as {host.current_user().name}")
+        yield ok_finding(name, f"vmrun is not root: qemu runs as {host.current_user().name}")
     elif keeps_root(spec, facts):
-        yield warn_check(name, 'qemu keeps root\'s privileges (host.user = "root", host.allow_root = true): a guest '
+        yield warn_finding(name, 'qemu keeps root\'s privileges (host.user = "root", host.allow_root = true): a guest '
                                "that breaks out of qemu owns the host")
     elif host.user(spec.host.user) is not None:
-        yield ok_check(name, f"qemu drops privileges to {spec.host.user}")
+        yield ok_finding(name, f"qemu drops privileges to {spec.host.user}")
     elif spec.host.user == SYSTEM_USER:
-        yield ok_check(name, f"creating system user {SYSTEM_USER} for qemu; down keeps it")
+        yield ok_finding(name, f"creating system user {SYSTEM_USER} for qemu; down keeps it")
         passwd = "/etc/passwd"
         yield Change(
             Step.command(passwd, "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
@@ -166,7 +164,7 @@ def check_qemu_user(spec: Spec, host: Host, facts: HostFacts) -> Found:
             OnDown.KEEP,
         )
     else:
-        yield fail_check(name, f"host.user {spec.host.user!r} does not exist: create it, or use {SYSTEM_USER!r} "
+        yield fail_finding(name, f"host.user {spec.host.user!r} does not exist: create it, or use {SYSTEM_USER!r} "
                                "(preflight creates that one)")
 
 
@@ -174,62 +172,62 @@ def _is_not(kind: str | None, wanted: str) -> str:
     return "does not exist" if kind is None else f"is a {kind}, not a {wanted}"
 
 
-def check_boot_files(spec: Spec, host: Host) -> Found:
+def inspect_boot_files(spec: Spec, host: Host) -> Found:
     for key, path in (("kernel", spec.boot.kernel), ("initrd", spec.boot.initrd)):
         if path is None:
             continue
         kind = host.kind(path)
         if kind == "file":
-            yield ok_check(f"boot.{key}", str(path))
+            yield ok_finding(f"boot.{key}", str(path))
         else:
             hint = " (run integration/tiny-guest/build)" if TINY_GUEST_IMAGES in path.as_posix() else ""
-            yield fail_check(f"boot.{key}", f"{path} {_is_not(kind, 'file')}{hint}")
+            yield fail_finding(f"boot.{key}", f"{path} {_is_not(kind, 'file')}{hint}")
 
 
-def check_firmware(spec: Spec, host: Host, facts: HostFacts) -> Found:
+def inspect_firmware(spec: Spec, host: Host, facts: HostFacts) -> Found:
     if spec.boot.firmware is not Firmware.UEFI:
         return
     missing = [str(path) for path in (facts.ovmf_code, facts.ovmf_vars_template) if host.kind(path) != "file"]
     if missing:
-        yield fail_check("firmware", f"UEFI needs {' and '.join(missing)} (Debian: apt-get install ovmf)")
+        yield fail_finding("firmware", f"UEFI needs {' and '.join(missing)} (Debian: apt-get install ovmf)")
     else:
-        yield ok_check("firmware", f"UEFI from {facts.ovmf_code}")
+        yield ok_finding("firmware", f"UEFI from {facts.ovmf_code}")
 
 
-def check_disks(spec: Spec, host: Host, others: Others, user: User | None) -> Found:
+def inspect_disks(spec: Spec, host: Host, others: Others, user: User | None) -> Found:
     in_use = {host.resolve(path) or path for path in others.writable_disks}
     owner = user.name if user else spec.host.user
     for index, disk in enumerate(spec.disks):
         name = f"disks {disk.id}"
         kind = host.kind(disk.path)
         if (host.resolve(disk.path) or str(disk.path)) in in_use:
-            yield fail_check(name, f"{disk.path} is already used writable by another running vmrun VM")
+            yield fail_finding(name, f"{disk.path} is already used writable by another running vmrun VM")
         elif isinstance(disk.base, Path):
-            yield from _check_overlay(name, disk, disk.base, kind, host, user, in_use, qemu_runs_as=owner)
+            yield from _inspect_overlay(name, disk, disk.base, kind, host, user, in_use, qemu_runs_as=owner)
         elif disk.base is not None:  # the caller plans with vmrun.spec.images.with_cached_bases
-            yield fail_check(name, f"base {disk.base} is not in the image cache")
+            yield fail_finding(name, f"base {disk.base} is not in the image cache")
         elif disk.passthrough:
-            yield _passthrough_check(name, disk.path, kind, host)
+            yield _passthrough_finding(name, disk.path, kind, host)
         elif kind in ("file", "block device"):
-            yield ok_check(name, str(disk.path))
+            yield ok_finding(name, str(disk.path))
         elif kind is not None:
-            yield fail_check(name, f"{disk.path} is a {kind}, not a disk image")
+            yield fail_finding(name, f"{disk.path} is a {kind}, not a disk image")
         elif disk.size is None:
-            yield fail_check(name, f"{disk.path} does not exist; set disks[{index}].size to create it")
+            yield fail_finding(name, f"{disk.path} does not exist; set disks[{index}].size to create it")
         else:
             yield from _create_image(name, disk, host, size_bytes=disk.size)
 
 
-def _passthrough_check(name: str, path: Path, kind: str | None, host: Host) -> CheckResult:
+def _passthrough_finding(name: str, path: Path, kind: str | None, host: Host) -> Finding:
     """scsi-block hands the guest's SCSI commands to the device (SG_IO): only a SCSI disk takes them (qemu
     refuses a loop device: "cannot get SG_IO version number"), and a partition's would reach its whole disk."""
     if kind != "block device":
-        return fail_check(name, f"passthrough needs a block device; {path} {_is_not(kind, 'block device')}")
+        return fail_finding(name, f"passthrough needs a block device; {path} {_is_not(kind, 'block device')}")
     number = host.device_number(path)
     if number is None or not host.exists(f"/sys/dev/block/{number}/device/scsi_device"):
-        return fail_check(name, f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI commands); {path} "
+        return fail_finding(name, f"passthrough needs a whole SCSI disk (scsi-block sends it SCSI commands); {path} "
                                 "is a block device but not one: set passthrough = false to attach it as a plain disk")
-    return ok_check(name, f"{path} is a SCSI disk (scsi-block)")
+    return ok_finding(name, f"{path} is a SCSI disk (scsi-block)")
 
 
 def _size_text(size_bytes: int) -> str:
@@ -251,7 +249,7 @@ def _create_image(name: str, disk: Disk, host: Host, *, size_bytes: int | None, 
     size = [_size_text(size_bytes)] if size_bytes is not None else []
     what = ", ".join([str(disk.format) if base is None else f"an overlay on {base.path} ({base.format})", *size])
     verb = "recreating" if replacing else "creating"
-    yield ok_check(name, f"{verb} {path} ({what}); down {'deletes' if disk.ephemeral else 'keeps'} it")
+    yield ok_finding(name, f"{verb} {path} ({what}); down {'deletes' if disk.ephemeral else 'keeps'} it")
     for directory in _missing_directories(host, disk.path.parent):
         yield Change(Step(Action.MKDIR, str(directory)), (Step(Action.RMDIR, str(directory)),), OnDown.KEEP)
     backing = ["-b", str(base.path), "-F", base.format] if base is not None else []
@@ -264,24 +262,24 @@ def _create_image(name: str, disk: Disk, host: Host, *, size_bytes: int | None, 
     )
 
 
-def _check_overlay(
+def _inspect_overlay(
     name: str, disk: Disk, base_path: Path, kind: str | None, host: Host, user: User | None, in_use: set[str], *,
     qemu_runs_as: str,
 ) -> Found:
     base = _base_image(base_path, host, user, in_use, qemu_runs_as=qemu_runs_as)
     if isinstance(base, str):
-        yield fail_check(name, base)
+        yield fail_finding(name, base)
         return
     if kind is not None:
         problem = _overlay_problem(disk, base_path, kind, host)
         if problem is not None:
-            yield fail_check(name, problem)
+            yield fail_finding(name, problem)
             return
         if not disk.ephemeral:
-            yield ok_check(name, f"{disk.path} (an overlay on {base_path})")
+            yield ok_finding(name, f"{disk.path} (an overlay on {base_path})")
             return
     if disk.size is not None and disk.size < base.virtual_size:
-        yield fail_check(name, f"size {_size_text(disk.size)} is below the virtual size of base {base_path} "
+        yield fail_finding(name, f"size {_size_text(disk.size)} is below the virtual size of base {base_path} "
                                f"({_size_text(base.virtual_size)}): an overlay cannot shrink its base")
         return
     yield from _create_image(name, disk, host, size_bytes=disk.size, base=base, replacing=kind is not None)
@@ -349,16 +347,16 @@ def _hex(text: str | None) -> int | None:
         return None
 
 
-def check_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User | None, others: Others) -> Found:
+def inspect_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User | None, others: Others) -> Found:
     if is_user(nic):
         forwarded = "; ".join(map(str, forwards(nic))) or "no port forwards"
-        yield ok_check(f"nics {nic.id}", f"user-mode network in qemu, no host change ({forwarded})")
+        yield ok_finding(f"nics {nic.id}", f"user-mode network in qemu, no host change ({forwarded})")
         return
     tap, name = tap_name(spec, nic), f"nics {nic.id}"
     holder = others.taps.get(tap)
     if holder is not None:
         # Two guests on one tap would share its queues, and the first `down` would pull it from the other.
-        yield fail_check(name, f"tap {tap} is in use by VM {holder}: give this NIC another tap (nics.tap)")
+        yield fail_finding(name, f"tap {tap} is in use by VM {holder}: give this NIC another tap (nics.tap)")
         return
     exists = host.exists(f"/sys/class/net/{tap}")
     if exists:
@@ -367,7 +365,7 @@ def check_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User | N
         yield from _create_tap(tap, name, nic, spec, facts, user)
     if nic.bridge is not None:
         yield from _attach_to_bridge(tap, nic.bridge, name, host, facts, tap_exists=exists)
-    yield from _check_vhost(name, nic, host, facts)
+    yield from _inspect_vhost(name, nic, host, facts)
 
 
 def _create_tap(tap: str, name: str, nic: Nic, spec: Spec, facts: HostFacts, user: User | None) -> Found:
@@ -375,39 +373,40 @@ def _create_tap(tap: str, name: str, nic: Nic, spec: Spec, facts: HostFacts, use
     owner = user.name if user else spec.host.user
     add = ["ip", "tuntap", "add", "dev", tap, *mode, "user", owner]
     if not facts.drop_privileges:
-        yield fail_check(name, f"tap {tap} does not exist and only root can create it: sudo {' '.join(add)}")
+        yield fail_finding(name, f"tap {tap} does not exist and only root can create it: sudo {' '.join(add)}")
         return
     queues = f"multi_queue for {nic.queues} queue pairs, " if nic.queues > 1 else ""
-    yield ok_check(name, f"creating tap {tap} ({queues}owned by {owner}); down deletes it")
+    yield ok_finding(name, f"creating tap {tap} ({queues}owned by {owner}); down deletes it")
     path = f"/sys/class/net/{tap}"
     yield Change(Step.command(path, *add), (Step.command(path, "ip", "tuntap", "del", "dev", tap, *mode),))
 
 
-def _existing_tap(tap: str, name: str, nic: Nic, host: Host, spec: Spec, user: User | None) -> CheckResult:
+def _existing_tap(tap: str, name: str, nic: Nic, host: Host, spec: Spec, user: User | None) -> Finding:
     flags = _hex(host.read(f"/sys/class/net/{tap}/tun_flags"))
     if flags is None:
-        return fail_check(name, f"{tap} exists but is not a tap device: name another tap in nics.tap")
+        return fail_finding(name, f"{tap} exists but is not a tap device: name another tap in nics.tap")
     multiqueue = bool(flags & IFF_MULTI_QUEUE)
     owner = user.name if user else spec.host.user
     recreate = (f"ip tuntap del dev {tap} mode tap{' multi_queue' if multiqueue else ''}; "
                 f"ip tuntap add dev {tap} {' '.join(_tap_mode(nic))} user {owner}")
     if nic.queues > 1 and not multiqueue:
-        return fail_check(name, f"tap {tap} has no multi_queue flag but queues = {nic.queues}; recreate it: {recreate}")
+        return fail_finding(name, f"tap {tap} has no multi_queue flag but queues = {nic.queues}; "
+                                  f"recreate it: {recreate}")
     if nic.queues == 1 and multiqueue:
-        return fail_check(name, f"tap {tap} is multi_queue but queues = 1, which qemu refuses: set queues > 1, "
+        return fail_finding(name, f"tap {tap} is multi_queue but queues = 1, which qemu refuses: set queues > 1, "
                                 f"or recreate it: {recreate}")
     holders = host.tap_holders(tap)
     if holders:
         # Another qemu (of a VM under another run directory, or of another tool): a multi_queue tap would
         # take this VM's queues too, and the two guests would share one link.
         pid, command = holders[0]
-        return fail_check(name, f"tap {tap} is open in process {pid} ({command}), which another VM may be "
+        return fail_finding(name, f"tap {tap} is open in process {pid} ({command}), which another VM may be "
                                 f"using: give this NIC another tap (nics.tap)")
     stranger = _tap_stranger(host, tap, user)
     if stranger is not None:
-        return fail_check(name, f"tap {tap} belongs to {stranger}, not to {owner}, who qemu runs as: "
+        return fail_finding(name, f"tap {tap} belongs to {stranger}, not to {owner}, who qemu runs as: "
                                 f"use another tap, or recreate it: {recreate}")
-    return ok_check(name, f"using existing tap {tap}")
+    return ok_finding(name, f"using existing tap {tap}")
 
 
 def _tap_stranger(host: Host, tap: str, user: User | None) -> str | None:
@@ -425,37 +424,38 @@ def _attach_to_bridge(tap: str, bridge: str, name: str, host: Host, facts: HostF
     attach = ["ip", "link", "set", tap, "master", bridge, "up"]
     master = host.link_name(f"/sys/class/net/{tap}/master") if tap_exists else None
     if not host.exists(f"/sys/class/net/{bridge}"):
-        yield fail_check(name, f"bridge {bridge} does not exist (ip link add {bridge} type bridge)")
+        yield fail_finding(name, f"bridge {bridge} does not exist (ip link add {bridge} type bridge)")
     elif not host.exists(f"/sys/class/net/{bridge}/bridge"):
-        yield fail_check(name, f"{bridge} is not a bridge (nics.bridge must name one)")
+        yield fail_finding(name, f"{bridge} is not a bridge (nics.bridge must name one)")
     elif master == bridge:
-        yield ok_check(name, f"tap {tap} is already attached to bridge {bridge}")
+        yield ok_finding(name, f"tap {tap} is already attached to bridge {bridge}")
     elif master is not None:
-        yield fail_check(name, f"tap {tap} is attached to {master}, not to bridge {bridge}: ip link set {tap} nomaster")
+        yield fail_finding(name, f"tap {tap} is attached to {master}, not to bridge {bridge}: "
+                                 f"ip link set {tap} nomaster")
     elif not facts.drop_privileges:
-        yield fail_check(name, f"only root can attach tap {tap} to bridge {bridge}: sudo {' '.join(attach)}")
+        yield fail_finding(name, f"only root can attach tap {tap} to bridge {bridge}: sudo {' '.join(attach)}")
     else:
         was_up = bool((_hex(host.read(f"/sys/class/net/{tap}/flags")) or 0) & IFF_UP) if tap_exists else False
         detach = ["ip", "link", "set", tap, "nomaster", *([] if was_up else ["down"])]
-        yield ok_check(name, f"attaching tap {tap} to bridge {bridge}; down detaches it")
+        yield ok_finding(name, f"attaching tap {tap} to bridge {bridge}; down detaches it")
         path = f"/sys/class/net/{tap}/master"
         yield Change(Step.command(path, *attach), (Step.command(path, *detach),))
 
 
-def _check_vhost(name: str, nic: Nic, host: Host, facts: HostFacts) -> Found:
+def _inspect_vhost(name: str, nic: Nic, host: Host, facts: HostFacts) -> Found:
     if nic.vhost is Vhost.OFF:
         return
     why_not = "is not readable and writable by this user" if host.exists("/dev/vhost-net") else \
         "is missing (modprobe vhost_net)"
     if facts.vhost_net:
-        yield ok_check(name, "vhost-net on")
+        yield ok_finding(name, "vhost-net on")
     elif nic.vhost is Vhost.ON:
-        yield fail_check(name, f"vhost = true but /dev/vhost-net {why_not}")
+        yield fail_finding(name, f"vhost = true but /dev/vhost-net {why_not}")
     else:
-        yield warn_check(name, f"vhost off: /dev/vhost-net {why_not}, so qemu moves the packets itself (slower)")
+        yield warn_finding(name, f"vhost off: /dev/vhost-net {why_not}, so qemu moves the packets itself (slower)")
 
 
-def check_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: User | None) -> Found:
+def inspect_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: User | None) -> Found:
     name = f"shares {share.id}"
     kind = host.kind(share.path)
     qemu_is_root = keeps_root(spec, facts)
@@ -472,28 +472,29 @@ def check_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: Us
         if blocked:
             problem = f"qemu runs as {user.name if user else spec.host.user}, who cannot use {blocked}"
     if problem:
-        yield fail_check(name, problem)
+        yield fail_finding(name, problem)
     else:
-        yield ok_check(name, f"{share.path} ({share.security_model}{', read-only' if share.readonly else ''})")
+        yield ok_finding(name, f"{share.path} ({share.security_model}{', read-only' if share.readonly else ''})")
 
 
-def check_ksm(spec: Spec, host: Host, facts: HostFacts, others: Others) -> Found:
+def inspect_ksm(spec: Spec, host: Host, facts: HostFacts, others: Others) -> Found:
     if not spec.host.ksm:
         return
     current = host.read(KSM_RUN)
     if current is None:
-        yield warn_check("ksm", "this kernel has no KSM (/sys/kernel/mm/ksm): running without it")
+        yield warn_finding("ksm", "this kernel has no KSM (/sys/kernel/mm/ksm): running without it")
     elif current == "1" and others.ksm_previous is not None:
         # Another vmrun VM turned it on: take on its duty, so the last of them down sets it back.
-        yield ok_check("ksm", f"KSM is on for other vmrun VMs; the last VM down sets run back to "
+        yield ok_finding("ksm", f"KSM is on for other vmrun VMs; the last VM down sets run back to "
                               f"{others.ksm_previous}")
         yield _ksm_change(others.ksm_previous)
     elif current == "1":
-        yield ok_check("ksm", "KSM is running")
+        yield ok_finding("ksm", "KSM is running")
     elif not facts.drop_privileges:
-        yield warn_check("ksm", f"KSM is off (run = {current}) and only root can turn it on: running without it")
+        yield warn_finding("ksm", f"KSM is off (run = {current}) and only root can turn it on: running without it")
     else:
-        yield ok_check("ksm", f"turning KSM on; the last VM that wants it sets run back to {current} when it goes down")
+        yield ok_finding("ksm", f"turning KSM on; the last VM that wants it sets run back to {current} "
+                                "when it goes down")
         yield _ksm_change(current)
 
 
@@ -501,60 +502,52 @@ def _ksm_change(previous: str) -> Change:
     return Change(Step(Action.WRITE, KSM_RUN, "1"), (Step(Action.WRITE, KSM_RUN, previous),), OnDown.SHARED_KSM)
 
 
-def ksm_restore_value(applied: Iterable[AppliedChange]) -> str | None:
-    """The KSM run value a VM's changes restore on `down`: pass it on to the next VM as Others.ksm_previous."""
-    return next((a.change.undo[0].value for a in applied if a.change.on_down is OnDown.SHARED_KSM), None)
-
-
-def check_run_dir(host: Host, run_dir: Path) -> Found:
+def inspect_run_dir(host: Host, run_dir: Path) -> Found:
     """qemu makes its monitor's, agent's and console's sockets in the run dir: some file systems (9p) cannot
     hold them, and qemu would fail only after every host change was made."""
     missing = _missing_directories(host, run_dir)
     directory = missing[0].parent if missing else run_dir  # where the run dir will be made
     if host.socket_refusal(directory) is None:
-        yield ok_check("run dir", f"{run_dir}: qemu's sockets go there")
+        yield ok_finding("run dir", f"{run_dir}: qemu's sockets go there")
         return
     mount = mount_of(parse_mountinfo(host.read("/proc/self/mountinfo") or ""), str(directory))
     filesystem = mount.fstype if mount else "unknown"
-    yield fail_check("run dir", f"cannot create sockets in {directory} (file system {filesystem}): use --run-dir "
+    yield fail_finding("run dir", f"cannot create sockets in {directory} (file system {filesystem}): use --run-dir "
                                 "on a local file system such as /run")
 
 
 def plan_preflight(
-    spec: Spec, host: Host, facts: HostFacts, *, others: Others = Others(), run_dir: Path | None = None
+    spec: Spec, host: Host, facts: HostFacts, *, others: Others = NO_OTHERS, run_dir: Path | None = None
 ) -> Plan:
     """Every check and the changes they need, from reads and probes that leave nothing behind: nothing on the
     host changes. run_dir: where the VM's sockets will be (None: not checked)."""
     user = qemu_user(spec, host, as_root=facts.drop_privileges)
-    memlock_check, memlock = check_memlock(spec, host, facts)
-    found: list[CheckResult | Change] = [
-        *(check_run_dir(host, run_dir) if run_dir is not None else ()),
-        *check_accel(spec, facts),
-        *check_qemu(spec, facts),
-        *check_qemu_user(spec, host, facts),
-        *check_boot_files(spec, host),
-        *check_firmware(spec, host, facts),
-        *check_disks(spec, host, others, user),
-        *(found for nic in spec.nics for found in check_nic(spec, nic, host, facts, user, others)),
-        *(found for share in spec.shares for found in check_share(spec, share, host, facts, user)),
-        *check_vfio(spec, host, facts, user, others.vfio),
-        *([memlock_check] if memlock_check else []),
-        *check_ksm(spec, host, facts, others),
+    memlock_finding, memlock = inspect_memlock(spec, host, facts)
+    found: list[Finding | Change] = [
+        *(inspect_run_dir(host, run_dir) if run_dir is not None else ()),
+        *inspect_accel(spec, facts),
+        *inspect_qemu(spec, facts),
+        *inspect_qemu_user(spec, host, facts),
+        *inspect_boot_files(spec, host),
+        *inspect_firmware(spec, host, facts),
+        *inspect_disks(spec, host, others, user),
+        *(found for nic in spec.nics for found in inspect_nic(spec, nic, host, facts, user, others)),
+        *(found for share in spec.shares for found in inspect_share(spec, share, host, facts, user)),
+        *inspect_vfio(spec, host, facts, user, others.vfio),
+        *([memlock_finding] if memlock_finding else []),
+        *inspect_ksm(spec, host, facts, others),
     ]
     return Plan(
         accel=choose_accel(spec, facts),
-        checks=tuple(item for item in found if isinstance(item, CheckResult)),
+        findings=tuple(item for item in found if isinstance(item, Finding)),
         changes=tuple(item for item in found if isinstance(item, Change)),
         memlock=memlock,
         others=others,
     )
 
 
-# --- applying and undoing -----------------------------------------------------------------------
-
-
 class PreflightRefused(PreflightError):
-    """Failed checks, one line each; nothing was changed."""
+    """Failed findings, one line each; nothing was changed."""
 
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("\n".join(problems), hint=REFUSED_HINT)
@@ -568,133 +561,3 @@ def refuse(plan: Plan) -> None:
     """Raise PreflightRefused listing every failed check, if any."""
     if plan.failures:
         raise PreflightRefused([f"preflight: {check.name}: {check.message}" for check in plan.failures])
-
-
-def _reason(exc: OSError | HostCommandError) -> str:
-    # An OSError's str() names the file under --host-root; the step already names the host path.
-    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
-
-
-class Journal(Protocol):
-    """Where apply_plan writes ahead: each change is recorded before it is made and marked done after."""
-
-    def record(self, entries: tuple[AppliedChange, ...]) -> None: ...
-
-
-def apply_plan(plan: Plan, host: Host, *, journal: Journal | None = None) -> tuple[AppliedChange, ...]:
-    """Every change in order, each journaled before it is made; on any failure or interruption the
-    changes made so far are undone, newest first, and leave the journal; what could not be undone stays."""
-    refuse(plan)
-    entries: list[AppliedChange] = []
-
-    def write_ahead() -> None:
-        if journal is not None:
-            journal.record(tuple(entries))
-
-    def roll_back() -> list[str]:
-        with shielded():
-            problems = undo_changes(entries, host, rollback=True, others=plan.others, journal=journal)
-            if not problems:  # what failed stays in the journal, for `down` to try again
-                entries.clear()
-                write_ahead()  # also strikes the intent of a change the host refused
-        return problems
-
-    try:
-        for change in plan.changes:
-            entries.append(AppliedChange(change, done=False))
-            write_ahead()
-            crash_point(f"before {change.step}")
-            try:
-                perform(change.step, host)
-            except (OSError, HostCommandError) as exc:
-                entries.pop()  # the host refused this change, so there is nothing of it to undo
-                earlier = len(entries)
-                problems = roll_back()
-                rolled_back = "rolled back" if not problems else f"rollback incomplete: {'; '.join(problems)}"
-                raise PreflightError(
-                    f"preflight: {change.step} failed: {_reason(exc)}",
-                    hint=f"{earlier} earlier change(s) {rolled_back}",
-                ) from exc
-            entries[-1] = AppliedChange(change)
-            write_ahead()
-            crash_point(f"after {change.step}")
-    except PreflightError:
-        raise
-    except BaseException:
-        # Interrupted (Ctrl-C, SIGTERM) or the journal could not be written: the change in flight may or
-        # may not have happened, so it is undone with the rest.
-        roll_back()
-        raise
-    return tuple(entries)
-
-
-def undo_changes(
-    applied: Iterable[AppliedChange], host: Host, *, rollback: bool = False, others: Others = Others(),
-    journal: Journal | None = None,
-) -> list[str]:
-    """Undo newest first, going on past failures; returns what could not be undone.
-
-    `down` keeps disk images and system users; KSM stays on while others.want_ksm, even in a rollback;
-    a rollback (a failed preflight or launch) undoes everything else it just did. A journal entry never
-    marked done is undone too, quietly: it may never have reached the host. Each change leaves the
-    journal once undone (or kept), so a vmrun killed midway undoes nothing twice; what could not be
-    undone stays in it for a later `down` to try again.
-    """
-    pending = list(applied)
-    failed: list[AppliedChange] = []
-    problems = []
-    while pending:
-        record = pending.pop()
-        problem = _undo(record, host, rollback=rollback, others=others)
-        if problem is not None:
-            problems.append(problem)
-            failed.insert(0, record)
-        if journal is not None:
-            try:
-                journal.record((*pending, *failed))
-            except OSError:
-                pass  # the host comes first: a journal that cannot shrink makes a later down try these again
-    return problems
-
-
-def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) -> str | None:
-    change = record.change
-    if change.on_down is OnDown.SHARED_KSM and others.want_ksm:
-        return None
-    if change.on_down is OnDown.KEEP and not rollback:
-        return None
-    crash_point(f"before undoing {change.step}")
-    for step in change.undo:
-        if _moot(step, host):
-            continue
-        try:
-            perform(step, host)
-        except (OSError, HostCommandError) as exc:
-            # The change's later steps build on this one.
-            return f"{step}: {_reason(exc)}" if record.done else None
-    crash_point(f"after undoing {change.step}")
-    return None
-
-
-PCI_DRIVERS = "/sys/bus/pci/drivers/"
-
-
-def _moot(step: Step, host: Host) -> bool:
-    """An undo whose end is already reached: a vmrun killed between an undo and its journal entry's removal
-    runs it again, and someone may have done it by hand. The kernel refuses to unbind a device from a
-    driver that does not hold it, to delete a link that is gone, to chown a /dev/vfio node that left
-    with its group's last vfio-pci device; each of those means the host is already as the undo wants it."""
-    if step.action is Action.RUN:
-        return step.path.startswith("/sys/class/net/") and not host.exists(step.path)
-    if step.action is Action.WRITE and step.path.startswith(PCI_DRIVERS) and step.path.endswith("/unbind"):
-        driver = step.path.removeprefix(PCI_DRIVERS).removesuffix("/unbind")
-        return host.link_name(f"/sys/bus/pci/devices/{step.value}/driver") != driver
-    if step.action in (Action.CHOWN, Action.REMOVE, Action.RMDIR):
-        return not host.exists(step.path)
-    return False
-
-
-def kept_on_down(applied: Iterable[AppliedChange]) -> list[Change]:
-    """What `down` leaves on purpose (disk images, the directories made for them, system users), newest
-    first, as they would be undone."""
-    return [record.change for record in reversed(list(applied)) if record.change.on_down is OnDown.KEEP]

@@ -106,7 +106,7 @@ def qemu_user_line(*, vmrun_is_root: bool, capabilities: QemuCapabilities | None
     return f"qemu leaves root for host.user with {drop}{assumed}; {keep_root}"
 
 
-def host_check(host: Host, qemu: QemuProbe) -> dict[str, Any]:
+def host_report(host: Host, qemu: QemuProbe) -> dict[str, Any]:
     kvm_usable, kvm_reason = kvm_verdict(host)
     return {
         "kvm": {"usable": kvm_usable, "reason": kvm_reason},
@@ -153,7 +153,7 @@ def iommu_text(groups: list[Group]) -> str:
     return "\n".join(lines)
 
 
-def check_text(report: dict[str, Any]) -> str:
+def report_text(report: dict[str, Any]) -> str:
     kvm, ksm, qemu = report["kvm"], report["ksm"], report["qemu"]
     ksm_line = "absent" if ksm is None else f"run = {ksm['run']}, saving {ksm['bytes_saved'] // 2**20} MiB"
     if report["qemu_not_run"]:

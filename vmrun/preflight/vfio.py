@@ -16,7 +16,7 @@ from vmrun.host.facts import HostFacts
 from vmrun.host.in_use import why_host_needs
 from vmrun.host.pci import PCI_DEVICES, VFIO_DRIVERS, PciDevice, group_members, iommu_groups, pci_device
 from vmrun.host.system import Host, User
-from vmrun.preflight.changes import Action, Change, CheckResult, Found, Step, fail_check, ok_check
+from vmrun.preflight.changes import Action, Change, Finding, Found, Step, fail_finding, ok_finding
 from vmrun.record import Record
 from vmrun.spec.model import Spec
 from vmrun.units import MIB
@@ -69,7 +69,7 @@ def group_refusal(group: str, members: tuple[Member, ...], listed: set[str]) -> 
     return None
 
 
-# --- the checks ---------------------------------------------------------------------------------
+# --- the findings ---------------------------------------------------------------------------------
 
 
 def _bind_changes(host: Host, device: PciDevice) -> Found:
@@ -117,49 +117,49 @@ def _group_node(spec: Spec, host: Host, facts: HostFacts, group: str, user: User
     node = f"/dev/vfio/{group}"
     if not facts.drop_privileges:
         if not host.can_open(node):
-            yield fail_check("vfio", f"{node} is not readable and writable by this user (sudo chown $USER {node})")
+            yield fail_finding("vfio", f"{node} is not readable and writable by this user (sudo chown $USER {node})")
         return
     owned = host.ownership(node) if host.exists(node) else "0:0"  # the kernel creates it root's
     if user is None or owned != f"{user.uid}:{user.gid}":
         yield Change(Step(Action.CHOWN, node, spec.host.user), (Step(Action.CHOWN, node, owned),))
 
 
-def check_vfio(spec: Spec, host: Host, facts: HostFacts, user: User | None, held_by: Mapping[str, str]) -> Found:
+def inspect_vfio(spec: Spec, host: Host, facts: HostFacts, user: User | None, held_by: Mapping[str, str]) -> Found:
     """held_by: the PCI functions other vmrun VMs pass (address -> VM): a group opens for one qemu at a time."""
     if not spec.vfio:
         return
     groups = iommu_groups(host)
     if not groups:
-        yield fail_check("iommu", "the IOMMU is off (/sys/kernel/iommu_groups is empty): enable VT-d/AMD-Vi in the "
+        yield fail_finding("iommu", "the IOMMU is off (/sys/kernel/iommu_groups is empty): enable VT-d/AMD-Vi in the "
                                   "firmware and boot with intel_iommu=on or amd_iommu=on")
         return
-    yield ok_check("iommu", f"the IOMMU is on ({len(groups)} groups)")
+    yield ok_finding("iommu", f"the IOMMU is on ({len(groups)} groups)")
     listed = {vfio.host for vfio in spec.vfio}
     passed_groups: list[str] = []
     binding = False
     for vfio in spec.vfio:
         name, device = f"vfio {vfio.id}", pci_device(host, vfio.host)
         if device is None:
-            yield fail_check(name, f"no PCI device {vfio.host} on this host (lspci -D lists them)")
+            yield fail_finding(name, f"no PCI device {vfio.host} on this host (lspci -D lists them)")
             continue
         if device.group is None:
-            yield fail_check(name, f"{device.address} is in no IOMMU group")
+            yield fail_finding(name, f"{device.address} is in no IOMMU group")
             continue
         refusal = _refusal(host, facts, device, device.group, listed, held_by)
         if refusal:
-            yield fail_check(name, refusal)
+            yield fail_finding(name, refusal)
             continue
         if device.group not in passed_groups:
             passed_groups.append(device.group)
         if device.driver == "vfio-pci":
-            yield ok_check(name, f"{device.address} is bound to vfio-pci (IOMMU group {device.group})")
+            yield ok_finding(name, f"{device.address} is bound to vfio-pci (IOMMU group {device.group})")
             continue
         binding = True
-        yield ok_check(name, f"binding {device.address} to vfio-pci (IOMMU group {device.group}); down gives it "
+        yield ok_finding(name, f"binding {device.address} to vfio-pci (IOMMU group {device.group}); down gives it "
                              f"back to {device.driver or 'no driver'}")
         yield from _bind_changes(host, device)
     if binding and not host.exists("/sys/bus/pci/drivers/vfio-pci"):
-        yield fail_check("vfio", "the vfio-pci driver is not loaded (modprobe vfio-pci)")
+        yield fail_finding("vfio", "the vfio-pci driver is not loaded (modprobe vfio-pci)")
     # After every bind: the kernel makes /dev/vfio/N once a device of group N is bound to vfio-pci.
     for group in passed_groups:
         yield from _group_node(spec, host, facts, group, user)
@@ -169,17 +169,17 @@ def _mib(size: int | None) -> str:
     return "unlimited" if size is None else f"{size // MIB} MiB"
 
 
-def check_memlock(spec: Spec, host: Host, facts: HostFacts) -> tuple[CheckResult | None, int | None]:
+def inspect_memlock(spec: Spec, host: Host, facts: HostFacts) -> tuple[Finding | None, int | None]:
     """VFIO pins all guest RAM: the check, and the RLIMIT_MEMLOCK the launcher must give qemu (None: as is)."""
     if not spec.vfio:
         return None, None
     needed = spec.machine.memory + MEMLOCK_MARGIN
     soft, hard = host.memlock_limits()
     if soft is None or soft >= needed:
-        return ok_check("memlock", f"RLIMIT_MEMLOCK ({_mib(soft)}) covers guest RAM + 1 GiB ({_mib(needed)})"), None
+        return ok_finding("memlock", f"RLIMIT_MEMLOCK ({_mib(soft)}) covers guest RAM + 1 GiB ({_mib(needed)})"), None
     if facts.drop_privileges or hard is None or hard >= needed:
         message = f"qemu gets RLIMIT_MEMLOCK = {_mib(needed)} (guest RAM + 1 GiB; now {_mib(soft)})"
-        return ok_check("memlock", message), needed
-    return fail_check("memlock", f"RLIMIT_MEMLOCK is {_mib(soft)} (hard limit {_mib(hard)}) but VFIO pins guest RAM "
+        return ok_finding("memlock", message), needed
+    return fail_finding("memlock", f"RLIMIT_MEMLOCK is {_mib(soft)} (hard limit {_mib(hard)}) but VFIO pins guest RAM "
                                  f"+ 1 GiB = {_mib(needed)}: raise memlock in /etc/security/limits.conf, or run vmrun "
                                  "as root"), None

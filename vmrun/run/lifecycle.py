@@ -19,18 +19,8 @@ from vmrun.files import partial_of, write_whole
 from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
 from vmrun.host.system import Host
-from vmrun.preflight.plan import (
-    AppliedChange,
-    Others,
-    Plan,
-    Status,
-    apply_plan,
-    kept_on_down,
-    ksm_restore_value,
-    plan_preflight,
-    refuse,
-    undo_changes,
-)
+from vmrun.preflight.apply import apply_plan, kept_on_down, ksm_restore_value, undo_changes
+from vmrun.preflight.plan import AppliedChange, Others, Plan, Status, plan_preflight, refuse
 from vmrun.progress import Say
 from vmrun.qemu.process import (
     KILL_WAIT,
@@ -187,7 +177,7 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
 
 def _say_plan(plan: Plan, say: Say) -> None:
     say(f"accel {plan.accel.accel}: {plan.accel.reason}")
-    for check in plan.checks:
+    for check in plan.findings:
         if check.status is Status.WARN:
             say(f"warning: {check.name}: {check.message}")
 
