@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vmrun.cli.completion import completion_script, man_page
-from vmrun.cli.main import COMMANDS
+from vmrun.cli.parser import COMMANDS, build_parser
 
 HOST_COMMANDS = ("iommu", "check")
 # vmrun on PATH is this checkout's, as the scripts call it for VM names.
@@ -44,7 +44,7 @@ def run_shell(shell: str, script: str, workdir: Path) -> str:
 def test_each_shell_accepts_its_script_and_it_names_every_command(shell: str, tmp_path: Path) -> None:
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} not installed (setup-host)")
-    script = completion_script(shell)
+    script = completion_script(shell, build_parser())
     (tmp_path / "vmrun").write_text(script)
     subprocess.run([shell, "-n", str(tmp_path / "vmrun")], check=True, timeout=60)
     for command in (*COMMANDS, *HOST_COMMANDS):
@@ -75,7 +75,7 @@ BASH_CASES = {
 
 def offered(shell: str, workdir: Path, stand_ins: str, queries: list[str]) -> list[str]:
     """One line of what the shell offers per query, with its script sourced after the stand-ins."""
-    (workdir / f"vmrun.{shell}").write_text(completion_script(shell))
+    (workdir / f"vmrun.{shell}").write_text(completion_script(shell, build_parser()))
     script = "\n".join([stand_ins, f"source ./vmrun.{shell}", *queries, "true"])  # a query's status is no failure
     return run_shell(shell, script, workdir).splitlines()
 
@@ -128,7 +128,7 @@ def test_status_names_lists_the_vms_under_the_run_dir_without_asking_them(workdi
 
 
 def test_the_man_page_has_every_command_and_option() -> None:
-    page = man_page()
+    page = man_page(build_parser())
     for command in COMMANDS:
         if command not in ("host", "image"):
             assert f".SS {command}\n" in page, command
@@ -141,8 +141,8 @@ def test_the_man_page_has_every_command_and_option() -> None:
 
 @needs["groff"]
 def test_groff_renders_the_man_page_without_a_warning() -> None:
-    rendered = subprocess.run(["groff", "-man", "-Tutf8", "-ww"], input=man_page(), capture_output=True, text=True,
-                              check=True, timeout=60)
+    rendered = subprocess.run(["groff", "-man", "-Tutf8", "-ww"], input=man_page(build_parser()), capture_output=True,
+                              text=True, check=True, timeout=60)
     assert rendered.stderr == ""
     assert "vmrun cp [-h] [-r] SRC|NAME:SRC NAME:DST|DST" in rendered.stdout
 

@@ -88,12 +88,6 @@ def _plain(text: str, action: argparse.Action) -> str:
     return text.replace("%(default)s", str(action.default)).replace("%%", "%")
 
 
-def full_parser() -> argparse.ArgumentParser:
-    from vmrun.cli.main import _parser  # every command's sub-parser; a normal run builds only its own
-
-    return _parser()
-
-
 # The walk over the words before the cursor, shared by bash and zsh: it sets _vmrun_kind (what the word at
 # the cursor may be) and _vmrun_run_dir (a --run-dir given, for the VM names).
 _WALK = r"""
@@ -324,8 +318,9 @@ def _first_sentence(text: str) -> str:
 SCRIPTS = {"bash": bash_script, "zsh": zsh_script, "fish": fish_script}
 
 
-def completion_script(shell: str) -> str:
-    return SCRIPTS[shell](list(commands(full_parser())))
+def completion_script(shell: str, parser: argparse.ArgumentParser) -> str:
+    """parser: the whole grammar, every command's sub-parser (a normal run builds only its own)."""
+    return SCRIPTS[shell](list(commands(parser)))
 
 
 def _roff(text: str) -> str:
@@ -338,9 +333,8 @@ def _usage(parser: argparse.ArgumentParser) -> str:
     return " ".join(parser.format_usage().removeprefix("usage: ").split())
 
 
-def man_page() -> str:
-    """vmrun(1) in roff (man -l), from the parser: every command with its usage, description and options."""
-    parser = full_parser()
+def man_page(parser: argparse.ArgumentParser) -> str:
+    """vmrun(1) in roff (man -l), from the whole parser: every command with its usage, description and options."""
     model = list(commands(parser))
     lines = [
         f'.TH VMRUN 1 "" "vmrun {__version__}" "User Commands"',

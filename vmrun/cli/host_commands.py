@@ -1,0 +1,156 @@
+"""The commands about the host and its image cache: preflight, host iommu|check, image pull|list|rm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmrun.cli.common import checked_image_url, checked_spec, host_of, on_cached_bases, places_of, say
+from vmrun.errors import UsageError
+
+if TYPE_CHECKING:
+    pass
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from vmrun.host.facts import gather_facts
+    from vmrun.preflight.plan import Plan, plan_preflight, refuse
+    from vmrun.run.lifecycle import others_than, prepare
+
+    spec = checked_spec(args.spec, args)
+    host, places = host_of(args), places_of(args)
+
+    def show(plan: Plan) -> None:
+        print(json.dumps(plan.to_json(), indent=1) if args.json else plan.to_text(), flush=True)
+
+    if args.dry_run:
+        facts = gather_facts(host, spec.qemu.binary)
+        plan = plan_preflight(on_cached_bases(spec, places), host, facts,
+                              others=others_than(host, places, spec.name), run_dir=places.of(spec.name).run_dir)
+        show(plan)
+        refuse(plan)
+        return 0
+    state = prepare(spec, Path(args.spec).resolve(), host, places, show=show, say=say)
+    say(f"applied {len(state.changes)} change(s); `vmrun down {spec.name}` undoes them")
+    return 0
+
+
+def cmd_host_iommu(args: argparse.Namespace) -> int:
+    import attrs
+
+    from vmrun.preflight.report import iommu_report, iommu_text
+
+    groups = iommu_report(host_of(args))
+    print(json.dumps([attrs.asdict(group) for group in groups], indent=1) if args.json else iommu_text(groups))
+    return 0
+
+
+def cmd_host_check(args: argparse.Namespace) -> int:
+    from vmrun.host.facts import probe_qemu
+    from vmrun.preflight.report import host_report, report_text
+
+    host = host_of(args)
+    report = host_report(host, probe_qemu(host, "qemu-system-x86_64", asked_to_run=False))
+    print(json.dumps(report, indent=1) if args.json else report_text(report))
+    return 0
+
+
+def cmd_image_pull(args: argparse.Namespace) -> int:
+    from vmrun.run.imagecache import ImageCache, bases_in_use
+    from vmrun.spec.images import is_url, parse_digest, url_bases
+
+    cache = ImageCache(places_of(args).image_cache)
+    if is_url(args.source):
+        digest = parse_digest(checked_image_url(args.source, args.digest))
+        assert digest is not None
+        with cache.using(args.source, digest, say) as path:
+            print(path)
+        return 0
+    if args.digest:
+        raise UsageError("--digest goes with a URL; a spec names its digests itself")
+    spec = checked_spec(args.source, args)
+    if not url_bases(spec):
+        say(f"{args.source}: no disk has a base given by URL; nothing to fetch")
+    with bases_in_use(spec, cache, say):
+        pass
+    for found in url_bases(spec):
+        print(cache.path_of(found.digest))
+    return 0
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from vmrun.run.imagecache import ImageCache, image_users
+    from vmrun.units import format_bytes
+
+    places = places_of(args)
+    images = ImageCache(places.image_cache).images()
+    users = image_users(places)
+    rows = [{"digest": str(image.digest), "path": str(image.path), "size": image.size, "url": image.url,
+             "used_by": users.of(image.digest)} for image in images]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        say(f"no images in {places.image_cache}")
+    for image in images:
+        used = ", ".join(users.of(image.digest)) or "unused"
+        print(f"{str(image.digest)[:19]}…  {format_bytes(image.size):>10}  {used:<16}  {image.url or '?'}")
+    for name in users.unknown:
+        say(f"{name}: its state file is damaged, so which images it uses is unknown")
+    return 0
+
+
+IN_USE_NOW = "a vmrun up (or preflight) is using it right now"
+
+
+def cmd_image_rm(args: argparse.Namespace) -> int:
+    from vmrun.run.imagecache import ImageCache, image_users
+    from vmrun.spec.images import digest_problem, parse_digest
+
+    places = places_of(args)
+    cache = ImageCache(places.image_cache)
+    if args.unused == bool(args.digests):
+        raise UsageError("name the images to remove, or --unused", hint="vmrun image rm DIGEST... | --unused")
+    if args.unused:
+        digests = [image.digest for image in cache.images()]
+    else:
+        digests = []
+        for text in args.digests:
+            digest = parse_digest(text)
+            if digest is None:
+                raise UsageError(digest_problem(text) or text, hint="vmrun image list shows the cached digests")
+            digests.append(digest)
+    digests = list(dict.fromkeys(digests))  # one lock each
+    missing = [digest for digest in digests if not cache.path_of(digest).is_file()]
+    with ExitStack() as held:
+        # An `up` holds its images' locks from finding them until its state names them: with the locks, the
+        # states read next name every image in use.
+        busy = [digest for digest in digests if digest not in missing and not held.enter_context(
+            cache.unused_now(digest))]
+        users = image_users(places)
+        if users.unknown:
+            raise UsageError(f"which images {', '.join(users.unknown)} use is unknown (damaged state)",
+                             hint="vmrun down --force them first")
+        if args.unused:
+            for digest in busy:
+                say(f"kept {digest}: {IN_USE_NOW}")
+            digests = [digest for digest in digests if digest not in busy and not users.of(digest)]
+        elif busy:
+            raise UsageError(f"cannot remove {', '.join(map(str, busy))}: {IN_USE_NOW}",
+                             hint="vmrun image list names the VM once it has started")
+        for digest in digests:
+            if users.of(digest):
+                raise UsageError(f"{digest} is the base of {', '.join(users.of(digest))}",
+                                 hint=f"vmrun down {' '.join(users.of(digest))} first")
+        for digest in digests:
+            if digest not in missing:
+                cache.remove(digest)
+                say(f"removed {digest}")
+    if missing:
+        raise UsageError(f"not in the image cache {places.image_cache}: {', '.join(map(str, missing))}")
+    if not digests:
+        say("no unused images")
+    return 0
