@@ -14,9 +14,10 @@ import pycdlib
 import pytest
 import yaml
 
-from vmrun.cli.starter import public_keys, starter_spec, starter_user_data
+from vmrun.cli.starter import starter_spec, starter_user_data
 from vmrun.errors import SpecError
 from vmrun.guest.cloudinit import make_seed, seed_file_problems, write_seed
+from vmrun.host.user import public_keys
 from vmrun.spec.check import validate
 from vmrun.spec.load import load_spec, parse_spec
 from vmrun.spec.model import Spec

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from vmrun.errors import AgentError, UsageError
-from vmrun.guest import copy, copytree
-from vmrun.guest.copy import GuestPath, endpoints
+from vmrun.guest import copy, copytree, cp
+from vmrun.guest.copy import GuestPath
+from vmrun.guest.cp import endpoints
 
 from .common import unless_it_hangs
 from .fakepeer import FakePeer, Message, answer, refuse
@@ -152,7 +153,7 @@ def test_a_failed_upload_removes_its_temporary_file_and_leaves_the_old_one(socke
     source.write_bytes(b"0123456789")
     guest = FakeGuest({"/tmp/big": b"old"}, fail_after=1)
     with FakePeer(socket_path, guest), pytest.raises(AgentError) as failed:
-        copy.copy("tiny", source, GuestPath("tiny", "/tmp"), socket_path, agent_timeout=5, say=print)
+        cp.copy("tiny", source, GuestPath("tiny", "/tmp"), socket_path, agent_timeout=5, say=print)
     assert str(failed.value) == "tiny: the guest agent failed to execute guest-file-write: No space left on device"
     assert failed.value.exit_code == 5
     assert guest.files == {"/tmp/big": b"old"}
@@ -167,7 +168,7 @@ def test_an_upload_lands_whole_under_the_destination_name(socket_path: Path, tmp
     source.chmod(0o640)
     guest = FakeGuest({})
     with FakePeer(socket_path, guest):
-        copy.copy("tiny", source, GuestPath("tiny", "/tmp/renamed"), socket_path, agent_timeout=5, say=print)
+        cp.copy("tiny", source, GuestPath("tiny", "/tmp/renamed"), socket_path, agent_timeout=5, say=print)
     assert guest.files == {"/tmp/renamed": b"0123456789"}
     assert guest.chunks == 3
     [chmod] = [argv for argv in guest.commands if argv[0] == "chmod"]
@@ -181,7 +182,7 @@ def test_a_failed_download_leaves_nothing_on_the_host(socket_path: Path, tmp_pat
     target.mkdir()
     guest = FakeGuest({"/etc/motd": b"0123456789"}, fail_after=2)
     with FakePeer(socket_path, guest), pytest.raises(AgentError, match="No space left on device"):
-        copy.copy("tiny", GuestPath("tiny", "/etc/motd"), target, socket_path, agent_timeout=5, say=print)
+        cp.copy("tiny", GuestPath("tiny", "/etc/motd"), target, socket_path, agent_timeout=5, say=print)
     assert list(target.iterdir()) == []
 
 
@@ -191,7 +192,7 @@ def test_a_download_replaces_a_link_at_the_destination_instead_of_writing_throug
     elsewhere.write_text("keep")
     (tmp_path / "motd").symlink_to(elsewhere)
     with FakePeer(socket_path, FakeGuest({"/etc/motd": b"hello"})):
-        copy.copy("tiny", GuestPath("tiny", "/etc/motd"), tmp_path / "motd", socket_path, agent_timeout=5, say=print)
+        cp.copy("tiny", GuestPath("tiny", "/etc/motd"), tmp_path / "motd", socket_path, agent_timeout=5, say=print)
     assert (tmp_path / "motd").read_bytes() == b"hello" and not (tmp_path / "motd").is_symlink()
     assert elsewhere.read_text() == "keep"
     assert (tmp_path / "motd").stat().st_mode & 0o777 == 0o644
@@ -223,7 +224,7 @@ def test_a_download_onto_a_fifo_or_device_is_refused_and_leaves_it_alone(socket_
     special = tmp_path / "pipe"  # stands for /dev/null or a disk: root would have replaced the node by a file
     os.mkfifo(special)
     with FakePeer(socket_path, FakeGuest({"/etc/motd": b"hello"})), pytest.raises(UsageError) as refused:
-        copy.copy("tiny", GuestPath("tiny", "/etc/motd"), special, socket_path, agent_timeout=5, say=print)
+        cp.copy("tiny", GuestPath("tiny", "/etc/motd"), special, socket_path, agent_timeout=5, say=print)
     assert (str(refused.value), refused.value.exit_code) == (f"{special} is not a regular file", 2)
     assert stat.S_ISFIFO(special.lstat().st_mode)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["pipe", "qga.sock"]
@@ -234,7 +235,7 @@ def test_an_upload_from_a_fifo_is_refused_without_waiting_for_a_writer(socket_pa
     os.mkfifo(source)
     guest = FakeGuest({})
     with FakePeer(socket_path, guest), unless_it_hangs(), pytest.raises(UsageError) as refused:
-        copy.copy("tiny", source, GuestPath("tiny", "/tmp/x"), socket_path, agent_timeout=5, say=print)
+        cp.copy("tiny", source, GuestPath("tiny", "/tmp/x"), socket_path, agent_timeout=5, say=print)
     assert (str(refused.value), refused.value.exit_code) == (f"{source} is not a regular file", 2)
     assert guest.files == {}
 
@@ -266,7 +267,7 @@ def test_a_guest_agent_that_lies_about_a_read_fails_the_copy_at_exit_5(
         message: str) -> None:
     monkeypatch.setattr(copy, "CHUNK", 4)
     with FakePeer(socket_path, LyingGuest(reply)), unless_it_hangs(), pytest.raises(AgentError) as failed:
-        copy.copy("tiny", GuestPath("tiny", "/etc/motd"), tmp_path / "motd", socket_path, agent_timeout=5,
+        cp.copy("tiny", GuestPath("tiny", "/etc/motd"), tmp_path / "motd", socket_path, agent_timeout=5,
                   say=print)
     assert (str(failed.value), failed.value.exit_code) == (f"tiny: {message}", 5)
     assert list(tmp_path.iterdir()) == [socket_path]
@@ -306,7 +307,7 @@ def test_an_upload_of_a_tree_makes_it_at_dst_slash_name_with_its_modes_and_links
     guest = FakeGuest({})
     said: list[str] = []
     with FakePeer(socket_path, guest), unless_it_hangs():
-        copy.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp"), socket_path, recursive=True, agent_timeout=5,
+        cp.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp"), socket_path, recursive=True, agent_timeout=5,
                   say=said.append)
     assert guest.files == {"/tmp/app/etc/app.conf": b"port = 80\n", "/tmp/app/etc/deep/a name\nwith a newline": b"odd",
                            "/tmp/app/run.sh": b"#!/bin/sh\n"}
@@ -325,10 +326,10 @@ def test_an_upload_of_a_tree_to_a_new_name_makes_that_name_and_never_merges(sock
     (tmp_path / "app" / "a").write_bytes(b"a")
     guest = FakeGuest({"/tmp/old/app/keep": b"keep"}, directories=("/", "/tmp", "/tmp/old", "/tmp/old/app"))
     with FakePeer(socket_path, guest):
-        copy.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp/new/"), socket_path, recursive=True,
+        cp.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp/new/"), socket_path, recursive=True,
                   agent_timeout=5, say=print)
         with pytest.raises(UsageError) as refused:
-            copy.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp/old"), socket_path, recursive=True,
+            cp.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp/old"), socket_path, recursive=True,
                       agent_timeout=5, say=print)
     assert (str(refused.value), refused.value.exit_code) == ("tiny:/tmp/old/app exists", 2)
     assert guest.files == {"/tmp/new/a": b"a", "/tmp/old/app/keep": b"keep"}
@@ -341,7 +342,7 @@ def test_a_failed_upload_of_a_tree_leaves_nothing_in_the_guest(socket_path: Path
     make_host_tree(tmp_path / "app")
     guest = FakeGuest({}, fail_after=2)
     with FakePeer(socket_path, guest), pytest.raises(AgentError) as failed:
-        copy.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp"), socket_path, recursive=True, agent_timeout=5,
+        cp.copy("tiny", tmp_path / "app", GuestPath("tiny", "/tmp"), socket_path, recursive=True, agent_timeout=5,
                   say=print)
     assert (str(failed.value), failed.value.exit_code) == (
         "tiny: the guest agent failed to execute guest-file-write: No space left on device", 5)
@@ -355,7 +356,7 @@ def test_a_directory_without_r_is_refused_with_a_hint(socket_path: Path, tmp_pat
     ends = ((tmp_path / "app", GuestPath("tiny", "/tmp/x")) if source == "host" else
             (GuestPath("tiny", "/tmp"), tmp_path / "x"))
     with FakePeer(socket_path, guest), pytest.raises(UsageError) as refused:
-        copy.copy("tiny", *ends, socket_path, agent_timeout=5, say=print)
+        cp.copy("tiny", *ends, socket_path, agent_timeout=5, say=print)
     assert (str(refused.value), refused.value.exit_code, refused.value.hint) == (
         f"{ends[0]} is a directory", 2, "vmrun cp -r copies a directory")
 
@@ -377,7 +378,7 @@ def test_a_download_of_a_tree_keeps_names_modes_and_the_links_that_stay_inside(
     monkeypatch.setattr(copy, "CHUNK", 4)
     said: list[str] = []
     with FakePeer(socket_path, guest_tree()), unless_it_hangs():
-        copy.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
+        cp.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
                   agent_timeout=5, say=said.append)
     assert host_tree(tmp_path / "copy") == {
         "config": ("link", "etc/app.conf"),
@@ -403,13 +404,13 @@ def test_a_download_of_a_tree_into_a_directory_takes_the_sources_name_and_never_
     (tmp_path / "into" / "app" / "keep").write_text("keep")
     guest = FakeGuest({"/srv/app/a": b"a"}, directories=("/", "/srv", "/srv/app"))
     with FakePeer(socket_path, guest), pytest.raises(UsageError) as refused:
-        copy.copy("tiny", GuestPath("tiny", "/srv/app/"), tmp_path / "into", socket_path, recursive=True,
+        cp.copy("tiny", GuestPath("tiny", "/srv/app/"), tmp_path / "into", socket_path, recursive=True,
                   agent_timeout=5, say=print)
     assert (str(refused.value), refused.value.exit_code) == (f"{tmp_path / 'into' / 'app'} exists", 2)
     (tmp_path / "into" / "app" / "keep").unlink()
     (tmp_path / "into" / "app").rmdir()
     with FakePeer(socket_path.with_name("again.sock"), guest):
-        copy.copy("tiny", GuestPath("tiny", "/srv/app/"), tmp_path / "into", socket_path.with_name("again.sock"),
+        cp.copy("tiny", GuestPath("tiny", "/srv/app/"), tmp_path / "into", socket_path.with_name("again.sock"),
                   recursive=True, agent_timeout=5, say=print)
     assert host_tree(tmp_path / "into") == {"app": ("dir", 0o755), "app/a": (b"a", 0o644)}
 
@@ -420,7 +421,7 @@ def test_a_failed_download_of_a_tree_leaves_nothing_on_the_host(socket_path: Pat
     guest = guest_tree()
     guest.fail_after = 3
     with FakePeer(socket_path, guest), pytest.raises(AgentError, match="No space left on device"):
-        copy.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
+        cp.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
                   agent_timeout=5, say=print)
     assert list(tmp_path.iterdir()) == [socket_path]
 
@@ -454,7 +455,7 @@ def test_a_lying_guest_listing_fails_the_copy_and_writes_nothing_outside_it(
     guest = FakeGuest({"/srv/app/here/x": b"x", "/srv/app/nodir/x": b"x", "/srv/app/d": b"d"},
                       directories=("/", "/srv", "/srv/app"), links={"/srv/app/here": "."}, listing=listing)
     with FakePeer(socket_path, guest), pytest.raises(AgentError) as failed:
-        copy.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
+        cp.copy("tiny", GuestPath("tiny", "/srv/app"), tmp_path / "copy", socket_path, recursive=True,
                   agent_timeout=5, say=print)
     assert str(failed.value).startswith(f"tiny: {message}") and failed.value.exit_code == 5
     assert list(tmp_path.iterdir()) == [socket_path]

@@ -14,7 +14,8 @@ from vmrun.errors import SpecError, UsageError
 from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests
 from vmrun.export.libvirt import libvirt_domain
 from vmrun.guest.agent import GuestInterface
-from vmrun.guest.ssh import guest_user, private_keys, ssh_argv, ssh_target, user_data_user
+from vmrun.guest.ssh import guest_user, ssh_argv, ssh_target, user_data_user
+from vmrun.host.user import private_keys
 from vmrun.qemu.render import render
 from vmrun.spec.check import check_spec, validate
 from vmrun.spec.load import parse_spec

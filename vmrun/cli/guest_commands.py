@@ -41,7 +41,8 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     import shutil
 
     from vmrun.guest.agent import GuestAgent
-    from vmrun.guest.ssh import KNOWN_HOSTS, guest_user, invoking_user_name, private_keys, ssh_argv, ssh_target
+    from vmrun.guest.ssh import KNOWN_HOSTS, guest_user, ssh_argv, ssh_target
+    from vmrun.host.user import invoking_user, private_keys
     from vmrun.run.status import AGENT_PROBE_TIMEOUT, running_spec
 
     host = host_of(args)
@@ -63,7 +64,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     else:
         identities = private_keys(host.home_dir(sudo_user)) if sudo_user else []
     paths.make_state_dir()
-    argv = ssh_argv(address=address, port=port, user=args.user or guest_user(spec, invoking_user_name(os.environ)),
+    argv = ssh_argv(address=address, port=port, user=args.user or guest_user(spec, invoking_user(host, os.environ)),
                     known_hosts=paths.state_dir / KNOWN_HOSTS, identities=identities,
                     command=args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line)
     sys.stdout.flush()
@@ -72,7 +73,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    from vmrun.guest.copy import copy, endpoints
+    from vmrun.guest.cp import copy, endpoints
     from vmrun.run.status import running_paths
 
     vm, source, destination = endpoints(args.source, args.destination)

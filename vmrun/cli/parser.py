@@ -21,8 +21,7 @@ from vmrun.cli.host_commands import (
 )
 from vmrun.cli.spec_commands import cmd_export, cmd_init, cmd_render, cmd_validate
 from vmrun.cli.vm_commands import cmd_diff, cmd_down, cmd_status, cmd_up
-from vmrun.spec.images import default_cache_root
-from vmrun.state.locations import default_run_root, default_state_root
+from vmrun.host.dirs import default_image_cache, default_run_root, default_state_root
 
 
 def positive_int(text: str) -> int:
@@ -55,7 +54,7 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
         help="what outlives a run, such as UEFI variables (default: %(default)s); env VMRUN_STATE_DIR",
     )
     parser.add_argument(
-        "--cache-dir", default=os.environ.get("VMRUN_CACHE_DIR") or str(default_cache_root()), metavar="DIR",
+        "--cache-dir", default=os.environ.get("VMRUN_CACHE_DIR") or str(default_image_cache()), metavar="DIR",
         help="downloaded base images, by digest (default: %(default)s); env VMRUN_CACHE_DIR",
     )
 

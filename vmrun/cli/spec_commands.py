@@ -61,7 +61,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     import os
 
-    from vmrun.cli.starter import invoking_user, public_keys, starter_spec, starter_user_data, user_data_file
+    from vmrun.cli.starter import ROOT_STANDIN, starter_spec, starter_user_data, user_data_file
+    from vmrun.host.user import invoking_user, public_keys
     from vmrun.spec.check import check_name
     from vmrun.spec.images import is_url
     from vmrun.spec.model import Spec as SpecModel
@@ -78,8 +79,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.base:
         # As the spec will name it: relative to the spec's directory, as every relative path in a spec is.
         base = args.base if digest else os.path.relpath(Path(args.base).resolve(), target.parent.resolve())
-        user, home = invoking_user(host_of(args), os.environ)
-        keys = public_keys(home)
+        host = host_of(args)
+        name = invoking_user(host, os.environ)
+        keys = public_keys(host.home_dir(name))
+        user = ROOT_STANDIN if name == "root" else name
         assert user_data is not None
         user_data.write_text(starter_user_data(user, keys))
         say(f"wrote {user_data}: user {user}, {len(keys)} SSH key(s), sudo")

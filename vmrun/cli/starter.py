@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import tomli_w
 
-from vmrun.host.system import Host
+from vmrun.host.user import PUBLIC_KEY_FILES
 
 # The public keys `init` puts into the user-data, as Lima looks for them.
-PUBLIC_KEY_FILES = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 ROOT_STANDIN = "vmrun"  # the guest user when root runs `init`: cloud-init's users: must not redefine root
 
 _EMPTY_DISK_INTRO = """\
@@ -149,22 +147,3 @@ packages: [qemu-guest-agent]
 runcmd:
   - [systemctl, start, qemu-guest-agent]
 """
-
-
-def invoking_user(host: Host, environ: Mapping[str, str]) -> tuple[str, Path | None]:
-    """Who ran `init` (through sudo too), and their home directory."""
-    name = environ.get("SUDO_USER") or host.current_user().name
-    home = host.home_dir(name)
-    return (ROOT_STANDIN if name == "root" else name), home
-
-
-def public_keys(home: Path | None) -> list[str]:
-    if home is None:
-        return []
-    keys = []
-    for file in PUBLIC_KEY_FILES:
-        try:
-            keys.append((home / ".ssh" / file).read_text().strip())
-        except OSError:
-            continue
-    return [key for key in keys if key]

@@ -1,5 +1,5 @@
-"""`vmrun cp`: one file between the host and a running guest, over the guest agent's file calls (a directory
-with -r: vmrun/guest/copytree.py).
+"""One file between the host and a running guest, over the guest agent's file calls: the primitives `vmrun cp`
+(vmrun/guest/cp.py) and its trees (vmrun/guest/copytree.py) are made of.
 
 Each side writes a temporary file beside the destination and renames it into place, so a copy that
 fails leaves the old file or none, never half of one; a symbolic link at the destination is replaced,
@@ -15,7 +15,6 @@ import posixpath
 import secrets
 import stat
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -26,9 +25,7 @@ from vmrun.errors import AgentError, UsageError
 from vmrun.files import open_to_read
 from vmrun.guest.agent import ExecResult, GuestAgent
 from vmrun.guest.hooks import describe_failure
-from vmrun.progress import Say
 from vmrun.record import Record
-from vmrun.spec.naming import VM_NAME_RULE, is_vm_name
 
 # One guest-file-read or -write each. Under TCG the tiny guest read ~14 MiB/s and wrote ~4 MiB/s at 1 MiB, the
 # fastest of 64 KiB to 4 MiB (writes 3.4-4.0 MiB/s across them: qemu-ga parsing the JSON sets their pace, not
@@ -37,7 +34,6 @@ CHUNK = 1 << 20
 CHUNK_TIMEOUT = 60.0  # one chunk, even on a loaded TCG host
 GUEST_COMMAND_TIMEOUT = 30.0
 PERMISSION_BITS = 0o777  # set-id and sticky bits stay behind, as with cp without -p
-USAGE = "vmrun cp SRC NAME:DST or vmrun cp NAME:SRC DST"
 DIRECTORY_HINT = "vmrun cp -r copies a directory"
 CALLS = ("guest-file-open", "guest-file-close", "guest-exec", "guest-exec-status")
 
@@ -61,63 +57,6 @@ class Copied(Record):
         files = "" if self.files is None else f"{self.files} file{'' if self.files == 1 else 's'}, "
         what = f"{files}{self.size} bytes"
         return f"copied {what} to {self.target}"
-
-
-def endpoint(text: str) -> GuestPath | Path:
-    """NAME:PATH names a file in a guest; anything else (./a:b, /x/a:b) a host path."""
-    vm, colon, path = text.partition(":")
-    if not colon or "/" in vm:
-        return Path(text)
-    if not is_vm_name(vm):
-        raise UsageError(f"{text}: {vm!r} is not a VM name",
-                         hint=f"{VM_NAME_RULE}; a host path with ':' goes as ./{text}")
-    if not path.startswith("/"):
-        raise UsageError(f"{text}: the guest path must be absolute", hint=f"{vm}:/{path}")
-    return GuestPath(vm, path)
-
-
-def endpoints(source: str, destination: str) -> tuple[str, GuestPath | Path, GuestPath | Path]:
-    """The VM, the source and the destination: exactly one of them is in the VM."""
-    ends = endpoint(source), endpoint(destination)
-    in_guest = [end for end in ends if isinstance(end, GuestPath)]
-    if len(in_guest) != 1:
-        raise UsageError("one side of vmrun cp is a guest path NAME:PATH, the other a host path", hint=USAGE)
-    return in_guest[0].vm, *ends
-
-
-def copy(vm: str, source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
-         recursive: bool = False, agent_timeout: float, say: Say) -> None:
-    """One file; with recursive, a directory source is copied as a tree (vmrun/guest/copytree.py)."""
-    try:
-        _copy(source, destination, agent_socket, recursive=recursive, agent_timeout=agent_timeout, say=say)
-    except AgentError as error:
-        raise AgentError(f"{vm}: {error}", hint=error.hint) from error
-
-
-def _copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
-          recursive: bool, agent_timeout: float, say: Say) -> None:
-    from vmrun.guest import copytree
-
-    with GuestAgent(agent_socket) as agent:
-        agent.wait_ready(timeout=agent_timeout)
-        started = time.monotonic()
-        copied: Copied
-        if isinstance(source, GuestPath):
-            assert isinstance(destination, Path)  # endpoints() made sure
-            agent.require(*CALLS, "guest-file-read", purpose="to copy a file from the guest")
-            if recursive and guest_run(agent, ["test", "-d", source.path], check=False).ok:
-                copied = copytree.download_tree(agent, source, destination, say=say)
-            else:
-                copied = download(agent, source, destination)
-        else:
-            assert isinstance(destination, GuestPath)
-            agent.require(*CALLS, "guest-file-write", purpose="to copy a file into the guest")
-            if recursive and source.is_dir():
-                copied = copytree.upload_tree(agent, source, destination, say=say)
-            else:
-                copied = upload(agent, source, destination)
-    seconds = time.monotonic() - started
-    say(f"{copied} in {seconds:.1f} s ({copied.size / 2**20 / max(seconds, 1e-3):.1f} MiB/s)")
 
 
 def upload(agent: GuestAgent, source: Path, destination: GuestPath) -> Copied:

@@ -5,11 +5,10 @@ directory, so a guest's key never lands in the user's own known_hosts."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmrun.cli.starter import PUBLIC_KEY_FILES
 from vmrun.errors import UsageError
 from vmrun.spec.model import Spec
 from vmrun.spec.naming import mac_address
@@ -71,13 +70,6 @@ def _user_name(entry: Any) -> str | None:
     return name if isinstance(name, str) and name and name != "default" else None
 
 
-def private_keys(home: Path | None) -> list[Path]:
-    """The private halves of the keys `vmrun init` puts into user-data, where they exist."""
-    if home is None:
-        return []
-    return [key for key in (home / ".ssh" / file.removesuffix(".pub") for file in PUBLIC_KEY_FILES) if key.exists()]
-
-
 def ssh_argv(*, address: str, port: int, user: str, known_hosts: Path, identities: Iterable[Path],
              command: Sequence[str]) -> list[str]:
     """ssh's argv; after "--" ssh reads no option, so a command such as `ls -l` stays the command."""
@@ -100,8 +92,3 @@ def _ssh_config_path(path: Path) -> str:
     quoted = str(path).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
     return f'"{quoted}"'
 
-
-def invoking_user_name(environ: Mapping[str, str]) -> str:
-    import getpass
-
-    return environ.get("SUDO_USER") or getpass.getuser()

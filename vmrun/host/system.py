@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from vmrun.host.dirs import default_cache_root
 from vmrun.record import Record
 
 _HOST_TREES = ("/sys", "/dev", "/proc", "/etc/passwd", "/etc/group")
@@ -437,7 +438,7 @@ class Host(Record):
 
         This runs the program: the caller decides whether it may."""
         try:
-            return self._qemu_capabilities(program, cache_dir or default_cache_dir())
+            return self._qemu_capabilities(program, cache_dir or default_cache_root())
         except OSError:
             return None
 
@@ -473,7 +474,3 @@ class Host(Record):
             ).stdout
         except subprocess.SubprocessError as exc:
             raise OSError(f"{program} -help failed: {exc}") from exc
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmrun"

@@ -6,7 +6,6 @@ from its digest alone, never from its URL, so a URL cannot steer vmrun (root) to
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,14 +99,6 @@ def check_image_bases(spec: Spec) -> Iterator[Problem]:
             elif not isinstance(disk.base, ImageUrl):
                 yield Problem(f"{path}.base_digest", "only applies to a base given by URL",
                               "set base to an https://, http:// or file:// URL, or remove base_digest")
-
-
-def default_cache_root() -> Path:
-    """Downloaded images: shared by every VM of this user (or of root), kept until `vmrun image rm`."""
-    if os.geteuid() == 0:
-        return Path("/var/cache/vmrun/images")
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "vmrun" / "images"
 
 
 @attrs.frozen(repr=False)

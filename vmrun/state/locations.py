@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
 from vmrun.errors import Problem, UsageError
+from vmrun.host.dirs import default_image_cache
 from vmrun.record import Record
 from vmrun.spec.extra_args import named_paths
-from vmrun.spec.images import default_cache_root
 from vmrun.spec.model import Spec
 from vmrun.spec.naming import VM_NAME_RULE, is_vm_name
 
 LOCK_DIR = ".locks"  # under the run root; a dot-name is never a VM name
 UEFI_VARS_FILE = "OVMF_VARS.fd"
 SEED_FILE = "seed.iso"
-
-
-def default_run_root() -> Path:
-    """Sockets, pidfile, console log: gone with the run (tmpfs)."""
-    if os.geteuid() == 0:
-        return Path("/run/vmrun")
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/vmrun-{os.getuid()}"
-    return Path(runtime) / "vmrun"
-
-
-def default_state_root() -> Path:
-    """What outlives a run, such as a UEFI guest's boot entries."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/vmrun")
-    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(state) / "vmrun"
 
 
 @attrs.frozen(repr=False)
@@ -84,7 +67,7 @@ class Places(Record):
 
     run_root: Path
     state_root: Path
-    image_cache: Path = attrs.field(factory=default_cache_root)  # downloaded base images, by digest
+    image_cache: Path = attrs.field(factory=default_image_cache)  # downloaded base images, by digest
 
     def of(self, name: str) -> RunPaths:
         """A VM's directories: each a direct child of its root, never a symbolic link. The name comes from
