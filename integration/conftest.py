@@ -81,7 +81,7 @@ class Vmrun:
         """The taps and PCI devices this test's specs name."""
         from vmrun.errors import VmrunError
         from vmrun.spec.load import load_spec
-        from vmrun.spec.naming import pci_address, tap_name
+        from vmrun.spec.naming import pci_address
 
         taps, devices = [], []
         for path in self.spec_dir.glob("*.toml"):
@@ -89,7 +89,7 @@ class Vmrun:
                 spec = load_spec(path)
             except VmrunError:
                 continue
-            taps += [tap_name(spec, nic) for nic in spec.nics]
+            taps += [nic.host_tap for nic in spec.nics]
             devices += [address for vfio in spec.vfio if (address := pci_address(vfio.host))]
         return taps, devices
 

@@ -19,7 +19,6 @@ import yaml
 from vmrun.guest.hooks import current_combined
 from vmrun.spec.load import load_spec
 from vmrun.spec.model import Spec
-from vmrun.spec.naming import mac_address
 
 from .conftest import REPO, Vmrun
 
@@ -119,7 +118,7 @@ def test_debian_boots_from_its_overlay_and_cloud_init_applies_the_seed(
     # The instance is the seed's: meta-data's local-hostname is the VM's name.
     assert guest(vmrun, "hostname").strip() == NAME
     assert guest(vmrun, "findmnt", "-n", "-o", "SOURCE", "/").startswith("/dev/sda")
-    found = guest(vmrun, "sh", "-c", f"grep -l {mac_address(spec, spec.nics[0])} /sys/class/net/*/address")
+    found = guest(vmrun, "sh", "-c", f"grep -l {spec.nics[0].guest_mac} /sys/class/net/*/address")
     interface = found.strip().split("/")[4]  # /sys/class/net/IF/address
     assert current_combined(guest(vmrun, "ethtool", "-l", interface)) == 2
     assert guest(vmrun, "cat", "/mnt/hostshare/en-us") == Path("/usr/share/qemu/keymaps/en-us").read_text()

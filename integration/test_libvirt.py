@@ -21,7 +21,6 @@ import pytest
 
 from vmrun.guest.hooks import current_combined
 from vmrun.spec.load import load_spec
-from vmrun.spec.naming import tap_name
 
 from .conftest import REPO
 
@@ -169,7 +168,7 @@ def test_libvirt_runs_the_exported_tiny_guest_with_its_queue_pairs_disk_and_shar
     spec_path = tmp_path / "libvirt.toml"
     spec_path.write_text(SPEC.format(name=NAME, memory="256M", images=reachable_tmp))
     spec = load_spec(spec_path)
-    [tap] = [tap_name(spec, nic) for nic in spec.nics]
+    [tap] = [nic.host_tap for nic in spec.nics]
     assert tap == f"{NAME}.net0"
 
     def export_and_define(memory: str) -> None:

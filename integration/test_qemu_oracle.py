@@ -37,7 +37,6 @@ from vmrun.qemu.monitor import Monitor
 from vmrun.qemu.render import render
 from vmrun.spec.check import load_valid_spec
 from vmrun.spec.model import Firmware, Spec
-from vmrun.spec.naming import tap_name
 from vmrun.spec.usernet import is_user
 from vmrun.state.locations import RunPaths
 
@@ -179,7 +178,7 @@ def test_every_valid_spec_starts_in_qemu(files: Files, facts: HostFacts, tmp_pat
     taps = Taps(Host())
     try:
         for nic in (nic for nic in spec.nics if not is_user(nic)):
-            taps.add(tap_name(spec, nic), multi_queue=nic.queues > 1)
+            taps.add(nic.host_tap, multi_queue=nic.queues > 1)
         start_paused(qemu_argv(spec, facts, paths), paths)
     finally:
         taps.delete_all()

@@ -20,7 +20,6 @@ from vmrun.guest.agent import GuestAgent
 from vmrun.guest.hooks import current_combined, run_multiqueue_step
 from vmrun.spec.check import validate
 from vmrun.spec.load import load_spec
-from vmrun.spec.naming import mac_address
 
 from .conftest import REPO, Vmrun
 
@@ -82,7 +81,7 @@ def test_tiny_guest_boots_with_every_device_working(vmrun: Vmrun, tiny: str) -> 
     assert vmrun("logs", "tiny").stdout.splitlines()[0] == "tiny-guest: ready"
     [status] = vmrun("status").stdout.splitlines()
     spec = load_spec(TINY)
-    address = link_local(mac_address(spec, spec.nics[0]))
+    address = link_local(spec.nics[0].guest_mac)
     assert re.fullmatch(rf"tiny +running +pid \d+ +(tcg|kvm) +up \d+s +agent ok +{vmrun.run_root}/tiny  "
                         rf"eth0 {address}/64", status), status
 

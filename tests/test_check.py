@@ -11,7 +11,6 @@ import pytest
 from vmrun.errors import SpecError
 from vmrun.spec.check import check_spec, load_valid_spec, validate, validate_document
 from vmrun.spec.load import parse_spec
-from vmrun.spec.naming import tap_name
 
 from .common import GOOD_SPEC
 
@@ -122,10 +121,10 @@ def test_interface_names(key: str, name: str, expected: str) -> None:
 def test_derived_tap_names_are_stable_and_fit() -> None:
     long_name = {**good(), "name": "a-rather-long-vm-name"}
     spec = parse_spec(long_name, source="t", base=Path("/"))
-    derived = tap_name(spec, spec.nics[0])
-    assert len(derived) == 15 and derived == tap_name(spec, spec.nics[0])
+    derived = spec.nics[0].host_tap
+    assert len(derived) == 15 and derived == parse_spec(long_name, source="again", base=Path("/")).nics[0].host_tap
     short = parse_spec(good(), source="t", base=Path("/"))
-    assert tap_name(short, short.nics[0]) == "web.net0"
+    assert short.nics[0].host_tap == "web.net0"
 
 
 def test_share_tags() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from vmrun.errors import UsageError
 from vmrun.spec.load import parse_spec
-from vmrun.spec.naming import tap_name
+from vmrun.spec.model import Spec
 from vmrun.state.locations import Places
 from vmrun.state.vmstate import VmState, create_run_dir, remove_run_dir
 
@@ -113,17 +113,17 @@ def test_down_with_a_foreign_run_root_keeps_its_files(tmp_path: Path) -> None:
     assert (tmp_path / "etc" / "passwd").read_text() == "root:x:0:0"
 
 
-def nic_spec(name: str, nic_id: str) -> object:
+def nic_spec(name: str, nic_id: str) -> Spec:
     return parse_spec({"name": name, "boot": {"kernel": "k"}, "machine": {"cpus": 2},
                        "nics": [{"id": nic_id}]}, source="t", base=Path("/"))
 
 
 def test_derived_taps_of_vms_whose_names_split_differently_do_not_collide() -> None:
     first, second = nic_spec("a-b", "c"), nic_spec("a", "b-c")
-    assert tap_name(first, first.nics[0]) == "a-b.c"  # type: ignore[attr-defined]
-    assert tap_name(second, second.nics[0]) == "a.b-c"  # type: ignore[attr-defined]
+    assert first.nics[0].host_tap == "a-b.c"
+    assert second.nics[0].host_tap == "a.b-c"
     long_one = nic_spec("a-long-vm-name", "net0")
-    hashed = tap_name(long_one, long_one.nics[0])  # type: ignore[attr-defined]
+    hashed = long_one.nics[0].host_tap
     assert len(hashed) == 15 and hashed.startswith("vm") and "." not in hashed
 
 

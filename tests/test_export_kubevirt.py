@@ -33,6 +33,7 @@ from vmrun.export.kubevirt import (
 from vmrun.spec.check import validate
 from vmrun.spec.load import load_spec, parse_spec
 from vmrun.spec.model import Nic, Spec
+from vmrun.spec.naming import with_derived_names
 
 from .common import SPECS
 from .specgen import Files, valid_specs
@@ -272,7 +273,8 @@ def test_the_ethtool_step_finds_the_interface_by_its_mac(tmp_path: Path) -> None
     """Run by a real shell against this machine's loopback (MAC 00:00:00:00:00:00), with ethtool recorded."""
     (tmp_path / "ethtool").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/called\n')
     (tmp_path / "ethtool").chmod(0o755)
-    spec = Spec(name="t", nics=(Nic(id="net0", queues=3, mac="00:00:00:00:00:00"), Nic(id="net1", queues=2)))
+    nics = (Nic(id="net0", queues=3, mac="00:00:00:00:00:00"), Nic(id="net1", queues=2))
+    spec = with_derived_names(Spec(name="t", nics=nics))
     for nic in spec.nics:
         subprocess.run(["sh", "-c", _ethtool_command(spec, nic)], check=True,
                        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})

@@ -14,7 +14,6 @@ from vmrun.guest.agent import GuestAgent
 from vmrun.guest.hooks import current_combined, run_guest_steps, run_multiqueue_step, run_post_boot_hooks
 from vmrun.spec.load import parse_spec
 from vmrun.spec.model import Spec
-from vmrun.spec.naming import mac_address
 
 from .common import GOOD_SPEC
 from .fakepeer import FakePeer, Message, answer
@@ -107,7 +106,7 @@ def run_step(tmp_path: Path, guest: FakeGuest, spec: Spec, step: object = run_mu
 
 def test_step_sets_the_pairs_on_the_interface_with_the_nics_mac_and_reads_them_back(tmp_path: Path) -> None:
     spec = spec_with()
-    guest = FakeGuest(mac_address(spec, spec.nics[0]).upper(), combined=1)
+    guest = FakeGuest(spec.nics[0].guest_mac.upper(), combined=1)
     said = run_step(tmp_path, guest, spec)
     assert guest.commands == [
         ["ethtool", "-l", "eth0"], ["ethtool", "-L", "eth0", "combined", "4"], ["ethtool", "-l", "eth0"],
@@ -117,7 +116,7 @@ def test_step_sets_the_pairs_on_the_interface_with_the_nics_mac_and_reads_them_b
 
 def test_step_only_reads_when_the_guest_already_has_the_pairs(tmp_path: Path) -> None:
     spec = spec_with()
-    guest = FakeGuest(mac_address(spec, spec.nics[0]), combined=4)
+    guest = FakeGuest(spec.nics[0].guest_mac, combined=4)
     said = run_step(tmp_path, guest, spec)
     assert guest.commands == [["ethtool", "-l", "eth0"]]
     assert said[0].startswith("ethtool net0 eth0 combined 4 ✓ (already,")
@@ -125,21 +124,21 @@ def test_step_only_reads_when_the_guest_already_has_the_pairs(tmp_path: Path) ->
 
 def test_step_fails_naming_the_nic_when_the_guest_keeps_other_pairs(tmp_path: Path) -> None:
     spec = spec_with()
-    guest = FakeGuest(mac_address(spec, spec.nics[0]), combined=2, stuck=True)
+    guest = FakeGuest(spec.nics[0].guest_mac, combined=2, stuck=True)
     with pytest.raises(HookError, match="nics net0: guest eth0 has 2 combined queues, not 4"):
         run_step(tmp_path, guest, spec)
 
 
 def test_step_fails_when_no_interface_has_the_mac(tmp_path: Path) -> None:
     spec = spec_with()
-    with pytest.raises(HookError, match=f"nics net0: no guest interface has MAC {mac_address(spec, spec.nics[0])}"):
+    with pytest.raises(HookError, match=f"nics net0: no guest interface has MAC {spec.nics[0].guest_mac}"):
         run_step(tmp_path, FakeGuest("52:54:00:00:00:99"), spec)
 
 
 def test_a_single_queue_nic_asks_the_guest_nothing(tmp_path: Path) -> None:
     # Without mq=on the device offers the guest no other count: there is nothing to find, read or set.
     spec = spec_with(nics=[{"id": "net0", "queues": 1}])
-    guest = FakeGuest(mac_address(spec, spec.nics[0]))
+    guest = FakeGuest(spec.nics[0].guest_mac)
     assert run_step(tmp_path, guest, spec) == ["ethtool net0 combined 1 ✓ (one queue pair: nothing to set)"]
     assert guest.asked == ["guest-sync"]
 
@@ -148,7 +147,7 @@ def test_after_the_agent_answers_a_spec_that_needs_no_guest_command_asks_nothing
     # One queue pair and no hooks: not even which commands the agent offers (a guest that blocks guest-exec
     # comes up, since vmrun would run nothing there).
     spec = spec_with(nics=[{"id": "net0", "queues": 1}])
-    guest = FakeGuest(mac_address(spec, spec.nics[0]), blocked=frozenset({"guest-exec"}))
+    guest = FakeGuest(spec.nics[0].guest_mac, blocked=frozenset({"guest-exec"}))
     assert run_step(tmp_path, guest, spec, run_guest_steps) == [
         "ethtool net0 combined 1 ✓ (one queue pair: nothing to set)"]
     assert guest.asked == ["guest-sync"]
@@ -163,7 +162,7 @@ def test_guest_commands_the_steps_need_are_checked_first(
     tmp_path: Path, changes: dict[str, object], purpose: str
 ) -> None:
     spec = spec_with(**changes)
-    guest = FakeGuest(mac_address(spec, spec.nics[0]), blocked=frozenset({"guest-exec"}))
+    guest = FakeGuest(spec.nics[0].guest_mac, blocked=frozenset({"guest-exec"}))
     with pytest.raises(AgentError, match=f"has guest-exec disabled .*; vmrun needs it {purpose}$"):
         run_step(tmp_path, guest, spec, run_guest_steps)
     assert guest.asked == ["guest-sync", "guest-info"]

@@ -20,7 +20,6 @@ from vmrun.qemu.render import render
 from vmrun.spec.check import check_spec, validate
 from vmrun.spec.load import parse_spec
 from vmrun.spec.model import Accel, Spec
-from vmrun.spec.naming import mac_address
 from vmrun.spec.usernet import Forward, parse_forward, refused_forward
 from vmrun.state.hostdrift import host_differences
 
@@ -121,7 +120,7 @@ def test_user_nic_argv_restricts_and_forwards_on_the_user_backend_with_no_multiq
     start = argv.index("-netdev")
     assert argv[start:start + 8] == [
         "-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:0.0.0.0:5353-:53",
-        "-device", f"virtio-net-pci,netdev=net0,id=net0,mac={mac_address(spec, spec.nics[0])}",
+        "-device", f"virtio-net-pci,netdev=net0,id=net0,mac={spec.nics[0].guest_mac}",
         "-netdev", "user,id=net1,restrict=off",
         "-device", "virtio-net-pci,netdev=net1,id=net1,mac=52:54:00:12:34:56",
     ]
@@ -141,7 +140,7 @@ def test_a_user_nic_needs_no_host_change_nor_root(tmp_path: Path) -> None:
 
 def test_the_ethtool_step_leaves_user_nics_alone(tmp_path: Path) -> None:
     spec = spec_with_nics(USER_NIC, {"id": "net1", "queues": 2})
-    guest = FakeGuest(mac_address(spec, spec.nics[1]), combined=2)
+    guest = FakeGuest(spec.nics[1].guest_mac, combined=2)
     said = run_step(tmp_path, guest, spec)
     assert guest.commands == [["ethtool", "-l", "eth0"]]
     assert [line.split(" ✓")[0] for line in said] == ["ethtool net1 eth0 combined 2"]
@@ -200,8 +199,8 @@ def test_without_a_forward_ssh_takes_the_first_address_the_host_can_reach() -> N
     spec = spec_with_nics(USER_NIC, {"id": "net1", "bridge": "br0"})
     interfaces = (
         GuestInterface("lo", "00:00:00:00:00:00", ("127.0.0.1/8", "::1/128")),
-        GuestInterface("eth0", mac_address(spec, spec.nics[0]), ("10.0.2.15/24",)),  # inside qemu
-        GuestInterface("eth1", mac_address(spec, spec.nics[1]), ("fe80::1/64", "192.0.2.9/24", "192.0.2.10/24")),
+        GuestInterface("eth0", spec.nics[0].guest_mac, ("10.0.2.15/24",)),  # inside qemu
+        GuestInterface("eth1", spec.nics[1].guest_mac, ("fe80::1/64", "192.0.2.9/24", "192.0.2.10/24")),
     )
     assert ssh_target(spec, lambda: interfaces) == ("192.0.2.9", 22)
     with pytest.raises(UsageError, match="web: no route to the guest's port 22: no user-mode NIC forwards it"):

@@ -27,7 +27,6 @@ from vmrun.record import Record
 from vmrun.spec import kubenames
 from vmrun.spec.images import scheme_of
 from vmrun.spec.model import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
-from vmrun.spec.naming import mac_address
 from vmrun.spec.usernet import is_user, tap_nics
 from vmrun.units import KIB
 
@@ -169,7 +168,7 @@ def _interfaces(spec: Spec, notes: list[str]) -> tuple[list[dict[str, Any]], lis
     for nic in spec.nics:
         name = object_name(nic.id)
         network = spec.kubevirt.nics.get(nic.id)
-        interface: dict[str, Any] = {"name": name, "model": "virtio", "macAddress": mac_address(spec, nic)}
+        interface: dict[str, Any] = {"name": name, "model": "virtio", "macAddress": nic.guest_mac}
         if network is not None and network.network is not None:
             interface["bridge"] = {}
             networks.append({"name": name, "multus": {"networkName": network.network}})
@@ -195,7 +194,7 @@ def multiqueue_commands(spec: Spec) -> list[str]:
 
 
 def _ethtool_command(spec: Spec, nic: Nic) -> str:
-    mac = shlex.quote(mac_address(spec, nic))
+    mac = shlex.quote(nic.guest_mac)
     return (f'for dev in /sys/class/net/*; do if [ "$(cat "$dev/address")" = {mac} ]; '
             f'then ethtool -L "${{dev##*/}}" combined {nic.queues}; fi; done')
 
@@ -305,7 +304,7 @@ def unmappable(spec: Spec) -> list[Problem]:
     problems += [Problem(f"nics[{index}].mac", f"KubeVirt keeps {RESERVED_MASQUERADE_MAC} for the pod's bridge",
                          "give the NIC another MAC")
                  for index, nic in enumerate(spec.nics)
-                 if nic.id in pod_nics and mac_address(spec, nic) == RESERVED_MASQUERADE_MAC]
+                 if nic.id in pod_nics and nic.guest_mac == RESERVED_MASQUERADE_MAC]
     problems += [Problem(f"vfio[{index}]", f"{vfio.id}: KubeVirt selects host devices by resource name, not by PCI "
                          f"address", f'add [kubevirt.vfio.{vfio.id}] device_name = "vendor.com/NAME", as the '
                          "cluster's permittedHostDevices lists it")

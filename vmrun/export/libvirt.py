@@ -9,7 +9,7 @@ from vmrun.export import Export
 from vmrun.host.facts import vhost_enabled
 from vmrun.qemu.render import AGENT_PORT_NAME, SEED_ID
 from vmrun.spec.model import Accel, Disk, Nic, SecurityModel, Share, Spec, Vfio
-from vmrun.spec.naming import domain_uuid, mac_address, tap_name
+from vmrun.spec.naming import domain_uuid
 from vmrun.spec.usernet import forwards, is_user
 from vmrun.units import KIB
 
@@ -100,12 +100,12 @@ def _nic(devices: ET.Element, spec: Spec, nic: Nic, vhost_net: bool) -> None:
     element = _sub(devices, "interface", type="bridge" if nic.bridge else "ethernet")
     if nic.bridge:
         _sub(element, "source", bridge=nic.bridge)
-        _sub(element, "target", dev=tap_name(spec, nic))
+        _sub(element, "target", dev=nic.host_tap)
     else:
         # No managed="no": with no vmrun preflight on the libvirt side, libvirt creates the (multiqueue) tap
         # under vmrun's name and deletes it when the domain stops, as `vmrun up`/`down` would.
-        _sub(element, "target", dev=tap_name(spec, nic))
-    _sub(element, "mac", address=mac_address(spec, nic))
+        _sub(element, "target", dev=nic.host_tap)
+    _sub(element, "mac", address=nic.guest_mac)
     _sub(element, "model", type="virtio")
     use_vhost = vhost_enabled(nic, vhost_net=vhost_net)
     driver = {"name": "vhost" if use_vhost else "qemu"}
@@ -118,7 +118,7 @@ def _nic(devices: ET.Element, spec: Spec, nic: Nic, vhost_net: bool) -> None:
 def _user_nic(devices: ET.Element, spec: Spec, nic: Nic) -> None:
     """libvirt's user network is the same slirp; its <portForward> needs the passt backend (notes say so)."""
     element = _sub(devices, "interface", type="user")
-    _sub(element, "mac", address=mac_address(spec, nic))
+    _sub(element, "mac", address=nic.guest_mac)
     _sub(element, "model", type="virtio")
     _sub(element, "alias", name=f"ua-{nic.id}")
 

@@ -10,7 +10,6 @@ from vmrun.errors import HookError
 from vmrun.guest.agent import ExecResult, GuestAgent
 from vmrun.progress import Say
 from vmrun.spec.model import Nic, Spec
-from vmrun.spec.naming import mac_address
 from vmrun.spec.usernet import tap_nics
 
 ETHTOOL_TIMEOUT = 30.0
@@ -39,7 +38,7 @@ def _combined(agent: GuestAgent, nic: Nic, interface: str) -> int | None:
 def set_queue_pairs(agent: GuestAgent, spec: Spec, nic: Nic) -> tuple[str, bool]:
     """The guest interface with this multiqueue NIC's MAC gets `combined N`: read first, and only when the
     count differs set it and read it back (one guest-exec in the common case). Returns (interface, was set)."""
-    mac = mac_address(spec, nic)
+    mac = nic.guest_mac
     interface = agent.interface_by_mac(mac)
     if interface is None:
         raise HookError(f"nics {nic.id}: no guest interface has MAC {mac}",

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from vmrun.errors import UsageError
 from vmrun.spec.model import Spec
-from vmrun.spec.naming import mac_address
 from vmrun.spec.usernet import SSH_PORT, is_user, ssh_forward
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ def ssh_target(spec: Spec, interfaces: Callable[[], Sequence[GuestInterface]]) -
     if not spec.agent.enabled:
         raise UsageError(f"{spec.name}: no user-mode NIC forwards port 22, and without the agent vmrun knows no "
                          "guest address", hint=_NO_ROUTE_HINT)
-    inside_qemu = {mac_address(spec, nic) for nic in spec.nics if is_user(nic)}
+    inside_qemu = {nic.guest_mac for nic in spec.nics if is_user(nic)}
     for interface in interfaces():
         for address in interface.addresses if interface.mac not in inside_qemu else ():
             ip = ipaddress.ip_interface(address).ip

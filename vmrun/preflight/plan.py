@@ -43,7 +43,6 @@ from vmrun.preflight.vfio import inspect_memlock, inspect_vfio
 from vmrun.record import Record
 from vmrun.spec.check import tcg_limits
 from vmrun.spec.model import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
-from vmrun.spec.naming import tap_name
 from vmrun.spec.usernet import forwards, is_user
 from vmrun.units import KIB, format_size
 
@@ -352,7 +351,7 @@ def inspect_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User |
         forwarded = "; ".join(map(str, forwards(nic))) or "no port forwards"
         yield ok_finding(f"nics {nic.id}", f"user-mode network in qemu, no host change ({forwarded})")
         return
-    tap, name = tap_name(spec, nic), f"nics {nic.id}"
+    tap, name = nic.host_tap, f"nics {nic.id}"
     holder = others.taps.get(tap)
     if holder is not None:
         # Two guests on one tap would share its queues, and the first `down` would pull it from the other.

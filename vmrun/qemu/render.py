@@ -11,7 +11,6 @@ from pathlib import Path
 
 from vmrun.host.facts import HostFacts, PrivilegeDrop, choose_accel, drops_privileges, vhost_enabled
 from vmrun.spec.model import Accel, Cache, Disk, Firmware, Nic, Share, Spec, Vfio
-from vmrun.spec.naming import mac_address, tap_name
 from vmrun.spec.usernet import forwards, is_user
 from vmrun.state.locations import RunPaths
 from vmrun.units import MIB
@@ -165,7 +164,7 @@ def _user_nic(spec: Spec, nic: Nic) -> list[str]:
     hostfwd = [qemu_opt(None, {"hostfwd": forward.hostfwd}) for forward in forwards(nic)]
     return [
         "-netdev", ",".join([qemu_opt("user", {"id": nic.id, "restrict": nic.restrict}), *hostfwd]),
-        "-device", qemu_opt("virtio-net-pci", {"netdev": nic.id, "id": nic.id, "mac": mac_address(spec, nic)}),
+        "-device", qemu_opt("virtio-net-pci", {"netdev": nic.id, "id": nic.id, "mac": nic.guest_mac}),
     ]
 
 
@@ -175,11 +174,11 @@ def _nic(spec: Spec, nic: Nic, facts: HostFacts) -> list[str]:
     multiqueue = nic.queues > 1
     return [
         "-netdev", qemu_opt("tap", {
-            "id": nic.id, "ifname": tap_name(spec, nic), "script": "no", "downscript": "no",
+            "id": nic.id, "ifname": nic.host_tap, "script": "no", "downscript": "no",
             "vhost": vhost_enabled(nic, vhost_net=facts.vhost_net), "queues": nic.queues if multiqueue else None,
         }),
         "-device", qemu_opt("virtio-net-pci", {
-            "netdev": nic.id, "id": nic.id, "mac": mac_address(spec, nic),
+            "netdev": nic.id, "id": nic.id, "mac": nic.guest_mac,
             # N RX + N TX queues, one config and one control vector.
             "mq": True if multiqueue else None, "vectors": 2 * nic.queues + 2 if multiqueue else None,
         }),

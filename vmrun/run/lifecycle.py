@@ -37,7 +37,6 @@ from vmrun.signals import for_workers, shielded, sigterm_interrupts
 from vmrun.spec.images import url_bases, with_cached_bases
 from vmrun.spec.load import converter
 from vmrun.spec.model import Firmware, Spec
-from vmrun.spec.naming import tap_name
 from vmrun.spec.usernet import refused_forward, tap_nics
 from vmrun.state.drift import Configuration, differences
 from vmrun.state.hostdrift import host_differences
@@ -197,7 +196,7 @@ def _preflight(
             name=spec.name, spec_path=str(spec_path), argv=configuration.argv, accel=str(plan.accel.accel),
             accel_reason=plan.accel.reason, wants_ksm=spec.host.ksm,
             writable_disks=tuple(str(disk.path) for disk in spec.disks if not disk.readonly),
-            taps=tuple(tap_name(spec, nic) for nic in tap_nics(spec)),
+            taps=tuple(nic.host_tap for nic in tap_nics(spec)),
             vfio=tuple(vfio.host for vfio in spec.vfio),
             spec=converter.unstructure(spec),
             seed_id=configuration.seed_id,

@@ -13,7 +13,7 @@ from vmrun.spec.extra_args import refused_extra_args
 from vmrun.spec.images import check_image_bases
 from vmrun.spec.load import read_document, spec_base, structure_spec
 from vmrun.spec.model import ROOT_USER, Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
-from vmrun.spec.naming import IFNAMSIZ, VM_NAME_RULE, is_vm_name, mac_address, pci_address, tap_name
+from vmrun.spec.naming import DEVICE_ID, IFNAMSIZ, VM_NAME_RULE, is_vm_name, pci_address
 from vmrun.spec.usernet import check_user_nics, is_user
 from vmrun.units import GIB, MIB, TIB, format_duration, format_size
 
@@ -40,7 +40,6 @@ DEFAULT_MAX_CPUS = 255  # a machine type vmrun has no figure for: the xAPIC limi
 # Above 255 vCPUs qemu 7.2 needs x2APIC with KVM's in-kernel irqchip, which TCG lacks.
 MAX_TCG_CPUS = 255
 
-_DEVICE_ID = re.compile(r"[a-z][a-z0-9_-]{0,30}")
 _MACHINE_TYPE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MAC = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
@@ -147,7 +146,7 @@ def _duplicates(items: Iterable[tuple[str, str]], what: str) -> Iterator[Problem
 def check_ids(spec: Spec) -> Iterator[Problem]:
     locations = list(_locations(spec))
     for path, device_id in locations:
-        if not _DEVICE_ID.fullmatch(device_id):
+        if not DEVICE_ID.fullmatch(device_id):
             yield Problem(f"{path}.id", f"{device_id!r} is not a valid id", "use a-z, then up to 30 of a-z 0-9 _ -")
         elif device_id in RESERVED_IDS:
             yield Problem(f"{path}.id", f"{device_id!r} is reserved for vmrun's own devices", "choose another id")
@@ -233,7 +232,7 @@ def check_node_names(spec: Spec) -> Iterator[Problem]:
     # Reserved under BIOS too: a spec that switches to UEFI should not start failing in qemu.
     taken: dict[str, str] = dict.fromkeys(_FIRMWARE_DRIVES, "the UEFI firmware's drives")
     for index, disk in enumerate(spec.disks):
-        if not _DEVICE_ID.fullmatch(disk.id):
+        if not DEVICE_ID.fullmatch(disk.id):
             continue
         path, names = f"disks[{index}].id", node_names(disk)
         longest = max(names, key=len)
@@ -306,9 +305,9 @@ def check_queue_limit(spec: Spec) -> Iterator[Problem]:
 
 def check_derived_names(spec: Spec) -> Iterator[Problem]:
     """Taps and MACs left out of the spec are derived from the VM's name: each must still be unique."""
-    yield from _duplicates(((f"nics[{i}].tap", tap_name(spec, n)) for i, n in enumerate(spec.nics) if not is_user(n)),
+    yield from _duplicates(((f"nics[{i}].tap", n.tap) for i, n in enumerate(spec.nics) if n.tap and not is_user(n)),
                            "tap")
-    yield from _duplicates(((f"nics[{i}].mac", mac_address(spec, n)) for i, n in enumerate(spec.nics)), "MAC")
+    yield from _duplicates(((f"nics[{i}].mac", n.mac) for i, n in enumerate(spec.nics) if n.mac), "MAC")
 
 
 def check_shares(spec: Spec) -> Iterator[Problem]:

@@ -45,7 +45,7 @@ from vmrun.spec.model import (
     Spec,
     Vhost,
 )
-from vmrun.spec.naming import pci_address
+from vmrun.spec.naming import pci_address, with_derived_names
 from vmrun.units import format_duration, format_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -429,9 +429,10 @@ def _changed(instance: _Instance, **values: Any) -> _Instance:
 
 
 def normalize(spec: Spec, base: Path) -> Spec:
-    """Relative paths are relative to the spec file's directory; PCI addresses get their domain."""
+    """Relative paths are relative to the spec file's directory; PCI addresses get their domain; every NIC gets
+    its tap and MAC."""
     return _changed(
-        spec,
+        with_derived_names(spec),
         boot=_changed(
             spec.boot,
             kernel=_resolve_optional(spec.boot.kernel, base),

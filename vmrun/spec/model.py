@@ -123,6 +123,20 @@ class Nic(Record):
     forward: tuple[str, ...] = ()
     restrict: bool = False  # user mode only: the guest reaches nothing outside; forwards still work
 
+    # Loading a spec fills in tap (tap NICs) and mac (every NIC) when the spec leaves them out
+    # (vmrun.spec.naming.with_derived_names): past the checks, every stage reads them here.
+    @property
+    def host_tap(self) -> str:
+        if self.tap is None:
+            raise ValueError(f"NIC {self.id} has no tap: a user-mode NIC, or a spec vmrun did not load")
+        return self.tap
+
+    @property
+    def guest_mac(self) -> str:
+        if self.mac is None:
+            raise ValueError(f"NIC {self.id} has no MAC: a spec vmrun did not load")
+        return self.mac
+
 
 @attrs.frozen(repr=False)
 class Share(Record):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 
-from vmrun.spec.model import Nic, Spec
+import attrs
+
+from vmrun.spec.model import Nic, NicMode, Spec
 
 IFNAMSIZ = 15  # bytes of an interface name, without the kernel's trailing NUL
 # The one rule for VM names, from a spec or the command line, before a name becomes a path or a tap.
 VM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 VM_NAME_RULE = "use 1-63 of a-z, 0-9 and '-'"
+DEVICE_ID = re.compile(r"[a-z][a-z0-9_-]{0,30}")  # disks, NICs, shares, VFIO devices: qemu ids, parts of tap names
 # Neither VM names nor device ids contain a dot, so "<vm>.<nic>" splits one way only: two VMs cannot derive
 # the same readable tap. Hashed names ("vm" + hex) have no dot, so they cannot meet a readable one.
 TAP_SEPARATOR = "."
@@ -26,21 +29,37 @@ def is_vm_name(name: str) -> bool:
     return VM_NAME.fullmatch(name) is not None
 
 
-def tap_name(spec: Spec, nic: Nic) -> str:
-    """The host tap: as given, else "<vm>.<nic>", else "vm" + a hash of both that fits IFNAMSIZ."""
-    if nic.tap is not None:
-        return nic.tap
-    readable = f"{spec.name}{TAP_SEPARATOR}{nic.id}"
+def is_device_id(name: str) -> bool:
+    return DEVICE_ID.fullmatch(name) is not None
+
+
+def with_derived_names(spec: Spec) -> Spec:
+    """Every NIC with the tap and MAC the rest of vmrun uses, filled in once when the spec is loaded: as given
+    (a MAC lower-cased), else derived from the VM's and the NIC's names. A name that breaks its rule derives
+    nothing: the checks refuse the spec for that name alone."""
+    if not is_vm_name(spec.name) or not spec.nics:
+        return spec
+    nics = tuple(_with_derived_names(spec.name, nic) if is_device_id(nic.id) else nic for nic in spec.nics)
+    return spec if nics == spec.nics else attrs.evolve(spec, nics=nics)
+
+
+def _with_derived_names(vm: str, nic: Nic) -> Nic:
+    tap = nic.tap if nic.tap is not None or nic.mode is not NicMode.TAP else _derived_tap(vm, nic.id)
+    mac = nic.mac.lower() if nic.mac is not None else _derived_mac(vm, nic.id)
+    return nic if (tap, mac) == (nic.tap, nic.mac) else attrs.evolve(nic, tap=tap, mac=mac)
+
+
+def _derived_tap(vm: str, nic: str) -> str:
+    """"<vm>.<nic>", else "vm" + a hash of both that fits IFNAMSIZ."""
+    readable = f"{vm}{TAP_SEPARATOR}{nic}"
     if len(readable.encode()) <= IFNAMSIZ:
         return readable
-    return "vm" + _digest(spec.name, nic.id)[: IFNAMSIZ - 2]
+    return "vm" + _digest(vm, nic)[: IFNAMSIZ - 2]
 
 
-def mac_address(spec: Spec, nic: Nic) -> str:
-    """As given (lower-cased), else 52:54:00 (QEMU's locally administered prefix) + a stable hash."""
-    if nic.mac is not None:
-        return nic.mac.lower()
-    digest = _digest(spec.name, nic.id)
+def _derived_mac(vm: str, nic: str) -> str:
+    """52:54:00 (QEMU's locally administered prefix) + a stable hash."""
+    digest = _digest(vm, nic)
     return "52:54:00:" + ":".join(digest[i : i + 2] for i in (0, 2, 4))
 
 

@@ -13,7 +13,6 @@ from vmrun.host.facts import qemu_user
 from vmrun.host.pci import pci_device
 from vmrun.host.system import KSM_RUN, Host, User
 from vmrun.spec.model import Spec
-from vmrun.spec.naming import tap_name
 from vmrun.spec.usernet import is_user
 
 
@@ -27,9 +26,9 @@ def host_differences(spec: Spec, host: Host, *, as_root: bool) -> list[str]:
 
 def _nic_differences(spec: Spec, host: Host) -> Iterator[str]:
     for index, nic in enumerate(spec.nics):
-        tap, path = tap_name(spec, nic), f"nics[{index}]"
         if is_user(nic):
             continue  # qemu's own network: nothing on the host to lose
+        tap, path = nic.host_tap, f"nics[{index}]"
         if not host.exists(f"/sys/class/net/{tap}"):
             yield f"{path}: tap {tap} is gone from the host"
             continue
