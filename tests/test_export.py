@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,11 +17,13 @@ from vmrun.export.systemd import systemd_unit
 from vmrun.spec.check import validate
 from vmrun.spec.load import load_spec, parse_spec
 from vmrun.spec.model import Accel
+from vmrun.state.locations import RunPaths
 
 from .common import GOOD_SPEC, REPO, SPECS
 
 GOLDEN = Path(__file__).parent / "golden"
 SEED = Path("/var/lib/vmrun/web/seed.iso")
+PATHS = RunPaths(run_dir=Path("/run/vmrun/tiny"), state_dir=Path("/var/lib/vmrun/tiny"))
 
 
 def domain_of(spec_file: Path, accel: Accel = Accel.TCG) -> ET.Element:
@@ -128,11 +133,12 @@ def test_overlay_has_its_base_as_backing_store_and_the_seed_is_a_read_only_cdrom
 
 def test_systemd_unit_supervises_qemu_through_its_pidfile() -> None:
     spec = load_spec(SPECS / "tiny.toml")
-    unit = systemd_unit(spec, spec_path=SPECS / "tiny.toml", vmrun=Path("/usr/bin/vmrun"),
-                        run_dir=Path("/run/vmrun/tiny")).text
+    unit = systemd_unit(spec, spec_path=SPECS / "tiny.toml", vmrun=Path("/usr/bin/vmrun"), paths=PATHS,
+                        image_cache=Path("/var/cache/vmrun")).text
+    roots = "--run-dir /run/vmrun --state-dir /var/lib/vmrun --cache-dir /var/cache/vmrun"
     assert "Type=forking\n" in unit and "PIDFile=/run/vmrun/tiny/qemu.pid\n" in unit
-    assert f"ExecStart=/usr/bin/vmrun --run-dir /run/vmrun up {SPECS / 'tiny.toml'}\n" in unit
-    assert "ExecStop=/usr/bin/vmrun --run-dir /run/vmrun down tiny --timeout 60\n" in unit
+    assert f"ExecStart=/usr/bin/vmrun {roots} up {SPECS / 'tiny.toml'}\n" in unit
+    assert f"ExecStop=/usr/bin/vmrun {roots} down tiny --timeout 60\n" in unit
     assert "Restart=on-failure\n" in unit and "WantedBy=multi-user.target" in unit
 
 
@@ -146,6 +152,47 @@ def test_systemd_start_timeout_is_whole_seconds_for_the_longest_valid_waits() ->
     data["agent"] = {"timeout": "24h"}
     data["post_boot"] = [{"run": ["true"], "timeout": "24h"}, {"run": ["true"], "timeout": "500ms"}]
     spec = validate(parse_spec(data, source="t", base=Path("/")), "t")
-    unit = systemd_unit(spec, spec_path=Path("/specs/web.toml"), vmrun=Path("/usr/bin/vmrun"),
-                        run_dir=Path("/run/vmrun/web")).text
+    unit = systemd_unit(spec, spec_path=Path("/specs/web.toml"), vmrun=Path("/usr/bin/vmrun"), paths=PATHS,
+                        image_cache=Path("/var/cache/vmrun")).text
     assert f"TimeoutStartSec={2 * 86400 + 120}\n" in unit  # agent + hooks + 120 s for qemu, rounded down
+
+
+def test_systemd_reads_back_paths_with_spaces_specifier_and_variable_characters() -> None:
+    spec = validate(parse_spec({**tomllib.loads(GOOD_SPEC), "description": "50% of the host"}, source="t",
+                               base=Path("/")), "t")
+    odd = RunPaths(run_dir=Path("/run/50%/vmrun/web"), state_dir=Path("/var/lib/a$b/web"))
+    unit = systemd_unit(spec, spec_path=Path("/specs/my vms/50%/web.toml"), vmrun=Path("/opt/v m/$x/vmrun"),
+                        paths=odd, image_cache=Path('/var/cache/"c" d')).text
+    assert "Description=vmrun VM web (50%% of the host)\n" in unit
+    assert "Documentation=file:///specs/my%%20vms/50%%25/web.toml\n" in unit
+    assert "PIDFile=/run/50%%/vmrun/web/qemu.pid\n" in unit
+    # The executable's path is not subject to $ substitution; the arguments are.
+    assert ('ExecStart="/opt/v m/$x/vmrun" --run-dir "/run/50%%/vmrun" --state-dir "/var/lib/a$$b" '
+            '--cache-dir "/var/cache/\\"c\\" d" up "/specs/my vms/50%%/web.toml"\n') in unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_analyze_verifies_a_unit_exported_from_odd_paths(tmp_path: Path) -> None:
+    """systemd-analyze resolves the specifiers, checks the Documentation URL and finds the executable: a `%` left
+    alone is an unknown specifier, a space in the URL an invalid one, a word split at a space no executable."""
+    odd = tmp_path / "my vms 50% $x"
+    (odd / "bin").mkdir(parents=True)
+    (odd / "bin" / "vmrun").write_text("#!/bin/sh\n")
+    (odd / "bin" / "vmrun").chmod(0o755)
+    spec = validate(parse_spec(tomllib.loads(GOOD_SPEC), source="t", base=odd), "t")
+    unit = tmp_path / "vmrun-web.service"
+    unit.write_text(systemd_unit(spec, spec_path=odd / "web.toml", vmrun=odd / "bin" / "vmrun", image_cache=odd / "c",
+                                 paths=RunPaths(run_dir=odd / "run" / "web", state_dir=odd / "state" / "web")).text)
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert (verified.returncode, verified.stderr) == (0, "")
+
+
+def test_the_unit_passes_on_the_run_state_and_cache_roots_in_effect(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "vmrun", "--run-dir", "run", "--state-dir", "state",
+                             "--cache-dir", "cache", "export", str(SPECS / "tiny.toml"), "--format", "systemd"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})  # this tree's vmrun, from elsewhere
+    assert result.returncode == 0, result.stderr
+    roots = f"--run-dir {tmp_path}/run --state-dir {tmp_path}/state --cache-dir {tmp_path}/cache"
+    assert f" {roots} up {SPECS / 'tiny.toml'}\n" in result.stdout
+    assert f" {roots} down tiny --timeout 60\n" in result.stdout

@@ -8,6 +8,7 @@ import email
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -26,14 +27,12 @@ from vmrun.errors import SpecError
 from vmrun.export.kubevirt import (
     MAX_INLINE_CLOUD_INIT,
     CloudInitTexts,
-    _ethtool_command,
     kubevirt_manifests,
     unmappable,
 )
 from vmrun.spec.check import validate
 from vmrun.spec.load import load_spec, parse_spec
-from vmrun.spec.model import Nic, Spec
-from vmrun.spec.naming import with_derived_names
+from vmrun.spec.model import Spec
 
 from .common import SPECS
 from .specgen import Files, valid_specs
@@ -269,18 +268,6 @@ def test_a_script_user_data_goes_beside_the_multiqueue_step_in_a_mime_multipart(
     assert parts[1][0] == "text/cloud-config" and "combined 2" in yaml.safe_load(parts[1][1])["bootcmd"][0]
 
 
-def test_the_ethtool_step_finds_the_interface_by_its_mac(tmp_path: Path) -> None:
-    """Run by a real shell against this machine's loopback (MAC 00:00:00:00:00:00), with ethtool recorded."""
-    (tmp_path / "ethtool").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/called\n')
-    (tmp_path / "ethtool").chmod(0o755)
-    nics = (Nic(id="net0", queues=3, mac="00:00:00:00:00:00"), Nic(id="net1", queues=2))
-    spec = with_derived_names(Spec(name="t", nics=nics))
-    for nic in spec.nics:
-        subprocess.run(["sh", "-c", _ethtool_command(spec, nic)], check=True,
-                       env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
-    assert (tmp_path / "called").read_text() == "-L lo combined 3\n"
-
-
 def test_single_queue_nics_need_neither_multiqueue_nor_a_boot_command() -> None:
     vm = vm_of(export(spec_of(ONE_NIC.replace("queues = 2", "queues = 1"))))
     assert "networkInterfaceMultiqueue" not in vm["domain"]["devices"]
@@ -400,7 +387,7 @@ def exportable_documents(draw: st.DrawFn) -> tuple[dict[str, Any], CloudInitText
         kubevirt["shares"][share["id"]] = {"pvc": "shared"}
     if draw(st.booleans()):
         kubevirt["kernel_image"] = "quay.io/vmrun/kernel:1"
-    kubevirt["secure_boot"] = draw(st.booleans())
+    kubevirt["secure_boot"] = data.get("boot", {}).get("firmware") == "uefi" and draw(st.booleans())  # UEFI only
     data["kubevirt"] = kubevirt
     script = st.builds(lambda body: f"#!/bin/sh\n{body}\n", st.text(st.characters(codec="utf-8", exclude_categories=(
         "Cs", "Cc")), max_size=3000))
@@ -481,3 +468,130 @@ def test_a_cloud_config_keeps_its_values_when_the_multiqueue_step_is_added_to_it
                        CloudInitTexts(user_data='#cloud-config\nruncmd: ["echo x\\N", "echo a\\Nb"]\n'))
     user_data = yaml.safe_load(vm_of(documents)["volumes"][-1]["cloudInitNoCloud"]["userData"])
     assert user_data["runcmd"] == ["echo x\x85", "echo a\x85b"]
+
+
+def cloud_init_runs(bootcmd: list[Any], tmp_path: Path, interfaces: dict[str, str], failing: str = "",
+                    virtual: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """bootcmd run as cloud-init runs it (cc_bootcmd: util.shellify, one entry a line, argv lists quoted, then one
+    /bin/sh), against a /sys/class/net of these interfaces (name: MAC, each a device) and ``virtual`` ones (no
+    device: a loopback unless given), and an ethtool that records its arguments and fails for ``failing``."""
+    net = tmp_path / "sys-class-net"
+    devices = dict.fromkeys(interfaces, True) | dict.fromkeys(virtual or {"lo": ""}, False)
+    for name, mac in {**interfaces, **(virtual or {"lo": "00:00:00:00:00:00"})}.items():
+        (net / name).mkdir(parents=True)
+        (net / name / "address").write_text(f"{mac}\n")
+        if devices[name]:
+            (net / name / "device").mkdir()
+    (tmp_path / "ethtool").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/called\n[ "$2" != "{failing}" ]\n')
+    (tmp_path / "ethtool").chmod(0o755)
+    script = "".join((shlex.join(map(str, entry)) if isinstance(entry, list) else entry) + "\n"
+                     for entry in bootcmd if entry is not None)
+    return subprocess.run(["sh", "-c", script.replace("/sys/class/net", str(net))], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, timeout=30)
+
+
+def bootcmd_of(documents: list[dict[str, Any]]) -> list[Any]:
+    bootcmd: list[Any] = yaml.safe_load(vm_of(documents)["volumes"][-1]["cloudInitNoCloud"]["userData"])["bootcmd"]
+    return bootcmd
+
+
+# ONE_NIC's multiqueue tap NIC on a Multus network, and a user-mode NIC on the pod network.
+TAP_AND_USER = ONE_NIC + """[[nics]]
+id = "net1"
+mode = "user"
+mac = "52:54:00:dd:ee:ff"
+[kubevirt.nics.net0]
+network = "vms/br0"
+"""
+
+
+def test_every_nic_gets_its_own_queue_count_a_user_mode_nic_one_pair(tmp_path: Path) -> None:
+    bootcmd = bootcmd_of(export(spec_of(TAP_AND_USER)))
+    ran = cloud_init_runs(bootcmd, tmp_path, {"eth0": "52:54:00:aa:bb:cc", "eth1": "52:54:00:dd:ee:ff"})
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "called").read_text().splitlines() == ["-L eth0 combined 2", "-L eth1 combined 1"]
+
+
+def test_a_failed_ethtool_is_a_console_line_and_a_failed_bootcmd(tmp_path: Path) -> None:
+    bootcmd = bootcmd_of(export(spec_of(ONE_NIC), CloudInitTexts(user_data="#cloud-config\nbootcmd: [echo mine]\n")))
+    # eth0 is the NIC; eth1, after it, is another: a loop's status would be the last interface's, 0.
+    interfaces = {"eth0": "52:54:00:aa:bb:cc", "eth1": "52:54:00:00:00:01"}
+    ran = cloud_init_runs(bootcmd, tmp_path / "fails", interfaces, failing="eth0")
+    assert ran.returncode != 0
+    assert "vmrun: ethtool -L eth0 combined 2 failed" in ran.stderr
+    ran = cloud_init_runs(bootcmd, tmp_path / "missing", {"eth1": "52:54:00:00:00:01"})
+    assert ran.returncode != 0
+    assert "vmrun: no network interface has MAC 52:54:00:aa:bb:cc" in ran.stderr
+    # Each NIC gets its line though an earlier one failed, and the whole fails.
+    bootcmd = bootcmd_of(export(spec_of(TAP_AND_USER)))
+    ran = cloud_init_runs(bootcmd, tmp_path / "first", interfaces | {"eth2": "52:54:00:dd:ee:ff"}, failing="eth0")
+    assert ran.returncode != 0
+    assert (tmp_path / "first" / "called").read_text().splitlines() == ["-L eth0 combined 2", "-L eth2 combined 1"]
+
+
+def test_the_ethtool_step_finds_the_nic_by_its_mac_and_not_a_bridge_that_shows_it_too(tmp_path: Path) -> None:
+    bootcmd = bootcmd_of(export(spec_of(ONE_NIC)))
+    ran = cloud_init_runs(bootcmd, tmp_path, {"eth0": "52:54:00:00:00:01", "ens3": "52:54:00:aa:bb:cc"},
+                          virtual={"br0": "52:54:00:aa:bb:cc", "lo": "00:00:00:00:00:00"})
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "called").read_text() == "-L ens3 combined 2\n"
+
+
+def test_the_yaml_says_which_guests_get_no_per_nic_count() -> None:
+    text = kubevirt_manifests([("test", spec_of(ONE_NIC), NO_SEED)]).text
+    comments = " ".join(line.removeprefix("# ") for line in text.splitlines() if line.startswith("#"))
+    assert "A guest without cloud-init, or without ethtool when bootcmd runs" in comments
+    assert "gets no per-NIC count" in comments
+
+
+@pytest.mark.parametrize(("bootcmd", "theirs", "output"), [
+    ("bootcmd:\n", [], ""),
+    ("bootcmd: echo hi\n", ["echo hi"], "hi\n"),
+    ("bootcmd:\n- [echo, 'a b']\n- echo c\n", [["echo", "a b"], "echo c"], "a b\nc\n"),
+], ids=["null", "string", "list"])
+def test_the_multiqueue_step_follows_a_bootcmd_of_every_shape_cloud_init_takes(
+        tmp_path: Path, bootcmd: str, theirs: list[Any], output: str) -> None:
+    spec = tmp_path / "web.toml"
+    spec.write_text(ONE_NIC + '[cloud_init]\nuser_data = "user-data"\n')
+    (tmp_path / "user-data").write_text(f"#cloud-config\n{bootcmd}")
+    result = vmrun("export", "--format", "kubevirt", str(spec))
+    assert result.returncode == 0, result.stderr
+    merged = bootcmd_of(checked_documents(result.stdout))
+    assert merged[:len(theirs)] == theirs and len(merged) == len(theirs) + 2  # the NIC's line, the closing test
+    ran = cloud_init_runs(merged, tmp_path, {"eth0": "52:54:00:aa:bb:cc"})
+    assert (ran.returncode, ran.stdout) == (0, output), ran.stderr
+    assert (tmp_path / "called").read_text() == "-L eth0 combined 2\n"
+
+
+def test_a_bootcmd_cloud_init_would_refuse_is_named_not_a_crash() -> None:
+    with pytest.raises(SpecError) as raised:
+        kubevirt_manifests([("web.toml", spec_of(ONE_NIC),
+                             CloudInitTexts(user_data="#cloud-config\nbootcmd: {a: b}\n"))])
+    assert str(raised.value) == ("web.toml: cloud_init.user_data: bootcmd is a dict, which cloud-init does not run "
+                                 "(hint: write bootcmd as a list of commands, or as one string)")
+
+
+def test_secure_boot_without_uefi_is_refused_at_validate(tmp_path: Path) -> None:
+    spec = tmp_path / "web.toml"
+    spec.write_text(ONE_NIC + "[kubevirt]\nsecure_boot = true\n")
+    for command in (("validate", str(spec)), ("export", "--format", "kubevirt", str(spec))):
+        result = vmrun(*command)
+        assert (result.returncode, result.stdout) == (2, ""), command
+        assert (f"{spec}: kubevirt.secure_boot: Secure Boot needs UEFI firmware, and boot.firmware is bios"
+                in result.stderr), command
+        assert 'set boot.firmware = "uefi", or remove secure_boot' in result.stderr
+
+
+def test_a_narrower_network_that_becomes_the_open_pod_network_is_said(tmp_path: Path) -> None:
+    tap = tmp_path / "tap.toml"
+    tap.write_text(ONE_NIC)
+    restricted = tmp_path / "restricted.toml"
+    restricted.write_text(ONE_NIC.replace("queues = 2\n", 'mode = "user"\nrestrict = true\n'))
+    for spec, said in ((tap, "nics net0: a tap without a bridge reaches only what the host routes to it; on the pod "
+                             "network (masquerade), which is open"),
+                       (restricted, "nics net0: restrict = true shuts the guest in; on the pod network (masquerade), "
+                                    "which is open")):
+        result = vmrun("export", "--format", "kubevirt", str(spec))
+        assert result.returncode == 0, result.stderr
+        assert f"not expressible in kubevirt: web: {said}" in result.stderr
+        assert f"# - {said}" in result.stdout

@@ -290,5 +290,7 @@ def test_kubevirt_puts_a_user_nic_on_the_pod_network_and_says_what_it_has_not() 
     exported = kubevirt_manifests([("test", spec, CloudInitTexts())])
     assert "masquerade: {}" in exported.text and "ethtool" not in exported.text
     assert [note for note in exported.notes if note.startswith("web: nics")] == [
-        "web: nics net0: the pod network (masquerade) has no port forwards and no restrict: reach the guest through a "
-        "Service, shut it in with a NetworkPolicy"]
+        "web: nics net0: restrict = true shuts the guest in; on the pod network (masquerade), which is open: the guest "
+        "reaches every pod and, through the node, beyond, and every pod reaches the guest's ports: shut it in with a "
+        "NetworkPolicy",
+        "web: nics net0: the pod network has no port forwards: reach the guest through a Service"]

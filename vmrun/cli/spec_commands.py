@@ -114,9 +114,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         # The vmrun beside this Python (a venv's), else the one on PATH.
         beside = Path(sys.executable).with_name("vmrun")
         vmrun = beside if beside.exists() else Path(shutil.which("vmrun") or sys.argv[0]).resolve()
-        exported = systemd_unit(
-            spec, spec_path=Path(args.spec).resolve(), vmrun=vmrun, run_dir=run_paths(args, spec.name).run_dir
-        )
+        exported = systemd_unit(spec, spec_path=Path(args.spec).resolve(), vmrun=vmrun,
+                                paths=run_paths(args, spec.name), image_cache=Path(args.cache_dir).resolve())
     _write_export(args, exported)
     if args.define:
         define_domain(host_of(args), exported.text, spec_path=args.spec, name=spec.name)

@@ -27,7 +27,7 @@ from vmrun.record import Record
 from vmrun.spec import kubenames
 from vmrun.spec.images import scheme_of
 from vmrun.spec.model import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
-from vmrun.spec.usernet import is_user, tap_nics
+from vmrun.spec.usernet import is_user
 from vmrun.units import KIB
 
 API_VERSION = "kubevirt.io/v1"
@@ -175,38 +175,78 @@ def _interfaces(spec: Spec, notes: list[str]) -> tuple[list[dict[str, Any]], lis
         else:
             interface["masquerade"] = {}
             networks.append({"name": name, "pod": {}})
-            if nic.bridge:
-                notes.append(f"nics {nic.id}: on the pod network (masquerade), not bridge {nic.bridge}: give "
-                             f"kubevirt.nics.{nic.id}.network for a Multus network")
-            if is_user(nic) and (nic.forward or nic.restrict):
-                notes.append(f"nics {nic.id}: the pod network (masquerade) has no port forwards and no restrict: "
-                             "reach the guest through a Service, shut it in with a NetworkPolicy")
+            notes += _pod_network_notes(nic)
         interfaces.append(interface)
     return interfaces, networks
 
 
+# What the pod network is, where vmrun's NIC was narrower.
+_OPEN = ("on the pod network (masquerade), which is open: the guest reaches every pod and, through the node, "
+         "beyond, and every pod reaches the guest's ports")
+
+
+def _pod_network_notes(nic: Nic) -> Iterator[str]:
+    multus = f"give kubevirt.nics.{nic.id}.network for a Multus network"
+    if nic.bridge:
+        yield f"nics {nic.id}: {_OPEN}, not on bridge {nic.bridge}: {multus}"
+    elif not is_user(nic):
+        yield (f"nics {nic.id}: a tap without a bridge reaches only what the host routes to it; {_OPEN}: {multus}, "
+               "or shut the guest in with a NetworkPolicy")
+    if nic.restrict:
+        yield f"nics {nic.id}: restrict = true shuts the guest in; {_OPEN}: shut it in with a NetworkPolicy"
+    if nic.forward:
+        yield f"nics {nic.id}: the pod network has no port forwards: reach the guest through a Service"
+
+
+_FAILED = "vmrun_multiqueue_failed"  # set by a NIC's line that failed, read by the closing line
+
+
 def multiqueue_commands(spec: Spec) -> list[str]:
-    """vmrun's multiqueue step as boot commands: `ethtool -L <if> combined N` for each NIC, found by its MAC.
-    KubeVirt gives every NIC as many queues as vCPUs and never runs ethtool."""
+    """vmrun's multiqueue step as boot commands: `ethtool -L <if> combined N` for each NIC, found by its MAC,
+    then one that fails when any of them failed. KubeVirt gives every NIC as many queues as vCPUs and never runs
+    ethtool, so a user-mode NIC (one queue pair under vmrun) needs its line as much as a tap."""
     if not any(nic.queues > 1 for nic in spec.nics):
         return []
-    return [_ethtool_command(spec, nic) for nic in tap_nics(spec)]
+    # cloud-init runs every bootcmd entry in one shell script whose status is its last command's: without the
+    # closing test, a failure on any NIC but the last would pass unseen.
+    return [*(_ethtool_command(spec, nic) for nic in spec.nics), f'[ -z "${{{_FAILED}-}}" ]']
 
 
 def _ethtool_command(spec: Spec, nic: Nic) -> str:
-    mac = shlex.quote(nic.guest_mac)
-    return (f'for dev in /sys/class/net/*; do if [ "$(cat "$dev/address")" = {mac} ]; '
-            f'then ethtool -L "${{dev##*/}}" combined {nic.queues}; fi; done')
+    mac = nic.guest_mac
+    quoted = shlex.quote(mac)
+    # Only devices with a `device` link: a bridge, VLAN or bond of the NIC shows its MAC too but takes no -L.
+    # stderr reaches the console (cloud-init's output goes there), so a NIC left at KubeVirt's count is seen.
+    return (f'vmrun_if=; for dev in /sys/class/net/*; do if [ -e "$dev/device" ] && '
+            f'[ "$(cat "$dev/address" 2>/dev/null)" = {quoted} ]; then vmrun_if=${{dev##*/}}; fi; done; '
+            f'if [ -z "$vmrun_if" ]; then echo "vmrun: no network interface has MAC {mac}: its queue pairs stay '
+            f'as many as vCPUs" >&2; {_FAILED}=1; '
+            f'elif ! ethtool -L "$vmrun_if" combined {nic.queues}; then echo "vmrun: ethtool -L $vmrun_if combined '
+            f'{nic.queues} failed: its queue pairs stay as many as vCPUs" >&2; {_FAILED}=1; fi')
+
+
+def _boot_commands_of(config: Mapping[str, Any]) -> list[Any]:
+    """A #cloud-config's own bootcmd as a list, in every shape cloud-init takes: a list (of strings or argv
+    lists), a single string (one script), or no entries at all."""
+    bootcmd = config.get("bootcmd")
+    if bootcmd is None:
+        return []
+    if isinstance(bootcmd, str):
+        return [bootcmd]
+    if isinstance(bootcmd, list):
+        return bootcmd
+    raise ValueError(f"bootcmd is a {type(bootcmd).__name__}, which cloud-init does not run")
 
 
 def user_data_with(user_data: str | None, boot_commands: Sequence[str]) -> str | None:
     """The spec's user-data with boot commands that run at every boot (cloud-init's bootcmd): added to a
-    #cloud-config's own, or beside a #! script in a MIME multipart."""
+    #cloud-config's own, or beside a #! script in a MIME multipart. ValueError when the #cloud-config's bootcmd
+    has a shape cloud-init refuses."""
     if not boot_commands:
         return user_data
     if user_data is None or user_data.startswith(CLOUD_CONFIG):
         config = (yaml.safe_load(user_data) if user_data else None) or {}
-        config["bootcmd"] = [*config.get("bootcmd", []), *boot_commands]
+        config["bootcmd"] = [*_boot_commands_of(config), *boot_commands]
         return f"{CLOUD_CONFIG}\n" + yaml.dump(config, Dumper=_KeepingNel, sort_keys=False, allow_unicode=True,
                                                width=_NO_WRAP)
     ours = f"{CLOUD_CONFIG}\n" + yaml.safe_dump({"bootcmd": list(boot_commands)}, sort_keys=False, width=_NO_WRAP)
@@ -217,6 +257,14 @@ def user_data_with(user_data: str | None, boot_commands: Sequence[str]) -> str |
     return multipart.as_string()
 
 
+def _user_data_problems(spec: Spec, texts: CloudInitTexts) -> list[Problem]:
+    try:
+        user_data_with(texts.user_data, multiqueue_commands(spec))
+    except ValueError as error:
+        return [Problem("cloud_init.user_data", str(error), "write bootcmd as a list of commands, or as one string")]
+    return []
+
+
 def _cloud_init(spec: Spec, texts: CloudInitTexts, secret: str,
                 notes: list[str]) -> tuple[dict[str, Any] | None, dict[str, str]]:
     """The cloudInitNoCloud volume source, and what goes in the Secret (empty: none needed)."""
@@ -225,7 +273,10 @@ def _cloud_init(spec: Spec, texts: CloudInitTexts, secret: str,
     if boot_commands:
         notes.append("nics: KubeVirt gives every NIC as many queue pairs as vCPUs (networkInterfaceMultiqueue), "
                      "not one count per NIC; cloud-init's bootcmd runs vmrun's `ethtool -L <if> combined N` for "
-                     "each NIC (by MAC) at every boot, and nothing reads the count back")
+                     "each NIC (by MAC) at every boot, and nothing reads the count back; a NIC it fails on is a "
+                     "line on the console and a failed bootcmd. A guest without cloud-init, or without ethtool "
+                     "when bootcmd runs (at first boot, before cloud-init installs packages), gets no "
+                     "per-NIC count: every NIC keeps as many queue pairs as vCPUs")
     source: dict[str, Any] = {}
     secret_data: dict[str, str] = {}
     for text, inline, reference, key in ((user_data, "userData", "secretRef", "userdata"),
@@ -415,8 +466,8 @@ def _document(manifest: Mapping[str, Any], comments: Sequence[str]) -> str:
 def kubevirt_manifests(specs: Sequence[tuple[str, Spec, CloudInitTexts]]) -> Export:
     """One YAML stream for (source, spec, seed texts) of one or more VMs, sorted by name; SpecError for the first
     spec that KubeVirt cannot be given (`unmappable` finds them all)."""
-    for source, spec, _ in specs:
-        problems = unmappable(spec)
+    for source, spec, texts in specs:
+        problems = [*unmappable(spec), *_user_data_problems(spec, texts)]
         if problems:
             raise SpecError(source, problems)
     text, all_notes = "", []

@@ -12,7 +12,7 @@ from vmrun.spec import kubenames
 from vmrun.spec.extra_args import refused_extra_args
 from vmrun.spec.images import check_image_bases
 from vmrun.spec.load import read_document, spec_base, structure_spec
-from vmrun.spec.model import ROOT_USER, Accel, Aio, Cache, Disk, DiskFormat, Machine, Spec
+from vmrun.spec.model import ROOT_USER, Accel, Aio, Cache, Disk, DiskFormat, Firmware, Machine, Spec
 from vmrun.spec.naming import DEVICE_ID, IFNAMSIZ, VM_NAME_RULE, is_vm_name, pci_address
 from vmrun.spec.usernet import check_user_nics, is_user
 from vmrun.units import GIB, MIB, TIB, format_duration, format_size
@@ -377,6 +377,13 @@ def check_kubevirt(spec: Spec) -> Iterator[Problem]:
                           kubenames.SUBDOMAIN_RULE)
 
 
+def check_secure_boot(spec: Spec) -> Iterator[Problem]:
+    # Only UEFI has Secure Boot: exported as BIOS, the guest would boot unverified while the spec says otherwise.
+    if spec.kubevirt.secure_boot and spec.boot.firmware is not Firmware.UEFI:
+        yield Problem("kubevirt.secure_boot", f"Secure Boot needs UEFI firmware, and boot.firmware is "
+                      f"{spec.boot.firmware}", 'set boot.firmware = "uefi", or remove secure_boot')
+
+
 def _duration_problems(seconds: float, path: str) -> Iterator[Problem]:
     if seconds <= 0:
         yield Problem(path, "must be longer than 0s")
@@ -443,6 +450,7 @@ CHECKS: tuple[tuple[Check, frozenset[str]], ...] = (
     (check_agent_and_hooks, frozenset()),
     (check_host_and_qemu, frozenset()),
     (check_kubevirt, frozenset({"disks", "nics", "vfio", "shares"})),
+    (check_secure_boot, frozenset({"boot", "kubevirt"})),
 )
 
 
