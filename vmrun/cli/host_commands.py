@@ -6,13 +6,9 @@ import argparse
 import json
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vmrun.cli.common import checked_image_url, checked_spec, host_of, on_cached_bases, places_of, say
 from vmrun.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
