@@ -179,3 +179,27 @@ def test_the_console_script_pauses_the_collector_for_its_start_only(monkeypatch:
         assert gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_diff_json_lists_an_invalid_spec_as_up_refuses_it_and_down_dry_run_names_what_down_would_stop(
+        tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('name = "a"\n[boot]\nkernel = "k"\n')
+    (tmp_path / "bad.toml").write_text('name = "bad"\n[machine]\ncpus = 0\n[boot]\nkernel = "k"\n')
+    roots = ["--run-dir", str(tmp_path / "run"), "--state-dir", str(tmp_path / "state")]
+    diff = vmrun(*roots, "diff", "--json", str(tmp_path))
+    up = vmrun(*roots, "up", "--json", str(tmp_path / "bad.toml"))
+    assert diff.returncode == up.returncode == 2
+    [refused] = json.loads(up.stdout)
+    assert json.loads(diff.stdout) == [
+        {"name": refused["name"], "spec": refused["name"], "status": "invalid", "differences": [],
+         "errors": refused["errors"], "hint": refused["hint"]},
+        {"name": "a", "spec": str(tmp_path / "a.toml"), "status": "not running", "differences": []},
+    ]
+    assert refused["errors"] == [f"{tmp_path / 'bad.toml'}: machine.cpus: must be at least 1, got 0"]
+    # down reads only the names; --dry-run says which VMs have a run to stop and touches nothing.
+    (tmp_path / "run" / "bad").mkdir(parents=True)
+    dry = vmrun(*roots, "down", "--dry-run", "--json", str(tmp_path))
+    assert dry.returncode == 0, dry.stderr
+    assert [(fate["name"], fate["result"], fate["outcome"]) for fate in json.loads(dry.stdout)] == [
+        ("a", "not running", "not running"), ("bad", "stopped", "would stop")]
+    assert (tmp_path / "run" / "bad").is_dir()

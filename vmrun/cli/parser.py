@@ -117,6 +117,8 @@ def _down(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
                         help="seconds the guest gets to power down (default: 30)")
     parser.add_argument("--force", action="store_true", help="skip the powerdown: quit, then kill")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="stop nothing: say which VMs down would stop (their names read as down reads them)")
     parser.add_argument("--json", action="store_true", help=_FATES_JSON)
     parser.set_defaults(handler=cmd_down)
 

@@ -127,7 +127,16 @@ def cmd_down(args: argparse.Namespace) -> int:
             return Fate(name, "not running") if how is None else Fate(name, f"stopped ({how})", result="stopped")
         return task
 
-    return _finish(run_all([(name, task_for(name)) for name in vm_names_of(args)], jobs=None, say=say,
+    names = vm_names_of(args)
+    if args.dry_run:
+        from vmrun.state.vmstate import has_run
+
+        fates = [Fate(name, "would stop", result="stopped") if has_run(places.of(name)) else Fate(name, "not running")
+                 for name in names]
+        for fate in fates:
+            say(f"{fate.name}: {fate.outcome} (dry run: nothing stopped)")
+        return _finish(fates, as_json=args.json)
+    return _finish(run_all([(name, task_for(name)) for name in names], jobs=None, say=say,
                            report=_reporter(args)), as_json=args.json)
 
 
@@ -142,7 +151,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
         status = "not running" if changed is None else "differs" if changed else "up to date"
         rows.append({"name": spec.name, "spec": str(path), "status": status, "differences": changed or []})
     if args.json:
-        print(json.dumps(rows, indent=1))
+        # An invalid spec is a row too, named by its path as up names it, with the errors up would refuse it with.
+        invalid = [{"name": fate.name, "spec": fate.name, "status": "invalid", "differences": [],
+                    "errors": list(fate.errors), "hint": fate.hint} for fate in refused]
+        print(json.dumps(invalid + rows, indent=1))
     else:
         for row in rows:
             print(f"{row['name']}: {row['status']}" + "".join(f"\n  {line}" for line in row["differences"]))

@@ -12,10 +12,13 @@ description:
   - O(state=present) is C(vmrun up). VMs that do not run are started, VMs running with their spec's
     configuration are left alone, and a VM running with another configuration fails the task, as
     C(vmrun up) refuses it, unless O(restart=true).
-  - O(state=absent) is C(vmrun down) of the VMs the specs name.
+  - O(state=absent) is C(vmrun down) of the VMs the specs name. As for C(vmrun down), a spec only has to name
+    its VM, it need not be valid; a spec that names none fails the task and nothing is stopped.
   - The task reports changed only when a VM was started, restarted or stopped.
-  - Check mode and C(--diff) come from C(vmrun diff --json) (and C(vmrun status --json) for O(state=absent));
-    check mode starts and stops nothing.
+  - Check mode starts and stops nothing and predicts the real run, failures included. For O(state=present) it
+    comes from C(vmrun diff --json), which also gives each invalid spec and the errors C(vmrun up) refuses it
+    with; for O(state=absent), from C(vmrun down --dry-run --json), which names the VMs as C(vmrun down) does,
+    and C(vmrun status --json).
   - Errors are vmrun's own one-line messages.
 version_added: "1.0.0"
 author:
@@ -36,6 +39,8 @@ options:
     description:
       - Restart a VM that runs with another configuration than its spec's (a graceful down, then up),
         as C(vmrun up --restart). Without it such a VM fails the task and keeps running.
+      - Only with O(state=present). O(restart=true) with O(state=absent) fails the task before vmrun runs, since
+        C(vmrun down) stops VMs and restarts none (the option would otherwise be silently ignored).
     type: bool
     default: false
   timeout:
@@ -43,33 +48,26 @@ options:
       - Seconds a guest gets to power down (when restarted, or stopped by O(state=absent)) before vmrun
         quits and then kills its qemu; vmrun's C(--timeout). vmrun's default is 30.
     type: float
-  vmrun:
-    description:
-      - The vmrun executable on the managed host, a name looked up in E(PATH) or a path.
-    type: str
-    default: vmrun
-  run_dir:
-    description:
-      - Where vmrun keeps per-VM run state (vmrun's C(--run-dir)); vmrun's default when unset
-        (C(/run/vmrun) as root).
-    type: path
-  state_dir:
-    description:
-      - Where vmrun keeps state that outlives a run, such as UEFI variables (vmrun's C(--state-dir));
-        vmrun's default when unset (C(/var/lib/vmrun) as root).
-    type: path
+extends_documentation_fragment:
+  - vmrun.fleet.vmrun
 attributes:
   check_mode:
-    description: Starts and stops nothing; what would become of each VM comes from C(vmrun diff --json).
+    description:
+      - Starts and stops nothing; what would become of each VM comes from C(vmrun diff --json)
+        (O(state=present)) or C(vmrun down --dry-run --json) (O(state=absent)).
     support: full
   diff_mode:
-    description: Each VM as C(vmrun diff) says it before, and what it is (or would be) after.
+    description:
+      - Each VM as vmrun says it before, and what it is (or would be) after; and each spec left out, and why.
     support: full
-requirements:
-  - vmrun on the managed host
 notes:
-  - The diff lists each VM as C(vmrun diff) says it (up to date, not running, or what differs in spec terms)
-    before, and what it would be after.
+  - For O(state=present) the diff lists each VM as C(vmrun diff) says it (up to date, not running, or what
+    differs in spec terms) before, and what it would be after; each invalid spec, which C(vmrun up) leaves out,
+    is listed below the diff with vmrun's errors.
+  - For O(state=absent) the diff lists each VM that C(vmrun down) stops or finds not running, its state as
+    C(vmrun status) says it before, and after.
+seealso:
+  - module: vmrun.fleet.vms_info
 """
 
 EXAMPLES = r"""
@@ -111,12 +109,13 @@ vms:
     result:
       description:
         - V(started), V(up to date), V(restarted), V(refused) (runs with another configuration),
-          V(invalid), V(failed), V(interrupted) for O(state=present);
+          V(invalid) (the spec's path as the name, its errors in RV(vms[].errors)), V(failed), V(interrupted)
+          for O(state=present);
           V(stopped), V(not running), V(failed), V(interrupted) for O(state=absent).
       type: str
       sample: started
     outcome:
-      description: The result as vmrun's summary line says it.
+      description: The result as vmrun's summary line says it (V(would stop) in check mode with O(state=absent)).
       type: str
       sample: stopped (ACPI powerdown)
     exit_code:
@@ -136,55 +135,22 @@ vms:
     - {name: web, result: started, outcome: started, exit_code: 0, errors: [], hint: null}
 """
 
-import json  # noqa: E402 - after the documentation, as Ansible modules are laid out
-
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as modules are laid out
+from ansible_collections.vmrun.fleet.plugins.module_utils.vmrun import VMRUN_ARGUMENT_SPEC, Vmrun  # noqa: E402
 
 CHANGED = ("started", "restarted", "stopped")
 GOOD = ("started", "restarted", "up to date", "stopped", "not running")
 
 
-def vm(name, result, errors=(), hint=None, exit_code=0):
+def vm(name, result, errors=(), hint=None, exit_code=0, outcome=None):
     """One VM's entry, shaped as vmrun's `up --json` and `down --json` give it."""
-    return {"name": name, "result": result, "outcome": result, "exit_code": exit_code, "errors": list(errors),
-            "hint": hint}
+    return {"name": name, "result": result, "outcome": outcome or result, "exit_code": exit_code,
+            "errors": list(errors), "hint": hint}
 
 
-class Vmrun:
-    """The vmrun executable on this host, with the task's run and state roots."""
-
-    def __init__(self, module):
-        self.module = module
-        executable = module.params["vmrun"]
-        path = executable if "/" in executable else module.get_bin_path(executable, required=True)
-        self.base = [path]
-        for option, param in (("--run-dir", "run_dir"), ("--state-dir", "state_dir")):
-            if module.params[param]:
-                self.base += [option, module.params[param]]
-
-    def specs(self):
-        """The specs argument, never taken for an option (a directory named --all)."""
-        return ["--", self.module.params["specs"]]
-
-    def run(self, *args):
-        """vmrun's exit code, its JSON output (None when it printed none) and its error lines."""
-        argv = self.base + list(args)
-        rc, out, err = self.module.run_command(argv, expand_user_and_vars=False)
-        try:
-            parsed = json.loads(out)
-        except ValueError:
-            parsed = None
-        errors = [line[len("vmrun: error: "):] for line in err.splitlines() if line.startswith("vmrun: error: ")]
-        return rc, parsed, errors, err
-
-    def json_or_fail(self, ok_codes, *args):
-        """vmrun's JSON output; the task fails with vmrun's errors when it gives none, or exits otherwise
-        than ok_codes (None: whatever it exits with, its JSON tells each VM's fate)."""
-        rc, parsed, errors, err = self.run(*args)
-        if (ok_codes is not None and rc not in ok_codes) or parsed is None:
-            self.module.fail_json(msg="; ".join(errors) or f"vmrun {args[0]} failed (exit {rc})", rc=rc,
-                                  stderr=err, vms=[])
-        return parsed
+def specs(module):
+    """The specs argument, never taken for an option (a directory named --all)."""
+    return ["--", module.params["specs"]]
 
 
 def error_lines(vms):
@@ -193,17 +159,20 @@ def error_lines(vms):
             for entry in vms if entry["result"] not in GOOD for line in entry["errors"]]
 
 
-def specs_now(vmrun, *, invalid_ok=False):
-    """`vmrun diff --json`: each VM of the specs, up to date, not running or what differs. An invalid spec
-    fails the task with vmrun's errors unless invalid_ok (then it is left out, for `up` to report)."""
-    return vmrun.json_or_fail((0, 2, 6) if invalid_ok else (0, 6), "diff", "--json", *vmrun.specs())
+def specs_now(vmrun):
+    """`vmrun diff --json`: each VM of the specs, up to date, not running or what differs; and each invalid spec
+    (status invalid, named by its path), with the errors `vmrun up` refuses it with (diff exits 2 then)."""
+    return vmrun.json_or_fail((0, 2, 6), "diff", "--json", *specs(vmrun.module))
 
 
 def predict_up(rows, restart):
     """What `vmrun up` would do to each VM, from what `vmrun diff` says of it."""
     predicted = []
     for row in rows:
-        if row["status"] == "up to date":
+        if row["status"] == "invalid":
+            predicted.append(vm(row["name"], "invalid", row["errors"], hint=row["hint"], exit_code=2,
+                                outcome="invalid (exit 2)"))
+        elif row["status"] == "up to date":
             predicted.append(vm(row["name"], "up to date"))
         elif row["status"] == "not running":
             predicted.append(vm(row["name"], "started"))
@@ -222,45 +191,46 @@ def vm_text(name, status, lines=()):
 
 
 def up_diff(rows, vms):
-    """Before: each VM as `vmrun diff` says it; after: up to date where up brings it there."""
+    """Before: each VM as `vmrun diff` says it; after: up to date where up brings it there. Each spec up leaves
+    out (an invalid one) below the diff, with vmrun's errors."""
     brought = set(entry["name"] for entry in vms if entry["result"] in GOOD)
-    before = "".join(vm_text(row["name"], row["status"], row["differences"]) for row in rows)
+    valid = [row for row in rows if row["status"] != "invalid"]
+    before = "".join(vm_text(row["name"], row["status"], row["differences"]) for row in valid)
     after = "".join(vm_text(row["name"], "up to date") if row["name"] in brought
-                    else vm_text(row["name"], row["status"], row["differences"]) for row in rows)
-    return {"before": before, "after": after}
+                    else vm_text(row["name"], row["status"], row["differences"]) for row in valid)
+    diff = {"before": before, "after": after}
+    left_out = [row for row in rows if row["status"] == "invalid"]
+    if left_out:
+        diff["prepared"] = "left out by vmrun up:\n" + "".join(
+            vm_text(row["name"], "invalid spec", row["errors"]) for row in left_out)
+    return diff
 
 
 def present(module, vmrun):
-    rows = specs_now(vmrun, invalid_ok=not module.check_mode) if module.check_mode or module._diff else []
+    rows = specs_now(vmrun) if module.check_mode or module._diff else []
     if module.check_mode:
         vms = predict_up(rows, module.params["restart"])
     else:
-        args = ["up", "--json"] + (["--restart"] if module.params["restart"] else [])
-        vms = apply(vmrun, args)
+        vms = apply(vmrun, ["up", "--json"] + (["--restart"] if module.params["restart"] else []))
     return vms, up_diff(rows, vms)
 
 
 def apply(vmrun, args):
     """`vmrun up` or `down` with --json (and --timeout): each VM's entry as vmrun gives it."""
     timeout = vmrun.module.params["timeout"]
-    args = args + (["--timeout", f"{timeout:g}"] if timeout is not None else []) + vmrun.specs()
+    args = args + (["--timeout", f"{timeout:g}"] if timeout is not None else []) + specs(vmrun.module)
     return vmrun.json_or_fail(None, *args)
-
-
-def running_now(vmrun):
-    """`vmrun status --json`: each VM with a run directory, by name, and its state."""
-    return dict((entry["name"], entry["state"]) for entry in vmrun.json_or_fail((0,), "status", "--json"))
 
 
 def absent(module, vmrun):
     if not (module.check_mode or module._diff):
         return apply(vmrun, ["down", "--json"]), None
-    names = [row["name"] for row in specs_now(vmrun, invalid_ok=not module.check_mode)]
-    states = running_now(vmrun)
-    if module.check_mode:
-        vms = [vm(name, "stopped" if name in states else "not running") for name in names]
-    else:
-        vms = apply(vmrun, ["down", "--json"])
+    # The VMs down acts on, named as down names them (a spec need not be valid, only name its VM); a spec that
+    # names none fails the task here as it fails down.
+    planned = vmrun.json_or_fail((0,), "down", "--dry-run", "--json", *specs(module))
+    states = dict((entry["name"], entry["state"]) for entry in vmrun.status())
+    vms = planned if module.check_mode else apply(vmrun, ["down", "--json"])
+    names = [entry["name"] for entry in planned]
     stopped = set(entry["name"] for entry in vms if entry["result"] in GOOD)
     before = "".join(vm_text(name, states.get(name, "not running")) for name in names)
     after = "".join(vm_text(name, "not running" if name in stopped else states.get(name, "not running"))
@@ -275,12 +245,13 @@ def main():
             state=dict(type="str", choices=["present", "absent"], default="present"),
             restart=dict(type="bool", default=False),
             timeout=dict(type="float"),
-            vmrun=dict(type="str", default="vmrun"),
-            run_dir=dict(type="path"),
-            state_dir=dict(type="path"),
+            **VMRUN_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
+    if module.params["state"] == "absent" and module.params["restart"]:
+        module.fail_json(msg="restart=true needs state=present (vmrun up --restart): state=absent stops the VMs "
+                             "(vmrun down) and restarts none", vms=[])
     vmrun = Vmrun(module)
     vms, diff = (present if module.params["state"] == "present" else absent)(module, vmrun)
     result = {"changed": any(entry["result"] in CHANGED for entry in vms), "vms": vms}
