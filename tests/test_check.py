@@ -471,3 +471,11 @@ def test_tuned_machine_passes_and_vcpus_may_share_a_host_cpu() -> None:
     assert check(with_("machine", emulator_pin=[])) == [
         "machine.emulator_pin: is empty: qemu's threads would have no CPU to run on (hint: name at least one host "
         "CPU, or leave emulator_pin out)"]
+
+
+def test_an_io_thread_needs_the_disk_controller_it_is_for() -> None:
+    data = with_("machine", io_thread=True)
+    del data["disks"]
+    data["boot"] = {"kernel": "vmlinuz"}
+    assert check(data) == [
+        "machine.io_thread: there is no disk: the virtio-scsi controller it is for does not exist"]

@@ -154,6 +154,8 @@ def check_tuning(spec: Spec) -> Iterator[Problem]:
         for cpu in sorted({cpu for cpu in machine.emulator_pin if machine.emulator_pin.count(cpu) > 1}):
             yield Problem("machine.emulator_pin", f"names host CPU {cpu} twice")
         yield from _cpu_list_problems(machine.emulator_pin, "machine.emulator_pin")
+    if machine.io_thread and not spec.disks and spec.cloud_init is None:
+        yield Problem("machine.io_thread", "there is no disk: the virtio-scsi controller it is for does not exist")
     if machine.numa_node is not None and not 0 <= machine.numa_node < MAX_NUMA_NODES:
         yield Problem("machine.numa_node", f"{machine.numa_node} is not a NUMA node number",
                       f"0 to {MAX_NUMA_NODES - 1}")
