@@ -465,8 +465,8 @@ def test_a_1g_page_size_needs_whole_gibibytes_and_an_unknown_size_is_refused() -
 
 
 def test_tuned_machine_passes_and_vcpus_may_share_a_host_cpu() -> None:
-    data = with_("machine", cpus=4, memory="4G", hugepages="1G", vcpu_pin=[1, 1, 2, 3], emulator_pin=[0], io_thread=True,
-                 numa_node=0)
+    data = with_("machine", cpus=4, memory="4G", hugepages="1G", vcpu_pin=[1, 1, 2, 3], emulator_pin=[0],
+                 io_thread=True, numa_node=0)
     assert check(data) == []
     assert check(with_("machine", emulator_pin=[])) == [
         "machine.emulator_pin: is empty: qemu's threads would have no CPU to run on (hint: name at least one host "

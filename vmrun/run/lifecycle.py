@@ -19,7 +19,7 @@ from vmrun.files import partial_of, write_whole
 from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
 from vmrun.host.system import Host
-from vmrun.preflight.apply import apply_plan, kept_on_down, ksm_restore_value, undo_changes
+from vmrun.preflight.apply import apply_plan, hugepages_held, kept_on_down, ksm_restore_value, undo_changes
 from vmrun.preflight.plan import AppliedChange, Others, Plan, Status, plan_preflight, refuse
 from vmrun.progress import Say
 from vmrun.qemu.process import (
@@ -83,8 +83,9 @@ def _is_live(host: Host, places: Places, name: str, paths: RunPaths) -> bool:
 def others_than(host: Host, places: Places, name: str, *, planning: bool = True) -> Others:
     """What the other vmrun VMs hold. Call it under the host lock, so that none changes meanwhile.
 
-    Disks and the wish for KSM count while a VM is live; its taps, its VFIO devices and its duty to restore
-    KSM count as long as its state file exists, because they stay on the host until its `down` undoes them.
+    Disks and the wish for KSM count while a VM is live; its taps, its VFIO devices, its huge pages and its
+    duty to restore KSM count as long as its state file exists, because they stay on the host until its
+    `down` undoes them.
     What a VM with a damaged state file holds is unknown: planning around it is refused (DamagedState),
     and undoing goes on as if it wanted KSM, which then stays on.
     """
@@ -93,6 +94,7 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
     vfio: dict[str, str] = {}
     want_ksm = False
     ksm_previous: str | None = None
+    hugepages: dict[str, int] = {}
     for other in vm_names(places.run_root):
         paths = places.of(other)
         try:
@@ -108,11 +110,13 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
         vfio.update((address, other) for address in state.vfio)
         # Whoever turned KSM on knows the value to restore; the last VM down must inherit it.
         ksm_previous = ksm_previous or ksm_restore_value(state.journal())
+        for pool, pages in hugepages_held(state.journal()).items():
+            hugepages[pool] = hugepages.get(pool, 0) + pages
         if _is_live(host, places, other, paths):
             disks.update(state.writable_disks)
             want_ksm = want_ksm or state.wants_ksm
     return Others(writable_disks=frozenset(disks), taps=taps, vfio=vfio, want_ksm=want_ksm,
-                  ksm_previous=ksm_previous)
+                  ksm_previous=ksm_previous, hugepages=hugepages)
 
 
 def _end_run(
