@@ -18,7 +18,7 @@ from vmrun.errors import AgentError, ConfigurationDiffers, LaunchError, Prefligh
 from vmrun.files import partial_of, write_whole
 from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
-from vmrun.host.system import Host
+from vmrun.host.system import Host, format_cpu_list
 from vmrun.preflight.apply import apply_plan, hugepages_held, kept_on_down, ksm_restore_value, undo_changes
 from vmrun.preflight.plan import AppliedChange, Others, Plan, Status, plan_preflight, refuse
 from vmrun.progress import Say
@@ -280,6 +280,8 @@ def up(
                 pid = _launch(spec, host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
             say(f"qemu pid {pid}")
+            if spec.machine.pinned:
+                _pin(spec, host, paths, pid, say)
             _confirm_running(paths)
             if spec.agent.enabled:
                 _after_boot(spec, host, paths, pid, say, interrupted)
@@ -388,6 +390,17 @@ def _import_quietly(module: str) -> None:
     for_workers()  # a Ctrl-C meanwhile is the main thread's, as in a fleet's workers
     with suppress(Exception):  # the import that needs the module reports its failure
         importlib.import_module(module)
+
+
+def _pin(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> None:
+    from vmrun.qemu.pinning import pin_and_start
+
+    machine = spec.machine
+    pins = pin_and_start(machine, host, paths, pid)
+    vcpus = f"vCPUs on host CPUs {', '.join(map(str, machine.vcpu_pin))}; " if machine.vcpu_pin else ""
+    emulator = f"qemu's other threads on {format_cpu_list(set(machine.emulator_pin))}" \
+        if machine.emulator_pin else "qemu's other threads left as they were"
+    say(f"pinned {len(pins)} qemu threads ({vcpus}{emulator}), then started the guest")
 
 
 def _confirm_running(paths: RunPaths) -> None:
