@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -19,7 +20,8 @@ IMAGES = REPO / "images" / "tiny"
 POOL_2M = Path("/sys/kernel/mm/hugepages/hugepages-2048kB")
 
 pytestmark = [
-    pytest.mark.skipif(not (IMAGES / "vmlinuz").exists(), reason="tiny guest not built: run integration/tiny-guest/build"),
+    pytest.mark.skipif(not (IMAGES / "vmlinuz").exists(),
+                       reason="tiny guest not built: run integration/tiny-guest/build"),
     pytest.mark.skipif(not (POOL_2M / "nr_hugepages").exists(), reason="this kernel has no 2 MiB huge page pool"),
     pytest.mark.skipif(len(Host().cpus()[1]) < 2, reason="pinning two vCPUs apart needs two online host CPUs"),
 ]
@@ -85,6 +87,12 @@ def test_tuned_tiny_guest_runs_on_huge_pages_pinned_with_an_iothread_and_gives_t
         assert parse_cpu_list(re.search(r"Cpus_allowed_list:\s*(\S+)", Path(
             f"/proc/{pid}/task/{iothreads['io0']}/status").read_text())[1]) == {0}  # type: ignore[index]
         assert vmrun("diff", str(spec)).returncode == 0
+        vcpu1 = next(int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()
+                     if (task / "comm").read_text().startswith("CPU 1/"))
+        os.sched_setaffinity(vcpu1, {0, 1})  # someone moves it (taskset)
+        moved = vmrun("diff", str(spec))
+        assert moved.returncode == 6, moved.stderr
+        assert "machine.vcpu_pin[1]: vCPU 1 runs on host CPUs 0-1, not 0" in moved.stdout + moved.stderr
     finally:
         down = vmrun("down", "tuned", "--timeout", "30")
         assert down.returncode == 0, down.stderr

@@ -252,7 +252,8 @@ def up(
         outcome = Outcome.STARTED
         running = running_state(host, paths, spec.name)
         if running is not None:
-            changed = _running_differences(running, configuration, host, as_root=facts.drop_privileges)
+            changed = _running_differences(running, configuration, host, as_root=facts.drop_privileges,
+                                           pid=read_pid(paths))
             if not changed:
                 return Outcome.UP_TO_DATE
             if not restart:
@@ -327,15 +328,17 @@ def drift(spec: Spec, spec_path: Path, host: Host, places: Places) -> list[str] 
         return None
     facts = gather_facts(host, spec.qemu.binary)
     now, _ = _configuration(spec, spec_path, facts, paths)
-    return _running_differences(state, now, host, as_root=facts.drop_privileges)
+    return _running_differences(state, now, host, as_root=facts.drop_privileges, pid=read_pid(paths))
 
 
-def _running_differences(state: VmState, now: Configuration, host: Host, *, as_root: bool) -> list[str]:
+def _running_differences(
+    state: VmState, now: Configuration, host: Host, *, as_root: bool, pid: int | None
+) -> list[str]:
     """How a running VM differs from what it would run with now, then what the host no longer holds for
     it (judged by the spec it started from, when it recorded one)."""
     recorded = recorded_configuration(state)
     started_from = recorded.spec or now.spec
-    on_host = host_differences(started_from, host, as_root=as_root) if started_from is not None else []
+    on_host = host_differences(started_from, host, as_root=as_root, pid=pid) if started_from is not None else []
     return [*differences(recorded, now), *on_host]
 
 
