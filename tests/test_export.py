@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -149,3 +150,37 @@ def test_systemd_start_timeout_is_whole_seconds_for_the_longest_valid_waits() ->
     unit = systemd_unit(spec, spec_path=Path("/specs/web.toml"), vmrun=Path("/usr/bin/vmrun"),
                         run_dir=Path("/run/vmrun/web")).text
     assert f"TimeoutStartSec={2 * 86400 + 120}\n" in unit  # agent + hooks + 120 s for qemu, rounded down
+
+
+TUNED = GOOD_SPEC.replace("[machine]\n", '[machine]\nhugepages = "1G"\nvcpu_pin = [4, 5, 6, 7]\nemulator_pin = [0, 1]\n'
+                          "io_thread = true\nnuma_node = 1\n")
+
+
+def tuned_domain() -> ET.Element:
+    spec = validate(parse_spec(tomllib.loads(TUNED), source="t", base=Path("/specs")), "t")
+    return ET.fromstring(libvirt_domain(spec, accel=Accel.KVM, vhost_net=False, seed=SEED).text)
+
+
+def test_tuned_domain_has_huge_pages_pins_an_iothread_and_numatune() -> None:
+    domain = tuned_domain()
+    assert [(page.get("size"), page.get("unit")) for page in domain.findall("memoryBacking/hugepages/page")] == [
+        ("1048576", "KiB")]
+    assert domain.find("memoryBacking/nosharepages") is not None  # no KSM in this spec, as before
+    assert [(pin.get("vcpu"), pin.get("cpuset")) for pin in domain.findall("cputune/vcpupin")] == [
+        ("0", "4"), ("1", "5"), ("2", "6"), ("3", "7")]
+    assert domain.find("cputune/emulatorpin").get("cpuset") == "0,1"  # type: ignore[union-attr]
+    assert domain.find("cputune/iothreadpin").attrib == {"iothread": "1", "cpuset": "0,1"}  # type: ignore[union-attr]
+    assert domain.findtext("iothreads") == "1"
+    [scsi] = [c for c in domain.findall("devices/controller") if c.get("type") == "scsi"]
+    assert scsi.find("driver").get("iothread") == "1"  # type: ignore[union-attr]
+    assert domain.find("numatune/memory").attrib == {"mode": "strict", "nodeset": "1"}  # type: ignore[union-attr]
+
+
+def test_tuned_domain_is_valid_for_libvirts_schema(tmp_path: Path) -> None:
+    validator = Path("/usr/bin/virt-xml-validate")
+    if not validator.exists():
+        pytest.skip("virt-xml-validate (libvirt-clients) is not installed")
+    xml = tmp_path / "tuned.xml"
+    xml.write_text(ET.tostring(tuned_domain(), encoding="unicode"))
+    result = subprocess.run([str(validator), str(xml), "domain"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
