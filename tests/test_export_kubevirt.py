@@ -481,3 +481,19 @@ def test_a_cloud_config_keeps_its_values_when_the_multiqueue_step_is_added_to_it
                        CloudInitTexts(user_data='#cloud-config\nruncmd: ["echo x\\N", "echo a\\Nb"]\n'))
     user_data = yaml.safe_load(vm_of(documents)["volumes"][-1]["cloudInitNoCloud"]["userData"])
     assert user_data["runcmd"] == ["echo x\x85", "echo a\x85b"]
+
+
+def test_a_tuned_spec_asks_kubevirt_for_huge_pages_dedicated_cpus_and_iothreads_and_says_what_differs() -> None:
+    tuned = ONE_NIC.replace('memory = "1536M"', 'memory = "2G"\nhugepages = "2M"\nvcpu_pin = [4, 5, 6, 7]\n'
+                            'emulator_pin = [0]\nio_thread = true\nnuma_node = 1')
+    domain = vm_of(export(spec_of(tuned)))["domain"]  # checked against the schema and admission rules
+    assert domain["memory"] == {"guest": "2Gi", "hugepages": {"pageSize": "2Mi"}}
+    assert domain["cpu"] == {"sockets": 1, "cores": 4, "threads": 1, "dedicatedCpuPlacement": True,
+                             "isolateEmulatorThread": True}
+    assert domain["ioThreadsPolicy"] == "shared"
+    text = kubevirt_manifests([("web", spec_of(tuned), NO_SEED)]).text
+    comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    for said in ("KubeVirt picks the host CPUs itself", "isolateEmulatorThread", "machine.numa_node"):
+        assert said in comments
+    one_gib = vm_of(export(spec_of(tuned.replace('"2M"', '"1G"'))))["domain"]["memory"]
+    assert one_gib["hugepages"] == {"pageSize": "1Gi"}
