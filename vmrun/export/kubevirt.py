@@ -120,8 +120,8 @@ def _memory(spec: Spec, notes: list[str]) -> dict[str, Any]:
         memory["hugepages"] = {"pageSize": _PAGE_SIZES[spec.machine.hugepages]}
     if spec.machine.numa_node is not None:
         notes.append(f"machine.numa_node: KubeVirt does not bind guest RAM to a host node it is told "
-                     f"({spec.machine.numa_node}); with dedicated CPUs and huge pages, cpu.numa.guestMappingPassthrough "
-                     "follows the node of the CPUs it picks")
+                     f"({spec.machine.numa_node}); with dedicated CPUs and huge pages, "
+                     "cpu.numa.guestMappingPassthrough follows the node of the CPUs it picks")
     return memory
 
 
