@@ -97,3 +97,16 @@ def test_tuned_tiny_guest_runs_on_huge_pages_pinned_with_an_iothread_and_gives_t
         down = vmrun("down", "tuned", "--timeout", "30")
         assert down.returncode == 0, down.stderr
     assert (POOL_2M / "nr_hugepages").read_text() == pool_before
+
+
+@pytest.mark.parametrize("kill_at", ["before write", "after write", "before launching qemu", "after launching qemu"])
+def test_up_killed_around_the_reservation_leaves_the_pool_as_it_was_after_down(vmrun: Vmrun, kill_at: str) -> None:
+    spec = tuned_tiny(vmrun)
+    pool_before = (POOL_2M / "nr_hugepages").read_text()
+    killed = vmrun("up", str(spec), kill_at=kill_at)
+    assert killed.returncode == -9, killed.stderr
+    down = vmrun("down", "tuned", "--timeout", "5", kill_at="before undoing write")  # killed in down too
+    assert down.returncode == -9, down.stderr
+    again = vmrun("down", "tuned", "--timeout", "5")
+    assert again.returncode == 0, again.stderr
+    assert (POOL_2M / "nr_hugepages").read_text() == pool_before
