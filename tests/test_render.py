@@ -191,3 +191,12 @@ def test_untuned_spec_runs_as_before() -> None:
     argv = render_text(GOOD_SPEC)
     assert "-S" not in argv and "-object" not in argv
     assert option(argv, "-machine", "type=") == "type=q35"
+
+
+def test_db_specs_tuning_comments_once_enabled_are_a_valid_tuned_spec() -> None:
+    tuning_keys = ("hugepages", "vcpu_pin", "emulator_pin", "io_thread", "numa_node")
+    text = "\n".join(line.removeprefix("# ") if line.startswith(tuple(f"# {key} =" for key in tuning_keys)) else line
+                     for line in (SPECS / "db.toml").read_text().splitlines())
+    spec = validate(parse_spec(tomllib.loads(text), source="db", base=SPECS), "db")
+    assert (spec.machine.hugepages, spec.machine.vcpu_pin, spec.machine.io_thread) == ("1G", (2, 3, 4, 5), True)
+    assert "-S" in render(spec, GOLDEN_FACTS, golden_paths("db"))
