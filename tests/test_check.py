@@ -440,3 +440,42 @@ def test_every_refused_extra_arg_is_reported_at_once() -> None:
     assert [line.split(":")[0] for line in check(data)] == [
         "qemu.extra_args[0]", "qemu.extra_args[3]", "qemu.extra_args[4]",
     ]
+
+
+def test_tuning_mistakes_are_all_reported_at_their_machine_fields() -> None:
+    data = with_("machine", cpus=4, memory="1025M", hugepages="2M", vcpu_pin=[0, 1, -1], emulator_pin=[0, 0, 9000],
+                 numa_node=-1)
+    assert check(data) == [
+        "machine.hugepages: machine.memory (1025M) is not a whole number of 2M pages (hint: make memory a "
+        "multiple of 2M)",
+        "machine.vcpu_pin: has 3 host CPUs for 4 vCPUs (machine.cpus) (hint: one host CPU per vCPU, in vCPU order)",
+        "machine.vcpu_pin[2]: -1 is not a host CPU number (hint: 0 to 8191)",
+        "machine.emulator_pin: names host CPU 0 twice",
+        "machine.emulator_pin[2]: 9000 is not a host CPU number (hint: 0 to 8191)",
+        "machine.numa_node: -1 is not a NUMA node number (hint: 0 to 1023)",
+    ]
+
+
+def test_a_1g_page_size_needs_whole_gibibytes_and_an_unknown_size_is_refused() -> None:
+    assert check(with_("machine", memory="1536M", hugepages="1G")) == [
+        "machine.hugepages: machine.memory (1536M) is not a whole number of 1G pages (hint: make memory a multiple "
+        "of 1G)"]
+    with pytest.raises(SpecError, match=r"machine.hugepages: must be one of 2M, 1G, got '4M'"):
+        validate_document(with_("machine", hugepages="4M"), source="t", base=Path("/specs"))
+
+
+def test_tuned_machine_passes_and_vcpus_may_share_a_host_cpu() -> None:
+    data = with_("machine", cpus=4, memory="4G", hugepages="1G", vcpu_pin=[1, 1, 2, 3], emulator_pin=[0],
+                 io_thread=True, numa_node=0)
+    assert check(data) == []
+    assert check(with_("machine", emulator_pin=[])) == [
+        "machine.emulator_pin: is empty: qemu's threads would have no CPU to run on (hint: name at least one host "
+        "CPU, or leave emulator_pin out)"]
+
+
+def test_an_io_thread_needs_the_disk_controller_it_is_for() -> None:
+    data = with_("machine", io_thread=True)
+    del data["disks"]
+    data["boot"] = {"kernel": "vmlinuz"}
+    assert check(data) == [
+        "machine.io_thread: there is no disk: the virtio-scsi controller it is for does not exist"]

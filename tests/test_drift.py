@@ -21,13 +21,14 @@ from vmrun.state.hostdrift import host_differences
 from vmrun.units import MIB
 
 from .common import REPO
-from .fakehost import FakeHost, FakePci, add_bridge, attach, build_host_tree
+from .fakehost import FakeHost, FakePci, add_bridge, attach, build_host_tree, put
 
 # A spec that sets every field (each optional one to a value), so each can be changed on its own.
 EVERY_FIELD: dict[str, Any] = {
     "name": "web",
     "description": "a web server",
-    "machine": {"type": "q35", "accel": "tcg", "cpus": 4, "memory": "2G", "cpu_model": "max"},
+    "machine": {"type": "q35", "accel": "tcg", "cpus": 4, "memory": "2G", "cpu_model": "max",
+                "hugepages": "2M", "vcpu_pin": [0, 1, 2, 3], "emulator_pin": [0], "io_thread": True, "numa_node": 0},
     "boot": {"kernel": "vmlinuz", "initrd": "initrd.gz", "append": "console=ttyS0", "disk": "root",
              "firmware": "bios"},
     "disks": [{"id": "root", "path": "root.qcow2", "format": "qcow2", "size": "10G", "cache": "none",
@@ -106,7 +107,7 @@ def every_field() -> list[tuple[str, tuple[str | int, ...]]]:
 def test_the_spec_sets_every_field() -> None:
     spec = spec_of(EVERY_FIELD)
     assert [path for path, _ in every_field() if _value_at(spec, path) is None] == []
-    assert len(every_field()) == 60  # one per field of the spec model: a new field must join EVERY_FIELD
+    assert len(every_field()) == 65  # one per field of the spec model: a new field must join EVERY_FIELD
 
 
 def _value_at(spec: Spec, path: str) -> Any:
@@ -254,4 +255,25 @@ def test_fake_host_everything_at_once_in_spec_order(prepared: tuple[FakeHost, Sp
         "nics[0]: tap vmtap0 is gone from the host",
         f"vfio[0]: /dev/vfio/12 is owned by 0:0, not by qemu's user ({NOBODY})",
         "host.ksm: KSM is off on the host (/sys/kernel/mm/ksm/run = 2)",
+    ]
+
+
+def pinned_qemu(root: Path, threads: dict[int, tuple[str, str]]) -> None:
+    """A fake qemu (pid 4000) whose threads have these names and Cpus_allowed_list."""
+    for tid, (name, cpus) in threads.items():
+        put(root, f"/proc/4000/task/{tid}/comm", name + "\n")
+        put(root, f"/proc/4000/task/{tid}/status", f"Name:\t{name}\nCpus_allowed_list:\t{cpus}\n")
+
+
+def test_a_pinned_thread_someone_moved_is_host_drift_named_by_its_pin(tmp_path: Path) -> None:
+    host = FakeHost(root=build_host_tree(tmp_path / "host", []))
+    spec = spec_of({"name": "web", "boot": {"kernel": "vmlinuz"},
+                    "machine": {"cpus": 2, "vcpu_pin": [2, 3], "emulator_pin": [0, 1]}})
+    pinned_qemu(host.root, {4000: ("vmrun-web", "0-1"), 4001: ("CPU 0/TCG", "2"), 4002: ("CPU 1/TCG", "3"),
+                            4003: ("IO io0", "0-1")})
+    assert host_differences(spec, host, as_root=True, pid=4000) == []
+    pinned_qemu(host.root, {4002: ("CPU 1/TCG", "0-3"), 4003: ("IO io0", "1")})
+    assert host_differences(spec, host, as_root=True, pid=4000) == [
+        "machine.vcpu_pin[1]: vCPU 1 runs on host CPUs 0-3, not 3",
+        "machine.emulator_pin: qemu thread 4003 (IO io0) runs on host CPUs 1, not 0-1",
     ]

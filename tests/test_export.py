@@ -196,3 +196,37 @@ def test_the_unit_passes_on_the_run_state_and_cache_roots_in_effect(tmp_path: Pa
     roots = f"--run-dir {tmp_path}/run --state-dir {tmp_path}/state --cache-dir {tmp_path}/cache"
     assert f" {roots} up {SPECS / 'tiny.toml'}\n" in result.stdout
     assert f" {roots} down tiny --timeout 60\n" in result.stdout
+
+
+TUNED = GOOD_SPEC.replace("[machine]\n", '[machine]\nhugepages = "1G"\nvcpu_pin = [4, 5, 6, 7]\nemulator_pin = [0, 1]\n'
+                          "io_thread = true\nnuma_node = 1\n")
+
+
+def tuned_domain() -> ET.Element:
+    spec = validate(parse_spec(tomllib.loads(TUNED), source="t", base=Path("/specs")), "t")
+    return ET.fromstring(libvirt_domain(spec, accel=Accel.KVM, vhost_net=False, seed=SEED).text)
+
+
+def test_tuned_domain_has_huge_pages_pins_an_iothread_and_numatune() -> None:
+    domain = tuned_domain()
+    assert [(page.get("size"), page.get("unit")) for page in domain.findall("memoryBacking/hugepages/page")] == [
+        ("1048576", "KiB")]
+    assert domain.find("memoryBacking/nosharepages") is not None  # no KSM in this spec, as before
+    assert [(pin.get("vcpu"), pin.get("cpuset")) for pin in domain.findall("cputune/vcpupin")] == [
+        ("0", "4"), ("1", "5"), ("2", "6"), ("3", "7")]
+    assert domain.find("cputune/emulatorpin").get("cpuset") == "0,1"  # type: ignore[union-attr]
+    assert domain.find("cputune/iothreadpin").attrib == {"iothread": "1", "cpuset": "0,1"}  # type: ignore[union-attr]
+    assert domain.findtext("iothreads") == "1"
+    [scsi] = [c for c in domain.findall("devices/controller") if c.get("type") == "scsi"]
+    assert scsi.find("driver").get("iothread") == "1"  # type: ignore[union-attr]
+    assert domain.find("numatune/memory").attrib == {"mode": "strict", "nodeset": "1"}  # type: ignore[union-attr]
+
+
+def test_tuned_domain_is_valid_for_libvirts_schema(tmp_path: Path) -> None:
+    validator = Path("/usr/bin/virt-xml-validate")
+    if not validator.exists():
+        pytest.skip("virt-xml-validate (libvirt-clients) is not installed")
+    xml = tmp_path / "tuned.xml"
+    xml.write_text(ET.tostring(tuned_domain(), encoding="unicode"))
+    result = subprocess.run([str(validator), str(xml), "domain"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

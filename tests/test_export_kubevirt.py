@@ -595,3 +595,19 @@ def test_a_narrower_network_that_becomes_the_open_pod_network_is_said(tmp_path: 
         assert result.returncode == 0, result.stderr
         assert f"not expressible in kubevirt: web: {said}" in result.stderr
         assert f"# - {said}" in result.stdout
+
+
+def test_a_tuned_spec_asks_kubevirt_for_huge_pages_dedicated_cpus_and_iothreads_and_says_what_differs() -> None:
+    tuned = ONE_NIC.replace('memory = "1536M"', 'memory = "2G"\nhugepages = "2M"\nvcpu_pin = [4, 5, 6, 7]\n'
+                            'emulator_pin = [0]\nio_thread = true\nnuma_node = 1')
+    domain = vm_of(export(spec_of(tuned)))["domain"]  # checked against the schema and admission rules
+    assert domain["memory"] == {"guest": "2Gi", "hugepages": {"pageSize": "2Mi"}}
+    assert domain["cpu"] == {"sockets": 1, "cores": 4, "threads": 1, "dedicatedCpuPlacement": True,
+                             "isolateEmulatorThread": True}
+    assert domain["ioThreadsPolicy"] == "shared"
+    text = kubevirt_manifests([("web", spec_of(tuned), NO_SEED)]).text
+    comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    for said in ("KubeVirt picks the host CPUs itself", "isolateEmulatorThread", "machine.numa_node"):
+        assert said in comments
+    one_gib = vm_of(export(spec_of(tuned.replace('"2M"', '"1G"'))))["domain"]["memory"]
+    assert one_gib["hugepages"] == {"pageSize": "1Gi"}

@@ -11,7 +11,7 @@ from vmrun.host.facts import QemuProbe
 from vmrun.host.system import Host, QemuCapabilities
 from vmrun.preflight.report import host_report, iommu_report, iommu_text, qemu_user_line, report_text
 
-from .fakehost import FakePci, build_host_tree
+from .fakehost import FakePci, build_host_tree, put
 
 NVME = FakePci("0000:01:00.0", group="12", driver="nvme")
 BRIDGE = FakePci("0000:00:01.0", group="12", driver="pcieport", device_class="0x060400")
@@ -109,3 +109,28 @@ def test_host_check_says_who_qemu_runs_as_and_what_keeps_it_root() -> None:
         f"this qemu has neither -run-with user= nor -runas: up refuses to start it as root unless {keep_root}")
     assert qemu_user_line(vmrun_is_root=False, capabilities=runas) == (
         "vmrun is not root: qemu runs as the user who runs vmrun")
+
+
+def test_fake_host_with_two_numa_nodes_reports_cpus_nodes_and_each_huge_page_pool(tmp_path: Path) -> None:
+    build_host_tree(tmp_path, [])
+    put(tmp_path, "/sys/devices/system/cpu/present", "0-7\n")
+    put(tmp_path, "/sys/devices/system/cpu/online", "0-5\n")
+    put(tmp_path, "/sys/devices/system/node/possible", "0-1\n")
+    put(tmp_path, "/sys/devices/system/node/online", "0-1\n")
+    for where, total, free in (("/sys/kernel/mm/hugepages", 512, 100), ("/sys/devices/system/node/node0/hugepages",
+                                                                        512, 100)):
+        put(tmp_path, f"{where}/hugepages-2048kB/nr_hugepages", f"{total}\n")
+        put(tmp_path, f"{where}/hugepages-2048kB/free_hugepages", f"{free}\n")
+    put(tmp_path, "/sys/devices/system/node/node1/hugepages/hugepages-1048576kB/nr_hugepages", "4\n")
+    put(tmp_path, "/sys/devices/system/node/node1/hugepages/hugepages-1048576kB/free_hugepages", "4\n")
+    report = host_report(Host(root=tmp_path), QemuProbe(Path("/usr/bin/qemu"), None))
+    assert (report["cpus"], report["numa_nodes"]) == (
+        {"present": list(range(8)), "online": list(range(6))}, {"present": [0, 1], "online": [0, 1]})
+    assert report["hugepages"] == [
+        {"size": "2M", "node": None, "total": 512, "free": 100},
+        {"size": "2M", "node": 0, "total": 512, "free": 100},
+        {"size": "1G", "node": 1, "total": 4, "free": 4},
+    ]
+    text = report_text(report)
+    assert "\ncpus       0-5 online, 6-7 offline\nnuma       0-1 online\n" in text
+    assert "\nhugepages  2M 100/512 free; 2M node 0 100/512 free; 1G node 1 4/4 free\n" in text

@@ -756,3 +756,103 @@ def test_this_host_and_its_recording_refuse_the_same_functions_real_host(tmp_pat
     if nic is None:
         pytest.skip("the default route leaves through no PCI NIC here")
     assert (verdicts[nic] or "").startswith(f"it is {route}, which carries the host's default route")
+
+
+# --- huge pages, pinning, NUMA: fake trees for the layouts this host lacks ------------------------------------
+
+POOL_2M = "/sys/kernel/mm/hugepages/hugepages-2048kB"
+
+
+def tuned_host(tmp_path: Path, *, cpus: str = "0-3", online: str = "0-3", nodes: str = "0", free: int = 0,
+               total: int = 0, available_kb: int = 8 << 20) -> FakeHost:
+    host = fake_host(tmp_path)
+    root = host.root
+    put(root, "/sys/devices/system/cpu/present", cpus + "\n")
+    put(root, "/sys/devices/system/cpu/online", online + "\n")
+    put(root, "/sys/devices/system/node/possible", nodes + "\n")
+    put(root, "/sys/devices/system/node/online", nodes + "\n")
+    for pool in (POOL_2M, "/sys/devices/system/node/node0/hugepages/hugepages-2048kB"):
+        put(root, f"{pool}/nr_hugepages", f"{total}\n")
+        put(root, f"{pool}/free_hugepages", f"{free}\n")
+    put(root, f"{POOL_2M}/resv_hugepages", "0\n")
+    put(root, "/proc/meminfo", f"MemTotal: 16000000 kB\nMemAvailable: {available_kb} kB\n")
+    return host
+
+
+def tuned_spec(**machine: Any) -> Spec:
+    return make_spec(machine={"cpus": 2, "memory": "512M", **machine})
+
+
+def test_fake_host_with_four_cpus_one_offline_refuses_pins_on_missing_and_offline_cpus(tmp_path: Path) -> None:
+    host = tuned_host(tmp_path, online="0-2")
+    plan = plan_for(tuned_spec(vcpu_pin=[3, 7], emulator_pin=[0]), host)
+    assert [(check.name, check.message) for check in plan.failures] == [
+        ("machine.vcpu_pin", "host CPU 7 does not exist (this host has CPUs 0-3)"),
+        ("machine.vcpu_pin", "host CPU 3 is offline (online: 0-2)"),
+    ]
+    with pytest.raises(PreflightRefused, match="machine.vcpu_pin"):
+        apply_plan(plan, host)
+
+
+def test_fake_host_with_two_numa_nodes_one_offline_refuses_binding_to_it(tmp_path: Path) -> None:
+    host = tuned_host(tmp_path, nodes="0-1")
+    host.write("/sys/devices/system/node/online", "0")
+    assert messages(plan_for(tuned_spec(numa_node=1), host)) == ["host NUMA node 1 is offline (online: 0)"]
+    assert messages(plan_for(tuned_spec(numa_node=4), host)) == ["host NUMA node 4 does not exist (this host has "
+                                                                  "nodes 0-1)"]
+
+
+def test_missing_huge_pages_are_reserved_and_down_gives_back_only_this_vms(tmp_path: Path) -> None:
+    host = tuned_host(tmp_path, total=10, free=10)
+    total = f"{POOL_2M}/nr_hugepages"
+    first = apply_plan(plan_for(tuned_spec(hugepages="2M"), host), host)  # 256 pages, 10 free: 246 more
+    assert host.read(total) == "256"
+    host.write(f"{POOL_2M}/free_hugepages", "0")  # the first VM's qemu holds them
+    others = Others(hugepages={total: 246})
+    second = apply_plan(plan_for(tuned_spec(hugepages="2M", memory="64M"), host, others=others), host)
+    assert host.read(total) == "288"
+    undo_changes(first, host, others=Others(hugepages={total: 32}))  # the first goes down, the second runs
+    assert host.read(total) == "42"
+    undo_changes(first, host, others=Others(hugepages={total: 32}))  # a down killed midway runs again
+    assert host.read(total) == "42"
+    undo_changes(second, host)
+    assert host.read(total) == "10"
+
+
+def test_enough_free_huge_pages_change_nothing(tmp_path: Path) -> None:
+    host = tuned_host(tmp_path, total=300, free=300)
+    plan = plan_for(tuned_spec(hugepages="2M"), host)
+    assert plan.changes == () and messages(plan, Status.OK)[-1] == "256 pages from the 2M pool (300 free)"
+
+
+def test_a_pool_that_cannot_grow_is_refused_naming_the_field(tmp_path: Path) -> None:
+    host = tuned_host(tmp_path, available_kb=100 * 1024)
+    plan = plan_for(tuned_spec(hugepages="2M"), host)
+    assert [(check.name, check.message) for check in plan.failures] == [
+        ("machine.hugepages", "256 pages needed, 0 free in the 2M pool, and the pool cannot grow by 512M: the host "
+                              "has 100M available")]
+    assert messages(plan_for(tuned_spec(hugepages="1G", memory="1G"), host)) == [
+        "this host has no 1G pool (/sys/kernel/mm/hugepages/hugepages-1048576kB)"]
+    assert messages(plan_for(tuned_spec(hugepages="2M"), tuned_host(tmp_path / "u"), USER_FACTS)) == [
+        "256 pages needed, 0 free in the 2M pool, and only root can reserve more: sudo vmrun preflight"]
+
+
+def test_huge_pages_of_a_numa_node_are_reserved_on_that_node(tmp_path: Path) -> None:
+    host = tuned_host(tmp_path)
+    plan = plan_for(tuned_spec(hugepages="2M", numa_node=0), host)
+    assert [change.to_json() for change in plan.changes] == [{
+        "action": "write", "path": "/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages",
+        "value": "256"}]
+
+
+class KernelFinds100Pages(FakeHost):
+    def write(self, host_path: str | Path, value: str) -> None:
+        pool_total = str(host_path).endswith("nr_hugepages")
+        super().write(host_path, str(min(int(value), 100)) if pool_total else value)
+
+
+def test_a_pool_the_kernel_grows_only_partly_is_a_refusal_and_left_as_it_was(tmp_path: Path) -> None:
+    host = KernelFinds100Pages(root=tuned_host(tmp_path, total=4).root, natural_drivers=NATURAL)
+    with pytest.raises(PreflightError, match="the kernel found memory for only 100 of 260 huge pages"):
+        apply_plan(plan_for(tuned_spec(hugepages="2M"), host), host)
+    assert host.read(f"{POOL_2M}/nr_hugepages") == "4"

@@ -160,3 +160,43 @@ def test_an_overlays_base_is_never_named_so_qemu_opens_it_read_only_from_the_hea
     assert option(argv, "-blockdev", "driver=qcow2") == "driver=qcow2,file=root-file,node-name=root"
     # The seed comes after the disks, on the next SCSI target.
     assert option(argv, "-device", "scsi-cd").startswith("scsi-cd,bus=scsi0.0,channel=0,scsi-id=1,")
+
+
+TUNED = GOOD_SPEC.replace("[machine]\n", '[machine]\nhugepages = "2M"\nvcpu_pin = [3, 2, 1, 0]\nemulator_pin = [0, 1]\n'
+                          "io_thread = true\n")
+
+
+def test_huge_pages_back_guest_ram_preallocated_for_vfio_and_pinning_starts_qemu_paused() -> None:
+    argv = render_text(TUNED)
+    assert option(argv, "-machine", "type=") == "type=q35,memory-backend=ram0"
+    assert option(argv, "-object", "memory-backend") == \
+        "memory-backend-memfd,id=ram0,size=2048M,hugetlb=on,hugetlbsize=2M,prealloc=on"
+    assert "-S" in argv
+    assert option(argv, "-name", "guest=").endswith(",debug-threads=on")
+    assert option(argv, "-object", "iothread") == "iothread,id=io0"
+    assert option(argv, "-device", "virtio-scsi-pci") == "virtio-scsi-pci,id=scsi0,iothread=io0"
+
+
+def test_without_vfio_huge_pages_fault_in_at_first_touch_and_numa_node_binds_ram() -> None:
+    spec = TUNED.replace('hugepages = "2M"', 'hugepages = "1G"\nnuma_node = 1').split("[[vfio]]")[0]
+    assert option(render_text(spec), "-object", "memory-backend") == (
+        "memory-backend-memfd,id=ram0,size=2048M,hugetlb=on,hugetlbsize=1G,policy=bind,host-nodes=1")
+    plain_ram = GOOD_SPEC.replace("[machine]\n", "[machine]\nnuma_node = 0\n")
+    argv = render_text(plain_ram)
+    assert option(argv, "-object", "memory-backend") == "memory-backend-ram,id=ram0,size=2048M,policy=bind,host-nodes=0"
+    assert "-S" not in argv
+
+
+def test_untuned_spec_runs_as_before() -> None:
+    argv = render_text(GOOD_SPEC)
+    assert "-S" not in argv and "-object" not in argv
+    assert option(argv, "-machine", "type=") == "type=q35"
+
+
+def test_db_specs_tuning_comments_once_enabled_are_a_valid_tuned_spec() -> None:
+    tuning_keys = ("hugepages", "vcpu_pin", "emulator_pin", "io_thread", "numa_node")
+    text = "\n".join(line.removeprefix("# ") if line.startswith(tuple(f"# {key} =" for key in tuning_keys)) else line
+                     for line in (SPECS / "db.toml").read_text().splitlines())
+    spec = validate(parse_spec(tomllib.loads(text), source="db", base=SPECS), "db")
+    assert (spec.machine.hugepages, spec.machine.vcpu_pin, spec.machine.io_thread) == ("1G", (2, 3, 4, 5), True)
+    assert "-S" in render(spec, GOLDEN_FACTS, golden_paths("db"))

@@ -26,7 +26,7 @@ from vmrun.qemu.render import SEED_ID
 from vmrun.record import Record
 from vmrun.spec import kubenames
 from vmrun.spec.images import scheme_of
-from vmrun.spec.model import Aio, Cache, Disk, Firmware, ImageUrl, Nic, Spec
+from vmrun.spec.model import Aio, Cache, Disk, Firmware, HugePages, ImageUrl, Nic, Spec
 from vmrun.spec.usernet import is_user
 from vmrun.units import KIB
 
@@ -99,7 +99,30 @@ def _cpu(spec: Spec, notes: list[str]) -> dict[str, Any]:
             notes.append("machine.cpu_model: KubeVirt has no max; host-passthrough is what max is under KVM")
     else:
         cpu["model"] = model
+    machine = spec.machine
+    if machine.pinned:
+        cpu["dedicatedCpuPlacement"] = True
+        notes.append("machine.vcpu_pin: KubeVirt picks the host CPUs itself (dedicatedCpuPlacement: each vCPU on "
+                     "a pCPU of its own, on a node with the CPU manager's static policy), not those the spec names")
+    if machine.emulator_pin is not None:
+        cpu["isolateEmulatorThread"] = True
+        notes.append("machine.emulator_pin: KubeVirt gives qemu's other threads one more dedicated pCPU of its own "
+                     "choosing (isolateEmulatorThread), not those the spec names")
     return cpu
+
+
+_PAGE_SIZES = {HugePages.M2: "2Mi", HugePages.G1: "1Gi"}  # Kubernetes' quantities for the page sizes
+
+
+def _memory(spec: Spec, notes: list[str]) -> dict[str, Any]:
+    memory: dict[str, Any] = {"guest": quantity(spec.machine.memory)}
+    if spec.machine.hugepages is not None:
+        memory["hugepages"] = {"pageSize": _PAGE_SIZES[spec.machine.hugepages]}
+    if spec.machine.numa_node is not None:
+        notes.append(f"machine.numa_node: KubeVirt does not bind guest RAM to a host node it is told "
+                     f"({spec.machine.numa_node}); with dedicated CPUs and huge pages, "
+                     "cpu.numa.guestMappingPassthrough follows the node of the CPUs it picks")
+    return memory
 
 
 def _firmware(spec: Spec, notes: list[str]) -> dict[str, Any]:
@@ -384,9 +407,11 @@ def _manifests(spec: Spec, texts: CloudInitTexts) -> _Manifests:
     domain: dict[str, Any] = {
         "machine": {"type": spec.machine.type},
         "cpu": _cpu(spec, notes),
-        "memory": {"guest": quantity(spec.machine.memory)},
+        "memory": _memory(spec, notes),
         "firmware": _firmware(spec, notes),
     }
+    if spec.machine.io_thread:
+        domain["ioThreadsPolicy"] = "shared"  # one iothread for every disk, as vmrun's controller has
     if spec.kubevirt.secure_boot:
         domain["features"] = {"smm": {"enabled": True}}  # KubeVirt refuses Secure Boot without SMM
     disks, volumes, templates = [], [], []

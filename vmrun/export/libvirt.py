@@ -40,6 +40,34 @@ def _os(domain: ET.Element, spec: Spec) -> None:
         _sub(os_element, "cmdline", spec.boot.append)
 
 
+def _memory_backing(domain: ET.Element, spec: Spec) -> None:
+    if spec.host.ksm and spec.machine.hugepages is None:
+        return
+    backing = _sub(domain, "memoryBacking")
+    if spec.machine.hugepages is not None:
+        _sub(_sub(backing, "hugepages"), "page", size=str(spec.machine.hugepages.bytes // KIB), unit="KiB")
+    if not spec.host.ksm:
+        _sub(backing, "nosharepages")
+
+
+def _tuning(domain: ET.Element, spec: Spec) -> None:
+    """libvirt's iothread ids count from 1; vmrun's iothread runs with the emulator's threads, as in `up`."""
+    machine = spec.machine
+    if machine.io_thread:
+        _sub(domain, "iothreads", "1")
+    if machine.pinned:
+        cputune = _sub(domain, "cputune")
+        for vcpu, cpu in enumerate(machine.vcpu_pin or ()):
+            _sub(cputune, "vcpupin", vcpu=str(vcpu), cpuset=str(cpu))
+        if machine.emulator_pin is not None:
+            cpuset = ",".join(map(str, machine.emulator_pin))
+            _sub(cputune, "emulatorpin", cpuset=cpuset)
+            if machine.io_thread:
+                _sub(cputune, "iothreadpin", iothread="1", cpuset=cpuset)
+    if machine.numa_node is not None:
+        _sub(_sub(domain, "numatune"), "memory", mode="strict", nodeset=str(machine.numa_node))
+
+
 def _cpu(domain: ET.Element, spec: Spec, accel: Accel) -> None:
     model = spec.machine.cpu_model
     if model in (None, "host") and accel is Accel.KVM:
@@ -189,15 +217,17 @@ def libvirt_domain(spec: Spec, *, accel: Accel, vhost_net: bool, seed: Path) -> 
     if spec.description:
         _sub(domain, "description", spec.description)
     _sub(domain, "memory", str(spec.machine.memory // KIB), unit="KiB")
+    _memory_backing(domain, spec)
     _sub(domain, "vcpu", str(spec.machine.cpus))
-    if not spec.host.ksm:
-        _sub(_sub(domain, "memoryBacking"), "nosharepages")
+    _tuning(domain, spec)
     _os(domain, spec)
     _sub(_sub(domain, "features"), "acpi")
     _cpu(domain, spec, accel)
     devices = _sub(domain, "devices")
     if spec.disks or spec.cloud_init is not None:
-        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+        controller = _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+        if spec.machine.io_thread:
+            _sub(controller, "driver", iothread="1")
     for unit, disk in enumerate(spec.disks):
         _disk(devices, spec, disk, unit)
     if spec.cloud_init is not None:

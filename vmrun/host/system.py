@@ -30,6 +30,37 @@ _XATTR_PROBE = "user.vmrun.probe"
 PAGE_SIZE = 4096
 KSM_DIR = "/sys/kernel/mm/ksm"
 KSM_RUN = f"{KSM_DIR}/run"
+CPU_DIR = "/sys/devices/system/cpu"
+NODE_DIR = "/sys/devices/system/node"
+HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"
+
+
+def parse_cpu_list(text: str | None) -> frozenset[int]:
+    """The kernel's list format ("0-3,8,10-11"), as in .../cpu/online and Cpus_allowed_list."""
+    numbers: set[int] = set()
+    for part in (text or "").strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        numbers.update(range(int(first), int(last or first) + 1))
+    return frozenset(numbers)
+
+
+def format_cpu_list(numbers: frozenset[int] | set[int]) -> str:
+    """The kernel's list format, runs collapsed, so messages read like sysfs."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def hugepage_pool(page_bytes: int, node: int | None = None) -> str:
+    """The sysfs directory of the pool of one huge page size, system-wide or on one NUMA node."""
+    where = HUGEPAGES_DIR if node is None else f"{NODE_DIR}/node{node}/hugepages"
+    return f"{where}/hugepages-{page_bytes // 1024}kB"
 
 
 class HostCommandError(Exception):
@@ -410,6 +441,48 @@ class Host(Record):
         counters = {name: int(self.read(f"{KSM_DIR}/{name}") or 0)
                     for name in ("pages_shared", "pages_sharing")}
         return {"run": int(run), **counters, "bytes_saved": counters["pages_sharing"] * PAGE_SIZE}
+
+    def cpus(self) -> tuple[frozenset[int], frozenset[int]]:
+        """The host CPUs that exist (present) and those online."""
+        return parse_cpu_list(self.read(f"{CPU_DIR}/present")), parse_cpu_list(self.read(f"{CPU_DIR}/online"))
+
+    def numa_nodes(self) -> tuple[frozenset[int], frozenset[int]]:
+        """The NUMA nodes that exist and those online; a kernel without NUMA has node 0 alone."""
+        if not self.exists(NODE_DIR):
+            return frozenset({0}), frozenset({0})
+        return parse_cpu_list(self.read(f"{NODE_DIR}/possible")), parse_cpu_list(self.read(f"{NODE_DIR}/online"))
+
+    def hugepage_counts(self, pool: str) -> dict[str, int] | None:
+        """A pool's nr (total), free and resv (promised to a mapping, not yet faulted in: only the system-wide
+        pool counts them) pages; None when the kernel has no pool of that size there."""
+        total = self.read(f"{pool}/nr_hugepages")
+        if total is None:
+            return None
+        return {"total": int(total), "free": int(self.read(f"{pool}/free_hugepages") or 0),
+                "reserved": int(self.read(f"{pool}/resv_hugepages") or 0)}
+
+    def memory_available(self) -> int | None:
+        """MemAvailable in bytes: what a growing huge page pool can take without pushing out other work."""
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", self.read("/proc/meminfo") or "", re.MULTILINE)
+        return int(match.group(1)) * 1024 if match else None
+
+    def thread_ids(self, pid: int) -> list[int]:
+        return sorted(int(name) for name in self.listdir(f"/proc/{pid}/task") if name.isdigit())
+
+    def thread_name(self, pid: int, tid: int) -> str | None:
+        return self.read(f"/proc/{pid}/task/{tid}/comm")
+
+    def thread_cpus(self, pid: int, tid: int) -> frozenset[int] | None:
+        """The CPUs a thread may run on (its affinity); None when the thread is gone."""
+        match = re.search(r"^Cpus_allowed_list:\s*(\S+)", self.read(f"/proc/{pid}/task/{tid}/status") or "",
+                          re.MULTILINE)
+        return parse_cpu_list(match.group(1)) if match else None
+
+    def pin_thread(self, tid: int, cpus: frozenset[int]) -> None:
+        """Raises OSError (ESRCH: the thread is gone; EINVAL: no CPU of cpus is online)."""
+        if self.is_fake:
+            raise OSError(errno.EPERM, f"cannot pin thread {tid} of a fake host")
+        os.sched_setaffinity(tid, cpus)
 
     def cpu_flags(self) -> frozenset[str]:
         cpuinfo = self.read("/proc/cpuinfo") or ""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+import attrs
+
 from vmrun.crashpoints import crash_point
 from vmrun.errors import PreflightError
 from vmrun.host.system import Host, HostCommandError
@@ -28,6 +30,15 @@ from vmrun.signals import shielded
 def ksm_restore_value(applied: Iterable[AppliedChange]) -> str | None:
     """The KSM run value a VM's changes restore on `down`: pass it on to the next VM as Others.ksm_previous."""
     return next((a.change.undo[0].value for a in applied if a.change.on_down is OnDown.SHARED_KSM), None)
+
+
+def hugepages_held(applied: Iterable[AppliedChange]) -> dict[str, int]:
+    """The huge pages a VM's changes added, per pool (its nr_hugepages path): they stay until its down."""
+    held: dict[str, int] = {}
+    for record in applied:
+        if record.change.on_down is OnDown.SHARED_HUGEPAGES:
+            held[record.change.step.path] = held.get(record.change.step.path, 0) + record.change.pages
+    return held
 
 
 def _reason(exc: OSError | HostCommandError) -> str:
@@ -124,7 +135,7 @@ def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) 
     if change.on_down is OnDown.KEEP and not rollback:
         return None
     crash_point(f"before undoing {change.step}")
-    for step in change.undo:
+    for step in _undo_steps(change, others):
         if _moot(step, host):
             continue
         try:
@@ -134,6 +145,15 @@ def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) 
             return f"{step}: {_reason(exc)}" if record.done else None
     crash_point(f"after undoing {change.step}")
     return None
+
+
+def _undo_steps(change: Change, others: Others) -> tuple[Step, ...]:
+    """A pool goes back to its size without vmrun's pages plus what the other VMs still hold: the same
+    absolute value however often it runs, so a down killed midway and run again shrinks nothing twice."""
+    if change.on_down is not OnDown.SHARED_HUGEPAGES:
+        return change.undo
+    return tuple(attrs.evolve(step, value=str(int(step.value) + others.hugepages.get(step.path, 0)))
+                 for step in change.undo)
 
 
 PCI_DRIVERS = "/sys/bus/pci/drivers/"

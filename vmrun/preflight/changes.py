@@ -84,9 +84,14 @@ class Step(Record):
         return self.value if self.action is Action.RUN else f"{self.action} {self.path} {self.value}".rstrip()
 
 
+HUGEPAGES_TOTAL = "/nr_hugepages"
+
+
 def perform(step: Step, host: Host) -> None:
     """Raises OSError or HostCommandError when the host refuses."""
-    if step.action is Action.WRITE:
+    if step.action is Action.WRITE and step.path.endswith(HUGEPAGES_TOTAL):
+        _grow_pool(step, host)
+    elif step.action is Action.WRITE:
         host.write(step.path, step.value)
     elif step.action is Action.CHOWN:
         # The kernel creates /dev/vfio/N asynchronously after the bind.
@@ -103,12 +108,26 @@ def perform(step: Step, host: Host) -> None:
         host.run(list(step.argv))
 
 
+def _grow_pool(step: Step, host: Host) -> None:
+    """The kernel takes a larger nr_hugepages without an error and finds what free memory it can: fewer
+    pages than asked is a refusal, and the pool goes back to where it was."""
+    before = host.read(step.path)
+    host.write(step.path, step.value)
+    got = int(host.read(step.path) or 0)
+    if got < int(step.value):
+        if before is not None:
+            host.write(step.path, before)
+        raise HostCommandError(f"the kernel found memory for only {got} of {step.value} huge pages")
+
+
 class OnDown(enum.StrEnum):
     """What `down` does with a change; a failed preflight's rollback undoes every kind."""
 
     UNDO = "undo"
     KEEP = "keep"  # a disk image (user data) and its directories, a system user
     SHARED_KSM = "shared-ksm"  # KSM: restored only once no other running VM wants it
+    # A huge page pool: shrunk by this VM's pages alone, the pages other VMs reserved there stay.
+    SHARED_HUGEPAGES = "shared-hugepages"
 
 
 @attrs.frozen(repr=False)
@@ -116,6 +135,9 @@ class Change(Record):
     step: Step
     undo: tuple[Step, ...] = ()
     on_down: OnDown = OnDown.UNDO
+    # SHARED_HUGEPAGES: the pages this change adds to the pool, on top of the undo's value (the pool without
+    # any vmrun VM's pages); each down writes that value plus the pages of the VMs that still hold theirs.
+    pages: int = 0
 
     def to_json(self) -> dict[str, str]:
         """The contract's plan entry: {action, path, value}."""
@@ -138,6 +160,7 @@ class AppliedChange(Record):
             **self.change.step.to_record(),
             "undo": [step.to_record() for step in self.change.undo],
             "on_down": str(self.change.on_down),
+            **({"pages": self.change.pages} if self.change.pages else {}),
             "done": self.done,
         }
 
@@ -147,6 +170,7 @@ class AppliedChange(Record):
             Step.from_record(data),
             tuple(Step.from_record(step) for step in data["undo"]),
             OnDown(data["on_down"]),
+            int(data.get("pages", 0)),
         )
         return cls(change, done=bool(data.get("done", True)))
 

@@ -25,7 +25,7 @@ from vmrun.host.facts import (
     qemu_user,
 )
 from vmrun.host.mounts import mount_of, parse_mountinfo
-from vmrun.host.system import KSM_RUN, Host, HostCommandError, User
+from vmrun.host.system import KSM_RUN, Host, HostCommandError, User, format_cpu_list, hugepage_pool
 from vmrun.preflight.changes import (
     Action,
     AppliedChange,
@@ -67,6 +67,7 @@ class Others(Record):
     vfio: Mapping[str, str] = attrs.field(factory=dict)  # PCI function -> the VM that passes it
     want_ksm: bool = False
     ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
+    hugepages: Mapping[str, int] = attrs.field(factory=dict)  # pool's nr_hugepages path -> pages they added
 
 
 NO_OTHERS = Others()
@@ -501,6 +502,75 @@ def _ksm_change(previous: str) -> Change:
     return Change(Step(Action.WRITE, KSM_RUN, "1"), (Step(Action.WRITE, KSM_RUN, previous),), OnDown.SHARED_KSM)
 
 
+def inspect_cpus(spec: Spec, host: Host) -> Found:
+    machine = spec.machine
+    if not machine.pinned:
+        return
+    present, online = host.cpus()
+    for field, cpus in (("vcpu_pin", machine.vcpu_pin), ("emulator_pin", machine.emulator_pin)):
+        if cpus is None:
+            continue
+        name = f"machine.{field}"
+        absent = sorted(set(cpus) - present)
+        offline = sorted(set(cpus) & present - online)
+        if absent:
+            yield fail_finding(name, f"host CPU {format_cpu_list(set(absent))} does not exist (this host has CPUs "
+                                     f"{format_cpu_list(present)})")
+        if offline:
+            yield fail_finding(name, f"host CPU {format_cpu_list(set(offline))} is offline (online: "
+                                     f"{format_cpu_list(online)})")
+        if not absent and not offline:
+            yield ok_finding(name, f"host CPUs {format_cpu_list(set(cpus))}")
+
+
+def inspect_numa_node(spec: Spec, host: Host) -> Found:
+    node = spec.machine.numa_node
+    if node is None:
+        return
+    present, online = host.numa_nodes()
+    if node not in present:
+        yield fail_finding("machine.numa_node", f"host NUMA node {node} does not exist (this host has nodes "
+                                                f"{format_cpu_list(present)})")
+    elif node not in online:
+        yield fail_finding("machine.numa_node", f"host NUMA node {node} is offline (online: "
+                                                f"{format_cpu_list(online)})")
+    else:
+        yield ok_finding("machine.numa_node", f"guest RAM bound to host NUMA node {node}")
+
+
+def inspect_hugepages(spec: Spec, host: Host, facts: HostFacts, others: Others) -> Found:
+    machine, name = spec.machine, "machine.hugepages"
+    if machine.hugepages is None:
+        return
+    page = machine.hugepages.bytes
+    pool = hugepage_pool(page, machine.numa_node)
+    where = f"{machine.hugepages} pool" + (f" of NUMA node {machine.numa_node}" if machine.numa_node is not None
+                                           else "")
+    counts = host.hugepage_counts(pool)
+    if counts is None:
+        yield fail_finding(name, f"this host has no {where} ({pool})")
+        return
+    needed = machine.memory // page
+    missing = needed - (counts["free"] - counts["reserved"])
+    if missing <= 0:
+        yield ok_finding(name, f"{needed} pages from the {where} ({counts['free']} free)")
+        return
+    available = host.memory_available()
+    if not facts.drop_privileges:
+        yield fail_finding(name, f"{needed} pages needed, {counts['free'] - counts['reserved']} free in the {where}, "
+                                 f"and only root can reserve more: sudo vmrun preflight")
+    elif available is not None and missing * page > available:
+        yield fail_finding(name, f"{needed} pages needed, {counts['free'] - counts['reserved']} free in the {where}, "
+                                 f"and the pool cannot grow by {format_size(missing * page)}: the host has "
+                                 f"{format_size(available)} available")
+    else:
+        total = f"{pool}/nr_hugepages"
+        without_vmrun = counts["total"] - others.hugepages.get(total, 0)
+        yield ok_finding(name, f"reserving {missing} more pages in the {where}; down gives them back")
+        yield Change(Step(Action.WRITE, total, str(counts["total"] + missing)),
+                     (Step(Action.WRITE, total, str(without_vmrun)),), OnDown.SHARED_HUGEPAGES, pages=missing)
+
+
 def inspect_run_dir(host: Host, run_dir: Path) -> Found:
     """qemu makes its monitor's, agent's and console's sockets in the run dir: some file systems (9p) cannot
     hold them, and qemu would fail only after every host change was made."""
@@ -535,6 +605,9 @@ def plan_preflight(
         *inspect_vfio(spec, host, facts, user, others.vfio),
         *([memlock_finding] if memlock_finding else []),
         *inspect_ksm(spec, host, facts, others),
+        *inspect_cpus(spec, host),
+        *inspect_numa_node(spec, host),
+        *inspect_hugepages(spec, host, facts, others),
     ]
     return Plan(
         accel=choose_accel(spec, facts),

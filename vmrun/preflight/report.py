@@ -9,7 +9,7 @@ import attrs
 
 from vmrun.host.facts import PrivilegeDrop, QemuProbe, choose_privilege_drop, kvm_verdict
 from vmrun.host.pci import PCI_DEVICES, iommu_groups
-from vmrun.host.system import Host, QemuCapabilities
+from vmrun.host.system import HUGEPAGES_DIR, NODE_DIR, Host, QemuCapabilities, format_cpu_list
 from vmrun.preflight.vfio import Member, group_refusal, group_verdict
 from vmrun.record import Record
 
@@ -106,9 +106,33 @@ def qemu_user_line(*, vmrun_is_root: bool, capabilities: QemuCapabilities | None
     return f"qemu leaves root for host.user with {drop}{assumed}; {keep_root}"
 
 
+def _page_size(pool_dir: str) -> str:
+    """"hugepages-2048kB" -> "2M", as machine.hugepages writes it."""
+    kib = int(pool_dir.removeprefix("hugepages-").removesuffix("kB"))
+    return f"{kib // 1024**2}G" if kib % 1024**2 == 0 else f"{kib // 1024}M"
+
+
+def hugepage_pools(host: Host) -> list[dict[str, Any]]:
+    """Each huge page pool, system-wide (node None) and per NUMA node: its size, total and free pages."""
+    pools = []
+    nodes = [None, *sorted(host.numa_nodes()[0])] if host.exists(NODE_DIR) else [None]
+    for node in nodes:
+        where = HUGEPAGES_DIR if node is None else f"{NODE_DIR}/node{node}/hugepages"
+        for pool_dir in host.listdir(where):
+            counts = host.hugepage_counts(f"{where}/{pool_dir}")
+            if counts is not None:
+                pools.append({"size": _page_size(pool_dir), "node": node, "total": counts["total"],
+                              "free": counts["free"]})
+    return pools
+
+
 def host_report(host: Host, qemu: QemuProbe) -> dict[str, Any]:
     kvm_usable, kvm_reason = kvm_verdict(host)
+    cpus, nodes = host.cpus(), host.numa_nodes()
     return {
+        "cpus": {"present": sorted(cpus[0]), "online": sorted(cpus[1])},
+        "numa_nodes": {"present": sorted(nodes[0]), "online": sorted(nodes[1])},
+        "hugepages": hugepage_pools(host),
         "kvm": {"usable": kvm_usable, "reason": kvm_reason},
         "vhost_net": host.exists("/dev/vhost-net"),
         "tun": host.exists("/dev/net/tun"),
@@ -153,6 +177,17 @@ def iommu_text(groups: list[Group]) -> str:
     return "\n".join(lines)
 
 
+def _online_line(numbers: dict[str, list[int]]) -> str:
+    offline = set(numbers["present"]) - set(numbers["online"])
+    return format_cpu_list(set(numbers["online"])) + (f" online, {format_cpu_list(offline)} offline" if offline else
+                                                      " online")
+
+
+def _pool_line(pool: dict[str, Any]) -> str:
+    where = "" if pool["node"] is None else f" node {pool['node']}"
+    return f"{pool['size']}{where} {pool['free']}/{pool['total']} free"
+
+
 def report_text(report: dict[str, Any]) -> str:
     kvm, ksm, qemu = report["kvm"], report["ksm"], report["qemu"]
     ksm_line = "absent" if ksm is None else f"run = {ksm['run']}, saving {ksm['bytes_saved'] // 2**20} MiB"
@@ -169,6 +204,9 @@ def report_text(report: dict[str, Any]) -> str:
         ("tun", "present" if report["tun"] else "absent (/dev/net/tun): no tap devices"),
         ("iommu", f"{report['iommu_groups']} groups" if report["iommu_groups"] else "off"),
         ("ksm", ksm_line),
+        ("cpus", _online_line(report["cpus"])),
+        ("numa", _online_line(report["numa_nodes"])),
+        ("hugepages", "; ".join(map(_pool_line, report["hugepages"])) or "none"),
         ("qemu", qemu_line),
         ("qemu user", report["qemu_user"]),
     ]

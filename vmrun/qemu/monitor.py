@@ -36,6 +36,28 @@ class Monitor(QmpSession):
             raise LaunchError(f"{self.peer} answered query-status with something unexpected: {reply!r:.200}")
         return status
 
+    def vcpu_threads(self) -> dict[int, int]:
+        """Each vCPU's host thread id, by vCPU index (query-cpus-fast)."""
+        reply = self._call("query-cpus-fast")
+        try:
+            return {int(cpu["cpu-index"]): int(cpu["thread-id"]) for cpu in reply}  # type: ignore[attr-defined]
+        except (TypeError, KeyError, ValueError):
+            raise LaunchError(f"{self.peer} answered query-cpus-fast with something unexpected: {reply!r:.200}") \
+                from None
+
+    def iothreads(self) -> dict[str, int]:
+        """Each iothread's host thread id, by its id (query-iothreads)."""
+        reply = self._call("query-iothreads")
+        try:
+            return {str(thread["id"]): int(thread["thread-id"]) for thread in reply}  # type: ignore[attr-defined]
+        except (TypeError, KeyError, ValueError):
+            raise LaunchError(f"{self.peer} answered query-iothreads with something unexpected: {reply!r:.200}") \
+                from None
+
+    def cont(self) -> None:
+        """Let a VM started with -S run."""
+        self._call("cont", action="start the paused guest")
+
     def powerdown(self, *, timeout: float) -> bool:
         """Press the ACPI power button; True once qemu reports SHUTDOWN or goes away within ``timeout``.
 

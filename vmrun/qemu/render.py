@@ -18,6 +18,9 @@ from vmrun.units import MIB
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 SEED_ID = "cidata"  # the cloud-init seed's node and device id, reserved in vmrun.spec.check
 
+MEMORY_ID = "ram0"  # the memory backend object of guest RAM
+IOTHREAD_ID = "io0"  # the iothread of the virtio-scsi controller
+
 OptionValue = str | int | bool | Path | None
 
 
@@ -44,17 +47,42 @@ def qemu_opt(first: str | None, props: Mapping[str, OptionValue]) -> str:
 
 
 def _machine(spec: Spec, facts: HostFacts) -> list[str]:
+    machine = spec.machine
     accel = choose_accel(spec, facts).accel
-    cpu_model = spec.machine.cpu_model or ("host" if accel is Accel.KVM else "max")
+    cpu_model = machine.cpu_model or ("host" if accel is Accel.KVM else "max")
+    backend = _memory_backend(spec)
     return [
-        "-name", qemu_opt(None, {"guest": spec.name, "process": f"vmrun-{spec.name}"}),
+        # Named threads ("CPU 0/TCG") let drift tell a pinned VM's vCPU threads from the rest without QMP.
+        "-name", qemu_opt(None, {"guest": spec.name, "process": f"vmrun-{spec.name}",
+                                 "debug-threads": True if machine.pinned else None}),
         "-nodefaults", "-no-user-config",
-        "-machine", qemu_opt(None, {"type": spec.machine.type}),
+        "-machine", qemu_opt(None, {"type": machine.type, "memory-backend": MEMORY_ID if backend else None}),
+        *backend,
         "-accel", str(accel),
         "-cpu", cpu_model,
-        "-smp", str(spec.machine.cpus),
-        "-m", str(spec.machine.memory // MIB),
+        "-smp", str(machine.cpus),
+        "-m", str(machine.memory // MIB),
+        # Paused until vmrun has pinned every thread (vmrun.qemu.pinning): no vCPU runs unpinned.
+        *(["-S"] if machine.pinned else []),
     ]
+
+
+def _memory_backend(spec: Spec) -> list[str]:
+    """Guest RAM as its own object, when it comes from huge pages or is bound to a host NUMA node."""
+    machine = spec.machine
+    if machine.hugepages is None and machine.numa_node is None:
+        return []
+    numa: dict[str, OptionValue] = {"policy": "bind", "host-nodes": machine.numa_node} \
+        if machine.numa_node is not None else {}
+    size = f"{machine.memory // MIB}M"
+    if machine.hugepages is None:
+        return ["-object", qemu_opt("memory-backend-ram", {"id": MEMORY_ID, "size": size, **numa})]
+    # VFIO pins all guest RAM at start anyway; faulting every page in then (not at first touch) makes a
+    # pool that is too small fail qemu's start instead of the guest later.
+    return ["-object", qemu_opt("memory-backend-memfd", {
+        "id": MEMORY_ID, "size": size, "hugetlb": True, "hugetlbsize": str(machine.hugepages),
+        "prealloc": True if spec.vfio else None, **numa,
+    })]
 
 
 def _process(spec: Spec, facts: HostFacts, paths: RunPaths) -> list[str]:
@@ -152,7 +180,9 @@ def _cloud_init_seed(paths: RunPaths, scsi_id: int) -> list[str]:
 def _scsi(spec: Spec, paths: RunPaths) -> list[str]:
     if not spec.disks and spec.cloud_init is None:
         return []
-    argv = ["-device", qemu_opt("virtio-scsi-pci", {"id": "scsi0"})]
+    io_thread = spec.machine.io_thread
+    argv = ["-object", qemu_opt("iothread", {"id": IOTHREAD_ID})] if io_thread else []
+    argv += ["-device", qemu_opt("virtio-scsi-pci", {"id": "scsi0", "iothread": IOTHREAD_ID if io_thread else None})]
     for scsi_id, disk in enumerate(spec.disks):
         argv += _disk(spec, disk, scsi_id)
     if spec.cloud_init is not None:

@@ -18,8 +18,8 @@ from vmrun.errors import AgentError, ConfigurationDiffers, LaunchError, Prefligh
 from vmrun.files import partial_of, write_whole
 from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
-from vmrun.host.system import Host
-from vmrun.preflight.apply import apply_plan, kept_on_down, ksm_restore_value, undo_changes
+from vmrun.host.system import Host, format_cpu_list
+from vmrun.preflight.apply import apply_plan, hugepages_held, kept_on_down, ksm_restore_value, undo_changes
 from vmrun.preflight.plan import AppliedChange, Others, Plan, Status, plan_preflight, refuse
 from vmrun.progress import Say
 from vmrun.qemu.process import (
@@ -83,8 +83,9 @@ def _is_live(host: Host, places: Places, name: str, paths: RunPaths) -> bool:
 def others_than(host: Host, places: Places, name: str, *, planning: bool = True) -> Others:
     """What the other vmrun VMs hold. Call it under the host lock, so that none changes meanwhile.
 
-    Disks and the wish for KSM count while a VM is live; its taps, its VFIO devices and its duty to restore
-    KSM count as long as its state file exists, because they stay on the host until its `down` undoes them.
+    Disks and the wish for KSM count while a VM is live; its taps, its VFIO devices, its huge pages and its
+    duty to restore KSM count as long as its state file exists, because they stay on the host until its
+    `down` undoes them.
     What a VM with a damaged state file holds is unknown: planning around it is refused (DamagedState),
     and undoing goes on as if it wanted KSM, which then stays on.
     """
@@ -93,6 +94,7 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
     vfio: dict[str, str] = {}
     want_ksm = False
     ksm_previous: str | None = None
+    hugepages: dict[str, int] = {}
     for other in vm_names(places.run_root):
         paths = places.of(other)
         try:
@@ -108,11 +110,13 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
         vfio.update((address, other) for address in state.vfio)
         # Whoever turned KSM on knows the value to restore; the last VM down must inherit it.
         ksm_previous = ksm_previous or ksm_restore_value(state.journal())
+        for pool, pages in hugepages_held(state.journal()).items():
+            hugepages[pool] = hugepages.get(pool, 0) + pages
         if _is_live(host, places, other, paths):
             disks.update(state.writable_disks)
             want_ksm = want_ksm or state.wants_ksm
     return Others(writable_disks=frozenset(disks), taps=taps, vfio=vfio, want_ksm=want_ksm,
-                  ksm_previous=ksm_previous)
+                  ksm_previous=ksm_previous, hugepages=hugepages)
 
 
 def _end_run(
@@ -248,7 +252,8 @@ def up(
         outcome = Outcome.STARTED
         running = running_state(host, paths, spec.name)
         if running is not None:
-            changed = _running_differences(running, configuration, host, as_root=facts.drop_privileges)
+            changed = _running_differences(running, configuration, host, as_root=facts.drop_privileges,
+                                           pid=read_pid(paths))
             if not changed:
                 return Outcome.UP_TO_DATE
             if not restart:
@@ -276,6 +281,8 @@ def up(
                 pid = _launch(spec, host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
             say(f"qemu pid {pid}")
+            if spec.machine.pinned:
+                _pin(spec, host, paths, pid, say)
             _confirm_running(paths)
             if spec.agent.enabled:
                 _after_boot(spec, host, paths, pid, say, interrupted)
@@ -321,15 +328,17 @@ def drift(spec: Spec, spec_path: Path, host: Host, places: Places) -> list[str] 
         return None
     facts = gather_facts(host, spec.qemu.binary)
     now, _ = _configuration(spec, spec_path, facts, paths)
-    return _running_differences(state, now, host, as_root=facts.drop_privileges)
+    return _running_differences(state, now, host, as_root=facts.drop_privileges, pid=read_pid(paths))
 
 
-def _running_differences(state: VmState, now: Configuration, host: Host, *, as_root: bool) -> list[str]:
+def _running_differences(
+    state: VmState, now: Configuration, host: Host, *, as_root: bool, pid: int | None
+) -> list[str]:
     """How a running VM differs from what it would run with now, then what the host no longer holds for
     it (judged by the spec it started from, when it recorded one)."""
     recorded = recorded_configuration(state)
     started_from = recorded.spec or now.spec
-    on_host = host_differences(started_from, host, as_root=as_root) if started_from is not None else []
+    on_host = host_differences(started_from, host, as_root=as_root, pid=pid) if started_from is not None else []
     return [*differences(recorded, now), *on_host]
 
 
@@ -384,6 +393,17 @@ def _import_quietly(module: str) -> None:
     for_workers()  # a Ctrl-C meanwhile is the main thread's, as in a fleet's workers
     with suppress(Exception):  # the import that needs the module reports its failure
         importlib.import_module(module)
+
+
+def _pin(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> None:
+    from vmrun.qemu.pinning import pin_and_start
+
+    machine = spec.machine
+    pins = pin_and_start(machine, host, paths, pid)
+    vcpus = f"vCPUs on host CPUs {', '.join(map(str, machine.vcpu_pin))}; " if machine.vcpu_pin else ""
+    emulator = f"qemu's other threads on {format_cpu_list(set(machine.emulator_pin))}" \
+        if machine.emulator_pin else "qemu's other threads left as they were"
+    say(f"pinned {len(pins)} qemu threads ({vcpus}{emulator}), then started the guest")
 
 
 def _confirm_running(paths: RunPaths) -> None:

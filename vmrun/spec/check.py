@@ -30,6 +30,8 @@ MAX_MEMORY = 16 * TIB
 MAX_TCG_MEMORY = 960 * GIB
 MAX_DISK_SIZE = 1024 * TIB  # qcow2 with 64 KiB clusters addresses at most 2 PiB; raw files stop sooner
 MAX_DURATION = 24 * 3600.0
+MAX_HOST_CPUS = 8192  # Linux's largest NR_CPUS
+MAX_NUMA_NODES = 1024  # Linux's largest MAX_NUMNODES
 # vCPUs qemu accepts per machine type (its error: "The max CPUs supported by machine ... is N").
 # pc-q35-X.Y by version: up to 2.7 255, from 2.8 288, from 8.0 1024, from 9.0 4096 (QEMU's commits and
 # qemu-devel, 2024). The bare alias q35 means the newest q35 of the installed qemu, which vmrun cannot know
@@ -124,6 +126,39 @@ def check_machine(spec: Spec) -> Iterator[Problem]:
             )
         elif cpu_model == "host" and machine.accel is Accel.TCG:
             yield Problem("machine.cpu_model", '"host" needs KVM, but machine.accel is "tcg"', 'use "max"')
+
+
+def _cpu_list_problems(cpus: tuple[int, ...], path: str) -> Iterator[Problem]:
+    for index, cpu in enumerate(cpus):
+        if not 0 <= cpu < MAX_HOST_CPUS:
+            yield Problem(f"{path}[{index}]", f"{cpu} is not a host CPU number", f"0 to {MAX_HOST_CPUS - 1}")
+
+
+def check_tuning(spec: Spec) -> Iterator[Problem]:
+    machine = spec.machine
+    page = machine.hugepages
+    if page is not None and machine.memory % page.bytes:
+        yield Problem("machine.hugepages", f"machine.memory ({format_size(machine.memory)}) is not a whole number "
+                      f"of {page} pages", f"make memory a multiple of {page}")
+    if machine.vcpu_pin is not None:
+        if len(machine.vcpu_pin) != machine.cpus:
+            yield Problem("machine.vcpu_pin", f"has {len(machine.vcpu_pin)} host CPUs for {machine.cpus} vCPUs "
+                          "(machine.cpus)", "one host CPU per vCPU, in vCPU order")
+        # Two vCPUs may share a host CPU on purpose (overcommitted but still kept off the others).
+        yield from _cpu_list_problems(machine.vcpu_pin, "machine.vcpu_pin")
+    if machine.emulator_pin is not None:
+        if not machine.emulator_pin:
+            yield Problem("machine.emulator_pin", "is empty: qemu's threads would have no CPU to run on",
+                          "name at least one host CPU, or leave emulator_pin out")
+        # A set of CPUs: the same CPU twice means a typo for another one.
+        for cpu in sorted({cpu for cpu in machine.emulator_pin if machine.emulator_pin.count(cpu) > 1}):
+            yield Problem("machine.emulator_pin", f"names host CPU {cpu} twice")
+        yield from _cpu_list_problems(machine.emulator_pin, "machine.emulator_pin")
+    if machine.io_thread and not spec.disks and spec.cloud_init is None:
+        yield Problem("machine.io_thread", "there is no disk: the virtio-scsi controller it is for does not exist")
+    if machine.numa_node is not None and not 0 <= machine.numa_node < MAX_NUMA_NODES:
+        yield Problem("machine.numa_node", f"{machine.numa_node} is not a NUMA node number",
+                      f"0 to {MAX_NUMA_NODES - 1}")
 
 
 def _locations(spec: Spec) -> Iterator[tuple[str, str]]:
@@ -433,6 +468,7 @@ def check_host_and_qemu(spec: Spec) -> Iterator[Problem]:
 CHECKS: tuple[tuple[Check, frozenset[str]], ...] = (
     (check_name, frozenset({"name"})),
     (check_machine, frozenset({"machine"})),
+    (check_tuning, frozenset({"machine"})),
     (check_ids, frozenset()),
     (check_boot, frozenset({"boot"})),
     (check_boot_disk, frozenset({"boot", "disks"})),

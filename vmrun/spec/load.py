@@ -37,6 +37,7 @@ from vmrun.spec.model import (
     Cache,
     DiskFormat,
     Firmware,
+    HugePages,
     ImageUrl,
     NicMode,
     RunStrategy,
@@ -335,7 +336,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(Path | ImageUrl | None, _structure_base)
     converter.register_structure_hook(Seconds, _structure_duration)
     # Class hooks, one per enum: the str hook above would otherwise catch every StrEnum.
-    for choice in (Accel, Firmware, DiskFormat, Cache, Aio, SecurityModel, RunStrategy, NicMode):
+    for choice in (Accel, HugePages, Firmware, DiskFormat, Cache, Aio, SecurityModel, RunStrategy, NicMode):
         converter.register_structure_hook(choice, _enum_hook(choice))
     converter.register_structure_hook(Vhost, _structure_vhost)
     converter.register_structure_hook_factory(_is_homogeneous_tuple, lambda t: _array_hook(converter, t))

@@ -27,6 +27,17 @@ class Accel(enum.StrEnum):
     TCG = "tcg"
 
 
+class HugePages(enum.StrEnum):
+    """The huge page size guest RAM comes from; the value is how Linux names the pool in sysfs."""
+
+    M2 = "2M"
+    G1 = "1G"
+
+    @property
+    def bytes(self) -> int:
+        return 2 * 1024**2 if self is HugePages.M2 else 1024**3
+
+
 class Firmware(enum.StrEnum):
     BIOS = "bios"
     UEFI = "uefi"
@@ -78,6 +89,16 @@ class Machine(Record):
     cpus: int = 1
     memory: ByteSize = ByteSize(1024**3)
     cpu_model: str | None = None
+    hugepages: HugePages | None = None
+    vcpu_pin: tuple[int, ...] | None = None  # host CPU of vCPU i
+    emulator_pin: tuple[int, ...] | None = None  # host CPUs of qemu's other threads
+    io_thread: bool = False
+    numa_node: int | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """qemu starts paused so vmrun can pin its threads before the guest runs."""
+        return self.vcpu_pin is not None or self.emulator_pin is not None
 
 
 @attrs.frozen(repr=False)

@@ -1,27 +1,52 @@
 """Host-side drift: what preflight set up for a running VM that the host no longer has.
 
-Someone deleted a tap, took it off its bridge, gave /dev/vfio/N to another owner or turned KSM off:
+Someone deleted a tap, took it off its bridge, gave /dev/vfio/N to another owner, turned KSM off or moved a
+pinned qemu thread:
 the VM still runs, its argv and spec unchanged, yet it is not what its spec asks for. Each difference
 names the NIC or device by its spec path. Reads only, through the host layer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from vmrun.host.facts import qemu_user
 from vmrun.host.pci import pci_device
-from vmrun.host.system import KSM_RUN, Host, User
+from vmrun.host.system import KSM_RUN, Host, User, format_cpu_list
 from vmrun.spec.model import Spec
 from vmrun.spec.usernet import is_user
 
 
-def host_differences(spec: Spec, host: Host, *, as_root: bool) -> list[str]:
+def host_differences(spec: Spec, host: Host, *, as_root: bool, pid: int | None = None) -> list[str]:
     """Empty when the host still holds what spec's VM was started with. as_root: vmrun runs as root, so
     preflight owned the changes (a tap it could not create or KSM it could not turn on were refused or
-    only warned of)."""
+    only warned of). pid: the VM's qemu, whose threads' affinities are checked against the pins."""
     return [*_nic_differences(spec, host), *_vfio_differences(spec, host, as_root=as_root),
-            *_ksm_differences(spec, host, as_root=as_root)]
+            *_ksm_differences(spec, host, as_root=as_root),
+            *(_pin_differences(spec, host, pid) if pid is not None else ())]
+
+
+_VCPU_THREAD = re.compile(r"CPU (\d+)/")  # qemu's name for a vCPU thread with -name debug-threads=on
+
+
+def _pin_differences(spec: Spec, host: Host, pid: int) -> Iterator[str]:
+    """Someone moved a pinned qemu thread (taskset): by its name, since drift asks qemu nothing."""
+    machine = spec.machine
+    if not machine.pinned:
+        return
+    for tid in host.thread_ids(pid):
+        name, cpus = host.thread_name(pid, tid) or "", host.thread_cpus(pid, tid)
+        vcpu = _VCPU_THREAD.match(name)
+        if vcpu is not None and machine.vcpu_pin is not None and int(vcpu[1]) < len(machine.vcpu_pin):
+            index = int(vcpu[1])
+            wanted, path, what = frozenset({machine.vcpu_pin[index]}), f"machine.vcpu_pin[{index}]", f"vCPU {index}"
+        elif vcpu is None and machine.emulator_pin is not None:
+            wanted, path, what = frozenset(machine.emulator_pin), "machine.emulator_pin", f"qemu thread {tid} ({name})"
+        else:
+            continue
+        if cpus is not None and cpus != wanted:
+            yield f"{path}: {what} runs on host CPUs {format_cpu_list(cpus)}, not {format_cpu_list(wanted)}"
 
 
 def _nic_differences(spec: Spec, host: Host) -> Iterator[str]:
