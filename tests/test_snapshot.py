@@ -148,3 +148,19 @@ def test_a_stopped_vm_named_without_its_spec_is_told_to_name_the_spec(tmp_path: 
     assert (result.returncode, errors(result)) == (2, [
         "snap is not running, and a name alone does not say where its disks are"])
     assert "vmrun: hint: name its spec: vmrun snapshot list SPEC" in result.stderr
+
+
+def test_a_vm_another_vmrun_is_working_on_is_refused_not_waited_for(
+    tmp_path: Path, write_spec: Callable[[str, str], Path]
+) -> None:
+    import fcntl
+
+    spec = write_spec(SPEC, "snap.toml")
+    locks = tmp_path / "run" / ".locks"
+    locks.mkdir(parents=True)
+    with open(locks / "snap.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        for action in ("save", "restore", "rm"):
+            result = vmrun(tmp_path, "snapshot", action, str(spec), "before")
+            assert (result.returncode, errors(result)) == (
+                2, ["snap is running or starting: another vmrun is working on it"]), action

@@ -69,7 +69,7 @@ class Monitor(QmpSession):
                     raise LaunchError(f"qemu failed to {what}: {job['error']}")
                 return
             if time.monotonic() >= deadline:
-                raise LaunchError(f"qemu did not finish to {what} within {timeout:g} s",
+                raise LaunchError(f"qemu did not {what} within {timeout:g} s",
                                   hint=f"the job {job_id} goes on in qemu; --timeout waits longer")
             time.sleep(JOB_POLL)
 
