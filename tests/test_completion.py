@@ -53,8 +53,8 @@ def test_each_shell_accepts_its_script_and_it_names_every_command(shell: str, tm
 
 # (the words typed, the cursor's word last) -> what bash offers
 BASH_CASES = {
-    ("",): "completion console cp diff down exec export host image init logs man preflight render ssh status up "
-           "validate",
+    ("",): "completion console cp diff down exec export host image init logs man preflight render snapshot ssh status "
+           "up validate",
     ("--run-dir", "run", "ex"): "exec export",
     ("--run-dir", "run", "exec", ""): "web",
     ("--run-dir=run", "down", ""): "run specs web",  # VMs, specs and directories
@@ -70,6 +70,8 @@ BASH_CASES = {
     ("--run-dir", "run", "ssh", ""): "web",
     ("init", ""): "",  # a new VM's name
     ("completion", ""): "bash fish zsh",
+    ("snapshot", ""): "list restore rm save",
+    ("--run-dir", "run", "snapshot", "restore", ""): "run specs web",  # a running VM, or a stopped one's spec
 }
 
 
@@ -130,9 +132,10 @@ def test_status_names_lists_the_vms_under_the_run_dir_without_asking_them(workdi
 def test_the_man_page_has_every_command_and_option() -> None:
     page = man_page(build_parser())
     for command in COMMANDS:
-        if command not in ("host", "image"):
+        if command not in ("host", "image", "snapshot"):
             assert f".SS {command}\n" in page, command
     assert ".SS host iommu\n" in page and ".SS host check\n" in page
+    assert all(f".SS snapshot {what}\n" in page for what in ("save", "restore", "rm", "list"))
     assert all(f".SS image {what}\n" in page for what in ("pull", "list", "rm"))
     assert "\\-\\-agent\\-timeout" not in page  # hidden from --help, hidden here
     for option in ("\\-\\-run\\-dir", "\\-\\-restart", "\\-\\-names", "\\-o, \\-\\-output"):

@@ -611,3 +611,23 @@ def test_a_tuned_spec_asks_kubevirt_for_huge_pages_dedicated_cpus_and_iothreads_
         assert said in comments
     one_gib = vm_of(export(spec_of(tuned.replace('"2M"', '"1G"'))))["domain"]["memory"]
     assert one_gib["hugepages"] == {"pageSize": "1Gi"}
+
+
+def test_live_migration_is_said_and_asked_for_with_live_migrate() -> None:
+    plain = kubevirt_manifests([("web", spec_of(ONE_NIC), NO_SEED)]).text
+    assert "# - live migration needs evictionStrategy: LiveMigrate ([kubevirt] live_migrate = true) and storage " \
+           "every node can mount at once (ReadWriteMany PVCs)" in plain
+    assert "evictionStrategy" not in vm_of(checked_documents(plain))
+    migrating = export(spec_of(ONE_NIC + "[kubevirt]\nlive_migrate = true\n"))
+    assert vm_of(migrating)["evictionStrategy"] == "LiveMigrate"
+
+
+def test_live_migrate_with_a_passed_through_device_is_refused_at_validate(tmp_path: Path) -> None:
+    spec = tmp_path / "gpu.toml"
+    spec.write_text(ONE_NIC + '[[vfio]]\nid = "gpu"\nhost = "01:00.0"\n[kubevirt]\nlive_migrate = true\n'
+                    '[kubevirt.vfio.gpu]\ndevice_name = "nvidia.com/GA102GL_A10"\n')
+    result = vmrun("validate", str(spec))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"vmrun: error: {spec}: kubevirt.live_migrate: vfio[0] (gpu) cannot move while the VM runs "
+        "(hint: KubeVirt refuses to migrate a VM with host devices; set live_migrate = false)"]

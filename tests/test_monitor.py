@@ -101,3 +101,52 @@ def test_qemu_dying_mid_command_is_a_one_line_launch_error(tmp_path: Path) -> No
         with pytest.raises(LaunchError) as caught:
             monitor.status()
     assert str(caught.value) == f"qemu's QMP monitor ({path}) hung up before answering query-status"
+
+
+def jobs(*, concludes_after: int | None, error: str | None = None) -> Script:
+    """qemu running one job: query-jobs says it runs, then (after that many asks) that it concluded."""
+    asked = 0
+
+    def script(request: Message) -> Iterable[object]:
+        nonlocal asked
+        if request["execute"] == "query-jobs":
+            asked += 1
+            done = concludes_after is not None and asked > concludes_after
+            job = {"id": "j", "type": "snapshot-save", "status": "concluded" if done else "running",
+                   **({"error": error} if done and error else {})}
+            return [answer(request, [job])]
+        return [answer(request, {})]
+
+    return script
+
+
+def test_a_job_is_polled_until_it_concludes_then_dismissed(tmp_path: Path) -> None:
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, jobs(concludes_after=2), greeting=QMP_GREETING) as peer, Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        monitor.run_job("snapshot-save", {"tag": "t"}, job_id="j", what="save snapshot 't'", timeout=5)
+    assert peer.commands()[1:] == ["snapshot-save", "query-jobs", "query-jobs", "query-jobs", "job-dismiss"]
+    assert peer.received[1]["arguments"] == {"job-id": "j", "tag": "t"}
+
+
+def test_a_job_that_failed_is_qemus_error_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, jobs(concludes_after=0, error="Device 'data' is writable but does not support snapshots"),
+                  greeting=QMP_GREETING) as peer, Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        with pytest.raises(LaunchError) as failed:
+            monitor.run_job("snapshot-save", {}, job_id="j", what="save snapshot 't'", timeout=5)
+    assert str(failed.value) == "qemu failed to save snapshot 't': Device 'data' is writable but does not support " \
+                                "snapshots"
+    assert failed.value.exit_code == 4 and peer.commands()[-1] == "job-dismiss"
+
+
+def test_a_job_that_never_concludes_is_given_up_at_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "qmp.sock"
+    with FakePeer(path, jobs(concludes_after=None), greeting=QMP_GREETING), Monitor(path) as monitor:
+        monitor.connect(timeout=5)
+        started = time.monotonic()
+        with pytest.raises(LaunchError, match=r"^qemu did not load snapshot 't' within 0.5 s$") as failed:
+            monitor.run_job("snapshot-load", {}, job_id="j", what="load snapshot 't'", timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 3
+    assert failed.value.hint == "the job j goes on in qemu; --timeout waits longer"

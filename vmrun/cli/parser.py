@@ -19,6 +19,12 @@ from vmrun.cli.host_commands import (
     cmd_image_rm,
     cmd_preflight,
 )
+from vmrun.cli.life_commands import (
+    cmd_snapshot_list,
+    cmd_snapshot_restore,
+    cmd_snapshot_rm,
+    cmd_snapshot_save,
+)
 from vmrun.cli.spec_commands import cmd_export, cmd_init, cmd_render, cmd_validate
 from vmrun.cli.vm_commands import cmd_diff, cmd_down, cmd_status, cmd_up
 from vmrun.host.dirs import default_image_cache, default_run_root, default_state_root
@@ -129,6 +135,30 @@ def _status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--names", action="store_true",
                         help="only the names of the VMs under the run directory, one a line; asks no VM")
     parser.set_defaults(handler=cmd_status)
+
+
+def _snapshot(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Snapshots kept inside the VM's qcow2 disks: the RAM, devices and every writable disk at one instant "
+        "(every writable disk must be a kept qcow2 image, and no VFIO device). A stopped VM is named by its spec: "
+        "list and rm read and change its disk files; save and restore need it running."
+    )
+    actions = parser.add_subparsers(dest="snapshot_command", required=True, metavar="WHAT")
+    for action, summary, handler in (
+        ("save", "save the running VM as TAG", cmd_snapshot_save),
+        ("restore", "take the running VM back to TAG: RAM and disks", cmd_snapshot_restore),
+        ("rm", "delete TAG from the VM's disks", cmd_snapshot_rm),
+    ):
+        command = actions.add_parser(action, help=summary)
+        command.add_argument("vm", metavar="NAME|SPEC")
+        command.add_argument("tag", metavar="TAG")
+        command.add_argument("--timeout", type=positive_float, default=300.0, metavar="S",
+                             help="seconds qemu gets to finish (default: 300)")
+        command.set_defaults(handler=handler)
+    listing = actions.add_parser("list", help="tag, date, size of the saved RAM, guest clock, disks")
+    listing.add_argument("vm", metavar="NAME|SPEC")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_snapshot_list)
 
 
 def _exec(parser: argparse.ArgumentParser) -> None:
@@ -242,6 +272,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "diff": ("how running VMs differ from their specs (exit 6 on drift)", _diff),
     "down": ("stop VMs and undo their host changes", _down),
     "status": ("running / stopped / dead, pid, accel, agent", _status),
+    "snapshot": ("save the running VM at one instant, go back to it, list and remove snapshots", _snapshot),
     "exec": ("run a command in the guest over the agent", _exec),
     "ssh": ("ssh to the guest (a user-mode forward of port 22, or an address the agent reports)", _ssh),
     "cp": ("copy a file into or out of a running guest over the agent", _cp),

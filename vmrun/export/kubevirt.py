@@ -343,6 +343,10 @@ def _host_notes(spec: Spec) -> Iterator[str]:
         yield f"post_boot: {len(spec.post_boot)} hook(s) run by vmrun over the agent; KubeVirt has no such step"
     if not spec.agent.enabled:
         yield "agent.enabled: KubeVirt always gives the guest an agent channel"
+    # A drain stops a VM unless it may move, and it moves only if the new node can mount its disks meanwhile.
+    yield ("live migration needs evictionStrategy: LiveMigrate ([kubevirt] live_migrate = true) and storage every "
+           "node can mount at once (ReadWriteMany PVCs)"
+           + ("; live_migrate sets the first, the second is the cluster's" if spec.kubevirt.live_migrate else ""))
 
 
 def unmappable(spec: Spec) -> list[Problem]:
@@ -450,6 +454,8 @@ def _manifests(spec: Spec, texts: CloudInitTexts) -> _Manifests:
     if templates:
         vm_spec["dataVolumeTemplates"] = templates
     vm_spec["template"] = {"spec": template_spec}
+    if spec.kubevirt.live_migrate:
+        template_spec["evictionStrategy"] = "LiveMigrate"
     vm = {"apiVersion": API_VERSION, "kind": "VirtualMachine", "metadata": metadata, "spec": vm_spec}
     notes += _host_notes(spec)
     documents: list[dict[str, Any]] = []

@@ -1,4 +1,4 @@
-"""A small synchronous QMP client for the VM lifecycle: status, powerdown, quit.
+"""A small synchronous QMP client for the VM lifecycle: status, powerdown, quit, jobs (snapshots).
 
 Importing this module imports qemu.qmp (~70 ms): keep it out of ``vmrun/__init__``.
 """
@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import EventListener
 
 from vmrun.errors import LaunchError
 from vmrun.qemu.qmp import REPLY_TIMEOUT, QmpSession
+
+JOB_POLL = 0.1  # a snapshot of a small guest takes tenths of a second; polling costs qemu nothing noticeable
 
 
 class Monitor(QmpSession):
@@ -72,6 +76,39 @@ class Monitor(QmpSession):
             except TimeoutError:
                 return False
         return True
+
+    def run_job(self, command: str, arguments: Mapping[str, object], *, job_id: str, what: str,
+                timeout: float) -> None:
+        """Start a background job (snapshot-save, -load, -delete), poll until it concludes, dismiss it;
+        its error, or its lasting beyond ``timeout``, is a LaunchError that says ``what`` it was doing."""
+        self._call(command, {"job-id": job_id, **arguments}, action=what)
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self._job(job_id)
+            if job.get("status") == "concluded":
+                self._call("job-dismiss", {"id": job_id})
+                if "error" in job:
+                    raise LaunchError(f"qemu failed to {what}: {job['error']}")
+                return
+            if time.monotonic() >= deadline:
+                raise LaunchError(f"qemu did not {what} within {timeout:g} s",
+                                  hint=f"the job {job_id} goes on in qemu; --timeout waits longer")
+            time.sleep(JOB_POLL)
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        jobs = self._call("query-jobs")
+        found = next((job for job in jobs if isinstance(job, dict) and job.get("id") == job_id), None) \
+            if isinstance(jobs, list) else None
+        if found is None:
+            raise LaunchError(f"{self.peer} lost track of its job {job_id}: query-jobs answered {jobs!r:.200}")
+        return found
+
+    def block_nodes(self) -> list[dict[str, Any]]:
+        """Every named block node, as query-named-block-nodes describes it (its image and snapshots)."""
+        nodes = self._call("query-named-block-nodes", {"flat": True})
+        if not isinstance(nodes, list):
+            raise LaunchError(f"{self.peer} answered query-named-block-nodes with something unexpected: {nodes!r:.200}")
+        return [node for node in nodes if isinstance(node, dict)]
 
     def quit(self) -> None:
         """Make qemu exit at once; a dropped connection is success."""

@@ -410,6 +410,10 @@ def check_kubevirt(spec: Spec) -> Iterator[Problem]:
         if not kubenames.is_dns_subdomain(share.pvc):
             yield Problem(f"kubevirt.shares.{share_id}.pvc", f"{share.pvc!r} is not a PVC name",
                           kubenames.SUBDOMAIN_RULE)
+    if kubevirt.live_migrate:
+        for index, device in enumerate(spec.vfio):
+            yield Problem("kubevirt.live_migrate", f"vfio[{index}] ({device.id}) cannot move while the VM runs",
+                          "KubeVirt refuses to migrate a VM with host devices; set live_migrate = false")
 
 
 def check_secure_boot(spec: Spec) -> Iterator[Problem]:

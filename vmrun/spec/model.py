@@ -255,6 +255,7 @@ class Kubevirt(Record):
     run_strategy: RunStrategy = RunStrategy.ALWAYS
     secure_boot: bool = False  # UEFI Secure Boot (with SMM, which it needs)
     kernel_image: str | None = None  # a container image holding boot.kernel and boot.initrd at its root
+    live_migrate: bool = False  # a node drain moves the VM (evictionStrategy LiveMigrate) instead of stopping it
     # Dicts are not hashable, hence hash=False.
     disks: dict[str, KubevirtDisk] = attrs.field(factory=dict, hash=False)
     nics: dict[str, KubevirtNic] = attrs.field(factory=dict, hash=False)
