@@ -191,7 +191,8 @@ def test_a_mounted_9p_share_is_refused_and_the_vm_stays(hosts: Hosts, tmp_path: 
 
     moved = hosts.move("nine", first, second)
     assert moved.returncode == 3, moved.stderr
-    assert "Migration is disabled when VirtFS export path is mounted in the guest" in moved.stderr
+    assert "qemu says: Migration is disabled when VirtFS export path '/usr/share/qemu/keymaps' is mounted in the " \
+        "guest using mount_tag 'keymaps'\n" in moved.stderr
     # The source untouched (the same qemu, its guest answering), the destination never touched.
     assert qemu_pids_of(first.vmrun.run_root) == pid
     assert guest(first, "nine", "cat", "/proc/uptime")

@@ -48,7 +48,7 @@ from vmrun.spec.load import converter, structure_spec
 from vmrun.spec.model import Spec
 from vmrun.state.locations import Places
 from vmrun.state.locks import vm_lock
-from vmrun.state.vmstate import recorded_configuration
+from vmrun.state.vmstate import read_state, recorded_configuration
 
 POLL = 0.05  # query-migrate this often: an idle small guest moves in tens of milliseconds
 READY_TIMEOUT = 300.0  # the destination's preflight, qemu start and perhaps a base image download
@@ -116,14 +116,15 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
     """Move the running VM to the destination; any failure before the switch-over leaves it running here."""
     paths = places.of(name)
     with vm_lock(places, name, wait=False, say=say), sigterm_interrupts():
-        state = running_state(host, paths, name)
-        if state is None:
+        state = read_state(paths)
+        spec = recorded_configuration(state).spec if state is not None else None
+        # What cannot move is said first, even of a VM that does not run: no state of it could move either.
+        if spec is not None and (problems := unmovable(spec)):
+            raise SpecError(name, problems)
+        if state is None or running_state(host, paths, name) is None:
             raise UsageError(f"{name} is not running here", hint=f"vmrun status {name}")
-        spec = recorded_configuration(state).spec
         if spec is None:
             raise UsageError(f"{name}: its state records no spec to send", hint=f"vmrun up --restart {name}")
-        if problems := unmovable(spec):
-            raise SpecError(name, problems)
         with MigrationMonitor(paths.qmp_socket) as monitor:
             monitor.connect(timeout=10)
             if (status := monitor.status()) != "running":
