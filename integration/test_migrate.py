@@ -199,3 +199,56 @@ def test_a_mounted_9p_share_is_refused_and_the_vm_stays(hosts: Hosts, tmp_path: 
     assert first.has_tap("nine.net0") and not second.has_tap("nine.net0")
     assert not second.vmrun.run_root.exists() or not (second.vmrun.run_root / "nine").exists()
     assert first.vmrun("down", "nine", "--force").returncode == 0
+
+
+def kill_at(side: Side, point: str) -> str:
+    """--remote-vmrun for a migration to this side whose vmrun there is killed at a crash point."""
+    return shlex.join(["env", f"PYTHONPATH={REPO}", f"VMRUN_RUN_DIR={side.vmrun.run_root}",
+                       f"VMRUN_STATE_DIR={side.vmrun.state_root}", f"VMRUN_TEST_KILL_AT={point}", sys.executable,
+                       "-X", "vmrun-crash-points", "-m", "vmrun"])
+
+
+def settled(side: Side, name: str, timeout: float = 60) -> str | None:
+    """The VM's state on a side once that side's vmrun is done with it (its lock free): None for no VM."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [vm["state"] for vm in json.loads(side.vmrun("status", "--json").stdout) if vm["name"] == name]
+        busy = subprocess.run(["flock", "-n", str(side.vmrun.run_root / ".locks" / f"{name}.lock"), "true"],
+                              check=False).returncode != 0
+        if not busy or time.monotonic() > deadline:
+            return found[0] if found else None
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(("killed", "point", "runs_on"), [
+    ("source", "after the destination is ready", "source"),
+    ("source", "after the migration completed", "destination"),
+    ("destination", "after listening for the migration", "source"),
+    ("destination", "after launching the incoming qemu", "source"),
+])
+def test_a_killed_migration_leaves_the_guest_on_one_side_and_down_force_cleans_the_other(
+    hosts: Hosts, tmp_path: Path, killed: str, point: str, runs_on: str,
+) -> None:
+    source, destination = hosts.first, hosts.second
+    up = source.vmrun("up", str(tiny_spec(tmp_path, "kill")))
+    assert up.returncode == 0, up.stderr
+    boot_id = guest(source, "kill", "cat", "/proc/sys/kernel/random/boot_id")
+    to = ["migrate", "kill", "--to", f"root@{destination.address}", "-e", hosts.rsh]
+    if killed == "source":
+        moved = source.vmrun(*to, "--remote-vmrun", destination.remote_vmrun(), kill_at=point)
+        assert moved.returncode == -9, moved.stderr
+    else:
+        moved = source.vmrun(*to, "--remote-vmrun", kill_at(destination, point))
+        assert moved.returncode == 4, moved.stderr
+        assert "the VM runs on here" in moved.stderr
+
+    runs, other = (source, destination) if runs_on == "source" else (destination, source)
+    assert settled(runs, "kill") == "running"
+    assert guest(runs, "kill", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    if settled(other, "kill") is not None:
+        cleaned = other.vmrun("down", "--force", "kill")
+        assert cleaned.returncode == 0, cleaned.stderr
+    assert not other.has_tap("kill.net0") and qemu_pids_of(other.vmrun.run_root) == []
+    assert not (other.vmrun.run_root / "kill").exists()
+    assert runs.has_tap("kill.net0") and len(qemu_pids_of(runs.vmrun.run_root)) == 1
+    assert runs.vmrun("down", "--force", "kill").returncode == 0

@@ -321,12 +321,14 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
                     raise LaunchError("the source gave up the migration")
                 crash_point("before confirming the switch-over")
                 _wait_running(monitor)
-            _write(outgoing, {"state": "running"})
-            say(f"{name} runs here now (qemu pid {pid})")
         except BaseException:
             with shielded():
                 _abort(host, places, journal.state, say)
             raise
+        # The guest runs here now, whether or not the source is still there to hear it.
+        with suppress(OSError):
+            say(f"{name} runs here now (qemu pid {pid})")
+            _write(outgoing, {"state": "running"})
 
 
 def _offer(line: str) -> dict[str, Any]:
@@ -363,8 +365,9 @@ def _arrived(monitor: MigrationMonitor) -> bool:
     while True:
         if monitor.status() == "running":
             return True
-        if monitor.progress().status != "active":
-            return False
+        # qemu says "completed" a moment before it starts the guest: that guest is ours, to wait for.
+        if (status := monitor.progress().status) != "active":
+            return status == "completed"
         time.sleep(POLL)
 
 
