@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import attrs
@@ -75,6 +76,13 @@ def _sshd(netns: str, address: str, keys: Path) -> subprocess.Popen[bytes]:
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    with two_hosts(tmp_path) as both:
+        yield both
+
+
+@contextmanager
+def two_hosts(tmp_path: Path) -> Iterator[Hosts]:
+    """Two namespaces, a veth pair, an sshd in each; on the way out every VM, sshd and namespace is gone."""
     tag = f"{os.getpid() % 100000}"
     names = (f"vmrun-mig{tag}-a", f"vmrun-mig{tag}-b")
     keys = tmp_path / "keys"
