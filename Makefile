@@ -44,6 +44,7 @@ bench: guest debian-image
 	.venv/bin/python bench/fleet.py
 	.venv/bin/python bench/debian.py
 	.venv/bin/python bench/hugepages.py
+	.venv/bin/python bench/migrate.py
 
 # render.py's figures again on the lab's kernel, where Python runs under TCG (boots the lab: a few minutes).
 bench-lab: debian-image

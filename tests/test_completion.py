@@ -53,8 +53,8 @@ def test_each_shell_accepts_its_script_and_it_names_every_command(shell: str, tm
 
 # (the words typed, the cursor's word last) -> what bash offers
 BASH_CASES = {
-    ("",): "completion console cp diff down exec export host image init logs man preflight render snapshot ssh status "
-           "up validate",
+    ("",): "completion console cp diff down exec export host image init logs man migrate preflight render snapshot ssh "
+           "status up validate",
     ("--run-dir", "run", "ex"): "exec export",
     ("--run-dir", "run", "exec", ""): "web",
     ("--run-dir=run", "down", ""): "run specs web",  # VMs, specs and directories
@@ -68,6 +68,7 @@ BASH_CASES = {
     ("--run-dir", "run", "cp", "-r", "w"): "web:",
     ("exec", "web", "--", ""): "",  # the guest's command line
     ("--run-dir", "run", "ssh", ""): "web",
+    ("--run-dir", "run", "migrate", ""): "web",
     ("init", ""): "",  # a new VM's name
     ("completion", ""): "bash fish zsh",
     ("snapshot", ""): "list restore rm save",

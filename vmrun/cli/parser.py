@@ -25,6 +25,7 @@ from vmrun.cli.life_commands import (
     cmd_snapshot_rm,
     cmd_snapshot_save,
 )
+from vmrun.cli.migrate_commands import cmd_migrate
 from vmrun.cli.spec_commands import cmd_export, cmd_init, cmd_render, cmd_validate
 from vmrun.cli.vm_commands import cmd_diff, cmd_down, cmd_status, cmd_up
 from vmrun.host.dirs import default_image_cache, default_run_root, default_state_root
@@ -208,6 +209,24 @@ def _console(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=cmd_console)
 
 
+def _migrate(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Move a running VM to another host without a reboot, over a remote shell as rsync does. Without "
+        "--copy-storage its disks must be on storage both hosts see at the same paths."
+    )
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("--to", metavar="[USER@]HOST", help="the destination, reached with the remote shell")
+    parser.add_argument("-e", "--rsh", default="ssh", metavar="RSH", help="the remote shell command (default: ssh)")
+    parser.add_argument("--remote-vmrun", default="vmrun", metavar="CMD",
+                        help="the command line that runs vmrun on the destination (default: vmrun)")
+    parser.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
+                        help="cancel a migration not done after S seconds; the VM runs on here (default: 600)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: name, state, to, downtime_ms, "
+                        "total_ms, bytes")
+    parser.add_argument("--incoming", action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(handler=cmd_migrate)
+
+
 def _preflight(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -278,6 +297,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "cp": ("copy a file into or out of a running guest over the agent", _cp),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),
+    "migrate": ("move a running VM to another host, live", _migrate),
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),
     "host": ("what this host offers: IOMMU groups, KVM, vhost-net, KSM", _host),
     "export": ("the same VM as a libvirt domain XML, a systemd unit or KubeVirt manifests", _export),

@@ -1,0 +1,384 @@
+"""Live migration: `vmrun migrate` on the source, its hidden counterpart `migrate NAME --incoming` on the
+destination, talking JSON lines over the remote shell's stdin and stdout.
+
+The source sends {"spec", "spec_path"}; the destination answers {"address", "port"} once its qemu listens
+(-incoming defer); the source migrates straight to that port and then sends {"switched": true} or
+{"abort": true}; the destination answers {"state": "running"} once the guest runs there.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import shlex
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from vmrun.crashpoints import crash_point
+from vmrun.errors import LaunchError, PreflightError, Problem, SpecError, UsageError, VmrunError
+from vmrun.guest.cloudinit import prepare_seed
+from vmrun.host.facts import gather_facts
+from vmrun.host.system import Host
+from vmrun.progress import Say
+from vmrun.qemu.migration import FINISHED, MigrationMonitor, Progress
+from vmrun.record import Record
+from vmrun.run.lifecycle import (
+    _abort,
+    _bases_in_use,
+    _checked_program,
+    _clear_dead_run,
+    _configuration,
+    _launch,
+    _preflight,
+    _prepare_uefi_vars,
+    _say_plan,
+    _stop_and_undo,
+    running_state,
+)
+from vmrun.signals import shielded, sigterm_interrupts
+from vmrun.spec.check import validate
+from vmrun.spec.load import converter, structure_spec
+from vmrun.spec.model import Spec
+from vmrun.state.locations import Places
+from vmrun.state.locks import vm_lock
+from vmrun.state.vmstate import read_state, recorded_configuration
+
+POLL = 0.05  # query-migrate this often: an idle small guest moves in tens of milliseconds
+READY_TIMEOUT = 300.0  # the destination's preflight, qemu start and perhaps a base image download
+CONFIRM_TIMEOUT = 60.0  # from the switch-over until the destination says the guest runs there
+QUIT_WAIT = 30.0  # the remote shell ends once the destination vmrun has cleaned up
+
+
+class RemoteError(VmrunError):
+    """The destination's vmrun failed: its own lines (relayed) say why; its exit code is ours."""
+
+    def __init__(self, message: str, *, exit_code: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+
+
+@attrs.frozen(repr=False)
+class Remote(Record):
+    """How to run vmrun on the destination, after rsync: a remote shell command, a host and a command there."""
+
+    host: str  # [USER@]HOST
+    rsh: tuple[str, ...] = ("ssh",)
+    vmrun: tuple[str, ...] = ("vmrun",)
+
+    @classmethod
+    def parse(cls, host: str, rsh: str, remote_vmrun: str) -> Remote:
+        try:
+            rsh_argv, vmrun_argv = tuple(shlex.split(rsh)), tuple(shlex.split(remote_vmrun))
+        except ValueError as exc:
+            raise UsageError(f"cannot split the remote shell or remote vmrun command: {exc}") from exc
+        if not rsh_argv or not vmrun_argv or not host or host.startswith("-"):
+            raise UsageError("--to, -e and --remote-vmrun must not be empty, and --to must not start with '-'")
+        return cls(host=host, rsh=rsh_argv, vmrun=vmrun_argv)
+
+    @property
+    def address(self) -> str:
+        return self.host.rpartition("@")[2]
+
+    def argv(self, *args: str) -> list[str]:
+        # A remote shell joins its arguments into one command line for the shell there, as rsync's does:
+        # each word is quoted, so a VM name or path is never read as shell syntax.
+        return [*self.rsh, self.host, shlex.join([*self.vmrun, *args])]
+
+
+@attrs.frozen(repr=False)
+class Moved(Record):
+    name: str
+    state: str
+    to: str
+    downtime_ms: int | None
+    total_ms: int | None
+    bytes: int | None
+
+
+def unmovable(spec: Spec) -> list[Problem]:
+    """What no live migration can take along: the device itself stays on this host."""
+    problems = [Problem(f"vfio[{index}]", f"a VFIO device ({vfio.host}) cannot be migrated",
+                        hint="detach it (vmrun down, remove it from the spec, up) before moving the VM")
+                for index, vfio in enumerate(spec.vfio)]
+    problems += [Problem(f"disks[{index}].passthrough", "a SCSI passthrough disk cannot be migrated")
+                 for index, disk in enumerate(spec.disks) if disk.passthrough]
+    return problems
+
+
+def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: float, say: Say) -> Moved:
+    """Move the running VM to the destination; any failure before the switch-over leaves it running here."""
+    paths = places.of(name)
+    with vm_lock(places, name, wait=False, say=say), sigterm_interrupts():
+        state = read_state(paths)
+        spec = recorded_configuration(state).spec if state is not None else None
+        # What cannot move is said first, even of a VM that does not run: no state of it could move either.
+        if spec is not None and (problems := unmovable(spec)):
+            raise SpecError(name, problems)
+        if state is None or running_state(host, paths, name) is None:
+            raise UsageError(f"{name} is not running here", hint=f"vmrun status {name}")
+        if spec is None:
+            raise UsageError(f"{name}: its state records no spec to send", hint=f"vmrun up --restart {name}")
+        with MigrationMonitor(paths.qmp_socket) as monitor:
+            monitor.connect(timeout=10)
+            if (status := monitor.status()) != "running":
+                raise UsageError(f"{name} is {status}, not running: only a running guest is migrated",
+                                 hint=f"vmrun status {name}")
+            if blocked := monitor.blocked_reasons():
+                raise PreflightError(f"{name} cannot migrate now: qemu says: {'; '.join(blocked)}")
+            offer = {"spec": converter.unstructure(spec), "spec_path": state.spec_path}
+            crash_point("before starting the destination")
+            with _Destination.start(remote, name, offer, say) as destination:
+                address, port = destination.ready()
+                crash_point("after the destination is ready")
+                say(f"migrating {name} to {remote.host} ({address or remote.address}:{port})")
+                done = _send(monitor, destination, address or remote.address, port, timeout)
+                crash_point("after the migration completed")
+                destination.switched()
+        crash_point("after the destination runs the guest")
+        _stop_and_undo(host, places, name, timeout=0, force=True, say=say)
+        return Moved(name=name, state="migrated", to=remote.host, downtime_ms=done.downtime_ms,
+                     total_ms=done.total_ms, bytes=done.bytes)
+
+
+def _send(monitor: MigrationMonitor, destination: _Destination, address: str, port: int,
+          timeout: float) -> Progress:
+    """Migrate and wait; a failure, a timeout or an interruption cancels it, and the source runs on. A
+    migration that completed all the same is the switch-over: the source is never resumed after it."""
+    try:
+        monitor.send(address, port)
+        progress = _wait(monitor, time.monotonic() + timeout)
+    except BaseException:
+        with shielded():
+            progress = _cancelled(monitor)
+            if progress.status != "completed":
+                destination.abort()
+                raise
+        return progress
+    if progress.status != "completed":
+        destination.abort()
+        if progress.status == "cancelled":
+            raise LaunchError(f"the migration did not complete within {timeout:g} s; {monitor.peer} cancelled it "
+                              "and the VM runs on here", hint="--timeout S allows more")
+        raise LaunchError(f"the migration failed: {progress.error or progress.status}; the VM runs on here")
+    return progress
+
+
+def _wait(monitor: MigrationMonitor, deadline: float) -> Progress:
+    cancelled = False
+    while (progress := monitor.progress()).status not in FINISHED:
+        if not cancelled and time.monotonic() >= deadline:
+            monitor.cancel()
+            cancelled = True
+        time.sleep(POLL)
+    return progress
+
+
+def _cancelled(monitor: MigrationMonitor) -> Progress:
+    """Cancel a migration under way and tell how it ended; a monitor that cannot be asked counts as failed."""
+    try:
+        if monitor.progress().status not in FINISHED:
+            monitor.cancel()
+        return _wait(monitor, float("inf"))
+    except VmrunError as exc:
+        return Progress(status="failed", error=str(exc))
+
+
+class _Destination:
+    """The destination's vmrun behind the remote shell: its stdout read as JSON lines, its stderr relayed."""
+
+    def __init__(self, remote: Remote, process: subprocess.Popen[str], say: Say) -> None:
+        self.remote, self.process, self.say = remote, process, say
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(process.stdout, self.lines.put), daemon=True).start()
+        threading.Thread(target=self._read, args=(process.stderr, self._relay), daemon=True).start()
+
+    @classmethod
+    @contextmanager
+    def start(cls, remote: Remote, name: str, offer: dict[str, Any], say: Say) -> Iterator[_Destination]:
+        argv = remote.argv("migrate", name, "--incoming")
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, start_new_session=True)
+        except OSError as exc:
+            raise UsageError(f"cannot run the remote shell {remote.rsh[0]!r}: {exc.strerror}") from exc
+        destination = cls(remote, process, say)
+        try:
+            destination.tell(offer)
+            yield destination
+        finally:
+            with shielded():
+                destination.close()
+
+    @staticmethod
+    def _read(stream: IO[str] | None, put: Any) -> None:
+        assert stream is not None
+        for line in stream:
+            put(line.rstrip("\n"))
+        put(None)
+
+    def _relay(self, line: str | None) -> None:
+        if line:
+            self.say(f"{self.remote.address}: {line.removeprefix('vmrun: ')}")
+
+    def tell(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        with suppress(BrokenPipeError):
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+
+    def answer(self, timeout: float, waiting_for: str) -> dict[str, Any]:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise LaunchError(f"{self.remote.host} did not answer within {timeout:g} s ({waiting_for})") from None
+        if line is None:
+            raise self._failed(waiting_for)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            raise LaunchError(f"{self.remote.host} answered something unexpected: {line!r:.200}",
+                              hint="does --remote-vmrun run vmrun there?")
+        return message
+
+    def _failed(self, waiting_for: str) -> VmrunError:
+        code = self.process.wait(timeout=QUIT_WAIT)
+        # vmrun's own exit codes pass through; the remote shell's (ssh: 255) or a missing vmrun is a failure to run.
+        exit_code = code if code in (2, 3, 4, 5) else 4
+        return RemoteError(f"the destination {self.remote.host} failed (exit {code}) {waiting_for}; the VM runs "
+                           "on here", exit_code=exit_code)
+
+    def ready(self) -> tuple[str | None, int]:
+        message = self.answer(READY_TIMEOUT, "while getting ready")
+        address, port = message.get("address"), message.get("port")
+        if not isinstance(port, int) or not (address is None or isinstance(address, str)):
+            raise LaunchError(f"{self.remote.host} answered something unexpected: {message!r:.200}")
+        return address, port
+
+    def switched(self) -> None:
+        self.tell({"switched": True})
+        try:
+            message = self.answer(CONFIRM_TIMEOUT, "after the switch-over")
+        except VmrunError as exc:
+            raise LaunchError(f"{exc}; the guest's state has left this host, whose qemu stays paused",
+                              hint=f"vmrun status on {self.remote.host} says whether the VM runs there") from exc
+        if message.get("state") != "running":
+            raise LaunchError(f"{self.remote.host} reports the guest {message.get('state')!r} after the switch-over")
+
+    def abort(self) -> None:
+        self.tell({"abort": True})
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=QUIT_WAIT)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            with suppress(BrokenPipeError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=QUIT_WAIT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoing: IO[str], *, address: str | None,
+               say: Say) -> None:
+    """The destination: the source's spec validated, preflight, qemu waiting for the migration; it keeps
+    the guest once its migration completed, and otherwise undoes everything."""
+    offer = _offer(incoming.readline())
+    spec, spec_path = _movable(offer, name)
+    paths = places.of(name)
+    with vm_lock(places, name, wait=False, say=say), sigterm_interrupts():
+        facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
+        configuration, seed = _configuration(spec, spec_path, facts, paths)
+        with _bases_in_use(spec, places, say):
+            _clear_dead_run(host, places, name, say)
+            plan, journal = _preflight(spec, spec_path, host, places, facts, configuration=configuration,
+                                       show=lambda plan: _say_plan(plan, say), say=say)
+        try:
+            _prepare_uefi_vars(spec, paths, facts, fresh=False, say=say)
+            prepare_seed(seed, paths, say)
+            argv = [str(_checked_program(facts)), *configuration.argv[1:], "-incoming", "defer"]
+            crash_point("before launching the incoming qemu")
+            pid = _launch(spec, host, argv, paths, memlock=plan.memlock)
+            crash_point("after launching the incoming qemu")
+            say(f"qemu pid {pid} waits for the migration")
+            with MigrationMonitor(paths.qmp_socket) as monitor:
+                monitor.connect(timeout=10)
+                port = monitor.listen(address or "0.0.0.0")
+                crash_point("after listening for the migration")
+                _write(outgoing, {"address": address, "port": port})
+                told = _offer(incoming.readline())
+                if not told.get("switched") and not _arrived(monitor):
+                    raise LaunchError("the source gave up the migration")
+                crash_point("before confirming the switch-over")
+                _wait_running(monitor)
+        except BaseException:
+            with shielded():
+                _abort(host, places, journal.state, say)
+            raise
+        # The guest runs here now, whether or not the source is still there to hear it.
+        with suppress(OSError):
+            say(f"{name} runs here now (qemu pid {pid})")
+            _write(outgoing, {"state": "running"})
+
+
+def _offer(line: str) -> dict[str, Any]:
+    """A message from the source; end of input (the source went away) is an empty one."""
+    if not line:
+        return {}
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise UsageError("the source sent something that is not JSON: is this `vmrun migrate`?") from exc
+    if not isinstance(message, dict):
+        raise UsageError("the source sent something unexpected")
+    return message
+
+
+def _movable(offer: dict[str, Any], name: str) -> tuple[Spec, Path]:
+    data, spec_path = offer.get("spec"), offer.get("spec_path")
+    if not isinstance(data, dict) or not isinstance(spec_path, str):
+        raise UsageError("the source sent no spec: the destination side is started by `vmrun migrate`")
+    structured = structure_spec(data, base=Path("/"))
+    if structured.problems:
+        raise SpecError(f"{name} (from the source)", structured.problems)
+    spec = validate(structured.spec, f"{name} (from the source)")
+    if spec.name != name:
+        raise UsageError(f"the source sent the spec of {spec.name!r}, not of {name!r}")
+    if problems := unmovable(spec):
+        raise SpecError(name, problems)
+    return spec, Path(spec_path)
+
+
+def _arrived(monitor: MigrationMonitor) -> bool:
+    """The source went away: the guest is ours if its migration got here, or is still coming (the source's
+    qemu goes on sending without its vmrun); nobody else runs it then."""
+    while True:
+        if monitor.status() == "running":
+            return True
+        # qemu says "completed" a moment before it starts the guest: that guest is ours, to wait for.
+        if (status := monitor.progress().status) != "active":
+            return status == "completed"
+        time.sleep(POLL)
+
+
+def _wait_running(monitor: MigrationMonitor) -> None:
+    deadline = time.monotonic() + CONFIRM_TIMEOUT
+    while (status := monitor.status()) != "running":
+        if time.monotonic() >= deadline:
+            raise LaunchError(f"the guest is {status!r} here {CONFIRM_TIMEOUT:g} s after the switch-over")
+        time.sleep(POLL)
+
+
+def _write(outgoing: IO[str], message: dict[str, Any]) -> None:
+    outgoing.write(json.dumps(message) + "\n")
+    outgoing.flush()
