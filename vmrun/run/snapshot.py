@@ -113,21 +113,15 @@ def snapshot_problems(spec: Spec) -> list[Problem]:
 
 def save(target: Target, tag: str, host: Host, places: Places, *, timeout: float, say: Say) -> Snapshot:
     """A running VM's RAM, devices and writable disks, at one instant, as `tag`."""
-    check_tag(tag)
-    with vm_lock(places, target.name, wait=False, say=say):
-        spec, running = _resolve(target, host, places)
-        disks = _savable(spec, target.name) if spec is not None else []
-        if spec is None or not running:
-            raise UsageError(f"{target.name} is not running: a snapshot saves a running guest",
-                             hint=f"vmrun up {target.source or 'SPEC'}, then: vmrun snapshot save {target.name} {tag}")
-        with _monitor(places.of(target.name)) as monitor:
-            if any(found.tag == tag for found in _running_listing(monitor, target.name, spec).snapshots):
-                raise UsageError(f"{target.name} already has a snapshot {tag!r}",
-                                 hint=f"vmrun snapshot rm {target.name} {tag}, or choose another tag")
-            started = time.monotonic()
-            monitor.run_job("snapshot-save", {"tag": tag, "vmstate": disks[0].id, "devices": _ids(disks)},
-                            job_id=JOB_ID, what=f"save snapshot {tag!r}", timeout=timeout)
-            saved = _running_listing(monitor, target.name, spec).find(tag)
+    with _running_guest(target, tag, host, places, say=say, action="save",
+                        refusal="a snapshot saves a running guest") as (spec, disks, monitor):
+        if any(found.tag == tag for found in _running_listing(monitor, target.name, spec).snapshots):
+            raise UsageError(f"{target.name} already has a snapshot {tag!r}",
+                             hint=f"vmrun snapshot rm {target.name} {tag}, or choose another tag")
+        started = time.monotonic()
+        monitor.run_job("snapshot-save", {"tag": tag, "vmstate": disks[0].id, "devices": _ids(disks)},
+                        job_id=JOB_ID, what=f"save snapshot {tag!r}", timeout=timeout)
+        saved = _running_listing(monitor, target.name, spec).find(tag)
     say(f"{target.name}: saved snapshot {tag} ({_size(saved.vm_state_size)} of RAM and devices, "
         f"{time.monotonic() - started:.1f} s)")
     return saved
@@ -135,27 +129,20 @@ def save(target: Target, tag: str, host: Host, places: Places, *, timeout: float
 
 def restore(target: Target, tag: str, host: Host, places: Places, *, timeout: float, say: Say) -> Snapshot:
     """The running guest goes on from the snapshot's instant: its RAM, devices and disks as they were then."""
-    check_tag(tag)
-    with vm_lock(places, target.name, wait=False, say=say):
-        spec, running = _resolve(target, host, places)
-        disks = _savable(spec, target.name) if spec is not None else []
-        if spec is None or not running:
-            # Starting the VM here would run its boot and hooks only to throw their work away at the load.
-            raise UsageError(f"{target.name} is not running: restore continues a running guest",
-                             hint=f"vmrun up {target.source or 'SPEC'}, then: vmrun snapshot restore {target.name} "
-                                  f"{tag}")
-        with _monitor(places.of(target.name)) as monitor:
-            found = _running_listing(monitor, target.name, spec).find(tag)
-            missing = [f"disks[{spec.disks.index(disk)}] ({disk.id})" for disk in disks if disk.id not in found.disks]
-            if missing:
-                raise UsageError(f"{target.name}: snapshot {tag!r} is not on {', '.join(missing)}: the disk came "
-                                 "after it, and would not go back with the rest")
-            if found.vm_state_disk is None:
-                raise UsageError(f"{target.name}: snapshot {tag!r} holds disks only, no RAM to go on from",
-                                 hint=f"on the stopped VM: qemu-img snapshot -a {tag} on each disk")
-            started = time.monotonic()
-            monitor.run_job("snapshot-load", {"tag": tag, "vmstate": found.vm_state_disk, "devices": _ids(disks)},
-                            job_id=JOB_ID, what=f"load snapshot {tag!r}", timeout=timeout)
+    # A stopped VM is refused: starting it here would run its boot and hooks only to throw their work away.
+    with _running_guest(target, tag, host, places, say=say, action="restore",
+                        refusal="restore continues a running guest") as (spec, disks, monitor):
+        found = _running_listing(monitor, target.name, spec).find(tag)
+        missing = [f"disks[{spec.disks.index(disk)}] ({disk.id})" for disk in disks if disk.id not in found.disks]
+        if missing:
+            raise UsageError(f"{target.name}: snapshot {tag!r} is not on {', '.join(missing)}: the disk came "
+                             "after it, and would not go back with the rest")
+        if found.vm_state_disk is None:
+            raise UsageError(f"{target.name}: snapshot {tag!r} holds disks only, no RAM to go on from",
+                             hint=f"on the stopped VM: qemu-img snapshot -a {tag} on each disk")
+        started = time.monotonic()
+        monitor.run_job("snapshot-load", {"tag": tag, "vmstate": found.vm_state_disk, "devices": _ids(disks)},
+                        job_id=JOB_ID, what=f"load snapshot {tag!r}", timeout=timeout)
     say(f"{target.name}: back at snapshot {tag} ({time.monotonic() - started:.1f} s)")
     return found
 
@@ -187,6 +174,23 @@ def listing(target: Target, host: Host, places: Places) -> Snapshots:
         return _stopped_listing(host, target.name, spec)
     with _monitor(places.of(target.name)) as monitor:
         return _running_listing(monitor, target.name, spec)
+
+
+@contextmanager
+def _running_guest(target: Target, tag: str, host: Host, places: Places, *, say: Say, action: str,
+                   refusal: str) -> Iterator[tuple[Spec, list[Disk], Monitor]]:
+    """Under the VM's lock: the spec it runs with, the disks that hold its snapshots, and its monitor; a VM
+    that does not run is refused (refusal says why it must)."""
+    check_tag(tag)
+    with vm_lock(places, target.name, wait=False, say=say):
+        spec, running = _resolve(target, host, places)
+        disks = _savable(spec, target.name) if spec is not None else []
+        if spec is None or not running:
+            raise UsageError(f"{target.name} is not running: {refusal}",
+                             hint=f"vmrun up {target.source or 'SPEC'}, then: vmrun snapshot {action} {target.name} "
+                                  f"{tag}")
+        with _monitor(places.of(target.name)) as monitor:
+            yield spec, disks, monitor
 
 
 def _resolve(target: Target, host: Host, places: Places) -> tuple[Spec | None, bool]:
