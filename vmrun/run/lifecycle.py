@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import itertools
 import shutil
 import signal
 import threading
@@ -13,6 +14,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
+
 from vmrun.crashpoints import crash_point
 from vmrun.errors import AgentError, ConfigurationDiffers, LaunchError, PreflightError, UsageError
 from vmrun.files import partial_of, write_whole
@@ -20,7 +23,7 @@ from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
 from vmrun.host.system import Host
 from vmrun.preflight.apply import apply_plan, kept_on_down, ksm_restore_value, undo_changes
-from vmrun.preflight.plan import AppliedChange, Others, Plan, Status, plan_preflight, refuse
+from vmrun.preflight.plan import IFF_MULTI_QUEUE, AppliedChange, Others, Plan, Status, plan_preflight, refuse
 from vmrun.progress import Say
 from vmrun.qemu.process import (
     KILL_WAIT,
@@ -33,6 +36,7 @@ from vmrun.qemu.process import (
     wait_for_exit,
 )
 from vmrun.qemu.render import render
+from vmrun.record import Record
 from vmrun.signals import for_workers, shielded, sigterm_interrupts
 from vmrun.spec.images import url_bases, with_cached_bases
 from vmrun.spec.load import converter
@@ -43,10 +47,12 @@ from vmrun.state.hostdrift import host_differences
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import host_lock, vm_busy, vm_lock
 from vmrun.state.vmstate import (
+    DamagedJournal,
     DamagedState,
     StateJournal,
     VmState,
     has_run,
+    journal_path,
     read_state,
     recorded_configuration,
     remove_run_dir,
@@ -107,7 +113,7 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
         taps.update((tap, other) for tap in state.taps)
         vfio.update((address, other) for address in state.vfio)
         # Whoever turned KSM on knows the value to restore; the last VM down must inherit it.
-        ksm_previous = ksm_previous or ksm_restore_value(state.journal())
+        ksm_previous = ksm_previous or ksm_restore_value(StateJournal.open(paths, state).entries)
         if _is_live(host, places, other, paths):
             disks.update(state.writable_disks)
             want_ksm = want_ksm or state.wants_ksm
@@ -117,22 +123,27 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
 
 def _end_run(
     host: Host, places: Places, name: str, state: VmState | None, say: Say, *, rollback: bool = False,
-    force: bool = False, lost: tuple[str, ...] = (),
+    force: bool = False, lost: tuple[str, ...] = (), held: Held | None = None,
 ) -> None:
     """The last of any run (down, a failed up, a dead run's clean-up): its journal of host changes undone,
     newest first, under the host lock and past any signal, then its run dir removed. A change that could
     not be undone stays in the journal and keeps the run dir, for `down` to try again, unless force.
-    lost: what is beyond undoing from the start (the unreadable part of a damaged journal)."""
+    lost: what is beyond undoing from the start (the unreadable part of a damaged journal); held: what its
+    qemu held, read from its command line, named if still on the host afterwards."""
     paths = places.of(name)
     with host_lock(places), shielded():
-        journal = state.journal() if state is not None else []
+        journal = StateJournal.open(paths, state) if state is not None else None
+        if journal is not None and journal.lost and not force:
+            raise DamagedJournal(paths, journal.lost)
+        entries = list(journal.entries) if journal is not None else []
         if not rollback:
-            _say_left_on_purpose(journal, paths, say)
+            _say_left_on_purpose(entries, paths, say)
         problems = list(lost)
-        if state is not None and journal:
+        if entries or held:
             others = others_than(host, places, name, planning=False)
-            problems += undo_changes(journal, host, rollback=rollback, others=others,
-                                     journal=StateJournal(paths, state))
+            problems += undo_changes(entries, host, rollback=rollback, others=others, journal=journal)
+            if held is not None:
+                problems += held.still_on(host, others)
         if problems and not force:
             kept_in = f"{paths.run_dir} keeps them in its journal"
             if not rollback:
@@ -206,7 +217,7 @@ def _preflight(
             apply_plan(plan, host, journal=journal)
         except BaseException:
             with shielded():
-                if journal.state.changes:
+                if journal.entries:
                     say(f"{paths.run_dir} keeps what could not be undone: vmrun down {spec.name} tries again")
                 else:
                     remove_run_dir(paths)
@@ -446,21 +457,82 @@ def _stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, for
     """Under the VM's lock: qemu stopped and gone, host changes undone, run dir removed."""
     paths = places.of(name)
     state, lost = _state_to_end(paths, force=force, say=say)
+    # Read before qemu stops: once the journal is not all known, qemu's command line is the last witness.
+    held = _held_by_qemu(host, paths, name) if lost else None
     crash_point(f"before stopping {name}")
     how = stop(host, paths, name, timeout=timeout, force=force, say=say)
     crash_point(f"after stopping {name}")
-    _end_run(host, places, name, state, say, force=force, lost=lost)
+    _end_run(host, places, name, state, say, force=force, lost=lost, held=held)
     return how
 
 
 def _state_to_end(paths: RunPaths, *, force: bool, say: Say) -> tuple[VmState | None, tuple[str, ...]]:
-    """The state `down` ends the run with; with force, what a damaged one still tells, and what it lost."""
+    """The state `down` ends the run with; with force, what a damaged one and its journal still tell, and
+    what is lost."""
     try:
-        return read_state(paths), ()
+        state = read_state(paths)
     except DamagedState as damage:
         if not force:
             raise
         state, whole = salvage_state(paths)
-        say(f"{damage}; --force goes on with the {len(state.changes)} journal entries that still read whole")
-        return state, () if whole else (f"the unreadable rest of the journal in {state_path(paths)}",)
+        if journal_path(paths).exists():
+            say(f"{damage}; --force goes on with its journal, {journal_path(paths)}")
+        else:
+            say(f"{damage}; --force goes on with the {len(state.changes)} journal entries that still read whole")
+            if not whole:
+                return state, (f"the unreadable rest of the journal in {state_path(paths)}",)
+    if state is None:
+        return None, ()
+    journal = StateJournal.open(paths, state)
+    if not journal.lost:
+        return state, ()
+    damaged = DamagedJournal(paths, journal.lost)
+    if not force:
+        raise damaged
+    say(f"{damaged}; --force goes on with the entries that still read whole")
+    return state, (f"the {journal.lost} damaged line(s) of {journal_path(paths)}",)
+
+
+@attrs.frozen(repr=False)
+class Held(Record):
+    """What a qemu holds on the host by its command line: its taps (ifname=) and VFIO functions (host=)."""
+
+    taps: tuple[str, ...] = ()
+    vfio: tuple[str, ...] = ()
+
+    def still_on(self, host: Host, others: Others) -> list[str]:
+        """What stays on the host for this VM, named with the command that removes it."""
+        stays = []
+        for tap in self.taps:
+            if host.exists(f"/sys/class/net/{tap}") and tap not in others.taps:
+                flags = int(host.read(f"/sys/class/net/{tap}/tun_flags") or "0", 16)
+                multi_queue = " multi_queue" if flags & IFF_MULTI_QUEUE else ""
+                stays.append(f"tap {tap} (ip tuntap del dev {tap} mode tap{multi_queue})")
+        for address in self.vfio:
+            device = f"/sys/bus/pci/devices/{address}"
+            if host.link_name(f"{device}/driver") == "vfio-pci" and address not in others.vfio:
+                stays.append(f"{address} bound to vfio-pci (echo {address} > /sys/bus/pci/drivers/vfio-pci/unbind; "
+                             f"echo > {device}/driver_override; echo {address} > /sys/bus/pci/drivers_probe)")
+        return stays
+
+
+def _held_by_qemu(host: Host, paths: RunPaths, name: str) -> Held:
+    pid = find_qemu(host, paths, name)
+    argv = (host.process_argv(pid) if pid is not None else None) or []
+    options = [dict(_qemu_options(value)) for option, value in itertools.pairwise(argv)
+               if option in ("-netdev", "-device")]
+    return Held(
+        taps=tuple(opts["ifname"] for opts in options if opts.get("") == "tap" and "ifname" in opts),
+        vfio=tuple(opts["host"] for opts in options if opts.get("") == "vfio-pci" and "host" in opts),
+    )
+
+
+def _qemu_options(value: str) -> Iterator[tuple[str, str]]:
+    """key=value pairs of a qemu option (",," is a comma in a value); its first word, a driver, under ""."""
+    for index, part in enumerate(value.replace(",,", "\0").split(",")):
+        key, equals, rest = part.partition("=")
+        if equals:
+            yield key, rest.replace("\0", ",")
+        elif index == 0:
+            yield "", key
 
