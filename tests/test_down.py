@@ -189,7 +189,20 @@ def test_fake_another_vms_damaged_state_stops_no_down_and_keeps_ksm_on(tmp_path:
     host, paths = started(tmp_path, ksm=True)
     other = places(tmp_path).of("other")
     other.run_dir.mkdir()
-    state_path(other).write_text("{not json")  # it may want KSM: no one can tell
-    assert down("fake", host, places(tmp_path), timeout=1, force=False, say=print) == "already gone"
+    state_path(other).write_text("{not json")  # it may want KSM: no one can tell; nor has it a journal to take
+    said: list[str] = []
+    assert down("fake", host, places(tmp_path), timeout=1, force=False, say=said.append) == "already gone"
     assert not paths.run_dir.exists() and not host.exists(f"/sys/class/net/{TAP}")
     assert host.read("/sys/kernel/mm/ksm/run") == "1"
+    assert "KSM stays on for other: once it is down, echo 0 > /sys/kernel/mm/ksm/run restores it" in said
+
+
+def test_fake_a_vm_keeping_ksm_on_for_another_hands_it_the_value_to_restore(tmp_path: Path) -> None:
+    host, paths = started(tmp_path, ksm=True)
+    other = places(tmp_path).of("other")
+    StateJournal.begin(other, VmState(name="other", spec_path="s", argv=(), accel="tcg", accel_reason="r"))
+    state_path(other).write_text("{not json")  # it may want KSM: fake's down leaves KSM on for it
+    assert down("fake", host, places(tmp_path), timeout=1, force=False, say=print) == "already gone"
+    assert host.read("/sys/kernel/mm/ksm/run") == "1"
+    assert down("other", host, places(tmp_path), timeout=1, force=True, say=print) == "already gone"
+    assert host.read("/sys/kernel/mm/ksm/run") == "0"  # the last VM down restored what fake found

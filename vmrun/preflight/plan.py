@@ -67,6 +67,7 @@ class Others(Record):
     vfio: Mapping[str, str] = attrs.field(factory=dict)  # PCI function -> the VM that passes it
     want_ksm: bool = False
     ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
+    ksm_keepers: tuple[str, ...] = ()  # the VMs that want KSM (or may: their state is damaged)
 
 
 NO_OTHERS = Others()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import importlib
 import itertools
+import shlex
 import shutil
 import signal
 import threading
@@ -23,6 +24,7 @@ from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
 from vmrun.host.system import Host
 from vmrun.preflight.apply import apply_plan, kept_on_down, ksm_restore_value, undo_changes
+from vmrun.preflight.changes import OnDown
 from vmrun.preflight.plan import IFF_MULTI_QUEUE, AppliedChange, Others, Plan, Status, plan_preflight, refuse
 from vmrun.progress import Say
 from vmrun.qemu.process import (
@@ -97,7 +99,7 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
     disks: set[str] = set()
     taps: dict[str, str] = {}
     vfio: dict[str, str] = {}
-    want_ksm = False
+    keepers: list[str] = []
     ksm_previous: str | None = None
     for other in vm_names(places.run_root):
         paths = places.of(other)
@@ -106,7 +108,7 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
         except DamagedState:
             if planning:
                 raise
-            want_ksm = True
+            keepers.append(other)
             continue
         if state is None:
             continue
@@ -116,9 +118,37 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
         ksm_previous = ksm_previous or ksm_restore_value(StateJournal.open(paths, state).entries)
         if _is_live(host, places, other, paths):
             disks.update(state.writable_disks)
-            want_ksm = want_ksm or state.wants_ksm
-    return Others(writable_disks=frozenset(disks), taps=taps, vfio=vfio, want_ksm=want_ksm,
-                  ksm_previous=ksm_previous)
+            if state.wants_ksm:
+                keepers.append(other)
+    return Others(writable_disks=frozenset(disks), taps=taps, vfio=vfio, want_ksm=bool(keepers),
+                  ksm_previous=ksm_previous, ksm_keepers=tuple(keepers))
+
+
+def _hand_over_ksm(entries: list[AppliedChange], places: Places, others: Others, say: Say) -> None:
+    """KSM stays on for others: the value to restore goes to the journal of one that keeps it on, before
+    this VM's undo strikes it from its own, so the last VM down restores it."""
+    duty = next((entry for entry in entries if entry.change.on_down is OnDown.SHARED_KSM), None)
+    if duty is None or not others.want_ksm:
+        return
+    for keeper in others.ksm_keepers:
+        journal = _journal_to_take(places.of(keeper))
+        if journal is None:
+            continue
+        if not any(entry.change.on_down is OnDown.SHARED_KSM for entry in journal.entries):
+            journal.record((*journal.entries, duty))
+        return
+    restore = shlex.join(["echo", duty.change.undo[0].value]) + f" > {duty.change.undo[0].path}"
+    say(f"KSM stays on for {', '.join(others.ksm_keepers)}: once it is down, {restore} restores it")
+
+
+def _journal_to_take(paths: RunPaths) -> StateJournal | None:
+    """A VM's journal, when it can take an entry: a damaged state file has its journal beside it, unless an
+    older vmrun kept the journal inside."""
+    try:
+        state = read_state(paths)
+    except DamagedState:
+        state = salvage_state(paths)[0] if journal_path(paths).exists() else None
+    return StateJournal.open(paths, state) if state is not None else None
 
 
 def _end_run(
@@ -141,6 +171,7 @@ def _end_run(
         problems = list(lost)
         if entries or held:
             others = others_than(host, places, name, planning=False)
+            _hand_over_ksm(entries, places, others, say)
             problems += undo_changes(entries, host, rollback=rollback, others=others, journal=journal)
             if held is not None:
                 problems += held.still_on(host, others)
