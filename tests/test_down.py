@@ -206,3 +206,14 @@ def test_fake_a_vm_keeping_ksm_on_for_another_hands_it_the_value_to_restore(tmp_
     assert host.read("/sys/kernel/mm/ksm/run") == "1"
     assert down("other", host, places(tmp_path), timeout=1, force=True, say=print) == "already gone"
     assert host.read("/sys/kernel/mm/ksm/run") == "0"  # the last VM down restored what fake found
+
+
+def test_fake_standalone_preflight_counts_the_changes_its_journal_holds(tmp_path: Path) -> None:
+    from vmrun.run.lifecycle import prepare
+
+    host = fake_host(tmp_path)
+    spec = make_spec(nics=[{"id": "n0", "tap": TAP}], host={"user": "nobody", "ksm": True})
+    applied = prepare(spec, tmp_path / "fake.toml", host, places(tmp_path), show=lambda plan: None, say=print)
+    assert [entry.change.step.path for entry in applied] == [f"/sys/class/net/{TAP}", "/sys/kernel/mm/ksm/run"]
+    assert down("fake", host, places(tmp_path), timeout=1, force=False, say=print) == "already gone"
+    assert not host.exists(f"/sys/class/net/{TAP}") and host.read("/sys/kernel/mm/ksm/run") == "0"

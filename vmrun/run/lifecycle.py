@@ -257,7 +257,7 @@ def _preflight(
 
 
 def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Callable[[Plan], None],
-            say: Say) -> VmState:
+            say: Say) -> tuple[AppliedChange, ...]:
     """`vmrun preflight`: the host changes alone, journaled like `up`'s, so `vmrun down NAME` undoes them."""
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         _clear_dead_run(host, places, spec.name, say)
@@ -265,7 +265,7 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
         no_qemu = Configuration(spec, argv=())
         with _bases_in_use(spec, places, say):
             return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show,
-                              say=say)[1].state
+                              say=say)[1].entries
 
 
 class Outcome(enum.StrEnum):
