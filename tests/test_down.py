@@ -88,6 +88,18 @@ def test_fake_a_journal_line_cut_short_by_a_kill_is_a_change_never_made(tmp_path
     assert not host.exists(f"/sys/class/net/{TAP}") and not paths.run_dir.exists()
 
 
+def test_fake_a_journal_line_cut_short_by_a_kill_does_not_damage_the_next_line_written(tmp_path: Path) -> None:
+    host, paths = started(tmp_path, ksm=True)
+    with journal_path(paths).open("ab") as journal:
+        journal.write(b'0badf00d {"add":7,"entry":{"action":"wr')
+    stuck = attrs.evolve(host, fail_on="ip tuntap del")
+    with pytest.raises(PreflightError, match="could not undo: ip tuntap del"):
+        down("fake", stuck, places(tmp_path), timeout=1, force=False, say=print)
+    state = read_state(paths)
+    assert state is not None and [entry.change.step.path for entry in read_journal(paths, state)] == [
+        f"/sys/class/net/{TAP}"]
+
+
 def as_an_older_vmrun_left_it(paths: RunPaths) -> None:
     """The journal moved into the state file, where vmrun kept it before it had a file of its own."""
     state = read_state(paths)

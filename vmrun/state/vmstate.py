@@ -255,13 +255,23 @@ class StateJournal(Record):
 
 
 def _append(path: Path, data: bytes) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        _drop_torn_line(descriptor)
         os.write(descriptor, data)  # one write: a kill leaves all of it or a torn last line
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
     crash_point(f"{path.name} appended")
+
+
+def _drop_torn_line(descriptor: int) -> None:
+    """A line a kill cut short is the change never made (see _replay); left there, it would run into the
+    next line and take that one's checksum with it."""
+    size = os.fstat(descriptor).st_size
+    if size == 0 or os.pread(descriptor, 1, size - 1) == b"\n":
+        return
+    os.ftruncate(descriptor, os.pread(descriptor, size, 0).rfind(b"\n") + 1)
 
 
 def read_journal(paths: RunPaths, state: VmState) -> tuple[AppliedChange, ...]:
