@@ -169,7 +169,7 @@ def _end_run(
         if not rollback:
             _say_left_on_purpose(entries, paths, say)
         problems = list(lost)
-        if entries or held:
+        if entries or held is not None:
             others = others_than(host, places, name, planning=False)
             _hand_over_ksm(entries, places, others, say)
             problems += undo_changes(entries, host, rollback=rollback, others=others, journal=journal)

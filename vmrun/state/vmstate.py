@@ -142,7 +142,6 @@ class DamagedJournal(UsageError):
 
     def __init__(self, paths: RunPaths, lost: int) -> None:
         name = paths.run_dir.name
-        self.lost = lost
         super().__init__(
             f"{journal_path(paths)} has {lost} damaged line(s): what {name} holds on the host is not all known",
             hint=f"vmrun down --force {name} stops its qemu, undoes what its journal still tells and names the rest",
