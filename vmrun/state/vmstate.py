@@ -249,7 +249,8 @@ class StateJournal(Record):
                     lines.append(_line({"done": seq}))
             kept[seq] = entry
         lines += [_line({"undone": seq}) for seq in unmatched]
-        _append(journal_path(self.paths), b"".join(lines))
+        if lines:
+            _append(journal_path(self.paths), b"".join(lines))
         self._seqs, self._on_file = kept, True
 
 
