@@ -4,6 +4,7 @@ no state, and says what it leaves on purpose."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from vmrun.run.status import status
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.vmstate import StateJournal, VmState, journal_path, read_journal, read_state, state_path
 
-from .fakehost import FakeHost, put
-from .test_preflight import fake_host, make_spec, plan_for
+from .fakehost import FakeHost, FakePci, put
+from .test_preflight import GPU, fake_host, make_spec, plan_for
 
 TAP = "vmtap0"
 
@@ -27,9 +28,9 @@ def places(tmp_path: Path) -> Places:
     return Places(run_root=tmp_path / "run", state_root=tmp_path / "state")
 
 
-def started(tmp_path: Path, **host: object) -> tuple[FakeHost, RunPaths]:
+def started(tmp_path: Path, devices: tuple[FakePci, ...] = (), **host: object) -> tuple[FakeHost, RunPaths]:
     """A VM "fake" whose preflight made a tap (and whatever else host asks for), journaled in its state."""
-    fake = fake_host(tmp_path)
+    fake = fake_host(tmp_path, devices)
     paths = places(tmp_path).of("fake")
     journal = StateJournal.begin(paths, VmState(name="fake", spec_path="s", argv=(), accel="tcg", accel_reason="r"))
     spec = make_spec(nics=[{"id": "n0", "tap": TAP}], host={"user": "nobody", **host})
@@ -144,10 +145,11 @@ class ProcessHost(FakeHost):
 def test_fake_proc_with_state_and_journal_damaged_down_force_names_what_qemu_held_and_how_to_remove_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("vmrun.qemu.process.KILL_WAIT", 0.05)
-    fake, paths = started(tmp_path)
+    fake, paths = started(tmp_path, devices=(attrs.evolve(GPU, driver="vfio-pci"),))
     host = ProcessHost(root=fake.root)
     fake_process(host, 4242, "qemu", "-name", "guest=fake,process=vmrun-fake", "-pidfile", str(paths.pidfile),
                  "-netdev", f"tap,id=n0,ifname={TAP},script=no", "-device", "vfio-pci,host=0000:03:00.0,id=d")
+    os.chown(host.path("/dev/vfio/15"), 65534, 65534)  # given to qemu's user, as preflight does
     lines = journal_path(paths).read_bytes().split(b"\n")
     journal_path(paths).write_bytes(b"\n".join([lines[0], lines[1].replace(b"tuntap", b"tunTAP"), *lines[2:]]))
     with pytest.raises(UsageError, match=f"^{journal_path(paths)} has 1 damaged line"):
@@ -156,7 +158,11 @@ def test_fake_proc_with_state_and_journal_damaged_down_force_names_what_qemu_hel
     with pytest.raises(PreflightError) as raised:
         down("fake", host, places(tmp_path), timeout=1, force=True, say=print)
     assert str(raised.value) == (f"fake: could not undo: the 1 damaged line(s) of {journal_path(paths)}; "
-                                 f"tap {TAP} (ip tuntap del dev {TAP} mode tap)")
+                                 f"tap {TAP} (ip tuntap del dev {TAP} mode tap); 0000:03:00.0 bound to vfio-pci "
+                                 "(echo 0000:03:00.0 > /sys/bus/pci/drivers/vfio-pci/unbind; echo > "
+                                 "/sys/bus/pci/devices/0000:03:00.0/driver_override; echo 0000:03:00.0 > "
+                                 "/sys/bus/pci/drivers_probe); /dev/vfio/15 owned by 65534:65534 "
+                                 "(chown 0:0 /dev/vfio/15, or unbind as above)")
     assert not host.exists("/proc/4242") and not paths.run_dir.exists()
     assert host.exists(f"/sys/class/net/{TAP}")  # vmrun cannot tell it made it: named, not deleted
 

@@ -539,11 +539,16 @@ class Held(Record):
                 flags = int(host.read(f"/sys/class/net/{tap}/tun_flags") or "0", 16)
                 multi_queue = " multi_queue" if flags & IFF_MULTI_QUEUE else ""
                 stays.append(f"tap {tap} (ip tuntap del dev {tap} mode tap{multi_queue})")
+        nodes = set()
         for address in self.vfio:
             device = f"/sys/bus/pci/devices/{address}"
             if host.link_name(f"{device}/driver") == "vfio-pci" and address not in others.vfio:
                 stays.append(f"{address} bound to vfio-pci (echo {address} > /sys/bus/pci/drivers/vfio-pci/unbind; "
                              f"echo > {device}/driver_override; echo {address} > /sys/bus/pci/drivers_probe)")
+                nodes.add(f"/dev/vfio/{host.link_name(f'{device}/iommu_group')}")
+        for node in sorted(nodes):  # preflight gave the group's node to qemu's user; it goes with the binding
+            if host.exists(node) and host.ownership(node) != "0:0":
+                stays.append(f"{node} owned by {host.ownership(node)} (chown 0:0 {node}, or unbind as above)")
         return stays
 
 
