@@ -54,7 +54,9 @@ class Vmrun:
         crash = {"VMRUN_TEST_KILL_AT": kill_at, "VMRUN_TEST_KILL_SIGNAL": kill_with} if kill_at else {}
         return subprocess.run(
             self.argv(*args, crash_points=kill_at is not None), capture_output=True, text=True, timeout=timeout,
-            cwd=REPO, env={**os.environ, **(env or {}), **crash},
+            # PYTHONPATH: a command entered into another namespace starts elsewhere than cwd, and would import
+            # the vmrun the venv was installed from instead of this tree's.
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {}), **crash},
         )
 
     def spec(self, text: str, name: str = "spec.toml") -> Path:

@@ -73,14 +73,25 @@ def test_fake_sysfs_an_interrupt_midway_rolls_back_the_change_in_flight_too(tmp_
     assert snapshot(host.root) == before
 
 
-def test_fake_sysfs_an_entry_never_marked_done_is_undone_quietly(tmp_path: Path) -> None:
-    # vmrun died between journaling the tap and creating it: the undo (ip tuntap del) fails, unreported.
+def test_fake_sysfs_an_entry_never_marked_done_whose_change_never_arrived_is_struck_quietly(tmp_path: Path) -> None:
+    # vmrun died between journaling a KSM write and making it: the undo fails, but the host shows KSM as it
+    # was, so there is nothing to undo.
+    host = fake_host(tmp_path, fail_on="/sys/kernel/mm/ksm/run")
+    [ksm] = plan_for(make_spec(host={"user": "nobody", "ksm": True}), host).changes
+    assert undo_changes([AppliedChange(ksm, done=False)], host) == []
+
+
+def test_fake_sysfs_an_entry_never_marked_done_whose_change_reached_the_host_keeps_a_failed_undo(
+        tmp_path: Path) -> None:
+    # vmrun died after creating the tap but before marking it done: the tap is there, so a failed
+    # `ip tuntap del` is a failure to report and keep in the journal, not an intent to forget.
     host = fake_host(tmp_path, fail_on="ip tuntap del")
-    plan = plan_for(nic_spec(queues=1), host)
-    [tap] = plan.changes
-    add_tap(host.root, "vmtap0", multi_queue=False)  # there, and `ip tuntap del` fails
-    assert undo_changes([AppliedChange(tap, done=False)], host) == []
-    assert undo_changes([AppliedChange(tap, done=True)], host) != []
+    [tap] = plan_for(nic_spec(queues=1), host).changes
+    add_tap(host.root, "vmtap0", multi_queue=False)
+    journal = RecordingJournal(host)
+    assert undo_changes([AppliedChange(tap, done=False)], host, journal=journal) == [
+        "ip tuntap del dev vmtap0 mode tap: ip: failed, as the test asked"]
+    assert journal.writes[-1][0] == [("/sys/class/net/vmtap0", False)]
 
 
 def test_fake_sysfs_undoing_a_tap_someone_deleted_is_done(tmp_path: Path) -> None:

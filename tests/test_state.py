@@ -37,7 +37,7 @@ def test_state_round_trips_and_run_dir_is_private(tmp_path: Path) -> None:
     write_state(paths, state)
     assert read_state(paths) == state
     assert vm_names(tmp_path / "run") == ["web"]
-    assert [entry.name for entry in paths.run_dir.iterdir()] == ["state.json"]  # no temporary file left
+    assert sorted(entry.name for entry in paths.run_dir.iterdir()) == ["journal.log", "state.json"]  # nothing else
     assert sorted(entry.name for entry in (tmp_path / "run").iterdir()) == ["web"]
 
 

@@ -29,8 +29,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         show(plan)
         refuse(plan)
         return 0
-    state = prepare(spec, Path(args.spec).resolve(), host, places, show=show, say=say)
-    say(f"applied {len(state.changes)} change(s); `vmrun down {spec.name}` undoes them")
+    applied = prepare(spec, Path(args.spec).resolve(), host, places, show=show, say=say)
+    say(f"applied {len(applied)} change(s); `vmrun down {spec.name}` undoes them")
     return 0
 
 

@@ -107,9 +107,9 @@ def undo_changes(
 
     `down` keeps disk images and system users; KSM stays on while others.want_ksm, even in a rollback;
     a rollback (a failed preflight or launch) undoes everything else it just did. A journal entry never
-    marked done is undone too, quietly: it may never have reached the host. Each change leaves the
-    journal once undone (or kept), so a vmrun killed midway undoes nothing twice; what could not be
-    undone stays in it for a later `down` to try again.
+    marked done is undone too; its failed undo is quiet only where the host shows the change never
+    arrived. Each change leaves the journal once undone (or kept), so a vmrun killed midway undoes
+    nothing twice; what could not be undone stays in it for a later `down` to try again.
     """
     pending = list(applied)
     failed: list[AppliedChange] = []
@@ -141,8 +141,11 @@ def _undo(record: AppliedChange, host: Host, *, rollback: bool, others: Others) 
         try:
             perform(step, host)
         except (OSError, HostCommandError) as exc:
-            # The change's later steps build on this one.
-            return f"{step}: {_reason(exc)}" if record.done else None
+            # The change's later steps build on this one. An entry never marked done is struck only when
+            # the host shows that its change never arrived: vmrun may have died just after making it.
+            if record.done or _reached(change.step, host):
+                return f"{step}: {_reason(exc)}"
+            return None
     crash_point(f"after undoing {change.step}")
     return None
 
@@ -172,6 +175,23 @@ def _moot(step: Step, host: Host) -> bool:
     if step.action in (Action.CHOWN, Action.REMOVE, Action.RMDIR):
         return not host.exists(step.path)
     return False
+
+
+def _reached(step: Step, host: Host) -> bool:
+    """Whether the host shows a change's own step made; True when it cannot tell, so that a failed undo
+    is reported rather than forgotten."""
+    if step.action is Action.RUN:
+        if step.path.startswith("/sys/class/net/") or step.argv[:1] == ("qemu-img",):
+            return host.exists(step.path)
+        if step.argv[:1] == ("useradd",):
+            return host.user(step.argv[-1]) is not None
+        return True
+    if step.action is Action.MKDIR:
+        return host.exists(step.path)
+    if step.action is Action.WRITE and not step.path.startswith(PCI_DRIVERS) and "/driver/" not in step.path \
+            and not step.path.endswith("/drivers_probe"):
+        return host.read(step.path) == step.value.strip()  # a sysfs attribute reads back what was written
+    return True
 
 
 def kept_on_down(applied: Iterable[AppliedChange]) -> list[Change]:

@@ -68,6 +68,7 @@ class Others(Record):
     want_ksm: bool = False
     ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
     hugepages: Mapping[str, int] = attrs.field(factory=dict)  # pool's nr_hugepages path -> pages they added
+    ksm_keepers: tuple[str, ...] = ()  # the VMs that want KSM (or may: their state is damaged)
 
 
 NO_OTHERS = Others()

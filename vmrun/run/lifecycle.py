@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import importlib
+import itertools
+import shlex
 import shutil
 import signal
 import threading
@@ -13,6 +15,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
+
 from vmrun.crashpoints import crash_point
 from vmrun.errors import AgentError, ConfigurationDiffers, LaunchError, PreflightError, UsageError
 from vmrun.files import partial_of, write_whole
@@ -20,7 +24,8 @@ from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
 from vmrun.host.system import Host, format_cpu_list
 from vmrun.preflight.apply import apply_plan, hugepages_held, kept_on_down, ksm_restore_value, undo_changes
-from vmrun.preflight.plan import AppliedChange, Others, Plan, Status, plan_preflight, refuse
+from vmrun.preflight.changes import OnDown
+from vmrun.preflight.plan import IFF_MULTI_QUEUE, AppliedChange, Others, Plan, Status, plan_preflight, refuse
 from vmrun.progress import Say
 from vmrun.qemu.process import (
     KILL_WAIT,
@@ -33,6 +38,7 @@ from vmrun.qemu.process import (
     wait_for_exit,
 )
 from vmrun.qemu.render import render
+from vmrun.record import Record
 from vmrun.signals import for_workers, shielded, sigterm_interrupts
 from vmrun.spec.images import url_bases, with_cached_bases
 from vmrun.spec.load import converter
@@ -43,10 +49,12 @@ from vmrun.state.hostdrift import host_differences
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import host_lock, vm_busy, vm_lock
 from vmrun.state.vmstate import (
+    DamagedJournal,
     DamagedState,
     StateJournal,
     VmState,
     has_run,
+    journal_path,
     read_state,
     recorded_configuration,
     remove_run_dir,
@@ -92,7 +100,7 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
     disks: set[str] = set()
     taps: dict[str, str] = {}
     vfio: dict[str, str] = {}
-    want_ksm = False
+    keepers: list[str] = []
     ksm_previous: str | None = None
     hugepages: dict[str, int] = {}
     for other in vm_names(places.run_root):
@@ -102,41 +110,76 @@ def others_than(host: Host, places: Places, name: str, *, planning: bool = True)
         except DamagedState:
             if planning:
                 raise
-            want_ksm = True
+            keepers.append(other)
             continue
         if state is None:
             continue
         taps.update((tap, other) for tap in state.taps)
         vfio.update((address, other) for address in state.vfio)
         # Whoever turned KSM on knows the value to restore; the last VM down must inherit it.
-        ksm_previous = ksm_previous or ksm_restore_value(state.journal())
-        for pool, pages in hugepages_held(state.journal()).items():
+        journal = StateJournal.open(paths, state).entries
+        ksm_previous = ksm_previous or ksm_restore_value(journal)
+        for pool, pages in hugepages_held(journal).items():
             hugepages[pool] = hugepages.get(pool, 0) + pages
         if _is_live(host, places, other, paths):
             disks.update(state.writable_disks)
-            want_ksm = want_ksm or state.wants_ksm
-    return Others(writable_disks=frozenset(disks), taps=taps, vfio=vfio, want_ksm=want_ksm,
-                  ksm_previous=ksm_previous, hugepages=hugepages)
+            if state.wants_ksm:
+                keepers.append(other)
+    return Others(writable_disks=frozenset(disks), taps=taps, vfio=vfio, want_ksm=bool(keepers),
+                  ksm_previous=ksm_previous, ksm_keepers=tuple(keepers), hugepages=hugepages)
+
+
+def _hand_over_ksm(entries: list[AppliedChange], places: Places, others: Others, say: Say) -> None:
+    """KSM stays on for others: the value to restore goes to the journal of one that keeps it on, before
+    this VM's undo strikes it from its own, so the last VM down restores it."""
+    duty = next((entry for entry in entries if entry.change.on_down is OnDown.SHARED_KSM), None)
+    if duty is None or not others.want_ksm:
+        return
+    for keeper in others.ksm_keepers:
+        journal = _journal_to_take(places.of(keeper))
+        if journal is None:
+            continue
+        if not any(entry.change.on_down is OnDown.SHARED_KSM for entry in journal.entries):
+            journal.record((*journal.entries, duty))
+        return
+    restore = shlex.join(["echo", duty.change.undo[0].value]) + f" > {duty.change.undo[0].path}"
+    say(f"KSM stays on for {', '.join(others.ksm_keepers)}: once it is down, {restore} restores it")
+
+
+def _journal_to_take(paths: RunPaths) -> StateJournal | None:
+    """A VM's journal, when it can take an entry: a damaged state file has its journal beside it, unless an
+    older vmrun kept the journal inside."""
+    try:
+        state = read_state(paths)
+    except DamagedState:
+        state = salvage_state(paths)[0] if journal_path(paths).exists() else None
+    return StateJournal.open(paths, state) if state is not None else None
 
 
 def _end_run(
     host: Host, places: Places, name: str, state: VmState | None, say: Say, *, rollback: bool = False,
-    force: bool = False, lost: tuple[str, ...] = (),
+    force: bool = False, lost: tuple[str, ...] = (), held: Held | None = None,
 ) -> None:
     """The last of any run (down, a failed up, a dead run's clean-up): its journal of host changes undone,
     newest first, under the host lock and past any signal, then its run dir removed. A change that could
     not be undone stays in the journal and keeps the run dir, for `down` to try again, unless force.
-    lost: what is beyond undoing from the start (the unreadable part of a damaged journal)."""
+    lost: what is beyond undoing from the start (the unreadable part of a damaged journal); held: what its
+    qemu held, read from its command line, named if still on the host afterwards."""
     paths = places.of(name)
     with host_lock(places), shielded():
-        journal = state.journal() if state is not None else []
+        journal = StateJournal.open(paths, state) if state is not None else None
+        if journal is not None and journal.lost and not force:
+            raise DamagedJournal(paths, journal.lost)
+        entries = list(journal.entries) if journal is not None else []
         if not rollback:
-            _say_left_on_purpose(journal, paths, say)
+            _say_left_on_purpose(entries, paths, say)
         problems = list(lost)
-        if state is not None and journal:
+        if entries or held is not None:
             others = others_than(host, places, name, planning=False)
-            problems += undo_changes(journal, host, rollback=rollback, others=others,
-                                     journal=StateJournal(paths, state))
+            _hand_over_ksm(entries, places, others, say)
+            problems += undo_changes(entries, host, rollback=rollback, others=others, journal=journal)
+            if held is not None:
+                problems += held.still_on(host, others)
         if problems and not force:
             kept_in = f"{paths.run_dir} keeps them in its journal"
             if not rollback:
@@ -210,7 +253,7 @@ def _preflight(
             apply_plan(plan, host, journal=journal)
         except BaseException:
             with shielded():
-                if journal.state.changes:
+                if journal.entries:
                     say(f"{paths.run_dir} keeps what could not be undone: vmrun down {spec.name} tries again")
                 else:
                     remove_run_dir(paths)
@@ -219,7 +262,7 @@ def _preflight(
 
 
 def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Callable[[Plan], None],
-            say: Say) -> VmState:
+            say: Say) -> tuple[AppliedChange, ...]:
     """`vmrun preflight`: the host changes alone, journaled like `up`'s, so `vmrun down NAME` undoes them."""
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         _clear_dead_run(host, places, spec.name, say)
@@ -227,7 +270,7 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
         no_qemu = Configuration(spec, argv=())
         with _bases_in_use(spec, places, say):
             return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show,
-                              say=say)[1].state
+                              say=say)[1].entries
 
 
 class Outcome(enum.StrEnum):
@@ -466,21 +509,87 @@ def _stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, for
     """Under the VM's lock: qemu stopped and gone, host changes undone, run dir removed."""
     paths = places.of(name)
     state, lost = _state_to_end(paths, force=force, say=say)
+    # Read before qemu stops: once the journal is not all known, qemu's command line is the last witness.
+    held = _held_by_qemu(host, paths, name) if lost else None
     crash_point(f"before stopping {name}")
     how = stop(host, paths, name, timeout=timeout, force=force, say=say)
     crash_point(f"after stopping {name}")
-    _end_run(host, places, name, state, say, force=force, lost=lost)
+    _end_run(host, places, name, state, say, force=force, lost=lost, held=held)
     return how
 
 
 def _state_to_end(paths: RunPaths, *, force: bool, say: Say) -> tuple[VmState | None, tuple[str, ...]]:
-    """The state `down` ends the run with; with force, what a damaged one still tells, and what it lost."""
+    """The state `down` ends the run with; with force, what a damaged one and its journal still tell, and
+    what is lost."""
     try:
-        return read_state(paths), ()
+        state = read_state(paths)
     except DamagedState as damage:
         if not force:
             raise
         state, whole = salvage_state(paths)
-        say(f"{damage}; --force goes on with the {len(state.changes)} journal entries that still read whole")
-        return state, () if whole else (f"the unreadable rest of the journal in {state_path(paths)}",)
+        if journal_path(paths).exists():
+            say(f"{damage}; --force goes on with its journal, {journal_path(paths)}")
+        else:
+            say(f"{damage}; --force goes on with the {len(state.changes)} journal entries that still read whole")
+            if not whole:
+                return state, (f"the unreadable rest of the journal in {state_path(paths)}",)
+    if state is None:
+        return None, ()
+    journal = StateJournal.open(paths, state)
+    if not journal.lost:
+        return state, ()
+    damaged = DamagedJournal(paths, journal.lost)
+    if not force:
+        raise damaged
+    say(f"{damaged}; --force goes on with the entries that still read whole")
+    return state, (f"the {journal.lost} damaged line(s) of {journal_path(paths)}",)
+
+
+@attrs.frozen(repr=False)
+class Held(Record):
+    """What a qemu holds on the host by its command line: its taps (ifname=) and VFIO functions (host=)."""
+
+    taps: tuple[str, ...] = ()
+    vfio: tuple[str, ...] = ()
+
+    def still_on(self, host: Host, others: Others) -> list[str]:
+        """What stays on the host for this VM, named with the command that removes it."""
+        stays = []
+        for tap in self.taps:
+            if host.exists(f"/sys/class/net/{tap}") and tap not in others.taps:
+                flags = int(host.read(f"/sys/class/net/{tap}/tun_flags") or "0", 16)
+                multi_queue = " multi_queue" if flags & IFF_MULTI_QUEUE else ""
+                stays.append(f"tap {tap} (ip tuntap del dev {tap} mode tap{multi_queue})")
+        nodes = set()
+        for address in self.vfio:
+            device = f"/sys/bus/pci/devices/{address}"
+            if host.link_name(f"{device}/driver") == "vfio-pci" and address not in others.vfio:
+                stays.append(f"{address} bound to vfio-pci (echo {address} > /sys/bus/pci/drivers/vfio-pci/unbind; "
+                             f"echo > {device}/driver_override; echo {address} > /sys/bus/pci/drivers_probe)")
+                nodes.add(f"/dev/vfio/{host.link_name(f'{device}/iommu_group')}")
+        for node in sorted(nodes):  # preflight gave the group's node to qemu's user; it goes with the binding
+            if host.exists(node) and host.ownership(node) != "0:0":
+                stays.append(f"{node} owned by {host.ownership(node)} (chown 0:0 {node}, or unbind as above)")
+        return stays
+
+
+def _held_by_qemu(host: Host, paths: RunPaths, name: str) -> Held:
+    pid = find_qemu(host, paths, name)
+    argv = (host.process_argv(pid) if pid is not None else None) or []
+    options = [dict(_qemu_options(value)) for option, value in itertools.pairwise(argv)
+               if option in ("-netdev", "-device")]
+    return Held(
+        taps=tuple(opts["ifname"] for opts in options if opts.get("") == "tap" and "ifname" in opts),
+        vfio=tuple(opts["host"] for opts in options if opts.get("") == "vfio-pci" and "host" in opts),
+    )
+
+
+def _qemu_options(value: str) -> Iterator[tuple[str, str]]:
+    """key=value pairs of a qemu option (",," is a comma in a value); its first word, a driver, under ""."""
+    for index, part in enumerate(value.replace(",,", "\0").split(",")):
+        key, equals, rest = part.partition("=")
+        if equals:
+            yield key, rest.replace("\0", ",")
+        elif index == 0:
+            yield "", key
 
