@@ -20,8 +20,9 @@ from vmrun.errors import (
     VmrunError,
 )
 from vmrun.progress import Say
-from vmrun.run.fleet import Fate, Task, run_all, spec_files, summary, worst
+from vmrun.run.fleet import Fate, Task, run_all, summary, worst
 from vmrun.run.lifecycle import Outcome
+from vmrun.spec.load import spec_files
 from vmrun.spec.model import Spec
 
 WAIT = 2.0  # how long a task waits for the others to start: only used up when one cannot start

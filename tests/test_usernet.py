@@ -3,6 +3,9 @@ the ethtool step and host drift leaving them out, export, a taken port named, an
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -10,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from vmrun.cli.main import main
 from vmrun.errors import SpecError, UsageError
 from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests
 from vmrun.export.libvirt import libvirt_domain
 from vmrun.guest.agent import GuestInterface
 from vmrun.guest.ssh import guest_user, ssh_argv, ssh_target, user_data_user
+from vmrun.host.ports import bind_error
 from vmrun.host.user import private_keys
 from vmrun.qemu.render import render
 from vmrun.spec.check import check_spec, validate
@@ -172,11 +177,50 @@ QEMU_REFUSAL = ("qemu failed to start: qemu-system-x86_64: -netdev user,id=net1,
 def test_a_taken_host_port_is_named_by_its_forward() -> None:
     spec = spec_with_nics({**USER_NIC, "forward": ["tcp:2222:22"]},
                           {"id": "net1", "mode": "user", "forward": ["udp:0.0.0.0:8080:80", "tcp:0.0.0.0:8080:80"]})
-    refused = refused_forward(spec, QEMU_REFUSAL)
+    refused = refused_forward(spec, QEMU_REFUSAL, lambda forward: errno.EADDRINUSE)
     assert refused is not None and refused.exit_code == 4
     assert str(refused) == ("nics[1].forward[1] (tcp:0.0.0.0:8080:80): qemu could not listen on host port "
                             "0.0.0.0:8080 (tcp): something else holds it")
-    assert refused_forward(spec, "qemu failed to start: could not open disk image") is None
+    assert refused_forward(spec, "qemu failed to start: could not open disk image", bind_error) is None
+
+
+@pytest.mark.parametrize(("forward", "error", "said", "hint"), [
+    ("tcp:80:80", errno.EACCES, "127.0.0.1:80 (tcp): only root may listen on a port below 1024",
+     "forward a host port from 1024 up, or run vmrun as root"),
+    ("tcp:192.0.2.1:8080:80", errno.EADDRNOTAVAIL, "192.0.2.1:8080 (tcp): 192.0.2.1 is no address of this host",
+     "forward from 127.0.0.1, 0.0.0.0 (every address) or one `ip -4 addr` lists"),
+])
+def test_a_refused_forward_says_why_the_host_refused_it(forward: str, error: int, said: str, hint: str) -> None:
+    spec = spec_with_nics({**USER_NIC, "forward": [forward]})
+    rule = parse_forward(forward).hostfwd
+    refused = refused_forward(spec, f"Could not set up host forwarding rule '{rule}'", lambda _: error)
+    assert refused is not None
+    assert (str(refused), refused.hint) == (f"nics[0].forward[0] ({forward}): qemu could not listen on host port "
+                                            f"{said}", hint)
+
+
+def test_the_host_tells_a_foreign_address_from_a_port_in_use() -> None:
+    assert bind_error(parse_forward("tcp:192.0.2.1:8080:80")) == errno.EADDRNOTAVAIL
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        assert bind_error(parse_forward(f"tcp:{taken}:22")) == errno.EADDRINUSE
+    assert bind_error(parse_forward(f"tcp:{taken}:22")) is None
+
+
+def test_validate_warns_a_user_who_is_not_root_of_a_port_below_1024(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "web.toml"
+    spec.write_text('name = "web"\n[boot]\nkernel = "k"\n[[nics]]\nid = "net0"\nmode = "user"\n'
+                    'forward = ["tcp:80:80", "tcp:8080:8080"]\n')
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"vmrun: {spec}: ok",
+        f"vmrun: warning: {spec}: nics[0].forward[0]: host port 80 is below 1024: only root may listen there "
+        "(hint: run vmrun up as root, or forward a host port from 1024 up)",
+    ]
 
 
 # --- vmrun ssh ----------------------------------------------------------------------------------------

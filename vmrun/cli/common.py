@@ -47,6 +47,23 @@ def report(error: VmrunError, *, prefix: str = "") -> None:
         _stderr_line(f"vmrun: hint: {prefix}{error.hint}")
 
 
+def writable_file(path: Path) -> None:
+    """Refuse, before anything is written, an output path that cannot become a file: every output is checked
+    first, so a command that writes two files writes neither when the second cannot be."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory", hint="-o names the file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: {path.parent} is not a directory", hint=f"mkdir -p {path.parent}")
+
+
+def write_file(path: Path, text: str) -> None:
+    writable_file(path)
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+
+
 def checked_spec(path: str, args: argparse.Namespace) -> Spec:
     """The spec checked in full: its own checks, the seed files it names, and extra_args that would reach
     vmrun's files under this command's run and state roots."""

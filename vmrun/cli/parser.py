@@ -64,7 +64,7 @@ _VALUE_OPTIONS = ("--host-root", "--run-dir", "--state-dir", "--cache-dir")
 
 
 def _validate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("specs", nargs="+", metavar="SPEC")
+    parser.add_argument("specs", nargs="+", metavar="SPEC|DIR", help="a directory means its *.toml specs")
     parser.set_defaults(handler=cmd_validate)
 
 

@@ -19,6 +19,8 @@ from vmrun.cli.common import (
     report,
     run_paths,
     say,
+    writable_file,
+    write_file,
 )
 from vmrun.errors import SpecError, UsageError, VmrunError
 
@@ -29,14 +31,22 @@ if TYPE_CHECKING:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    import os
+
+    from vmrun.spec.load import spec_files
+    from vmrun.spec.usernet import privileged_forwards
+
     errors: list[VmrunError] = []
-    for path in args.specs:
+    for path in map(str, spec_files(args.specs)):
         try:
-            checked_spec(path, args)
+            spec = checked_spec(path, args)
         except VmrunError as error:
             errors.append(error)
-        else:
-            say(f"{path}: ok")
+            continue
+        say(f"{path}: ok")
+        # Valid for root, so a warning: whoever runs `up` decides.
+        for warning in privileged_forwards(spec) if os.geteuid() != 0 else ():
+            say(f"warning: {path}: {warning}")
     for invalid in errors:
         report(invalid)
     return max((invalid.exit_code for invalid in errors), default=0)
@@ -69,12 +79,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     problems = list(check_name(SpecModel(name=args.name)))
     if problems:
-        raise UsageError(str(problems[0]), hint=problems[0].hint)
+        # The hint goes on its own line, not also inside the message.
+        raise UsageError(f"{problems[0].path}: {problems[0].message}", hint=problems[0].hint)
     digest = checked_image_url(args.base, args.digest) if args.base and is_url(args.base) else None
     target = Path(args.output or f"{args.name}.toml")
     user_data = target.parent / user_data_file(args.name) if args.base else None
     for path in (target, user_data):
-        if path is not None and path.exists() and not args.force:
+        if path is None:
+            continue
+        writable_file(path)
+        if path.exists() and not args.force:
             raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
     if args.base:
         # As the spec will name it: relative to the spec's directory, as every relative path in a spec is.
@@ -84,9 +98,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         keys = public_keys(host.home_dir(name))
         user = ROOT_STANDIN if name == "root" else name
         assert user_data is not None
-        user_data.write_text(starter_user_data(user, keys))
+        write_file(user_data, starter_user_data(user, keys))
         say(f"wrote {user_data}: user {user}, {len(keys)} SSH key(s), sudo")
-    target.write_text(starter_spec(args.name, str(target), base=base if args.base else None, digest=digest))
+    write_file(target, starter_spec(args.name, str(target), base=base if args.base else None, digest=digest))
     say(f"wrote {target}; edit it, then: vmrun validate {target}")
     return 0
 
@@ -127,7 +141,7 @@ def _write_export(args: argparse.Namespace, exported: Export) -> int:
     for note in exported.notes:
         say(f"not expressible in {args.format}: {note}")
     if args.output:
-        Path(args.output).write_text(exported.text)
+        write_file(Path(args.output), exported.text)
     else:
         sys.stdout.write(exported.text)
     return 0
@@ -138,7 +152,7 @@ def kubevirt_export(args: argparse.Namespace) -> Export:
     cannot be mapped (every such problem reported, exit 2)."""
     from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests, unmappable
     from vmrun.guest.cloudinit import seed_texts
-    from vmrun.run.fleet import spec_files
+    from vmrun.spec.load import spec_files
 
     specs: dict[str, tuple[str, Spec, CloudInitTexts]] = {}
     refused: list[VmrunError] = []

@@ -51,7 +51,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
     """Every SPEC and each DIR's specs (args.specs), validated; an invalid one (or a second spec of one name) is
     reported and becomes a refused fate, and the others go on."""
-    from vmrun.run.fleet import Fate, spec_files
+    from vmrun.run.fleet import Fate
+    from vmrun.spec.load import spec_files
 
     specs: dict[str, tuple[Path, Spec]] = {}
     refused: list[Fate] = []
@@ -74,7 +75,7 @@ def vm_names_of(args: argparse.Namespace) -> list[str]:
         from vmrun.state.vmstate import vm_names
 
         return vm_names(places_of(args).run_root)
-    from vmrun.run.fleet import spec_files
+    from vmrun.spec.load import spec_files
 
     if not args.vms:
         raise UsageError("name the VMs to stop", hint="vmrun down NAME|SPEC|DIR... or vmrun down --all")

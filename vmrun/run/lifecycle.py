@@ -18,6 +18,7 @@ from vmrun.errors import AgentError, ConfigurationDiffers, LaunchError, Prefligh
 from vmrun.files import partial_of, write_whole
 from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
+from vmrun.host.ports import bind_error
 from vmrun.host.system import Host
 from vmrun.preflight.apply import apply_plan, kept_on_down, ksm_restore_value, undo_changes
 from vmrun.preflight.plan import AppliedChange, Others, Plan, Status, plan_preflight, refuse
@@ -354,7 +355,7 @@ def _launch(spec: Spec, host: Host, argv: list[str], paths: RunPaths, *, memlock
     try:
         return launch(host, argv, paths, memlock=memlock)
     except LaunchError as exc:
-        refused = refused_forward(spec, str(exc))
+        refused = refused_forward(spec, str(exc), bind_error)
         if refused is None:
             raise
         raise refused from exc

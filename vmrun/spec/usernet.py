@@ -7,9 +7,10 @@ host side listens on 127.0.0.1 unless an address is given. qemu 7.2 forwards fro
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -21,6 +22,7 @@ LOOPBACK = "127.0.0.1"
 ANY_ADDRESS = "0.0.0.0"
 PROTOCOLS = ("tcp", "udp")
 SSH_PORT = 22
+UNPRIVILEGED_PORTS = 1024  # the lowest port any user may listen on (Linux's ip_unprivileged_port_start default)
 FORWARD_FORMAT = 'PROTO:[ADDRESS:]HOSTPORT:GUESTPORT, e.g. "tcp:2222:22" or "tcp:0.0.0.0:2222:22"'
 _PORT = re.compile(r"[0-9]{1,5}")
 # qemu's words when it cannot listen on a forward's host port (net/slirp.c), quoting the hostfwd rule.
@@ -116,21 +118,39 @@ def check_user_nics(spec: Spec) -> Iterator[Problem]:
             taken.append((forward, here))
 
 
-def refused_forward(spec: Spec, qemu_message: str) -> LaunchError | None:
-    """qemu could not listen on a forward's host port (something else holds it): an error that names the
-    forward, not qemu's long line; None for any other failure."""
+def refused_forward(spec: Spec, qemu_message: str, bind_error: Callable[[Forward], int | None]) -> LaunchError | None:
+    """qemu could not listen on a forward's host port: an error that names the forward and why, not qemu's long
+    line; None for any other failure. qemu does not say why, so bind_error asks the host again."""
     refused = _FORWARD_REFUSED.search(qemu_message)
     if refused is None:
         return None
     for (index, nic), (number, forward) in _user_forwards(spec):
         if forward.hostfwd == refused.group(1):
+            reason, hint = _why_refused(forward, bind_error(forward))
             return LaunchError(
                 f"nics[{index}].forward[{number}] ({nic.forward[number]}): qemu could not listen on host port "
-                f"{forward.address}:{forward.host_port} ({forward.protocol}): something else holds it",
-                hint=f"free the port (ss -lnp 'sport = :{forward.host_port}' shows who holds it), or forward "
-                     "another one",
-            )
+                f"{forward.address}:{forward.host_port} ({forward.protocol}): {reason}", hint=hint)
     return None
+
+
+def _why_refused(forward: Forward, error: int | None) -> tuple[str, str]:
+    if error == errno.EACCES:
+        return (f"only root may listen on a port below {UNPRIVILEGED_PORTS}",
+                f"forward a host port from {UNPRIVILEGED_PORTS} up, or run vmrun as root")
+    if error == errno.EADDRNOTAVAIL:
+        return (f"{forward.address} is no address of this host",
+                f"forward from {LOOPBACK}, {ANY_ADDRESS} (every address) or one `ip -4 addr` lists")
+    return ("something else holds it",
+            f"free the port (ss -lnp 'sport = :{forward.host_port}' shows who holds it), or forward another one")
+
+
+def privileged_forwards(spec: Spec) -> Iterator[Problem]:
+    """Forwards from ports below 1024, which only root may listen on: a warning for a user who is not."""
+    for (index, _), (number, forward) in _user_forwards(spec):
+        if forward.host_port < UNPRIVILEGED_PORTS:
+            yield Problem(f"nics[{index}].forward[{number}]",
+                          f"host port {forward.host_port} is below {UNPRIVILEGED_PORTS}: only root may listen there",
+                          f"run vmrun up as root, or forward a host port from {UNPRIVILEGED_PORTS} up")
 
 
 def ssh_forward(spec: Spec) -> tuple[str, int] | None:
