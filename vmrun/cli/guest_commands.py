@@ -73,12 +73,13 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    from vmrun.guest.cp import copy, endpoints
+    from vmrun.guest.cp import copy, endpoints, names_a_directory
     from vmrun.run.status import running_paths
 
     vm, source, destination = endpoints(args.source, args.destination)
     paths = running_paths(host_of(args), places_of(args), vm)
     copy(vm, source, destination, paths.agent_socket, recursive=args.recursive,
+         into_directory=names_a_directory(args.destination),
          agent_timeout=args.agent_timeout, say=say)
     return 0
 

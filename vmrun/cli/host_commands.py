@@ -12,7 +12,7 @@ from vmrun.cli.common import checked_image_url, checked_spec, host_of, on_cached
 from vmrun.errors import UsageError
 
 if TYPE_CHECKING:
-    pass
+    from vmrun.spec.images import Digest
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
@@ -103,26 +103,42 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_digest(text: str, cached: list[Digest]) -> Digest:
+    """A whole digest, or the start of one cached image's (as docker takes an id): `image list` shows 12 hex
+    digits and an ellipsis, which may come along when copied."""
+    from vmrun.spec.images import DIGEST_LENGTHS, digest_problem, parse_digest
+
+    whole = parse_digest(text)
+    if whole is not None:
+        return whole
+    start = text.removesuffix("…").lower()
+    algorithm, colon, hex_start = start.rpartition(":")
+    if (colon and algorithm not in DIGEST_LENGTHS) or not hex_start or not set(hex_start) <= set(HEX_DIGITS):
+        raise UsageError(digest_problem(text) or text, hint=LIST_HINT)
+    matches = [digest for digest in cached
+               if digest.hex.startswith(hex_start) and algorithm in ("", digest.algorithm)]
+    if not matches:
+        raise UsageError(f"no cached image's digest starts with {text}", hint=LIST_HINT)
+    if len(matches) > 1:
+        raise UsageError(f"{text} is the start of {len(matches)} cached images' digests: "
+                         f"{', '.join(map(str, matches))}", hint="give more of the digest")
+    return matches[0]
+
+
+HEX_DIGITS = "0123456789abcdef"
+LIST_HINT = "vmrun image list shows the cached digests"
 IN_USE_NOW = "a vmrun up (or preflight) is using it right now"
 
 
 def cmd_image_rm(args: argparse.Namespace) -> int:
     from vmrun.run.imagecache import ImageCache, image_users
-    from vmrun.spec.images import digest_problem, parse_digest
 
     places = places_of(args)
     cache = ImageCache(places.image_cache)
     if args.unused == bool(args.digests):
         raise UsageError("name the images to remove, or --unused", hint="vmrun image rm DIGEST... | --unused")
-    if args.unused:
-        digests = [image.digest for image in cache.images()]
-    else:
-        digests = []
-        for text in args.digests:
-            digest = parse_digest(text)
-            if digest is None:
-                raise UsageError(digest_problem(text) or text, hint="vmrun image list shows the cached digests")
-            digests.append(digest)
+    cached = [image.digest for image in cache.images()]
+    digests = cached if args.unused else [_named_digest(text, cached) for text in args.digests]
     digests = list(dict.fromkeys(digests))  # one lock each
     missing = [digest for digest in digests if not cache.path_of(digest).is_file()]
     with ExitStack() as held:
