@@ -29,7 +29,7 @@ def free_port() -> int:
 @pytest.mark.skipif(not (IMAGES / "vmlinuz").exists(), reason="tiny guest not built: run integration/tiny-guest/build")
 def test_a_host_port_reaches_a_guest_listener_and_restrict_keeps_the_guest_in(vmrun: Vmrun) -> None:
     port = free_port()
-    spec = vmrun.spec.model(tomli_w.dumps({
+    spec = vmrun.spec(tomli_w.dumps({
         "name": "tiny-user",
         "machine": {"cpus": 1, "memory": "256M"},
         "boot": {"kernel": str(IMAGES / "vmlinuz"), "initrd": str(IMAGES / "initrd.gz"), "append": "console=ttyS0"},
@@ -89,3 +89,32 @@ def test_a_forward_whose_host_port_is_taken_fails_up_naming_it(
         f"127.0.0.1:{port} (tcp): something else holds it",
         f"vmrun: hint: free the port (ss -lnp 'sport = :{port}' shows who holds it), or forward another one",
     ]
+
+
+def test_two_vms_from_one_template_get_their_own_auto_port_and_keep_it(
+    vmrun: Vmrun, guestless_spec: Callable[..., Path]
+) -> None:
+    nic = '[[nics]]\nid = "net0"\nmode = "user"\nforward = ["tcp:auto:22"]\n'
+    specs = [guestless_spec(name, nic) for name in ("auto-a", "auto-b")]
+    try:
+        for spec in specs:
+            up = vmrun("up", str(spec))
+            assert up.returncode == 0, up.stderr
+        states = [json.loads((vmrun.run_root / name / "state.json").read_text()) for name in ("auto-a", "auto-b")]
+        ports = []
+        for state in states:
+            [forward] = state["forwards"]
+            assert forward | {"host_port": 0} == {"nic": "net0", "index": 0, "forward": "tcp:127.0.0.1:auto:22",
+                                                 "protocol": "tcp", "address": "127.0.0.1", "host_port": 0,
+                                                 "guest_port": 22}
+            ports.append(forward["host_port"])
+            assert f"hostfwd=tcp:127.0.0.1:{forward['host_port']}-:22" in " ".join(state["argv"])
+            with socket.socket() as probe:  # qemu listens there
+                probe.connect(("127.0.0.1", forward["host_port"]))
+        assert ports[0] != ports[1] and all(1024 <= port <= 65535 for port in ports)
+        again = vmrun("up", str(specs[0]))
+        assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+        assert vmrun("diff", str(specs[0])).returncode == 0
+    finally:
+        for name in ("auto-a", "auto-b"):
+            vmrun("down", "--force", name)

@@ -24,8 +24,8 @@ from vmrun.host.user import private_keys
 from vmrun.qemu.render import render
 from vmrun.spec.check import check_spec, validate
 from vmrun.spec.load import parse_spec
-from vmrun.spec.model import Accel, Spec
-from vmrun.spec.usernet import Forward, parse_forward, refused_forward
+from vmrun.spec.model import Accel, Nic, Spec
+from vmrun.spec.usernet import Forward, parse_forward, refused_forward, with_host_ports
 from vmrun.state.hostdrift import host_differences
 
 from .common import GOLDEN_FACTS, GOOD_SPEC, golden_paths
@@ -50,12 +50,14 @@ def problems(*nics: dict[str, Any]) -> list[str]:
     ("tcp:2222:22", Forward("tcp", "127.0.0.1", 2222, 22)),
     ("udp:0.0.0.0:5353:53", Forward("udp", "0.0.0.0", 5353, 53)),
     ("tcp:192.0.2.7:65535:1", Forward("tcp", "192.0.2.7", 65535, 1)),
+    ("tcp:auto:22", Forward("tcp", "127.0.0.1", 0, 22)),
 ])
 def test_a_forward_listens_on_loopback_unless_it_names_an_address(text: str, expected: Forward) -> None:
     assert parse_forward(text) == expected
 
 
-HINT = ' (hint: PROTO:[ADDRESS:]HOSTPORT:GUESTPORT, e.g. "tcp:2222:22" or "tcp:0.0.0.0:2222:22")'
+HINT = (' (hint: PROTO:[ADDRESS:]HOSTPORT:GUESTPORT, e.g. "tcp:2222:22", "tcp:0.0.0.0:2222:22" or "tcp:auto:22" '
+        '(a free host port, picked at up))')
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -74,6 +76,28 @@ HINT = ' (hint: PROTO:[ADDRESS:]HOSTPORT:GUESTPORT, e.g. "tcp:2222:22" or "tcp:0
 ])
 def test_malformed_forwards_are_refused_with_their_path(text: str, expected: str) -> None:
     assert problems({**USER_NIC, "forward": [text]}) == [f"nics[0].forward[0]: {expected}{HINT}"]
+
+
+def test_auto_ports_never_clash_and_up_puts_the_picked_ones_in_the_spec_it_runs() -> None:
+    nics = ({**USER_NIC, "forward": ["tcp:auto:22", "tcp:0.0.0.0:auto:80", "udp:5353:53"]},
+            {"id": "net1", "mode": "user", "forward": ["tcp:auto:22"]})
+    assert problems(*nics) == []
+    spec = spec_with_nics(*nics)
+    picked = iter((40001, 40002, 40003))
+    asked: list[tuple[str, int, str]] = []
+
+    def pick(nic: Nic, index: int, forward: Forward) -> int:
+        asked.append((nic.id, index, forward.text))
+        return next(picked)
+
+    runs = with_host_ports(spec, pick)
+    assert [nic.forward for nic in runs.nics] == [
+        ("tcp:127.0.0.1:40001:22", "tcp:0.0.0.0:40002:80", "udp:5353:53"), ("tcp:127.0.0.1:40003:22",)]
+    assert asked == [("net0", 0, "tcp:127.0.0.1:auto:22"), ("net0", 1, "tcp:0.0.0.0:auto:80"),
+                     ("net1", 0, "tcp:127.0.0.1:auto:22")]
+    assert ssh_target(runs, no_agent) == ("127.0.0.1", 40001)
+    argv = render(validate(runs, "t"), GOLDEN_FACTS, golden_paths(runs.name))
+    assert "hostfwd=tcp:127.0.0.1:40001-:22" in " ".join(argv)
 
 
 def test_no_host_port_is_forwarded_twice_in_a_vm_a_wildcard_address_taking_it_on_every_address() -> None:

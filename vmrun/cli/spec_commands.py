@@ -55,12 +55,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from vmrun.host.facts import choose_accel
     from vmrun.qemu.render import render
+    from vmrun.spec.usernet import auto_forwards
 
     spec = checked_spec(args.spec, args)
     facts = facts_for_display(args, spec, "rendering")
     argv = render(spec, facts, run_paths(args, spec.name))
     accel = choose_accel(spec, facts)
     say(f"accel {accel.accel}: {accel.reason}")
+    for where, forward in auto_forwards(spec):
+        say(f"{where} ({forward.text}): vmrun up picks a free host port; shown here as 0")
     if spec.qemu.extra_args:
         say(f"the last {len(spec.qemu.extra_args)} arguments are qemu.extra_args, passed verbatim "
             "(only the options vmrun refuses are checked)")
@@ -100,9 +103,22 @@ def cmd_init(args: argparse.Namespace) -> int:
         assert user_data is not None
         write_file(user_data, starter_user_data(user, keys))
         say(f"wrote {user_data}: user {user}, {len(keys)} SSH key(s), sudo")
+        if not keys:
+            _no_key(name, host.home_dir(name), user_data, running_as=host.current_user().name)
     write_file(target, starter_spec(args.name, str(target), base=base if args.base else None, digest=digest))
     say(f"wrote {target}; edit it, then: vmrun validate {target}")
     return 0
+
+
+def _no_key(name: str, home: Path | None, user_data: Path, *, running_as: str) -> None:
+    """Without a key in the user-data, nothing logs in to the guest: say how to make one, as who."""
+    from vmrun.host.user import PUBLIC_KEY_FILES
+
+    where = home / ".ssh" if home is not None else Path("~/.ssh")
+    as_user = f"sudo -u {name} " if name != running_as else ""
+    say(f"no SSH public key found in {where} ({', '.join(PUBLIC_KEY_FILES)}): nobody can log in to the guest "
+        f"with `vmrun ssh`; make one with: {as_user}ssh-keygen -t ed25519 -f {where}/id_ed25519 -N ''"
+        f" (then run this init again with --force, or add the key to {user_data})")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
