@@ -112,6 +112,9 @@ def test_two_vms_from_one_template_get_their_own_auto_port_and_keep_it(
             with socket.socket() as probe:  # qemu listens there
                 probe.connect(("127.0.0.1", forward["host_port"]))
         assert ports[0] != ports[1] and all(1024 <= port <= 65535 for port in ports)
+        config = vmrun("ssh-config", "auto-a")
+        assert config.returncode == 0, config.stderr
+        assert config.stdout.splitlines()[:3] == ["Host vmrun-auto-a", "  HostName 127.0.0.1", f"  Port {ports[0]}"]
         again = vmrun("up", str(specs[0]))
         assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
         assert vmrun("diff", str(specs[0])).returncode == 0

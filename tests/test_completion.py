@@ -53,8 +53,8 @@ def test_each_shell_accepts_its_script_and_it_names_every_command(shell: str, tm
 
 # (the words typed, the cursor's word last) -> what bash offers
 BASH_CASES = {
-    ("",): "completion console cp diff down exec export host image init logs man preflight render ssh status up "
-           "validate",
+    ("",): "completion console cp diff down exec export host image init logs man preflight render ssh ssh-config "
+           "status up validate",
     ("--run-dir", "run", "ex"): "exec export",
     ("--run-dir", "run", "exec", ""): "web",
     ("--run-dir=run", "down", ""): "run specs web",  # VMs, specs and directories
@@ -131,7 +131,8 @@ def test_the_man_page_has_every_command_and_option() -> None:
     page = man_page(build_parser())
     for command in COMMANDS:
         if command not in ("host", "image"):
-            assert f".SS {command}\n" in page, command
+            roff = command.replace("-", "\\-")  # roff writes a hyphen as \-
+            assert f".SS {roff}\n" in page, command
     assert ".SS host iommu\n" in page and ".SS host check\n" in page
     assert all(f".SS image {what}\n" in page for what in ("pull", "list", "rm"))
     assert "\\-\\-agent\\-timeout" not in page  # hidden from --help, hidden here

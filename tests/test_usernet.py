@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
+from vmrun.cli.guest_commands import _options_after_name
 from vmrun.cli.main import main
+from vmrun.cli.parser import build_parser
 from vmrun.errors import SpecError, UsageError
 from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests
 from vmrun.export.libvirt import libvirt_domain
 from vmrun.guest.agent import GuestInterface
-from vmrun.guest.ssh import guest_user, ssh_argv, ssh_target, user_data_user
+from vmrun.guest.ssh import guest_user, ssh_argv, ssh_config, ssh_target, user_data_user
 from vmrun.host.ports import bind_error
 from vmrun.host.user import private_keys
 from vmrun.qemu.render import render
@@ -309,6 +311,35 @@ def test_ssh_argv_keeps_host_keys_per_vm_and_the_command_after_the_host() -> Non
         "-o", 'UserKnownHostsFile="/var/lib/vmrun/web/known_hosts"', "-o", "StrictHostKeyChecking=accept-new",
         "-o", 'IdentityFile="/home/alice/.ssh/id_ed25519"', "--", "127.0.0.1", "ls", "-l", "a b",
     ]
+
+
+@pytest.mark.parametrize("words", [
+    ["ssh", "web", "-o", "ForwardAgent=yes", "-l", "bob", "-o", "LocalForward=8080 127.0.0.1:80", "--", "ls", "-l"],
+    ["ssh", "-o", "ForwardAgent=yes", "-l", "bob", "web", "-o", "LocalForward=8080 127.0.0.1:80", "ls", "-l"],
+])
+def test_ssh_passes_options_through_before_its_own_wherever_they_are_given(words: list[str]) -> None:
+    args = _options_after_name(build_parser().parse_args(words))
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    argv = ssh_argv(address="127.0.0.1", port=40001, user=args.user, known_hosts=Path("/s/web/known_hosts"),
+                    identities=[], options=args.option, command=command)
+    assert argv == ["ssh", "-o", "ForwardAgent=yes", "-o", "LocalForward=8080 127.0.0.1:80", "-p", "40001",
+                    "-l", "bob", "-o", 'UserKnownHostsFile="/s/web/known_hosts"', "-o",
+                    "StrictHostKeyChecking=accept-new", "--", "127.0.0.1", "ls", "-l"]
+
+
+def test_ssh_config_is_a_host_block_with_what_vmrun_ssh_uses() -> None:
+    assert ssh_config(host="vmrun-web", address="127.0.0.1", port=40001, user="alice",
+                      known_hosts=Path("/var/lib/vmrun/web/known_hosts"),
+                      identities=[Path("/home/alice/.ssh/id_ed25519")]) == (
+        "Host vmrun-web\n"
+        "  HostName 127.0.0.1\n"
+        "  Port 40001\n"
+        "  User alice\n"
+        '  UserKnownHostsFile "/var/lib/vmrun/web/known_hosts"\n'
+        "  StrictHostKeyChecking accept-new\n"
+        '  IdentityFile "/home/alice/.ssh/id_ed25519"\n')
+    with pytest.raises(UsageError, match="cannot be written in an ssh_config"):
+        ssh_config(host="vmrun-web", address="127.0.0.1", port=22, user="a b", known_hosts=Path("/k"), identities=[])
 
 
 @pytest.mark.parametrize(("state_dir", "option"), [

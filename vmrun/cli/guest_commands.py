@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmrun.cli.common import host_of, places_of, say, vm_name
 from vmrun.errors import UsageError
@@ -40,8 +40,59 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     import os
     import shutil
 
+    from vmrun.guest.ssh import ssh_argv
+
+    args = _options_after_name(args)
+    session = _ssh_session(args)
+    program = shutil.which("ssh")
+    if program is None:
+        raise UsageError("ssh is not installed", hint="apt-get install openssh-client")
+    argv = ssh_argv(**session, options=args.option,
+                    command=args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(program, argv)
+
+
+def ssh_options(parser: argparse.ArgumentParser) -> None:
+    """`vmrun ssh`'s options and command: after NAME too, where argparse would leave them in the command
+    (REMAINDER), so cmd_ssh reads the command's leading words with these again."""
+    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    parser.add_argument("-l", "--user", help="default: the user the spec's cloud-init user-data creates, else yours")
+    parser.add_argument("-i", "--identity", metavar="FILE", help="the private key (default: ssh's own choice)")
+    parser.add_argument("-o", dest="option", action="append", default=[], metavar="OPTION",
+                        help="an ssh option (ssh -o: ForwardAgent=yes, LocalForward=...), before vmrun's own")
+
+
+_SSH_OPTIONS = ("-o", "-l", "-i", "--user", "--identity")
+
+
+def _options_after_name(args: argparse.Namespace) -> argparse.Namespace:
+    """`vmrun ssh NAME -o X -l U -- CMD`: the options argparse left at the command's head, read as vmrun's."""
+    # argparse drops a "--" right after NAME: a command that starts with one of these words is taken as options.
+    if not args.command_line[:1] or not args.command_line[0].startswith(_SSH_OPTIONS):
+        return args
+    again = argparse.ArgumentParser(prog="vmrun ssh NAME", add_help=False)
+    ssh_options(again)
+    after = again.parse_args(args.command_line)
+    return argparse.Namespace(**{**vars(args), "command_line": after.command_line,
+                                 "option": [*args.option, *after.option], "user": after.user or args.user,
+                                 "identity": after.identity or args.identity})
+
+
+def cmd_ssh_config(args: argparse.Namespace) -> int:
+    from vmrun.guest.ssh import ssh_config
+
+    sys.stdout.write(ssh_config(host=f"vmrun-{vm_name(args.name)}", **_ssh_session(args)))
+    return 0
+
+
+def _ssh_session(args: argparse.Namespace) -> dict[str, Any]:
+    """Where and as whom ssh reaches the running guest: ssh_argv's and ssh_config's common arguments."""
+    import os
+
     from vmrun.guest.agent import GuestAgent
-    from vmrun.guest.ssh import KNOWN_HOSTS, guest_user, ssh_argv, ssh_target
+    from vmrun.guest.ssh import KNOWN_HOSTS, guest_user, ssh_target
     from vmrun.host.user import invoking_user, private_keys
     from vmrun.run.status import AGENT_PROBE_TIMEOUT, running_spec
 
@@ -54,9 +105,6 @@ def cmd_ssh(args: argparse.Namespace) -> int:
             return agent.interfaces()
 
     address, port = ssh_target(spec, interfaces)
-    program = shutil.which("ssh")
-    if program is None:
-        raise UsageError("ssh is not installed", hint="apt-get install openssh-client")
     # Under sudo, ssh runs as root: the keys are still those of the user `init` put into the user-data.
     sudo_user = os.environ.get("SUDO_USER")
     if args.identity:
@@ -64,12 +112,8 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     else:
         identities = private_keys(host.home_dir(sudo_user)) if sudo_user else []
     paths.make_state_dir()
-    argv = ssh_argv(address=address, port=port, user=args.user or guest_user(spec, invoking_user(host, os.environ)),
-                    known_hosts=paths.state_dir / KNOWN_HOSTS, identities=identities,
-                    command=args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(program, argv)
+    return {"address": address, "port": port, "user": args.user or guest_user(spec, invoking_user(host, os.environ)),
+            "known_hosts": paths.state_dir / KNOWN_HOSTS, "identities": identities}
 
 
 def cmd_cp(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vmrun import __version__
-from vmrun.cli.guest_commands import cmd_console, cmd_cp, cmd_exec, cmd_logs, cmd_ssh
+from vmrun.cli.guest_commands import cmd_console, cmd_cp, cmd_exec, cmd_logs, cmd_ssh, cmd_ssh_config, ssh_options
 from vmrun.cli.host_commands import (
     cmd_host_check,
     cmd_host_iommu,
@@ -143,10 +143,19 @@ def _ssh(parser: argparse.ArgumentParser) -> None:
         "reports. Host keys are kept in the VM's state directory."
     )
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ssh_options(parser)
+    parser.set_defaults(handler=cmd_ssh)
+
+
+def _ssh_config(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print an ssh_config Host block (vmrun-NAME) that reaches the running guest as `vmrun ssh NAME` does: "
+        "vmrun ssh-config web >> ~/.ssh/config, then ssh vmrun-web (or scp, rsync, an editor's remote mode)."
+    )
+    parser.add_argument("name", metavar="NAME")
     parser.add_argument("-l", "--user", help="default: the user the spec's cloud-init user-data creates, else yours")
     parser.add_argument("-i", "--identity", metavar="FILE", help="the private key (default: ssh's own choice)")
-    parser.set_defaults(handler=cmd_ssh)
+    parser.set_defaults(handler=cmd_ssh_config)
 
 
 def _cp(parser: argparse.ArgumentParser) -> None:
@@ -242,6 +251,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "status": ("running / stopped / dead, pid, accel, agent", _status),
     "exec": ("run a command in the guest over the agent", _exec),
     "ssh": ("ssh to the guest (a user-mode forward of port 22, or an address the agent reports)", _ssh),
+    "ssh-config": ("print an ssh_config Host block for the guest, as `vmrun ssh` reaches it", _ssh_config),
     "cp": ("copy a file into or out of a running guest over the agent", _cp),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),
