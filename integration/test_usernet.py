@@ -118,6 +118,9 @@ def test_two_vms_from_one_template_get_their_own_auto_port_and_keep_it(
         again = vmrun("up", str(specs[0]))
         assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
         assert vmrun("diff", str(specs[0])).returncode == 0
+        assert vmrun("down", "--force", "auto-a").returncode == 0  # its firmware ignores a powerdown
+        logs = vmrun("logs", "auto-a")  # the last run's console log outlives its run dir
+        assert (logs.returncode, logs.stderr) == (0, "vmrun: auto-a is not running: the console log of its last run\n")
     finally:
         for name in ("auto-a", "auto-b"):
             vmrun("down", "--force", name)

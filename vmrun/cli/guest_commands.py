@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from vmrun.cli.common import host_of, places_of, say, vm_name
 from vmrun.errors import UsageError
@@ -15,25 +15,54 @@ if TYPE_CHECKING:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from vmrun.guest.agent import GuestAgent
     from vmrun.run.status import running_paths
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
         raise UsageError("no command given", hint="vmrun exec NAME -- CMD [ARGS...]")
-    paths = running_paths(host_of(args), places_of(args), vm_name(args.name))
-    with GuestAgent(paths.agent_socket) as agent:
-        agent.wait_ready(timeout=args.agent_timeout)
-        result = agent.exec(command, timeout=args.timeout)
+    name = vm_name(args.name)
+    paths = running_paths(host_of(args), places_of(args), name)
+    return exec_in_guest(name, paths.agent_socket, command, stdin=_standard_input() if args.stdin else None,
+                         timeout=args.timeout, agent_timeout=args.agent_timeout)
+
+
+# qemu-ga takes requests of up to 64 MiB of JSON, and input-data goes as base64 (4/3 of the bytes).
+STDIN_LIMIT = 32 * 2**20
+
+
+def _standard_input() -> bytes:
+    data = sys.stdin.buffer.read(STDIN_LIMIT + 1)
+    if len(data) > STDIN_LIMIT:
+        raise UsageError(f"standard input is over {STDIN_LIMIT // 2**20} MiB, more than one guest-exec carries",
+                         hint="vmrun cp the file into the guest, then run the command on it")
+    return data
+
+
+def exec_in_guest(name: str, agent_socket: Path, command: list[str], *, stdin: bytes | None, timeout: float,
+                  agent_timeout: float) -> int:
+    """Run the command, print its output, and give its exit code (128 + N for signal N)."""
+    import shlex
+
+    from vmrun.errors import AgentError
+    from vmrun.guest.agent import GuestAgent
+
+    with GuestAgent(agent_socket) as agent:
+        agent.wait_ready(timeout=agent_timeout)
+        result = agent.exec(command, timeout=timeout, stdin=stdin)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
+    sys.stderr.flush()
     for stream, truncated in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)):
         if truncated:
             say(f"the guest agent truncated the command's {stream}")
     if result.signal is not None:
         return 128 + result.signal
-    return result.exitcode if result.exitcode is not None else 1
+    if result.exitcode is None:
+        # Not 1: that is the command's own code, or a bug in vmrun.
+        raise AgentError(f"{name}: `{shlex.join(command)}` ended, but the guest agent reported neither its exit "
+                         "code nor a signal")
+    return result.exitcode
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
@@ -129,13 +158,36 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from vmrun.qemu.console import follow_log
+    from vmrun.qemu.console import follow_log, show_log
 
-    paths = places_of(args).of(vm_name(args.name))
-    if not paths.console_log.exists():
-        raise UsageError(f"no console log for {args.name}", hint="vmrun status lists the VMs")
-    follow_log(paths.console_log, follow=args.follow, alive=lambda: paths.pidfile.exists())
+    name = vm_name(args.name)
+    paths = places_of(args).of(name)
+    log = _open_log(paths.console_log)
+    if log is None:
+        log = _open_log(paths.last_console_log)
+        if log is None:
+            raise UsageError(f"no console log for {name}: it has not run under {paths.run_dir.parent}",
+                             hint="vmrun status lists the VMs")
+        say(f"{name} is not running: the console log of its last run")
+        show_log(log, sys.stdout.buffer, tail=args.tail)
+        log.close()
+        log = None  # -f goes on with the next run's log
+    else:
+        show_log(log, sys.stdout.buffer, tail=args.tail)
+    if args.follow:
+        follow_log(paths.console_log, log, sys.stdout.buffer)
+    elif log is not None:
+        log.close()
     return 0
+
+
+def _open_log(path: Path) -> BinaryIO | None:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}", hint="the VM may be another user's (sudo)") from exc
 
 
 def cmd_console(args: argparse.Namespace) -> int:

@@ -31,6 +31,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of lines (0 or more)")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value <= 86400:  # also refuses nan and inf
@@ -132,7 +139,11 @@ def _status(parser: argparse.ArgumentParser) -> None:
 def _exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="S", help="default: 60")
+    parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="S",
+                        help="seconds the command may run (default: 60); then exit 5")
+    # Asked for, as docker and kubectl exec -i: a standard input left open (a CI job's) would wait for good.
+    parser.add_argument("-i", "--stdin", action="store_true",
+                        help="send standard input to the command (read to its end first, at most 32 MiB)")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
     parser.set_defaults(handler=cmd_exec)
 
@@ -176,7 +187,9 @@ def _cp(parser: argparse.ArgumentParser) -> None:
 
 def _logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the VM runs")
+    parser.add_argument("-f", "--follow", action="store_true",
+                        help="keep printing, across restarts (each run's log from its start), until Ctrl-C")
+    parser.add_argument("-n", "--tail", type=non_negative_int, metavar="N", help="only the last N lines")
     parser.set_defaults(handler=cmd_logs)
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import enum
 import importlib
+import os
 import shutil
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from vmrun.crashpoints import crash_point
 from vmrun.errors import AgentError, ConfigurationDiffers, LaunchError, PreflightError, UsageError
-from vmrun.files import partial_of, write_whole
+from vmrun.files import open_to_read, partial_of, write_whole
 from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
 from vmrun.host.ports import bind_error, free_port
@@ -146,10 +148,34 @@ def _end_run(
             return
         for target in (paths.uefi_vars, paths.cloud_init_seed):  # what a killed `up` was writing
             partial_of(target).unlink(missing_ok=True)
+        _keep_console_log(paths, say)
         remove_run_dir(paths)
     if problems:
         raise _could_not_undo(name, problems, "--force removed its run dir anyway: these stay on the host until "
                                               "undone by hand")
+
+
+def _keep_console_log(paths: RunPaths, say: Say) -> None:
+    """The run's console log outlives its run dir, for `vmrun logs` after a down or a failed up: what the
+    guest said last is what one wants to read then. Keeping it never fails the down."""
+    try:
+        # Not followed: qemu's user may write in the run dir, and root copies this file.
+        log = open_to_read(paths.console_log, follow_links=False)
+    except OSError:
+        return  # no qemu ran, or it wrote no log
+    try:
+        with log:
+            if not stat.S_ISREG(os.fstat(log.fileno()).st_mode):
+                return
+            paths.make_state_dir()
+            write_whole(paths.last_console_log, lambda partial: _copy_to(log, partial))
+    except OSError as exc:
+        say(f"could not keep the console log in {paths.last_console_log}: {exc.strerror}")
+
+
+def _copy_to(source: BinaryIO, target: Path) -> None:
+    with target.open("wb") as copy:
+        shutil.copyfileobj(source, copy)
 
 
 def _could_not_undo(name: str, problems: list[str], hint: str) -> PreflightError:
