@@ -145,7 +145,7 @@ def test_groff_renders_the_man_page_without_a_warning() -> None:
     rendered = subprocess.run(["groff", "-man", "-Tutf8", "-ww"], input=man_page(build_parser()), capture_output=True,
                               text=True, check=True, timeout=60)
     assert rendered.stderr == ""
-    assert "vmrun cp [-h] [-r] SRC|NAME:SRC NAME:DST|DST" in rendered.stdout
+    assert "vmrun cp [-h] [-r] [--json] SRC|NAME:SRC NAME:DST|DST" in rendered.stdout
 
 
 @needs["bash"]

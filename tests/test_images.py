@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,8 @@ def test_list_shows_each_image_with_its_url_and_the_vms_that_use_it(
     exit_code, out, _ = run(capsys, tmp_path, "image", "list", "--json")
     rows = {row["digest"]: row for row in json.loads(out)}
     assert exit_code == 0 and rows.keys() == {used, unused}
+    assert rows[used].pop("fetched") == datetime.fromtimestamp(used_path.stat().st_mtime, UTC).isoformat(
+        timespec="seconds")
     assert rows[used] == {"digest": used, "path": str(used_path), "size": 5, "url": f"file://{tmp_path}/"
                           f"image-{used[7:15]}.raw", "used_by": ["web"]}
     assert rows[unused]["used_by"] == []

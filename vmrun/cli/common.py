@@ -40,6 +40,17 @@ def _stderr_line(line: str) -> None:
     sys.stderr.flush()
 
 
+def print_json(value: object) -> None:
+    import json
+
+    print(json.dumps(value, indent=1))
+
+
+def error_json(error: VmrunError) -> dict[str, object]:
+    """`errors` and `hint` as every --json output gives them: the lines stderr shows, without `vmrun: error: `."""
+    return {"errors": error.lines(), "hint": error.hint}
+
+
 def report(error: VmrunError, *, prefix: str = "") -> None:
     for line in error.lines():
         _stderr_line(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from vmrun.cli.common import host_of, places_of, say, vm_name
+from vmrun.cli.common import host_of, places_of, print_json, say, vm_name
 from vmrun.errors import UsageError
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     name = vm_name(args.name)
     paths = running_paths(host_of(args), places_of(args), name)
     return exec_in_guest(name, paths.agent_socket, command, stdin=_standard_input() if args.stdin else None,
-                         timeout=args.timeout, agent_timeout=args.agent_timeout)
+                         timeout=args.timeout, agent_timeout=args.agent_timeout, as_json=args.json)
 
 
 # qemu-ga takes requests of up to 64 MiB of JSON, and input-data goes as base64 (4/3 of the bytes).
@@ -39,8 +39,9 @@ def _standard_input() -> bytes:
 
 
 def exec_in_guest(name: str, agent_socket: Path, command: list[str], *, stdin: bytes | None, timeout: float,
-                  agent_timeout: float) -> int:
-    """Run the command, print its output, and give its exit code (128 + N for signal N)."""
+                  agent_timeout: float, as_json: bool = False) -> int:
+    """Run the command, print its output (as JSON: with how it ended), and give its exit code (128 + N for
+    signal N)."""
     import shlex
 
     from vmrun.errors import AgentError
@@ -49,10 +50,16 @@ def exec_in_guest(name: str, agent_socket: Path, command: list[str], *, stdin: b
     with GuestAgent(agent_socket) as agent:
         agent.wait_ready(timeout=agent_timeout)
         result = agent.exec(command, timeout=timeout, stdin=stdin)
-    sys.stdout.buffer.write(result.stdout)
-    sys.stdout.flush()
-    sys.stderr.buffer.write(result.stderr)
-    sys.stderr.flush()
+    if as_json:
+        # JSON carries text: bytes that are not UTF-8 show as U+FFFD (without --json they pass as they are).
+        print_json({"name": name, "command": command, "exit_code": result.exitcode, "signal": result.signal,
+                    "stdout": result.stdout.decode(errors="replace"), "stderr": result.stderr.decode(errors="replace"),
+                    "stdout_truncated": result.stdout_truncated, "stderr_truncated": result.stderr_truncated})
+    else:
+        sys.stdout.buffer.write(result.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(result.stderr)
+        sys.stderr.flush()
     for stream, truncated in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)):
         if truncated:
             say(f"the guest agent truncated the command's {stream}")
@@ -151,9 +158,11 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
     vm, source, destination = endpoints(args.source, args.destination)
     paths = running_paths(host_of(args), places_of(args), vm)
-    copy(vm, source, destination, paths.agent_socket, recursive=args.recursive,
-         into_directory=names_a_directory(args.destination),
-         agent_timeout=args.agent_timeout, say=say)
+    copied = copy(vm, source, destination, paths.agent_socket, recursive=args.recursive,
+                  into_directory=names_a_directory(args.destination), agent_timeout=args.agent_timeout, say=say)
+    if args.json:
+        print_json({"name": vm, "source": args.source, "destination": str(copied.target), "bytes": copied.size,
+                    "files": copied.files})
     return 0
 
 

@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmrun.cli.common import checked_image_url, checked_spec, host_of, on_cached_bases, places_of, say
+from vmrun.cli.common import checked_image_url, checked_spec, host_of, on_cached_bases, places_of, print_json, say
 from vmrun.errors import UsageError
 
 if TYPE_CHECKING:
@@ -67,17 +67,22 @@ def cmd_image_pull(args: argparse.Namespace) -> int:
         digest = parse_digest(checked_image_url(args.source, args.digest))
         assert digest is not None
         with cache.using(args.source, digest, say) as path:
-            print(path)
-        return 0
-    if args.digest:
-        raise UsageError("--digest goes with a URL; a spec names its digests itself")
-    spec = checked_spec(args.source, args)
-    if not url_bases(spec):
-        say(f"{args.source}: no disk has a base given by URL; nothing to fetch")
-    with bases_in_use(spec, cache, say):
-        pass
-    for found in url_bases(spec):
-        print(cache.path_of(found.digest))
+            pulled = [{"url": args.source, "digest": str(digest), "path": str(path)}]
+    else:
+        if args.digest:
+            raise UsageError("--digest goes with a URL; a spec names its digests itself")
+        spec = checked_spec(args.source, args)
+        if not url_bases(spec):
+            say(f"{args.source}: no disk has a base given by URL; nothing to fetch")
+        with bases_in_use(spec, cache, say):
+            pass
+        pulled = [{"url": found.url, "digest": str(found.digest), "path": str(cache.path_of(found.digest)),
+                   "name": spec.name, "spec": args.source} for found in url_bases(spec)]
+    if args.json:
+        print_json(pulled)
+    else:
+        for image in pulled:
+            print(image["path"])
     return 0
 
 
@@ -89,7 +94,7 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     images = ImageCache(places.image_cache).images()
     users = image_users(places)
     rows = [{"digest": str(image.digest), "path": str(image.path), "size": image.size, "url": image.url,
-             "used_by": users.of(image.digest)} for image in images]
+             "fetched": _iso_time(image.fetched), "used_by": users.of(image.digest)} for image in images]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -127,6 +132,12 @@ def _named_digest(text: str, cached: list[Digest]) -> Digest:
 
 HEX_DIGITS = "0123456789abcdef"
 LIST_HINT = "vmrun image list shows the cached digests"
+def _iso_time(seconds: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
 IN_USE_NOW = "a vmrun up (or preflight) is using it right now"
 
 
@@ -150,9 +161,13 @@ def cmd_image_rm(args: argparse.Namespace) -> int:
         if users.unknown:
             raise UsageError(f"which images {', '.join(users.unknown)} use is unknown (damaged state)",
                              hint="vmrun down --force them first")
+        kept: list[dict[str, str]] = []
         if args.unused:
             for digest in busy:
                 say(f"kept {digest}: {IN_USE_NOW}")
+                kept.append({"digest": str(digest), "reason": IN_USE_NOW})
+            kept += [{"digest": str(digest), "reason": f"the base of {', '.join(users.of(digest))}"}
+                     for digest in digests if digest not in busy and users.of(digest)]
             digests = [digest for digest in digests if digest not in busy and not users.of(digest)]
         elif busy:
             raise UsageError(f"cannot remove {', '.join(map(str, busy))}: {IN_USE_NOW}",
@@ -169,4 +184,6 @@ def cmd_image_rm(args: argparse.Namespace) -> int:
         raise UsageError(f"not in the image cache {places.image_cache}: {', '.join(map(str, missing))}")
     if not digests:
         say("no unused images")
+    if args.json:
+        print_json({"removed": [str(digest) for digest in digests], "kept": kept})
     return 0

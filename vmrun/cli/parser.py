@@ -70,8 +70,12 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
 _VALUE_OPTIONS = ("--host-root", "--run-dir", "--state-dir", "--cache-dir")
 
 
+_JSON_HELP = "print the result as JSON on stdout (README: JSON output)"
+
+
 def _validate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs", nargs="+", metavar="SPEC|DIR", help="a directory means its *.toml specs")
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.set_defaults(handler=cmd_validate)
 
 
@@ -89,6 +93,7 @@ def _init(parser: argparse.ArgumentParser) -> None:
                         help="boot this cloud image (a path or an https/http/file URL) through an overlay; also "
                         "writes NAME-user-data.yaml")
     parser.add_argument("--digest", metavar="DIGEST", help="with a URL --base: the image's sha256: or sha512: digest")
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.set_defaults(handler=cmd_init)
 
 
@@ -145,6 +150,7 @@ def _exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--stdin", action="store_true",
                         help="send standard input to the command (read to its end first, at most 32 MiB)")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.set_defaults(handler=cmd_exec)
 
 
@@ -182,6 +188,7 @@ def _cp(parser: argparse.ArgumentParser) -> None:
                         help="copy a directory as a new tree (DST/NAME if DST is a directory, else DST); links "
                              "inside are copied as links, FIFOs and devices skipped")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.set_defaults(handler=cmd_cp)
 
 
@@ -220,6 +227,7 @@ def _image(parser: argparse.ArgumentParser) -> None:
     pull = image_commands.add_parser("pull", help="download a spec's URL bases (or one URL) into the cache")
     pull.add_argument("source", metavar="SPEC|URL")
     pull.add_argument("--digest", metavar="DIGEST", help="with a URL: sha256:<hex> or sha512:<hex>")
+    pull.add_argument("--json", action="store_true", help=_JSON_HELP)
     pull.set_defaults(handler=cmd_image_pull)
     listing = image_commands.add_parser("list", help="cached images: digest, size, which VMs use them, URL")
     listing.add_argument("--json", action="store_true")
@@ -227,6 +235,7 @@ def _image(parser: argparse.ArgumentParser) -> None:
     remove = image_commands.add_parser("rm", help="remove cached images no VM with a run directory uses")
     remove.add_argument("digests", nargs="*", metavar="DIGEST")
     remove.add_argument("--unused", action="store_true", help="every image no VM uses")
+    remove.add_argument("--json", action="store_true", help=_JSON_HELP)
     remove.set_defaults(handler=cmd_image_rm)
 
 

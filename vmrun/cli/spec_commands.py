@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING
 from vmrun.cli.common import (
     checked_image_url,
     checked_spec,
+    error_json,
     facts_for_display,
     host_of,
     on_cached_bases,
     places_of,
+    print_json,
     report,
     run_paths,
     say,
@@ -37,18 +39,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from vmrun.spec.usernet import privileged_forwards
 
     errors: list[VmrunError] = []
+    rows: list[dict[str, object]] = []
     for path in map(str, spec_files(args.specs)):
         try:
             spec = checked_spec(path, args)
         except VmrunError as error:
             errors.append(error)
+            rows.append({"spec": path, "name": None, "valid": False, **error_json(error), "warnings": []})
             continue
         say(f"{path}: ok")
         # Valid for root, so a warning: whoever runs `up` decides.
-        for warning in privileged_forwards(spec) if os.geteuid() != 0 else ():
+        warnings = [str(warning) for warning in privileged_forwards(spec)] if os.geteuid() != 0 else []
+        for warning in warnings:
             say(f"warning: {path}: {warning}")
+        rows.append({"spec": path, "name": spec.name, "valid": True, "errors": [], "hint": None,
+                     "warnings": warnings})
     for invalid in errors:
         report(invalid)
+    if args.json:
+        print_json(rows)
     return max((invalid.exit_code for invalid in errors), default=0)
 
 
@@ -93,6 +102,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         writable_file(path)
         if path.exists() and not args.force:
             raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
+    user: str | None = None
+    keys: list[str] = []
     if args.base:
         # As the spec will name it: relative to the spec's directory, as every relative path in a spec is.
         base = args.base if digest else os.path.relpath(Path(args.base).resolve(), target.parent.resolve())
@@ -107,6 +118,10 @@ def cmd_init(args: argparse.Namespace) -> int:
             _no_key(name, host.home_dir(name), user_data, running_as=host.current_user().name)
     write_file(target, starter_spec(args.name, str(target), base=base if args.base else None, digest=digest))
     say(f"wrote {target}; edit it, then: vmrun validate {target}")
+    if args.json:
+        print_json({"name": args.name, "spec": str(target), "user_data": str(user_data) if user_data else None,
+                    "user": user, "ssh_keys": len(keys) if args.base else None,
+                    "base": args.base})
     return 0
 
 
