@@ -351,3 +351,17 @@ def test_exec_without_an_exit_code_is_exit_5_saying_so(socket_path: Path) -> Non
         exec_in_guest("web", socket_path, ["true"], stdin=None, timeout=5, agent_timeout=5)
     assert (str(failed.value), failed.value.exit_code) == (
         "web: `true` ended, but the guest agent reported neither its exit code nor a signal", 5)
+
+
+@pytest.mark.parametrize(("words", "command", "timeout", "as_json"), [
+    (["exec", "web", "--json", "--timeout", "5", "--", "ls", "-l"], ["--", "ls", "-l"], 5.0, True),
+    (["exec", "--timeout", "5", "web", "--", "ls", "-l"], ["ls", "-l"], 5.0, False),
+    (["exec", "web", "--", "ls", "--json"], ["ls", "--json"], 60.0, False),
+])
+def test_exec_reads_its_options_before_or_after_name_and_leaves_the_commands_alone(
+        words: list[str], command: list[str], timeout: float, as_json: bool) -> None:
+    from vmrun.cli.arguments import exec_options, options_after_name
+    from vmrun.cli.parser import build_parser
+
+    args = options_after_name(build_parser().parse_args(words), exec_options)
+    assert (args.command_line, args.timeout, args.json) == (command, timeout, as_json)

@@ -113,7 +113,7 @@ def test_guest_commands(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                         lambda host, places, name: RunPaths(run_dir=socket_path.parent, state_dir=tmp_path))
     monkeypatch.setattr(RunPaths, "agent_socket", property(lambda paths: socket_path))
     with FakePeer(socket_path, exec_peer({"exitcode": 0})):
-        ran = cli.json("exec", "--json", "web", "--", "echo")  # before NAME: after it, words are the command
+        ran = cli.json("exec", "web", "--json", "--", "echo")  # vmrun's option, though after NAME
     checked("exec", "exec", ran)
     (tmp_path / "f").write_bytes(b"hello")
     socket_path.unlink()  # the next agent binds it afresh

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vmrun.cli.guest_commands import _options_after_name
+from vmrun.cli.arguments import options_after_name, ssh_options
 from vmrun.cli.main import main
 from vmrun.cli.parser import build_parser
 from vmrun.errors import SpecError, UsageError
@@ -318,7 +318,7 @@ def test_ssh_argv_keeps_host_keys_per_vm_and_the_command_after_the_host() -> Non
     ["ssh", "-o", "ForwardAgent=yes", "-l", "bob", "web", "-o", "LocalForward=8080 127.0.0.1:80", "ls", "-l"],
 ])
 def test_ssh_passes_options_through_before_its_own_wherever_they_are_given(words: list[str]) -> None:
-    args = _options_after_name(build_parser().parse_args(words))
+    args = options_after_name(build_parser().parse_args(words), ssh_options)
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     argv = ssh_argv(address="127.0.0.1", port=40001, user=args.user, known_hosts=Path("/s/web/known_hosts"),
                     identities=[], options=args.option, command=command)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from vmrun.cli.arguments import exec_options, options_after_name, ssh_options
 from vmrun.cli.common import host_of, places_of, print_json, say, vm_name
 from vmrun.errors import UsageError
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 def cmd_exec(args: argparse.Namespace) -> int:
     from vmrun.run.status import running_paths
 
+    args = options_after_name(args, exec_options)
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
         raise UsageError("no command given", hint="vmrun exec NAME -- CMD [ARGS...]")
@@ -78,7 +80,7 @@ def cmd_ssh(args: argparse.Namespace) -> int:
 
     from vmrun.guest.ssh import ssh_argv
 
-    args = _options_after_name(args)
+    args = options_after_name(args, ssh_options)
     session = _ssh_session(args)
     program = shutil.which("ssh")
     if program is None:
@@ -88,32 +90,6 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(program, argv)
-
-
-def ssh_options(parser: argparse.ArgumentParser) -> None:
-    """`vmrun ssh`'s options and command: after NAME too, where argparse would leave them in the command
-    (REMAINDER), so cmd_ssh reads the command's leading words with these again."""
-    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    parser.add_argument("-l", "--user", help="default: the user the spec's cloud-init user-data creates, else yours")
-    parser.add_argument("-i", "--identity", metavar="FILE", help="the private key (default: ssh's own choice)")
-    parser.add_argument("-o", dest="option", action="append", default=[], metavar="OPTION",
-                        help="an ssh option (ssh -o: ForwardAgent=yes, LocalForward=...), before vmrun's own")
-
-
-_SSH_OPTIONS = ("-o", "-l", "-i", "--user", "--identity")
-
-
-def _options_after_name(args: argparse.Namespace) -> argparse.Namespace:
-    """`vmrun ssh NAME -o X -l U -- CMD`: the options argparse left at the command's head, read as vmrun's."""
-    # argparse drops a "--" right after NAME: a command that starts with one of these words is taken as options.
-    if not args.command_line[:1] or not args.command_line[0].startswith(_SSH_OPTIONS):
-        return args
-    again = argparse.ArgumentParser(prog="vmrun ssh NAME", add_help=False)
-    ssh_options(again)
-    after = again.parse_args(args.command_line)
-    return argparse.Namespace(**{**vars(args), "command_line": after.command_line,
-                                 "option": [*args.option, *after.option], "user": after.user or args.user,
-                                 "identity": after.identity or args.identity})
 
 
 def cmd_ssh_config(args: argparse.Namespace) -> int:

@@ -10,7 +10,15 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vmrun import __version__
-from vmrun.cli.guest_commands import cmd_console, cmd_cp, cmd_exec, cmd_logs, cmd_ssh, cmd_ssh_config, ssh_options
+from vmrun.cli.arguments import (
+    JSON_HELP,
+    exec_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    ssh_options,
+)
+from vmrun.cli.guest_commands import cmd_console, cmd_cp, cmd_exec, cmd_logs, cmd_ssh, cmd_ssh_config
 from vmrun.cli.host_commands import (
     cmd_host_check,
     cmd_host_iommu,
@@ -22,27 +30,6 @@ from vmrun.cli.host_commands import (
 from vmrun.cli.spec_commands import cmd_export, cmd_init, cmd_render, cmd_validate
 from vmrun.cli.vm_commands import cmd_diff, cmd_down, cmd_status, cmd_up
 from vmrun.host.dirs import default_image_cache, default_run_root, default_state_root
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1024")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of lines (0 or more)")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 86400:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds between 0 and 86400")
-    return value
 
 
 def _global_options(parser: argparse.ArgumentParser) -> None:
@@ -70,12 +57,9 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
 _VALUE_OPTIONS = ("--host-root", "--run-dir", "--state-dir", "--cache-dir")
 
 
-_JSON_HELP = "print the result as JSON on stdout (README: JSON output)"
-
-
 def _validate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs", nargs="+", metavar="SPEC|DIR", help="a directory means its *.toml specs")
-    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     parser.set_defaults(handler=cmd_validate)
 
 
@@ -93,7 +77,7 @@ def _init(parser: argparse.ArgumentParser) -> None:
                         help="boot this cloud image (a path or an https/http/file URL) through an overlay; also "
                         "writes NAME-user-data.yaml")
     parser.add_argument("--digest", metavar="DIGEST", help="with a URL --base: the image's sha256: or sha512: digest")
-    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     parser.set_defaults(handler=cmd_init)
 
 
@@ -143,14 +127,7 @@ def _status(parser: argparse.ArgumentParser) -> None:
 
 def _exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="S",
-                        help="seconds the command may run (default: 60); then exit 5")
-    # Asked for, as docker and kubectl exec -i: a standard input left open (a CI job's) would wait for good.
-    parser.add_argument("-i", "--stdin", action="store_true",
-                        help="send standard input to the command (read to its end first, at most 32 MiB)")
-    parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
-    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+    exec_options(parser)
     parser.set_defaults(handler=cmd_exec)
 
 
@@ -188,7 +165,7 @@ def _cp(parser: argparse.ArgumentParser) -> None:
                         help="copy a directory as a new tree (DST/NAME if DST is a directory, else DST); links "
                              "inside are copied as links, FIFOs and devices skipped")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
-    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     parser.set_defaults(handler=cmd_cp)
 
 
@@ -227,7 +204,7 @@ def _image(parser: argparse.ArgumentParser) -> None:
     pull = image_commands.add_parser("pull", help="download a spec's URL bases (or one URL) into the cache")
     pull.add_argument("source", metavar="SPEC|URL")
     pull.add_argument("--digest", metavar="DIGEST", help="with a URL: sha256:<hex> or sha512:<hex>")
-    pull.add_argument("--json", action="store_true", help=_JSON_HELP)
+    pull.add_argument("--json", action="store_true", help=JSON_HELP)
     pull.set_defaults(handler=cmd_image_pull)
     listing = image_commands.add_parser("list", help="cached images: digest, size, which VMs use them, URL")
     listing.add_argument("--json", action="store_true")
@@ -235,7 +212,7 @@ def _image(parser: argparse.ArgumentParser) -> None:
     remove = image_commands.add_parser("rm", help="remove cached images no VM with a run directory uses")
     remove.add_argument("digests", nargs="*", metavar="DIGEST")
     remove.add_argument("--unused", action="store_true", help="every image no VM uses")
-    remove.add_argument("--json", action="store_true", help=_JSON_HELP)
+    remove.add_argument("--json", action="store_true", help=JSON_HELP)
     remove.set_defaults(handler=cmd_image_rm)
 
 
