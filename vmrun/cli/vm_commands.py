@@ -43,14 +43,21 @@ def cmd_up(args: argparse.Namespace) -> int:
             return Fate(spec.name, str(outcome))
         return task
 
+    import attrs
+
     specs, refused = load_valid_specs(args)
     tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
-    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)), as_json=args.json)
+    spec_of = {spec.name: str(path) for path, spec in specs}
+    fates = [attrs.evolve(fate, spec=spec_of.get(fate.name)) for fate in run_all(tasks, jobs=args.jobs, say=say,
+                                                                                  report=_reporter(args))]
+    return _finish(refused + fates, as_json=args.json)
 
 
 def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
     """Every SPEC and each DIR's specs (args.specs), validated; an invalid one (or a second spec of one name) is
     reported and becomes a refused fate, and the others go on."""
+    import attrs
+
     from vmrun.run.fleet import Fate
     from vmrun.spec.load import spec_files
 
@@ -63,7 +70,8 @@ def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]],
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:
             report(error)
-            refused.append(Fate.of_error(str(path), f"invalid (exit {error.exit_code})", error, result="invalid"))
+            refused.append(attrs.evolve(Fate.of_error(str(path), f"invalid (exit {error.exit_code})", error,
+                                                      result="invalid"), spec=str(path)))
             continue
         specs[spec.name] = (path, spec)
     return list(specs.values()), refused

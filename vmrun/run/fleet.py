@@ -36,14 +36,15 @@ class Fate(Record):
     result: str = attrs.field(default=attrs.Factory(lambda fate: fate.outcome, takes_self=True))
     errors: tuple[str, ...] = ()
     hint: str | None = None
+    spec: str | None = None  # the spec file it came from, when one was read
 
     @classmethod
     def of_error(cls, label: str, outcome: str, error: VmrunError, *, result: str = "failed") -> Fate:
         return cls(label, outcome, error.exit_code, result=result, errors=tuple(error.lines()), hint=error.hint)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "result": self.result, "outcome": self.outcome, "exit_code": self.exit_code,
-                "errors": list(self.errors), "hint": self.hint}
+        return {"name": self.name, "spec": self.spec, "result": self.result, "outcome": self.outcome,
+                "exit_code": self.exit_code, "errors": list(self.errors), "hint": self.hint}
 
 
 def worst(codes: Sequence[int]) -> int:
