@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# A test that runs `python -m vmrun` from another directory must run this checkout's vmrun, not the one the
+# interpreter has installed (a venv shared by several checkouts has one of them installed).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
+                                                         os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture

@@ -84,6 +84,7 @@ class Vmrun:
         from vmrun.errors import VmrunError
         from vmrun.spec.load import load_spec
         from vmrun.spec.naming import pci_address
+        from vmrun.spec.usernet import tap_nics
 
         taps, devices = [], []
         for path in self.spec_dir.glob("*.toml"):
@@ -91,7 +92,7 @@ class Vmrun:
                 spec = load_spec(path)
             except VmrunError:
                 continue
-            taps += [nic.tap for nic in spec.nics if nic.tap is not None]
+            taps += [nic.host_tap for nic in tap_nics(spec)]
             devices += [address for vfio in spec.vfio if (address := pci_address(vfio.host))]
         return taps, devices
 

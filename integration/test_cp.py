@@ -32,6 +32,9 @@ def test_cp_both_ways_keeps_bytes_and_mode_and_reports_the_guests_errors(vmrun: 
     assert guest(vmrun, "tiny", "sha256sum", "/tmp/payload.bin") == f"{digest}  /tmp/payload.bin\n"
     assert guest(vmrun, "tiny", "stat", "-c", "%a", "/tmp/payload.bin") == "741\n"
     assert guest(vmrun, "tiny", "ls", "-A", "/tmp") == "payload.bin\n"  # no temporary file left beside it
+    again = vmrun("cp", str(source), "tiny:/tmp")  # an existing directory without the slash: DIR/NAME too
+    assert again.returncode == 0, again.stderr
+    assert guest(vmrun, "tiny", "ls", "-A", "/tmp") == "payload.bin\n"
 
     back = tmp_path / "back"
     back.mkdir()

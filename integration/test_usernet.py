@@ -89,3 +89,38 @@ def test_a_forward_whose_host_port_is_taken_fails_up_naming_it(
         f"127.0.0.1:{port} (tcp): something else holds it",
         f"vmrun: hint: free the port (ss -lnp 'sport = :{port}' shows who holds it), or forward another one",
     ]
+
+
+def test_two_vms_from_one_template_get_their_own_auto_port_and_keep_it(
+    vmrun: Vmrun, guestless_spec: Callable[..., Path]
+) -> None:
+    nic = '[[nics]]\nid = "net0"\nmode = "user"\nforward = ["tcp:auto:22"]\n'
+    specs = [guestless_spec(name, nic) for name in ("auto-a", "auto-b")]
+    try:
+        for spec in specs:
+            up = vmrun("up", str(spec))
+            assert up.returncode == 0, up.stderr
+        states = [json.loads((vmrun.run_root / name / "state.json").read_text()) for name in ("auto-a", "auto-b")]
+        ports = []
+        for state in states:
+            [forward] = state["forwards"]
+            assert forward | {"host_port": 0} == {"nic": "net0", "index": 0, "forward": "tcp:127.0.0.1:auto:22",
+                                                 "protocol": "tcp", "address": "127.0.0.1", "host_port": 0,
+                                                 "guest_port": 22}
+            ports.append(forward["host_port"])
+            assert f"hostfwd=tcp:127.0.0.1:{forward['host_port']}-:22" in " ".join(state["argv"])
+            with socket.socket() as probe:  # qemu listens there
+                probe.connect(("127.0.0.1", forward["host_port"]))
+        assert ports[0] != ports[1] and all(1024 <= port <= 65535 for port in ports)
+        config = vmrun("ssh-config", "auto-a")
+        assert config.returncode == 0, config.stderr
+        assert config.stdout.splitlines()[:3] == ["Host vmrun-auto-a", "  HostName 127.0.0.1", f"  Port {ports[0]}"]
+        again = vmrun("up", str(specs[0]))
+        assert again.returncode == 0 and "up to date" in again.stderr, again.stderr
+        assert vmrun("diff", str(specs[0])).returncode == 0
+        assert vmrun("down", "--force", "auto-a").returncode == 0  # its firmware ignores a powerdown
+        logs = vmrun("logs", "auto-a")  # the last run's console log outlives its run dir
+        assert (logs.returncode, logs.stderr) == (0, "vmrun: auto-a is not running: the console log of its last run\n")
+    finally:
+        for name in ("auto-a", "auto-b"):
+            vmrun("down", "--force", name)

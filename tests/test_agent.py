@@ -313,3 +313,55 @@ def test_addresses_a_lying_guest_reports_are_dropped_and_its_interface_names_can
         client.wait_ready(timeout=5)
         addresses = addresses_by_interface(client.interfaces())
     assert addresses == {"'eth0\\x1b[2J'": ["10.0.2.16/24"]}
+
+
+def exec_peer(status: Message) -> Script:
+    """An agent whose one command ends with ``status`` (out-data: the input-data it was given)."""
+
+    def script(request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-exec":
+            return [answer(request, {"pid": 7})]
+        if request["execute"] == "guest-exec-status":
+            given = next(sent for sent in peer_requests if sent["execute"] == "guest-exec")["arguments"]
+            return [answer(request, {"exited": True, "out-data": given.get("input-data", ""), **status})]
+        return syncing(request)
+
+    peer_requests: list[Message] = []
+
+    def recording(request: Message) -> Iterable[object]:
+        peer_requests.append(request)
+        return script(request)
+
+    return recording
+
+
+def test_exec_sends_stdin_as_input_data_and_exits_with_the_commands_code(
+        socket_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmrun.cli.guest_commands import exec_in_guest
+
+    with FakePeer(socket_path, exec_peer({"exitcode": 3})):
+        code = exec_in_guest("web", socket_path, ["cat"], stdin=b"from the host\n", timeout=5, agent_timeout=5)
+    assert (code, capsys.readouterr().out) == (3, "from the host\n")
+
+
+def test_exec_without_an_exit_code_is_exit_5_saying_so(socket_path: Path) -> None:
+    from vmrun.cli.guest_commands import exec_in_guest
+
+    with FakePeer(socket_path, exec_peer({})), pytest.raises(AgentError) as failed:
+        exec_in_guest("web", socket_path, ["true"], stdin=None, timeout=5, agent_timeout=5)
+    assert (str(failed.value), failed.value.exit_code) == (
+        "web: `true` ended, but the guest agent reported neither its exit code nor a signal", 5)
+
+
+@pytest.mark.parametrize(("words", "command", "timeout", "as_json"), [
+    (["exec", "web", "--json", "--timeout", "5", "--", "ls", "-l"], ["--", "ls", "-l"], 5.0, True),
+    (["exec", "--timeout", "5", "web", "--", "ls", "-l"], ["ls", "-l"], 5.0, False),
+    (["exec", "web", "--", "ls", "--json"], ["ls", "--json"], 60.0, False),
+])
+def test_exec_reads_its_options_before_or_after_name_and_leaves_the_commands_alone(
+        words: list[str], command: list[str], timeout: float, as_json: bool) -> None:
+    from vmrun.cli.arguments import exec_options, options_after_name
+    from vmrun.cli.parser import build_parser
+
+    args = options_after_name(build_parser().parse_args(words), exec_options)
+    assert (args.command_line, args.timeout, args.json) == (command, timeout, as_json)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -125,8 +126,10 @@ def test_a_script_is_user_data_too(tmp_path: Path) -> None:
 
 
 def vmrun(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # This checkout's vmrun, not whichever one the interpreter has installed.
+    environment = {**(os.environ if env is None else env), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "vmrun", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=60, env=env)
+                          timeout=60, env=environment)
 
 
 def test_validate_reports_seed_files_with_the_spec_problems_and_exits_2(
@@ -165,7 +168,16 @@ def test_init_with_a_base_writes_a_spec_and_user_data_that_validate(tmp_path: Pa
     assert (root.base, root.path, root.size) == (tmp_path / "images/cloud.qcow2", tmp_path / "vms/web-root.qcow2",
                                                  20 * 2**30)
     assert spec.boot.disk == "root" and spec.boot.firmware == "uefi" and spec.agent.enabled
-    assert spec.nics[0].queues == 2
+    [nic] = spec.nics
+    assert (nic.mode, nic.forward) == ("user", ("tcp:auto:22",))  # reachable unedited, on a port `up` picks
+    assert "# bridge = \"br0\"" in (tmp_path / "vms/web.toml").read_text()
+    assert result.stderr.splitlines()[1:] == [
+        "vmrun: no SSH public key found in /nonexistent/.ssh (id_ed25519.pub, id_ecdsa.pub, id_rsa.pub): nobody can "
+        "log in to the guest with `vmrun ssh`; make one with: sudo -u nobody ssh-keygen -t ed25519 -f "
+        "/nonexistent/.ssh/id_ed25519 -N '' (then run this init again with --force, or add the key to "
+        "vms/web-user-data.yaml)",
+        "vmrun: wrote vms/web.toml; edit it, then: vmrun validate vms/web.toml",
+    ]
     assert spec.cloud_init is not None and spec.cloud_init.user_data == tmp_path / "vms/web-user-data.yaml"
     assert seed_file_problems(spec) == []
     config = yaml.safe_load(spec.cloud_init.user_data.read_text())

@@ -54,7 +54,7 @@ def test_each_shell_accepts_its_script_and_it_names_every_command(shell: str, tm
 # (the words typed, the cursor's word last) -> what bash offers
 BASH_CASES = {
     ("",): "completion console cp diff down exec export host image init logs man migrate preflight render snapshot ssh "
-           "status up validate",
+           "ssh-config status up validate",
     ("--run-dir", "run", "ex"): "exec export",
     ("--run-dir", "run", "exec", ""): "web",
     ("--run-dir=run", "down", ""): "run specs web",  # VMs, specs and directories
@@ -134,7 +134,8 @@ def test_the_man_page_has_every_command_and_option() -> None:
     page = man_page(build_parser())
     for command in COMMANDS:
         if command not in ("host", "image", "snapshot"):
-            assert f".SS {command}\n" in page, command
+            roff = command.replace("-", "\\-")  # roff writes a hyphen as \-
+            assert f".SS {roff}\n" in page, command
     assert ".SS host iommu\n" in page and ".SS host check\n" in page
     assert all(f".SS snapshot {what}\n" in page for what in ("save", "restore", "rm", "list"))
     assert all(f".SS image {what}\n" in page for what in ("pull", "list", "rm"))
@@ -148,7 +149,7 @@ def test_groff_renders_the_man_page_without_a_warning() -> None:
     rendered = subprocess.run(["groff", "-man", "-Tutf8", "-ww"], input=man_page(build_parser()), capture_output=True,
                               text=True, check=True, timeout=60)
     assert rendered.stderr == ""
-    assert "vmrun cp [-h] [-r] SRC|NAME:SRC NAME:DST|DST" in rendered.stdout
+    assert "vmrun cp [-h] [-r] [--json] SRC|NAME:SRC NAME:DST|DST" in rendered.stdout
 
 
 @needs["bash"]

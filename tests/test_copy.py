@@ -4,6 +4,7 @@ which words name a guest path."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import posixpath
 import stat
@@ -99,7 +100,11 @@ class FakeGuest:
             case ["rm", "-rf", path]:
                 for name in [name for name in self._paths() if name == path or name.startswith(path + "/")]:
                     self._forget(name)
-            case ["mv", "-f" | "-T", source, target]:
+            case ["mv", *options, source, target]:
+                if "-T" in options and target in self.directories:
+                    return 1, b""  # mv -T: cannot overwrite a directory with a non-directory
+                if "-T" not in options and target in self.directories:
+                    target = posixpath.join(target, posixpath.basename(source))  # mv moves into a directory
                 for name in sorted(name for name in self._paths() if name == source or name.startswith(source + "/")):
                     self._move(name, target + name[len(source):])
             case ["mkdir", *paths]:
@@ -196,6 +201,46 @@ def test_a_download_replaces_a_link_at_the_destination_instead_of_writing_throug
     assert (tmp_path / "motd").read_bytes() == b"hello" and not (tmp_path / "motd").is_symlink()
     assert elsewhere.read_text() == "keep"
     assert (tmp_path / "motd").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_upload_into_a_directory_lands_as_dir_slash_name(socket_path: Path, tmp_path: Path) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"hello")
+    guest = FakeGuest({}, directories=("/", "/srv", "/srv/app"))
+    with FakePeer(socket_path, guest):
+        cp.copy("tiny", source, GuestPath("tiny", "/srv/app"), socket_path, agent_timeout=5, say=print)
+    assert guest.files == {"/srv/app/f": b"hello"}
+
+
+def test_an_upload_onto_a_directory_of_the_same_name_is_refused_and_leaves_nothing(
+        socket_path: Path, tmp_path: Path) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"hello")
+    guest = FakeGuest({}, directories=("/", "/srv", "/srv/app", "/srv/app/f"))
+    with FakePeer(socket_path, guest), pytest.raises(UsageError) as refused:
+        cp.copy("tiny", source, GuestPath("tiny", "/srv/app"), socket_path, agent_timeout=5, say=print)
+    assert (str(refused.value), refused.value.exit_code) == (
+        "tiny:/srv/app/f is a directory: cp puts no file in its place", 2)
+    assert guest.files == {} and guest.directories == {"/", "/srv", "/srv/app", "/srv/app/f"}
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_a_download_to_a_name_with_a_trailing_slash_needs_that_directory(
+        socket_path: Path, tmp_path: Path, made: bool) -> None:
+    if made:
+        (tmp_path / "newdir").mkdir()
+    destination = f"{tmp_path}/newdir/"
+    vm, source, target = endpoints("tiny:/etc/motd", destination)
+    with FakePeer(socket_path, FakeGuest({"/etc/motd": b"hello"})), contextlib.ExitStack() as refusal:
+        refused = None if made else refusal.enter_context(pytest.raises(UsageError))
+        cp.copy(vm, source, target, socket_path, into_directory=cp.names_a_directory(destination), agent_timeout=5,
+                say=print)
+    if refused is None:
+        assert (tmp_path / "newdir/motd").read_bytes() == b"hello"
+    else:
+        assert (str(refused.value), refused.value.exit_code) == (f"{tmp_path}/newdir/ is not a directory", 2)
+        assert refused.value.hint == f"mkdir {tmp_path}/newdir first"
+        assert not (tmp_path / "newdir").exists()
 
 
 @pytest.mark.parametrize(("source", "destination", "expected"), [

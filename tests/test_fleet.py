@@ -20,8 +20,9 @@ from vmrun.errors import (
     VmrunError,
 )
 from vmrun.progress import Say
-from vmrun.run.fleet import Fate, Task, run_all, spec_files, summary, worst
+from vmrun.run.fleet import Fate, Task, run_all, summary, worst
 from vmrun.run.lifecycle import Outcome
+from vmrun.spec.load import spec_files
 from vmrun.spec.model import Spec
 
 WAIT = 2.0  # how long a task waits for the others to start: only used up when one cannot start
@@ -187,7 +188,7 @@ def test_a_vm_running_with_another_configuration_is_refused_in_one_word_with_vmr
                                    hint="vmrun up --restart b.toml applies it (a graceful down, then up)")
     [fate] = run_all([("b", failing(differs))], jobs=None, say=say, report=lambda label, e: reported.append((label, e)))
     assert fate.to_json() == {
-        "name": "b", "result": "refused", "outcome": "failed (exit 2)", "exit_code": 2,
+        "name": "b", "spec": None, "result": "refused", "outcome": "failed (exit 2)", "exit_code": 2,
         "errors": ["b runs with another configuration: machine.memory: 64M → 96M"],
         "hint": "vmrun up --restart b.toml applies it (a graceful down, then up)",
     }
@@ -213,8 +214,9 @@ def test_cli_up_and_down_json_list_each_vms_result_on_stdout(
     monkeypatch.setattr("vmrun.run.lifecycle.up", _up_by_name)
     assert main(["--run-dir", str(tmp_path / "run"), "up", "--json", str(fleet)]) == 2
     out = capsys.readouterr().out
-    assert [(vm["name"], vm["result"], vm["exit_code"]) for vm in json.loads(out)] == [
-        (f"{fleet}/c.toml", "invalid", 2), ("a", "started", 0), ("b", "refused", 2)]
+    assert [(vm["name"], vm["spec"], vm["result"], vm["exit_code"]) for vm in json.loads(out)] == [
+        (f"{fleet}/c.toml", f"{fleet}/c.toml", "invalid", 2), ("a", f"{fleet}/a.toml", "started", 0),
+        ("b", f"{fleet}/b.toml", "refused", 2)]
     invalid, started, refused = json.loads(out)
     assert invalid["errors"] == [  # every problem, each a line as vmrun prints it
         f"{fleet}/c.toml: machine.cpus: must be at least 1, got 0",
@@ -225,5 +227,5 @@ def test_cli_up_and_down_json_list_each_vms_result_on_stdout(
 
     assert main(["--run-dir", str(tmp_path / "run"), "down", "--json", "a", "b"]) == 0
     assert json.loads(capsys.readouterr().out) == [
-        {"name": name, "result": "not running", "outcome": "not running", "exit_code": 0, "errors": [], "hint": None}
-        for name in ("a", "b")]
+        {"name": name, "spec": None, "result": "not running", "outcome": "not running", "exit_code": 0, "errors": [],
+         "hint": None} for name in ("a", "b")]

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,8 @@ def test_list_shows_each_image_with_its_url_and_the_vms_that_use_it(
     exit_code, out, _ = run(capsys, tmp_path, "image", "list", "--json")
     rows = {row["digest"]: row for row in json.loads(out)}
     assert exit_code == 0 and rows.keys() == {used, unused}
+    assert rows[used].pop("fetched") == datetime.fromtimestamp(used_path.stat().st_mtime, UTC).isoformat(
+        timespec="seconds")
     assert rows[used] == {"digest": used, "path": str(used_path), "size": 5, "url": f"file://{tmp_path}/"
                           f"image-{used[7:15]}.raw", "used_by": ["web"]}
     assert rows[unused]["used_by"] == []
@@ -282,3 +285,38 @@ def test_rm_refuses_an_image_that_a_vmrun_up_holds_until_its_state_names_it(
         assert path.read_bytes() == content
     assert run(capsys, tmp_path, "image", "rm", digest)[0] == 0
     assert cache_listing(tmp_path) == []  # the last holder took the lock file with it
+
+
+def test_rm_takes_the_start_of_a_digest_as_image_list_shows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, first_path = pulled(capsys, tmp_path, b"first\n")
+    second, _ = pulled(capsys, tmp_path, b"second\n")
+    _, out, _ = run(capsys, tmp_path, "image", "list")
+    shown = next(line.split()[0] for line in out.splitlines() if first[:19] in line)
+    assert shown == f"{first[:19]}…"
+    assert {row["digest"] for row in json.loads(run(capsys, tmp_path, "image", "list", "--json")[1])} == {first, second}
+    exit_code, _, lines = run(capsys, tmp_path, "image", "rm", shown)
+    assert (exit_code, lines) == (0, [f"vmrun: removed {first}"])
+    assert not first_path.exists()
+    exit_code, _, lines = run(capsys, tmp_path, "image", "rm", second[7:12])
+    assert (exit_code, lines) == (0, [f"vmrun: removed {second}"])
+
+
+def test_rm_refuses_the_start_of_no_digest_or_of_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Two contents whose digests start with the same hex digit (of 17, two must).
+    by_digit: dict[str, bytes] = {}
+    for content in (f"{number}\n".encode() for number in range(17)):
+        digit = hashlib.sha256(content).hexdigest()[0]
+        if digit in by_digit:
+            break
+        by_digit[digit] = content
+    digests = [pulled(capsys, tmp_path, both)[0] for both in (by_digit[digit], content)]
+    shared = digit
+    matching = ", ".join(sorted(digests))
+    exit_code, _, lines = run(capsys, tmp_path, "image", "rm", f"sha256:{shared}")
+    assert (exit_code, errors(lines)) == (2, [f"vmrun: error: sha256:{shared} is the start of "
+                                              f"{matching.count(',') + 1} cached images' digests: {matching}"])
+    exit_code, _, lines = run(capsys, tmp_path, "image", "rm", f"sha512:{shared}")
+    assert (exit_code, errors(lines)) == (2, [f"vmrun: error: no cached image's digest starts with sha512:{shared}"])
+    assert len(cache_listing(tmp_path)) == 4

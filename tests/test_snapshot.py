@@ -130,7 +130,7 @@ def test_a_stopped_vms_snapshots_are_listed_and_removed_from_its_disk_files(
     assert (answer["name"], answer["state"]) == ("snap", "stopped")
     assert [(row["tag"], row["vm_state_size"], row["guest_clock"], row["disks"]) for row in answer["snapshots"]] == [
         ("one", 0, 0.0, ["root"]), ("two", 0, 0.0, ["root"])]
-    assert all(row["date"].endswith("Z") for row in answer["snapshots"])
+    assert all(row["date"].endswith("+00:00") for row in answer["snapshots"])
     table = vmrun(tmp_path, "snapshot", "list", str(spec))
     assert table.stdout.splitlines()[0].split() == ["TAG", "DATE", "VM", "STATE", "GUEST", "CLOCK", "DISKS"]
     assert [line.split()[0] for line in table.stdout.splitlines()[1:]] == ["one", "two"]

@@ -3,6 +3,9 @@ the ethtool step and host drift leaving them out, export, a taken port named, an
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -10,17 +13,21 @@ from typing import Any
 
 import pytest
 
+from vmrun.cli.arguments import options_after_name, ssh_options
+from vmrun.cli.main import main
+from vmrun.cli.parser import build_parser
 from vmrun.errors import SpecError, UsageError
 from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests
 from vmrun.export.libvirt import libvirt_domain
 from vmrun.guest.agent import GuestInterface
-from vmrun.guest.ssh import guest_user, ssh_argv, ssh_target, user_data_user
+from vmrun.guest.ssh import guest_user, ssh_argv, ssh_config, ssh_target, user_data_user
+from vmrun.host.ports import bind_error
 from vmrun.host.user import private_keys
 from vmrun.qemu.render import render
 from vmrun.spec.check import check_spec, validate
 from vmrun.spec.load import parse_spec
-from vmrun.spec.model import Accel, Spec
-from vmrun.spec.usernet import Forward, parse_forward, refused_forward
+from vmrun.spec.model import Accel, Nic, Spec
+from vmrun.spec.usernet import Forward, parse_forward, refused_forward, with_host_ports
 from vmrun.state.hostdrift import host_differences
 
 from .common import GOLDEN_FACTS, GOOD_SPEC, golden_paths
@@ -45,12 +52,14 @@ def problems(*nics: dict[str, Any]) -> list[str]:
     ("tcp:2222:22", Forward("tcp", "127.0.0.1", 2222, 22)),
     ("udp:0.0.0.0:5353:53", Forward("udp", "0.0.0.0", 5353, 53)),
     ("tcp:192.0.2.7:65535:1", Forward("tcp", "192.0.2.7", 65535, 1)),
+    ("tcp:auto:22", Forward("tcp", "127.0.0.1", 0, 22)),
 ])
 def test_a_forward_listens_on_loopback_unless_it_names_an_address(text: str, expected: Forward) -> None:
     assert parse_forward(text) == expected
 
 
-HINT = ' (hint: PROTO:[ADDRESS:]HOSTPORT:GUESTPORT, e.g. "tcp:2222:22" or "tcp:0.0.0.0:2222:22")'
+HINT = (' (hint: PROTO:[ADDRESS:]HOSTPORT:GUESTPORT, e.g. "tcp:2222:22", "tcp:0.0.0.0:2222:22" or "tcp:auto:22" '
+        '(a free host port, picked at up))')
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -69,6 +78,28 @@ HINT = ' (hint: PROTO:[ADDRESS:]HOSTPORT:GUESTPORT, e.g. "tcp:2222:22" or "tcp:0
 ])
 def test_malformed_forwards_are_refused_with_their_path(text: str, expected: str) -> None:
     assert problems({**USER_NIC, "forward": [text]}) == [f"nics[0].forward[0]: {expected}{HINT}"]
+
+
+def test_auto_ports_never_clash_and_up_puts_the_picked_ones_in_the_spec_it_runs() -> None:
+    nics = ({**USER_NIC, "forward": ["tcp:auto:22", "tcp:0.0.0.0:auto:80", "udp:5353:53"]},
+            {"id": "net1", "mode": "user", "forward": ["tcp:auto:22"]})
+    assert problems(*nics) == []
+    spec = spec_with_nics(*nics)
+    picked = iter((40001, 40002, 40003))
+    asked: list[tuple[str, int, str]] = []
+
+    def pick(nic: Nic, index: int, forward: Forward) -> int:
+        asked.append((nic.id, index, forward.text))
+        return next(picked)
+
+    runs = with_host_ports(spec, pick)
+    assert [nic.forward for nic in runs.nics] == [
+        ("tcp:127.0.0.1:40001:22", "tcp:0.0.0.0:40002:80", "udp:5353:53"), ("tcp:127.0.0.1:40003:22",)]
+    assert asked == [("net0", 0, "tcp:127.0.0.1:auto:22"), ("net0", 1, "tcp:0.0.0.0:auto:80"),
+                     ("net1", 0, "tcp:127.0.0.1:auto:22")]
+    assert ssh_target(runs, no_agent) == ("127.0.0.1", 40001)
+    argv = render(validate(runs, "t"), GOLDEN_FACTS, golden_paths(runs.name))
+    assert "hostfwd=tcp:127.0.0.1:40001-:22" in " ".join(argv)
 
 
 def test_no_host_port_is_forwarded_twice_in_a_vm_a_wildcard_address_taking_it_on_every_address() -> None:
@@ -172,11 +203,50 @@ QEMU_REFUSAL = ("qemu failed to start: qemu-system-x86_64: -netdev user,id=net1,
 def test_a_taken_host_port_is_named_by_its_forward() -> None:
     spec = spec_with_nics({**USER_NIC, "forward": ["tcp:2222:22"]},
                           {"id": "net1", "mode": "user", "forward": ["udp:0.0.0.0:8080:80", "tcp:0.0.0.0:8080:80"]})
-    refused = refused_forward(spec, QEMU_REFUSAL)
+    refused = refused_forward(spec, QEMU_REFUSAL, lambda forward: errno.EADDRINUSE)
     assert refused is not None and refused.exit_code == 4
     assert str(refused) == ("nics[1].forward[1] (tcp:0.0.0.0:8080:80): qemu could not listen on host port "
                             "0.0.0.0:8080 (tcp): something else holds it")
-    assert refused_forward(spec, "qemu failed to start: could not open disk image") is None
+    assert refused_forward(spec, "qemu failed to start: could not open disk image", bind_error) is None
+
+
+@pytest.mark.parametrize(("forward", "error", "said", "hint"), [
+    ("tcp:80:80", errno.EACCES, "127.0.0.1:80 (tcp): only root may listen on a port below 1024",
+     "forward a host port from 1024 up, or run vmrun as root"),
+    ("tcp:192.0.2.1:8080:80", errno.EADDRNOTAVAIL, "192.0.2.1:8080 (tcp): 192.0.2.1 is no address of this host",
+     "forward from 127.0.0.1, 0.0.0.0 (every address) or one `ip -4 addr` lists"),
+])
+def test_a_refused_forward_says_why_the_host_refused_it(forward: str, error: int, said: str, hint: str) -> None:
+    spec = spec_with_nics({**USER_NIC, "forward": [forward]})
+    rule = parse_forward(forward).hostfwd
+    refused = refused_forward(spec, f"Could not set up host forwarding rule '{rule}'", lambda _: error)
+    assert refused is not None
+    assert (str(refused), refused.hint) == (f"nics[0].forward[0] ({forward}): qemu could not listen on host port "
+                                            f"{said}", hint)
+
+
+def test_the_host_tells_a_foreign_address_from_a_port_in_use() -> None:
+    assert bind_error(parse_forward("tcp:192.0.2.1:8080:80")) == errno.EADDRNOTAVAIL
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        assert bind_error(parse_forward(f"tcp:{taken}:22")) == errno.EADDRINUSE
+    assert bind_error(parse_forward(f"tcp:{taken}:22")) is None
+
+
+def test_validate_warns_a_user_who_is_not_root_of_a_port_below_1024(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "web.toml"
+    spec.write_text('name = "web"\n[boot]\nkernel = "k"\n[[nics]]\nid = "net0"\nmode = "user"\n'
+                    'forward = ["tcp:80:80", "tcp:8080:8080"]\n')
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"vmrun: {spec}: ok",
+        f"vmrun: warning: {spec}: nics[0].forward[0]: host port 80 is below 1024: only root may listen there "
+        "(hint: run vmrun up as root, or forward a host port from 1024 up)",
+    ]
 
 
 # --- vmrun ssh ----------------------------------------------------------------------------------------
@@ -241,6 +311,35 @@ def test_ssh_argv_keeps_host_keys_per_vm_and_the_command_after_the_host() -> Non
         "-o", 'UserKnownHostsFile="/var/lib/vmrun/web/known_hosts"', "-o", "StrictHostKeyChecking=accept-new",
         "-o", 'IdentityFile="/home/alice/.ssh/id_ed25519"', "--", "127.0.0.1", "ls", "-l", "a b",
     ]
+
+
+@pytest.mark.parametrize("words", [
+    ["ssh", "web", "-o", "ForwardAgent=yes", "-l", "bob", "-o", "LocalForward=8080 127.0.0.1:80", "--", "ls", "-l"],
+    ["ssh", "-o", "ForwardAgent=yes", "-l", "bob", "web", "-o", "LocalForward=8080 127.0.0.1:80", "ls", "-l"],
+])
+def test_ssh_passes_options_through_before_its_own_wherever_they_are_given(words: list[str]) -> None:
+    args = options_after_name(build_parser().parse_args(words), ssh_options)
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    argv = ssh_argv(address="127.0.0.1", port=40001, user=args.user, known_hosts=Path("/s/web/known_hosts"),
+                    identities=[], options=args.option, command=command)
+    assert argv == ["ssh", "-o", "ForwardAgent=yes", "-o", "LocalForward=8080 127.0.0.1:80", "-p", "40001",
+                    "-l", "bob", "-o", 'UserKnownHostsFile="/s/web/known_hosts"', "-o",
+                    "StrictHostKeyChecking=accept-new", "--", "127.0.0.1", "ls", "-l"]
+
+
+def test_ssh_config_is_a_host_block_with_what_vmrun_ssh_uses() -> None:
+    assert ssh_config(host="vmrun-web", address="127.0.0.1", port=40001, user="alice",
+                      known_hosts=Path("/var/lib/vmrun/web/known_hosts"),
+                      identities=[Path("/home/alice/.ssh/id_ed25519")]) == (
+        "Host vmrun-web\n"
+        "  HostName 127.0.0.1\n"
+        "  Port 40001\n"
+        "  User alice\n"
+        '  UserKnownHostsFile "/var/lib/vmrun/web/known_hosts"\n'
+        "  StrictHostKeyChecking accept-new\n"
+        '  IdentityFile "/home/alice/.ssh/id_ed25519"\n')
+    with pytest.raises(UsageError, match="cannot be written in an ssh_config"):
+        ssh_config(host="vmrun-web", address="127.0.0.1", port=22, user="a b", known_hosts=Path("/k"), identities=[])
 
 
 @pytest.mark.parametrize(("state_dir", "option"), [

@@ -66,3 +66,10 @@ def format_duration(seconds: float) -> str:
     if seconds == int(seconds):
         return f"{int(seconds)}s"
     return f"{round(seconds * 1000)}ms"
+
+
+def iso_time(seconds: float) -> str:
+    """A moment in --json output: ISO 8601 in UTC, to the second (2026-12-06T02:41:10+00:00)."""
+    from datetime import UTC, datetime  # only --json output needs it
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")

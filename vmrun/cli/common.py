@@ -40,11 +40,39 @@ def _stderr_line(line: str) -> None:
     sys.stderr.flush()
 
 
+def print_json(value: object) -> None:
+    import json
+
+    print(json.dumps(value, indent=1))
+
+
+def error_json(error: VmrunError) -> dict[str, object]:
+    """`errors` and `hint` as every --json output gives them: the lines stderr shows, without `vmrun: error: `."""
+    return {"errors": error.lines(), "hint": error.hint}
+
+
 def report(error: VmrunError, *, prefix: str = "") -> None:
     for line in error.lines():
         _stderr_line(f"vmrun: error: {'' if line.startswith(prefix) else prefix}{line}")
     if error.hint:
         _stderr_line(f"vmrun: hint: {prefix}{error.hint}")
+
+
+def writable_file(path: Path) -> None:
+    """Refuse, before anything is written, an output path that cannot become a file: every output is checked
+    first, so a command that writes two files writes neither when the second cannot be."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory", hint="-o names the file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: {path.parent} is not a directory", hint=f"mkdir -p {path.parent}")
+
+
+def write_file(path: Path, text: str) -> None:
+    writable_file(path)
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def checked_spec(path: str, args: argparse.Namespace) -> Spec:

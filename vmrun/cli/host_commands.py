@@ -6,9 +6,14 @@ import argparse
 import json
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vmrun.cli.common import checked_image_url, checked_spec, host_of, on_cached_bases, places_of, say
+from vmrun.cli.common import checked_image_url, checked_spec, host_of, on_cached_bases, places_of, print_json, say
 from vmrun.errors import UsageError
+from vmrun.units import iso_time
+
+if TYPE_CHECKING:
+    from vmrun.spec.images import Digest
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
@@ -63,17 +68,22 @@ def cmd_image_pull(args: argparse.Namespace) -> int:
         digest = parse_digest(checked_image_url(args.source, args.digest))
         assert digest is not None
         with cache.using(args.source, digest, say) as path:
-            print(path)
-        return 0
-    if args.digest:
-        raise UsageError("--digest goes with a URL; a spec names its digests itself")
-    spec = checked_spec(args.source, args)
-    if not url_bases(spec):
-        say(f"{args.source}: no disk has a base given by URL; nothing to fetch")
-    with bases_in_use(spec, cache, say):
-        pass
-    for found in url_bases(spec):
-        print(cache.path_of(found.digest))
+            pulled = [{"url": args.source, "digest": str(digest), "path": str(path)}]
+    else:
+        if args.digest:
+            raise UsageError("--digest goes with a URL; a spec names its digests itself")
+        spec = checked_spec(args.source, args)
+        if not url_bases(spec):
+            say(f"{args.source}: no disk has a base given by URL; nothing to fetch")
+        with bases_in_use(spec, cache, say):
+            pass
+        pulled = [{"url": found.url, "digest": str(found.digest), "path": str(cache.path_of(found.digest)),
+                   "name": spec.name, "spec": args.source} for found in url_bases(spec)]
+    if args.json:
+        print_json(pulled)
+    else:
+        for image in pulled:
+            print(image["path"])
     return 0
 
 
@@ -85,7 +95,7 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     images = ImageCache(places.image_cache).images()
     users = image_users(places)
     rows = [{"digest": str(image.digest), "path": str(image.path), "size": image.size, "url": image.url,
-             "used_by": users.of(image.digest)} for image in images]
+             "fetched": iso_time(image.fetched), "used_by": users.of(image.digest)} for image in images]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -99,26 +109,42 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_digest(text: str, cached: list[Digest]) -> Digest:
+    """A whole digest, or the start of one cached image's (as docker takes an id): `image list` shows 12 hex
+    digits and an ellipsis, which may come along when copied."""
+    from vmrun.spec.images import DIGEST_LENGTHS, digest_problem, parse_digest
+
+    whole = parse_digest(text)
+    if whole is not None:
+        return whole
+    start = text.removesuffix("…").lower()
+    algorithm, colon, hex_start = start.rpartition(":")
+    if (colon and algorithm not in DIGEST_LENGTHS) or not hex_start or not set(hex_start) <= set(HEX_DIGITS):
+        raise UsageError(digest_problem(text) or text, hint=LIST_HINT)
+    matches = [digest for digest in cached
+               if digest.hex.startswith(hex_start) and algorithm in ("", digest.algorithm)]
+    if not matches:
+        raise UsageError(f"no cached image's digest starts with {text}", hint=LIST_HINT)
+    if len(matches) > 1:
+        raise UsageError(f"{text} is the start of {len(matches)} cached images' digests: "
+                         f"{', '.join(map(str, matches))}", hint="give more of the digest")
+    return matches[0]
+
+
+HEX_DIGITS = "0123456789abcdef"
+LIST_HINT = "vmrun image list shows the cached digests"
 IN_USE_NOW = "a vmrun up (or preflight) is using it right now"
 
 
 def cmd_image_rm(args: argparse.Namespace) -> int:
     from vmrun.run.imagecache import ImageCache, image_users
-    from vmrun.spec.images import digest_problem, parse_digest
 
     places = places_of(args)
     cache = ImageCache(places.image_cache)
     if args.unused == bool(args.digests):
         raise UsageError("name the images to remove, or --unused", hint="vmrun image rm DIGEST... | --unused")
-    if args.unused:
-        digests = [image.digest for image in cache.images()]
-    else:
-        digests = []
-        for text in args.digests:
-            digest = parse_digest(text)
-            if digest is None:
-                raise UsageError(digest_problem(text) or text, hint="vmrun image list shows the cached digests")
-            digests.append(digest)
+    cached = [image.digest for image in cache.images()]
+    digests = cached if args.unused else [_named_digest(text, cached) for text in args.digests]
     digests = list(dict.fromkeys(digests))  # one lock each
     missing = [digest for digest in digests if not cache.path_of(digest).is_file()]
     with ExitStack() as held:
@@ -130,9 +156,13 @@ def cmd_image_rm(args: argparse.Namespace) -> int:
         if users.unknown:
             raise UsageError(f"which images {', '.join(users.unknown)} use is unknown (damaged state)",
                              hint="vmrun down --force them first")
+        kept: list[dict[str, str]] = []
         if args.unused:
             for digest in busy:
                 say(f"kept {digest}: {IN_USE_NOW}")
+                kept.append({"digest": str(digest), "reason": IN_USE_NOW})
+            kept += [{"digest": str(digest), "reason": f"the base of {', '.join(users.of(digest))}"}
+                     for digest in digests if digest not in busy and users.of(digest)]
             digests = [digest for digest in digests if digest not in busy and not users.of(digest)]
         elif busy:
             raise UsageError(f"cannot remove {', '.join(map(str, busy))}: {IN_USE_NOW}",
@@ -149,4 +179,6 @@ def cmd_image_rm(args: argparse.Namespace) -> int:
         raise UsageError(f"not in the image cache {places.image_cache}: {', '.join(map(str, missing))}")
     if not digests:
         say("no unused images")
+    if args.json:
+        print_json({"removed": [str(digest) for digest in digests], "kept": kept})
     return 0

@@ -8,8 +8,6 @@ import json
 import os
 import sys
 
-import attrs
-
 from vmrun.cli.common import host_of, places_of, say, vm_name
 from vmrun.errors import UsageError
 
@@ -25,7 +23,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     remote = Remote.parse(args.to, args.rsh, args.remote_vmrun)
     moved = migrate(name, remote, host_of(args), places_of(args), timeout=args.timeout, say=say)
     if args.json:
-        print(json.dumps(attrs.asdict(moved)))
+        print(json.dumps(moved.to_json()))
     else:
         say(f"{name} migrated to {remote.host} in {_ms(moved.total_ms)} (downtime {_ms(moved.downtime_ms)}, "
             f"{_mib(moved.bytes)} sent)")

@@ -10,7 +10,15 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vmrun import __version__
-from vmrun.cli.guest_commands import cmd_console, cmd_cp, cmd_exec, cmd_logs, cmd_ssh
+from vmrun.cli.arguments import (
+    JSON_HELP,
+    exec_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    ssh_options,
+)
+from vmrun.cli.guest_commands import cmd_console, cmd_cp, cmd_exec, cmd_logs, cmd_ssh, cmd_ssh_config
 from vmrun.cli.host_commands import (
     cmd_host_check,
     cmd_host_iommu,
@@ -29,20 +37,6 @@ from vmrun.cli.migrate_commands import cmd_migrate
 from vmrun.cli.spec_commands import cmd_export, cmd_init, cmd_render, cmd_validate
 from vmrun.cli.vm_commands import cmd_diff, cmd_down, cmd_status, cmd_up
 from vmrun.host.dirs import default_image_cache, default_run_root, default_state_root
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 1024")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 86400:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds between 0 and 86400")
-    return value
 
 
 def _global_options(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +65,8 @@ _VALUE_OPTIONS = ("--host-root", "--run-dir", "--state-dir", "--cache-dir")
 
 
 def _validate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("specs", nargs="+", metavar="SPEC")
+    parser.add_argument("specs", nargs="+", metavar="SPEC|DIR", help="a directory means its *.toml specs")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     parser.set_defaults(handler=cmd_validate)
 
 
@@ -89,6 +84,7 @@ def _init(parser: argparse.ArgumentParser) -> None:
                         help="boot this cloud image (a path or an https/http/file URL) through an overlay; also "
                         "writes NAME-user-data.yaml")
     parser.add_argument("--digest", metavar="DIGEST", help="with a URL --base: the image's sha256: or sha512: digest")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     parser.set_defaults(handler=cmd_init)
 
 
@@ -164,9 +160,7 @@ def _snapshot(parser: argparse.ArgumentParser) -> None:
 
 def _exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
-    parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="S", help="default: 60")
-    parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    exec_options(parser)
     parser.set_defaults(handler=cmd_exec)
 
 
@@ -176,10 +170,19 @@ def _ssh(parser: argparse.ArgumentParser) -> None:
         "reports. Host keys are kept in the VM's state directory."
     )
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ssh_options(parser)
+    parser.set_defaults(handler=cmd_ssh)
+
+
+def _ssh_config(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print an ssh_config Host block (vmrun-NAME) that reaches the running guest as `vmrun ssh NAME` does: "
+        "vmrun ssh-config web >> ~/.ssh/config, then ssh vmrun-web (or scp, rsync, an editor's remote mode)."
+    )
+    parser.add_argument("name", metavar="NAME")
     parser.add_argument("-l", "--user", help="default: the user the spec's cloud-init user-data creates, else yours")
     parser.add_argument("-i", "--identity", metavar="FILE", help="the private key (default: ssh's own choice)")
-    parser.set_defaults(handler=cmd_ssh)
+    parser.set_defaults(handler=cmd_ssh_config)
 
 
 def _cp(parser: argparse.ArgumentParser) -> None:
@@ -195,12 +198,15 @@ def _cp(parser: argparse.ArgumentParser) -> None:
                         help="copy a directory as a new tree (DST/NAME if DST is a directory, else DST); links "
                              "inside are copied as links, FIFOs and devices skipped")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     parser.set_defaults(handler=cmd_cp)
 
 
 def _logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the VM runs")
+    parser.add_argument("-f", "--follow", action="store_true",
+                        help="keep printing, across restarts (each run's log from its start), until Ctrl-C")
+    parser.add_argument("-n", "--tail", type=non_negative_int, metavar="N", help="only the last N lines")
     parser.set_defaults(handler=cmd_logs)
 
 
@@ -249,6 +255,7 @@ def _image(parser: argparse.ArgumentParser) -> None:
     pull = image_commands.add_parser("pull", help="download a spec's URL bases (or one URL) into the cache")
     pull.add_argument("source", metavar="SPEC|URL")
     pull.add_argument("--digest", metavar="DIGEST", help="with a URL: sha256:<hex> or sha512:<hex>")
+    pull.add_argument("--json", action="store_true", help=JSON_HELP)
     pull.set_defaults(handler=cmd_image_pull)
     listing = image_commands.add_parser("list", help="cached images: digest, size, which VMs use them, URL")
     listing.add_argument("--json", action="store_true")
@@ -256,6 +263,7 @@ def _image(parser: argparse.ArgumentParser) -> None:
     remove = image_commands.add_parser("rm", help="remove cached images no VM with a run directory uses")
     remove.add_argument("digests", nargs="*", metavar="DIGEST")
     remove.add_argument("--unused", action="store_true", help="every image no VM uses")
+    remove.add_argument("--json", action="store_true", help=JSON_HELP)
     remove.set_defaults(handler=cmd_image_rm)
 
 
@@ -294,6 +302,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "snapshot": ("save the running VM at one instant, go back to it, list and remove snapshots", _snapshot),
     "exec": ("run a command in the guest over the agent", _exec),
     "ssh": ("ssh to the guest (a user-mode forward of port 22, or an address the agent reports)", _ssh),
+    "ssh-config": ("print an ssh_config Host block for the guest, as `vmrun ssh` reaches it", _ssh_config),
     "cp": ("copy a file into or out of a running guest over the agent", _cp),
     "logs": ("print the serial console log", _logs),
     "console": ("attach to the serial console", _console),

@@ -12,13 +12,17 @@ from typing import TYPE_CHECKING
 from vmrun.cli.common import (
     checked_image_url,
     checked_spec,
+    error_json,
     facts_for_display,
     host_of,
     on_cached_bases,
     places_of,
+    print_json,
     report,
     run_paths,
     say,
+    writable_file,
+    write_file,
 )
 from vmrun.errors import SpecError, UsageError, VmrunError
 
@@ -29,28 +33,46 @@ if TYPE_CHECKING:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    import os
+
+    from vmrun.spec.load import spec_files
+    from vmrun.spec.usernet import privileged_forwards
+
     errors: list[VmrunError] = []
-    for path in args.specs:
+    rows: list[dict[str, object]] = []
+    for path in map(str, spec_files(args.specs)):
         try:
-            checked_spec(path, args)
+            spec = checked_spec(path, args)
         except VmrunError as error:
             errors.append(error)
-        else:
-            say(f"{path}: ok")
+            rows.append({"spec": path, "name": None, "valid": False, **error_json(error), "warnings": []})
+            continue
+        say(f"{path}: ok")
+        # Valid for root, so a warning: whoever runs `up` decides.
+        warnings = [str(warning) for warning in privileged_forwards(spec)] if os.geteuid() != 0 else []
+        for warning in warnings:
+            say(f"warning: {path}: {warning}")
+        rows.append({"spec": path, "name": spec.name, "valid": True, "errors": [], "hint": None,
+                     "warnings": warnings})
     for invalid in errors:
         report(invalid)
+    if args.json:
+        print_json(rows)
     return max((invalid.exit_code for invalid in errors), default=0)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from vmrun.host.facts import choose_accel
     from vmrun.qemu.render import render
+    from vmrun.spec.usernet import auto_forwards
 
     spec = checked_spec(args.spec, args)
     facts = facts_for_display(args, spec, "rendering")
     argv = render(spec, facts, run_paths(args, spec.name))
     accel = choose_accel(spec, facts)
     say(f"accel {accel.accel}: {accel.reason}")
+    for where, forward in auto_forwards(spec):
+        say(f"{where} ({forward.text}): vmrun up picks a free host port; shown here as 0")
     if spec.qemu.extra_args:
         say(f"the last {len(spec.qemu.extra_args)} arguments are qemu.extra_args, passed verbatim "
             "(only the options vmrun refuses are checked)")
@@ -69,13 +91,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     problems = list(check_name(SpecModel(name=args.name)))
     if problems:
-        raise UsageError(str(problems[0]), hint=problems[0].hint)
+        # The hint goes on its own line, not also inside the message.
+        raise UsageError(f"{problems[0].path}: {problems[0].message}", hint=problems[0].hint)
     digest = checked_image_url(args.base, args.digest) if args.base and is_url(args.base) else None
     target = Path(args.output or f"{args.name}.toml")
     user_data = target.parent / user_data_file(args.name) if args.base else None
     for path in (target, user_data):
-        if path is not None and path.exists() and not args.force:
+        if path is None:
+            continue
+        writable_file(path)
+        if path.exists() and not args.force:
             raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
+    user: str | None = None
+    keys: list[str] = []
     if args.base:
         # As the spec will name it: relative to the spec's directory, as every relative path in a spec is.
         base = args.base if digest else os.path.relpath(Path(args.base).resolve(), target.parent.resolve())
@@ -84,11 +112,28 @@ def cmd_init(args: argparse.Namespace) -> int:
         keys = public_keys(host.home_dir(name))
         user = ROOT_STANDIN if name == "root" else name
         assert user_data is not None
-        user_data.write_text(starter_user_data(user, keys))
+        write_file(user_data, starter_user_data(user, keys))
         say(f"wrote {user_data}: user {user}, {len(keys)} SSH key(s), sudo")
-    target.write_text(starter_spec(args.name, str(target), base=base if args.base else None, digest=digest))
+        if not keys:
+            _no_key(name, host.home_dir(name), user_data, running_as=host.current_user().name)
+    write_file(target, starter_spec(args.name, str(target), base=base if args.base else None, digest=digest))
     say(f"wrote {target}; edit it, then: vmrun validate {target}")
+    if args.json:
+        print_json({"name": args.name, "spec": str(target), "user_data": str(user_data) if user_data else None,
+                    "user": user, "ssh_keys": len(keys) if args.base else None,
+                    "base": args.base})
     return 0
+
+
+def _no_key(name: str, home: Path | None, user_data: Path, *, running_as: str) -> None:
+    """Without a key in the user-data, nothing logs in to the guest: say how to make one, as who."""
+    from vmrun.host.user import PUBLIC_KEY_FILES
+
+    where = home / ".ssh" if home is not None else Path("~/.ssh")
+    as_user = f"sudo -u {name} " if name != running_as else ""
+    say(f"no SSH public key found in {where} ({', '.join(PUBLIC_KEY_FILES)}): nobody can log in to the guest "
+        f"with `vmrun ssh`; make one with: {as_user}ssh-keygen -t ed25519 -f {where}/id_ed25519 -N ''"
+        f" (then run this init again with --force, or add the key to {user_data})")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -126,7 +171,7 @@ def _write_export(args: argparse.Namespace, exported: Export) -> int:
     for note in exported.notes:
         say(f"not expressible in {args.format}: {note}")
     if args.output:
-        Path(args.output).write_text(exported.text)
+        write_file(Path(args.output), exported.text)
     else:
         sys.stdout.write(exported.text)
     return 0
@@ -137,7 +182,7 @@ def kubevirt_export(args: argparse.Namespace) -> Export:
     cannot be mapped (every such problem reported, exit 2)."""
     from vmrun.export.kubevirt import CloudInitTexts, kubevirt_manifests, unmappable
     from vmrun.guest.cloudinit import seed_texts
-    from vmrun.run.fleet import spec_files
+    from vmrun.spec.load import spec_files
 
     specs: dict[str, tuple[str, Spec, CloudInitTexts]] = {}
     refused: list[VmrunError] = []

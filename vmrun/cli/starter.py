@@ -46,14 +46,7 @@ cache = "none"            # none | writeback | writethrough | directsync | unsaf
 aio = "native"            # threads | native | io_uring
 discard = true
 
-[[nics]]
-id = "net0"
-queues = 2                # queue pairs, at most machine.cpus; vmrun runs `ethtool -L <if> combined N` in the guest
-vhost = "auto"            # true | false | auto
-# bridge = "br0"          # attach the tap to this existing bridge{bridge_comment}
-# mode = "user"           # or qemu's own network, no root and no tap (then drop queues and vhost)...
-# forward = ["tcp:2222:22"]   # ...reached through host ports: 127.0.0.1:2222 to the guest's sshd (`vmrun ssh`)
-
+{nics}
 # [[shares]]              # VirtFS (9p): mount -t 9p -o trans=virtio,version=9p2000.L data /mnt
 # id = "data"
 # path = "/srv/data"
@@ -72,6 +65,31 @@ timeout = "{agent_timeout}"
 # [[post_boot]]           # run in the guest over the agent after boot
 # run = ["/bin/sh", "-c", "echo hello"]
 # timeout = "60s"
+"""
+
+_TAP_NIC = """\
+[[nics]]
+id = "net0"
+queues = 2                # queue pairs, at most machine.cpus; vmrun runs `ethtool -L <if> combined N` in the guest
+vhost = "auto"            # true | false | auto
+# bridge = "br0"          # attach the tap to this existing bridge
+# mode = "user"           # or qemu's own network, no root and no tap (then drop queues and vhost)...
+# forward = ["tcp:auto:22"]   # ...reached through a host port `up` picks, to the guest's sshd (`vmrun ssh`)
+"""
+
+# A cloud image's first boot needs a package mirror (for the agent) and the host needs a way to its sshd:
+# qemu's own network gives both with no host change, and a picked port lets two VMs share one template.
+_USER_NIC = """\
+[[nics]]
+id = "net0"
+mode = "user"             # qemu's own network: outbound NAT, no root, no tap, no host change
+forward = ["tcp:auto:22"] # the guest's sshd on a free host port `vmrun up` picks; `vmrun ssh NAME` finds it
+# Or the host's network through a tap on a bridge (root; the guest then needs a mirror reachable on it):
+# [[nics]]
+# id = "net0"
+# bridge = "br0"          # attach the tap to this existing bridge
+# queues = 2              # queue pairs, at most machine.cpus; vmrun runs `ethtool -L <if> combined N` in the guest
+# vhost = "auto"          # true | false | auto
 """
 
 _BASE_LINES = """\
@@ -107,7 +125,7 @@ def starter_spec(name: str, file: str, *, base: str | None = None, digest: str |
     if base is None:
         return _TEMPLATE.format(
             **values, intro=_EMPTY_DISK_INTRO, firmware="bios", base_lines="", cloud_init="",
-            size_comment="created empty by `vmrun up` when missing", bridge_comment="", agent_timeout="120s",
+            size_comment="created empty by `vmrun up` when missing", nics=_TAP_NIC, agent_timeout="120s",
         )
     return _TEMPLATE.format(
         **values,
@@ -116,7 +134,7 @@ def starter_spec(name: str, file: str, *, base: str | None = None, digest: str |
         base_lines=_BASE_LINES.format(base_line="\n".join(
             [_toml_line("base", base), *([_DOWNLOADED, _toml_line("base_digest", digest)] if digest else [])])),
         size_comment="the overlay's virtual size (at least the image's); cloud-init grows the root partition",
-        bridge_comment="; the user-data's packages: need it",
+        nics=_USER_NIC,
         cloud_init=_CLOUD_INIT.format(name=name, user_data_line=_toml_line("user_data", user_data_file(name))),
         # A first boot runs cloud-init, which installs the agent: minutes under TCG.
         agent_timeout="600s",
@@ -141,8 +159,8 @@ users:
     shell: /bin/bash
 {key_lines}
 # Cloud images rarely ship the QEMU guest agent, which `vmrun up` waits for: install and start it.
-# This needs the guest to reach a package mirror (nics[0].bridge); without one, drop these lines
-# and set agent.enabled = false in the spec.
+# This needs the guest to reach a package mirror (the user-mode NIC gives it the host's way out);
+# without one, drop these lines and set agent.enabled = false in the spec.
 packages: [qemu-guest-agent]
 runcmd:
   - [systemctl, start, qemu-guest-agent]

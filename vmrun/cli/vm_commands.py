@@ -43,15 +43,23 @@ def cmd_up(args: argparse.Namespace) -> int:
             return Fate(spec.name, str(outcome))
         return task
 
+    import attrs
+
     specs, refused = load_valid_specs(args)
     tasks = [(spec.name, task_for(spec, path)) for path, spec in specs]
-    return _finish(refused + run_all(tasks, jobs=args.jobs, say=say, report=_reporter(args)), as_json=args.json)
+    spec_of = {spec.name: str(path) for path, spec in specs}
+    fates = [attrs.evolve(fate, spec=spec_of.get(fate.name)) for fate in run_all(tasks, jobs=args.jobs, say=say,
+                                                                                  report=_reporter(args))]
+    return _finish(refused + fates, as_json=args.json)
 
 
 def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]], list[Fate]]:
     """Every SPEC and each DIR's specs (args.specs), validated; an invalid one (or a second spec of one name) is
     reported and becomes a refused fate, and the others go on."""
-    from vmrun.run.fleet import Fate, spec_files
+    import attrs
+
+    from vmrun.run.fleet import Fate
+    from vmrun.spec.load import spec_files
 
     specs: dict[str, tuple[Path, Spec]] = {}
     refused: list[Fate] = []
@@ -62,7 +70,8 @@ def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]],
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:
             report(error)
-            refused.append(Fate.of_error(str(path), f"invalid (exit {error.exit_code})", error, result="invalid"))
+            refused.append(attrs.evolve(Fate.of_error(str(path), f"invalid (exit {error.exit_code})", error,
+                                                      result="invalid"), spec=str(path)))
             continue
         specs[spec.name] = (path, spec)
     return list(specs.values()), refused
@@ -74,7 +83,7 @@ def vm_names_of(args: argparse.Namespace) -> list[str]:
         from vmrun.state.vmstate import vm_names
 
         return vm_names(places_of(args).run_root)
-    from vmrun.run.fleet import spec_files
+    from vmrun.spec.load import spec_files
 
     if not args.vms:
         raise UsageError("name the VMs to stop", hint="vmrun down NAME|SPEC|DIR... or vmrun down --all")

@@ -69,18 +69,25 @@ def upload(agent: GuestAgent, source: Path, destination: GuestPath) -> Copied:
     with local:
         mode = _regular_file_mode(os.fstat(local.fileno()).st_mode, str(source))
         target = destination.path
-        if target.endswith("/") or guest_run(agent, ["test", "-d", target], check=False).ok:
+        if target.endswith("/") or _is_guest_directory(agent, target):
             target = posixpath.join(target, source.name)
+            if _is_guest_directory(agent, target):  # mv would put the file inside it, under its temporary name
+                raise UsageError(f"{destination.vm}:{target} is a directory: cp puts no file in its place")
         temporary = beside(target)
         try:
             size = send(agent, local, source, temporary)
             # qemu-ga creates files 0666 whatever the umask.
             guest_run(agent, ["chmod", f"{mode:o}", temporary])
-            guest_run(agent, ["mv", "-f", temporary, target])
+            # -T: a directory made there meanwhile fails the rename instead of receiving the temporary file.
+            guest_run(agent, ["mv", "-f", "-T", temporary, target])
         except BaseException:
             remove_in_guest(agent, temporary)
             raise
     return Copied(size, GuestPath(destination.vm, target))
+
+
+def _is_guest_directory(agent: GuestAgent, path: str) -> bool:
+    return guest_run(agent, ["test", "-d", path], check=False).ok
 
 
 def send(agent: GuestAgent, local: BinaryIO, source: Path, guest_path: str) -> int:
@@ -123,14 +130,16 @@ def remove_in_guest(agent: GuestAgent, path: str) -> None:
         guest_run(agent, ["rm", "-rf", path], check=False)
 
 
-def download(agent: GuestAgent, source: GuestPath, destination: Path) -> Copied:
+def download(agent: GuestAgent, source: GuestPath, destination: Path, *, into_directory: bool = False) -> Copied:
+    """into_directory: the destination was named with a trailing slash, so it must be a directory, as with cp."""
     handle = agent.open_file(source.path, "rb")  # first, so a missing file is told in the agent's words
     try:
         mode = _regular_file_mode(_guest_mode(agent, source.path), str(source))
         if destination.is_dir():
             target = destination / posixpath.basename(source.path)
-        elif str(destination).endswith("/"):
-            raise UsageError(f"{destination} is not a directory")
+        elif into_directory:
+            raise UsageError(f"{destination}/ is not a directory",
+                             hint=None if destination.exists() else f"mkdir {destination} first")
         else:
             target = destination
         _replaceable(target)

@@ -38,17 +38,24 @@ def endpoints(source: str, destination: str) -> tuple[str, GuestPath | Path, Gue
     return in_guest[0].vm, *ends
 
 
+def names_a_directory(text: str) -> bool:
+    """A trailing slash says the destination is a directory, as it does to cp (a Path drops the slash)."""
+    return text.endswith("/")
+
+
 def copy(vm: str, source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
-         recursive: bool = False, agent_timeout: float, say: Say) -> None:
-    """One file; with recursive, a directory source is copied as a tree (vmrun/guest/copytree.py)."""
+         recursive: bool = False, into_directory: bool = False, agent_timeout: float, say: Say) -> Copied:
+    """One file; with recursive, a directory source is copied as a tree (vmrun/guest/copytree.py).
+    into_directory: the destination was written with a trailing slash."""
     try:
-        _copy(source, destination, agent_socket, recursive=recursive, agent_timeout=agent_timeout, say=say)
+        return _copy(source, destination, agent_socket, recursive=recursive, into_directory=into_directory,
+                     agent_timeout=agent_timeout, say=say)
     except AgentError as error:
         raise AgentError(f"{vm}: {error}", hint=error.hint) from error
 
 
 def _copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket: Path, *,
-          recursive: bool, agent_timeout: float, say: Say) -> None:
+          recursive: bool, into_directory: bool, agent_timeout: float, say: Say) -> Copied:
     with GuestAgent(agent_socket) as agent:
         agent.wait_ready(timeout=agent_timeout)
         started = time.monotonic()
@@ -59,7 +66,7 @@ def _copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket:
             if recursive and guest_run(agent, ["test", "-d", source.path], check=False).ok:
                 copied = copytree.download_tree(agent, source, destination, say=say)
             else:
-                copied = download(agent, source, destination)
+                copied = download(agent, source, destination, into_directory=into_directory)
         else:
             assert isinstance(destination, GuestPath)
             agent.require(*CALLS, "guest-file-write", purpose="to copy a file into the guest")
@@ -69,3 +76,4 @@ def _copy(source: GuestPath | Path, destination: GuestPath | Path, agent_socket:
                 copied = upload(agent, source, destination)
     seconds = time.monotonic() - started
     say(f"{copied} in {seconds:.1f} s ({copied.size / 2**20 / max(seconds, 1e-3):.1f} MiB/s)")
+    return copied

@@ -70,14 +70,37 @@ def _user_name(entry: Any) -> str | None:
 
 
 def ssh_argv(*, address: str, port: int, user: str, known_hosts: Path, identities: Iterable[Path],
-             command: Sequence[str]) -> list[str]:
-    """ssh's argv; after "--" ssh reads no option, so a command such as `ls -l` stays the command."""
+             command: Sequence[str], options: Sequence[str] = ()) -> list[str]:
+    """ssh's argv; after "--" ssh reads no option, so a command such as `ls -l` stays the command. The caller's
+    options come first: ssh keeps the first value it reads of each, so they override vmrun's."""
     return [
-        "ssh", "-p", str(port), "-l", user,
-        "-o", f"UserKnownHostsFile={_ssh_config_path(known_hosts)}", "-o", "StrictHostKeyChecking=accept-new",
-        # IdentityFile, not -i: ssh checks a -i path as written but opens it %-expanded, so a path with % fails.
-        *(option for identity in identities for option in ("-o", f"IdentityFile={_ssh_config_path(identity)}")),
+        "ssh", *(word for option in options for word in ("-o", option)), "-p", str(port), "-l", user,
+        *(word for key, value in _options(known_hosts, identities) for word in ("-o", f"{key}={value}")),
         "--", address, *command,
+    ]
+
+
+def ssh_config(*, host: str, address: str, port: int, user: str, known_hosts: Path,
+               identities: Iterable[Path]) -> str:
+    """The same as an ssh_config Host block: `ssh -F FILE HOST`, or Include it from ~/.ssh/config."""
+    if any(char.isspace() or char in "#\"" for char in host):
+        raise UsageError(f"{host!r} cannot be an ssh_config Host name")
+    lines = [f"Host {host}", f"  HostName {address}", f"  Port {port}", f"  User {_ssh_config_word(user)}",
+             *(f"  {key} {value}" for key, value in _options(known_hosts, identities))]
+    return "\n".join(lines) + "\n"
+
+
+def _ssh_config_word(word: str) -> str:
+    if not word or any(char.isspace() or char in "\"\\%#$" for char in word):
+        raise UsageError(f"{word!r} cannot be written in an ssh_config", hint="-l names another user")
+    return word
+
+
+def _options(known_hosts: Path, identities: Iterable[Path]) -> list[tuple[str, str]]:
+    return [
+        ("UserKnownHostsFile", _ssh_config_path(known_hosts)), ("StrictHostKeyChecking", "accept-new"),
+        # IdentityFile, not -i: ssh checks a -i path as written but opens it %-expanded, so a path with % fails.
+        *(("IdentityFile", _ssh_config_path(identity)) for identity in identities),
     ]
 
 

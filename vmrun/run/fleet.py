@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from vmrun.errors import ConfigurationDiffers, UsageError, VmrunError
+from vmrun.errors import ConfigurationDiffers, VmrunError
 from vmrun.progress import Say
 from vmrun.record import Record
 from vmrun.signals import for_workers, shielded, sigterm_interrupts
@@ -37,29 +36,15 @@ class Fate(Record):
     result: str = attrs.field(default=attrs.Factory(lambda fate: fate.outcome, takes_self=True))
     errors: tuple[str, ...] = ()
     hint: str | None = None
+    spec: str | None = None  # the spec file it came from, when one was read
 
     @classmethod
     def of_error(cls, label: str, outcome: str, error: VmrunError, *, result: str = "failed") -> Fate:
         return cls(label, outcome, error.exit_code, result=result, errors=tuple(error.lines()), hint=error.hint)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "result": self.result, "outcome": self.outcome, "exit_code": self.exit_code,
-                "errors": list(self.errors), "hint": self.hint}
-
-
-def spec_files(arguments: Sequence[str]) -> list[Path]:
-    """Each SPEC as given; each DIR as its *.toml files, sorted."""
-    files: list[Path] = []
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            found = sorted(path.glob("*.toml"))
-            if not found:
-                raise UsageError(f"{path}: no *.toml specs in this directory")
-            files += found
-        else:
-            files.append(path)
-    return files
+        return {"name": self.name, "spec": self.spec, "result": self.result, "outcome": self.outcome,
+                "exit_code": self.exit_code, "errors": list(self.errors), "hint": self.hint}
 
 
 def worst(codes: Sequence[int]) -> int:

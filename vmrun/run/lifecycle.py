@@ -5,23 +5,26 @@ from __future__ import annotations
 import enum
 import importlib
 import itertools
+import os
 import shlex
 import shutil
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import attrs
 
 from vmrun.crashpoints import crash_point
 from vmrun.errors import AgentError, ConfigurationDiffers, LaunchError, PreflightError, UsageError
-from vmrun.files import partial_of, write_whole
+from vmrun.files import open_to_read, partial_of, write_whole
 from vmrun.guest.cloudinit import Seed, make_seed, prepare_seed
 from vmrun.host.facts import HostFacts, gather_facts
+from vmrun.host.ports import bind_error, free_port
 from vmrun.host.system import Host, format_cpu_list
 from vmrun.preflight.apply import apply_plan, hugepages_held, kept_on_down, ksm_restore_value, undo_changes
 from vmrun.preflight.changes import OnDown
@@ -42,8 +45,8 @@ from vmrun.record import Record
 from vmrun.signals import for_workers, shielded, sigterm_interrupts
 from vmrun.spec.images import url_bases, with_cached_bases
 from vmrun.spec.load import converter
-from vmrun.spec.model import Firmware, Spec
-from vmrun.spec.usernet import refused_forward, tap_nics
+from vmrun.spec.model import Firmware, Nic, Spec
+from vmrun.spec.usernet import AUTO_PORT, Forward, forwards, is_user, refused_forward, tap_nics, with_host_ports
 from vmrun.state.drift import Configuration, differences
 from vmrun.state.hostdrift import host_differences
 from vmrun.state.locations import Places, RunPaths
@@ -51,6 +54,7 @@ from vmrun.state.locks import host_lock, vm_busy, vm_lock
 from vmrun.state.vmstate import (
     DamagedJournal,
     DamagedState,
+    PortForward,
     StateJournal,
     VmState,
     has_run,
@@ -191,10 +195,34 @@ def _end_run(
             return
         for target in (paths.uefi_vars, paths.cloud_init_seed):  # what a killed `up` was writing
             partial_of(target).unlink(missing_ok=True)
+        _keep_console_log(paths, say)
         remove_run_dir(paths)
     if problems:
         raise _could_not_undo(name, problems, "--force removed its run dir anyway: these stay on the host until "
                                               "undone by hand")
+
+
+def _keep_console_log(paths: RunPaths, say: Say) -> None:
+    """The run's console log outlives its run dir, for `vmrun logs` after a down or a failed up: what the
+    guest said last is what one wants to read then. Keeping it never fails the down."""
+    try:
+        # Not followed: qemu's user may write in the run dir, and root copies this file.
+        log = open_to_read(paths.console_log, follow_links=False)
+    except OSError:
+        return  # no qemu ran, or it wrote no log
+    try:
+        with log:
+            if not stat.S_ISREG(os.fstat(log.fileno()).st_mode):
+                return
+            paths.make_state_dir()
+            write_whole(paths.last_console_log, lambda partial: _copy_to(log, partial))
+    except OSError as exc:
+        say(f"could not keep the console log in {paths.last_console_log}: {exc.strerror}")
+
+
+def _copy_to(source: BinaryIO, target: Path) -> None:
+    with target.open("wb") as copy:
+        shutil.copyfileobj(source, copy)
 
 
 def _could_not_undo(name: str, problems: list[str], hint: str) -> PreflightError:
@@ -231,6 +259,7 @@ def _say_plan(plan: Plan, say: Say) -> None:
 def _preflight(
     spec: Spec, spec_path: Path, host: Host, places: Places, facts: HostFacts, *,
     configuration: Configuration, show: Callable[[Plan], None], say: Say,
+    port_forwards: tuple[PortForward, ...] = (),
 ) -> tuple[Plan, StateJournal]:
     """Plan and apply the host changes under the host lock, journaled in a new run directory."""
     paths = places.of(spec.name)
@@ -247,6 +276,7 @@ def _preflight(
             vfio=tuple(vfio.host for vfio in spec.vfio),
             spec=converter.unstructure(spec),
             seed_id=configuration.seed_id,
+            forwards=port_forwards,
         ))
         crash_point("after creating the run directory")
         try:
@@ -290,10 +320,11 @@ def up(
     paths = places.of(spec.name)
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
+        running = running_state(host, paths, spec.name)
+        asked, spec = spec, with_host_ports(spec, _port_picker(running, pick_free=True))
         configuration, seed = _configuration(spec, spec_path, facts, paths)
         argv = list(configuration.argv)
         outcome = Outcome.STARTED
-        running = running_state(host, paths, spec.name)
         if running is not None:
             changed = _running_differences(running, configuration, host, as_root=facts.drop_privileges,
                                            pid=read_pid(paths))
@@ -310,7 +341,7 @@ def up(
             _clear_dead_run(host, places, spec.name, say)
             plan, journal = _preflight(
                 spec, spec_path, host, places, facts, configuration=configuration,
-                show=lambda plan: _say_plan(plan, say), say=say,
+                show=lambda plan: _say_plan(plan, say), say=say, port_forwards=_port_forwards(asked, spec),
             )
         if plan.changes:
             say(f"preflight: {len(plan.changes)} host change(s) applied")
@@ -362,6 +393,31 @@ def _configuration(
     return Configuration(spec, argv, seed.instance_id if seed else None), seed
 
 
+def _port_picker(running: VmState | None, *, pick_free: bool) -> Callable[[Nic, int, Forward], int]:
+    """The host port for an ``auto`` forward: the one a running VM got (so it stays "up to date" and keeps its
+    port across a restart), else a free one; without pick_free, a placeholder that differs from any port."""
+    kept = {(forward.nic, forward.index, forward.forward): forward.host_port
+            for forward in (running.forwards if running is not None else ())}
+
+    def pick(nic: Nic, index: int, forward: Forward) -> int:
+        port = kept.get((nic.id, index, forward.text))
+        if port is not None:
+            return port
+        return free_port(forward.protocol, forward.address) if pick_free else AUTO_PORT
+
+    return pick
+
+
+def _port_forwards(asked: Spec, runs: Spec) -> tuple[PortForward, ...]:
+    """Each user-mode forward as the spec asks it and as the VM runs it."""
+    return tuple(
+        PortForward(nic=nic.id, index=index, forward=asked_forward.text, protocol=forward.protocol,
+                    address=forward.address, host_port=forward.host_port, guest_port=forward.guest_port)
+        for nic, running_nic in zip(asked.nics, runs.nics, strict=True) if is_user(nic)
+        for index, (asked_forward, forward) in enumerate(zip(forwards(nic), forwards(running_nic), strict=True))
+    )
+
+
 def drift(spec: Spec, spec_path: Path, host: Host, places: Places) -> list[str] | None:
     """How the running VM differs from its spec now (empty: up to date); None when it is not running.
     Reads only: nothing untrusted is executed to render."""
@@ -370,7 +426,7 @@ def drift(spec: Spec, spec_path: Path, host: Host, places: Places) -> list[str] 
     if state is None:
         return None
     facts = gather_facts(host, spec.qemu.binary)
-    now, _ = _configuration(spec, spec_path, facts, paths)
+    now, _ = _configuration(with_host_ports(spec, _port_picker(state, pick_free=False)), spec_path, facts, paths)
     return _running_differences(state, now, host, as_root=facts.drop_privileges, pid=read_pid(paths))
 
 
@@ -406,7 +462,7 @@ def _launch(spec: Spec, host: Host, argv: list[str], paths: RunPaths, *, memlock
     try:
         return launch(host, argv, paths, memlock=memlock)
     except LaunchError as exc:
-        refused = refused_forward(spec, str(exc))
+        refused = refused_forward(spec, str(exc), bind_error)
         if refused is None:
             raise
         raise refused from exc

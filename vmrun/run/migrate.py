@@ -101,6 +101,9 @@ class Moved(Record):
     total_ms: int | None
     bytes: int | None
 
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
 
 def unmovable(spec: Spec) -> list[Problem]:
     """What no live migration can take along: the device itself stays on this host."""

@@ -23,6 +23,7 @@ from vmrun.spec.model import Disk, DiskFormat, Spec
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import vm_lock
 from vmrun.state.vmstate import recorded_configuration
+from vmrun.units import iso_time
 
 if TYPE_CHECKING:
     from vmrun.qemu.monitor import Monitor
@@ -55,7 +56,7 @@ class Snapshot(Record):
     vm_state_disk: str | None  # the disk that holds its RAM
 
     def to_json(self) -> dict[str, Any]:
-        return {"tag": self.tag, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.date)),
+        return {"tag": self.tag, "date": iso_time(self.date),
                 "vm_state_size": self.vm_state_size, "guest_clock": self.guest_clock, "disks": list(self.disks)}
 
 

@@ -10,7 +10,7 @@ import enum
 import functools
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -27,7 +27,7 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from vmrun.errors import Problem, SpecError
+from vmrun.errors import Problem, SpecError, UsageError
 from vmrun.record import Record
 from vmrun.spec.images import is_url
 from vmrun.spec.model import (
@@ -520,3 +520,18 @@ def dump_spec(spec: Spec) -> str:
     import tomli_w  # writing TOML is rare; reading specs, the common case, needs none of it
 
     return tomli_w.dumps(converter.unstructure(spec))
+
+
+def spec_files(arguments: Sequence[str]) -> list[Path]:
+    """Each SPEC as given; each DIR as its *.toml files, sorted."""
+    files: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(path.glob("*.toml"))
+            if not found:
+                raise UsageError(f"{path}: no *.toml specs in this directory")
+            files += found
+        else:
+            files.append(path)
+    return files

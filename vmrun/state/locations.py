@@ -43,6 +43,11 @@ class RunPaths(Record):
         return self.run_dir / "console.log"
 
     @property
+    def last_console_log(self) -> Path:
+        """The console log of the VM's last run, kept when its run dir goes (`vmrun logs` after down)."""
+        return self.state_dir / "console.log"
+
+    @property
     def pidfile(self) -> Path:
         return self.run_dir / "qemu.pid"
 

@@ -45,6 +45,19 @@ class DamagedState(UsageError):
 
 
 @attrs.frozen(repr=False)
+class PortForward(Record):
+    """A user-mode forward as the VM runs it, with the host port `up` picked for an ``auto`` one."""
+
+    nic: str
+    index: int  # in the NIC's forward list
+    forward: str  # as the spec writes it: "tcp:auto:22"
+    protocol: str
+    address: str
+    host_port: int
+    guest_port: int
+
+
+@attrs.frozen(repr=False)
 class VmState(Record):
     """Written before the first host change and before and after each one, so that whatever instant
     vmrun dies at, `down` or the next `up` knows what to undo."""
@@ -63,6 +76,7 @@ class VmState(Record):
     wants_ksm: bool = False
     spec: dict[str, Any] | None = None  # the spec it started from, for drift (vmrun diff, declarative up)
     seed_id: str | None = None  # the instance-id of its cloud-init seed
+    forwards: tuple[PortForward, ...] = ()  # its user-mode port forwards, the ports picked for `auto` ones
 
     def to_json(self) -> str:
         return json.dumps(converter.unstructure(self), indent=1) + "\n"
