@@ -134,6 +134,6 @@ def guestless_spec(vmrun: Vmrun) -> Callable[..., Path]:
     def make(name: str = "bare", extra: str = "", *, agent: bool = False, cpus: int = 1) -> Path:
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(vmrun.spec_dir / f"{name}.raw"), "1M"],
                        check=True)
-        return vmrun.spec.model(guestless_toml(name, extra, cpus=cpus, agent=agent), f"{name}.toml")
+        return vmrun.spec(guestless_toml(name, extra, cpus=cpus, agent=agent), f"{name}.toml")
 
     return make

@@ -92,7 +92,7 @@ def debian(vmrun: Vmrun, reachable_tmp: Path, ssh_key: Path) -> Iterator[tuple[S
         # A first boot takes 40-50 s on an idle 2-core host; the tests of other branches may share it.
         agent={**data["agent"], "timeout": "900s"},
     )
-    spec = vmrun.spec.model(tomli_w.dumps(data), "debian.toml")
+    spec = vmrun.spec(tomli_w.dumps(data), "debian.toml")
     before = sha256(BASE)
     up = vmrun("up", str(spec), timeout=600)
     try:

@@ -48,7 +48,7 @@ def tiny_spec(vmrun: Vmrun, name: str, *, disks: list[dict[str, object]], nic: b
         boot={**data["boot"], "kernel": str(IMAGES / "vmlinuz"), "initrd": str(IMAGES / "initrd.gz")},
         disks=disks, **sections,
     )
-    return vmrun.spec.model(tomli_w.dumps(data), f"{name}.toml")
+    return vmrun.spec(tomli_w.dumps(data), f"{name}.toml")
 
 
 def guest(vmrun: Vmrun, name: str, script: str) -> str:
@@ -63,7 +63,7 @@ def test_guest_writes_reach_the_overlays_never_the_base_and_down_deletes_only_th
 ) -> None:
     base = make_base(reachable_tmp / "base.raw")
     kept, scratch = reachable_tmp / "kept.qcow2", reachable_tmp / "scratch.qcow2"
-    user_data = vmrun.spec.model("#cloud-config\nwrite_files: []\n", "user-data.yaml")
+    user_data = vmrun.spec("#cloud-config\nwrite_files: []\n", "user-data.yaml")
     spec = tiny_spec(vmrun, "ovl", disks=[
         {"id": "kept", "path": str(kept), "base": str(base), "format": "qcow2", "size": "16M"},
         {"id": "scratch", "path": str(scratch), "base": str(base), "format": "qcow2", "ephemeral": True},

@@ -130,7 +130,7 @@ def test_two_nics_writable_share_and_the_queue_step_restores_pairs(
         shares=[{"id": "work", "path": str(share), "tag": "work"}],
         post_boot=[{"run": ["sh", "-c", "echo from a hook > /mnt/work/from-hook.txt"]}],
     )
-    spec_path = vmrun.spec.model(tomli_w.dumps(data), "tiny2.toml")
+    spec_path = vmrun.spec(tomli_w.dumps(data), "tiny2.toml")
     up = vmrun("up", str(spec_path))
     try:
         assert up.returncode == 0, up.stderr

@@ -29,7 +29,7 @@ def free_port() -> int:
 @pytest.mark.skipif(not (IMAGES / "vmlinuz").exists(), reason="tiny guest not built: run integration/tiny-guest/build")
 def test_a_host_port_reaches_a_guest_listener_and_restrict_keeps_the_guest_in(vmrun: Vmrun) -> None:
     port = free_port()
-    spec = vmrun.spec.model(tomli_w.dumps({
+    spec = vmrun.spec(tomli_w.dumps({
         "name": "tiny-user",
         "machine": {"cpus": 1, "memory": "256M"},
         "boot": {"kernel": str(IMAGES / "vmlinuz"), "initrd": str(IMAGES / "initrd.gz"), "append": "console=ttyS0"},

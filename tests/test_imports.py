@@ -22,7 +22,7 @@ NOT_LOADED = frozenset({
     "vmrun.run.lifecycle", "vmrun.preflight.plan", "vmrun.state.vmstate", "vmrun.qemu.process", "vmrun.run.fleet",
     "vmrun.qemu.monitor", "vmrun.guest.agent", "vmrun.state.drift", "qemu.qmp", "asyncio", "concurrent.futures",
     "hashlib", "pycdlib", "yaml", "tomli_w", "difflib", "uuid", "vmrun.run.imagecache", "rich", "urllib.request",
-    "http.client",
+    "http.client", "sh",
 })
 
 # The command runs in a fresh interpreter, as from a shell; its output goes to a file so the module list

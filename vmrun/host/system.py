@@ -16,7 +16,6 @@ import stat
 import threading
 import time
 import zlib
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -369,35 +368,6 @@ class Host(Record):
         except OSError as exc:
             return exc.errno != errno.ENOTSUP
         return True
-
-    def start_daemon(self, argv: list[str], *, memlock: int | None, timeout: float) -> None:
-        """Run a self-daemonizing program (qemu -daemonize) until it returns; its stderr on failure.
-
-        Through subprocess, not the sh library: measured side by side (12 rounds of an agent-less `up`), sh
-        cost each launch ~35 ms of CPU and ~40-100 ms of wall time: its import (importlib.metadata and
-        asyncio, which then loads before qemu starts instead of while it does) and its reader and
-        watcher threads. subprocess is loaded anyway, for the host tools."""
-        import subprocess
-
-        # VFIO pins all guest RAM: the limit is raised in the child before exec, while still root.
-        raise_memlock = None if memlock is None else partial(
-            resource.setrlimit, resource.RLIMIT_MEMLOCK, (memlock, memlock))
-        try:
-            # qemu's daemon child closes the inherited pipes once it runs, so stderr ends when qemu is up.
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, timeout=timeout,
-                                    preexec_fn=raise_memlock)
-        except FileNotFoundError as exc:
-            raise HostCommandError(f"{argv[0]} not found") from exc
-        except OSError as exc:
-            raise HostCommandError(f"{argv[0]}: {exc.strerror}") from exc
-        except subprocess.TimeoutExpired as exc:  # run() has killed it
-            raise HostCommandError(f"{argv[0]} did not finish starting within {timeout:g} s") from exc
-        except subprocess.SubprocessError as exc:  # the memlock limit could not be raised
-            raise HostCommandError(f"{argv[0]}: {exc}") from exc
-        if result.returncode != 0:
-            stderr = result.stderr.decode(errors="replace").strip()
-            raise HostCommandError(stderr or f"exit status {result.returncode}")
 
     def is_root_user(self) -> bool:
         return os.geteuid() == 0

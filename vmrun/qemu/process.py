@@ -1,16 +1,26 @@
-"""One qemu process: start it daemonized, tell whether it lives, stop it step by step."""
+"""One qemu process: start it daemonized through `sh`, tell whether it lives, stop it step by step."""
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import resource
 import signal
+import threading
 import time
+from contextlib import suppress
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from vmrun.crashpoints import crash_point
 from vmrun.errors import LaunchError
-from vmrun.host.system import Host, HostCommandError
 from vmrun.progress import Say
-from vmrun.state.locations import RunPaths
+from vmrun.signals import for_workers
+
+if TYPE_CHECKING:
+    from vmrun.host.system import Host
+    from vmrun.state.locations import RunPaths
 
 KILL_WAIT = 5.0  # seconds qemu gets after quit and after SIGTERM before the next step
 EXIT_POLL = 0.01  # qemu is gone milliseconds after its SHUTDOWN event; a look is a few reads in /proc
@@ -84,15 +94,79 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def launch(host: Host, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
+_sh_loader: threading.Thread | None = None
+
+
+def load_launcher() -> None:
+    """Import `sh` in a thread, once: ~50 ms (asyncio, which the QMP client needs next anyway, and
+    importlib.metadata) spent while `up` waits on the host's tools and files rather than before qemu starts."""
+    global _sh_loader
+    if _sh_loader is None:
+        _sh_loader = import_in_background("sh")
+
+
+def import_in_background(module: str) -> threading.Thread:
+    """A started thread that imports module; join it before the import that needs the module."""
+    loader = threading.Thread(target=_import_quietly, args=(module,), name=f"import {module}", daemon=True)
+    loader.start()
+    return loader
+
+
+def _import_quietly(module: str) -> None:
+    for_workers()  # a Ctrl-C meanwhile is the main thread's, as in a fleet's workers
+    with suppress(Exception):  # the import that needs the module reports its failure
+        importlib.import_module(module)
+
+
+def start_daemon(argv: list[str], *, memlock: int | None, timeout: float) -> None:
+    """Run a self-daemonizing program (qemu -daemonize) through sh until it returns; LaunchError with its own
+    words on failure. No terminal and no stdout pipe: a tty or a reader thread per stream costs each launch
+    milliseconds, and qemu's daemon says nothing there; stderr is kept for the reason of a failure."""
+    load_launcher()
+    assert _sh_loader is not None
+    _sh_loader.join()
+    import sh
+
+    # VFIO pins all guest RAM: the limit is raised in the child before exec, while still root.
+    raise_memlock = None if memlock is None else partial(
+        resource.setrlimit, resource.RLIMIT_MEMLOCK, (memlock, memlock))
+    try:
+        started = sh.Command(argv[0])(*argv[1:], _bg=True, _bg_exc=False, _no_out=True, _tty_out=False,
+                                      _preexec_fn=raise_memlock)
+    except sh.CommandNotFound as exc:
+        raise LaunchError(f"{argv[0]} not found") from exc
+    crash_point("qemu started, its pidfile not yet written")
+    # Not sh's own _timeout: its watcher wakes every 0.1 s and the command's end waits for it. A timer that
+    # kills the program is cancelled the moment it returns.
+    expired = threading.Event()
+
+    def give_up() -> None:
+        expired.set()
+        with suppress(ProcessLookupError):
+            started.kill()
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.start()
+    try:
+        started.wait()
+    except sh.ErrorReturnCode as exc:
+        if expired.is_set():
+            raise LaunchError(f"{argv[0]} did not finish starting within {timeout:g} s") from exc
+        stderr = exc.stderr.decode(errors="replace").strip()
+        raise LaunchError(stderr or f"exit status {exc.exit_code}") from exc
+    finally:
+        watchdog.cancel()
+
+
+def launch(argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
     """Start qemu with -daemonize and return its pid; qemu's own message on failure.
 
     -daemonize returns once qemu has initialized: exit 0 means sockets and pidfile exist,
     and a bad option or device fails at once, so there is nothing to poll for.
     """
     try:
-        host.start_daemon(argv, memlock=memlock, timeout=STARTUP_TIMEOUT)
-    except HostCommandError as exc:
+        start_daemon(argv, memlock=memlock, timeout=STARTUP_TIMEOUT)
+    except LaunchError as exc:
         raise LaunchError(f"qemu failed to start: {exc}", hint=_console_hint(paths)) from exc
     pid = read_pid(paths)
     if pid is None:

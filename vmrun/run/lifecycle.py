@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import enum
-import importlib
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,14 +25,16 @@ from vmrun.qemu.process import (
     KILL_WAIT,
     died_during_startup,
     find_qemu,
+    import_in_background,
     is_our_qemu,
     launch,
+    load_launcher,
     read_pid,
     stop,
     wait_for_exit,
 )
 from vmrun.qemu.render import render
-from vmrun.signals import for_workers, shielded, sigterm_interrupts
+from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec.images import url_bases, with_cached_bases
 from vmrun.spec.load import converter
 from vmrun.spec.model import Firmware, Spec
@@ -241,6 +242,7 @@ def up(
     answering, any failure or interruption undoes it all; an agent that never answers or a failed hook
     leaves the VM up to inspect. `interrupted` lets a caller in another thread stop the agent wait."""
     paths = places.of(spec.name)
+    load_launcher()
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         configuration, seed = _configuration(spec, spec_path, facts, paths)
@@ -273,7 +275,7 @@ def up(
             crash_point("before launching qemu")
             say(f"launching {spec.name}")
             with _importing_meanwhile("vmrun.qemu.monitor"):
-                pid = _launch(spec, host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
+                pid = _launch(spec, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
             say(f"qemu pid {pid}")
             _confirm_running(paths)
@@ -350,9 +352,9 @@ def _abort(host: Host, places: Places, state: VmState, say: Say) -> None:
     _end_run(host, places, state.name, state, say, rollback=True)
 
 
-def _launch(spec: Spec, host: Host, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
+def _launch(spec: Spec, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
     try:
-        return launch(host, argv, paths, memlock=memlock)
+        return launch(argv, paths, memlock=memlock)
     except LaunchError as exc:
         refused = refused_forward(spec, str(exc))
         if refused is None:
@@ -370,20 +372,12 @@ def _checked_program(facts: HostFacts) -> Path:
 @contextmanager
 def _importing_meanwhile(module: str) -> Iterator[None]:
     """Import ``module`` in a thread while the block waits for something else. qemu takes ~50 ms to start,
-    during which vmrun only waits; the QMP client that asks it next (asyncio and qemu.qmp, ~45 ms to
-    import) then costs `up` nothing."""
-    loader = threading.Thread(target=_import_quietly, args=(module,), name=f"import {module}", daemon=True)
-    loader.start()
+    during which vmrun only waits; the QMP client that asks it next (qemu.qmp) then costs `up` nothing."""
+    loader = import_in_background(module)
     try:
         yield
     finally:
         loader.join()
-
-
-def _import_quietly(module: str) -> None:
-    for_workers()  # a Ctrl-C meanwhile is the main thread's, as in a fleet's workers
-    with suppress(Exception):  # the import that needs the module reports its failure
-        importlib.import_module(module)
 
 
 def _confirm_running(paths: RunPaths) -> None:
