@@ -470,7 +470,7 @@ def test_a_damaged_state_file_is_refused_by_down_and_down_force_still_stops_qemu
     # The tap it made stays: the journal that named it is lost, and down says so.
     assert net(f"{name}.n0").exists()
     run("ip", "tuntap", "del", "dev", f"{name}.n0", "mode", "tap", "multi_queue")
-def test_host_drift_of_a_running_vm_is_named_by_diff_and_status_and_mended_by_a_restart(
+def test_host_drift_of_a_running_vm_is_named_by_diff_and_mended_by_a_restart(
     vmrun: Vmrun, spec_with_a_tap: MakeSpec, ksm_restored: str, bridge: str
 ) -> None:
     name = f"h{SUFFIX}"
@@ -488,10 +488,6 @@ def test_host_drift_of_a_running_vm_is_named_by_diff_and_status_and_mended_by_a_
         ksm_off = f"host.ksm: KSM is off on the host ({KSM_RUN} = 0)"
         diff = vmrun("diff", str(spec))
         assert (diff.returncode, diff.stdout) == (6, f"{name}: differs\n  {off_bridge}\n  {ksm_off}\n")
-        [status] = json.loads(vmrun("status", name, "--json").stdout)
-        assert status["host_drift"] == [off_bridge, ksm_off]
-        assert vmrun("status", name).stdout.splitlines()[-2:] == [f"  host drift: {off_bridge}",
-                                                                  f"  host drift: {ksm_off}"]
         refused = vmrun("up", str(spec))
         assert refused.returncode == 2
         assert f"{name} runs with another configuration: {off_bridge}; {ksm_off}" in refused.stderr

@@ -13,8 +13,9 @@ from vmrun.errors import PreflightError, UsageError
 from vmrun.preflight.apply import apply_plan
 from vmrun.run.lifecycle import down, others_than
 from vmrun.run.status import status
+from vmrun.state.glance import state_path
 from vmrun.state.locations import Places, RunPaths
-from vmrun.state.vmstate import StateJournal, VmState, read_state, state_path
+from vmrun.state.vmstate import StateJournal, VmState, read_state
 
 from .fakehost import FakeHost, put
 from .test_preflight import fake_host, make_spec, plan_for

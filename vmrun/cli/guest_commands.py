@@ -85,8 +85,9 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from vmrun.qemu.console import follow_log
+    from vmrun.run.status import existing_paths
 
-    paths = places_of(args).of(vm_name(args.name))
+    paths = existing_paths(places_of(args), vm_name(args.name))
     if not paths.console_log.exists():
         raise UsageError(f"no console log for {args.name}", hint="vmrun status lists the VMs")
     follow_log(paths.console_log, follow=args.follow, alive=lambda: paths.pidfile.exists())

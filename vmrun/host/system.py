@@ -22,13 +22,10 @@ from typing import Any
 import attrs
 
 from vmrun.host.dirs import default_cache_root
+from vmrun.host.view import HostView
 from vmrun.record import Record
 
-_HOST_TREES = ("/sys", "/dev", "/proc", "/etc/passwd", "/etc/group")
 _XATTR_PROBE = "user.vmrun.probe"
-PAGE_SIZE = 4096
-KSM_DIR = "/sys/kernel/mm/ksm"
-KSM_RUN = f"{KSM_DIR}/run"
 
 
 class HostCommandError(Exception):
@@ -73,7 +70,7 @@ class User(Record):
 
 
 @attrs.frozen(repr=False)
-class Host(Record):
+class Host(Record, HostView):
     """Paths are host paths as the kernel names them ("/sys/bus/pci/...").
 
     The host's own trees (sysfs, /dev, /proc, the user database) live under ``root``; the files a spec
@@ -86,21 +83,8 @@ class Host(Record):
     def is_fake(self) -> bool:
         return self.root != Path("/")
 
-    def path(self, host_path: str | Path) -> Path:
-        """Where a host path lives on this machine."""
-        path = Path(host_path)
-        if any(path.is_relative_to(tree) for tree in _HOST_TREES):
-            return self.root / path.relative_to("/")
-        return path
-
     def exists(self, host_path: str | Path) -> bool:
         return self.path(host_path).exists()
-
-    def read(self, host_path: str | Path) -> str | None:
-        try:
-            return self.path(host_path).read_text().strip()
-        except OSError:
-            return None
 
     def read_bytes(self, host_path: str | Path, size: int) -> bytes | None:
         """The first size bytes of a binary file (a PCI function's config space)."""
@@ -109,12 +93,6 @@ class Host(Record):
                 return file.read(size)
         except OSError:
             return None
-
-    def listdir(self, host_path: str | Path) -> list[str]:
-        try:
-            return sorted(os.listdir(self.path(host_path)))
-        except OSError:
-            return []
 
     def link_name(self, host_path: str | Path) -> str | None:
         """The last component of a symlink's target: a sysfs link's driver, group or bridge name."""
@@ -176,9 +154,6 @@ class Host(Record):
             time.sleep(0.02)
         return True
 
-    def process_ids(self) -> list[int]:
-        return [int(name) for name in self.listdir("/proc") if name.isdigit()]
-
     def tap_holders(self, tap: str) -> list[tuple[int, str]]:
         """The processes (pid, command name) that have tap open: the kernel names a tun file's device in its
         fdinfo. Only root sees every process's files; a process that ends meanwhile is skipped."""
@@ -191,28 +166,6 @@ class Host(Record):
                     holders.append((pid, self.read(f"/proc/{pid}/comm") or "?"))
                     break
         return holders
-
-    def process_argv(self, pid: int) -> list[str] | None:
-        """A process's arguments; None when there is no such process, empty while it exits."""
-        try:
-            raw = self.path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
-
-    def process_cmdline(self, pid: int) -> str | None:
-        """A process's command line, arguments joined by spaces; None when there is no such process."""
-        argv = self.process_argv(pid)
-        return None if argv is None else " ".join(argv)
-
-    def process_state(self, pid: int) -> str | None:
-        """The one-letter state of /proc/PID/stat ("R", "S", "Z", ...); None when there is no such process."""
-        try:
-            stat_line = self.path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        after_name = stat_line.rpartition(")")[2].split()  # the process name may hold spaces and parentheses
-        return after_name[0] if after_name else None
 
     def signal(self, pid: int, number: int) -> None:
         try:
@@ -368,18 +321,6 @@ class Host(Record):
         except OSError as exc:
             return exc.errno != errno.ENOTSUP
         return True
-
-    def is_root_user(self) -> bool:
-        return os.geteuid() == 0
-
-    def ksm_stats(self) -> dict[str, int] | None:
-        """KSM's run state and counters, and the bytes it saves; None when the kernel has no KSM."""
-        run = self.read(KSM_RUN)
-        if run is None:
-            return None
-        counters = {name: int(self.read(f"{KSM_DIR}/{name}") or 0)
-                    for name in ("pages_shared", "pages_sharing")}
-        return {"run": int(run), **counters, "bytes_saved": counters["pages_sharing"] * PAGE_SIZE}
 
     def cpu_flags(self) -> frozenset[str]:
         cpuinfo = self.read("/proc/cpuinfo") or ""

@@ -20,6 +20,7 @@ from vmrun.signals import for_workers
 
 if TYPE_CHECKING:
     from vmrun.host.system import Host
+    from vmrun.host.view import HostView
     from vmrun.state.locations import RunPaths
 
 KILL_WAIT = 5.0  # seconds qemu gets after quit and after SIGTERM before the next step
@@ -35,7 +36,7 @@ def read_pid(paths: RunPaths) -> int | None:
         return None
 
 
-def is_our_qemu(host: Host, pid: int | None, name: str) -> bool:
+def is_our_qemu(host: HostView, pid: int | None, name: str) -> bool:
     """The pid still runs *this* VM's qemu (a recycled pid belongs to someone else)."""
     if pid is None:
         return False
@@ -47,7 +48,7 @@ def _names_vm(cmdline: str, name: str) -> bool:
     return f"guest={name},process=vmrun-{name}" in cmdline
 
 
-def is_gone(host: Host, pid: int, name: str) -> bool:
+def is_gone(host: HostView, pid: int, name: str) -> bool:
     """qemu has really exited: no such process, a zombie whose threads have all ended (its files, taps and
     devices are closed), or the pid taken by someone else. An exiting qemu shows an empty command line
     while it still holds its taps and VFIO devices, so an empty command line alone is not gone; and its
@@ -61,7 +62,7 @@ def is_gone(host: Host, pid: int, name: str) -> bool:
     return bool(cmdline) and not is_our_qemu(host, pid, name)
 
 
-def find_qemu(host: Host, paths: RunPaths, name: str) -> int | None:
+def find_qemu(host: HostView, paths: RunPaths, name: str) -> int | None:
     """This run's qemu, alive or still exiting: by its pidfile, else (not written yet, damaged, or taken
     by a -pidfile of qemu.extra_args) by the pidfile path on its command line, which names this run's
     directory, and its -name; a qemu that vmrun lost sight of is still found and stopped."""
@@ -77,7 +78,7 @@ def _started_for(argv: list[str], paths: RunPaths, name: str) -> bool:
     return names_pidfile and _names_vm(" ".join(argv), name)
 
 
-def wait_for_exit(host: Host, pid: int, name: str, timeout: float) -> bool:
+def wait_for_exit(host: HostView, pid: int, name: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not is_gone(host, pid, name):
         if time.monotonic() >= deadline:

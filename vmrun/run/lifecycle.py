@@ -38,22 +38,19 @@ from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec.images import url_bases, with_cached_bases
 from vmrun.spec.load import converter
 from vmrun.spec.model import Firmware, Spec
-from vmrun.spec.usernet import refused_forward, tap_nics
+from vmrun.spec.usernet import forwards, is_user, refused_forward, tap_nics
 from vmrun.state.drift import Configuration, differences
+from vmrun.state.glance import DamagedState, has_run, state_path, vm_names
 from vmrun.state.hostdrift import host_differences
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import host_lock, vm_busy, vm_lock
 from vmrun.state.vmstate import (
-    DamagedState,
     StateJournal,
     VmState,
-    has_run,
     read_state,
     recorded_configuration,
     remove_run_dir,
     salvage_state,
-    state_path,
-    vm_names,
 )
 
 if TYPE_CHECKING:
@@ -201,6 +198,7 @@ def _preflight(
             vfio=tuple(vfio.host for vfio in spec.vfio),
             spec=converter.unstructure(spec),
             seed_id=configuration.seed_id,
+            forwards=tuple(str(forward) for nic in spec.nics if is_user(nic) for forward in forwards(nic)),
         ))
         crash_point("after creating the run directory")
         try:
