@@ -89,7 +89,7 @@ class Vmrun:
                 spec = load_spec(path)
             except VmrunError:
                 continue
-            taps += [nic.host_tap for nic in spec.nics]
+            taps += [nic.host_tap for nic in spec.nics if nic.tap is not None]  # a user-mode NIC has none
             devices += [address for vfio in spec.vfio if (address := pci_address(vfio.host))]
         return taps, devices
 

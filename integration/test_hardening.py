@@ -217,7 +217,7 @@ def test_killed_at_every_crash_point_of_up_then_down_force_leaves_nothing(every_
         "before qemu-img create", "after qemu-img create", "before ip tuntap add", "before ip link set",
         "after ip link set", "before write /sys/kernel/mm/ksm/run", "after write /sys/kernel/mm/ksm/run",
         "state.json.partial written", "OVMF_VARS.fd.partial written", "seed.iso.partial written",
-        "before launching qemu", "after launching qemu",
+        "before launching qemu", "qemu started, its pidfile not yet written", "after launching qemu",
     ]
     assert [kind for kind in expected if not any(kind in point for point in points)] == []
     print(f"{len(points)} crash points in up: {points}")
@@ -248,6 +248,17 @@ def test_killed_at_every_crash_point_of_down_then_a_graceful_down_finishes(every
     ]
     assert [kind for kind in expected if not any(kind in point for point in points)] == []
     print(f"{len(points)} crash points in down: {points}")
+
+
+def test_a_kill_while_qemu_daemonizes_then_down_force_leaves_nothing(vmrun: Vmrun, spec_with_a_tap: MakeSpec) -> None:
+    """Killed between qemu's start and its pidfile: `down --force` at once finds the daemon (and the parent
+    that may still wait for it) by the run's argv, and stops every one before it deletes the tap."""
+    name = f"d{SUFFIX}"
+    up = vmrun("up", str(spec_with_a_tap(name)), kill_at="qemu started, its pidfile not yet written")
+    assert killed_at(up) == "qemu started, its pidfile not yet written", up.stderr
+    down = vmrun("down", "--force", name)
+    assert down.returncode == 0, down.stderr
+    assert_nothing_left(vmrun, name)
 
 
 def test_the_crash_point_variable_alone_does_not_stop_a_run(vmrun: Vmrun, guestless_spec: MakeSpec) -> None:

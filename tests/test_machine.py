@@ -203,3 +203,35 @@ def test_a_running_qemu_is_not_gone_and_a_missing_or_other_process_is_on_a_fake_
     assert not is_gone(host, PID, "db")
     assert is_gone(host, PID, "web")  # the pid now runs another VM's qemu
     assert is_gone(host, PID + 1, "db")
+
+
+@attrs.frozen
+class Daemonizing(Host):
+    """A host where a killed launch left qemu's parent and its daemon child, both with the run's argv and
+    no pidfile yet; each ends on SIGTERM."""
+
+    argv: tuple[str, ...] = ()
+    sent: list[tuple[int, str]] = attrs.field(factory=list)
+
+    def start(self, *pids: int) -> None:
+        for pid in pids:
+            proc = self.path(f"/proc/{pid}")
+            proc.mkdir(parents=True)
+            (proc / "stat").write_text(f"{pid} (qemu-system-x86) S 1 1 1 0")
+            (proc / "cmdline").write_bytes("".join(f"{arg}\0" for arg in self.argv).encode())
+
+    def signal(self, pid: int, number: int) -> None:
+        self.sent.append((pid, signal.Signals(number).name))
+        if number == signal.SIGTERM:
+            shutil.rmtree(self.path(f"/proc/{pid}"))
+
+
+def test_down_force_after_a_kill_during_the_launch_stops_the_daemon_and_its_parent(tmp_path: Path) -> None:
+    paths = RunPaths(run_dir=tmp_path / "run", state_dir=tmp_path / "state")
+    paths.run_dir.mkdir()
+    host = Daemonizing(root=tmp_path / "host", argv=(
+        "qemu-system-x86_64", "-name", f"guest={NAME},process=vmrun-{NAME}", "-pidfile", str(paths.pidfile)))
+    host.start(PID, PID + 1)
+    how = stop(host, paths, NAME, timeout=0.3, force=True, say=[].append)
+    assert (how, host.sent) == ("SIGTERM", [(PID, "SIGTERM"), (PID + 1, "SIGTERM")])
+    assert host.process_ids() == []

@@ -107,8 +107,9 @@ def load_launcher() -> None:
 
 
 def import_in_background(module: str) -> threading.Thread:
-    """A started thread that imports module; join it before the import that needs the module."""
-    loader = threading.Thread(target=_import_quietly, args=(module,), name=f"import {module}", daemon=True)
+    """A started thread that imports module; join it before the import that needs the module. Not a daemon:
+    an interpreter that exits (an early error) while a daemon thread still imports may crash (SIGSEGV)."""
+    loader = threading.Thread(target=_import_quietly, args=(module,), name=f"import {module}")
     loader.start()
     return loader
 
@@ -185,12 +186,18 @@ def died_during_startup(paths: RunPaths) -> LaunchError:
 
 
 def stop(host: Host, paths: RunPaths, name: str, *, timeout: float, force: bool, say: Say) -> str:
-    """powerdown -> wait -> quit -> SIGTERM -> SIGKILL; returns the step that ended qemu."""
+    """powerdown -> wait -> quit -> SIGTERM -> SIGKILL; returns the step that ended qemu. Until no process of
+    this run is left: a vmrun killed while qemu daemonized leaves its parent and its daemon child, both
+    carrying the run's argv, and the first one found may be the parent."""
+    how = "already gone"
+    while (pid := find_qemu(host, paths, name)) is not None:
+        how = _stop_one(host, paths, name, pid, timeout=timeout, force=force, say=say)
+    return how
+
+
+def _stop_one(host: Host, paths: RunPaths, name: str, pid: int, *, timeout: float, force: bool, say: Say) -> str:
     from vmrun.qemu.monitor import Monitor
 
-    pid = find_qemu(host, paths, name)
-    if pid is None:
-        return "already gone"
     try:
         with Monitor(paths.qmp_socket) as monitor:
             monitor.connect(timeout=5)

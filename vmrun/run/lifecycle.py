@@ -341,8 +341,8 @@ def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:
 def _abort(host: Host, places: Places, state: VmState, say: Say) -> None:
     """A failed or interrupted `up`: qemu killed if it runs (found even when its pid was never read),
     host changes undone, run dir removed."""
-    pid = find_qemu(host, places.of(state.name), state.name)
-    if pid is not None:
+    # Each process of the run: stopped while it daemonized, qemu is a parent and its daemon child.
+    while (pid := find_qemu(host, places.of(state.name), state.name)) is not None:
         host.signal(pid, signal.SIGKILL)
         if not wait_for_exit(host, pid, state.name, KILL_WAIT):
             say(f"qemu (pid {pid}) survived SIGKILL; its host changes stay: vmrun down --force {state.name}")
