@@ -26,6 +26,9 @@ DRIFT_EXIT = 6  # vmrun diff: a VM differs from its spec or is not running
 def cmd_up(args: argparse.Namespace) -> int:
     import time
 
+    from vmrun.qemu.process import load_launcher
+
+    load_launcher()  # sh's import reads files while the specs load, and needs no spec
     from vmrun.run.fleet import Fate, run_all
     from vmrun.run.lifecycle import Outcome, up
 
