@@ -82,7 +82,11 @@ def status_against_floors(run_dir: Path) -> dict[str, Timing]:
 def time_vmrun(run_dir: Path, specs: Path, *, with_status: bool) -> tuple[float, float, dict[str, Timing]]:
     """`up DIR`, then (with the fleet up) status, then `down --all`: the seconds of up and of down."""
     up = elapsed(lambda: vmrun(run_dir, "up", str(specs)))
-    statuses = status_against_floors(run_dir) if with_status else {}
+    try:
+        statuses = status_against_floors(run_dir) if with_status else {}
+    except BaseException:
+        vmrun(run_dir, "down", "--all", "--force")  # a failed measurement leaves no fleet running
+        raise
     down = elapsed(lambda: vmrun(run_dir, "down", "--all", "--timeout", "120"))
     return up, down, statuses
 

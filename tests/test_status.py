@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -69,7 +70,12 @@ def test_addresses_are_asked_only_with_a_and_a_silent_agent_is_named(
 ) -> None:
     code, out, err = status(capsys, tmp_path, "web", "-a", "--json")
     [vm] = json.loads(out)
-    assert (code, vm["state"], vm["agent"], vm["addresses"]) == (0, "stopped", False, None)
+    assert (code, vm["state"], vm["agent"], vm["addresses"], err) == (0, "stopped", None, None, "")  # no agent
+    with socket.socket(socket.AF_UNIX) as silent:  # an agent socket nobody answers on
+        silent.bind(str(tmp_path / "web" / "qga.sock"))
+        code, out, err = status(capsys, tmp_path, "web", "-a", "--json")
+    [vm] = json.loads(out)
+    assert (code, vm["agent"], vm["addresses"]) == (0, False, None)
     assert err == "vmrun: the guest agent of web did not answer within 1 s\n"
 
 

@@ -167,7 +167,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     host = ReadOnlyHost(Path(args.host_root))
     names = list(dict.fromkeys(vm_name(vm) for vm in args.vms))
     statuses = status(host, places_of(args), names, addresses=args.addresses)
-    silent = [vm.name for vm in statuses if args.addresses and vm.state in ("running", "stopped") and not vm.agent]
+    silent = [vm.name for vm in statuses if vm.agent is False]
     if silent:
         say(f"the guest agent of {', '.join(silent)} did not answer within {AGENT_PROBE_TIMEOUT:g} s")
     if args.json:

@@ -111,13 +111,14 @@ def _run_state(paths: RunPaths) -> str:
         return "stopped"
 
 
-def probe_agent(paths: RunPaths) -> tuple[bool, dict[str, list[str]] | None]:
-    """Whether the agent answers, and the guest's addresses when it tells them (None: it did not answer)."""
+def probe_agent(paths: RunPaths) -> tuple[bool | None, dict[str, list[str]] | None]:
+    """Whether the agent answers (None: the VM has no agent), and the guest's addresses when it tells them
+    (None: it did not answer)."""
     from vmrun.errors import AgentError
     from vmrun.guest.agent import GuestAgent, addresses_by_interface
 
     if not paths.agent_socket.exists():
-        return False, None
+        return None, None
     try:
         with GuestAgent(paths.agent_socket) as agent:
             agent.wait_ready(timeout=AGENT_PROBE_TIMEOUT)
