@@ -66,8 +66,10 @@ def status(host: HostView, places: Places, names: list[str] | None = None, *,
     if addresses and asked:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=len(asked)) as pool:
-            list(pool.map(lambda vm: _ask(vm, places.of(vm.name)), asked))
+        # QMP and the agent of every VM at once: each waits on its own guest, not on the others.
+        questions = [(question, vm) for vm in asked for question in (_ask_qmp, _ask_agent)]
+        with ThreadPoolExecutor(max_workers=len(questions)) as pool:
+            list(pool.map(lambda pair: pair[0](pair[1], places.of(pair[1].name)), questions))
     return statuses
 
 
@@ -93,10 +95,13 @@ def _status_of(host: HostView, paths: RunPaths, name: str) -> VmStatus:
     )
 
 
-def _ask(vm: VmStatus, paths: RunPaths) -> None:
-    """The run state from QMP (a paused guest is "stopped") and the addresses from the agent."""
+def _ask_qmp(vm: VmStatus, paths: RunPaths) -> None:
+    """A paused guest is "stopped"."""
     if _run_state(paths) != "running":
         vm.state = "stopped"
+
+
+def _ask_agent(vm: VmStatus, paths: RunPaths) -> None:
     vm.agent, vm.addresses = probe_agent(paths)
 
 
