@@ -123,7 +123,7 @@ def test_debian_boots_from_its_overlay_and_cloud_init_applies_the_seed(
     assert current_combined(guest(vmrun, "ethtool", "-l", interface)) == 2
     assert guest(vmrun, "cat", "/mnt/hostshare/en-us") == Path("/usr/share/qemu/keymaps/en-us").read_text()
     # The network-config's static address, as `status` reports it from the agent.
-    [status] = json.loads(vmrun("status", "--json", NAME).stdout)
+    [status] = json.loads(vmrun("status", "-a", "--json", NAME).stdout)
     assert "192.0.2.2/24" in status["addresses"].get(interface, []), (status, guest(vmrun, "ip", "-br", "addr"))
     # ssh through the user-mode NIC's forward, as the user the user-data creates, the host key kept per VM.
     ssh = vmrun("ssh", "-i", str(ssh_key), NAME, "--", "id", "-un", timeout=120)

@@ -89,9 +89,9 @@ def test_guest_writes_reach_the_overlays_never_the_base_and_down_deletes_only_th
         assert sha256(base) == before
         # status shows the guest's addresses as its agent reports them, loopback left out.
         guest(vmrun, "ovl", "ip link set eth0 up && ip addr add 192.0.2.7/24 dev eth0")
-        [status] = json.loads(vmrun("status", "--json", "ovl").stdout)
+        [status] = json.loads(vmrun("status", "-a", "--json", "ovl").stdout)
         assert "192.0.2.7/24" in status["addresses"]["eth0"] and "lo" not in status["addresses"]
-        assert "eth0 192.0.2.7/24" in vmrun("status", "ovl").stdout
+        assert "eth0 192.0.2.7/24" in vmrun("status", "-a", "ovl").stdout
     finally:
         down = vmrun("down", "ovl")
         assert down.returncode == 0, down.stderr

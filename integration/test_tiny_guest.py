@@ -79,10 +79,10 @@ def test_tiny_guest_boots_with_every_device_working(vmrun: Vmrun, tiny: str) -> 
     assert (denied.returncode, denied.stdout, denied.stderr) == (
         1, "", "touch: /mnt/keymaps/written-by-guest: Read-only file system\n")
     assert vmrun("logs", "tiny").stdout.splitlines()[0] == "tiny-guest: ready"
-    [status] = vmrun("status").stdout.splitlines()
+    [status] = vmrun("status", "-a").stdout.splitlines()
     spec = load_spec(TINY)
     address = link_local(spec.nics[0].guest_mac)
-    assert re.fullmatch(rf"tiny +running +pid \d+ +(tcg|kvm) +up \d+s +agent ok +{vmrun.run_root}/tiny  "
+    assert re.fullmatch(rf"tiny +running +pid \d+ +(tcg|kvm) +up \d+s +{vmrun.run_root}/tiny  agent ok  "
                         rf"eth0 {address}/64", status), status
 
 

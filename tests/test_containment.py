@@ -142,7 +142,7 @@ def test_lock_files_live_under_the_run_root_only(tmp_path: Path) -> None:
 
 
 def test_a_linked_or_misnamed_entry_in_the_run_root_is_not_a_vm(tmp_path: Path) -> None:
-    from vmrun.state.vmstate import vm_names
+    from vmrun.state.glance import vm_names
 
     ours = places(tmp_path).of("web")
     create_run_dir(ours, VmState(name="web", spec_path="s", argv=(), accel="tcg", accel_reason="r"))

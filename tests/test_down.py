@@ -15,8 +15,9 @@ from vmrun.errors import PreflightError, UsageError
 from vmrun.preflight.apply import apply_plan
 from vmrun.run.lifecycle import down, others_than
 from vmrun.run.status import status
+from vmrun.state.glance import state_path
 from vmrun.state.locations import Places, RunPaths
-from vmrun.state.vmstate import StateJournal, VmState, journal_path, read_journal, read_state, state_path
+from vmrun.state.vmstate import StateJournal, VmState, journal_path, read_journal, read_state
 
 from .fakehost import FakeHost, FakePci, put
 from .test_preflight import GPU, fake_host, make_spec, plan_for

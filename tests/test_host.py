@@ -96,28 +96,6 @@ def test_host_tools_fail_with_their_own_message() -> None:
     assert Host().run(["echo", "ok"]) == "ok\n"
 
 
-def test_a_daemon_that_fails_to_start_says_why_in_its_own_words() -> None:
-    with pytest.raises(HostCommandError, match="^-accel kvm: no /dev/kvm$"):
-        Host().start_daemon(["sh", "-c", "echo '-accel kvm: no /dev/kvm' >&2; exit 1"], memlock=None, timeout=10)
-    with pytest.raises(HostCommandError, match="no-such-qemu not found"):
-        Host().start_daemon(["no-such-qemu"], memlock=None, timeout=10)
-
-
-def test_a_daemon_starts_with_the_memlock_limit_it_asks_for() -> None:
-    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
-    # Half of what vmrun has: a limit it may always set, and one the child could not inherit.
-    limit = (128 * 2**20 if soft == resource.RLIM_INFINITY else soft) // 2 // 1024 * 1024
-    with pytest.raises(HostCommandError, match=f"^{limit // 1024}$"):  # ulimit -l counts KiB
-        Host().start_daemon(["sh", "-c", "ulimit -l >&2; exit 1"], memlock=limit, timeout=10)
-
-
-def test_a_daemon_start_that_never_returns_is_killed_at_its_timeout(tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
-    with pytest.raises(HostCommandError, match="did not finish starting within 0.3 s"):
-        Host().start_daemon(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"], memlock=None, timeout=0.3)
-    assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
-
-
 def test_wait_for_a_device_node_is_bounded(tmp_path: Path) -> None:
     host = Host(root=tmp_path)
     started = time.monotonic()

@@ -16,6 +16,7 @@ import attrs
 import pytest
 
 from vmrun import crashpoints
+from vmrun.qemu import process
 from vmrun.run import lifecycle
 from vmrun.spec.model import Spec
 from vmrun.state.locations import Places
@@ -29,7 +30,7 @@ MAX_POINTS = 200
 @attrs.frozen
 class QemuHost(FakeHost):
     """A fake host on which qemu -daemonize starts at once (a /proc entry and its pidfile) and ends when
-    signalled."""
+    signalled: its start_daemon stands in for vmrun.qemu.process's."""
 
     def start_daemon(self, argv: list[str], *, memlock: int | None, timeout: float) -> None:
         pid = max((int(name) for name in self.listdir("/proc") if name.isdigit()), default=40000) + 1
@@ -94,11 +95,14 @@ def points(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         yield point, where
 
 
-def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_starts(tmp_path: Path) -> None:
+def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     passed = []
     for point, where in points(tmp_path):
         fake = fake_host(where, (GPU, GPU_AUDIO))
         host = QemuHost(root=fake.root, natural_drivers=fake.natural_drivers)
+        monkeypatch.setattr(process, "start_daemon", host.start_daemon)
         add_bridge(host.root, "br0")
         host.path("/sys/kernel/mm/ksm/run").write_text("0")  # as down writes it back
         before = snapshot(host.root)

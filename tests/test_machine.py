@@ -5,8 +5,10 @@ qemu counts as gone: the moment `down` and a failed `up` may undo the taps and d
 
 from __future__ import annotations
 
+import resource
 import shutil
 import signal
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 
 from vmrun.errors import LaunchError
 from vmrun.host.system import Host
-from vmrun.qemu.process import is_gone, stop
+from vmrun.qemu.process import is_gone, start_daemon, stop
 from vmrun.state.locations import RunPaths
 
 from .fakehost import put
@@ -25,6 +27,37 @@ NAME = "web"
 PID = 4242
 SHUTDOWN_EVENT = {"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"},
                   "timestamp": {"seconds": 1, "microseconds": 0}}
+
+
+def test_a_daemon_that_fails_to_start_says_why_in_its_own_words() -> None:
+    with pytest.raises(LaunchError, match="^-accel kvm: no /dev/kvm$"):
+        start_daemon(["sh", "-c", "echo '-accel kvm: no /dev/kvm' >&2; exit 1"], memlock=None, timeout=10)
+    with pytest.raises(LaunchError, match="no-such-qemu not found"):
+        start_daemon(["no-such-qemu"], memlock=None, timeout=10)
+
+
+def test_a_daemon_starts_with_the_memlock_limit_it_asks_for() -> None:
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    # Half of what vmrun has: a limit it may always set, and one the child could not inherit.
+    limit = (128 * 2**20 if soft == resource.RLIM_INFINITY else soft) // 2 // 1024 * 1024
+    with pytest.raises(LaunchError, match=f"^{limit // 1024}$"):  # ulimit -l counts KiB
+        start_daemon(["sh", "-c", "ulimit -l >&2; exit 1"], memlock=limit, timeout=10)
+
+
+def test_a_daemon_start_that_never_returns_is_killed_at_its_timeout(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    with pytest.raises(LaunchError, match="did not finish starting within 0.3 s"):
+        start_daemon(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"], memlock=None, timeout=0.3)
+    assert not Path(f"/proc/{pidfile.read_text().strip()}").exists()
+
+
+def test_qemu_is_launched_through_sh_without_a_terminal(tmp_path: Path) -> None:
+    """The launcher is the `sh` library, asked for no terminal: qemu's -daemonize has no use for one."""
+    seen = tmp_path / "seen"
+    start_daemon(["sh", "-c", f"for fd in 0 1 2; do test -t $fd && echo $fd; done > {seen}; true"], memlock=None,
+                 timeout=10)
+    assert "sh" in sys.modules
+    assert seen.read_text() == ""
 
 
 @attrs.frozen
@@ -170,3 +203,35 @@ def test_a_running_qemu_is_not_gone_and_a_missing_or_other_process_is_on_a_fake_
     assert not is_gone(host, PID, "db")
     assert is_gone(host, PID, "web")  # the pid now runs another VM's qemu
     assert is_gone(host, PID + 1, "db")
+
+
+@attrs.frozen
+class Daemonizing(Host):
+    """A host where a killed launch left qemu's parent and its daemon child, both with the run's argv and
+    no pidfile yet; each ends on SIGTERM."""
+
+    argv: tuple[str, ...] = ()
+    sent: list[tuple[int, str]] = attrs.field(factory=list)
+
+    def start(self, *pids: int) -> None:
+        for pid in pids:
+            proc = self.path(f"/proc/{pid}")
+            proc.mkdir(parents=True)
+            (proc / "stat").write_text(f"{pid} (qemu-system-x86) S 1 1 1 0")
+            (proc / "cmdline").write_bytes("".join(f"{arg}\0" for arg in self.argv).encode())
+
+    def signal(self, pid: int, number: int) -> None:
+        self.sent.append((pid, signal.Signals(number).name))
+        if number == signal.SIGTERM:
+            shutil.rmtree(self.path(f"/proc/{pid}"))
+
+
+def test_down_force_after_a_kill_during_the_launch_stops_the_daemon_and_its_parent(tmp_path: Path) -> None:
+    paths = RunPaths(run_dir=tmp_path / "run", state_dir=tmp_path / "state")
+    paths.run_dir.mkdir()
+    host = Daemonizing(root=tmp_path / "host", argv=(
+        "qemu-system-x86_64", "-name", f"guest={NAME},process=vmrun-{NAME}", "-pidfile", str(paths.pidfile)))
+    host.start(PID, PID + 1)
+    how = stop(host, paths, NAME, timeout=0.3, force=True, say=[].append)
+    assert (how, host.sent) == ("SIGTERM", [(PID, "SIGTERM"), (PID + 1, "SIGTERM")])
+    assert host.process_ids() == []

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from vmrun.errors import UsageError
+from vmrun.state.glance import state_path, vm_names
 from vmrun.state.locations import Places, RunPaths
-from vmrun.state.vmstate import VmState, create_run_dir, read_state, state_path, vm_names, write_state
+from vmrun.state.vmstate import VmState, create_run_dir, read_state, write_state
 
 from .common import REPO
 

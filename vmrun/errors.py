@@ -8,18 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import attrs
 
-from vmrun.record import Record
+class Problem:
+    """One mistake, located by its path inside the spec (``nics[0].queues``).
 
+    A plain class, not attrs: every command imports this module, and `status` must not pay attrs' import."""
 
-@attrs.frozen(repr=False)
-class Problem(Record):
-    """One mistake, located by its path inside the spec (``nics[0].queues``)."""
+    __slots__ = ("hint", "message", "path")
 
-    path: str
-    message: str
-    hint: str | None = None
+    def __init__(self, path: str, message: str, hint: str | None = None) -> None:
+        self.path, self.message, self.hint = path, message, hint
+
+    def _fields(self) -> tuple[str, str, str | None]:
+        return self.path, self.message, self.hint
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"Problem(path={self.path!r}, message={self.message!r}, hint={self.hint!r})"
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.message}" if self.path else self.message

@@ -70,6 +70,6 @@ def format_duration(seconds: float) -> str:
 
 def iso_time(seconds: float) -> str:
     """A moment in --json output: ISO 8601 in UTC, to the second (2026-12-06T02:41:10+00:00)."""
-    from datetime import UTC, datetime  # only --json output needs it
+    import time
 
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(seconds))

@@ -107,7 +107,7 @@ def run_paths(args: argparse.Namespace, name: str) -> RunPaths:
 
 def vm_name(name_or_spec: str) -> str:
     """`down` and friends take a VM name or the spec that names it; either way the name rule holds."""
-    from vmrun.spec.naming import VM_NAME_RULE, is_vm_name
+    from vmrun.spec.vmname import VM_NAME_RULE, is_vm_name
 
     if name_or_spec.endswith(".toml") or "/" in name_or_spec:
         from vmrun.spec.load import load_spec

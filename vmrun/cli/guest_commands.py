@@ -144,13 +144,16 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from vmrun.qemu.console import follow_log, show_log
+    from vmrun.run.status import refuse_if_roots
 
     name = vm_name(args.name)
-    paths = places_of(args).of(name)
+    places = places_of(args)
+    paths = places.of(name)
     log = _open_log(paths.console_log)
     if log is None:
         log = _open_log(paths.last_console_log)
         if log is None:
+            refuse_if_roots(places, name)
             raise UsageError(f"no console log for {name}: it has not run under {paths.run_dir.parent}",
                              hint="vmrun status lists the VMs")
         say(f"{name} is not running: the console log of its last run")

@@ -127,8 +127,10 @@ def _down(parser: argparse.ArgumentParser) -> None:
 
 
 def _status(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("vm", nargs="?", metavar="NAME|SPEC")
+    parser.add_argument("vms", nargs="*", metavar="NAME|SPEC")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("-a", "--addresses", action="store_true",
+                        help="also ask each running VM's guest agent for its addresses (in parallel, 1 s each)")
     parser.add_argument("--names", action="store_true",
                         help="only the names of the VMs under the run directory, one a line; asks no VM")
     parser.set_defaults(handler=cmd_status)
@@ -298,7 +300,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "up": ("bring VMs to their specs: start what is not running, leave what matches alone", _up),
     "diff": ("how running VMs differ from their specs (exit 6 on drift)", _diff),
     "down": ("stop VMs and undo their host changes", _down),
-    "status": ("running / stopped / dead, pid, accel, agent", _status),
+    "status": ("running / dead / prepared, pid, accel, run dir, forwards, from vmrun's own state", _status),
     "snapshot": ("save the running VM at one instant, go back to it, list and remove snapshots", _snapshot),
     "exec": ("run a command in the guest over the agent", _exec),
     "ssh": ("ssh to the guest (a user-mode forward of port 22, or an address the agent reports)", _ssh),

@@ -26,6 +26,9 @@ DRIFT_EXIT = 6  # vmrun diff: a VM differs from its spec or is not running
 def cmd_up(args: argparse.Namespace) -> int:
     import time
 
+    from vmrun.qemu.process import load_launcher
+
+    load_launcher()  # sh's import reads files while the specs load, and needs no spec
     from vmrun.run.fleet import Fate, run_all
     from vmrun.run.lifecycle import Outcome, up
 
@@ -80,7 +83,7 @@ def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]],
 def vm_names_of(args: argparse.Namespace) -> list[str]:
     """NAME, SPEC and DIR arguments as VM names; --all: every VM with a run directory."""
     if args.all:
-        from vmrun.state.vmstate import vm_names
+        from vmrun.state.glance import vm_names
 
         return vm_names(places_of(args).run_root)
     from vmrun.spec.load import spec_files
@@ -138,7 +141,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     names = vm_names_of(args)
     if args.dry_run:
-        from vmrun.state.vmstate import has_run
+        from vmrun.state.glance import has_run
 
         fates = [Fate(name, "would stop", result="stopped") if has_run(places.of(name)) else Fate(name, "not running")
                  for name in names]
@@ -173,30 +176,35 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from vmrun.run.status import status
+    from vmrun.host.view import ReadOnlyHost
+    from vmrun.run.status import AGENT_PROBE_TIMEOUT, status
 
     if args.names:
-        from vmrun.state.vmstate import vm_names
+        from vmrun.state.glance import vm_names
 
         for name in vm_names(places_of(args).run_root):
             print(name)
         return 0
-    statuses = status(host_of(args), places_of(args), [vm_name(args.vm)] if args.vm else None)
+    host = ReadOnlyHost(Path(args.host_root))
+    names = list(dict.fromkeys(vm_name(vm) for vm in args.vms))
+    statuses = status(host, places_of(args), names, addresses=args.addresses)
+    silent = [vm.name for vm in statuses if vm.agent is False]
+    if silent:
+        say(f"the guest agent of {', '.join(silent)} did not answer within {AGENT_PROBE_TIMEOUT:g} s")
     if args.json:
-        print(json.dumps([vm.to_json() for vm in statuses], indent=1))
+        print(json.dumps([vm.to_json(addresses=args.addresses) for vm in statuses], indent=1))
         return 0
     if not statuses:
         say(f"no VMs under {args.run_dir}")
-    ksm = host_of(args).ksm_stats()
+    ksm = host.ksm_stats()
     if ksm and ksm["run"] == 1:
         saved = ksm["bytes_saved"] / 2**20
         print(f"ksm: {ksm['pages_shared']} pages shared, {ksm['pages_sharing']} sharing, {saved:.1f} MiB saved")
     for vm in statuses:
         uptime = f"{vm.uptime:.0f}s" if vm.uptime is not None else "-"
-        agent = {True: "agent ok", False: "agent unreachable", None: "-"}[vm.agent]
-        pid = vm.pid or "-"
-        addresses = " ".join(f"{interface} {','.join(ips)}" for interface, ips in vm.addresses.items())
-        print(f"{vm.name:<16} {vm.state:<8} pid {pid:<8} {vm.accel:<4} up {uptime:<8} {agent:<18} {vm.run_dir}"
-              f"{'  ' + addresses if addresses else ''}" + "".join(f"\n  host drift: {line}" for line in vm.host_drift)
+        agent = {True: "agent ok", False: "agent unreachable", None: ""}[vm.agent]
+        addresses = " ".join(f"{interface} {','.join(ips)}" for interface, ips in (vm.addresses or {}).items())
+        print(f"{vm.name:<16} {vm.state:<8} pid {vm.pid or '-':<8} {vm.accel:<4} up {uptime:<8} {vm.run_dir}"
+              + "".join(f"  {part}" for part in (agent, addresses) if part)
               + "".join(f"\n  forward: {forward}" for forward in vm.forwards))
     return 0

@@ -11,7 +11,7 @@ from vmrun.guest import copytree
 from vmrun.guest.agent import GuestAgent
 from vmrun.guest.copy import CALLS, Copied, GuestPath, download, guest_run, upload
 from vmrun.progress import Say
-from vmrun.spec.naming import VM_NAME_RULE, is_vm_name
+from vmrun.spec.vmname import VM_NAME_RULE, is_vm_name
 
 USAGE = "vmrun cp SRC NAME:DST or vmrun cp NAME:SRC DST"
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+ROOT_RUN_ROOT = Path("/run/vmrun")
+
 
 def default_run_root() -> Path:
     """Sockets, pidfile, console log: gone with the run (tmpfs)."""
     if os.geteuid() == 0:
-        return Path("/run/vmrun")
+        return ROOT_RUN_ROOT
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/vmrun-{os.getuid()}"
     return Path(runtime) / "vmrun"
 

@@ -16,20 +16,16 @@ import stat
 import threading
 import time
 import zlib
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from vmrun.host.dirs import default_cache_root
+from vmrun.host.view import HostView
 from vmrun.record import Record
 
-_HOST_TREES = ("/sys", "/dev", "/proc", "/etc/passwd", "/etc/group")
 _XATTR_PROBE = "user.vmrun.probe"
-PAGE_SIZE = 4096
-KSM_DIR = "/sys/kernel/mm/ksm"
-KSM_RUN = f"{KSM_DIR}/run"
 CPU_DIR = "/sys/devices/system/cpu"
 NODE_DIR = "/sys/devices/system/node"
 HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"
@@ -105,7 +101,7 @@ class User(Record):
 
 
 @attrs.frozen(repr=False)
-class Host(Record):
+class Host(Record, HostView):
     """Paths are host paths as the kernel names them ("/sys/bus/pci/...").
 
     The host's own trees (sysfs, /dev, /proc, the user database) live under ``root``; the files a spec
@@ -118,21 +114,8 @@ class Host(Record):
     def is_fake(self) -> bool:
         return self.root != Path("/")
 
-    def path(self, host_path: str | Path) -> Path:
-        """Where a host path lives on this machine."""
-        path = Path(host_path)
-        if any(path.is_relative_to(tree) for tree in _HOST_TREES):
-            return self.root / path.relative_to("/")
-        return path
-
     def exists(self, host_path: str | Path) -> bool:
         return self.path(host_path).exists()
-
-    def read(self, host_path: str | Path) -> str | None:
-        try:
-            return self.path(host_path).read_text().strip()
-        except OSError:
-            return None
 
     def read_bytes(self, host_path: str | Path, size: int) -> bytes | None:
         """The first size bytes of a binary file (a PCI function's config space)."""
@@ -141,12 +124,6 @@ class Host(Record):
                 return file.read(size)
         except OSError:
             return None
-
-    def listdir(self, host_path: str | Path) -> list[str]:
-        try:
-            return sorted(os.listdir(self.path(host_path)))
-        except OSError:
-            return []
 
     def link_name(self, host_path: str | Path) -> str | None:
         """The last component of a symlink's target: a sysfs link's driver, group or bridge name."""
@@ -208,9 +185,6 @@ class Host(Record):
             time.sleep(0.02)
         return True
 
-    def process_ids(self) -> list[int]:
-        return [int(name) for name in self.listdir("/proc") if name.isdigit()]
-
     def tap_holders(self, tap: str) -> list[tuple[int, str]]:
         """The processes (pid, command name) that have tap open: the kernel names a tun file's device in its
         fdinfo. Only root sees every process's files; a process that ends meanwhile is skipped."""
@@ -223,28 +197,6 @@ class Host(Record):
                     holders.append((pid, self.read(f"/proc/{pid}/comm") or "?"))
                     break
         return holders
-
-    def process_argv(self, pid: int) -> list[str] | None:
-        """A process's arguments; None when there is no such process, empty while it exits."""
-        try:
-            raw = self.path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
-
-    def process_cmdline(self, pid: int) -> str | None:
-        """A process's command line, arguments joined by spaces; None when there is no such process."""
-        argv = self.process_argv(pid)
-        return None if argv is None else " ".join(argv)
-
-    def process_state(self, pid: int) -> str | None:
-        """The one-letter state of /proc/PID/stat ("R", "S", "Z", ...); None when there is no such process."""
-        try:
-            stat_line = self.path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        after_name = stat_line.rpartition(")")[2].split()  # the process name may hold spaces and parentheses
-        return after_name[0] if after_name else None
 
     def signal(self, pid: int, number: int) -> None:
         try:
@@ -400,47 +352,6 @@ class Host(Record):
         except OSError as exc:
             return exc.errno != errno.ENOTSUP
         return True
-
-    def start_daemon(self, argv: list[str], *, memlock: int | None, timeout: float) -> None:
-        """Run a self-daemonizing program (qemu -daemonize) until it returns; its stderr on failure.
-
-        Through subprocess, not the sh library: measured side by side (12 rounds of an agent-less `up`), sh
-        cost each launch ~35 ms of CPU and ~40-100 ms of wall time: its import (importlib.metadata and
-        asyncio, which then loads before qemu starts instead of while it does) and its reader and
-        watcher threads. subprocess is loaded anyway, for the host tools."""
-        import subprocess
-
-        # VFIO pins all guest RAM: the limit is raised in the child before exec, while still root.
-        raise_memlock = None if memlock is None else partial(
-            resource.setrlimit, resource.RLIMIT_MEMLOCK, (memlock, memlock))
-        try:
-            # qemu's daemon child closes the inherited pipes once it runs, so stderr ends when qemu is up.
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, timeout=timeout,
-                                    preexec_fn=raise_memlock)
-        except FileNotFoundError as exc:
-            raise HostCommandError(f"{argv[0]} not found") from exc
-        except OSError as exc:
-            raise HostCommandError(f"{argv[0]}: {exc.strerror}") from exc
-        except subprocess.TimeoutExpired as exc:  # run() has killed it
-            raise HostCommandError(f"{argv[0]} did not finish starting within {timeout:g} s") from exc
-        except subprocess.SubprocessError as exc:  # the memlock limit could not be raised
-            raise HostCommandError(f"{argv[0]}: {exc}") from exc
-        if result.returncode != 0:
-            stderr = result.stderr.decode(errors="replace").strip()
-            raise HostCommandError(stderr or f"exit status {result.returncode}")
-
-    def is_root_user(self) -> bool:
-        return os.geteuid() == 0
-
-    def ksm_stats(self) -> dict[str, int] | None:
-        """KSM's run state and counters, and the bytes it saves; None when the kernel has no KSM."""
-        run = self.read(KSM_RUN)
-        if run is None:
-            return None
-        counters = {name: int(self.read(f"{KSM_DIR}/{name}") or 0)
-                    for name in ("pages_shared", "pages_sharing")}
-        return {"run": int(run), **counters, "bytes_saved": counters["pages_sharing"] * PAGE_SIZE}
 
     def cpus(self) -> tuple[frozenset[int], frozenset[int]]:
         """The host CPUs that exist (present) and those online."""

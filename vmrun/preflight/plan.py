@@ -25,7 +25,8 @@ from vmrun.host.facts import (
     qemu_user,
 )
 from vmrun.host.mounts import mount_of, parse_mountinfo
-from vmrun.host.system import KSM_RUN, Host, HostCommandError, User, format_cpu_list, hugepage_pool
+from vmrun.host.system import Host, HostCommandError, User, format_cpu_list, hugepage_pool
+from vmrun.host.view import KSM_RUN
 from vmrun.preflight.changes import (
     Action,
     AppliedChange,

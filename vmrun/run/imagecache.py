@@ -456,7 +456,8 @@ class Users(Record):
 
 
 def image_users(places: Places) -> Users:
-    from vmrun.state.vmstate import DamagedState, read_state, vm_names
+    from vmrun.state.glance import DamagedState, vm_names
+    from vmrun.state.vmstate import read_state
 
     by_digest: dict[Digest, list[str]] = {}
     unknown = []

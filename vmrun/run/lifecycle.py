@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import importlib
 import itertools
 import os
 import shlex
@@ -13,7 +12,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -34,37 +33,36 @@ from vmrun.qemu.process import (
     KILL_WAIT,
     died_during_startup,
     find_qemu,
+    import_in_background,
     is_our_qemu,
     launch,
+    load_launcher,
     read_pid,
     stop,
     wait_for_exit,
 )
 from vmrun.qemu.render import render
 from vmrun.record import Record
-from vmrun.signals import for_workers, shielded, sigterm_interrupts
+from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec.images import url_bases, with_cached_bases
 from vmrun.spec.load import converter
 from vmrun.spec.model import Firmware, Nic, Spec
 from vmrun.spec.usernet import AUTO_PORT, Forward, forwards, is_user, refused_forward, tap_nics, with_host_ports
 from vmrun.state.drift import Configuration, differences
+from vmrun.state.glance import DamagedState, has_run, state_path, vm_names
 from vmrun.state.hostdrift import host_differences
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import host_lock, vm_busy, vm_lock
 from vmrun.state.vmstate import (
     DamagedJournal,
-    DamagedState,
     PortForward,
     StateJournal,
     VmState,
-    has_run,
     journal_path,
     read_state,
     recorded_configuration,
     remove_run_dir,
     salvage_state,
-    state_path,
-    vm_names,
 )
 
 if TYPE_CHECKING:
@@ -318,6 +316,7 @@ def up(
     answering, any failure or interruption undoes it all; an agent that never answers or a failed hook
     leaves the VM up to inspect. `interrupted` lets a caller in another thread stop the agent wait."""
     paths = places.of(spec.name)
+    load_launcher()
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         running = running_state(host, paths, spec.name)
@@ -352,7 +351,7 @@ def up(
             crash_point("before launching qemu")
             say(f"launching {spec.name}")
             with _importing_meanwhile("vmrun.qemu.monitor"):
-                pid = _launch(spec, host, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
+                pid = _launch(spec, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
             say(f"qemu pid {pid}")
             if spec.machine.pinned:
@@ -449,8 +448,8 @@ def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:
 def _abort(host: Host, places: Places, state: VmState, say: Say) -> None:
     """A failed or interrupted `up`: qemu killed if it runs (found even when its pid was never read),
     host changes undone, run dir removed."""
-    pid = find_qemu(host, places.of(state.name), state.name)
-    if pid is not None:
+    # Each process of the run: stopped while it daemonized, qemu is a parent and its daemon child.
+    while (pid := find_qemu(host, places.of(state.name), state.name)) is not None:
         host.signal(pid, signal.SIGKILL)
         if not wait_for_exit(host, pid, state.name, KILL_WAIT):
             say(f"qemu (pid {pid}) survived SIGKILL; its host changes stay: vmrun down --force {state.name}")
@@ -458,9 +457,9 @@ def _abort(host: Host, places: Places, state: VmState, say: Say) -> None:
     _end_run(host, places, state.name, state, say, rollback=True)
 
 
-def _launch(spec: Spec, host: Host, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
+def _launch(spec: Spec, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
     try:
-        return launch(host, argv, paths, memlock=memlock)
+        return launch(argv, paths, memlock=memlock)
     except LaunchError as exc:
         refused = refused_forward(spec, str(exc), bind_error)
         if refused is None:
@@ -478,20 +477,12 @@ def _checked_program(facts: HostFacts) -> Path:
 @contextmanager
 def _importing_meanwhile(module: str) -> Iterator[None]:
     """Import ``module`` in a thread while the block waits for something else. qemu takes ~50 ms to start,
-    during which vmrun only waits; the QMP client that asks it next (asyncio and qemu.qmp, ~45 ms to
-    import) then costs `up` nothing."""
-    loader = threading.Thread(target=_import_quietly, args=(module,), name=f"import {module}", daemon=True)
-    loader.start()
+    during which vmrun only waits; the QMP client that asks it next (qemu.qmp) then costs `up` nothing."""
+    loader = import_in_background(module)
     try:
         yield
     finally:
         loader.join()
-
-
-def _import_quietly(module: str) -> None:
-    for_workers()  # a Ctrl-C meanwhile is the main thread's, as in a fleet's workers
-    with suppress(Exception):  # the import that needs the module reports its failure
-        importlib.import_module(module)
 
 
 def _pin(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> None:

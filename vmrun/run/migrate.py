@@ -311,7 +311,7 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
             prepare_seed(seed, paths, say)
             argv = [str(_checked_program(facts)), *configuration.argv[1:], "-incoming", "defer"]
             crash_point("before launching the incoming qemu")
-            pid = _launch(spec, host, argv, paths, memlock=plan.memlock)
+            pid = _launch(spec, argv, paths, memlock=plan.memlock)
             crash_point("after launching the incoming qemu")
             say(f"qemu pid {pid} waits for the migration")
             with MigrationMonitor(paths.qmp_socket) as monitor:

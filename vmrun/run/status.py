@@ -1,93 +1,118 @@
-"""What runs: `status` and the commands that need a running VM (`exec`, `console`).
+"""What runs: `status` and the commands that need a running VM (`exec`, `console`, `cp`, `ssh`).
 
-Read only, and apart from the lifecycle: asking eight VMs how they are loads neither preflight nor render.
+`status` answers from what the host knows: each VM's state file read as plain JSON and its pid checked in
+/proc. It imports neither attrs, cattrs, the spec model nor qemu.qmp (tests/test_imports.py holds it to
+that); only `status --addresses` asks the VMs, all at once, each with a short deadline.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
-from vmrun.errors import AgentError, UsageError
-from vmrun.host.system import Host
+from vmrun.errors import UsageError
+from vmrun.host.dirs import ROOT_RUN_ROOT
+from vmrun.host.view import HostView
 from vmrun.qemu.process import find_qemu, is_our_qemu, read_pid
-from vmrun.record import Record
+from vmrun.state.glance import DamagedState, glance, has_run, vm_names
 from vmrun.state.locations import Places, RunPaths
-from vmrun.state.vmstate import DamagedState, read_state, recorded_configuration, vm_names
+from vmrun.units import iso_time
 
 if TYPE_CHECKING:
     from vmrun.spec.model import Spec
 
-AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at once
+AGENT_PROBE_TIMEOUT = 1.0  # status -a and exec: an agent that is up answers at once
 
 
-@attrs.frozen(repr=False)
-class VmStatus(Record):
-    name: str
-    state: str  # running | stopped | dead | prepared | damaged (its state file cannot be read)
-    pid: int | None
-    accel: str
-    run_dir: str
-    uptime: float | None
-    agent: bool | None
-    # The guest's addresses by interface, as the agent reports them; empty when unknown.
-    addresses: dict[str, list[str]] = attrs.field(factory=dict, hash=False)
-    # What the host no longer holds for the running VM (a tap gone or off its bridge, KSM off, ...).
-    host_drift: tuple[str, ...] = ()
-    # A running VM's user-mode port forwards: "tcp 127.0.0.1:2222 -> guest port 22".
-    forwards: tuple[str, ...] = ()
+class VmStatus:
+    """One VM as `status` shows it. `agent` and `addresses` are None unless the agents were asked (-a);
+    then addresses is None for a VM whose agent did not answer in time."""
 
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+    __slots__ = ("accel", "addresses", "agent", "forwards", "name", "pid", "run_dir", "started_at", "state")
 
+    def __init__(self, name: str, state: str, pid: int | None, accel: str, run_dir: str, started_at: float | None,
+                 forwards: tuple[str, ...]) -> None:
+        # state: running | stopped | dead | prepared | damaged (its state file cannot be read)
+        self.name, self.state, self.pid, self.accel, self.run_dir = name, state, pid, accel, run_dir
+        self.started_at, self.forwards = started_at, forwards  # forwards: "tcp 127.0.0.1:2222 -> guest port 22"
+        self.agent: bool | None = None
+        self.addresses: dict[str, list[str]] | None = None
 
-def status(host: Host, places: Places, names: list[str] | None = None) -> list[VmStatus]:
-    """Each VM's status, in name order. VMs are asked at once, each in its own thread: a guest agent takes
-    its time to answer, and eight of them one after another would add up."""
-    names = names or vm_names(places.run_root)
-    if len(names) <= 1:
-        return [_status_of(host, places.of(name), name) for name in names]
-    from concurrent.futures import ThreadPoolExecutor
+    @property
+    def uptime(self) -> float | None:
+        return time.time() - self.started_at if self.started_at is not None and self.pid is not None else None
 
-    with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        return list(pool.map(lambda name: _status_of(host, places.of(name), name), names))
+    def to_json(self, *, addresses: bool) -> dict[str, Any]:
+        started = None if self.started_at is None or self.pid is None else \
+            iso_time(self.started_at)
+        row: dict[str, Any] = {
+            "name": self.name, "state": self.state, "pid": self.pid, "accel": self.accel, "run_dir": self.run_dir,
+            "started_at": started, "uptime": self.uptime, "forwards": list(self.forwards),
+        }
+        if addresses:
+            row |= {"agent": self.agent, "addresses": self.addresses}
+        return row
 
 
-def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
+def status(host: HostView, places: Places, names: list[str] | None = None, *,
+           addresses: bool = False) -> list[VmStatus]:
+    """Each VM's status, in name order; a NAME with no run directory is a UsageError. With addresses, the
+    running VMs are asked at once, each in its own thread: eight agents one after another would add up."""
+    if names:
+        for name in names:
+            existing_paths(places, name)
+    statuses = [_status_of(host, places.of(name), name) for name in names or vm_names(places.run_root)]
+    asked = [vm for vm in statuses if vm.state == "running"]
+    if addresses and asked:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # QMP and the agent of every VM at once: each waits on its own guest, not on the others.
+        questions = [(question, vm) for vm in asked for question in (_ask_qmp, _ask_agent)]
+        with ThreadPoolExecutor(max_workers=len(questions)) as pool:
+            list(pool.map(lambda pair: pair[0](pair[1], places.of(pair[1].name)), questions))
+    return statuses
+
+
+def _status_of(host: HostView, paths: RunPaths, name: str) -> VmStatus:
     try:
-        state, damaged = read_state(paths), False
+        state, damaged = glance(paths), False
     except DamagedState:
         state, damaged = None, True
     pid = find_qemu(host, paths, name)
     alive = is_our_qemu(host, pid, name)
-    # "prepared": `vmrun preflight` made the host changes and no qemu was meant to run.
-    vm_state, agent = "damaged" if damaged else "prepared" if state is not None and not state.argv else "dead", None
-    addresses: dict[str, list[str]] = {}
-    if alive and not damaged:
-        vm_state = _run_state(paths)
-        if vm_state == "running" and paths.agent_socket.exists():
-            agent, addresses = probe_agent(paths)
-    started_from = recorded_configuration(state).spec if state is not None and alive else None
+    if damaged:
+        vm_state = "damaged"
+    elif alive:
+        vm_state = "running"
+    else:  # "prepared": `vmrun preflight` made the host changes and no qemu was meant to run.
+        vm_state = "prepared" if state is not None and not state.get("argv") else "dead"
+    state = state or {}
+    started_at = state.get("started_at")
     return VmStatus(
-        name=name, state=vm_state, pid=pid if alive else None, accel=state.accel if state else "unknown",
-        run_dir=str(paths.run_dir), uptime=time.time() - state.started_at if state and alive else None, agent=agent,
-        addresses=addresses, host_drift=_host_drift(started_from, host) if started_from is not None else (),
-        forwards=_forwards(started_from) if started_from is not None else (),
+        name=name, state=vm_state, pid=pid if alive else None, accel=str(state.get("accel", "unknown")),
+        run_dir=str(paths.run_dir), started_at=started_at if isinstance(started_at, (int, float)) else None,
+        forwards=tuple(_shown(forward) for forward in state.get("forwards") or ()) if alive else (),
     )
 
 
-def _forwards(spec: Spec) -> tuple[str, ...]:
-    from vmrun.spec.usernet import forwards, is_user
+def _shown(forward: Any) -> str:
+    """A recorded forward (vmstate.PortForward as JSON, with the port `up` picked for an `auto` one) as the
+    spec's usernet.Forward shows it."""
+    if not isinstance(forward, dict):
+        return str(forward)
+    return f"{forward.get('protocol')} {forward.get('address')}:{forward.get('host_port')} -> guest port " \
+           f"{forward.get('guest_port')}"
 
-    return tuple(str(forward) for nic in spec.nics if is_user(nic) for forward in forwards(nic))
+
+def _ask_qmp(vm: VmStatus, paths: RunPaths) -> None:
+    """A paused guest is "stopped"."""
+    if _run_state(paths) != "running":
+        vm.state = "stopped"
 
 
-def _host_drift(started_from: Spec, host: Host) -> tuple[str, ...]:
-    from vmrun.state.hostdrift import host_differences  # only for a running VM
-
-    return tuple(host_differences(started_from, host, as_root=host.is_root_user()))
+def _ask_agent(vm: VmStatus, paths: RunPaths) -> None:
+    vm.agent, vm.addresses = probe_agent(paths)
 
 
 def _run_state(paths: RunPaths) -> str:
@@ -95,16 +120,20 @@ def _run_state(paths: RunPaths) -> str:
 
     try:
         with Monitor(paths.qmp_socket) as monitor:
-            monitor.connect(timeout=AGENT_PROBE_TIMEOUT * 2)
+            monitor.connect(timeout=AGENT_PROBE_TIMEOUT)
             return "running" if monitor.status() == "running" else "stopped"
     except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
         return "stopped"
 
 
-def probe_agent(paths: RunPaths) -> tuple[bool, dict[str, list[str]]]:
-    """Whether the agent answers, and the guest's addresses when it tells them."""
+def probe_agent(paths: RunPaths) -> tuple[bool | None, dict[str, list[str]] | None]:
+    """Whether the agent answers (None: the VM has no agent), and the guest's addresses when it tells them
+    (None: it did not answer)."""
+    from vmrun.errors import AgentError
     from vmrun.guest.agent import GuestAgent, addresses_by_interface
 
+    if not paths.agent_socket.exists():
+        return None, None
     try:
         with GuestAgent(paths.agent_socket) as agent:
             agent.wait_ready(timeout=AGENT_PROBE_TIMEOUT)
@@ -113,11 +142,40 @@ def probe_agent(paths: RunPaths) -> tuple[bool, dict[str, list[str]]]:
             except AgentError:  # an agent with guest-network-get-interfaces disabled still answers
                 return True, {}
     except AgentError:
-        return False, {}
+        return False, None
 
 
-def running_spec(host: Host, places: Places, name: str) -> tuple[RunPaths, Spec]:
+def refuse_if_roots(places: Places, name: str) -> None:
+    """A UsageError when the VM may be root's: root's VMs live under another run root, which a user may not
+    read; nothing for root, or under that same run root."""
+    theirs = ROOT_RUN_ROOT / name
+    if os.geteuid() != 0 and places.run_root.resolve() != ROOT_RUN_ROOT.resolve():
+        try:
+            os.stat(theirs)
+        except PermissionError:
+            raise UsageError(f"no VM {name} under {places.run_root}; it may be root's, under {ROOT_RUN_ROOT}, "
+                             "which you may not read", hint="run the same command with sudo") from None
+        except OSError:
+            pass
+        else:
+            raise UsageError(f"no VM {name} under {places.run_root}: it is root's ({theirs})",
+                             hint="run the same command with sudo")
+
+
+def existing_paths(places: Places, name: str) -> RunPaths:
+    """A VM's paths when it has a run directory here. Otherwise a UsageError, which says to a user who is not
+    root that the VM may be root's."""
+    paths = places.of(name)
+    if has_run(paths):
+        return paths
+    refuse_if_roots(places, name)
+    raise UsageError(f"no VM {name} under {places.run_root}", hint="vmrun status lists the VMs")
+
+
+def running_spec(host: HostView, places: Places, name: str) -> tuple[RunPaths, Spec]:
     """A running VM's paths and the spec it started from."""
+    from vmrun.state.vmstate import read_state, recorded_configuration
+
     paths = running_paths(host, places, name)
     state = read_state(paths)
     spec = recorded_configuration(state).spec if state is not None else None
@@ -127,8 +185,8 @@ def running_spec(host: Host, places: Places, name: str) -> tuple[RunPaths, Spec]
     return paths, spec
 
 
-def running_paths(host: Host, places: Places, name: str) -> RunPaths:
-    paths = places.of(name)
+def running_paths(host: HostView, places: Places, name: str) -> RunPaths:
+    paths = existing_paths(places, name)
     if not is_our_qemu(host, read_pid(paths), name):
         raise UsageError(f"{name} is not running", hint="vmrun status lists the VMs")
     return paths

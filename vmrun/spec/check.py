@@ -13,8 +13,9 @@ from vmrun.spec.extra_args import refused_extra_args
 from vmrun.spec.images import check_image_bases
 from vmrun.spec.load import read_document, spec_base, structure_spec
 from vmrun.spec.model import ROOT_USER, Accel, Aio, Cache, Disk, DiskFormat, Firmware, Machine, Spec
-from vmrun.spec.naming import DEVICE_ID, IFNAMSIZ, VM_NAME_RULE, is_vm_name, pci_address
+from vmrun.spec.naming import DEVICE_ID, IFNAMSIZ, pci_address
 from vmrun.spec.usernet import check_user_nics, is_user
+from vmrun.spec.vmname import VM_NAME_RULE, is_vm_name
 from vmrun.units import GIB, MIB, TIB, format_duration, format_size
 
 MAX_QUEUE_PAIRS = 256  # the Linux tap driver's limit (QEMU allows 511)

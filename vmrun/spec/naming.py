@@ -7,11 +7,10 @@ import re
 import attrs
 
 from vmrun.spec.model import Nic, NicMode, Spec
+from vmrun.spec.vmname import is_vm_name
 
 IFNAMSIZ = 15  # bytes of an interface name, without the kernel's trailing NUL
 # The one rule for VM names, from a spec or the command line, before a name becomes a path or a tap.
-VM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-VM_NAME_RULE = "use 1-63 of a-z, 0-9 and '-'"
 DEVICE_ID = re.compile(r"[a-z][a-z0-9_-]{0,30}")  # disks, NICs, shares, VFIO devices: qemu ids, parts of tap names
 # Neither VM names nor device ids contain a dot, so "<vm>.<nic>" splits one way only: two VMs cannot derive
 # the same readable tap. Hashed names ("vm" + hex) have no dot, so they cannot meet a readable one.
@@ -23,10 +22,6 @@ def _digest(*parts: str) -> str:
     import hashlib  # OpenSSL costs ~3 ms to load; most specs name their taps and MACs
 
     return hashlib.sha256("/".join(parts).encode()).hexdigest()
-
-
-def is_vm_name(name: str) -> bool:
-    return VM_NAME.fullmatch(name) is not None
 
 
 def is_device_id(name: str) -> bool:

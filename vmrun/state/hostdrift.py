@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 from vmrun.host.facts import qemu_user
 from vmrun.host.pci import pci_device
-from vmrun.host.system import KSM_RUN, Host, User, format_cpu_list
+from vmrun.host.system import Host, User, format_cpu_list
+from vmrun.host.view import KSM_RUN
 from vmrun.spec.model import Spec
 from vmrun.spec.usernet import is_user
 

@@ -1,30 +1,51 @@
-"""Where vmrun keeps per-VM state on the host, by convention (root vs. a normal user)."""
+"""Where vmrun keeps per-VM state on the host, by convention (root vs. a normal user).
+
+Plain classes, not attrs: `status` finds VMs through them and must not pay attrs' import."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-
-import attrs
+from typing import TYPE_CHECKING, Any
 
 from vmrun.errors import Problem, UsageError
 from vmrun.host.dirs import default_image_cache
-from vmrun.record import Record
-from vmrun.spec.extra_args import named_paths
-from vmrun.spec.model import Spec
-from vmrun.spec.naming import VM_NAME_RULE, is_vm_name
+from vmrun.spec.vmname import VM_NAME_RULE, is_vm_name
+
+if TYPE_CHECKING:
+    from vmrun.spec.model import Spec
 
 LOCK_DIR = ".locks"  # under the run root; a dot-name is never a VM name
 UEFI_VARS_FILE = "OVMF_VARS.fd"
 SEED_FILE = "seed.iso"
 
 
-@attrs.frozen(repr=False)
-class RunPaths(Record):
+class _Value:
+    """Equal, hashed and shown by its fields, as a frozen record."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(self.__slots__, self._fields(), strict=True))
+        return f"{type(self).__qualname__}({shown})"
+
+
+class RunPaths(_Value):
     """Where one VM's sockets and files live: run_dir per run; state_dir outlives runs (UEFI vars)."""
 
-    run_dir: Path
-    state_dir: Path
+    __slots__ = ("run_dir", "state_dir")
+
+    def __init__(self, run_dir: Path, state_dir: Path) -> None:
+        self.run_dir, self.state_dir = run_dir, state_dir
 
     @property
     def qmp_socket(self) -> Path:
@@ -66,13 +87,14 @@ class RunPaths(Record):
         return self.state_dir / SEED_FILE
 
 
-@attrs.frozen(repr=False)
-class Places(Record):
+class Places(_Value):
     """Where VMs live on this host; a VM's RunPaths derive from its name."""
 
-    run_root: Path
-    state_root: Path
-    image_cache: Path = attrs.field(factory=default_image_cache)  # downloaded base images, by digest
+    __slots__ = ("image_cache", "run_root", "state_root")
+
+    def __init__(self, run_root: Path, state_root: Path, image_cache: Path | None = None) -> None:
+        self.run_root, self.state_root = run_root, state_root
+        self.image_cache = image_cache or default_image_cache()  # downloaded base images, by digest
 
     def of(self, name: str) -> RunPaths:
         """A VM's directories: each a direct child of its root, never a symbolic link. The name comes from
@@ -99,6 +121,8 @@ class Places(Record):
 def extra_args_reaching_vmrun(spec: Spec, places: Places) -> Iterator[Problem]:
     """extra_args that name a file or socket of vmrun's, this VM's or another's: qemu opens them as root
     before it drops privileges, and a socket bound on a path replaces the one there (another VM's QMP)."""
+    from vmrun.spec.extra_args import named_paths
+
     for index, arg in enumerate(spec.qemu.extra_args):
         reached = next((path for path in named_paths(arg) if places.holds(path)), None)
         if reached is not None:

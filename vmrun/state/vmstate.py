@@ -19,29 +19,16 @@ from vmrun.files import partial_of, write_whole
 from vmrun.record import Record
 from vmrun.spec.load import converter
 from vmrun.spec.model import Spec
-from vmrun.spec.naming import is_vm_name
 from vmrun.state.drift import Configuration
+from vmrun.state.glance import STATE_FILE, DamagedState, state_path
 from vmrun.state.locations import RunPaths
 
 if TYPE_CHECKING:
     from vmrun.preflight.changes import AppliedChange
 
-STATE_FILE = "state.json"
 JOURNAL_FILE = "journal.log"
 JOURNAL_FORMAT = 1
 _UNREADABLE_ENTRY = (KeyError, ValueError, TypeError, AttributeError)
-
-
-class DamagedState(UsageError):
-    """A state file vmrun cannot read: what its VM holds on the host is unknown, so no command acts as if
-    the VM had no state."""
-
-    def __init__(self, paths: RunPaths, what: str) -> None:
-        name = paths.run_dir.name
-        super().__init__(
-            f"{state_path(paths)} {what}: what {name} holds on the host is unknown",
-            hint=f"vmrun down --force {name} stops its qemu, undoes what its journal still tells and removes it",
-        )
 
 
 @attrs.frozen(repr=False)
@@ -98,10 +85,6 @@ def recorded_configuration(state: VmState) -> Configuration:
     except (cattrs.BaseValidationError, ValueError, TypeError):
         spec = None
     return Configuration(spec=spec, argv=state.argv, seed_id=state.seed_id)
-
-
-def state_path(paths: RunPaths) -> Path:
-    return paths.run_dir / STATE_FILE
 
 
 def write_state(paths: RunPaths, state: VmState) -> None:
@@ -346,26 +329,3 @@ def discard_partial_run_dir(paths: RunPaths) -> None:
         raise UsageError(f"{staging} holds files vmrun does not make ({', '.join(sorted(strangers))}); "
                          "not removing it", hint="is --run-dir pointing at the right place?")
     shutil.rmtree(staging)
-
-
-def has_run(paths: RunPaths) -> bool:
-    """A run directory, or what a killed vmrun left of one."""
-    return os.path.lexists(paths.run_dir) or partial_of(paths.run_dir).is_dir()
-
-
-def vm_names(run_root: Path) -> list[str]:
-    """Every VM with a run directory, running or left behind (or half made or half removed by a vmrun that
-    was killed). What no vmrun made is not listed: a link, or a name outside the VM name rule."""
-    try:
-        entries = list(run_root.iterdir())
-    except OSError:
-        return []
-    names = set()
-    for entry in entries:
-        if entry.is_symlink() or not entry.is_dir():
-            continue
-        stem = entry.name.removeprefix(".").removesuffix(".partial")
-        if is_vm_name(entry.name) and (entry / STATE_FILE).exists() or \
-                is_vm_name(stem) and entry == partial_of(entry.with_name(stem)):
-            names.add(stem)
-    return sorted(names)
