@@ -13,7 +13,8 @@ from vmrun.errors import PreflightError
 from vmrun.host.facts import HostFacts, kvm_verdict
 from vmrun.host.system import Host
 from vmrun.preflight.apply import apply_plan, undo_changes
-from vmrun.preflight.plan import IFF_MULTI_QUEUE, plan_preflight
+from vmrun.preflight.network import IFF_MULTI_QUEUE
+from vmrun.preflight.plan import plan_preflight
 from vmrun.spec.load import parse_spec
 from vmrun.spec.model import Spec
 

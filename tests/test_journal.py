@@ -10,7 +10,7 @@ import pytest
 from vmrun.errors import PreflightError
 from vmrun.preflight.apply import apply_plan, ksm_restore_value, undo_changes
 from vmrun.preflight.changes import AppliedChange
-from vmrun.preflight.plan import Others
+from vmrun.preflight.others import Others
 
 from .fakehost import add_tap, snapshot
 from .test_preflight import GPU, GPU_AUDIO, fake_host, make_spec, nic_spec, plan_for, vfio_spec

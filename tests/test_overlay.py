@@ -12,7 +12,8 @@ import pytest
 
 from vmrun.preflight.apply import apply_plan, undo_changes
 from vmrun.preflight.changes import OnDown
-from vmrun.preflight.plan import Others, PreflightRefused, Status, plan_preflight
+from vmrun.preflight.others import Others
+from vmrun.preflight.plan import PreflightRefused, Status, plan_preflight
 from vmrun.spec.model import Spec
 
 from .test_preflight import ROOT_FACTS, USER_FACTS, fake_host, make_spec, messages

@@ -20,7 +20,9 @@ from vmrun.host.in_use import why_host_needs
 from vmrun.host.system import Host
 from vmrun.preflight.apply import apply_plan, ksm_restore_value, undo_changes
 from vmrun.preflight.changes import Action
-from vmrun.preflight.plan import IFF_MULTI_QUEUE, AppliedChange, Others, Plan, PreflightRefused, Status, plan_preflight
+from vmrun.preflight.network import IFF_MULTI_QUEUE
+from vmrun.preflight.others import Others
+from vmrun.preflight.plan import AppliedChange, Plan, PreflightRefused, Status, plan_preflight
 from vmrun.spec.load import parse_spec
 from vmrun.spec.model import Spec
 from vmrun.units import MIB

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmrun.preflight.plan import Others
+from vmrun.preflight.others import Others
 from vmrun.preflight.report import iommu_report
 from vmrun.run.lifecycle import others_than
 from vmrun.state.locations import Places

@@ -10,14 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vmrun import __version__
-from vmrun.cli.arguments import (
-    JSON_HELP,
-    exec_options,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    ssh_options,
-)
+from vmrun.cli.arguments import JSON_HELP, exec_options, non_negative_int, positive_float, positive_int, ssh_options
 from vmrun.cli.guest_commands import cmd_console, cmd_cp, cmd_exec, cmd_logs, cmd_ssh, cmd_ssh_config
 from vmrun.cli.host_commands import (
     cmd_host_check,
@@ -27,12 +20,7 @@ from vmrun.cli.host_commands import (
     cmd_image_rm,
     cmd_preflight,
 )
-from vmrun.cli.life_commands import (
-    cmd_snapshot_list,
-    cmd_snapshot_restore,
-    cmd_snapshot_rm,
-    cmd_snapshot_save,
-)
+from vmrun.cli.life_commands import cmd_snapshot_list, cmd_snapshot_restore, cmd_snapshot_rm, cmd_snapshot_save
 from vmrun.cli.migrate_commands import cmd_migrate
 from vmrun.cli.spec_commands import cmd_export, cmd_init, cmd_render, cmd_validate
 from vmrun.cli.vm_commands import cmd_diff, cmd_down, cmd_status, cmd_up

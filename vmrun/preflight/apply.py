@@ -23,7 +23,8 @@ from vmrun.preflight.changes import (
     Step,
     perform,
 )
-from vmrun.preflight.plan import NO_OTHERS, Others, Plan, refuse
+from vmrun.preflight.others import NO_OTHERS, Others
+from vmrun.preflight.plan import Plan, refuse
 from vmrun.signals import shielded
 
 

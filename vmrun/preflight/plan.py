@@ -7,7 +7,7 @@ from reads and probes only. vmrun.preflight.apply makes the changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,7 @@ from vmrun.host.facts import (
     qemu_user,
 )
 from vmrun.host.mounts import mount_of, parse_mountinfo
-from vmrun.host.system import Host, HostCommandError, User, format_cpu_list, hugepage_pool
-from vmrun.host.view import KSM_RUN
+from vmrun.host.system import Host, HostCommandError, User
 from vmrun.preflight.changes import (
     Action,
     AppliedChange,
@@ -40,39 +39,23 @@ from vmrun.preflight.changes import (
     ok_finding,
     warn_finding,
 )
+from vmrun.preflight.network import inspect_nic
+from vmrun.preflight.others import NO_OTHERS, Others
+from vmrun.preflight.resources import inspect_cpus, inspect_hugepages, inspect_ksm, inspect_numa_node
 from vmrun.preflight.vfio import inspect_memlock, inspect_vfio
 from vmrun.record import Record
 from vmrun.spec.check import tcg_limits
-from vmrun.spec.model import Accel, Disk, Firmware, Nic, SecurityModel, Share, Spec, Vhost
-from vmrun.spec.usernet import forwards, is_user
+from vmrun.spec.model import Accel, Disk, Firmware, SecurityModel, Share, Spec
 from vmrun.units import KIB, format_size
 
 __all__ = [
     "AppliedChange", "Change", "Finding", "Others", "Plan", "PreflightRefused", "Status", "plan_preflight", "refuse",
 ]
 
-IFF_UP = 0x1  # in /sys/class/net/IF/flags
-IFF_MULTI_QUEUE = 0x100  # in /sys/class/net/TAP/tun_flags
 SYSTEM_USER = "vmrun"
 TINY_GUEST_IMAGES = "images/tiny/"
 SECTOR = 512
 REFUSED_HINT = "nothing was changed; `vmrun preflight --dry-run SPEC` shows the whole plan"
-
-
-@attrs.frozen(repr=False)
-class Others(Record):
-    """What the other running vmrun VMs hold, read from their state files by the caller."""
-
-    writable_disks: frozenset[str] = frozenset()
-    taps: Mapping[str, str] = attrs.field(factory=dict)  # tap -> the VM that uses it
-    vfio: Mapping[str, str] = attrs.field(factory=dict)  # PCI function -> the VM that passes it
-    want_ksm: bool = False
-    ksm_previous: str | None = None  # the KSM run value one of them restores when it goes down last
-    hugepages: Mapping[str, int] = attrs.field(factory=dict)  # pool's nr_hugepages path -> pages they added
-    ksm_keepers: tuple[str, ...] = ()  # the VMs that want KSM (or may: their state is damaged)
-
-
-NO_OTHERS = Others()
 
 
 @attrs.frozen(repr=False)
@@ -338,125 +321,6 @@ def _missing_directories(host: Host, directory: Path) -> list[Path]:
     return missing[::-1]
 
 
-def _tap_mode(nic: Nic) -> list[str]:
-    return ["mode", "tap", *(["multi_queue"] if nic.queues > 1 else [])]
-
-
-def _hex(text: str | None) -> int | None:
-    try:
-        return int(text, 16) if text else None
-    except ValueError:
-        return None
-
-
-def inspect_nic(spec: Spec, nic: Nic, host: Host, facts: HostFacts, user: User | None, others: Others) -> Found:
-    if is_user(nic):
-        forwarded = "; ".join(map(str, forwards(nic))) or "no port forwards"
-        yield ok_finding(f"nics {nic.id}", f"user-mode network in qemu, no host change ({forwarded})")
-        return
-    tap, name = nic.host_tap, f"nics {nic.id}"
-    holder = others.taps.get(tap)
-    if holder is not None:
-        # Two guests on one tap would share its queues, and the first `down` would pull it from the other.
-        yield fail_finding(name, f"tap {tap} is in use by VM {holder}: give this NIC another tap (nics.tap)")
-        return
-    exists = host.exists(f"/sys/class/net/{tap}")
-    if exists:
-        yield _existing_tap(tap, name, nic, host, spec, user)
-    else:
-        yield from _create_tap(tap, name, nic, spec, facts, user)
-    if nic.bridge is not None:
-        yield from _attach_to_bridge(tap, nic.bridge, name, host, facts, tap_exists=exists)
-    yield from _inspect_vhost(name, nic, host, facts)
-
-
-def _create_tap(tap: str, name: str, nic: Nic, spec: Spec, facts: HostFacts, user: User | None) -> Found:
-    mode = _tap_mode(nic)
-    owner = user.name if user else spec.host.user
-    add = ["ip", "tuntap", "add", "dev", tap, *mode, "user", owner]
-    if not facts.drop_privileges:
-        yield fail_finding(name, f"tap {tap} does not exist and only root can create it: sudo {' '.join(add)}")
-        return
-    queues = f"multi_queue for {nic.queues} queue pairs, " if nic.queues > 1 else ""
-    yield ok_finding(name, f"creating tap {tap} ({queues}owned by {owner}); down deletes it")
-    path = f"/sys/class/net/{tap}"
-    yield Change(Step.command(path, *add), (Step.command(path, "ip", "tuntap", "del", "dev", tap, *mode),))
-
-
-def _existing_tap(tap: str, name: str, nic: Nic, host: Host, spec: Spec, user: User | None) -> Finding:
-    flags = _hex(host.read(f"/sys/class/net/{tap}/tun_flags"))
-    if flags is None:
-        return fail_finding(name, f"{tap} exists but is not a tap device: name another tap in nics.tap")
-    multiqueue = bool(flags & IFF_MULTI_QUEUE)
-    owner = user.name if user else spec.host.user
-    recreate = (f"ip tuntap del dev {tap} mode tap{' multi_queue' if multiqueue else ''}; "
-                f"ip tuntap add dev {tap} {' '.join(_tap_mode(nic))} user {owner}")
-    if nic.queues > 1 and not multiqueue:
-        return fail_finding(name, f"tap {tap} has no multi_queue flag but queues = {nic.queues}; "
-                                  f"recreate it: {recreate}")
-    if nic.queues == 1 and multiqueue:
-        return fail_finding(name, f"tap {tap} is multi_queue but queues = 1, which qemu refuses: set queues > 1, "
-                                f"or recreate it: {recreate}")
-    holders = host.tap_holders(tap)
-    if holders:
-        # Another qemu (of a VM under another run directory, or of another tool): a multi_queue tap would
-        # take this VM's queues too, and the two guests would share one link.
-        pid, command = holders[0]
-        return fail_finding(name, f"tap {tap} is open in process {pid} ({command}), which another VM may be "
-                                f"using: give this NIC another tap (nics.tap)")
-    stranger = _tap_stranger(host, tap, user)
-    if stranger is not None:
-        return fail_finding(name, f"tap {tap} belongs to {stranger}, not to {owner}, who qemu runs as: "
-                                f"use another tap, or recreate it: {recreate}")
-    return ok_finding(name, f"using existing tap {tap}")
-
-
-def _tap_stranger(host: Host, tap: str, user: User | None) -> str | None:
-    """The tap's owner or group when they are not qemu's user (-1 in sysfs: anyone may open it)."""
-    owner = int(host.read(f"/sys/class/net/{tap}/owner") or -1)
-    group = int(host.read(f"/sys/class/net/{tap}/group") or -1)
-    if owner != -1 and (user is None or owner != user.uid):
-        return f"uid {owner}"
-    if group != -1 and (user is None or group not in host.group_ids(user)):
-        return f"gid {group}"
-    return None
-
-
-def _attach_to_bridge(tap: str, bridge: str, name: str, host: Host, facts: HostFacts, *, tap_exists: bool) -> Found:
-    attach = ["ip", "link", "set", tap, "master", bridge, "up"]
-    master = host.link_name(f"/sys/class/net/{tap}/master") if tap_exists else None
-    if not host.exists(f"/sys/class/net/{bridge}"):
-        yield fail_finding(name, f"bridge {bridge} does not exist (ip link add {bridge} type bridge)")
-    elif not host.exists(f"/sys/class/net/{bridge}/bridge"):
-        yield fail_finding(name, f"{bridge} is not a bridge (nics.bridge must name one)")
-    elif master == bridge:
-        yield ok_finding(name, f"tap {tap} is already attached to bridge {bridge}")
-    elif master is not None:
-        yield fail_finding(name, f"tap {tap} is attached to {master}, not to bridge {bridge}: "
-                                 f"ip link set {tap} nomaster")
-    elif not facts.drop_privileges:
-        yield fail_finding(name, f"only root can attach tap {tap} to bridge {bridge}: sudo {' '.join(attach)}")
-    else:
-        was_up = bool((_hex(host.read(f"/sys/class/net/{tap}/flags")) or 0) & IFF_UP) if tap_exists else False
-        detach = ["ip", "link", "set", tap, "nomaster", *([] if was_up else ["down"])]
-        yield ok_finding(name, f"attaching tap {tap} to bridge {bridge}; down detaches it")
-        path = f"/sys/class/net/{tap}/master"
-        yield Change(Step.command(path, *attach), (Step.command(path, *detach),))
-
-
-def _inspect_vhost(name: str, nic: Nic, host: Host, facts: HostFacts) -> Found:
-    if nic.vhost is Vhost.OFF:
-        return
-    why_not = "is not readable and writable by this user" if host.exists("/dev/vhost-net") else \
-        "is missing (modprobe vhost_net)"
-    if facts.vhost_net:
-        yield ok_finding(name, "vhost-net on")
-    elif nic.vhost is Vhost.ON:
-        yield fail_finding(name, f"vhost = true but /dev/vhost-net {why_not}")
-    else:
-        yield warn_finding(name, f"vhost off: /dev/vhost-net {why_not}, so qemu moves the packets itself (slower)")
-
-
 def inspect_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: User | None) -> Found:
     name = f"shares {share.id}"
     kind = host.kind(share.path)
@@ -477,100 +341,6 @@ def inspect_share(spec: Spec, share: Share, host: Host, facts: HostFacts, user: 
         yield fail_finding(name, problem)
     else:
         yield ok_finding(name, f"{share.path} ({share.security_model}{', read-only' if share.readonly else ''})")
-
-
-def inspect_ksm(spec: Spec, host: Host, facts: HostFacts, others: Others) -> Found:
-    if not spec.host.ksm:
-        return
-    current = host.read(KSM_RUN)
-    if current is None:
-        yield warn_finding("ksm", "this kernel has no KSM (/sys/kernel/mm/ksm): running without it")
-    elif current == "1" and others.ksm_previous is not None:
-        # Another vmrun VM turned it on: take on its duty, so the last of them down sets it back.
-        yield ok_finding("ksm", f"KSM is on for other vmrun VMs; the last VM down sets run back to "
-                              f"{others.ksm_previous}")
-        yield _ksm_change(others.ksm_previous)
-    elif current == "1":
-        yield ok_finding("ksm", "KSM is running")
-    elif not facts.drop_privileges:
-        yield warn_finding("ksm", f"KSM is off (run = {current}) and only root can turn it on: running without it")
-    else:
-        yield ok_finding("ksm", f"turning KSM on; the last VM that wants it sets run back to {current} "
-                                "when it goes down")
-        yield _ksm_change(current)
-
-
-def _ksm_change(previous: str) -> Change:
-    return Change(Step(Action.WRITE, KSM_RUN, "1"), (Step(Action.WRITE, KSM_RUN, previous),), OnDown.SHARED_KSM)
-
-
-def inspect_cpus(spec: Spec, host: Host) -> Found:
-    machine = spec.machine
-    if not machine.pinned:
-        return
-    present, online = host.cpus()
-    for field, cpus in (("vcpu_pin", machine.vcpu_pin), ("emulator_pin", machine.emulator_pin)):
-        if cpus is None:
-            continue
-        name = f"machine.{field}"
-        absent = sorted(set(cpus) - present)
-        offline = sorted(set(cpus) & present - online)
-        if absent:
-            yield fail_finding(name, f"host CPU {format_cpu_list(set(absent))} does not exist (this host has CPUs "
-                                     f"{format_cpu_list(present)})")
-        if offline:
-            yield fail_finding(name, f"host CPU {format_cpu_list(set(offline))} is offline (online: "
-                                     f"{format_cpu_list(online)})")
-        if not absent and not offline:
-            yield ok_finding(name, f"host CPUs {format_cpu_list(set(cpus))}")
-
-
-def inspect_numa_node(spec: Spec, host: Host) -> Found:
-    node = spec.machine.numa_node
-    if node is None:
-        return
-    present, online = host.numa_nodes()
-    if node not in present:
-        yield fail_finding("machine.numa_node", f"host NUMA node {node} does not exist (this host has nodes "
-                                                f"{format_cpu_list(present)})")
-    elif node not in online:
-        yield fail_finding("machine.numa_node", f"host NUMA node {node} is offline (online: "
-                                                f"{format_cpu_list(online)})")
-    else:
-        yield ok_finding("machine.numa_node", f"guest RAM bound to host NUMA node {node}")
-
-
-def inspect_hugepages(spec: Spec, host: Host, facts: HostFacts, others: Others) -> Found:
-    machine, name = spec.machine, "machine.hugepages"
-    if machine.hugepages is None:
-        return
-    page = machine.hugepages.bytes
-    pool = hugepage_pool(page, machine.numa_node)
-    where = f"{machine.hugepages} pool" + (f" of NUMA node {machine.numa_node}" if machine.numa_node is not None
-                                           else "")
-    counts = host.hugepage_counts(pool)
-    if counts is None:
-        yield fail_finding(name, f"this host has no {where} ({pool})")
-        return
-    needed = machine.memory // page
-    missing = needed - (counts["free"] - counts["reserved"])
-    if missing <= 0:
-        yield ok_finding(name, f"{needed} pages from the {where} ({counts['free']} free)")
-        return
-    available = host.memory_available()
-    if not facts.drop_privileges:
-        yield fail_finding(name, f"{needed} pages needed, {counts['free'] - counts['reserved']} free in the {where}, "
-                                 f"and only root can reserve more: sudo vmrun preflight")
-    elif available is not None and missing * page > available:
-        yield fail_finding(name, f"{needed} pages needed, {counts['free'] - counts['reserved']} free in the {where}, "
-                                 f"and the pool cannot grow by {format_size(missing * page)}: the host has "
-                                 f"{format_size(available)} available")
-    else:
-        total = f"{pool}/nr_hugepages"
-        without_vmrun = counts["total"] - others.hugepages.get(total, 0)
-        yield ok_finding(name, f"reserving {missing} more pages in the {where}; down gives them back")
-        yield Change(Step(Action.WRITE, total, str(counts["total"] + missing)),
-                     (Step(Action.WRITE, total, str(without_vmrun)),), OnDown.SHARED_HUGEPAGES, pages=missing)
 
 
 def inspect_run_dir(host: Host, run_dir: Path) -> Found:

@@ -27,7 +27,9 @@ from vmrun.host.ports import bind_error, free_port
 from vmrun.host.system import Host, format_cpu_list
 from vmrun.preflight.apply import apply_plan, hugepages_held, kept_on_down, ksm_restore_value, undo_changes
 from vmrun.preflight.changes import OnDown
-from vmrun.preflight.plan import IFF_MULTI_QUEUE, AppliedChange, Others, Plan, Status, plan_preflight, refuse
+from vmrun.preflight.network import IFF_MULTI_QUEUE
+from vmrun.preflight.others import Others
+from vmrun.preflight.plan import AppliedChange, Plan, Status, plan_preflight, refuse
 from vmrun.progress import Say
 from vmrun.qemu.process import (
     KILL_WAIT,
