@@ -10,8 +10,6 @@ from vmrun.spec.model import Nic, Spec, Vhost
 from vmrun.spec.usernet import forwards, is_user
 
 IFF_UP = 0x1  # in /sys/class/net/IF/flags
-
-
 IFF_MULTI_QUEUE = 0x100  # in /sys/class/net/TAP/tun_flags
 
 
