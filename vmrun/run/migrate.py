@@ -30,17 +30,17 @@ from vmrun.progress import Say
 from vmrun.qemu.migration import FINISHED, MigrationMonitor, Progress
 from vmrun.record import Record
 from vmrun.run.lifecycle import (
-    _abort,
-    _bases_in_use,
-    _checked_program,
-    _clear_dead_run,
-    _configuration,
-    _launch,
-    _preflight,
-    _prepare_uefi_vars,
-    _say_plan,
-    _stop_and_undo,
+    abort_start,
+    apply_preflight,
+    checked_program,
+    clear_dead_run,
+    configuration_of,
+    holding_bases,
+    launch_qemu,
+    prepare_uefi_vars,
     running_state,
+    say_plan,
+    stop_and_undo,
 )
 from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec.check import validate
@@ -142,7 +142,7 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
                 crash_point("after the migration completed")
                 destination.switched()
         crash_point("after the destination runs the guest")
-        _stop_and_undo(host, places, name, timeout=0, force=True, say=say)
+        stop_and_undo(host, places, name, timeout=0, force=True, say=say)
         return Moved(name=name, state="migrated", to=remote.host, downtime_ms=done.downtime_ms,
                      total_ms=done.total_ms, bytes=done.bytes)
 
@@ -298,17 +298,17 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
     paths = places.of(name)
     with vm_lock(places, name, wait=False, say=say), sigterm_interrupts():
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
-        configuration, seed = _configuration(spec, spec_path, facts, paths)
-        with _bases_in_use(spec, places, say):
-            _clear_dead_run(host, places, name, say)
-            plan, journal = _preflight(spec, spec_path, host, places, facts, configuration=configuration,
-                                       show=lambda plan: _say_plan(plan, say), say=say)
+        configuration, seed = configuration_of(spec, spec_path, facts, paths)
+        with holding_bases(spec, places, say):
+            clear_dead_run(host, places, name, say)
+            plan, journal = apply_preflight(spec, spec_path, host, places, facts, configuration=configuration,
+                                       show=lambda plan: say_plan(plan, say), say=say)
         try:
-            _prepare_uefi_vars(spec, paths, facts, fresh=False, say=say)
+            prepare_uefi_vars(spec, paths, facts, fresh=False, say=say)
             prepare_seed(seed, paths, say)
-            argv = [str(_checked_program(facts)), *configuration.argv[1:], "-incoming", "defer"]
+            argv = [str(checked_program(facts)), *configuration.argv[1:], "-incoming", "defer"]
             crash_point("before launching the incoming qemu")
-            pid = _launch(spec, host, argv, paths, memlock=plan.memlock)
+            pid = launch_qemu(spec, host, argv, paths, memlock=plan.memlock)
             crash_point("after launching the incoming qemu")
             say(f"qemu pid {pid} waits for the migration")
             with MigrationMonitor(paths.qmp_socket) as monitor:
@@ -323,7 +323,7 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
                 _wait_running(monitor)
         except BaseException:
             with shielded():
-                _abort(host, places, journal.state, say)
+                abort_start(host, places, journal.state, say)
             raise
         # The guest runs here now, whether or not the source is still there to hear it.
         with suppress(OSError):
