@@ -187,7 +187,7 @@ def say_plan(plan: Plan, say: Say) -> None:
 
 def apply_preflight(
     spec: Spec, spec_path: Path, host: Host, places: Places, facts: HostFacts, *,
-    configuration: Configuration, show: Callable[[Plan], None], say: Say,
+    configuration: Configuration, show: Callable[[Plan], None], say: Say, migration: str | None = None,
 ) -> tuple[Plan, StateJournal]:
     """Plan and apply the host changes under the host lock, journaled in a new run directory."""
     paths = places.of(spec.name)
@@ -204,6 +204,7 @@ def apply_preflight(
             vfio=tuple(vfio.host for vfio in spec.vfio),
             spec=converter.unstructure(spec),
             seed_id=configuration.seed_id,
+            migration=migration,
         ))
         crash_point("after creating the run directory")
         try:

@@ -15,7 +15,15 @@ from vmrun.host.system import Host
 from vmrun.qemu.process import find_qemu, is_our_qemu, read_pid
 from vmrun.record import Record
 from vmrun.state.locations import Places, RunPaths
-from vmrun.state.vmstate import DamagedState, read_state, recorded_configuration, vm_names
+from vmrun.state.vmstate import (
+    INCOMING,
+    MIGRATED,
+    DamagedState,
+    VmState,
+    read_state,
+    recorded_configuration,
+    vm_names,
+)
 
 if TYPE_CHECKING:
     from vmrun.spec.model import Spec
@@ -26,7 +34,9 @@ AGENT_PROBE_TIMEOUT = 1.0  # status and exec: an agent that is up answers at onc
 @attrs.frozen(repr=False)
 class VmStatus(Record):
     name: str
-    state: str  # running | stopped | dead | prepared | damaged (its state file cannot be read)
+    # running | stopped | dead | prepared | damaged (its state file cannot be read) | migrated (the guest left;
+    # its qemu here is paused for good) | incoming (qemu waits for a migration that has not arrived)
+    state: str
     pid: int | None
     accel: str
     run_dir: str
@@ -66,7 +76,7 @@ def _status_of(host: Host, paths: RunPaths, name: str) -> VmStatus:
     vm_state, agent = "damaged" if damaged else "prepared" if state is not None and not state.argv else "dead", None
     addresses: dict[str, list[str]] = {}
     if alive and not damaged:
-        vm_state = _run_state(paths)
+        vm_state = run_state(paths, state)
         if vm_state == "running" and paths.agent_socket.exists():
             agent, addresses = probe_agent(paths)
     started_from = recorded_configuration(state).spec if state is not None and alive else None
@@ -90,15 +100,24 @@ def _host_drift(started_from: Spec, host: Host) -> tuple[str, ...]:
     return tuple(host_differences(started_from, host, as_root=host.is_root_user()))
 
 
-def _run_state(paths: RunPaths) -> str:
+# qemu's run states that say which side of a migration this is.
+MIGRATION_SIDES = {"postmigrate": MIGRATED, "inmigrate": INCOMING}
+
+
+def run_state(paths: RunPaths, state: VmState | None) -> str:
+    """A live qemu's state in vmrun's words. qemu knows best whether the guest runs here; when it cannot
+    say, a migration's mark in the state does (a source paused after its guest left must never read as a
+    VM to resume)."""
     from vmrun.qemu.monitor import Monitor
 
+    mark = state.migration if state is not None else None
     try:
         with Monitor(paths.qmp_socket) as monitor:
             monitor.connect(timeout=AGENT_PROBE_TIMEOUT * 2)
-            return "running" if monitor.status() == "running" else "stopped"
+            status = monitor.status()
     except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
-        return "stopped"
+        return mark or "stopped"
+    return "running" if status == "running" else MIGRATION_SIDES.get(status) or mark or "stopped"
 
 
 def probe_agent(paths: RunPaths) -> tuple[bool, dict[str, list[str]]]:

@@ -60,6 +60,9 @@ class VmState(Record):
     wants_ksm: bool = False
     spec: dict[str, Any] | None = None  # the spec it started from, for drift (vmrun diff, declarative up)
     seed_id: str | None = None  # the instance-id of its cloud-init seed
+    # A live migration's mark, for whoever finds this run after a kill: INCOMING, the destination's qemu
+    # waits for a guest it never ran; MIGRATED, the guest left and the source's qemu is paused for good.
+    migration: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(converter.unstructure(self), indent=1) + "\n"
@@ -72,6 +75,17 @@ class VmState(Record):
         from vmrun.preflight.changes import AppliedChange  # ~3 ms that `status` pays only for a VM with a state file
 
         return [AppliedChange.from_json(entry) for entry in self.changes]
+
+
+INCOMING = "incoming"
+MIGRATED = "migrated"
+
+
+def mark_migration(paths: RunPaths, mark: str | None) -> None:
+    """Record where a migration stands in the VM's state (call it under the VM's lock)."""
+    state = read_state(paths)
+    if state is not None:
+        write_state(paths, attrs.evolve(state, migration=mark))
 
 
 def recorded_configuration(state: VmState) -> Configuration:
