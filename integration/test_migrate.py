@@ -306,22 +306,29 @@ def settled(side: Side, name: str, timeout: float = 60) -> str | None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize(("killed", "point", "runs_on", "left"), [
-    ("source", "after the destination is ready", "source", None),
-    ("source", "after the migration completed", "destination", "migrated"),
-    ("destination", "after listening for the migration", "source", "incoming"),
-    ("destination", "after launching the incoming qemu", "source", "incoming"),
+@pytest.mark.parametrize(("killed", "point", "runs_on", "left", "copy"), [
+    ("source", "after the destination is ready", "source", None, False),
+    ("source", "after the migration completed", "destination", "migrated", False),
+    ("destination", "after listening for the migration", "source", "incoming", False),
+    ("destination", "after launching the incoming qemu", "source", "incoming", False),
+    ("source", "after the disks are in step", "source", None, True),
+    ("source", "after the migration completed", "destination", "migrated", True),
 ])
 def test_a_killed_migration_leaves_the_guest_on_one_side_and_abort_cleans_the_other(
-    hosts: Hosts, tmp_path: Path, killed: str, point: str, runs_on: str, left: str | None,
+    hosts: Hosts, tmp_path: Path, killed: str, point: str, runs_on: str, left: str | None, copy: bool,
 ) -> None:
     source, destination = hosts.first, hosts.second
-    up = source.vmrun("up", str(tiny_spec(tmp_path, "kill")))
+    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
+    disks.mkdir()
+    theirs.mkdir()
+    up = source.vmrun("up", str(tiny_spec(tmp_path, "kill", disks=disks)))
     assert up.returncode == 0, up.stderr
     boot_id = guest(source, "kill", "cat", "/proc/sys/kernel/random/boot_id")
-    to = ["migrate", "kill", "--to", f"root@{destination.address}", "-e", hosts.rsh]
+    to = ["migrate", "kill", "--to", f"root@{destination.address}", "-e", hosts.rsh,
+          *(["--copy-storage"] if copy else [])]
     if killed == "source":
-        moved = source.vmrun(*to, "--remote-vmrun", destination.remote_vmrun(), kill_at=point)
+        moved = source.vmrun(*to, "--remote-vmrun", destination.remote_vmrun((theirs, disks) if copy else None),
+                             kill_at=point)
         assert moved.returncode == -9, moved.stderr
     else:
         moved = source.vmrun(*to, "--remote-vmrun", kill_at(destination, point))
@@ -341,4 +348,6 @@ def test_a_killed_migration_leaves_the_guest_on_one_side_and_abort_cleans_the_ot
     assert not other.has_tap("kill.net0") and qemu_pids_of(other.vmrun.run_root) == []
     assert not (other.vmrun.run_root / "kill").exists()
     assert runs.has_tap("kill.net0") and len(qemu_pids_of(runs.vmrun.run_root)) == 1
+    if copy and runs_on == "source":  # the destination's copy went with its run: a failed up's disk
+        assert not (theirs / "kill.qcow2").exists()
     assert runs.vmrun("down", "--force", "kill").returncode == 0

@@ -215,6 +215,7 @@ def _send(monitor: MigrationMonitor, destination: _Destination, target: Target, 
             assert target.disks is not None
             monitor.mirror(mirrors, target.address, target.disks)
             _wait_copied(monitor, mirrors, deadline, timeout, meter)
+            crash_point("after the disks are in step")
         monitor.send(target.address, target.port)
         progress = _wait(monitor, deadline, meter)
     except BaseException:
