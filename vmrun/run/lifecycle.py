@@ -43,6 +43,7 @@ from vmrun.state.hostdrift import host_differences
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import host_lock, vm_busy, vm_lock
 from vmrun.state.vmstate import (
+    MIGRATED,
     DamagedState,
     StateJournal,
     VmState,
@@ -252,6 +253,10 @@ def up(
         argv = list(configuration.argv)
         outcome = Outcome.STARTED
         running = running_state(host, paths, spec.name)
+        if running is not None and running.migration == MIGRATED:
+            # Its guest runs on another host now: this paused qemu is no VM to leave alone or to restart.
+            raise UsageError(f"{spec.name} migrated to another host; its qemu here is paused for good",
+                             hint=f"vmrun migrate --abort {spec.name} removes it")
         if running is not None:
             changed = _running_differences(running, configuration, host, as_root=facts.drop_privileges,
                                            pid=read_pid(paths))
