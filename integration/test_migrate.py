@@ -239,6 +239,34 @@ def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest
     assert check.returncode == 0, check.stdout  # the same contents, block for block
 
 
+def test_copy_storage_given_up_leaves_the_guest_writing_its_own_disk_and_the_destination_without_a_copy(
+    hosts: Hosts, tmp_path: Path,
+) -> None:
+    first, second = hosts.first, hosts.second
+    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
+    disks.mkdir()
+    theirs.mkdir()
+    up = first.vmrun("up", str(tiny_spec(tmp_path, "gave", disks=disks)))
+    assert up.returncode == 0, up.stderr
+    boot_id = guest(first, "gave", "cat", "/proc/sys/kernel/random/boot_id")
+
+    # No copy is ready, or no migration done, within a millisecond: the mirrors are abandoned.
+    moved = hosts.move("gave", first, second, "--copy-storage", "--timeout", "0.001",
+                       remote_vmrun=second.remote_vmrun((theirs, disks)))
+    assert moved.returncode == 4 and "the VM runs on here" in moved.stderr, moved.stderr
+    assert not (theirs / "gave.qcow2").exists() and not (second.vmrun.run_root / "gave").exists()
+    assert qemu_pids_of(second.vmrun.run_root) == [] and not second.has_tap("gave.net0")
+    # The source's guest writes its disk on, the abandoned copy detached from it.
+    guest(first, "gave", "sh", "-c", "printf '%-16s' 'after' | dd of=/dev/sda bs=16 seek=8 conv=fsync 2>/dev/null")
+    assert guest(first, "gave", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert json.loads(first.vmrun("status", "--json").stdout)[0]["state"] == "running"
+    # And it still moves once given the time.
+    again = hosts.move("gave", first, second, "--copy-storage", remote_vmrun=second.remote_vmrun((theirs, disks)))
+    assert again.returncode == 0, again.stderr
+    assert guest(second, "gave", "sh", "-c", "dd if=/dev/sda bs=16 skip=8 count=1 2>/dev/null") == "after           "
+    assert second.vmrun("down", "gave").returncode == 0
+
+
 def test_copy_storage_of_an_overlay_sends_its_top_and_the_destination_fetches_the_base_by_digest(
     hosts: Hosts, tmp_path: Path, reachable_tmp: Path,
 ) -> None:
