@@ -180,6 +180,54 @@ def test_the_readme_playbook_applies_each_hosts_specs_idempotently_previews_rest
     assert [gone.vms(host) for host in HOSTS] == [{"a": "not running", "b": "not running"}] * 2
 
 
+# A remote shell for hosts that are this machine: it runs the command line it is given, whatever the host.
+LOCAL_RSH = shlex.join(["env", "-u", "SSH_CONNECTION", "sh", "-c", 'exec sh -c "$2"', "rsh"])
+
+
+def drain_play(fleet: Fleet, source: str, destination: str) -> None:
+    """drain.yml: the source's VMs moved live to the destination, its vmrun with the destination's roots."""
+    there = fleet.host_root(destination)
+    remote = shlex.join([str(fleet.vmrun_bin), "--run-dir", str(there / "run"), "--state-dir", str(there / "state")])
+    task = {"specs": "{{ vmrun_root }}/specs", "state": "migrated", "to": "127.0.0.1", "rsh": LOCAL_RSH,
+            "remote_vmrun": remote, "timeout": 120, "vmrun": str(fleet.vmrun_bin), "run_dir": "{{ vmrun_root }}/run",
+            "state_dir": "{{ vmrun_root }}/state"}
+    play = {"name": "Drain", "hosts": source, "gather_facts": False,
+            "tasks": [{"name": "Move its VMs", "vmrun.fleet.vms": task}]}
+    (fleet.root / "drain.yml").write_text(yaml.safe_dump([play], sort_keys=False))
+
+
+def test_state_migrated_drains_a_host_live_and_check_mode_says_what_would_move(fleet: Fleet) -> None:
+    up = fleet.playbook("--limit", "h1")
+    assert up.returncode == 0, up.stdout
+    pids = fleet.pids("h1")
+    drain_play(fleet, "h1", "h2")
+
+    check = fleet.playbook("--check", "--diff", playbook="drain.yml")
+    assert (check.returncode, check.recap) == (0, {"h1": (1, 0)}), check.stdout
+    assert [entry["outcome"] for entry in check.results["h1"]["vms"]] == ["would migrate to 127.0.0.1"] * 2
+    assert "-a: running here\n-b: running here\n+a: runs on 127.0.0.1\n+b: runs on 127.0.0.1\n" in check.stdout
+    assert (fleet.pids("h1"), fleet.pids("h2")) == (pids, {})  # nothing moved
+
+    drained = fleet.playbook(playbook="drain.yml")
+    assert (drained.returncode, drained.recap) == (0, {"h1": (1, 0)}), drained.stdout
+    assert drained.vms("h1") == {"a": "migrated", "b": "migrated"}
+    assert fleet.pids("h1") == {} and sorted(fleet.pids("h2")) == ["a", "b"]
+    assert [vm["state"] for vm in json.loads(fleet.vmrun("h2", "status", "--json").stdout)] == ["running"] * 2
+
+    again = fleet.playbook(playbook="drain.yml")
+    assert (again.returncode, again.recap) == (0, {"h1": (0, 0)}), again.stdout
+    assert again.vms("h1") == {"a": "not here", "b": "not here"}
+
+
+def test_state_migrated_without_to_is_refused_and_moves_nothing(fleet: Fleet) -> None:
+    assert fleet.playbook("--limit", "h1").returncode == 0
+    drain_play(fleet, "h1", "h2")
+    (fleet.root / "drain.yml").write_text((fleet.root / "drain.yml").read_text().replace("to: 127.0.0.1", "to: ''"))
+    refused = fleet.playbook(playbook="drain.yml")
+    assert refused.returncode == 2 and "state=migrated needs to: the host to move the VMs to" in refused.stdout
+    assert sorted(fleet.pids("h1")) == ["a", "b"]
+
+
 def results(run: Run, host: str) -> list[tuple[str, str]]:
     entries = run.results[host]["vms"]
     assert isinstance(entries, list)
@@ -304,7 +352,7 @@ def test_the_built_collection_ships_its_license_changelog_and_project_links(tmp_
     changelog = yaml.safe_load(text["changelogs/changelog.yaml"])
     assert galaxy["version"] in changelog["releases"]
     assert {"name": "vms_info", "namespace": "", "description": "What vmrun runs on a host, from vmrun status"} in \
-        changelog["releases"][galaxy["version"]]["modules"]
+        [module for release in changelog["releases"].values() for module in release.get("modules", [])]
 
 
 def test_sanity_ignore_files_cover_every_ansible_the_collection_admits() -> None:

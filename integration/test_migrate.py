@@ -3,11 +3,14 @@ pair, an sshd in each, and a run root per side. The tiny guest moves live (no re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,14 +41,23 @@ class Side:
     netns: str
     address: str
     vmrun: Vmrun
+    cache: Path  # the side's own image cache, which qemu's user can read: a base by URL is fetched on each side
 
     def has_tap(self, tap: str) -> bool:
         return run("ip", "netns", "exec", self.netns, "ip", "link", "show", tap, check=False).returncode == 0
 
-    def remote_vmrun(self) -> str:
-        """--remote-vmrun for a migration to this side."""
-        return shlex.join(["env", f"PYTHONPATH={REPO}", f"VMRUN_RUN_DIR={self.vmrun.run_root}",
-                           f"VMRUN_STATE_DIR={self.vmrun.state_root}", sys.executable, "-m", "vmrun"])
+    def remote_vmrun(self, disks_from: tuple[Path, Path] | None = None) -> str:
+        """--remote-vmrun for a migration to this side. disks_from (what, over): the destination's vmrun
+        and its qemu see the directory `what` at the path `over`, in a mount namespace of their own, so a
+        disk copied there is another file at the same path."""
+        vmrun = ["env", f"PYTHONPATH={REPO}", f"VMRUN_RUN_DIR={self.vmrun.run_root}",
+                 f"VMRUN_STATE_DIR={self.vmrun.state_root}", f"VMRUN_CACHE_DIR={self.cache}", sys.executable, "-m",
+                 "vmrun"]
+        if disks_from is None:
+            return shlex.join(vmrun)
+        what, over = disks_from
+        return shlex.join(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(what), str(over), *vmrun])
 
 
 @attrs.frozen
@@ -54,9 +66,11 @@ class Hosts:
     second: Side
     rsh: str
 
-    def move(self, name: str, source: Side, destination: Side) -> subprocess.CompletedProcess[str]:
+    def move(self, name: str, source: Side, destination: Side, *options: str,
+             remote_vmrun: str | None = None) -> subprocess.CompletedProcess[str]:
         return source.vmrun("migrate", name, "--to", f"root@{destination.address}", "-e", self.rsh,
-                            "--remote-vmrun", destination.remote_vmrun(), "--json", timeout=300)
+                            "--remote-vmrun", remote_vmrun or destination.remote_vmrun(), "--json", *options,
+                            timeout=300)
 
 
 def _sshd(netns: str, address: str, keys: Path) -> subprocess.Popen[bytes]:
@@ -91,6 +105,8 @@ def two_hosts(tmp_path: Path) -> Iterator[Hosts]:
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "client_key"))
     sshds: list[subprocess.Popen[bytes]] = []
     veth = f"vmig{tag}"
+    caches = Path(tempfile.mkdtemp(prefix="vmrun-test-caches-"))
+    caches.chmod(0o755)
     try:
         for netns in names:
             run("ip", "netns", "add", netns)
@@ -106,7 +122,7 @@ def two_hosts(tmp_path: Path) -> Iterator[Hosts]:
             root = tmp_path / f"side-{end}"
             root.mkdir()
             sides.append(Side(netns, address, Vmrun(run_root=root / "run", spec_dir=root,
-                                                    enter=("ip", "netns", "exec", netns))))
+                                                    enter=("ip", "netns", "exec", netns)), caches / end))
         rsh = shlex.join(["ssh", "-F", "/dev/null", "-i", str(keys / "client_key"), "-o", "BatchMode=yes",
                           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                           "-o", "LogLevel=ERROR"])
@@ -123,10 +139,12 @@ def two_hosts(tmp_path: Path) -> Iterator[Hosts]:
             sshd.wait(timeout=10)
         for netns in names:  # deleting a namespace deletes its veth end, its peer and the taps in it
             run("ip", "netns", "delete", netns, check=False)
+        shutil.rmtree(caches)
 
 
-def tiny_spec(directory: Path, name: str, extra: str = "") -> Path:
-    """The tiny guest with a tap NIC and a qcow2 disk both hosts see at one path (shared storage)."""
+def tiny_spec(directory: Path, name: str, extra: str = "", *, disks: Path | None = None, base: str = "") -> Path:
+    """The tiny guest with a tap NIC and a qcow2 disk both hosts see at one path (shared storage), or in
+    the directory disks; base: the disk's base and base_digest lines."""
     spec = directory / f"{name}.toml"
     spec.write_text(f"""\
 name = "{name}"
@@ -140,10 +158,10 @@ initrd = "{IMAGES / 'initrd.gz'}"
 append = "console=ttyS0 quiet"
 [[disks]]
 id = "data"
-path = "{directory / f'{name}.qcow2'}"
+path = "{(disks or directory) / f'{name}.qcow2'}"
 format = "qcow2"
 size = "64M"
-[[nics]]
+{base}[[nics]]
 id = "net0"
 [agent]
 timeout = "120s"
@@ -168,7 +186,7 @@ def test_the_tiny_guest_moves_live_to_the_other_host_and_back(hosts: Hosts, tmp_
         moved = hosts.move("mig", source, destination)
         assert moved.returncode == 0, moved.stderr
         report = json.loads(moved.stdout)
-        assert report.keys() == {"name", "state", "to", "downtime_ms", "total_ms", "bytes"}
+        assert report.keys() == {"name", "state", "to", "downtime_ms", "total_ms", "bytes", "disk_bytes"}
         assert (report["name"], report["state"], report["to"]) == ("mig", "migrated", f"root@{destination.address}")
         assert report["bytes"] > 0 and report["total_ms"] >= report["downtime_ms"] >= 0
         # The same boot of the guest, its RAM kept, now on the destination alone.
@@ -182,10 +200,98 @@ def test_the_tiny_guest_moves_live_to_the_other_host_and_back(hosts: Hosts, tmp_
         assert json.loads(source.vmrun("status", "--json").stdout) == []
         # Post-boot steps are not run again there.
         assert "ethtool" not in moved.stderr
+        assert report["disk_bytes"] is None
 
     down = first.vmrun("down", "mig", "--force")
     assert down.returncode == 0, down.stderr
     assert not first.has_tap("mig.net0")
+
+
+def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest_live(
+    hosts: Hosts, tmp_path: Path,
+) -> None:
+    first, second = hosts.first, hosts.second
+    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
+    disks.mkdir()
+    theirs.mkdir()
+    up = first.vmrun("up", str(tiny_spec(tmp_path, "copy", disks=disks)))
+    assert up.returncode == 0, up.stderr
+    boot_id = guest(first, "copy", "cat", "/proc/sys/kernel/random/boot_id")
+    guest(first, "copy", "sh", "-c", "printf '%-16s' 'block one' | dd of=/dev/sda bs=16 seek=4096 conv=fsync "
+                                     "2>/dev/null")
+
+    moved = hosts.move("copy", first, second, "--copy-storage", remote_vmrun=second.remote_vmrun((theirs, disks)))
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads(moved.stdout)
+    assert report["state"] == "migrated" and report["disk_bytes"] > 0
+    assert report["bytes"] > report["disk_bytes"]  # the RAM's bytes and the disk's, together
+    assert "disk" in moved.stderr
+    assert guest(second, "copy", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    # The block reads back on the destination, from the destination's own file, which qemu there writes.
+    read = "echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/sda bs=16 skip=4096 count=1 2>/dev/null"
+    assert guest(second, "copy", "sh", "-c", read) == "block one       "
+    assert (theirs / "copy.qcow2").exists() and (disks / "copy.qcow2").exists()
+    [pid] = qemu_pids_of(second.vmrun.run_root)
+    assert os.stat(f"/proc/{pid}/root{disks / 'copy.qcow2'}").st_ino == (theirs / "copy.qcow2").stat().st_ino
+    assert qemu_pids_of(first.vmrun.run_root) == [] and second.has_tap("copy.net0")
+    assert second.vmrun("down", "copy").returncode == 0
+    check = run("qemu-img", "compare", "-q", str(disks / "copy.qcow2"), str(theirs / "copy.qcow2"), check=False)
+    assert check.returncode == 0, check.stdout  # the same contents, block for block
+
+
+def test_copy_storage_given_up_leaves_the_guest_writing_its_own_disk_and_the_destination_without_a_copy(
+    hosts: Hosts, tmp_path: Path,
+) -> None:
+    first, second = hosts.first, hosts.second
+    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
+    disks.mkdir()
+    theirs.mkdir()
+    up = first.vmrun("up", str(tiny_spec(tmp_path, "gave", disks=disks)))
+    assert up.returncode == 0, up.stderr
+    boot_id = guest(first, "gave", "cat", "/proc/sys/kernel/random/boot_id")
+
+    # No copy is ready, or no migration done, within a millisecond: the mirrors are abandoned.
+    moved = hosts.move("gave", first, second, "--copy-storage", "--timeout", "0.001",
+                       remote_vmrun=second.remote_vmrun((theirs, disks)))
+    assert moved.returncode == 4 and "the VM runs on here" in moved.stderr, moved.stderr
+    assert not (theirs / "gave.qcow2").exists() and not (second.vmrun.run_root / "gave").exists()
+    assert qemu_pids_of(second.vmrun.run_root) == [] and not second.has_tap("gave.net0")
+    # The source's guest writes its disk on, the abandoned copy detached from it.
+    guest(first, "gave", "sh", "-c", "printf '%-16s' 'after' | dd of=/dev/sda bs=16 seek=8 conv=fsync 2>/dev/null")
+    assert guest(first, "gave", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert json.loads(first.vmrun("status", "--json").stdout)[0]["state"] == "running"
+    # And it still moves once given the time.
+    again = hosts.move("gave", first, second, "--copy-storage", remote_vmrun=second.remote_vmrun((theirs, disks)))
+    assert again.returncode == 0, again.stderr
+    assert guest(second, "gave", "sh", "-c", "dd if=/dev/sda bs=16 skip=8 count=1 2>/dev/null") == "after           "
+    assert second.vmrun("down", "gave").returncode == 0
+
+
+def test_copy_storage_of_an_overlay_sends_its_top_and_the_destination_fetches_the_base_by_digest(
+    hosts: Hosts, tmp_path: Path, reachable_tmp: Path,
+) -> None:
+    first, second = hosts.first, hosts.second
+    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
+    disks.mkdir()
+    theirs.mkdir()
+    base = reachable_tmp / "base.raw"
+    base.write_bytes(b"the base's first sector".ljust(512) + os.urandom(32 * 2**20 - 512))
+    digest = hashlib.sha256(base.read_bytes()).hexdigest()
+    spec = tiny_spec(tmp_path, "ovl", disks=disks, base=f'base = "{base.as_uri()}"\nbase_digest = "sha256:{digest}"\n')
+    up = first.vmrun("up", str(spec), env={"VMRUN_CACHE_DIR": str(first.cache)})
+    assert up.returncode == 0, up.stderr
+    guest(first, "ovl", "sh", "-c", "printf '%-16s' 'the top' | dd of=/dev/sda bs=16 seek=4096 conv=fsync 2>/dev/null")
+
+    moved = hosts.move("ovl", first, second, "--copy-storage", remote_vmrun=second.remote_vmrun((theirs, disks)))
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads(moved.stdout)
+    assert 0 < report["disk_bytes"] < 2**20  # the overlay's few clusters, not the 32 MiB base
+    read = "echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/sda bs={} skip={} count=1 2>/dev/null"
+    assert guest(second, "ovl", "sh", "-c", read.format(16, 4096)) == "the top         "
+    assert guest(second, "ovl", "sh", "-c", read.format(23, 0)) == "the base's first sector"
+    info = json.loads(run("qemu-img", "info", "-U", "--output=json", str(theirs / "ovl.qcow2")).stdout)
+    assert Path(info["full-backing-filename"]).is_relative_to(second.cache)  # its own image cache
+    assert second.vmrun("down", "ovl").returncode == 0
 
 
 def test_a_mounted_9p_share_is_refused_and_the_vm_stays(hosts: Hosts, tmp_path: Path) -> None:
@@ -228,35 +334,51 @@ def settled(side: Side, name: str, timeout: float = 60) -> str | None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize(("killed", "point", "runs_on"), [
-    ("source", "after the destination is ready", "source"),
-    ("source", "after the migration completed", "destination"),
-    ("destination", "after listening for the migration", "source"),
-    ("destination", "after launching the incoming qemu", "source"),
+@pytest.mark.parametrize(("killed", "point", "runs_on", "left", "copy"), [
+    ("source", "after the destination is ready", "source", None, False),
+    ("source", "after the migration completed", "destination", "migrated", False),
+    ("destination", "after listening for the migration", "source", "incoming", False),
+    ("destination", "after launching the incoming qemu", "source", "incoming", False),
+    ("source", "after the disks are in step", "source", None, True),
+    ("source", "after the migration completed", "destination", "migrated", True),
 ])
-def test_a_killed_migration_leaves_the_guest_on_one_side_and_down_force_cleans_the_other(
-    hosts: Hosts, tmp_path: Path, killed: str, point: str, runs_on: str,
+def test_a_killed_migration_leaves_the_guest_on_one_side_and_abort_cleans_the_other(
+    hosts: Hosts, tmp_path: Path, killed: str, point: str, runs_on: str, left: str | None, copy: bool,
 ) -> None:
     source, destination = hosts.first, hosts.second
-    up = source.vmrun("up", str(tiny_spec(tmp_path, "kill")))
+    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
+    disks.mkdir()
+    theirs.mkdir()
+    up = source.vmrun("up", str(tiny_spec(tmp_path, "kill", disks=disks)))
     assert up.returncode == 0, up.stderr
     boot_id = guest(source, "kill", "cat", "/proc/sys/kernel/random/boot_id")
-    to = ["migrate", "kill", "--to", f"root@{destination.address}", "-e", hosts.rsh]
+    to = ["migrate", "kill", "--to", f"root@{destination.address}", "-e", hosts.rsh,
+          *(["--copy-storage"] if copy else [])]
     if killed == "source":
-        moved = source.vmrun(*to, "--remote-vmrun", destination.remote_vmrun(), kill_at=point)
+        moved = source.vmrun(*to, "--remote-vmrun", destination.remote_vmrun((theirs, disks) if copy else None),
+                             kill_at=point)
         assert moved.returncode == -9, moved.stderr
     else:
         moved = source.vmrun(*to, "--remote-vmrun", kill_at(destination, point))
         assert moved.returncode == 4, moved.stderr
         assert "the VM runs on here" in moved.stderr
 
+    # Each side's status tells which one runs the guest, from what its state and its qemu say.
     runs, other = (source, destination) if runs_on == "source" else (destination, source)
     assert settled(runs, "kill") == "running"
+    assert settled(other, "kill") == left
     assert guest(runs, "kill", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
-    if settled(other, "kill") is not None:
-        cleaned = other.vmrun("down", "--force", "kill")
+    refused = runs.vmrun("migrate", "kill", "--abort")
+    assert refused.returncode == 2 and "kill is running here: this is the live copy" in refused.stderr, refused.stderr
+    if left == "migrated":  # a source whose guest left is not brought back by up either
+        again = other.vmrun("up", str(tmp_path / "kill.toml"))
+        assert again.returncode == 2 and "kill migrated to another host" in again.stderr, again.stderr
+    if left is not None:
+        cleaned = other.vmrun("migrate", "kill", "--abort")
         assert cleaned.returncode == 0, cleaned.stderr
     assert not other.has_tap("kill.net0") and qemu_pids_of(other.vmrun.run_root) == []
     assert not (other.vmrun.run_root / "kill").exists()
     assert runs.has_tap("kill.net0") and len(qemu_pids_of(runs.vmrun.run_root)) == 1
+    if copy and runs_on == "source":  # the destination's copy went with its run: a failed up's disk
+        assert not (theirs / "kill.qcow2").exists()
     assert runs.vmrun("down", "--force", "kill").returncode == 0

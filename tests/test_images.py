@@ -4,17 +4,15 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from vmrun.cli.main import main
-from vmrun.run.imagecache import ImageCache, _Meter
+from vmrun.run.imagecache import ImageCache
 from vmrun.spec.images import parse_digest
 from vmrun.spec.load import converter, load_spec
 from vmrun.state.locations import Places
@@ -251,16 +249,6 @@ def test_a_directory_at_an_images_place_in_the_cache_is_exit_4_in_one_line(
     [error] = errors(lines)
     assert exit_code == 4 and "cannot put it in the cache" in error
     assert cache_listing(tmp_path) == [digest.replace(":", "-")]
-
-
-def test_the_progress_bar_shows_a_url_with_brackets_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
-    """rich reads [...] in a label as markup: "[/]" in a URL was a traceback on a terminal."""
-    terminal = io.StringIO()
-    monkeypatch.setattr(terminal, "isatty", lambda: True, raising=False)
-    monkeypatch.setattr(sys, "stderr", terminal)
-    with _Meter("a[/]b[bold]c.qcow2") as meter:
-        meter.show(1, 2)
-    assert "a[/]b[bold]c.qcow2" in terminal.getvalue()
 
 
 def test_rm_refuses_an_image_that_a_vmrun_up_holds_until_its_state_names_it(

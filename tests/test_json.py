@@ -142,7 +142,8 @@ def test_snapshot_list_of_a_stopped_vm(cli: Cli, tmp_path: Path) -> None:
 
 def test_migrate_prints_one_object_in_the_vocabulary() -> None:
     """What `migrate --json` prints (the move itself needs a second host: integration/test_migrate.py)."""
-    moved = Moved(name="web", state="migrated", to="10.0.0.2", downtime_ms=44, total_ms=742, bytes=100_000_000)
+    moved = Moved(name="web", state="migrated", to="10.0.0.2", downtime_ms=44, total_ms=742, bytes=100_000_000,
+                  disk_bytes=None)
     checked("migrate", "migrate", json.loads(json.dumps(moved.to_json())))
 
 

@@ -143,3 +143,16 @@ def test_host_vfio_and_state_do_not_load_render() -> None:
 
 def test_render_does_not_load_the_host_layer() -> None:
     assert loaded_after("vmrun.qemu.render").isdisjoint({"vmrun.host.system", "vmrun.host.access"})
+
+
+def private_imports(module: str) -> Iterator[str]:
+    """The names with a leading underscore the module imports from another vmrun module: a name private to
+    one module that another needs is part of an interface, and gets a public name."""
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vmrun"):
+            yield from (f"{node.module}.{alias.name}" for alias in node.names
+                        if alias.name.startswith("_") and not alias.name.startswith("__"))
+
+
+def test_no_module_imports_a_private_name_of_another() -> None:
+    assert [f"{module} imports {name}" for module in MODULES for name in private_imports(module)] == []

@@ -16,17 +16,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     name = vm_name(args.name)
     if args.incoming:
         return _incoming(args, name)
+    if args.abort:
+        if args.to is not None or args.copy_storage:
+            raise UsageError("--abort cleans this host: it takes no --to or --copy-storage")
+        from vmrun.run.migrate import abort
+
+        say(f"{name}: cleaned {abort(name, host_of(args), places_of(args), say=say)}")
+        return 0
     if args.to is None:
         raise UsageError("say where to: vmrun migrate NAME --to [USER@]HOST")
     from vmrun.run.migrate import Remote, migrate
 
     remote = Remote.parse(args.to, args.rsh, args.remote_vmrun)
-    moved = migrate(name, remote, host_of(args), places_of(args), timeout=args.timeout, say=say)
+    moved = migrate(name, remote, host_of(args), places_of(args), timeout=args.timeout,
+                    copy_storage=args.copy_storage, say=say)
     if args.json:
         print(json.dumps(moved.to_json()))
     else:
+        disks = "" if moved.disk_bytes is None else f", {_mib(moved.disk_bytes)} of it disk"
         say(f"{name} migrated to {remote.host} in {_ms(moved.total_ms)} (downtime {_ms(moved.downtime_ms)}, "
-            f"{_mib(moved.bytes)} sent)")
+            f"{_mib(moved.bytes)} sent{disks})")
     return 0
 
 

@@ -215,10 +215,16 @@ def _migrate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--rsh", default="ssh", metavar="RSH", help="the remote shell command (default: ssh)")
     parser.add_argument("--remote-vmrun", default="vmrun", metavar="CMD",
                         help="the command line that runs vmrun on the destination (default: vmrun)")
+    parser.add_argument("--copy-storage", action="store_true",
+                        help="copy the writable disks to files the destination creates at the same paths (over NBD; "
+                        "an overlay's top only, the destination getting its base itself)")
     parser.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
                         help="cancel a migration not done after S seconds; the VM runs on here (default: 600)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: name, state, to, downtime_ms, "
-                        "total_ms, bytes")
+                        "total_ms, bytes, disk_bytes")
+    parser.add_argument("--abort", action="store_true",
+                        help="clean what a half-done migration left here (a destination that never got the guest, "
+                        "a source it left); the side that runs the guest is refused")
     parser.add_argument("--incoming", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(handler=cmd_migrate)
 

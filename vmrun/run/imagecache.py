@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 import urllib.error
@@ -33,7 +32,7 @@ import attrs
 from vmrun import __version__
 from vmrun.errors import FetchError, PreflightError
 from vmrun.files import open_to_read, write_whole
-from vmrun.progress import Say
+from vmrun.progress import Meter, Say
 from vmrun.record import Record
 from vmrun.spec.images import DIGEST_LENGTHS, Digest, parse_digest, scheme_of, url_bases
 from vmrun.spec.model import Spec
@@ -64,43 +63,6 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-class _Meter:
-    """The progress bar on a terminal (bytes, rate, time left); nothing when stderr is not a terminal, and
-    rich is imported only then."""
-
-    def __init__(self, label: str) -> None:
-        self._progress: Any = None
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-            )
-            self._task = self._progress.add_task(label, total=None)
-
-    def __enter__(self) -> _Meter:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def show(self, done: int, total: int | None) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=done, total=total)
-
-
 class _RateFloor:
     """The bytes that arrived, sampled a few times per SPEED_WINDOW (so a fast transfer keeps few samples);
     a transfer whose average over the last SPEED_WINDOW seconds is below SPEED_FLOOR is refused. Restarts
@@ -128,7 +90,7 @@ class _RateFloor:
 class _Partial:
     """The temporary file a transfer writes, and the digest of what it holds so far."""
 
-    def __init__(self, file: IO[bytes], url: str, digest: Digest, meter: _Meter) -> None:
+    def __init__(self, file: IO[bytes], url: str, digest: Digest, meter: Meter) -> None:
         self.file, self.url, self.digest, self.meter = file, url, digest, meter
         self.rate = _RateFloor(url)
         self.restart()
@@ -351,7 +313,7 @@ class ImageCache(Record):
     def _download(self, url: str, digest: Digest, target: Path) -> None:
         fd, temporary = tempfile.mkstemp(dir=self.root, prefix=f".{digest.file_name}.", suffix=".partial")
         try:
-            with os.fdopen(fd, "w+b") as file, _Meter(url.rsplit("/", 1)[-1] or url) as meter:
+            with os.fdopen(fd, "w+b") as file, Meter(url.rsplit("/", 1)[-1] or url) as meter:
                 partial = _Partial(file, url, digest, meter)
                 (_copy_local if scheme_of(url) == "file" else _copy_http)(url, partial)
                 partial.verify()

@@ -51,7 +51,7 @@ from vmrun.spec.load import converter
 from vmrun.spec.model import Firmware, Nic, Spec
 from vmrun.spec.usernet import AUTO_PORT, Forward, forwards, is_user, refused_forward, tap_nics, with_host_ports
 from vmrun.state.drift import Configuration, differences
-from vmrun.state.glance import DamagedState, has_run, state_path, vm_names
+from vmrun.state.glance import MIGRATED, DamagedState, has_run, state_path, vm_names
 from vmrun.state.hostdrift import host_differences
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import host_lock, vm_busy, vm_lock
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 STARTUP_SLICE = 2.0  # `up` checks qemu is still alive (and not interrupted) this often while waiting for the agent
 
 
-def _clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
+def clear_dead_run(host: Host, places: Places, name: str, say: Say) -> None:
     """Under the VM's lock: what an earlier run or preflight left (qemu died, vmrun was killed) is undone."""
     paths = places.of(name)
     if not has_run(paths):
@@ -239,7 +239,7 @@ def _say_left_on_purpose(journal: list[AppliedChange], paths: RunPaths, say: Say
         say(f"kept for the next up: {', '.join(files)}")
 
 
-def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: bool, say: Say) -> None:
+def prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: bool, say: Say) -> None:
     """A per-VM copy of the OVMF variable store: it holds the guest's boot entries across runs."""
     if spec.boot.firmware is not Firmware.UEFI:
         return
@@ -249,16 +249,16 @@ def _prepare_uefi_vars(spec: Spec, paths: RunPaths, facts: HostFacts, *, fresh: 
         say(f"fresh UEFI variables in {paths.uefi_vars}")
 
 
-def _say_plan(plan: Plan, say: Say) -> None:
+def say_plan(plan: Plan, say: Say) -> None:
     say(f"accel {plan.accel.accel}: {plan.accel.reason}")
     for check in plan.findings:
         if check.status is Status.WARN:
             say(f"warning: {check.name}: {check.message}")
 
 
-def _preflight(
+def apply_preflight(
     spec: Spec, spec_path: Path, host: Host, places: Places, facts: HostFacts, *,
-    configuration: Configuration, show: Callable[[Plan], None], say: Say,
+    configuration: Configuration, show: Callable[[Plan], None], say: Say, migration: str | None = None,
     port_forwards: tuple[PortForward, ...] = (),
 ) -> tuple[Plan, StateJournal]:
     """Plan and apply the host changes under the host lock, journaled in a new run directory."""
@@ -277,6 +277,7 @@ def _preflight(
             spec=converter.unstructure(spec),
             seed_id=configuration.seed_id,
             forwards=port_forwards,
+            migration=migration,
         ))
         crash_point("after creating the run directory")
         try:
@@ -295,12 +296,12 @@ def prepare(spec: Spec, spec_path: Path, host: Host, places: Places, *, show: Ca
             say: Say) -> tuple[AppliedChange, ...]:
     """`vmrun preflight`: the host changes alone, journaled like `up`'s, so `vmrun down NAME` undoes them."""
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
-        _clear_dead_run(host, places, spec.name, say)
+        clear_dead_run(host, places, spec.name, say)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         no_qemu = Configuration(spec, argv=())
-        with _bases_in_use(spec, places, say):
-            return _preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show,
-                              say=say)[1].entries
+        with holding_bases(spec, places, say):
+            return apply_preflight(spec, spec_path, host, places, facts, configuration=no_qemu, show=show,
+                                   say=say)[1].entries
 
 
 class Outcome(enum.StrEnum):
@@ -322,8 +323,12 @@ def up(
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         running = running_state(host, paths, spec.name)
+        if running is not None and running.migration == MIGRATED:
+            # Its guest runs on another host now: this paused qemu is no VM to leave alone or to restart.
+            raise UsageError(f"{spec.name} migrated to another host; its qemu here is paused for good",
+                             hint=f"vmrun migrate --abort {spec.name} removes it")
         asked, spec = spec, with_host_ports(spec, _port_picker(running, pick_free=True))
-        configuration, seed = _configuration(spec, spec_path, facts, paths)
+        configuration, seed = configuration_of(spec, spec_path, facts, paths)
         argv = list(configuration.argv)
         outcome = Outcome.STARTED
         if running is not None:
@@ -334,26 +339,26 @@ def up(
             if not restart:
                 raise ConfigurationDiffers(f"{spec.name} runs with another configuration: {'; '.join(changed)}",
                                            hint=f"vmrun up --restart {spec_path} applies it (a graceful down, then up)")
-        with _bases_in_use(spec, places, say):  # before a restart stops the VM: a failed download leaves it running
+        with holding_bases(spec, places, say):  # before a restart stops the VM: a failed download leaves it running
             if running is not None:
                 say(f"restarting for {'; '.join(changed)}")
-                _stop_and_undo(host, places, spec.name, timeout=stop_timeout, force=False, say=say)
+                stop_and_undo(host, places, spec.name, timeout=stop_timeout, force=False, say=say)
                 outcome = Outcome.RESTARTED
-            _clear_dead_run(host, places, spec.name, say)
-            plan, journal = _preflight(
+            clear_dead_run(host, places, spec.name, say)
+            plan, journal = apply_preflight(
                 spec, spec_path, host, places, facts, configuration=configuration,
-                show=lambda plan: _say_plan(plan, say), say=say, port_forwards=_port_forwards(asked, spec),
+                show=lambda plan: say_plan(plan, say), say=say, port_forwards=_port_forwards(asked, spec),
             )
         if plan.changes:
             say(f"preflight: {len(plan.changes)} host change(s) applied")
         pid: int | None = None
         try:
-            _prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
+            prepare_uefi_vars(spec, paths, facts, fresh=fresh, say=say)
             prepare_seed(seed, paths, say)
             crash_point("before launching qemu")
             say(f"launching {spec.name}")
             with _importing_meanwhile("vmrun.qemu.monitor"):
-                pid = _launch(spec, [str(_checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
+                pid = launch_qemu(spec, [str(checked_program(facts)), *argv[1:]], paths, memlock=plan.memlock)
             crash_point("after launching qemu")
             say(f"qemu pid {pid}")
             if spec.machine.pinned:
@@ -365,13 +370,13 @@ def up(
             raise
         except BaseException:
             with shielded():
-                _abort(host, places, journal.state, say)
+                abort_start(host, places, journal.state, say)
             raise
         return outcome
 
 
 @contextmanager
-def _bases_in_use(spec: Spec, places: Places, say: Say) -> Iterator[None]:
+def holding_bases(spec: Spec, places: Places, say: Say) -> Iterator[None]:
     """The images the spec's URL bases name, in the cache and kept there (`image rm` refuses them) until the
     VM's state names them: the host step before preflight, which makes overlays on them and writes the
     state. The downloader (urllib, hashlib) is imported only for a spec that has one."""
@@ -385,7 +390,7 @@ def _bases_in_use(spec: Spec, places: Places, say: Say) -> Iterator[None]:
         yield
 
 
-def _configuration(
+def configuration_of(
     spec: Spec, spec_path: Path, facts: HostFacts, paths: RunPaths
 ) -> tuple[Configuration, Seed | None]:
     """What the VM would run with now, and the seed that says so (built from the user's files as they are)."""
@@ -427,7 +432,7 @@ def drift(spec: Spec, spec_path: Path, host: Host, places: Places) -> list[str] 
     if state is None:
         return None
     facts = gather_facts(host, spec.qemu.binary)
-    now, _ = _configuration(with_host_ports(spec, _port_picker(state, pick_free=False)), spec_path, facts, paths)
+    now, _ = configuration_of(with_host_ports(spec, _port_picker(state, pick_free=False)), spec_path, facts, paths)
     return _running_differences(state, now, host, as_root=facts.drop_privileges, pid=read_pid(paths))
 
 
@@ -447,7 +452,7 @@ def running_state(host: Host, paths: RunPaths, name: str) -> VmState | None:
     return state if state is not None and state.argv and is_our_qemu(host, read_pid(paths), name) else None
 
 
-def _abort(host: Host, places: Places, state: VmState, say: Say) -> None:
+def abort_start(host: Host, places: Places, state: VmState, say: Say) -> None:
     """A failed or interrupted `up`: qemu killed if it runs (found even when its pid was never read),
     host changes undone, run dir removed."""
     # Each process of the run: stopped while it daemonized, qemu is a parent and its daemon child.
@@ -459,7 +464,7 @@ def _abort(host: Host, places: Places, state: VmState, say: Say) -> None:
     _end_run(host, places, state.name, state, say, rollback=True)
 
 
-def _launch(spec: Spec, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
+def launch_qemu(spec: Spec, argv: list[str], paths: RunPaths, *, memlock: int | None) -> int:
     try:
         return launch(argv, paths, memlock=memlock)
     except LaunchError as exc:
@@ -469,7 +474,7 @@ def _launch(spec: Spec, argv: list[str], paths: RunPaths, *, memlock: int | None
         raise refused from exc
 
 
-def _checked_program(facts: HostFacts) -> Path:
+def checked_program(facts: HostFacts) -> Path:
     """The file preflight judged, not the name again: a link swapped since then changes nothing."""
     if facts.qemu_program is None:
         raise LaunchError("qemu.binary is not found")
@@ -551,10 +556,10 @@ def down(name: str, host: Host, places: Places, *, timeout: float, force: bool, 
     with vm_lock(places, name, wait=True, say=say):
         if not has_run(paths):
             return None
-        return _stop_and_undo(host, places, name, timeout=timeout, force=force, say=say)
+        return stop_and_undo(host, places, name, timeout=timeout, force=force, say=say)
 
 
-def _stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, force: bool, say: Say) -> str:
+def stop_and_undo(host: Host, places: Places, name: str, *, timeout: float, force: bool, say: Say) -> str:
     """Under the VM's lock: qemu stopped and gone, host changes undone, run dir removed."""
     paths = places.of(name)
     state, lost = _state_to_end(paths, force=force, say=say)

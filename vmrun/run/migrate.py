@@ -26,31 +26,32 @@ from vmrun.errors import LaunchError, PreflightError, Problem, SpecError, UsageE
 from vmrun.guest.cloudinit import prepare_seed
 from vmrun.host.facts import gather_facts
 from vmrun.host.system import Host
-from vmrun.progress import Say
-from vmrun.qemu.migration import FINISHED, MigrationMonitor, Progress
+from vmrun.progress import Meter, Say
+from vmrun.qemu.migration import FINISHED, POLL, MigrationMonitor, Mirror, Progress
 from vmrun.record import Record
 from vmrun.run.lifecycle import (
-    _abort,
-    _bases_in_use,
-    _checked_program,
-    _clear_dead_run,
-    _configuration,
-    _launch,
-    _preflight,
-    _prepare_uefi_vars,
-    _say_plan,
-    _stop_and_undo,
+    abort_start,
+    apply_preflight,
+    checked_program,
+    clear_dead_run,
+    configuration_of,
+    holding_bases,
+    launch_qemu,
+    prepare_uefi_vars,
     running_state,
+    say_plan,
+    stop_and_undo,
 )
+from vmrun.run.status import run_state
 from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec.check import validate
 from vmrun.spec.load import converter, structure_spec
-from vmrun.spec.model import Spec
+from vmrun.spec.model import ByteSize, Spec
+from vmrun.state.glance import INCOMING, MIGRATED, has_run
 from vmrun.state.locations import Places
 from vmrun.state.locks import vm_lock
-from vmrun.state.vmstate import read_state, recorded_configuration
+from vmrun.state.vmstate import mark_migration, read_state, recorded_configuration
 
-POLL = 0.05  # query-migrate this often: an idle small guest moves in tens of milliseconds
 READY_TIMEOUT = 300.0  # the destination's preflight, qemu start and perhaps a base image download
 CONFIRM_TIMEOUT = 60.0  # from the switch-over until the destination says the guest runs there
 QUIT_WAIT = 30.0  # the remote shell ends once the destination vmrun has cleaned up
@@ -99,7 +100,20 @@ class Moved(Record):
     to: str
     downtime_ms: int | None
     total_ms: int | None
-    bytes: int | None
+    bytes: int | None  # RAM, device state and disks
+    disk_bytes: int | None  # None: the disks did not move (shared storage)
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(repr=False)
+class Target(Record):
+    """Where the destination's qemu listens: for the migration, and with --copy-storage for the disks."""
+
+    address: str
+    port: int
+    disks: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -115,7 +129,14 @@ def unmovable(spec: Spec) -> list[Problem]:
     return problems
 
 
-def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: float, say: Say) -> Moved:
+def mirrors_of(spec: Spec) -> list[Mirror]:
+    """The disks --copy-storage copies: every writable one, an overlay's top alone (the destination
+    creates the overlay on its own copy of the base, from the same path or through its image cache)."""
+    return [Mirror(disk.id, top=disk.base is not None) for disk in spec.disks if not disk.readonly]
+
+
+def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: float, copy_storage: bool = False,
+            say: Say) -> Moved:
     """Move the running VM to the destination; any failure before the switch-over leaves it running here."""
     paths = places.of(name)
     with vm_lock(places, name, wait=False, say=say), sigterm_interrupts():
@@ -135,47 +156,129 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
                                  hint=f"vmrun status {name}")
             if blocked := monitor.blocked_reasons():
                 raise PreflightError(f"{name} cannot migrate now: qemu says: {'; '.join(blocked)}")
-            offer = {"spec": converter.unstructure(spec), "spec_path": state.spec_path}
+            mirrors = mirrors_of(spec) if copy_storage else []
+            sent = _sized(spec, monitor, mirrors)
+            offer = {"spec": converter.unstructure(sent), "spec_path": state.spec_path, "copy_storage": copy_storage}
             crash_point("before starting the destination")
             with _Destination.start(remote, name, offer, say) as destination:
-                address, port = destination.ready()
+                target = destination.ready(remote.address, copy_storage=copy_storage)
                 crash_point("after the destination is ready")
-                say(f"migrating {name} to {remote.host} ({address or remote.address}:{port})")
-                done = _send(monitor, destination, address or remote.address, port, timeout)
+                disks = f", {len(mirrors)} disk(s) mirrored to port {target.disks}" if mirrors else ""
+                say(f"migrating {name} to {remote.host} ({target.address}:{target.port}{disks})")
+                with Meter(f"{name} -> {remote.host}") as meter:
+                    done, copied = _send(monitor, destination, target, mirrors, timeout, meter)
+                mark_migration(paths, MIGRATED)
                 crash_point("after the migration completed")
                 destination.switched()
         crash_point("after the destination runs the guest")
-        _stop_and_undo(host, places, name, timeout=0, force=True, say=say)
+        stop_and_undo(host, places, name, timeout=0, force=True, say=say)
+        moved = None if done.bytes is None or copied is None else done.bytes + copied
         return Moved(name=name, state="migrated", to=remote.host, downtime_ms=done.downtime_ms,
-                     total_ms=done.total_ms, bytes=done.bytes)
+                     total_ms=done.total_ms, bytes=done.bytes if not mirrors else moved, disk_bytes=copied)
 
 
-def _send(monitor: MigrationMonitor, destination: _Destination, address: str, port: int,
-          timeout: float) -> Progress:
-    """Migrate and wait; a failure, a timeout or an interruption cancels it, and the source runs on. A
-    migration that completed all the same is the switch-over: the source is never resumed after it."""
+def _sized(spec: Spec, monitor: MigrationMonitor, mirrors: list[Mirror]) -> Spec:
+    """The spec for the destination: a copied disk created there needs the size the disk has here, which a
+    spec that names an existing image does not give."""
+    copied = {mirror.node for mirror in mirrors}
+    if not any(disk.size is None for disk in spec.disks if disk.id in copied):
+        return spec
+    sizes = {node.get("node-name"): node.get("image", {}).get("virtual-size") for node in monitor.block_nodes()}
+    return attrs.evolve(spec, disks=tuple(
+        attrs.evolve(disk, size=ByteSize(int(sizes[disk.id])))
+        if disk.id in copied and disk.size is None and isinstance(sizes.get(disk.id), int) else disk
+        for disk in spec.disks))
+
+
+def abort(name: str, host: Host, places: Places, *, say: Say) -> str:
+    """`migrate --abort`: what a half-done migration left on this side, cleaned as `down --force` would, and
+    a destination's run rolled back like a failed `up` (a disk it created for --copy-storage never held the
+    running guest). The side that runs the guest is refused: it is the live copy."""
+    paths = places.of(name)
+    with vm_lock(places, name, wait=False, say=say):
+        if not has_run(paths):
+            raise UsageError(f"{name} has no run here: nothing to abort", hint="vmrun status")
+        state = read_state(paths)
+        alive = running_state(host, paths, name) is not None
+        side = run_state(paths, state.migration if state is not None else None) if alive else "dead"
+        if state is not None and (side == INCOMING or not alive and state.migration == INCOMING):
+            abort_start(host, places, state, say)
+            return "the destination's qemu that never got the guest"
+        if side in (MIGRATED, "dead"):
+            stop_and_undo(host, places, name, timeout=0, force=True, say=say)
+            return "the source's qemu, paused since its guest left" if side == MIGRATED else "a run whose qemu died"
+        raise UsageError(f"{name} is {side} here: this is the live copy, which --abort never stops",
+                         hint=f"vmrun status {name} on the other host; vmrun down {name} stops it here")
+
+
+def _send(monitor: MigrationMonitor, destination: _Destination, target: Target, mirrors: list[Mirror],
+          timeout: float, meter: Meter) -> tuple[Progress, int | None]:
+    """Copy the disks until in step, migrate and wait; a failure, a timeout or an interruption cancels it
+    all, and the source runs on. A migration that completed all the same is the switch-over: the source is
+    never resumed after it. Returns the migration's figures and the disks' bytes."""
+    deadline = time.monotonic() + timeout
     try:
-        monitor.send(address, port)
-        progress = _wait(monitor, time.monotonic() + timeout)
+        if mirrors:
+            assert target.disks is not None
+            monitor.mirror(mirrors, target.address, target.disks)
+            _wait_copied(monitor, mirrors, deadline, timeout, meter)
+            crash_point("after the disks are in step")
+        monitor.send(target.address, target.port)
+        progress = _wait(monitor, deadline, meter)
     except BaseException:
         with shielded():
             progress = _cancelled(monitor)
             if progress.status != "completed":
-                destination.abort()
+                _give_up(monitor, destination, mirrors)
                 raise
-        return progress
+        return progress, _copied(monitor, mirrors)
     if progress.status != "completed":
-        destination.abort()
+        _give_up(monitor, destination, mirrors)
         if progress.status == "cancelled":
             raise LaunchError(f"the migration did not complete within {timeout:g} s; {monitor.peer} cancelled it "
                               "and the VM runs on here", hint="--timeout S allows more")
         raise LaunchError(f"the migration failed: {progress.error or progress.status}; the VM runs on here")
-    return progress
+    return progress, _copied(monitor, mirrors)
 
 
-def _wait(monitor: MigrationMonitor, deadline: float) -> Progress:
+def _wait_copied(monitor: MigrationMonitor, mirrors: list[Mirror], deadline: float, timeout: float,
+                 meter: Meter) -> None:
+    """Until every mirror is ready: the destination's disks hold what these do, and keep up with each write."""
+    while not (copying := monitor.copying(mirrors)).ready:
+        meter.show(copying.done, copying.total, label="disks")
+        if time.monotonic() >= deadline:
+            raise LaunchError(f"the disks were not copied within {timeout:g} s; the VM runs on here",
+                              hint="--timeout S allows more")
+        time.sleep(POLL)
+
+
+def _copied(monitor: MigrationMonitor, mirrors: list[Mirror]) -> int | None:
+    """The disks' bytes sent, read before the mirrors end; then each ends with the copy complete."""
+    if not mirrors:
+        return None
+    try:
+        copied: int | None = monitor.copying(mirrors).done
+    except VmrunError:
+        copied = None
+    with suppress(VmrunError):  # the guest runs on the destination's copy whatever this qemu answers now
+        monitor.end_mirrors(mirrors, detach=False)
+    return copied
+
+
+def _give_up(monitor: MigrationMonitor, destination: _Destination, mirrors: list[Mirror]) -> None:
+    """Before the switch-over: the mirrors abandoned (the guest here writes its own disks on), the
+    destination told to clean up."""
+    if mirrors:
+        with suppress(VmrunError):
+            monitor.end_mirrors(mirrors, detach=True)
+    destination.abort()
+
+
+def _wait(monitor: MigrationMonitor, deadline: float, meter: Meter | None = None) -> Progress:
     cancelled = False
     while (progress := monitor.progress()).status not in FINISHED:
+        if meter is not None and progress.bytes is not None:
+            meter.show(progress.bytes, progress.bytes + (progress.remaining or 0), label="RAM")
         if not cancelled and time.monotonic() >= deadline:
             monitor.cancel()
             cancelled = True
@@ -186,7 +289,10 @@ def _wait(monitor: MigrationMonitor, deadline: float) -> Progress:
 def _cancelled(monitor: MigrationMonitor) -> Progress:
     """Cancel a migration under way and tell how it ended; a monitor that cannot be asked counts as failed."""
     try:
-        if monitor.progress().status not in FINISHED:
+        progress = monitor.progress()
+        if progress.status == "none":  # never started: nothing to cancel, nothing that could complete
+            return progress
+        if progress.status not in FINISHED:
             monitor.cancel()
         return _wait(monitor, float("inf"))
     except VmrunError as exc:
@@ -259,12 +365,14 @@ class _Destination:
         return RemoteError(f"the destination {self.remote.host} failed (exit {code}) {waiting_for}; the VM runs "
                            "on here", exit_code=exit_code)
 
-    def ready(self) -> tuple[str | None, int]:
+    def ready(self, reached: str, *, copy_storage: bool) -> Target:
+        """Where to send; the destination's own address when it knows which one we reached it on."""
         message = self.answer(READY_TIMEOUT, "while getting ready")
-        address, port = message.get("address"), message.get("port")
-        if not isinstance(port, int) or not (address is None or isinstance(address, str)):
+        address, port, disks = message.get("address"), message.get("port"), message.get("disks")
+        if not isinstance(port, int) or not (address is None or isinstance(address, str)) \
+                or not isinstance(disks, int) and copy_storage:
             raise LaunchError(f"{self.remote.host} answered something unexpected: {message!r:.200}")
-        return address, port
+        return Target(address=address or reached, port=port, disks=disks if copy_storage else None)
 
     def switched(self) -> None:
         self.tell({"switched": True})
@@ -298,35 +406,44 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
     the guest once its migration completed, and otherwise undoes everything."""
     offer = _offer(incoming.readline())
     spec, spec_path = _movable(offer, name)
+    copy_storage = offer.get("copy_storage") is True
     paths = places.of(name)
     with vm_lock(places, name, wait=False, say=say), sigterm_interrupts():
+        if copy_storage and (present := _present(spec, host)):
+            raise SpecError(f"{name} (--copy-storage)", present)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
-        configuration, seed = _configuration(spec, spec_path, facts, paths)
-        with _bases_in_use(spec, places, say):
-            _clear_dead_run(host, places, name, say)
-            plan, journal = _preflight(spec, spec_path, host, places, facts, configuration=configuration,
-                                       show=lambda plan: _say_plan(plan, say), say=say)
+        configuration, seed = configuration_of(spec, spec_path, facts, paths)
+        with holding_bases(spec, places, say):
+            clear_dead_run(host, places, name, say)
+            plan, journal = apply_preflight(spec, spec_path, host, places, facts, configuration=configuration,
+                                       show=lambda plan: say_plan(plan, say), say=say)
         try:
-            _prepare_uefi_vars(spec, paths, facts, fresh=False, say=say)
+            prepare_uefi_vars(spec, paths, facts, fresh=False, say=say)
             prepare_seed(seed, paths, say)
-            argv = [str(_checked_program(facts)), *configuration.argv[1:], "-incoming", "defer"]
+            argv = [str(checked_program(facts)), *configuration.argv[1:], "-incoming", "defer"]
             crash_point("before launching the incoming qemu")
-            pid = _launch(spec, argv, paths, memlock=plan.memlock)
+            pid = launch_qemu(spec, argv, paths, memlock=plan.memlock)
             crash_point("after launching the incoming qemu")
             say(f"qemu pid {pid} waits for the migration")
             with MigrationMonitor(paths.qmp_socket) as monitor:
                 monitor.connect(timeout=10)
                 port = monitor.listen(address or "0.0.0.0")
+                disks = monitor.export(address or "0.0.0.0", [mirror.node for mirror in mirrors_of(spec)]) \
+                    if copy_storage else None
                 crash_point("after listening for the migration")
-                _write(outgoing, {"address": address, "port": port})
+                _write(outgoing, {"address": address, "port": port, "disks": disks})
                 told = _offer(incoming.readline())
                 if not told.get("switched") and not _arrived(monitor):
                     raise LaunchError("the source gave up the migration")
                 crash_point("before confirming the switch-over")
                 _wait_running(monitor)
+                mark_migration(paths, None)
+                if copy_storage:
+                    with suppress(VmrunError):  # the guest runs on its own files whatever the server does
+                        monitor.unexport()
         except BaseException:
             with shielded():
-                _abort(host, places, journal.state, say)
+                abort_start(host, places, journal.state, say)
             raise
         # The guest runs here now, whether or not the source is still there to hear it.
         with suppress(OSError):
@@ -360,6 +477,15 @@ def _movable(offer: dict[str, Any], name: str) -> tuple[Spec, Path]:
     if problems := unmovable(spec):
         raise SpecError(name, problems)
     return spec, Path(spec_path)
+
+
+def _present(spec: Spec, host: Host) -> list[Problem]:
+    """--copy-storage creates each copied disk here: one already at its path would be written over, or be
+    the source's own file on shared storage."""
+    copied = {mirror.node for mirror in mirrors_of(spec)}
+    return [Problem(f"disks[{index}]", f"{disk.path} already exists on the destination; --copy-storage creates it",
+                    hint="remove it there, or migrate without --copy-storage if it is the same shared file")
+            for index, disk in enumerate(spec.disks) if disk.id in copied and host.exists(str(disk.path))]
 
 
 def _arrived(monitor: MigrationMonitor) -> bool:

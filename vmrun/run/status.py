@@ -15,7 +15,7 @@ from vmrun.errors import UsageError
 from vmrun.host.dirs import ROOT_RUN_ROOT
 from vmrun.host.view import HostView
 from vmrun.qemu.process import find_qemu, is_our_qemu, read_pid
-from vmrun.state.glance import DamagedState, glance, has_run, vm_names
+from vmrun.state.glance import INCOMING, MIGRATED, DamagedState, glance, has_run, vm_names
 from vmrun.state.locations import Places, RunPaths
 from vmrun.units import iso_time
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from vmrun.spec.model import Spec
 
 AGENT_PROBE_TIMEOUT = 1.0  # status -a and exec: an agent that is up answers at once
+MIGRATION_SIDES = {"postmigrate": MIGRATED, "inmigrate": INCOMING}  # qemu's run state on each side
 
 
 class VmStatus:
@@ -63,12 +64,13 @@ def status(host: HostView, places: Places, names: list[str] | None = None, *,
         for name in names:
             existing_paths(places, name)
     statuses = [_status_of(host, places.of(name), name) for name in names or vm_names(places.run_root)]
-    asked = [vm for vm in statuses if vm.state == "running"]
-    if addresses and asked:
+    live = [vm for vm in statuses if vm.state in ("running", INCOMING, MIGRATED)]
+    if addresses and live:
         from concurrent.futures import ThreadPoolExecutor
 
-        # QMP and the agent of every VM at once: each waits on its own guest, not on the others.
-        questions = [(question, vm) for vm in asked for question in (_ask_qmp, _ask_agent)]
+        # QMP and the agent of every VM at once: each waits on its own guest, not on the others. A guest that
+        # left, or has not arrived, has no agent to ask.
+        questions = [*((_ask_qmp, vm) for vm in live), *((_ask_agent, vm) for vm in live if vm.state == "running")]
         with ThreadPoolExecutor(max_workers=len(questions)) as pool:
             list(pool.map(lambda pair: pair[0](pair[1], places.of(pair[1].name)), questions))
     return statuses
@@ -84,7 +86,10 @@ def _status_of(host: HostView, paths: RunPaths, name: str) -> VmStatus:
     if damaged:
         vm_state = "damaged"
     elif alive:
-        vm_state = "running"
+        # A migration's mark outranks "running": a source paused after its guest left must never read as a VM
+        # to resume, nor a destination still waiting as one that runs.
+        mark = state.get("migration") if state is not None else None
+        vm_state = mark if mark in (INCOMING, MIGRATED) else "running"
     else:  # "prepared": `vmrun preflight` made the host changes and no qemu was meant to run.
         vm_state = "prepared" if state is not None and not state.get("argv") else "dead"
     state = state or {}
@@ -106,24 +111,27 @@ def _shown(forward: Any) -> str:
 
 
 def _ask_qmp(vm: VmStatus, paths: RunPaths) -> None:
-    """A paused guest is "stopped"."""
-    if _run_state(paths) != "running":
-        vm.state = "stopped"
+    """A paused guest is "stopped"; qemu also knows a migration's side better than the recorded mark."""
+    vm.state = run_state(paths, vm.state if vm.state in (INCOMING, MIGRATED) else None)
 
 
 def _ask_agent(vm: VmStatus, paths: RunPaths) -> None:
     vm.agent, vm.addresses = probe_agent(paths)
 
 
-def _run_state(paths: RunPaths) -> str:
+def run_state(paths: RunPaths, mark: str | None) -> str:
+    """A live qemu's state in vmrun's words. qemu knows best whether the guest runs here; when it cannot
+    say, the migration's mark recorded in the state does (a source paused after its guest left must never
+    read as a VM to resume)."""
     from vmrun.qemu.monitor import Monitor
 
     try:
         with Monitor(paths.qmp_socket) as monitor:
-            monitor.connect(timeout=AGENT_PROBE_TIMEOUT)
-            return "running" if monitor.status() == "running" else "stopped"
+            monitor.connect(timeout=AGENT_PROBE_TIMEOUT * 2)
+            status = monitor.status()
     except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
-        return "stopped"
+        return mark or "stopped"
+    return "running" if status == "running" else MIGRATION_SIDES.get(status) or mark or "stopped"
 
 
 def probe_agent(paths: RunPaths) -> tuple[bool | None, dict[str, list[str]] | None]:

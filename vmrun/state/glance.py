@@ -15,6 +15,10 @@ from vmrun.spec.vmname import is_vm_name
 from vmrun.state.locations import RunPaths
 
 STATE_FILE = "state.json"
+# A live migration's mark in the state, for whoever finds the run after a kill: INCOMING, the destination's
+# qemu waits for a guest it never ran; MIGRATED, the guest left and the source's qemu is paused for good.
+INCOMING = "incoming"
+MIGRATED = "migrated"
 
 
 class DamagedState(UsageError):

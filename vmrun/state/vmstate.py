@@ -64,6 +64,7 @@ class VmState(Record):
     spec: dict[str, Any] | None = None  # the spec it started from, for drift (vmrun diff, declarative up)
     seed_id: str | None = None  # the instance-id of its cloud-init seed
     forwards: tuple[PortForward, ...] = ()  # its user-mode port forwards, the ports picked for `auto` ones
+    migration: str | None = None  # INCOMING or MIGRATED (vmrun.state.glance) while a migration is under way
 
     def to_json(self) -> str:
         return json.dumps(converter.unstructure(self), indent=1) + "\n"
@@ -76,6 +77,15 @@ class VmState(Record):
         from vmrun.preflight.changes import AppliedChange  # ~3 ms that `status` pays only for a VM with a state file
 
         return [AppliedChange.from_json(entry) for entry in self.changes]
+
+
+
+
+def mark_migration(paths: RunPaths, mark: str | None) -> None:
+    """Record where a migration stands in the VM's state (call it under the VM's lock)."""
+    state = read_state(paths)
+    if state is not None:
+        write_state(paths, attrs.evolve(state, migration=mark))
 
 
 def recorded_configuration(state: VmState) -> Configuration:

@@ -12,9 +12,14 @@ description:
   - O(state=present) is C(vmrun up). VMs that do not run are started, VMs running with their spec's
     configuration are left alone, and a VM running with another configuration fails the task, as
     C(vmrun up) refuses it, unless O(restart=true).
+  - O(state=migrated) is C(vmrun migrate) of each VM the specs name that runs on this host, to O(to): it drains
+    the host, each guest moving live (no reboot). A VM that does not run here is left alone (V(not here)), so a
+    second run changes nothing.
   - O(state=absent) is C(vmrun down) of the VMs the specs name. As for C(vmrun down), a spec only has to name
     its VM, it need not be valid; a spec that names none fails the task and nothing is stopped.
   - The task reports changed only when a VM was started, restarted or stopped.
+  - Check mode starts, stops and moves nothing and predicts the real run, failures included. For
+    O(state=migrated) it says which VMs would move where (those C(vmrun status --json) shows running here).
   - Check mode starts and stops nothing and predicts the real run, failures included. For O(state=present) it
     comes from C(vmrun diff --json), which also gives each invalid spec and the errors C(vmrun up) refuses it
     with; for O(state=absent), from C(vmrun down --dry-run --json), which names the VMs as C(vmrun down) does,
@@ -31,10 +36,34 @@ options:
     required: true
   state:
     description:
-      - V(present) starts what does not run, as C(vmrun up); V(absent) stops the VMs, as C(vmrun down).
+      - V(present) starts what does not run, as C(vmrun up); V(absent) stops the VMs, as C(vmrun down);
+        V(migrated) moves those running here to O(to), as C(vmrun migrate).
     type: str
-    choices: [present, absent]
+    choices: [present, absent, migrated]
     default: present
+  to:
+    version_added: "1.2.0"
+    description:
+      - The host to move the VMs to, V([USER@]HOST), reached with O(rsh); C(vmrun migrate --to). Required with
+        O(state=migrated), refused otherwise.
+    type: str
+  rsh:
+    version_added: "1.2.0"
+    description:
+      - The remote shell command that reaches O(to); C(vmrun migrate -e). vmrun's default is C(ssh).
+    type: str
+  remote_vmrun:
+    version_added: "1.2.0"
+    description:
+      - The command line that runs vmrun on O(to); C(vmrun migrate --remote-vmrun). vmrun's default is C(vmrun).
+    type: str
+  copy_storage:
+    version_added: "1.2.0"
+    description:
+      - Copy the writable disks to O(to) as well (C(vmrun migrate --copy-storage)); without it they must be on
+        storage both hosts see at the same paths.
+    type: bool
+    default: false
   restart:
     description:
       - Restart a VM that runs with another configuration than its spec's (a graceful down, then up),
@@ -87,6 +116,12 @@ EXAMPLES = r"""
     specs: /etc/vmrun/specs
     restart: true
 
+- name: Drain this host before maintenance, every guest moving live to kvm2
+  vmrun.fleet.vms:
+    specs: /etc/vmrun/specs
+    state: migrated
+    to: root@kvm2.example.com
+
 - name: Stop them all
   vmrun.fleet.vms:
     specs: /etc/vmrun/specs
@@ -111,11 +146,14 @@ vms:
         - V(started), V(up to date), V(restarted), V(refused) (runs with another configuration),
           V(invalid) (the spec's path as the name, its errors in RV(vms[].errors)), V(failed), V(interrupted)
           for O(state=present);
-          V(stopped), V(not running), V(failed), V(interrupted) for O(state=absent).
+          V(stopped), V(not running), V(failed), V(interrupted) for O(state=absent);
+          V(migrated), V(not here) (does not run on this host), V(failed) for O(state=migrated).
       type: str
       sample: started
     outcome:
-      description: The result as vmrun's summary line says it (V(would stop) in check mode with O(state=absent)).
+      description:
+        - The result as vmrun's summary line says it (V(would stop) in check mode with O(state=absent)); for
+          O(state=migrated) where to and how it went (V(would migrate to kvm2) in check mode).
       type: str
       sample: stopped (ACPI powerdown)
     exit_code:
@@ -138,8 +176,8 @@ vms:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the documentation, as modules are laid out
 from ansible_collections.vmrun.fleet.plugins.module_utils.vmrun import VMRUN_ARGUMENT_SPEC, Vmrun  # noqa: E402
 
-CHANGED = ("started", "restarted", "stopped")
-GOOD = ("started", "restarted", "up to date", "stopped", "not running")
+CHANGED = ("started", "restarted", "stopped", "migrated")
+GOOD = ("started", "restarted", "up to date", "stopped", "not running", "migrated", "not here")
 
 
 def vm(name, result, errors=(), hint=None, exit_code=0, outcome=None):
@@ -238,22 +276,85 @@ def absent(module, vmrun):
     return vms, {"before": before, "after": after}
 
 
+def migrate_options(module):
+    """vmrun migrate's options from the task's, vmrun's defaults where the task gives none."""
+    params = module.params
+    options = ["--to", params["to"]]
+    for option, param in (("-e", "rsh"), ("--remote-vmrun", "remote_vmrun")):
+        if params[param] is not None:
+            options += [option, params[param]]
+    if params["timeout"] is not None:
+        options += ["--timeout", f"{params['timeout']:g}"]
+    return options + (["--copy-storage"] if params["copy_storage"] else [])
+
+
+def migrate_one(vmrun, name):
+    """`vmrun migrate --json` of one VM: its entry, with vmrun's figures or its errors."""
+    to = vmrun.module.params["to"]
+    rc, moved, errors, _ = vmrun.run("migrate", *migrate_options(vmrun.module), "--json", "--", name)
+    if rc != 0 or not isinstance(moved, dict):
+        return vm(name, "failed", errors or [f"vmrun migrate failed (exit {rc})"], exit_code=rc or 1,
+                  outcome=f"failed (exit {rc})")
+    return vm(name, "migrated", outcome=f"migrated to {to} (downtime {moved['downtime_ms']} ms, "
+                                        f"{moved['bytes']} bytes sent)")
+
+
+def migrated(module, vmrun):
+    """Each VM the specs name (as down names them: a spec need only name its VM) that runs here moves to `to`;
+    check mode says which would. A VM in any other state here is not this host's to move."""
+    planned = vmrun.json_or_fail((0,), "down", "--dry-run", "--json", *specs(module))
+    states = dict((entry["name"], entry["state"]) for entry in vmrun.status())
+    to = module.params["to"]
+    copying = " with its disks" if module.params["copy_storage"] else ""
+    vms = []
+    for name in (entry["name"] for entry in planned):
+        state = states.get(name, "not running")
+        if state != "running":
+            vms.append(vm(name, "not here", outcome=f"{state} here"))
+        elif module.check_mode:
+            vms.append(vm(name, "migrated", outcome=f"would migrate to {to}{copying}"))
+        else:
+            vms.append(migrate_one(vmrun, name))
+    moved = set(entry["name"] for entry in vms if entry["result"] == "migrated")
+    before = "".join(vm_text(entry["name"], states.get(entry["name"], "not running") + " here") for entry in vms)
+    after = "".join(vm_text(entry["name"], f"runs on {to}") if entry["name"] in moved
+                    else vm_text(entry["name"], states.get(entry["name"], "not running") + " here") for entry in vms)
+    return vms, {"before": before, "after": after}
+
+
+def refusal(params):
+    """An option that the state would silently ignore, said before vmrun runs."""
+    if params["restart"] and params["state"] != "present":
+        return (f"restart=true needs state=present (vmrun up --restart): state={params['state']} "
+                + ("stops the VMs (vmrun down) and restarts none" if params["state"] == "absent"
+                   else "moves the VMs (vmrun migrate) and restarts none"))
+    if params["state"] == "migrated" and not params["to"]:
+        return "state=migrated needs to: the host to move the VMs to"
+    if params["state"] != "migrated" and (params["to"] or params["copy_storage"]):
+        return f"to and copy_storage are for state=migrated, not state={params['state']}"
+    return None
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             specs=dict(type="path", required=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
+            state=dict(type="str", choices=["present", "absent", "migrated"], default="present"),
             restart=dict(type="bool", default=False),
+            to=dict(type="str"),
+            rsh=dict(type="str"),
+            remote_vmrun=dict(type="str"),
+            copy_storage=dict(type="bool", default=False),
             timeout=dict(type="float"),
             **VMRUN_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
-    if module.params["state"] == "absent" and module.params["restart"]:
-        module.fail_json(msg="restart=true needs state=present (vmrun up --restart): state=absent stops the VMs "
-                             "(vmrun down) and restarts none", vms=[])
+    refused = refusal(module.params)
+    if refused:
+        module.fail_json(msg=refused, vms=[])
     vmrun = Vmrun(module)
-    vms, diff = (present if module.params["state"] == "present" else absent)(module, vmrun)
+    vms, diff = {"present": present, "absent": absent, "migrated": migrated}[module.params["state"]](module, vmrun)
     result = {"changed": any(entry["result"] in CHANGED for entry in vms), "vms": vms}
     if module._diff and diff is not None:
         result["diff"] = dict(diff, before_header=module.params["specs"], after_header=module.params["specs"])

@@ -64,7 +64,9 @@ vms:
       type: str
       sample: web
     state:
-      description: V(running), V(stopped), V(dead), V(prepared) or V(damaged) (its state file unreadable).
+      description:
+        - V(running), V(stopped), V(dead), V(prepared), V(damaged) (its state file unreadable), V(migrated) (its
+          guest left this host, its qemu paused for good) or V(incoming) (a migration's destination still waiting).
       type: str
       sample: running
     pid:
