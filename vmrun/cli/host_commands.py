@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,21 +90,25 @@ def cmd_image_pull(args: argparse.Namespace) -> int:
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     from vmrun.run.imagecache import ImageCache, image_users
-    from vmrun.units import format_bytes
+    from vmrun.units import format_age, format_bytes
 
     places = places_of(args)
     images = ImageCache(places.image_cache).images()
     users = image_users(places)
     rows = [{"digest": str(image.digest), "path": str(image.path), "size": image.size, "url": image.url,
-             "fetched": iso_time(image.fetched), "used_by": users.of(image.digest)} for image in images]
+             "fetched": iso_time(image.fetched), "used_by": users.of(image.digest),
+             "last_used": iso_time(image.last_used) if image.last_used is not None else None} for image in images]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     if not rows:
         say(f"no images in {places.image_cache}")
+    now = time.time()
     for image in images:
         used = ", ".join(users.of(image.digest)) or "unused"
-        print(f"{str(image.digest)[:19]}…  {format_bytes(image.size):>10}  {used:<16}  {image.url or '?'}")
+        last = f"last used {format_age(now - image.last_used)} ago" if image.last_used is not None else "never used"
+        when = f"fetched {format_age(now - image.fetched)} ago, {last}"
+        print(f"{str(image.digest)[:19]}…  {format_bytes(image.size):>10}  {when:<36}  {used:<16}  {image.url or '?'}")
     for name in users.unknown:
         say(f"{name}: its state file is damaged, so which images it uses is unknown")
     return 0

@@ -241,6 +241,7 @@ class CachedImage(Record):
     size: int
     url: str | None  # where it came from, when its note is readable
     fetched: float  # when it was downloaded (the file's time)
+    last_used: float | None  # when an `up` or `image pull` last handed it out; None: never since vmrun kept it
 
 
 @attrs.frozen(repr=False)
@@ -252,6 +253,26 @@ class ImageCache(Record):
 
     def _note_of(self, digest: Digest) -> Path:
         return self.root / f"{digest.file_name}.json"
+
+    def _stamp_of(self, digest: Digest) -> Path:
+        """An empty file whose time is the image's last use: the image's own times are its download's."""
+        return self.root / f"{digest.file_name}.used"
+
+    def _stamp(self, digest: Digest) -> None:
+        try:
+            fd = os.open(self._stamp_of(digest), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return  # a record for `image list` only: no reason to refuse the image
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
+
+    def _last_use(self, digest: Digest) -> float | None:
+        try:
+            return self._stamp_of(digest).lstat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def _checked_root(self, *, create: bool) -> Path:
         """The cache is trusted: a file in it is booted as the image its name says. So it must be writable by
@@ -330,6 +351,7 @@ class ImageCache(Record):
                 if _is_cached(target):
                     if not looked:
                         say(meanwhile)
+                    self._stamp(digest)
                     yield target
                     return
             with self._lock(digest, say):
@@ -377,7 +399,8 @@ class ImageCache(Record):
             if digest is None or not _is_cached(path):
                 continue
             stat = path.stat()
-            found.append(CachedImage(digest, path, stat.st_size, self._url_of(digest), stat.st_mtime))
+            found.append(CachedImage(digest, path, stat.st_size, self._url_of(digest), stat.st_mtime,
+                                     self._last_use(digest)))
         return found
 
     def _url_of(self, digest: Digest) -> str | None:
@@ -397,6 +420,7 @@ class ImageCache(Record):
         """Under unused_now."""
         self.path_of(digest).unlink(missing_ok=True)
         self._note_of(digest).unlink(missing_ok=True)
+        self._stamp_of(digest).unlink(missing_ok=True)
 
 
 def _names(path: Path, fd: int) -> bool:
