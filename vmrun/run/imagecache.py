@@ -35,7 +35,7 @@ from vmrun.errors import FetchError, PreflightError
 from vmrun.files import open_to_read, write_whole
 from vmrun.progress import Say
 from vmrun.record import Record
-from vmrun.spec.images import DIGEST_LENGTHS, Digest, parse_digest, scheme_of, url_bases
+from vmrun.spec.images import DIGEST_LENGTHS, Digest, named_digests, parse_digest, scheme_of, url_bases
 from vmrun.spec.model import Spec
 from vmrun.state.locations import Places
 from vmrun.units import GIB, format_bytes
@@ -51,6 +51,7 @@ READ_TIMEOUT = 60.0  # seconds without a byte before a transfer counts as broken
 SPEED_FLOOR = 1024
 SPEED_WINDOW = 60.0
 _CACHED_NAME = re.compile(rf"({'|'.join(DIGEST_LENGTHS)})-([0-9a-f]+)")
+_PARTIAL_NAME = re.compile(rf"\.({'|'.join(DIGEST_LENGTHS)})-([0-9a-f]+)\.[^/]*\.partial")  # see _download
 
 
 class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
@@ -416,6 +417,23 @@ class ImageCache(Record):
         self._checked_root(create=False)
         return self._lock(digest, None)
 
+    def remove_leftovers(self) -> list[Path]:
+        """Removes the .partial files of downloads that no vmrun is doing (a killed one's): a download holds
+        its digest's lock from start to end, so a partial file whose lock is free is left over."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for path in sorted(self.root.glob(".*.partial")):
+            match = _PARTIAL_NAME.fullmatch(path.name)
+            digest = parse_digest(f"{match[1]}:{match[2]}") if match else None
+            if digest is None:
+                continue
+            with self.unused_now(digest) as free:
+                if free:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
     def remove(self, digest: Digest) -> None:
         """Under unused_now."""
         self.path_of(digest).unlink(missing_ok=True)
@@ -491,9 +509,6 @@ def image_users(places: Places) -> Users:
         except DamagedState:
             unknown.append(name)
             continue
-        disks = (state.spec or {}).get("disks", []) if state is not None else []
-        for disk in disks if isinstance(disks, list) else []:
-            digest = parse_digest(str(disk.get("base_digest", ""))) if isinstance(disk, dict) else None
-            if digest is not None:
-                by_digest.setdefault(digest, []).append(name)
+        for digest in named_digests(state.spec or {}) if state is not None else []:
+            by_digest.setdefault(digest, []).append(name)
     return Users(by_digest, unknown)
