@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -65,41 +66,72 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Bars:
+    """One rich Progress for the downloads under way in this process, a line each: `up DIR` fetches bases in
+    parallel, and a Progress per download would each redraw the terminal's last line, over one another. It
+    starts with the first download and stops with the last; rich is imported only then."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._progress: Any = None
+        self._shown = 0
+
+    def add(self, label: str) -> Any:
+        with self._lock:
+            if self._progress is None:
+                from rich.console import Console
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                    TransferSpeedColumn,
+                )
+
+                self._progress = Progress(
+                    TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+                )
+                self._progress.start()
+            self._shown += 1
+            return self._progress.add_task(label, total=None)
+
+    def show(self, task: Any, done: int, total: int | None) -> None:
+        self._progress.update(task, completed=done, total=total)
+
+    def remove(self, task: Any) -> None:
+        with self._lock:
+            self._progress.remove_task(task)
+            self._shown -= 1
+            if not self._shown:
+                self._progress.stop()
+                self._progress = None
+
+
+_BARS = _Bars()
+
+
 class _Meter:
-    """The progress bar on a terminal (bytes, rate, time left); nothing when stderr is not a terminal, and
-    rich is imported only then."""
+    """A download's line among the progress bars on a terminal (bytes, rate, time left); nothing when stderr
+    is not a terminal."""
 
     def __init__(self, label: str) -> None:
-        self._progress: Any = None
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-            )
-            self._task = self._progress.add_task(label, total=None)
+        self._label = label
+        self._task: Any = None
 
     def __enter__(self) -> _Meter:
-        if self._progress is not None:
-            self._progress.start()
+        if sys.stderr.isatty():
+            self._task = _BARS.add(self._label)
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        if self._task is not None:
+            _BARS.remove(self._task)
 
     def show(self, done: int, total: int | None) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=done, total=total)
+        if self._task is not None:
+            _BARS.show(self._task, done, total)
 
 
 class _RateFloor:
