@@ -1,7 +1,8 @@
 """The newcomer's first day, end to end: the Debian image served over local HTTP stands in for a cloud image;
 `init --base URL --digest` writes a spec that `up` boots unedited (a user-mode NIC, the SSH forward on a port
-vmrun picks), `vmrun ssh` gets in with the key init put into the user-data, `status` shows the forward, and
-the console log is still readable after `down`. One boot: 50-80 s under TCG on an idle host."""
+vmrun picks), `vmrun ssh` gets in with the key init put into the user-data, `status` shows the forward, the
+console log is still readable after `down`, and `image prune` keeps the base while the spec names it. One
+boot: 50-80 s under TCG on an idle host."""
 
 from __future__ import annotations
 
@@ -86,6 +87,9 @@ def test_a_cloud_image_by_url_boots_unedited_and_ssh_gets_in(
         assert port is not None, forward
         shown = vmrun("status", NAME)
         assert shown.returncode == 0 and forward in shown.stdout, shown.stdout
+        [image] = json.loads(vmrun("image", "list", "--json", env=env).stdout)
+        assert (image["digest"], image["url"], image["used_by"]) == (digest, url, [NAME])
+        assert image["last_used"] is not None
         # The agent answers before sshd listens and cloud-init has made the user: a newcomer would try again.
         deadline = time.monotonic() + 300
         while True:
@@ -99,6 +103,9 @@ def test_a_cloud_image_by_url_boots_unedited_and_ssh_gets_in(
     assert down.returncode == 0, down.stderr
     logs = vmrun("logs", NAME)
     assert logs.returncode == 0 and "login:" in logs.stdout, logs.stderr
-    # The base came once into the cache under tmp: nothing uses it once the VM is down.
-    assert vmrun("image", "rm", "--unused", env=env).returncode == 0
+    # Down, the VM uses its base no more, but its spec still names it: prune keeps it for the next `up`.
+    pruned = vmrun("image", "prune", str(reachable_tmp), "--json", env=env)
+    assert json.loads(pruned.stdout)["kept"] == [{"digest": digest, "reason": f"named by {spec}"}], pruned.stderr
+    pruned = vmrun("image", "prune", "--json", env=env)
+    assert json.loads(pruned.stdout)["removed"] == [digest], pruned.stderr
     assert not (reachable_tmp / "cache" / digest.replace(":", "-")).exists()
