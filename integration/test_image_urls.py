@@ -385,4 +385,4 @@ def test_a_vmrun_killed_mid_download_leaves_a_partial_that_the_next_fetch_clears
     assert again.returncode == 0, again.stderr
     assert Path(again.stdout.strip()).read_bytes() == content
     file_name = digest.replace(":", "-")
-    assert cached(cache) == [file_name, f"{file_name}.json"]
+    assert cached(cache) == [file_name, f"{file_name}.json", f"{file_name}.used"]  # the image, its URL, its last use

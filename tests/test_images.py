@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def test_pull_keeps_the_image_under_its_digest_read_only(tmp_path: Path, capsys:
     digest, path = pulled(capsys, tmp_path, b"an image\n" * 1000)
     assert path == tmp_path / "cache" / digest.replace(":", "-")
     assert path.read_bytes() == b"an image\n" * 1000 and path.stat().st_mode & 0o777 == 0o444
-    assert cache_listing(tmp_path) == [path.name, f"{path.name}.json"]  # no lock, no partial left
+    # Beside it, its note (the URL) and the record of its last use; no lock, no partial left.
+    assert cache_listing(tmp_path) == [path.name, f"{path.name}.json", f"{path.name}.used"]
 
 
 def test_a_wrong_digest_is_exit_4_and_leaves_the_cache_as_it_was(
@@ -176,12 +178,13 @@ def test_list_shows_each_image_with_its_url_and_the_vms_that_use_it(
     assert exit_code == 0 and rows.keys() == {used, unused}
     assert rows[used].pop("fetched") == datetime.fromtimestamp(used_path.stat().st_mtime, UTC).isoformat(
         timespec="seconds")
+    assert rows[used].pop("last_used") is not None
     assert rows[used] == {"digest": used, "path": str(used_path), "size": 5, "url": f"file://{tmp_path}/"
                           f"image-{used[7:15]}.raw", "used_by": ["web"]}
     assert rows[unused]["used_by"] == []
     exit_code, out, _ = run(capsys, tmp_path, "image", "list")
     assert exit_code == 0
-    assert {line.split()[0][:-1]: line.split()[3] for line in out.splitlines()} == {used[:19]: "web",
+    assert {line.split()[0][:-1]: line.split()[-2] for line in out.splitlines()} == {used[:19]: "web",
                                                                                      unused[:19]: "unused"}
 
 
@@ -200,7 +203,7 @@ def test_rm_removes_what_no_vm_uses_and_refuses_what_one_does(
     exit_code, _, lines = run(capsys, tmp_path, "image", "rm", other)
     assert exit_code == 2 and "not in the image cache" in errors(lines)[0]
     assert run(capsys, tmp_path, "image", "rm", "--unused")[0] == 0
-    assert cache_listing(tmp_path) == [used_path.name, f"{used_path.name}.json"]
+    assert cache_listing(tmp_path) == [used_path.name, f"{used_path.name}.json", f"{used_path.name}.used"]
     assert unused.replace(":", "-") not in " ".join(cache_listing(tmp_path))
 
 
@@ -307,4 +310,37 @@ def test_rm_refuses_the_start_of_no_digest_or_of_two(tmp_path: Path, capsys: pyt
                                               f"{matching.count(',') + 1} cached images' digests: {matching}"])
     exit_code, _, lines = run(capsys, tmp_path, "image", "rm", f"sha512:{shared}")
     assert (exit_code, errors(lines)) == (2, [f"vmrun: error: no cached image's digest starts with sha512:{shared}"])
-    assert len(cache_listing(tmp_path)) == 4
+    assert len(cache_listing(tmp_path)) == 6  # each image, its note and its last use
+
+
+def test_list_shows_when_each_image_was_fetched_and_last_handed_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image is used when `up` or `image pull` hands it out, fetched or found; one that an older vmrun
+    left in the cache was never seen used."""
+    content = b"old\n"
+    digest, path = pulled(capsys, tmp_path, content)
+    old = "sha256:" + hashlib.sha256(b"older\n").hexdigest()
+    older = tmp_path / "cache" / old.replace(":", "-")
+    older.write_bytes(b"older\n")
+    hour_ago = time.time() - 3600
+    os.utime(path, (hour_ago, hour_ago))
+    os.utime(older, (hour_ago - 2 * 86400, hour_ago - 2 * 86400))
+    rows = {row["digest"]: row for row in json.loads(run(capsys, tmp_path, "image", "list", "--json")[1])}
+    assert rows[old]["last_used"] is None
+    first_use = datetime.fromisoformat(rows[digest]["last_used"]).timestamp()
+    assert time.time() - 5 < first_use <= time.time()
+    monkeypatch.setattr(time, "time", lambda: first_use + 7210)
+    exit_code, out, _ = run(capsys, tmp_path, "image", "list")
+    assert exit_code == 0
+    lines = {line.split()[0][:-1]: line for line in out.splitlines()}
+    assert "fetched 3h ago, last used 2h ago" in lines[digest[:19]], out
+    assert "fetched 2d ago, never used" in lines[old[:19]], out
+    monkeypatch.undo()
+    assert run(capsys, tmp_path, "image", "pull", f"file://{tmp_path}/image-{digest[7:15]}.raw", "--digest",
+               digest)[0] == 0
+    listed = json.loads(run(capsys, tmp_path, "image", "list", "--json")[1])
+    [again] = [row for row in listed if row["digest"] == digest]
+    assert again["last_used"] >= rows[digest]["last_used"]
+    assert run(capsys, tmp_path, "image", "rm", digest, old)[0] == 0
+    assert cache_listing(tmp_path) == []  # the record of its use went with it

@@ -68,7 +68,7 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
 
 # The commands the tests below run with --json: every one that has the option (the last test holds it to it).
 COVERED = {"validate", "render", "init", "preflight", "diff", "up", "down", "status", "host check", "host iommu",
-           "image pull", "image list", "image rm", "exec", "cp", "snapshot list", "migrate"}
+           "image pull", "image list", "image rm", "image prune", "exec", "cp", "snapshot list", "migrate"}
 
 
 def checked(command: str, kind: str, value: object) -> None:
@@ -108,6 +108,15 @@ def test_image_commands(cli: Cli, tmp_path: Path) -> None:
     removed = cli.json("image", "rm", digest[:12])
     checked("image rm", "image_rm", removed)
     assert removed == {"removed": [digest], "kept": []}
+    cli.json("image", "pull", f"file://{image}", "--digest", digest)
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "bad.toml").write_text(f'name = "Bad"\n[[disks]]\nbase_digest = "{digest}"\n')
+    partial = tmp_path / "cache" / f".{digest.replace(':', '-')}.x.partial"
+    partial.write_bytes(b"an im")
+    pruned = cli.json("image", "prune", str(tmp_path / "specs"))
+    checked("image prune", "image_prune", pruned)
+    assert (pruned["kept"][0]["digest"], pruned["partial_files"], pruned["invalid"][0]["spec"]) == (
+        digest, [str(partial)], str(tmp_path / "specs" / "bad.toml"))
 
 
 def test_guest_commands(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,6 +68,14 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+def format_age(seconds: float) -> str:
+    """How long ago, in the largest whole unit (45s, 12m, 3h, 5d): a listing's glance, not a measurement."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
 def iso_time(seconds: float) -> str:
     """A moment in --json output: ISO 8601 in UTC, to the second (2026-12-06T02:41:10+00:00)."""
     import time

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import ExitStack
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmrun.cli.common import checked_image_url, checked_spec, host_of, on_cached_bases, places_of, print_json, say
+from vmrun.cli.common import (
+    checked_image_url,
+    checked_spec,
+    error_json,
+    host_of,
+    on_cached_bases,
+    places_of,
+    print_json,
+    report,
+    say,
+)
 from vmrun.errors import UsageError
 from vmrun.units import iso_time
 
@@ -89,21 +99,25 @@ def cmd_image_pull(args: argparse.Namespace) -> int:
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     from vmrun.run.imagecache import ImageCache, image_users
-    from vmrun.units import format_bytes
+    from vmrun.units import format_age, format_bytes
 
     places = places_of(args)
     images = ImageCache(places.image_cache).images()
     users = image_users(places)
     rows = [{"digest": str(image.digest), "path": str(image.path), "size": image.size, "url": image.url,
-             "fetched": iso_time(image.fetched), "used_by": users.of(image.digest)} for image in images]
+             "fetched": iso_time(image.fetched), "used_by": users.of(image.digest),
+             "last_used": iso_time(image.last_used) if image.last_used is not None else None} for image in images]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     if not rows:
         say(f"no images in {places.image_cache}")
+    now = time.time()
     for image in images:
         used = ", ".join(users.of(image.digest)) or "unused"
-        print(f"{str(image.digest)[:19]}…  {format_bytes(image.size):>10}  {used:<16}  {image.url or '?'}")
+        last = f"last used {format_age(now - image.last_used)} ago" if image.last_used is not None else "never used"
+        when = f"fetched {format_age(now - image.fetched)} ago, {last}"
+        print(f"{str(image.digest)[:19]}…  {format_bytes(image.size):>10}  {when:<36}  {used:<16}  {image.url or '?'}")
     for name in users.unknown:
         say(f"{name}: its state file is damaged, so which images it uses is unknown")
     return 0
@@ -133,38 +147,27 @@ def _named_digest(text: str, cached: list[Digest]) -> Digest:
 
 HEX_DIGITS = "0123456789abcdef"
 LIST_HINT = "vmrun image list shows the cached digests"
-IN_USE_NOW = "a vmrun up (or preflight) is using it right now"
 
 
 def cmd_image_rm(args: argparse.Namespace) -> int:
-    from vmrun.run.imagecache import ImageCache, image_users
+    from vmrun.run.imagecache import ImageCache
+    from vmrun.run.imageprune import IN_USE_NOW, claimed, sweep
 
     places = places_of(args)
     cache = ImageCache(places.image_cache)
     if args.unused == bool(args.digests):
         raise UsageError("name the images to remove, or --unused", hint="vmrun image rm DIGEST... | --unused")
+    if args.unused:
+        swept = sweep(cache, places, say)
+        if args.json:
+            print_json({"removed": [str(digest) for digest in swept.removed],
+                        "kept": [kept.to_json() for kept in swept.kept]})
+        return 0
     cached = [image.digest for image in cache.images()]
-    digests = cached if args.unused else [_named_digest(text, cached) for text in args.digests]
-    digests = list(dict.fromkeys(digests))  # one lock each
+    digests = list(dict.fromkeys(_named_digest(text, cached) for text in args.digests))  # one lock each
     missing = [digest for digest in digests if not cache.path_of(digest).is_file()]
-    with ExitStack() as held:
-        # An `up` holds its images' locks from finding them until its state names them: with the locks, the
-        # states read next name every image in use.
-        busy = [digest for digest in digests if digest not in missing and not held.enter_context(
-            cache.unused_now(digest))]
-        users = image_users(places)
-        if users.unknown:
-            raise UsageError(f"which images {', '.join(users.unknown)} use is unknown (damaged state)",
-                             hint="vmrun down --force them first")
-        kept: list[dict[str, str]] = []
-        if args.unused:
-            for digest in busy:
-                say(f"kept {digest}: {IN_USE_NOW}")
-                kept.append({"digest": str(digest), "reason": IN_USE_NOW})
-            kept += [{"digest": str(digest), "reason": f"the base of {', '.join(users.of(digest))}"}
-                     for digest in digests if digest not in busy and users.of(digest)]
-            digests = [digest for digest in digests if digest not in busy and not users.of(digest)]
-        elif busy:
+    with claimed(cache, places, [digest for digest in digests if digest not in missing]) as (busy, users):
+        if busy:
             raise UsageError(f"cannot remove {', '.join(map(str, busy))}: {IN_USE_NOW}",
                              hint="vmrun image list names the VM once it has started")
         for digest in digests:
@@ -177,8 +180,38 @@ def cmd_image_rm(args: argparse.Namespace) -> int:
                 say(f"removed {digest}")
     if missing:
         raise UsageError(f"not in the image cache {places.image_cache}: {', '.join(map(str, missing))}")
-    if not digests:
-        say("no unused images")
     if args.json:
-        print_json({"removed": [str(digest) for digest in digests], "kept": kept})
+        print_json({"removed": [str(digest) for digest in digests], "kept": []})
+    return 0
+
+
+def cmd_image_prune(args: argparse.Namespace) -> int:
+    from vmrun.errors import SpecError
+    from vmrun.run.imagecache import ImageCache
+    from vmrun.run.imageprune import sweep
+    from vmrun.spec.images import named_digests
+    from vmrun.spec.load import read_document, spec_files
+
+    places = places_of(args)
+    named: dict[Digest, list[str]] = {}
+    invalid: list[dict[str, object]] = []
+    # Every spec is read before anything goes: one that cannot be read may name any image.
+    for path in map(str, spec_files(args.dirs)):
+        for digest in named_digests(read_document(Path(path))):
+            named.setdefault(digest, []).append(path)
+        try:
+            checked_spec(path, args)
+        except SpecError as error:
+            report(error)
+            say(f"{path} is invalid: the images it names are kept")
+            invalid.append({"spec": path, **error_json(error)})
+    cache = ImageCache(places.image_cache)
+    swept = sweep(cache, places, say, named)
+    partial_files = cache.remove_leftovers()
+    for partial in partial_files:
+        say(f"removed {partial} (a download that did not finish)")
+    if args.json:
+        print_json({"removed": [str(digest) for digest in swept.removed],
+                    "kept": [kept.to_json() for kept in swept.kept],
+                    "partial_files": [str(partial) for partial in partial_files], "invalid": invalid})
     return 0

@@ -16,6 +16,7 @@ from vmrun.cli.host_commands import (
     cmd_host_check,
     cmd_host_iommu,
     cmd_image_list,
+    cmd_image_prune,
     cmd_image_pull,
     cmd_image_rm,
     cmd_preflight,
@@ -261,6 +262,13 @@ def _image(parser: argparse.ArgumentParser) -> None:
     remove.add_argument("--unused", action="store_true", help="every image no VM uses")
     remove.add_argument("--json", action="store_true", help=JSON_HELP)
     remove.set_defaults(handler=cmd_image_rm)
+    prune = image_commands.add_parser(
+        "prune", help="remove cached images that no spec given (SPEC, or DIR's *.toml) names and no VM with a run "
+        "directory uses, and the partial files of downloads that did not finish")
+    prune.add_argument("dirs", nargs="*", metavar="SPEC|DIR", help="specs whose base images stay; an invalid spec "
+                       "is reported and its images kept; one that cannot be read removes nothing")
+    prune.add_argument("--json", action="store_true", help=JSON_HELP)
+    prune.set_defaults(handler=cmd_image_prune)
 
 
 def _export(parser: argparse.ArgumentParser) -> None:
@@ -306,7 +314,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "preflight": ("check the host and apply the host changes the spec needs", _preflight),
     "host": ("what this host offers: IOMMU groups, KVM, vhost-net, KSM", _host),
     "export": ("the same VM as a libvirt domain XML, a systemd unit or KubeVirt manifests", _export),
-    "image": ("the cache of base images downloaded by URL: pull, list, rm", _image),
+    "image": ("the cache of base images downloaded by URL: pull, list, rm, prune", _image),
     "completion": ("print a bash, zsh or fish completion script", _completion),
     "man": ("print the manual page (roff)", _man),
 }

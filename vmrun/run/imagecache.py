@@ -34,7 +34,7 @@ from vmrun.errors import FetchError, PreflightError
 from vmrun.files import open_to_read, write_whole
 from vmrun.progress import Meter, Say
 from vmrun.record import Record
-from vmrun.spec.images import DIGEST_LENGTHS, Digest, parse_digest, scheme_of, url_bases
+from vmrun.spec.images import DIGEST_LENGTHS, Digest, named_digests, parse_digest, scheme_of, url_bases
 from vmrun.spec.model import Spec
 from vmrun.state.locations import Places
 from vmrun.units import GIB, format_bytes
@@ -50,6 +50,7 @@ READ_TIMEOUT = 60.0  # seconds without a byte before a transfer counts as broken
 SPEED_FLOOR = 1024
 SPEED_WINDOW = 60.0
 _CACHED_NAME = re.compile(rf"({'|'.join(DIGEST_LENGTHS)})-([0-9a-f]+)")
+_PARTIAL_NAME = re.compile(rf"\.({'|'.join(DIGEST_LENGTHS)})-([0-9a-f]+)\.[^/]*\.partial")  # see _download
 
 
 class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
@@ -203,6 +204,7 @@ class CachedImage(Record):
     size: int
     url: str | None  # where it came from, when its note is readable
     fetched: float  # when it was downloaded (the file's time)
+    last_used: float | None  # when an `up` or `image pull` last handed it out; None: never since vmrun kept it
 
 
 @attrs.frozen(repr=False)
@@ -214,6 +216,26 @@ class ImageCache(Record):
 
     def _note_of(self, digest: Digest) -> Path:
         return self.root / f"{digest.file_name}.json"
+
+    def _stamp_of(self, digest: Digest) -> Path:
+        """An empty file whose time is the image's last use: the image's own times are its download's."""
+        return self.root / f"{digest.file_name}.used"
+
+    def _stamp(self, digest: Digest) -> None:
+        try:
+            fd = os.open(self._stamp_of(digest), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return  # a record for `image list` only: no reason to refuse the image
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
+
+    def _last_use(self, digest: Digest) -> float | None:
+        try:
+            return self._stamp_of(digest).lstat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def _checked_root(self, *, create: bool) -> Path:
         """The cache is trusted: a file in it is booted as the image its name says. So it must be writable by
@@ -292,6 +314,7 @@ class ImageCache(Record):
                 if _is_cached(target):
                     if not looked:
                         say(meanwhile)
+                    self._stamp(digest)
                     yield target
                     return
             with self._lock(digest, say):
@@ -339,7 +362,8 @@ class ImageCache(Record):
             if digest is None or not _is_cached(path):
                 continue
             stat = path.stat()
-            found.append(CachedImage(digest, path, stat.st_size, self._url_of(digest), stat.st_mtime))
+            found.append(CachedImage(digest, path, stat.st_size, self._url_of(digest), stat.st_mtime,
+                                     self._last_use(digest)))
         return found
 
     def _url_of(self, digest: Digest) -> str | None:
@@ -355,10 +379,28 @@ class ImageCache(Record):
         self._checked_root(create=False)
         return self._lock(digest, None)
 
+    def remove_leftovers(self) -> list[Path]:
+        """Removes the .partial files of downloads that no vmrun is doing (a killed one's): a download holds
+        its digest's lock from start to end, so a partial file whose lock is free is left over."""
+        if not self.root.is_dir():
+            return []
+        removed = []
+        for path in sorted(self.root.glob(".*.partial")):
+            match = _PARTIAL_NAME.fullmatch(path.name)
+            digest = parse_digest(f"{match[1]}:{match[2]}") if match else None
+            if digest is None:
+                continue
+            with self.unused_now(digest) as free:
+                if free:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
+
     def remove(self, digest: Digest) -> None:
         """Under unused_now."""
         self.path_of(digest).unlink(missing_ok=True)
         self._note_of(digest).unlink(missing_ok=True)
+        self._stamp_of(digest).unlink(missing_ok=True)
 
 
 def _names(path: Path, fd: int) -> bool:
@@ -429,9 +471,6 @@ def image_users(places: Places) -> Users:
         except DamagedState:
             unknown.append(name)
             continue
-        disks = (state.spec or {}).get("disks", []) if state is not None else []
-        for disk in disks if isinstance(disks, list) else []:
-            digest = parse_digest(str(disk.get("base_digest", ""))) if isinstance(disk, dict) else None
-            if digest is not None:
-                by_digest.setdefault(digest, []).append(name)
+        for digest in named_digests(state.spec or {}) if state is not None else []:
+            by_digest.setdefault(digest, []).append(name)
     return Users(by_digest, unknown)

@@ -7,8 +7,9 @@ from its digest alone, never from its URL, so a URL cannot steer vmrun (root) to
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -117,6 +118,18 @@ def url_bases(spec: Spec) -> list[UrlBase]:
         digest = parse_digest(disk.base_digest or "")
         if isinstance(disk.base, ImageUrl) and digest is not None:
             found.append(UrlBase(index, disk.base, digest))
+    return found
+
+
+def named_digests(document: Mapping[str, Any]) -> list[Digest]:
+    """The base digests a spec's document names (a spec file's TOML, or the spec a VM's state records), read
+    without validating it: an invalid spec still names the images that fixing it would boot."""
+    disks = document.get("disks")
+    found = []
+    for disk in disks if isinstance(disks, list) else []:
+        digest = parse_digest(str(disk.get("base_digest", ""))) if isinstance(disk, Mapping) else None
+        if digest is not None:
+            found.append(digest)
     return found
 
 
