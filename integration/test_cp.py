@@ -62,7 +62,8 @@ def test_cp_both_ways_keeps_bytes_and_mode_and_reports_the_guests_errors(vmrun: 
     assert (bad_name.returncode, bad_name.stderr.splitlines()[0]) == (
         2, "vmrun: error: Tiny:/tmp/: 'Tiny' is not a VM name")
     not_running = vmrun("cp", str(source), "tiny2:/tmp/")
-    assert (not_running.returncode, not_running.stderr.splitlines()[0]) == (2, "vmrun: error: tiny2 is not running")
+    assert (not_running.returncode, not_running.stderr.splitlines()[0]) == (
+        2, f"vmrun: error: no VM tiny2 under {vmrun.run_root}")
 
     # A tree both ways: nested directories, a name with a space, modes, a link; into a directory it keeps its name.
     tree = tmp_path / "tree"

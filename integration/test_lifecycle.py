@@ -84,7 +84,7 @@ def test_down_force_and_down_of_a_stopped_vm(vmrun: Vmrun, guestless_spec: Calla
 
 def test_exec_and_console_need_a_running_vm(vmrun: Vmrun) -> None:
     result = vmrun("exec", "ghost", "--", "true")
-    assert result.returncode == 2 and "ghost is not running" in result.stderr
+    assert result.returncode == 2 and f"no VM ghost under {vmrun.run_root}" in result.stderr
 
 
 def test_agent_that_never_answers_exits_5_and_leaves_the_vm_for_inspection(

@@ -156,6 +156,9 @@ vms:
           O(state=migrated) where to and how it went (V(would migrate to kvm2) in check mode).
       type: str
       sample: stopped (ACPI powerdown)
+    spec:
+      description: The spec file the VM came from, as vmrun read it, or null.
+      type: str
     exit_code:
       description: vmrun's exit code for this VM.
       type: int
@@ -180,9 +183,9 @@ CHANGED = ("started", "restarted", "stopped", "migrated")
 GOOD = ("started", "restarted", "up to date", "stopped", "not running", "migrated", "not here")
 
 
-def vm(name, result, errors=(), hint=None, exit_code=0, outcome=None):
+def vm(name, result, errors=(), hint=None, exit_code=0, outcome=None, spec=None):
     """One VM's entry, shaped as vmrun's `up --json` and `down --json` give it."""
-    return {"name": name, "result": result, "outcome": outcome or result, "exit_code": exit_code,
+    return {"name": name, "spec": spec, "result": result, "outcome": outcome or result, "exit_code": exit_code,
             "errors": list(errors), "hint": hint}
 
 
@@ -209,17 +212,17 @@ def predict_up(rows, restart):
     for row in rows:
         if row["status"] == "invalid":
             predicted.append(vm(row["name"], "invalid", row["errors"], hint=row["hint"], exit_code=2,
-                                outcome="invalid (exit 2)"))
+                                outcome="invalid (exit 2)", spec=row["spec"]))
         elif row["status"] == "up to date":
-            predicted.append(vm(row["name"], "up to date"))
+            predicted.append(vm(row["name"], "up to date", spec=row["spec"]))
         elif row["status"] == "not running":
-            predicted.append(vm(row["name"], "started"))
+            predicted.append(vm(row["name"], "started", spec=row["spec"]))
         elif restart:
-            predicted.append(vm(row["name"], "restarted"))
+            predicted.append(vm(row["name"], "restarted", spec=row["spec"]))
         else:
             # vmrun up's own refusal, word for word.
             message = f"{row['name']} runs with another configuration: {'; '.join(row['differences'])}"
-            predicted.append(vm(row["name"], "refused", [message], exit_code=2,
+            predicted.append(vm(row["name"], "refused", [message], exit_code=2, spec=row["spec"],
                                 hint=f"vmrun up --restart {row['spec']} applies it (a graceful down, then up)"))
     return predicted
 
