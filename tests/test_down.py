@@ -13,7 +13,7 @@ import pytest
 
 from vmrun.errors import PreflightError, UsageError
 from vmrun.preflight.apply import apply_plan
-from vmrun.run.lifecycle import down, others_than
+from vmrun.run.ending import down, others_than
 from vmrun.run.status import status
 from vmrun.state.glance import state_path
 from vmrun.state.locations import Places, RunPaths

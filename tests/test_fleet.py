@@ -171,7 +171,7 @@ def test_cli_a_bug_in_one_vms_down_is_told_as_such_exits_1_and_the_summary_lists
     from vmrun.cli.main import main
 
     # Only a test can put a bug into vmrun's down; the command around it is the real one.
-    monkeypatch.setattr("vmrun.run.lifecycle.down", _down_with_a_bug_in_a)
+    monkeypatch.setattr("vmrun.run.ending.down", _down_with_a_bug_in_a)
     assert main(["--run-dir", str(tmp_path), "down", "a", "b"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "vmrun: internal error: a: RuntimeError: a bug while stopping a (rerun with --debug)",

@@ -17,7 +17,7 @@ import pytest
 
 from vmrun import crashpoints
 from vmrun.qemu import process
-from vmrun.run import lifecycle
+from vmrun.run import ending, lifecycle
 from vmrun.spec.model import Spec
 from vmrun.state.locations import Places
 
@@ -115,7 +115,7 @@ def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_st
         outcome = lifecycle.up(spec, Path("spec.toml"), host, places, say=lambda _: None)
         assert outcome in (lifecycle.Outcome.STARTED, lifecycle.Outcome.UP_TO_DATE), label
         assert len([pid for pid in host.process_ids() if host.process_argv(pid)]) == 1, label  # one qemu
-        assert lifecycle.down(spec.name, host, places, timeout=1, force=False, say=lambda _: None) is not None
+        assert ending.down(spec.name, host, places, timeout=1, force=False, say=lambda _: None) is not None
         assert snapshot(host.root) == before, f"after a kill at {point}: {label}"
         assert list((where / "run").iterdir()) == [where / "run" / ".locks"], label
     kinds = ["run/.fake", "after creating the run directory", "before qemu-img create", "before ip tuntap add",

@@ -13,7 +13,7 @@ import pytest
 from vmrun.cli.main import main
 from vmrun.host.system import Host
 from vmrun.qemu.console import follow_log, tail_offset
-from vmrun.run import lifecycle
+from vmrun.run import ending
 from vmrun.state.locations import Places
 from vmrun.state.vmstate import VmState, create_run_dir
 
@@ -47,7 +47,7 @@ def test_the_end_of_a_run_keeps_its_console_log_for_logs(places: Places, capsys:
     paths = places.of("web")
     create_run_dir(paths, VmState(name="web", spec_path="web.toml", argv=("qemu",), accel="tcg", accel_reason=""))
     paths.console_log.write_bytes(b"booting\nlogin: \n")
-    lifecycle._end_run(Host(root=Path("/")), places, "web", None, print)
+    ending._end_run(Host(root=Path("/")), places, "web", None, print)
     assert not paths.run_dir.exists()
     exit_code, out, lines = logs(capsys, places, "web")
     assert (exit_code, out, lines) == (0, "booting\nlogin: \n", ["vmrun: web is not running: the console log of its "
@@ -61,7 +61,7 @@ def test_a_console_log_that_is_a_link_is_not_kept(places: Places, tmp_path: Path
     paths = places.of("web")
     paths.run_dir.mkdir(parents=True)
     paths.console_log.symlink_to(secret)
-    lifecycle._keep_console_log(paths, print)
+    ending._keep_console_log(paths, print)
     assert not paths.last_console_log.exists()
 
 

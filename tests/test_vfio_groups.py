@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vmrun.preflight.others import Others
 from vmrun.preflight.report import iommu_report
-from vmrun.run.lifecycle import others_than
+from vmrun.run.ending import others_than
 from vmrun.state.locations import Places
 from vmrun.state.vmstate import StateJournal, VmState
 

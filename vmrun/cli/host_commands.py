@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 def cmd_preflight(args: argparse.Namespace) -> int:
     from vmrun.host.facts import gather_facts
     from vmrun.preflight.plan import Plan, plan_preflight, refuse
-    from vmrun.run.lifecycle import others_than, prepare
+    from vmrun.run.ending import others_than
+    from vmrun.run.lifecycle import prepare
 
     spec = checked_spec(args.spec, args)
     host, places = host_of(args), places_of(args)

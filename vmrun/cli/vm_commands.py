@@ -127,8 +127,8 @@ def _finish(fates: list[Fate], *, as_json: bool) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from vmrun.run.ending import down
     from vmrun.run.fleet import Fate, run_all
-    from vmrun.run.lifecycle import down
 
     host, places = host_of(args), places_of(args)
 

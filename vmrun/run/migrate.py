@@ -29,18 +29,15 @@ from vmrun.host.system import Host
 from vmrun.progress import Meter, Say
 from vmrun.qemu.migration import FINISHED, POLL, MigrationMonitor, Mirror, Progress
 from vmrun.record import Record
+from vmrun.run.ending import abort_start, clear_dead_run, running_state, stop_and_undo
 from vmrun.run.lifecycle import (
-    abort_start,
     apply_preflight,
     checked_program,
-    clear_dead_run,
     configuration_of,
     holding_bases,
     launch_qemu,
     prepare_uefi_vars,
-    running_state,
     say_plan,
-    stop_and_undo,
 )
 from vmrun.run.status import run_state
 from vmrun.signals import shielded, sigterm_interrupts

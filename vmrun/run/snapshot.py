@@ -18,7 +18,7 @@ from vmrun.errors import LaunchError, Problem, SpecError, UsageError
 from vmrun.host.system import Host, HostCommandError
 from vmrun.progress import Say
 from vmrun.record import Record
-from vmrun.run.lifecycle import running_state
+from vmrun.run.ending import running_state
 from vmrun.spec.model import Disk, DiskFormat, Spec
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import vm_lock
