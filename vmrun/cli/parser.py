@@ -5,27 +5,25 @@ generated from the grammar (completion scripts, the manual page).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from vmrun import __version__
 from vmrun.cli.arguments import JSON_HELP, exec_options, non_negative_int, positive_float, positive_int, ssh_options
-from vmrun.cli.guest_commands import cmd_console, cmd_cp, cmd_exec, cmd_logs, cmd_ssh, cmd_ssh_config
-from vmrun.cli.host_commands import (
-    cmd_host_check,
-    cmd_host_iommu,
-    cmd_image_list,
-    cmd_image_prune,
-    cmd_image_pull,
-    cmd_image_rm,
-    cmd_preflight,
-)
-from vmrun.cli.life_commands import cmd_snapshot_list, cmd_snapshot_restore, cmd_snapshot_rm, cmd_snapshot_save
-from vmrun.cli.migrate_commands import cmd_migrate
-from vmrun.cli.spec_commands import cmd_export, cmd_init, cmd_render, cmd_validate
-from vmrun.cli.vm_commands import cmd_diff, cmd_down, cmd_status, cmd_up
+from vmrun.cli.common import Handler
 from vmrun.host.dirs import default_image_cache, default_run_root, default_state_root
+
+
+def _in(module: str, function: str) -> Handler:
+    """A command's handler, imported when the command runs: a run loads its own command family only."""
+
+    def handler(args: argparse.Namespace) -> int:
+        run: Handler = getattr(importlib.import_module(f"vmrun.cli.{module}"), function)
+        return run(args)
+
+    return handler
 
 
 def _global_options(parser: argparse.ArgumentParser) -> None:
@@ -56,13 +54,13 @@ _VALUE_OPTIONS = ("--host-root", "--run-dir", "--state-dir", "--cache-dir")
 def _validate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs", nargs="+", metavar="SPEC|DIR", help="a directory means its *.toml specs")
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
-    parser.set_defaults(handler=cmd_validate)
+    parser.set_defaults(handler=_in("spec_commands", "cmd_validate"))
 
 
 def _render(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC")
     parser.add_argument("--json", action="store_true", help="a JSON array, argv[0] the qemu binary")
-    parser.set_defaults(handler=cmd_render)
+    parser.set_defaults(handler=_in("spec_commands", "cmd_render"))
 
 
 def _init(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +72,7 @@ def _init(parser: argparse.ArgumentParser) -> None:
                         "writes NAME-user-data.yaml")
     parser.add_argument("--digest", metavar="DIGEST", help="with a URL --base: the image's sha256: or sha512: digest")
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
-    parser.set_defaults(handler=cmd_init)
+    parser.set_defaults(handler=_in("spec_commands", "cmd_init"))
 
 
 _FATES_JSON = "print what became of each VM as a JSON array on stdout"
@@ -94,13 +92,13 @@ def _up(parser: argparse.ArgumentParser) -> None:
                         help="seconds a restarted guest gets to power down (default: 30)")
     parser.add_argument("--jobs", type=positive_int, metavar="N", help="start at most N VMs at once (default: all)")
     parser.add_argument("--json", action="store_true", help=_FATES_JSON)
-    parser.set_defaults(handler=cmd_up)
+    parser.set_defaults(handler=_in("vm_commands", "cmd_up"))
 
 
 def _diff(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("specs", nargs="+", metavar="SPEC|DIR")
     parser.add_argument("--json", action="store_true")
-    parser.set_defaults(handler=cmd_diff)
+    parser.set_defaults(handler=_in("vm_commands", "cmd_diff"))
 
 
 def _down(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +110,7 @@ def _down(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="stop nothing: say which VMs down would stop (their names read as down reads them)")
     parser.add_argument("--json", action="store_true", help=_FATES_JSON)
-    parser.set_defaults(handler=cmd_down)
+    parser.set_defaults(handler=_in("vm_commands", "cmd_down"))
 
 
 def _status(parser: argparse.ArgumentParser) -> None:
@@ -122,7 +120,7 @@ def _status(parser: argparse.ArgumentParser) -> None:
                         help="also ask each running VM's guest agent for its addresses (in parallel, 1 s each)")
     parser.add_argument("--names", action="store_true",
                         help="only the names of the VMs under the run directory, one a line; asks no VM")
-    parser.set_defaults(handler=cmd_status)
+    parser.set_defaults(handler=_in("vm_commands", "cmd_status"))
 
 
 def _snapshot(parser: argparse.ArgumentParser) -> None:
@@ -133,9 +131,9 @@ def _snapshot(parser: argparse.ArgumentParser) -> None:
     )
     actions = parser.add_subparsers(dest="snapshot_command", required=True, metavar="WHAT")
     for action, summary, handler in (
-        ("save", "save the running VM as TAG", cmd_snapshot_save),
-        ("restore", "take the running VM back to TAG: RAM and disks", cmd_snapshot_restore),
-        ("rm", "delete TAG from the VM's disks", cmd_snapshot_rm),
+        ("save", "save the running VM as TAG", _in("life_commands", "cmd_snapshot_save")),
+        ("restore", "take the running VM back to TAG: RAM and disks", _in("life_commands", "cmd_snapshot_restore")),
+        ("rm", "delete TAG from the VM's disks", _in("life_commands", "cmd_snapshot_rm")),
     ):
         command = actions.add_parser(action, help=summary)
         command.add_argument("vm", metavar="NAME|SPEC")
@@ -146,13 +144,13 @@ def _snapshot(parser: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", help="tag, date, size of the saved RAM, guest clock, disks")
     listing.add_argument("vm", metavar="NAME|SPEC")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=cmd_snapshot_list)
+    listing.set_defaults(handler=_in("life_commands", "cmd_snapshot_list"))
 
 
 def _exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
     exec_options(parser)
-    parser.set_defaults(handler=cmd_exec)
+    parser.set_defaults(handler=_in("guest_commands", "cmd_exec"))
 
 
 def _ssh(parser: argparse.ArgumentParser) -> None:
@@ -162,7 +160,7 @@ def _ssh(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("name", metavar="NAME")
     ssh_options(parser)
-    parser.set_defaults(handler=cmd_ssh)
+    parser.set_defaults(handler=_in("guest_commands", "cmd_ssh"))
 
 
 def _ssh_config(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +171,7 @@ def _ssh_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("-l", "--user", help="default: the user the spec's cloud-init user-data creates, else yours")
     parser.add_argument("-i", "--identity", metavar="FILE", help="the private key (default: ssh's own choice)")
-    parser.set_defaults(handler=cmd_ssh_config)
+    parser.set_defaults(handler=_in("guest_commands", "cmd_ssh_config"))
 
 
 def _cp(parser: argparse.ArgumentParser) -> None:
@@ -190,7 +188,7 @@ def _cp(parser: argparse.ArgumentParser) -> None:
                              "inside are copied as links, FIFOs and devices skipped")
     parser.add_argument("--agent-timeout", type=positive_float, default=10.0, metavar="S", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
-    parser.set_defaults(handler=cmd_cp)
+    parser.set_defaults(handler=_in("guest_commands", "cmd_cp"))
 
 
 def _logs(parser: argparse.ArgumentParser) -> None:
@@ -198,12 +196,12 @@ def _logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--follow", action="store_true",
                         help="keep printing, across restarts (each run's log from its start), until Ctrl-C")
     parser.add_argument("-n", "--tail", type=non_negative_int, metavar="N", help="only the last N lines")
-    parser.set_defaults(handler=cmd_logs)
+    parser.set_defaults(handler=_in("guest_commands", "cmd_logs"))
 
 
 def _console(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
-    parser.set_defaults(handler=cmd_console)
+    parser.set_defaults(handler=_in("guest_commands", "cmd_console"))
 
 
 def _migrate(parser: argparse.ArgumentParser) -> None:
@@ -227,24 +225,24 @@ def _migrate(parser: argparse.ArgumentParser) -> None:
                         help="clean what a half-done migration left here (a destination that never got the guest, "
                         "a source it left); the side that runs the guest is refused")
     parser.add_argument("--incoming", action="store_true", help=argparse.SUPPRESS)
-    parser.set_defaults(handler=cmd_migrate)
+    parser.set_defaults(handler=_in("migrate_commands", "cmd_migrate"))
 
 
 def _preflight(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.add_argument("--json", action="store_true", help="the plan as JSON: checks and changes")
-    parser.set_defaults(handler=cmd_preflight)
+    parser.set_defaults(handler=_in("host_commands", "cmd_preflight"))
 
 
 def _host(parser: argparse.ArgumentParser) -> None:
     host_commands = parser.add_subparsers(dest="host_command", required=True, metavar="WHAT")
     iommu_cmd = host_commands.add_parser("iommu", help="IOMMU groups, their devices and drivers, viability")
     iommu_cmd.add_argument("--json", action="store_true")
-    iommu_cmd.set_defaults(handler=cmd_host_iommu)
+    iommu_cmd.set_defaults(handler=_in("host_commands", "cmd_host_iommu"))
     check_cmd = host_commands.add_parser("check", help="KVM (and why not), vhost-net, tun, IOMMU, KSM, qemu")
     check_cmd.add_argument("--json", action="store_true")
-    check_cmd.set_defaults(handler=cmd_host_check)
+    check_cmd.set_defaults(handler=_in("host_commands", "cmd_host_check"))
 
 
 def _image(parser: argparse.ArgumentParser) -> None:
@@ -253,22 +251,22 @@ def _image(parser: argparse.ArgumentParser) -> None:
     pull.add_argument("source", metavar="SPEC|URL")
     pull.add_argument("--digest", metavar="DIGEST", help="with a URL: sha256:<hex> or sha512:<hex>")
     pull.add_argument("--json", action="store_true", help=JSON_HELP)
-    pull.set_defaults(handler=cmd_image_pull)
+    pull.set_defaults(handler=_in("host_commands", "cmd_image_pull"))
     listing = image_commands.add_parser("list", help="cached images: digest, size, which VMs use them, URL")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=cmd_image_list)
+    listing.set_defaults(handler=_in("host_commands", "cmd_image_list"))
     remove = image_commands.add_parser("rm", help="remove cached images no VM with a run directory uses")
     remove.add_argument("digests", nargs="*", metavar="DIGEST")
     remove.add_argument("--unused", action="store_true", help="every image no VM uses")
     remove.add_argument("--json", action="store_true", help=JSON_HELP)
-    remove.set_defaults(handler=cmd_image_rm)
+    remove.set_defaults(handler=_in("host_commands", "cmd_image_rm"))
     prune = image_commands.add_parser(
         "prune", help="remove cached images that no spec given (SPEC, or DIR's *.toml) names and no VM with a run "
         "directory uses, and the partial files of downloads that did not finish")
     prune.add_argument("dirs", nargs="*", metavar="SPEC|DIR", help="specs whose base images stay; an invalid spec "
                        "is reported and its images kept; one that cannot be read removes nothing")
     prune.add_argument("--json", action="store_true", help=JSON_HELP)
-    prune.set_defaults(handler=cmd_image_prune)
+    prune.set_defaults(handler=_in("host_commands", "cmd_image_prune"))
 
 
 def _export(parser: argparse.ArgumentParser) -> None:
@@ -276,7 +274,7 @@ def _export(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("libvirt", "systemd", "kubevirt"), required=True)
     parser.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     parser.add_argument("--define", action="store_true", help="libvirt: also `virsh define` the domain")
-    parser.set_defaults(handler=cmd_export)
+    parser.set_defaults(handler=_in("spec_commands", "cmd_export"))
 
 
 def _completion(parser: argparse.ArgumentParser) -> None:
