@@ -412,8 +412,9 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
         configuration, seed = configuration_of(spec, spec_path, facts, paths)
         with holding_bases(spec, places, say):
             clear_dead_run(host, places, name, say)
+            # Marked incoming from its first record: status tells a destination still waiting from a VM that runs.
             plan, journal = apply_preflight(spec, spec_path, host, places, facts, configuration=configuration,
-                                       show=lambda plan: say_plan(plan, say), say=say)
+                                            show=lambda plan: say_plan(plan, say), say=say, migration=INCOMING)
         try:
             prepare_uefi_vars(spec, paths, facts, fresh=False, say=say)
             prepare_seed(seed, paths, say)
