@@ -141,14 +141,8 @@ class Lab:
 
     def pci(self) -> dict[str, dict[str, str]]:
         """Every PCI function as the L1 kernel has it: driver, driver_override, ids, class, group."""
-        script = r"""
-        for d in /sys/bus/pci/devices/*; do
-          printf '%s\t%s\t%s\t%s:%s\t%s\t%s\n' "${d##*/}" "$(basename "$(readlink "$d/driver")" 2>/dev/null)" \
-            "$(cat "$d/driver_override")" "$(cut -c3- "$d/vendor")" "$(cut -c3- "$d/device")" \
-            "$(cat "$d/class")" "$(basename "$(readlink "$d/iommu_group")")"
-        done"""
         found = {}
-        for line in self.sh(script).splitlines():
+        for line in self.sh(self.snapshot_command("--pci")).splitlines():
             address, driver, override, ids, device_class, group = line.split("\t")
             found[address] = {"driver": driver, "override": override, "ids": ids, "class": device_class,
                               "group": group}
@@ -156,8 +150,12 @@ class Lab:
 
     def snapshot(self) -> str:
         """All a VM's `up` may change in the kernel (integration/lab/snapshot): equal snapshots, same kernel."""
-        return self.sh(shlex.join([str(REPO / ".venv/bin/python"), "-I", str(LAB.parent / "snapshot"),
-                                   *self.run_roots]))
+        return self.sh(self.snapshot_command(*self.run_roots))
+
+    @staticmethod
+    def snapshot_command(*args: str) -> str:
+        # One Python reading sysfs: a shell loop's dozens of processes took a minute under TCG.
+        return shlex.join([str(REPO / ".venv/bin/python"), "-I", str(LAB.parent / "snapshot"), *args])
 
     def spare_nics(self) -> list[str]:
         return sorted(address for address, device in self.pci().items() if device["ids"] == SPARE_NIC)
