@@ -197,17 +197,19 @@ class LabBoot:
         status = self.booting.wait(timeout=1800)
         LAB_TIME.add("boot" if self.ours else "up (already running)", time.monotonic() - self.started)
         LAB_TIME.add("first lab test waited", time.monotonic() - waiting)
-        self.log.seek(0)
-        output = self.log.read().decode(errors="replace")
+        with self.log:
+            self.log.seek(0)
+            output = self.log.read().decode(errors="replace")
         self.booting, self.log, self.joined = None, None, True
         assert status == 0, f"lab up failed:\n{output}"
         LAB_TIME.notes += [line.removeprefix("lab: ") for line in output.splitlines() if line.startswith("lab: ")]
 
     def stop(self) -> None:
-        if self.booting is not None:  # interrupted before the first lab test
+        if self.booting is not None and self.log is not None:  # interrupted before the first lab test
             self.booting.terminate()
             self.booting.wait()
-            self.booting = None
+            self.log.close()
+            self.booting, self.log = None, None
         if self.ours:
             self.ours = False
             with LAB_TIME.counting("down"):
