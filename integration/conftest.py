@@ -12,7 +12,16 @@ from pathlib import Path
 import attrs
 import pytest
 
-from .inlab import guestless_toml, lab, lab_session  # noqa: F401 - the lab's fixtures, for every integration test
+# The lab's fixtures and the hooks that boot it in the background and stop it early, for every integration test.
+from .inlab import (  # noqa: F401
+    guestless_toml,
+    lab,
+    lab_session,
+    pytest_collection_finish,
+    pytest_runtest_teardown,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
