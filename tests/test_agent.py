@@ -154,6 +154,17 @@ def test_exec_polls_until_exited_and_decodes_output(socket_path: Path) -> None:
     assert [r["execute"] for r in seen].count("guest-exec-status") == 3
 
 
+def test_spawn_starts_a_job_that_captures_nothing_and_asks_no_status(socket_path: Path) -> None:
+    seen, agent = exec_agent(iter([]))
+    with FakePeer(socket_path, agent), GuestAgent(socket_path) as client:
+        client.wait_ready(timeout=5)
+        pid = client.spawn(["/usr/bin/setsid", "sh", "-c", "sleep 9"], env=["PATH=/bin"])
+    [start] = [request for request in seen if request["execute"] == "guest-exec"]
+    assert start["arguments"] == {"path": "/usr/bin/setsid", "arg": ["sh", "-c", "sleep 9"], "capture-output": False,
+                                  "env": ["PATH=/bin"]}
+    assert isinstance(pid, int) and "guest-exec-status" not in [r["execute"] for r in seen]
+
+
 def test_exec_reports_signals_and_truncation(socket_path: Path) -> None:
     killed: dict[str, object] = {"exited": True, "signal": 9, "out-data": b64(b"x" * 10), "out-truncated": True}
     statuses = iter([killed])

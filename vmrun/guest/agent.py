@@ -155,6 +155,12 @@ class GuestAgent(QmpSession):
             if time.monotonic() - started > FAST_POLLING:
                 pause = min(pause * 2, LONGEST_POLL)
 
+    def spawn(self, argv: Sequence[str], *, env: Sequence[str] | None = None) -> int:
+        """Start ``argv`` in the guest and return its pid at once, its output captured nowhere: for a job that
+        reports through files, which an exec that captures could hang on (a device unbound under it).
+        ``env``: the whole environment, as NAME=VALUE."""
+        return self._start(argv, None, shlex.join(argv), capture=False, env=env)
+
     def open_file(self, path: str, mode: str, *, timeout: float = REPLY_TIMEOUT) -> int:
         """A handle on the guest file ``path``, opened with fopen's ``mode`` ("rb", "wb")."""
         reply = self._call("guest-file-open", {"path": path, "mode": mode}, timeout=timeout,
@@ -235,12 +241,15 @@ class GuestAgent(QmpSession):
             if isinstance(entry, Mapping) and isinstance(entry.get("name"), str)
         }
 
-    def _start(self, argv: Sequence[str], stdin: bytes | None, command: str) -> int:
+    def _start(self, argv: Sequence[str], stdin: bytes | None, command: str, *, capture: bool = True,
+               env: Sequence[str] | None = None) -> int:
         if not argv:
             raise ValueError("cannot run an empty command in the guest")
-        arguments: dict[str, object] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
+        arguments: dict[str, object] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": capture}
         if stdin is not None:
             arguments["input-data"] = base64.b64encode(stdin).decode("ascii")
+        if env is not None:
+            arguments["env"] = list(env)
         reply = _object(self._call("guest-exec", arguments, action=f"run `{command}`"), "guest-exec")
         pid = reply.get("pid")
         if not isinstance(pid, int):
