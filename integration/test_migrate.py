@@ -207,16 +207,27 @@ def test_the_tiny_guest_moves_live_to_the_other_host_and_back(hosts: Hosts, tmp_
     assert not first.has_tap("mig.net0")
 
 
+def disk_directories(tmp_path: Path) -> tuple[Path, Path]:
+    """Where the source keeps the disks, and the directory the destination's mount namespace shows there."""
+    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
+    disks.mkdir()
+    theirs.mkdir()
+    return disks, theirs
+
+
+def started(side: Side, tmp_path: Path, name: str, disks: Path) -> str:
+    """The tiny guest up on one side with its disk in disks; its boot_id."""
+    up = side.vmrun("up", str(tiny_spec(tmp_path, name, disks=disks)))
+    assert up.returncode == 0, up.stderr
+    return guest(side, name, "cat", "/proc/sys/kernel/random/boot_id")
+
+
 def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest_live(
     hosts: Hosts, tmp_path: Path,
 ) -> None:
     first, second = hosts.first, hosts.second
-    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
-    disks.mkdir()
-    theirs.mkdir()
-    up = first.vmrun("up", str(tiny_spec(tmp_path, "copy", disks=disks)))
-    assert up.returncode == 0, up.stderr
-    boot_id = guest(first, "copy", "cat", "/proc/sys/kernel/random/boot_id")
+    disks, theirs = disk_directories(tmp_path)
+    boot_id = started(first, tmp_path, "copy", disks)
     guest(first, "copy", "sh", "-c", "printf '%-16s' 'block one' | dd of=/dev/sda bs=16 seek=4096 conv=fsync "
                                      "2>/dev/null")
 
@@ -243,12 +254,8 @@ def test_copy_storage_given_up_leaves_the_guest_writing_its_own_disk_and_the_des
     hosts: Hosts, tmp_path: Path,
 ) -> None:
     first, second = hosts.first, hosts.second
-    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
-    disks.mkdir()
-    theirs.mkdir()
-    up = first.vmrun("up", str(tiny_spec(tmp_path, "gave", disks=disks)))
-    assert up.returncode == 0, up.stderr
-    boot_id = guest(first, "gave", "cat", "/proc/sys/kernel/random/boot_id")
+    disks, theirs = disk_directories(tmp_path)
+    boot_id = started(first, tmp_path, "gave", disks)
 
     # No copy is ready, or no migration done, within a millisecond: the mirrors are abandoned.
     moved = hosts.move("gave", first, second, "--copy-storage", "--timeout", "0.001",
@@ -271,9 +278,7 @@ def test_copy_storage_of_an_overlay_sends_its_top_and_the_destination_fetches_th
     hosts: Hosts, tmp_path: Path, reachable_tmp: Path,
 ) -> None:
     first, second = hosts.first, hosts.second
-    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
-    disks.mkdir()
-    theirs.mkdir()
+    disks, theirs = disk_directories(tmp_path)
     base = reachable_tmp / "base.raw"
     base.write_bytes(b"the base's first sector".ljust(512) + os.urandom(32 * 2**20 - 512))
     digest = hashlib.sha256(base.read_bytes()).hexdigest()
@@ -346,12 +351,8 @@ def test_a_killed_migration_leaves_the_guest_on_one_side_and_abort_cleans_the_ot
     hosts: Hosts, tmp_path: Path, killed: str, point: str, runs_on: str, left: str | None, copy: bool,
 ) -> None:
     source, destination = hosts.first, hosts.second
-    disks, theirs = tmp_path / "disks", tmp_path / "side-b-disks"
-    disks.mkdir()
-    theirs.mkdir()
-    up = source.vmrun("up", str(tiny_spec(tmp_path, "kill", disks=disks)))
-    assert up.returncode == 0, up.stderr
-    boot_id = guest(source, "kill", "cat", "/proc/sys/kernel/random/boot_id")
+    disks, theirs = disk_directories(tmp_path)
+    boot_id = started(source, tmp_path, "kill", disks)
     to = ["migrate", "kill", "--to", f"root@{destination.address}", "-e", hosts.rsh,
           *(["--copy-storage"] if copy else [])]
     if killed == "source":

@@ -37,15 +37,22 @@ def state_path(paths: RunPaths) -> Path:
     return paths.run_dir / STATE_FILE
 
 
-def glance(paths: RunPaths) -> dict[str, Any] | None:
-    """The state file's fields as JSON gives them; None when there is none, DamagedState when it is not JSON
-    vmrun wrote (an object naming this VM)."""
+def state_text(paths: RunPaths) -> str | None:
+    """The state file as text; None when there is none, DamagedState when it cannot be read."""
     try:
-        text = state_path(paths).read_text()
+        return state_path(paths).read_text()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise DamagedState(paths, f"cannot be read ({exc.strerror})") from exc
+
+
+def glance(paths: RunPaths) -> dict[str, Any] | None:
+    """The state file's fields as JSON gives them; None when there is none, DamagedState when it is not JSON
+    vmrun wrote (an object naming this VM)."""
+    text = state_text(paths)
+    if text is None:
+        return None
     try:
         fields = json.loads(text)
     except ValueError as exc:

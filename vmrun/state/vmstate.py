@@ -20,7 +20,7 @@ from vmrun.record import Record
 from vmrun.spec.load import converter
 from vmrun.spec.model import Spec
 from vmrun.state.drift import Configuration
-from vmrun.state.glance import STATE_FILE, DamagedState, state_path
+from vmrun.state.glance import STATE_FILE, DamagedState, state_path, state_text
 from vmrun.state.locations import RunPaths
 
 if TYPE_CHECKING:
@@ -103,12 +103,9 @@ def write_state(paths: RunPaths, state: VmState) -> None:
 
 def read_state(paths: RunPaths) -> VmState | None:
     """None only when there is no state file; one that cannot be read or parsed is DamagedState."""
-    try:
-        text = state_path(paths).read_text()
-    except FileNotFoundError:
+    text = state_text(paths)
+    if text is None:
         return None
-    except OSError as exc:
-        raise DamagedState(paths, f"cannot be read ({exc.strerror})") from exc
     try:
         state = VmState.from_json(text)
         state.journal()
