@@ -43,14 +43,18 @@ class QemuHost(FakeHost):
         shutil.rmtree(self.path(f"/proc/{pid}"), ignore_errors=True)
 
 
+HUGE_POOL = "/sys/kernel/mm/hugepages/hugepages-2048kB"
+
+
 def every_kind(tmp_path: Path) -> Spec:
-    """A VM that makes each kind of change a fake host can take: a disk image, a tap on a bridge, KSM, and
-    an IOMMU group's functions bound to vfio-pci with their node given to qemu's user."""
+    """A VM that makes each kind of change a fake host can take: a disk image, a tap on a bridge, KSM, huge
+    pages reserved, and an IOMMU group's functions bound to vfio-pci with their node given to qemu's user."""
     return make_spec(
         disks=[{"id": "d", "path": str(tmp_path / "disks" / "d.raw"), "format": "raw", "size": "1M"}],
         nics=[{"id": "n0", "tap": "vmtap0", "queues": 2, "bridge": "br0"}],
         vfio=[{"id": "gpu", "host": "03:00.0"}, {"id": "audio", "host": "03:00.1"}],
-        machine={"memory": "1G", "cpus": 2}, host={"user": "nobody", "ksm": True}, agent={"enabled": False},
+        machine={"memory": "1G", "cpus": 2, "hugepages": "2M"}, host={"user": "nobody", "ksm": True},
+        agent={"enabled": False},
     )
 
 
@@ -105,6 +109,10 @@ def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_st
         monkeypatch.setattr(process, "start_daemon", host.start_daemon)
         add_bridge(host.root, "br0")
         host.path("/sys/kernel/mm/ksm/run").write_text("0")  # as down writes it back
+        host.path(HUGE_POOL).mkdir(parents=True)
+        for name in ("nr_hugepages", "free_hugepages", "resv_hugepages"):
+            host.path(f"{HUGE_POOL}/{name}").write_text("0")  # as down writes it back
+        host.path("/proc/meminfo").write_text("MemTotal: 16000000 kB\nMemAvailable: 8000000 kB\n")
         before = snapshot(host.root)
         places = Places(run_root=where / "run", state_root=where / "state")
         spec = every_kind(where)
@@ -120,5 +128,6 @@ def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_st
         assert list((where / "run").iterdir()) == [where / "run" / ".locks"], label
     kinds = ["run/.fake", "after creating the run directory", "before qemu-img create", "before ip tuntap add",
              "before ip link set", "before write /sys/kernel/mm/ksm/run", "before chown", "journal.log appended",
+             "nr_hugepages",
              "before launching qemu", "after launching qemu"]
     assert [kind for kind in kinds if not any(kind in label for label in passed)] == []
