@@ -1,6 +1,7 @@
-"""A vmrun killed at any crash point of `up`: the next `up` cleans up the dead run and starts the VM, and
-`down` then leaves the host as it was. Each `up` to kill runs in a real fork (the kernel drops its locks, as
-it does a killed vmrun's), on a fake host tree whose qemu is a process entry in its /proc."""
+"""A vmrun killed at any crash point of `up` or of `down`: the next `up` cleans up the dead run and starts the VM
+(and `down` then leaves the host as it was), the next `down` finishes the job. Each run to kill goes in a real fork
+(the kernel drops its locks, as it does a killed vmrun's), on a fake host tree whose qemu is a process entry in its
+/proc and which takes every kind of change: a disk image, a tap on a bridge, KSM, huge pages, vfio-pci bindings."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -66,9 +68,9 @@ def fake_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("vmrun.qemu.process.KILL_WAIT", 0.01)  # nor does it wait to be asked to quit
 
 
-def killed_up(spec: Spec, host: QemuHost, places: Places, point: int) -> str | None:
-    """`up` in a fork armed to kill itself at the point-th crash point: the point's label, None when it ran
-    to the end instead."""
+def killed(run: Callable[[], object], point: int) -> str | None:
+    """run (up or down) in a fork armed to kill itself at the point-th crash point: the point's label, None
+    when it ran to the end instead."""
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:  # the fork's exit status is its result
@@ -77,8 +79,8 @@ def killed_up(spec: Spec, host: QemuHost, places: Places, point: int) -> str | N
         os.environ[crashpoints.TARGETS] = str(point)
         sys._xoptions[crashpoints.ARMED_BY] = True
         try:
-            lifecycle.up(spec, Path("spec.toml"), host, places, say=lambda _: None)
-        except BaseException:  # noqa: BLE001 - any way out of up but the kill is a failure of this test
+            run()
+        except BaseException:  # noqa: BLE001 - any way out but the kill is a failure of this test
             os._exit(1)
         os._exit(0)
     os.close(writer)
@@ -93,10 +95,28 @@ def killed_up(spec: Spec, host: QemuHost, places: Places, point: int) -> str | N
 
 def points(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     for point in itertools.count(1):
-        assert point < MAX_POINTS, "up never got past its crash points"
+        assert point < MAX_POINTS, "never got past its crash points"
         where = tmp_path / str(point)
         where.mkdir()
         yield point, where
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def fresh_host(where: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[QemuHost, Places, Spec]:
+    """A fake host that can take every kind of change, its roots under where, and the VM that makes them."""
+    fake = fake_host(where, (GPU, GPU_AUDIO))
+    host = QemuHost(root=fake.root, natural_drivers=fake.natural_drivers)
+    monkeypatch.setattr(process, "start_daemon", host.start_daemon)
+    add_bridge(host.root, "br0")
+    host.path("/sys/kernel/mm/ksm/run").write_text("0")  # as down writes it back
+    host.path(HUGE_POOL).mkdir(parents=True)
+    for name in ("nr_hugepages", "free_hugepages", "resv_hugepages"):
+        host.path(f"{HUGE_POOL}/{name}").write_text("0")  # as down writes it back
+    host.path("/proc/meminfo").write_text("MemTotal: 16000000 kB\nMemAvailable: 8000000 kB\n")
+    return host, Places(run_root=where / "run", state_root=where / "state"), every_kind(where)
 
 
 def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_starts(
@@ -104,19 +124,9 @@ def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_st
 ) -> None:
     passed = []
     for point, where in points(tmp_path):
-        fake = fake_host(where, (GPU, GPU_AUDIO))
-        host = QemuHost(root=fake.root, natural_drivers=fake.natural_drivers)
-        monkeypatch.setattr(process, "start_daemon", host.start_daemon)
-        add_bridge(host.root, "br0")
-        host.path("/sys/kernel/mm/ksm/run").write_text("0")  # as down writes it back
-        host.path(HUGE_POOL).mkdir(parents=True)
-        for name in ("nr_hugepages", "free_hugepages", "resv_hugepages"):
-            host.path(f"{HUGE_POOL}/{name}").write_text("0")  # as down writes it back
-        host.path("/proc/meminfo").write_text("MemTotal: 16000000 kB\nMemAvailable: 8000000 kB\n")
+        host, places, spec = fresh_host(where, monkeypatch)
         before = snapshot(host.root)
-        places = Places(run_root=where / "run", state_root=where / "state")
-        spec = every_kind(where)
-        label = killed_up(spec, host, places, point)
+        label = killed(partial(lifecycle.up, spec, Path("spec.toml"), host, places, say=quiet), point)
         if label is None:
             break
         passed.append(label)
@@ -131,3 +141,22 @@ def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_st
              "nr_hugepages",
              "before launching qemu", "after launching qemu"]
     assert [kind for kind in kinds if not any(kind in label for label in passed)] == []
+
+
+def test_fake_after_down_is_killed_at_any_crash_point_the_next_down_gives_everything_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passed = []
+    for point, where in points(tmp_path):
+        host, places, spec = fresh_host(where, monkeypatch)
+        before = snapshot(host.root)
+        lifecycle.up(spec, Path("spec.toml"), host, places, say=lambda _: None)
+        label = killed(partial(ending.down, spec.name, host, places, timeout=1, force=False, say=quiet), point)
+        if label is None:
+            break
+        passed.append(label)
+        ending.down(spec.name, host, places, timeout=1, force=False, say=lambda _: None)
+        assert snapshot(host.root) == before, f"after a kill at {point}: {label}"
+        assert list((where / "run").iterdir()) == [where / "run" / ".locks"], label
+    for kind in ("before stopping", "nr_hugepages", "ksm/run", "tuntap", "driver_override", "journal.log"):
+        assert any(kind in label for label in passed), (kind, passed)
