@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from qemu.qmp import EventListener
 
@@ -31,6 +32,14 @@ class Monitor(QmpSession):
     def connect(self, *, timeout: float) -> None:
         """Connect, read the greeting and negotiate capabilities."""
         self._connect(timeout=timeout)
+
+    @classmethod
+    @contextmanager
+    def connected(cls, socket_path: Path, *, timeout: float) -> Iterator[Self]:
+        """A monitor connected within ``timeout``, closed when the with-block ends."""
+        with cls(socket_path) as monitor:
+            monitor.connect(timeout=timeout)
+            yield monitor
 
     def status(self) -> str:
         """The run state: "running", "prelaunch", "paused", "shutdown", ..."""

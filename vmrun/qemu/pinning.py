@@ -30,8 +30,7 @@ def thread_pins(machine: Machine, vcpus: dict[int, int], threads: list[int]) -> 
 
 def pin_and_start(machine: Machine, host: Host, paths: RunPaths, pid: int) -> dict[int, frozenset[int]]:
     """Pin every thread of the paused qemu, then start the guest; returns the pins set, by thread id."""
-    with Monitor(paths.qmp_socket) as monitor:
-        monitor.connect(timeout=CONNECT_TIMEOUT)
+    with Monitor.connected(paths.qmp_socket, timeout=CONNECT_TIMEOUT) as monitor:
         pins = thread_pins(machine, monitor.vcpu_threads(), host.thread_ids(pid))
         for tid, cpus in pins.items():
             try:

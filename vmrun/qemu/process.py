@@ -199,8 +199,7 @@ def _stop_one(host: Host, paths: RunPaths, name: str, pid: int, *, timeout: floa
     from vmrun.qemu.monitor import Monitor
 
     try:
-        with Monitor(paths.qmp_socket) as monitor:
-            monitor.connect(timeout=5)
+        with Monitor.connected(paths.qmp_socket, timeout=5) as monitor:
             if not force:
                 say(f"asking {name} to power down (ACPI), waiting up to {timeout:g} s")
                 if monitor.powerdown(timeout=timeout) and wait_for_exit(host, pid, name, KILL_WAIT):

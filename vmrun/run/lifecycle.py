@@ -292,8 +292,7 @@ def _pin(spec: Spec, host: Host, paths: RunPaths, pid: int, say: Say) -> None:
 def _confirm_running(paths: RunPaths) -> None:
     from vmrun.qemu.monitor import Monitor
 
-    with Monitor(paths.qmp_socket) as monitor:
-        monitor.connect(timeout=10)
+    with Monitor.connected(paths.qmp_socket, timeout=10) as monitor:
         status = monitor.status()
     if status != "running":
         raise died_during_startup(paths) if status == "shutdown" else LaunchError(f"qemu reports {status!r}")

@@ -146,8 +146,7 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
             raise UsageError(f"{name} is not running here", hint=f"vmrun status {name}")
         if spec is None:
             raise UsageError(f"{name}: its state records no spec to send", hint=f"vmrun up --restart {name}")
-        with MigrationMonitor(paths.qmp_socket) as monitor:
-            monitor.connect(timeout=10)
+        with MigrationMonitor.connected(paths.qmp_socket, timeout=10) as monitor:
             if (status := monitor.status()) != "running":
                 raise UsageError(f"{name} is {status}, not running: only a running guest is migrated",
                                  hint=f"vmrun status {name}")
@@ -423,8 +422,7 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
             pid = launch_qemu(spec, argv, paths, memlock=plan.memlock)
             crash_point("after launching the incoming qemu")
             say(f"qemu pid {pid} waits for the migration")
-            with MigrationMonitor(paths.qmp_socket) as monitor:
-                monitor.connect(timeout=10)
+            with MigrationMonitor.connected(paths.qmp_socket, timeout=10) as monitor:
                 port = monitor.listen(address or "0.0.0.0")
                 disks = monitor.export(address or "0.0.0.0", [mirror.node for mirror in mirrors_of(spec)]) \
                     if copy_storage else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -221,13 +221,10 @@ def _ids(disks: list[Disk]) -> list[str]:
     return [disk.id for disk in disks]
 
 
-@contextmanager
-def _monitor(paths: RunPaths) -> Iterator[Monitor]:
-    from vmrun.qemu.monitor import Monitor
+def _monitor(paths: RunPaths) -> AbstractContextManager[Monitor]:
+    from vmrun.qemu.monitor import Monitor  # qemu.qmp: not for listing a stopped VM's snapshots
 
-    with Monitor(paths.qmp_socket) as monitor:
-        monitor.connect(timeout=CONNECT_TIMEOUT)
-        yield monitor
+    return Monitor.connected(paths.qmp_socket, timeout=CONNECT_TIMEOUT)
 
 
 def _running_listing(monitor: Monitor, name: str, spec: Spec) -> Snapshots:

@@ -126,8 +126,7 @@ def run_state(paths: RunPaths, mark: str | None) -> str:
     from vmrun.qemu.monitor import Monitor
 
     try:
-        with Monitor(paths.qmp_socket) as monitor:
-            monitor.connect(timeout=AGENT_PROBE_TIMEOUT * 2)
+        with Monitor.connected(paths.qmp_socket, timeout=AGENT_PROBE_TIMEOUT * 2) as monitor:
             status = monitor.status()
     except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
         return mark or "stopped"
