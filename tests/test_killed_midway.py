@@ -130,16 +130,15 @@ def test_fake_after_up_is_killed_at_any_crash_point_the_next_up_cleans_up_and_st
         if label is None:
             break
         passed.append(label)
-        outcome = lifecycle.up(spec, Path("spec.toml"), host, places, say=lambda _: None)
+        outcome = lifecycle.up(spec, Path("spec.toml"), host, places, say=quiet)
         assert outcome in (lifecycle.Outcome.STARTED, lifecycle.Outcome.UP_TO_DATE), label
         assert len([pid for pid in host.process_ids() if host.process_argv(pid)]) == 1, label  # one qemu
-        assert ending.down(spec.name, host, places, timeout=1, force=False, say=lambda _: None) is not None
+        assert ending.down(spec.name, host, places, timeout=1, force=False, say=quiet) is not None
         assert snapshot(host.root) == before, f"after a kill at {point}: {label}"
         assert list((where / "run").iterdir()) == [where / "run" / ".locks"], label
     kinds = ["run/.fake", "after creating the run directory", "before qemu-img create", "before ip tuntap add",
              "before ip link set", "before write /sys/kernel/mm/ksm/run", "before chown", "journal.log appended",
-             "nr_hugepages",
-             "before launching qemu", "after launching qemu"]
+             "nr_hugepages", "before launching qemu", "after launching qemu"]
     assert [kind for kind in kinds if not any(kind in label for label in passed)] == []
 
 
@@ -150,12 +149,12 @@ def test_fake_after_down_is_killed_at_any_crash_point_the_next_down_gives_everyt
     for point, where in points(tmp_path):
         host, places, spec = fresh_host(where, monkeypatch)
         before = snapshot(host.root)
-        lifecycle.up(spec, Path("spec.toml"), host, places, say=lambda _: None)
+        lifecycle.up(spec, Path("spec.toml"), host, places, say=quiet)
         label = killed(partial(ending.down, spec.name, host, places, timeout=1, force=False, say=quiet), point)
         if label is None:
             break
         passed.append(label)
-        ending.down(spec.name, host, places, timeout=1, force=False, say=lambda _: None)
+        ending.down(spec.name, host, places, timeout=1, force=False, say=quiet)
         assert snapshot(host.root) == before, f"after a kill at {point}: {label}"
         assert list((where / "run").iterdir()) == [where / "run" / ".locks"], label
     for kind in ("before stopping", "nr_hugepages", "ksm/run", "tuntap", "driver_override", "journal.log"):
