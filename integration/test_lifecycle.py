@@ -149,7 +149,8 @@ def test_drift_is_named_in_spec_terms_refused_and_applied_with_restart(
         assert drift.returncode == 6
         assert drift.stdout == "bare: differs\n  machine.memory: 64M → 96M\n"
         assert json.loads(vmrun("diff", "--json", str(spec)).stdout) == [{
-            "name": "bare", "spec": str(spec), "status": "differs", "differences": ["machine.memory: 64M → 96M"],
+            "name": "bare", "spec": str(spec), "state": "running", "drift": "differs",
+            "differences": ["machine.memory: 64M → 96M"],
         }]
 
         refused = vmrun("up", str(spec))

@@ -191,9 +191,10 @@ def test_diff_json_lists_an_invalid_spec_as_up_refuses_it_and_down_dry_run_names
     assert diff.returncode == up.returncode == 2
     [refused] = json.loads(up.stdout)
     assert json.loads(diff.stdout) == [
-        {"name": refused["name"], "spec": refused["name"], "status": "invalid", "differences": [],
-         "errors": refused["errors"], "hint": refused["hint"]},
-        {"name": "a", "spec": str(tmp_path / "a.toml"), "status": "not running", "differences": []},
+        {"name": refused["name"], "spec": refused["name"], "state": None, "drift": None,
+         "differences": [], "errors": refused["errors"], "hint": refused["hint"]},
+        {"name": "a", "spec": str(tmp_path / "a.toml"), "state": "stopped", "drift": None,
+         "differences": []},
     ]
     assert refused["errors"] == [f"{tmp_path / 'bad.toml'}: machine.cpus: must be at least 1, got 0"]
     # down reads only the names; --dry-run says which VMs have a run to stop and touches nothing.

@@ -187,6 +187,18 @@ def test_init_with_a_base_writes_a_spec_and_user_data_that_validate(tmp_path: Pa
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_init_reads_the_keys_under_home_as_the_shell_and_lima_do(tmp_path: Path) -> None:
+    # $HOME, not the password database's home (root's /root here), unless vmrun runs under sudo.
+    (tmp_path / "home/.ssh").mkdir(parents=True)
+    (tmp_path / "home/.ssh/id_ecdsa.pub").write_text("ecdsa-sha2-nistp256 AAAAec me@laptop\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")}
+    result = vmrun("init", "web", "--base", "cloud.qcow2", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "1 SSH key(s)" in result.stderr.splitlines()[0]
+    config = yaml.safe_load((tmp_path / "web-user-data.yaml").read_text())
+    assert config["users"][1]["ssh_authorized_keys"] == ["ecdsa-sha2-nistp256 AAAAec me@laptop"]
+
+
 def test_starter_user_data_gives_the_user_their_keys_and_sudo(tmp_path: Path) -> None:
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh/id_rsa.pub").write_text("ssh-rsa AAAArsa a@b\n")

@@ -91,6 +91,7 @@ def test_vm_commands_with_no_vm_running(cli: Cli, tmp_path: Path) -> None:
     checked("diff", "diff", cli.json("diff", str(SPECS / "tiny-user.toml"), exit_codes=(6,)))
     (tmp_path / "bad.toml").write_text('name = "bad"\n')
     checked("up", "fates", cli.json("up", str(tmp_path / "bad.toml"), exit_codes=(2,)))
+    checked("diff", "diff", cli.json("diff", str(tmp_path / "bad.toml"), exit_codes=(2,)))
     checked("down", "fates", cli.json("down", "web"))
     checked("status", "status", cli.json("status"))
     checked("host check", "host_check", cli.json("host", "check"))

@@ -84,7 +84,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     import os
 
     from vmrun.cli.starter import ROOT_STANDIN, starter_spec, starter_user_data, user_data_file
-    from vmrun.host.user import invoking_user, public_keys
+    from vmrun.host.user import invoking_home, invoking_user, public_keys
     from vmrun.spec.check import check_name
     from vmrun.spec.images import is_url
     from vmrun.spec.model import Spec as SpecModel
@@ -109,13 +109,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         base = args.base if digest else os.path.relpath(Path(args.base).resolve(), target.parent.resolve())
         host = host_of(args)
         name = invoking_user(host, os.environ)
-        keys = public_keys(host.home_dir(name))
+        home = invoking_home(host, os.environ)
+        keys = public_keys(home)
         user = ROOT_STANDIN if name == "root" else name
         assert user_data is not None
         write_file(user_data, starter_user_data(user, keys))
         say(f"wrote {user_data}: user {user}, {len(keys)} SSH key(s), sudo")
         if not keys:
-            _no_key(name, host.home_dir(name), user_data, running_as=host.current_user().name)
+            _no_key(name, home, user_data, running_as=host.current_user().name)
     write_file(target, starter_spec(args.name, str(target), base=base if args.base else None, digest=digest))
     say(f"wrote {target}; edit it, then: vmrun validate {target}")
     if args.json:

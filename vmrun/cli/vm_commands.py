@@ -154,25 +154,30 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from vmrun.run.lifecycle import drift
+    from vmrun.run.status import vm_state
 
     host, places = host_of(args), places_of(args)
     rows: list[dict[str, Any]] = []
     specs, refused = load_valid_specs(args)
     for path, spec in specs:
         changed = drift(spec, path.resolve(), host, places)
-        status = "not running" if changed is None else "differs" if changed else "up to date"
-        rows.append({"name": spec.name, "spec": str(path), "status": status, "differences": changed or []})
+        # drift: null where nothing runs to compare; state: the word `status` uses (stopped: no run here).
+        rows.append({"name": spec.name, "spec": str(path),
+                     "state": "running" if changed is not None else vm_state(host, places, spec.name),
+                     "drift": None if changed is None else "differs" if changed else "up to date",
+                     "differences": changed or []})
     if args.json:
         # An invalid spec is a row too, named by its path as up names it, with the errors up would refuse it with.
-        invalid = [{"name": fate.name, "spec": fate.name, "status": "invalid", "differences": [],
+        invalid = [{"name": fate.name, "spec": fate.name, "state": None, "drift": None, "differences": [],
                     "errors": list(fate.errors), "hint": fate.hint} for fate in refused]
         print(json.dumps(invalid + rows, indent=1))
     else:
         for row in rows:
-            print(f"{row['name']}: {row['status']}" + "".join(f"\n  {line}" for line in row["differences"]))
+            differences = "".join(f"\n  {line}" for line in row["differences"])
+            print(f"{row['name']}: {row['drift'] or 'not running'}{differences}")
     if refused:
         return UsageError.exit_code
-    return 0 if all(row["status"] == "up to date" for row in rows) else DRIFT_EXIT
+    return 0 if all(row["drift"] == "up to date" for row in rows) else DRIFT_EXIT
 
 
 def cmd_status(args: argparse.Namespace) -> int:

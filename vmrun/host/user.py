@@ -17,6 +17,15 @@ def invoking_user(host: Host, environ: Mapping[str, str]) -> str:
     return environ.get("SUDO_USER") or host.current_user().name
 
 
+def invoking_home(host: Host, environ: Mapping[str, str]) -> Path | None:
+    """Where the invoking user's `~/.ssh` is: `$HOME`, as the shell's `~` and Lima read it; under sudo (whose
+    `$HOME` may be root's) or without `$HOME`, the sudo user's home in the password database."""
+    home = environ.get("HOME")
+    if home and not environ.get("SUDO_USER"):
+        return Path(home)
+    return host.home_dir(invoking_user(host, environ))
+
+
 def public_keys(home: Path | None) -> list[str]:
     if home is None:
         return []

@@ -76,6 +76,12 @@ def status(host: HostView, places: Places, names: list[str] | None = None, *,
     return statuses
 
 
+def vm_state(host: HostView, places: Places, name: str) -> str:
+    """What `status` says of one VM without asking qemu: `stopped` where it has no run directory here."""
+    paths = places.of(name)
+    return _status_of(host, paths, name).state if has_run(paths) else "stopped"
+
+
 def _status_of(host: HostView, paths: RunPaths, name: str) -> VmStatus:
     try:
         state, damaged = glance(paths), False

@@ -202,20 +202,31 @@ def error_lines(vms):
 
 def specs_now(vmrun):
     """`vmrun diff --json`: each VM of the specs, up to date, not running or what differs; and each invalid spec
-    (status invalid, named by its path), with the errors `vmrun up` refuses it with (diff exits 2 then)."""
+    (named by its path), with the errors `vmrun up` refuses it with (diff exits 2 then)."""
     return vmrun.json_or_fail((0, 2, 6), "diff", "--json", *specs(vmrun.module))
+
+
+def drift_of(row):
+    """One word per `vmrun diff --json` row: invalid, up to date, differs or not running. vmrun before 0.9
+    said it as `status` until this collection's 1.2.0; a managed host may still run one."""
+    if "status" in row:
+        return row["status"]
+    if row.get("errors"):
+        return "invalid"
+    return row["drift"] or "not running"
 
 
 def predict_up(rows, restart):
     """What `vmrun up` would do to each VM, from what `vmrun diff` says of it."""
     predicted = []
     for row in rows:
-        if row["status"] == "invalid":
+        drift = drift_of(row)
+        if drift == "invalid":
             predicted.append(vm(row["name"], "invalid", row["errors"], hint=row["hint"], exit_code=2,
                                 outcome="invalid (exit 2)", spec=row["spec"]))
-        elif row["status"] == "up to date":
+        elif drift == "up to date":
             predicted.append(vm(row["name"], "up to date", spec=row["spec"]))
-        elif row["status"] == "not running":
+        elif drift == "not running":
             predicted.append(vm(row["name"], "started", spec=row["spec"]))
         elif restart:
             predicted.append(vm(row["name"], "restarted", spec=row["spec"]))
@@ -235,12 +246,12 @@ def up_diff(rows, vms):
     """Before: each VM as `vmrun diff` says it; after: up to date where up brings it there. Each spec up leaves
     out (an invalid one) below the diff, with vmrun's errors."""
     brought = set(entry["name"] for entry in vms if entry["result"] in GOOD)
-    valid = [row for row in rows if row["status"] != "invalid"]
-    before = "".join(vm_text(row["name"], row["status"], row["differences"]) for row in valid)
+    valid = [row for row in rows if drift_of(row) != "invalid"]
+    before = "".join(vm_text(row["name"], drift_of(row), row["differences"]) for row in valid)
     after = "".join(vm_text(row["name"], "up to date") if row["name"] in brought
-                    else vm_text(row["name"], row["status"], row["differences"]) for row in valid)
+                    else vm_text(row["name"], drift_of(row), row["differences"]) for row in valid)
     diff = {"before": before, "after": after}
-    left_out = [row for row in rows if row["status"] == "invalid"]
+    left_out = [row for row in rows if drift_of(row) == "invalid"]
     if left_out:
         diff["prepared"] = "left out by vmrun up:\n" + "".join(
             vm_text(row["name"], "invalid spec", row["errors"]) for row in left_out)
