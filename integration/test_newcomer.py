@@ -54,26 +54,24 @@ def cloud_image() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def newcomer_home(tmp_path: Path) -> tuple[Path, Path]:
-    """A host tree whose passwd gives root a throwaway home with an SSH key in it: init reads the invoking
-    user's keys from the home passwd names (as ssh does), so `--host-root` is how a test hands it one."""
+    """A throwaway home with an SSH key in it: init reads the invoking user's keys under $HOME, as the shell's
+    `~` and Lima do."""
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     key = home / ".ssh" / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "newcomer", "-f", str(key)], check=True)
-    tree = tmp_path / "tree"
-    (tree / "etc").mkdir(parents=True)
-    (tree / "etc" / "passwd").write_text(f"root:x:0:0:root:{home}:/bin/bash\n")
-    return tree, key
+    return home, key
 
 
 def test_a_cloud_image_by_url_boots_unedited_and_ssh_gets_in(
     vmrun: Vmrun, reachable_tmp: Path, cloud_image: tuple[str, str], newcomer_home: tuple[Path, Path]
 ) -> None:
     url, digest = cloud_image
-    tree, key = newcomer_home
+    home, key = newcomer_home
     env = {"VMRUN_CACHE_DIR": str(reachable_tmp / "cache")}
     spec = reachable_tmp / f"{NAME}.toml"  # qemu runs as another user: the overlay beside it must be reachable
-    init = vmrun("--host-root", str(tree), "init", NAME, "--base", url, "--digest", digest, "-o", str(spec), env=env)
+    as_newcomer = {**env, "HOME": str(home), "SUDO_USER": ""}
+    init = vmrun("init", NAME, "--base", url, "--digest", digest, "-o", str(spec), env=as_newcomer)
     assert init.returncode == 0, init.stderr
     assert "1 SSH key(s)" in init.stderr, init.stderr
     started = time.monotonic()
