@@ -20,7 +20,7 @@ import pytest
 from .inlab import LAB_TIME, REPO, Lab, guestless_toml
 
 KSM_RUN = "/sys/kernel/mm/ksm/run"
-QUICK_DOWN = ("--timeout", "1")  # these VMs boot nothing, so they never answer an ACPI powerdown
+QUICK_DOWN = ("--timeout", "0.05")  # these VMs boot nothing, so they never answer an ACPI powerdown
 MakeSpec = Callable[..., Path]
 
 

@@ -26,7 +26,7 @@ def non_negative_int(text: str) -> int:
 def positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value <= 86400:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds between 0 and 86400")
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds over 0 and at most 86400 (a day)")
     return value
 
 
