@@ -66,11 +66,14 @@ class Hosts:
     second: Side
     rsh: str
 
-    def move(self, name: str, source: Side, destination: Side, *options: str,
-             remote_vmrun: str | None = None) -> subprocess.CompletedProcess[str]:
+    def move(self, name: str, source: Side, destination: Side, *options: str, remote_vmrun: str | None = None,
+             kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
         return source.vmrun("migrate", name, "--to", f"root@{destination.address}", "-e", self.rsh,
                             "--remote-vmrun", remote_vmrun or destination.remote_vmrun(), "--json", *options,
-                            timeout=300)
+                            timeout=300, kill_at=kill_at)
+
+    def other(self, side: Side) -> Side:
+        return self.second if side is self.first else self.first
 
 
 def _sshd(netns: str, address: str, keys: Path) -> subprocess.Popen[bytes]:
@@ -332,54 +335,101 @@ def settled(side: Side, name: str, timeout: float = 60) -> str | None:
     deadline = time.monotonic() + timeout
     while True:
         found = [vm["state"] for vm in json.loads(side.vmrun("status", "--json").stdout) if vm["name"] == name]
-        busy = subprocess.run(["flock", "-n", str(side.vmrun.run_root / ".locks" / f"{name}.lock"), "true"],
-                              check=False).returncode != 0
+        lock = side.vmrun.run_root / ".locks" / f"{name}.lock"
+        busy = lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode != 0
         if not busy or time.monotonic() > deadline:
             return found[0] if found else None
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize(("killed", "point", "runs_on", "left", "copy"), [
-    ("source", "after the destination is ready", "source", None, False),
-    ("source", "after the migration completed", "destination", "migrated", False),
-    ("destination", "after listening for the migration", "source", "incoming", False),
-    ("destination", "after launching the incoming qemu", "source", "incoming", False),
-    ("source", "after the disks are in step", "source", None, True),
-    ("source", "after the migration completed", "destination", "migrated", True),
+# The crash points each side's vmrun passes in a migration that completes (shared storage, one tap): a point
+# that disappears, or one added without this test seeing it, fails the test. The source: the destination
+# started and ready, each mark written, the switch-over told, its qemu stopped, its tap undone, its console
+# log kept, its run dir removed. The destination: its run dir, journal and tap, qemu's launch, listening,
+# telling the source where, the switch-over and its mark.
+SOURCE_POINTS = 15
+DESTINATION_POINTS = 13
+MOST_POINTS = 60  # a loop past this many never ended without a kill
+
+
+def test_a_migration_killed_at_every_crash_point_of_either_side_leaves_the_guest_on_one_and_the_other_cleans(
+    hosts: Hosts, tmp_path: Path,
+) -> None:
+    """One guest, booted once: killed at the Nth crash point of the source's vmrun, then of the destination's,
+    N = 1, 2, ... until a migration passes them all. Whichever side runs the guest after a kill is the next
+    source."""
+    up = hosts.first.vmrun("up", str(tiny_spec(tmp_path, "loop")))
+    assert up.returncode == 0, up.stderr
+    boot_id = guest(hosts.first, "loop", "cat", "/proc/sys/kernel/random/boot_id")
+    runs = hosts.first
+    counts, seconds = {}, {}
+    for killed in ("source", "destination"):
+        started = time.monotonic()
+        for number in range(1, MOST_POINTS + 1):
+            source, destination = runs, hosts.other(runs)
+            armed = str(number)
+            moved = hosts.move("loop", source, destination, kill_at=armed if killed == "source" else None,
+                               remote_vmrun=kill_at(destination, armed) if killed == "destination" else None)
+            if moved.returncode == 0:  # no crash point left to kill at: the guest moved
+                counts[killed], runs = number - 1, destination
+                break
+            said = f"VMRUN_TEST_KILL_AT: SIGKILL at crash point {number}: "
+            assert said in moved.stderr, (killed, number, moved.returncode, moved.stderr)
+            point = f"{killed} {number}: {moved.stderr.split(said, 1)[1].splitlines()[0]}"
+            runs = one_side_runs(hosts, "loop", boot_id, point)
+        else:
+            pytest.fail(f"the {killed}'s vmrun was still killed at crash point {MOST_POINTS}")
+        seconds[killed] = time.monotonic() - started
+        print(f"{killed}: {counts[killed]} crash points, {seconds[killed]:.1f} s")
+    assert (counts["source"], counts["destination"]) == (SOURCE_POINTS, DESTINATION_POINTS), counts
+    assert guest(runs, "loop", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert runs.vmrun("down", "--force", "loop").returncode == 0
+
+
+def one_side_runs(hosts: Hosts, name: str, boot_id: str, point: str) -> Side:
+    """After a kill: one side's status says running, with the same boot of the guest, its tap and one qemu;
+    --abort refuses it and cleans what is left on the other. That side."""
+    first, second = settled(hosts.first, name), settled(hosts.second, name)
+    assert [first, second].count("running") == 1, (point, first, second)
+    runs, left = (hosts.first, second) if first == "running" else (hosts.second, first)
+    other = hosts.other(runs)
+    # A run dir half made or half removed (a kill inside its rename) reads dead, as after any killed up or down.
+    half = not (other.vmrun.run_root / name).exists()
+    assert left in ("migrated", "incoming", None, *(("dead",) if half else ())), (point, first, second)
+    assert guest(runs, name, "cat", "/proc/sys/kernel/random/boot_id") == boot_id, point
+    refused = runs.vmrun("migrate", name, "--abort")
+    assert refused.returncode == 2 and f"{name} is running here: this is the live copy" in refused.stderr, \
+        (point, refused.stderr)
+    if left is not None:
+        cleaned = other.vmrun("migrate", name, "--abort")
+        assert cleaned.returncode == 0, (point, cleaned.stderr)
+    assert not other.has_tap(f"{name}.net0") and qemu_pids_of(other.vmrun.run_root) == [], point
+    assert not (other.vmrun.run_root / name).exists(), point
+    assert runs.has_tap(f"{name}.net0") and len(qemu_pids_of(runs.vmrun.run_root)) == 1, point
+    return runs
+
+
+@pytest.mark.parametrize(("point", "runs_on", "left"), [
+    ("after the disks are in step", "source", None),
+    ("after the migration completed", "destination", "migrated"),
 ])
-def test_a_killed_migration_leaves_the_guest_on_one_side_and_abort_cleans_the_other(
-    hosts: Hosts, tmp_path: Path, killed: str, point: str, runs_on: str, left: str | None, copy: bool,
+def test_a_copy_storage_migration_killed_leaves_the_guest_on_one_side_and_abort_cleans_the_other(
+    hosts: Hosts, tmp_path: Path, point: str, runs_on: str, left: str | None,
 ) -> None:
     source, destination = hosts.first, hosts.second
     disks, theirs = disk_directories(tmp_path)
     boot_id = started(source, tmp_path, "kill", disks)
-    to = ["migrate", "kill", "--to", f"root@{destination.address}", "-e", hosts.rsh,
-          *(["--copy-storage"] if copy else [])]
-    if killed == "source":
-        moved = source.vmrun(*to, "--remote-vmrun", destination.remote_vmrun((theirs, disks) if copy else None),
-                             kill_at=point)
-        assert moved.returncode == -9, moved.stderr
-    else:
-        moved = source.vmrun(*to, "--remote-vmrun", kill_at(destination, point))
-        assert moved.returncode == 4, moved.stderr
-        assert "the VM runs on here" in moved.stderr
+    moved = hosts.move("kill", source, destination, "--copy-storage", kill_at=point,
+                       remote_vmrun=destination.remote_vmrun((theirs, disks)))
+    assert moved.returncode == -9, moved.stderr
 
     # Each side's status tells which one runs the guest, from what its state and its qemu say.
     runs, other = (source, destination) if runs_on == "source" else (destination, source)
-    assert settled(runs, "kill") == "running"
     assert settled(other, "kill") == left
-    assert guest(runs, "kill", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
-    refused = runs.vmrun("migrate", "kill", "--abort")
-    assert refused.returncode == 2 and "kill is running here: this is the live copy" in refused.stderr, refused.stderr
     if left == "migrated":  # a source whose guest left is not brought back by up either
         again = other.vmrun("up", str(tmp_path / "kill.toml"))
         assert again.returncode == 2 and "kill migrated to another host" in again.stderr, again.stderr
-    if left is not None:
-        cleaned = other.vmrun("migrate", "kill", "--abort")
-        assert cleaned.returncode == 0, cleaned.stderr
-    assert not other.has_tap("kill.net0") and qemu_pids_of(other.vmrun.run_root) == []
-    assert not (other.vmrun.run_root / "kill").exists()
-    assert runs.has_tap("kill.net0") and len(qemu_pids_of(runs.vmrun.run_root)) == 1
-    if copy and runs_on == "source":  # the destination's copy went with its run: a failed up's disk
+    assert one_side_runs(hosts, "kill", boot_id, point) is runs
+    if runs_on == "source":  # the destination's copy went with its run: a failed up's disk
         assert not (theirs / "kill.qcow2").exists()
     assert runs.vmrun("down", "--force", "kill").returncode == 0

@@ -176,13 +176,15 @@ def left_behind(tmp_path: Path, qemu_status: str, mark: str | None) -> tuple[Fak
     return host, places, FakePeer(paths.qmp_socket, script, greeting=QMP_GREETING)
 
 
-# status answers from the state's mark; status -a asks qemu too, which knows best after a kill that came
-# between a switch-over and its mark.
+# status asks the qemu of a VM whose state is marked, which knows best after a kill that came between a
+# switch-over and the next mark; status -a asks every qemu.
 @pytest.mark.parametrize(("qemu_status", "mark", "shown", "asked"), [
     ("postmigrate", "migrated", "migrated", "migrated"),
-    ("postmigrate", None, "running", "migrated"),  # killed between the switch-over and its mark: qemu knows
+    ("postmigrate", "outgoing", "migrated", "migrated"),  # killed between the switch-over and its mark
+    ("running", "outgoing", "running", "running"),  # killed while sending, or before a failure cleared the mark
+    ("postmigrate", None, "running", "migrated"),  # unmarked (no vmrun marks so): only -a asks
     ("inmigrate", "incoming", "incoming", "incoming"),
-    ("running", "incoming", "incoming", "running"),  # killed after the guest arrived, before the mark was cleared
+    ("running", "incoming", "running", "running"),  # killed after the guest arrived, before the mark was cleared
     ("running", None, "running", "running"),
 ])
 def test_status_says_which_side_of_a_migration_runs_the_guest(
@@ -192,6 +194,16 @@ def test_status_says_which_side_of_a_migration_runs_the_guest(
     with peer:
         assert [vm.state for vm in status(host, places)] == [shown]
         assert [vm.state for vm in status(host, places, addresses=True)] == [asked]
+
+
+@pytest.mark.parametrize(("mark", "shown"), [("migrated", "migrated"), ("incoming", "incoming"),
+                                             ("outgoing", "dead"), (None, "dead")])
+def test_a_run_whose_qemu_is_gone_says_what_its_migration_left(tmp_path: Path, mark: str | None, shown: str) -> None:
+    """Killed after a source's qemu quit, or before a destination's started: no guest to resume here."""
+    places = Places(run_root=tmp_path / "run", state_root=tmp_path / "state")
+    StateJournal.begin(places.of("fake"), VmState(name="fake", spec_path="s", argv=("qemu",), accel="tcg",
+                                                  accel_reason="r", migration=mark))
+    assert [vm.state for vm in status(fake_host(tmp_path), places, addresses=True)] == [shown]
 
 
 @pytest.mark.parametrize(("qemu_status", "mark", "cleaned"), [

@@ -44,7 +44,7 @@ from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec.check import validate
 from vmrun.spec.load import converter, structure_spec
 from vmrun.spec.model import ByteSize, Spec
-from vmrun.state.glance import INCOMING, MIGRATED, has_run
+from vmrun.state.glance import INCOMING, MIGRATED, OUTGOING, has_run
 from vmrun.state.locations import Places
 from vmrun.state.locks import vm_lock
 from vmrun.state.vmstate import mark_migration, read_state, recorded_configuration
@@ -161,8 +161,16 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
                 crash_point("after the destination is ready")
                 disks = f", {len(mirrors)} disk(s) mirrored to port {target.disks}" if mirrors else ""
                 say(f"migrating {name} to {remote.host} ({target.address}:{target.port}{disks})")
+                # Marked before qemu may complete it: a kill before the next mark leaves a mark to ask qemu by.
+                mark_migration(paths, OUTGOING)
+                crash_point("after marking the migration outgoing")
                 with Meter(f"{name} -> {remote.host}") as meter:
-                    done, copied = _send(monitor, destination, target, mirrors, timeout, meter)
+                    try:
+                        done, copied = _send(monitor, destination, target, mirrors, timeout, meter)
+                    except BaseException:
+                        with shielded():  # the guest runs on here
+                            mark_migration(paths, None)
+                        raise
                 mark_migration(paths, MIGRATED)
                 crash_point("after the migration completed")
                 destination.switched()
@@ -372,6 +380,7 @@ class _Destination:
 
     def switched(self) -> None:
         self.tell({"switched": True})
+        crash_point("after telling the destination the migration completed")
         try:
             message = self.answer(CONFIRM_TIMEOUT, "after the switch-over")
         except VmrunError as exc:
@@ -428,6 +437,7 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
                     if copy_storage else None
                 crash_point("after listening for the migration")
                 _write(outgoing, {"address": address, "port": port, "disks": disks})
+                crash_point("after telling the source where to send")
                 told = _offer(incoming.readline())
                 if not told.get("switched") and not _arrived(monitor):
                     raise LaunchError("the source gave up the migration")
