@@ -53,11 +53,17 @@ class Side:
         vmrun = ["env", f"PYTHONPATH={REPO}", f"VMRUN_RUN_DIR={self.vmrun.run_root}",
                  f"VMRUN_STATE_DIR={self.vmrun.state_root}", f"VMRUN_CACHE_DIR={self.cache}", sys.executable, "-m",
                  "vmrun"]
-        if disks_from is None:
-            return shlex.join(vmrun)
-        what, over = disks_from
-        return shlex.join(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(what), str(over), *vmrun])
+        return shlex.join([*(bound(*disks_from) if disks_from is not None else ()), *vmrun])
+
+    def seeing(self, what: Path, over: Path) -> Side:
+        """This side with its own vmrun in such a mount namespace too: a source that sees the disks it runs on."""
+        return attrs.evolve(self, vmrun=attrs.evolve(self.vmrun, enter=(*self.vmrun.enter, *bound(what, over))))
+
+
+def bound(what: Path, over: Path) -> list[str]:
+    """The command prefix that runs a command with the directory what seen at the path over."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(what), str(over)]
 
 
 @attrs.frozen
@@ -218,19 +224,21 @@ def disk_directories(tmp_path: Path) -> tuple[Path, Path]:
     return disks, theirs
 
 
-def started(side: Side, tmp_path: Path, name: str, disks: Path) -> str:
+def started(side: Side, tmp_path: Path, name: str, disks: Path, extra: str = "") -> str:
     """The tiny guest up on one side with its disk in disks; its boot_id."""
-    up = side.vmrun("up", str(tiny_spec(tmp_path, name, disks=disks)))
+    up = side.vmrun("up", str(tiny_spec(tmp_path, name, extra, disks=disks)))
     assert up.returncode == 0, up.stderr
     return guest(side, name, "cat", "/proc/sys/kernel/random/boot_id")
 
 
-def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest_live(
+def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest_live_and_back(
     hosts: Hosts, tmp_path: Path,
 ) -> None:
     first, second = hosts.first, hosts.second
     disks, theirs = disk_directories(tmp_path)
-    boot_id = started(first, tmp_path, "copy", disks)
+    # A cloud-init seed too: the destination builds it into its own state dir, for its qemu to open.
+    (tmp_path / "user-data.yaml").write_text("#cloud-config\n")
+    boot_id = started(first, tmp_path, "copy", disks, '[cloud_init]\nuser_data = "user-data.yaml"\n')
     guest(first, "copy", "sh", "-c", "printf '%-16s' 'block one' | dd of=/dev/sda bs=16 seek=4096 conv=fsync "
                                      "2>/dev/null")
 
@@ -248,7 +256,18 @@ def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest
     [pid] = qemu_pids_of(second.vmrun.run_root)
     assert os.stat(f"/proc/{pid}/root{disks / 'copy.qcow2'}").st_ino == (theirs / "copy.qcow2").stat().st_ino
     assert qemu_pids_of(first.vmrun.run_root) == [] and second.has_tap("copy.net0")
-    assert second.vmrun("down", "copy").returncode == 0
+    assert (second.vmrun.state_root / "copy" / "seed.iso").exists()
+
+    # And back: the disk file the guest left here is replaced by the copy it comes back with, written since.
+    guest(second, "copy", "sh", "-c", "printf '%-16s' 'block two' | dd of=/dev/sda bs=16 seek=8192 conv=fsync "
+                                      "2>/dev/null")
+    back = hosts.move("copy", second.seeing(theirs, disks), first, "--copy-storage")
+    assert back.returncode == 0, back.stderr
+    assert "removed the copy the guest left here by moving away" in back.stderr
+    assert guest(first, "copy", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert guest(first, "copy", "sh", "-c", read.replace("4096", "8192")) == "block two       "
+    assert qemu_pids_of(second.vmrun.run_root) == [] and first.has_tap("copy.net0")
+    assert first.vmrun("down", "copy").returncode == 0
     check = run("qemu-img", "compare", "-q", str(disks / "copy.qcow2"), str(theirs / "copy.qcow2"), check=False)
     assert check.returncode == 0, check.stdout  # the same contents, block for block
 

@@ -15,9 +15,10 @@ from vmrun.cli.main import main
 from vmrun.errors import LaunchError, UsageError
 from vmrun.progress import Meter
 from vmrun.qemu.migration import Copying, MigrationMonitor, Mirror
-from vmrun.run.migrate import _wait, abort
+from vmrun.run.migrate import _present, _wait, abort
 from vmrun.run.status import status
 from vmrun.spec.load import converter
+from vmrun.state.leftdisks import record_left
 from vmrun.state.locations import Places
 from vmrun.state.vmstate import StateJournal, VmState
 
@@ -85,6 +86,29 @@ def test_copy_storage_refuses_a_disk_the_destination_already_has_before_touching
     assert f"disks[0]: {there} already exists on the destination; --copy-storage creates it" in err
     assert "disks[1]" not in err  # a read-only disk is not copied: it must be there
     assert not (run_root / spec.name).exists()
+
+
+def test_copy_storage_replaces_only_the_unchanged_file_the_guest_left_by_moving_away(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    left = tmp_path / "disk.qcow2"
+    left.write_bytes(b"the guest's disk as it left")
+    spec = make_spec(disks=[{"id": "root", "path": str(left), "format": "qcow2", "size": "1M"}])
+    places = Places(run_root=tmp_path / "run", state_root=tmp_path / "state")
+    host = fake_host(tmp_path)
+    record_left(host, places.of(spec.name), [str(left)])
+    assert _present(spec, host, places.of(spec.name)) == []  # the file it left: replaced
+
+    # Another file at that path, the same bytes and times but not the file that was recorded: refused, kept.
+    other = tmp_path / "other.qcow2"
+    shutil.copy2(left, other)
+    other.replace(left)
+    offer = {"spec": converter.unstructure(spec), "spec_path": str(tmp_path / "s.toml"), "copy_storage": True}
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(offer) + "\n"))
+    assert main(["--run-dir", str(places.run_root), "--state-dir", str(places.state_root), "migrate", spec.name,
+                 "--incoming"]) == 2
+    assert f"disks[0]: {left} already exists on the destination; --copy-storage creates it" in capsys.readouterr().err
+    assert left.read_bytes() == b"the guest's disk as it left" and not places.of(spec.name).run_dir.exists()
 
 
 def qemu_with_mirrors(jobs: list[Message]) -> Script:

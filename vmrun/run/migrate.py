@@ -45,7 +45,8 @@ from vmrun.spec.check import validate
 from vmrun.spec.load import converter, structure_spec
 from vmrun.spec.model import ByteSize, Spec
 from vmrun.state.glance import INCOMING, MIGRATED, OUTGOING, has_run
-from vmrun.state.locations import Places
+from vmrun.state.leftdisks import forget_left, is_left, record_left
+from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import vm_lock
 from vmrun.state.vmstate import mark_migration, read_state, recorded_configuration
 
@@ -172,6 +173,8 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
                             mark_migration(paths, None)
                         raise
                 mark_migration(paths, MIGRATED)
+                if mirrors:  # the files here are the guest's no more: moving it back may replace them
+                    record_left(host, paths, _paths_of(spec, mirrors))
                 crash_point("after the migration completed")
                 destination.switched()
         crash_point("after the destination runs the guest")
@@ -179,6 +182,11 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
         moved = None if done.bytes is None or copied is None else done.bytes + copied
         return Moved(name=name, state="migrated", to=remote.host, downtime_ms=done.downtime_ms,
                      total_ms=done.total_ms, bytes=done.bytes if not mirrors else moved, disk_bytes=copied)
+
+
+def _paths_of(spec: Spec, mirrors: list[Mirror]) -> list[str]:
+    copied = {mirror.node for mirror in mirrors}
+    return [str(disk.path) for disk in spec.disks if disk.id in copied]
 
 
 def _sized(spec: Spec, monitor: MigrationMonitor, mirrors: list[Mirror]) -> Spec:
@@ -414,12 +422,14 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
     copy_storage = offer.get("copy_storage") is True
     paths = places.of(name)
     with vm_lock(places, name, wait=False, say=say), sigterm_interrupts():
-        if copy_storage and (present := _present(spec, host)):
+        if copy_storage and (present := _present(spec, host, paths)):
             raise SpecError(f"{name} (--copy-storage)", present)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         configuration, seed = configuration_of(spec, spec_path, facts, paths)
         with holding_bases(spec, places, say):
             clear_dead_run(host, places, name, say)
+            if copy_storage:
+                _replace_left(spec, host, paths, say)
             # Marked incoming from its first record: status tells a destination still waiting from a VM that runs.
             plan, journal = apply_preflight(spec, spec_path, host, places, facts, configuration=configuration,
                                             show=lambda plan: say_plan(plan, say), say=say, migration=INCOMING)
@@ -485,13 +495,26 @@ def _movable(offer: dict[str, Any], name: str) -> tuple[Spec, Path]:
     return spec, Path(spec_path)
 
 
-def _present(spec: Spec, host: Host) -> list[Problem]:
+def _present(spec: Spec, host: Host, paths: RunPaths) -> list[Problem]:
     """--copy-storage creates each copied disk here: one already at its path would be written over, or be
-    the source's own file on shared storage."""
+    the source's own file on shared storage. Only a file this VM's guest left here by moving away, unchanged
+    since, is not in the way: it is replaced."""
     copied = {mirror.node for mirror in mirrors_of(spec)}
     return [Problem(f"disks[{index}]", f"{disk.path} already exists on the destination; --copy-storage creates it",
                     hint="remove it there, or migrate without --copy-storage if it is the same shared file")
-            for index, disk in enumerate(spec.disks) if disk.id in copied and host.exists(str(disk.path))]
+            for index, disk in enumerate(spec.disks)
+            if disk.id in copied and host.exists(str(disk.path)) and not is_left(host, paths, str(disk.path))]
+
+
+def _replace_left(spec: Spec, host: Host, paths: RunPaths, say: Say) -> None:
+    """The files the guest left here by moving away (as _present found them) go: the preflight creates its
+    copies in their place."""
+    for path in _paths_of(spec, mirrors_of(spec)):
+        if is_left(host, paths, path):
+            crash_point(f"before removing {path}, left by the guest")
+            host.remove_file(path)
+            forget_left(paths, [path])
+            say(f"{path}: removed the copy the guest left here by moving away; its disk comes back in its place")
 
 
 def _arrived(monitor: MigrationMonitor) -> bool:
