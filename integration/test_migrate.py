@@ -236,9 +236,11 @@ def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest
 ) -> None:
     first, second = hosts.first, hosts.second
     disks, theirs = disk_directories(tmp_path)
-    # A cloud-init seed too: the destination builds it into its own state dir, for its qemu to open.
+    # A cloud-init seed too: the destination gets the very seed the guest runs with, not its user's files.
     (tmp_path / "user-data.yaml").write_text("#cloud-config\n")
     boot_id = started(first, tmp_path, "copy", disks, '[cloud_init]\nuser_data = "user-data.yaml"\n')
+    seed = (first.vmrun.state_root / "copy" / "seed.iso").read_bytes()
+    (tmp_path / "user-data.yaml").unlink()
     guest(first, "copy", "sh", "-c", "printf '%-16s' 'block one' | dd of=/dev/sda bs=16 seek=4096 conv=fsync "
                                      "2>/dev/null")
 
@@ -256,7 +258,7 @@ def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest
     [pid] = qemu_pids_of(second.vmrun.run_root)
     assert os.stat(f"/proc/{pid}/root{disks / 'copy.qcow2'}").st_ino == (theirs / "copy.qcow2").stat().st_ino
     assert qemu_pids_of(first.vmrun.run_root) == [] and second.has_tap("copy.net0")
-    assert (second.vmrun.state_root / "copy" / "seed.iso").exists()
+    assert (second.vmrun.state_root / "copy" / "seed.iso").read_bytes() == seed
 
     # And back: the disk file the guest left here is replaced by the copy it comes back with, written since.
     guest(second, "copy", "sh", "-c", "printf '%-16s' 'block two' | dd of=/dev/sda bs=16 seek=8192 conv=fsync "

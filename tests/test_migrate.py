@@ -111,6 +111,20 @@ def test_copy_storage_replaces_only_the_unchanged_file_the_guest_left_by_moving_
     assert left.read_bytes() == b"the guest's disk as it left" and not places.of(spec.name).run_dir.exists()
 
 
+def test_the_destination_refuses_a_vm_with_a_seed_the_source_did_not_send(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The seed comes from the source, byte for byte: the user's files are not read here."""
+    spec = make_spec(cloud_init={"user_data": str(tmp_path / "not-here.yaml")})
+    offer = {"spec": converter.unstructure(spec), "spec_path": str(tmp_path / "s.toml"), "seed": "not base64!",
+             "seed_id": "iid-x"}
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(offer) + "\n"))
+    assert main(["--run-dir", str(tmp_path / "run"), "--state-dir", str(tmp_path / "state"), "migrate", spec.name,
+                 "--incoming"]) == 2
+    assert capsys.readouterr().err == \
+        "vmrun: error: the source sent no cloud-init seed: is its vmrun as recent as this one?\n"
+
+
 def qemu_with_mirrors(jobs: list[Message]) -> Script:
     def script(request: Message) -> Iterable[object]:
         if request["execute"] == "query-block-jobs":

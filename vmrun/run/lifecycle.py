@@ -196,12 +196,13 @@ def holding_bases(spec: Spec, places: Places, say: Say) -> Iterator[None]:
 
 
 def configuration_of(
-    spec: Spec, spec_path: Path, facts: HostFacts, paths: RunPaths
+    spec: Spec, spec_path: Path, facts: HostFacts, paths: RunPaths, *, seed_id: str | None = None
 ) -> tuple[Configuration, Seed | None]:
-    """What the VM would run with now, and the seed that says so (built from the user's files as they are)."""
-    seed = make_seed(spec, str(spec_path)) if spec.cloud_init is not None else None
+    """What the VM would run with now, and the seed that says so (built from the user's files as they are).
+    seed_id: the instance-id of a seed built elsewhere (by a migration's source), whose files are not read."""
+    seed = make_seed(spec, str(spec_path)) if spec.cloud_init is not None and seed_id is None else None
     argv = tuple(render(spec, facts, paths))
-    return Configuration(spec, argv, seed.instance_id if seed else None), seed
+    return Configuration(spec, argv, seed.instance_id if seed else seed_id), seed
 
 
 def _port_picker(running: VmState | None, *, pick_free: bool) -> Callable[[Nic, int, Forward], int]:

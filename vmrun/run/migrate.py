@@ -8,6 +8,7 @@ The source sends {"spec", "spec_path"}; the destination answers {"address", "por
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import shlex
@@ -23,7 +24,7 @@ import attrs
 
 from vmrun.crashpoints import crash_point
 from vmrun.errors import LaunchError, PreflightError, Problem, SpecError, UsageError, VmrunError
-from vmrun.guest.cloudinit import prepare_seed
+from vmrun.guest.cloudinit import place_seed
 from vmrun.host.facts import gather_facts
 from vmrun.host.system import Host
 from vmrun.progress import Meter, Say
@@ -155,7 +156,8 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
                 raise PreflightError(f"{name} cannot migrate now: qemu says: {'; '.join(blocked)}")
             mirrors = mirrors_of(spec) if copy_storage else []
             sent = _sized(spec, monitor, mirrors)
-            offer = {"spec": converter.unstructure(sent), "spec_path": state.spec_path, "copy_storage": copy_storage}
+            offer = {"spec": converter.unstructure(sent), "spec_path": state.spec_path, "copy_storage": copy_storage,
+                     **_seed_offer(spec, state.seed_id, paths)}
             crash_point("before starting the destination")
             with _Destination.start(remote, name, offer, say) as destination:
                 target = destination.ready(remote.address, copy_storage=copy_storage)
@@ -182,6 +184,32 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
         moved = None if done.bytes is None or copied is None else done.bytes + copied
         return Moved(name=name, state="migrated", to=remote.host, downtime_ms=done.downtime_ms,
                      total_ms=done.total_ms, bytes=done.bytes if not mirrors else moved, disk_bytes=copied)
+
+
+def _seed_offer(spec: Spec, seed_id: str | None, paths: RunPaths) -> dict[str, str | None]:
+    """The cloud-init seed the guest runs with, for the destination to open the same bytes: its user's files
+    need not be there, and a seed built anew there would differ (its ISO's times)."""
+    if spec.cloud_init is None:
+        return {}
+    try:
+        image = paths.cloud_init_seed.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{spec.name}: cannot read its cloud-init seed {paths.cloud_init_seed}: {exc.strerror}",
+                         hint=f"vmrun up --restart {spec.name} builds it again") from exc
+    return {"seed": base64.b64encode(image).decode(), "seed_id": seed_id}
+
+
+def _sent_seed(offer: dict[str, Any], spec: Spec) -> tuple[bytes, str] | None:
+    """The source's seed and its instance-id."""
+    if spec.cloud_init is None:
+        return None
+    image, seed_id = offer.get("seed"), offer.get("seed_id")
+    try:
+        if isinstance(image, str) and isinstance(seed_id, str):
+            return base64.b64decode(image, validate=True), seed_id
+    except ValueError:
+        pass
+    raise UsageError("the source sent no cloud-init seed: is its vmrun as recent as this one?")
 
 
 def _paths_of(spec: Spec, mirrors: list[Mirror]) -> list[str]:
@@ -425,7 +453,8 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
         if copy_storage and (present := _present(spec, host, paths)):
             raise SpecError(f"{name} (--copy-storage)", present)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
-        configuration, seed = configuration_of(spec, spec_path, facts, paths)
+        seed = _sent_seed(offer, spec)
+        configuration, _ = configuration_of(spec, spec_path, facts, paths, seed_id=seed[1] if seed else None)
         with holding_bases(spec, places, say):
             clear_dead_run(host, places, name, say)
             if copy_storage:
@@ -435,7 +464,8 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
                                             show=lambda plan: say_plan(plan, say), say=say, migration=INCOMING)
         try:
             prepare_uefi_vars(spec, paths, facts, fresh=False, say=say)
-            prepare_seed(seed, paths, say)
+            if seed is not None:
+                place_seed(seed[0], paths)
             argv = [str(checked_program(facts)), *configuration.argv[1:], "-incoming", "defer"]
             crash_point("before launching the incoming qemu")
             pid = launch_qemu(spec, argv, paths, memlock=plan.memlock)
