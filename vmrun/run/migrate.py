@@ -1,7 +1,8 @@
 """Live migration: `vmrun migrate` on the source, its hidden counterpart `migrate NAME --incoming` on the
 destination, talking JSON lines over the remote shell's stdin and stdout.
 
-The source sends {"spec", "spec_path"}; the destination answers {"address", "port"} once its qemu listens
+The source sends {"spec", "spec_path", "copy_storage"} (and with a cloud-init seed {"seed", "seed_id"}, the
+seed's bytes in base64); the destination answers {"address", "port"} once its qemu listens
 (-incoming defer); the source migrates straight to that port and then sends {"switched": true} or
 {"abort": true}; the destination answers {"state": "running"} once the guest runs there.
 """
