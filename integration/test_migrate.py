@@ -353,14 +353,13 @@ def kill_at(side: Side, point: str) -> str:
 
 def settled(side: Side, name: str, timeout: float = 60) -> str | None:
     """The VM's state on a side once that side's vmrun is done with it (its lock free): None for no VM."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [vm["state"] for vm in json.loads(side.vmrun("status", "--json").stdout) if vm["name"] == name]
-        lock = side.vmrun.run_root / ".locks" / f"{name}.lock"
-        busy = lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode != 0
-        if not busy or time.monotonic() > deadline:
-            return found[0] if found else None
+    deadline, lock = time.monotonic() + timeout, side.vmrun.run_root / ".locks" / f"{name}.lock"
+    # The lock first, then the state: a state read while that vmrun still works may be gone once it is done.
+    while lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode != 0 \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
+    found = [vm["state"] for vm in json.loads(side.vmrun("status", "--json").stdout) if vm["name"] == name]
+    return found[0] if found else None
 
 
 # The crash points each side's vmrun passes in a migration that completes (shared storage, one tap): a point
