@@ -378,7 +378,8 @@ def test_a_migration_killed_at_every_crash_point_of_either_side_leaves_the_guest
     """One guest, booted once: killed at the Nth crash point of the source's vmrun, then of the destination's,
     N = 1, 2, ... until a migration passes them all. Whichever side runs the guest after a kill is the next
     source."""
-    up = hosts.first.vmrun("up", str(tiny_spec(tmp_path, "loop")))
+    spec = tiny_spec(tmp_path, "loop")
+    up = hosts.first.vmrun("up", str(spec))
     assert up.returncode == 0, up.stderr
     boot_id = guest(hosts.first, "loop", "cat", "/proc/sys/kernel/random/boot_id")
     runs = hosts.first
@@ -396,7 +397,7 @@ def test_a_migration_killed_at_every_crash_point_of_either_side_leaves_the_guest
             said = f"VMRUN_TEST_KILL_AT: SIGKILL at crash point {number}: "
             assert said in moved.stderr, (killed, number, moved.returncode, moved.stderr)
             point = f"{killed} {number}: {moved.stderr.split(said, 1)[1].splitlines()[0]}"
-            runs = one_side_runs(hosts, "loop", boot_id, point)
+            runs = one_side_runs(hosts, spec, boot_id, point)
         else:
             pytest.fail(f"the {killed}'s vmrun was still killed at crash point {MOST_POINTS}")
         seconds[killed] = time.monotonic() - started
@@ -406,9 +407,10 @@ def test_a_migration_killed_at_every_crash_point_of_either_side_leaves_the_guest
     assert runs.vmrun("down", "--force", "loop").returncode == 0
 
 
-def one_side_runs(hosts: Hosts, name: str, boot_id: str, point: str) -> Side:
+def one_side_runs(hosts: Hosts, spec: Path, boot_id: str, point: str) -> Side:
     """After a kill: one side's status says running, with the same boot of the guest, its tap and one qemu;
-    --abort refuses it and cleans what is left on the other. That side."""
+    --abort refuses it and cleans what is left on the other, where up refuses a paused source. That side."""
+    name = spec.stem
     first, second = settled(hosts.first, name), settled(hosts.second, name)
     assert [first, second].count("running") == 1, (point, first, second)
     runs, left = (hosts.first, second) if first == "running" else (hosts.second, first)
@@ -420,6 +422,9 @@ def one_side_runs(hosts: Hosts, name: str, boot_id: str, point: str) -> Side:
     refused = runs.vmrun("migrate", name, "--abort")
     assert refused.returncode == 2 and f"{name} is running here: this is the live copy" in refused.stderr, \
         (point, refused.stderr)
+    if left == "migrated" and qemu_pids_of(other.vmrun.run_root):  # its qemu paused for good, never resumed
+        again = other.vmrun("up", str(spec))
+        assert again.returncode == 2 and f"{name} migrated to another host" in again.stderr, (point, again.stderr)
     if left is not None:
         cleaned = other.vmrun("migrate", name, "--abort")
         assert cleaned.returncode == 0, (point, cleaned.stderr)
@@ -446,10 +451,7 @@ def test_a_copy_storage_migration_killed_leaves_the_guest_on_one_side_and_abort_
     # Each side's status tells which one runs the guest, from what its state and its qemu say.
     runs, other = (source, destination) if runs_on == "source" else (destination, source)
     assert settled(other, "kill") == left
-    if left == "migrated":  # a source whose guest left is not brought back by up either
-        again = other.vmrun("up", str(tmp_path / "kill.toml"))
-        assert again.returncode == 2 and "kill migrated to another host" in again.stderr, again.stderr
-    assert one_side_runs(hosts, "kill", boot_id, point) is runs
+    assert one_side_runs(hosts, tmp_path / "kill.toml", boot_id, point) is runs
     if runs_on == "source":  # the destination's copy went with its run: a failed up's disk
         assert not (theirs / "kill.qcow2").exists()
     assert runs.vmrun("down", "--force", "kill").returncode == 0
