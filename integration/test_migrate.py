@@ -184,36 +184,26 @@ def guest(side: Side, name: str, *command: str) -> str:
     return result.stdout
 
 
-def test_the_tiny_guest_moves_live_to_the_other_host_and_back(hosts: Hosts, tmp_path: Path) -> None:
-    first, second = hosts.first, hosts.second
-    up = first.vmrun("up", str(tiny_spec(tmp_path, "mig")))
-    assert up.returncode == 0, up.stderr
-    boot_id = guest(first, "mig", "cat", "/proc/sys/kernel/random/boot_id")
-    guest(first, "mig", "sh", "-c", "echo still here > /tmp/mark")
-
-    for source, destination in ((first, second), (second, first)):
-        moved = hosts.move("mig", source, destination)
-        assert moved.returncode == 0, moved.stderr
-        report = json.loads(moved.stdout)
-        assert report.keys() == {"name", "state", "to", "downtime_ms", "total_ms", "bytes", "disk_bytes"}
-        assert (report["name"], report["state"], report["to"]) == ("mig", "migrated", f"root@{destination.address}")
-        assert report["bytes"] > 0 and report["total_ms"] >= report["downtime_ms"] >= 0
-        # The same boot of the guest, its RAM kept, now on the destination alone.
-        assert guest(destination, "mig", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
-        assert guest(destination, "mig", "cat", "/tmp/mark") == "still here\n"
-        assert destination.has_tap("mig.net0") and not source.has_tap("mig.net0")
-        assert len(qemu_pids_of(destination.vmrun.run_root)) == 1 and qemu_pids_of(source.vmrun.run_root) == []
-        assert not (source.vmrun.run_root / "mig").exists()
-        statuses = json.loads(destination.vmrun("status", "--json").stdout)
-        assert [(vm["name"], vm["state"]) for vm in statuses] == [("mig", "running")]
-        assert json.loads(source.vmrun("status", "--json").stdout) == []
-        # Post-boot steps are not run again there.
-        assert "ethtool" not in moved.stderr
-        assert report["disk_bytes"] is None
-
-    down = first.vmrun("down", "mig", "--force")
-    assert down.returncode == 0, down.stderr
-    assert not first.has_tap("mig.net0")
+def moved_live(moved: subprocess.CompletedProcess[str], source: Side, destination: Side, boot_id: str) -> None:
+    """A migration that completed: its report, and the guest on the destination alone with its boot and RAM."""
+    name = "loop"
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads(moved.stdout)
+    assert report.keys() == {"name", "state", "to", "downtime_ms", "total_ms", "bytes", "disk_bytes"}
+    assert (report["name"], report["state"], report["to"]) == (name, "migrated", f"root@{destination.address}")
+    assert report["bytes"] > 0 and report["total_ms"] >= report["downtime_ms"] >= 0
+    assert report["disk_bytes"] is None
+    # The same boot of the guest, its RAM kept, now on the destination alone.
+    assert guest(destination, name, "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert guest(destination, name, "cat", "/tmp/mark") == "still here\n"
+    assert destination.has_tap(f"{name}.net0") and not source.has_tap(f"{name}.net0")
+    assert len(qemu_pids_of(destination.vmrun.run_root)) == 1 and qemu_pids_of(source.vmrun.run_root) == []
+    assert not (source.vmrun.run_root / name).exists()
+    statuses = json.loads(destination.vmrun("status", "--json").stdout)
+    assert [(vm["name"], vm["state"]) for vm in statuses] == [(name, "running")]
+    assert json.loads(source.vmrun("status", "--json").stdout) == []
+    # Post-boot steps are not run again there.
+    assert "ethtool" not in moved.stderr
 
 
 def disk_directories(tmp_path: Path) -> tuple[Path, Path]:
@@ -377,11 +367,12 @@ def test_a_migration_killed_at_every_crash_point_of_either_side_leaves_the_guest
 ) -> None:
     """One guest, booted once: killed at the Nth crash point of the source's vmrun, then of the destination's,
     N = 1, 2, ... until a migration passes them all. Whichever side runs the guest after a kill is the next
-    source."""
+    source. Each of the two migrations that pass them all moves the guest live to the other host."""
     spec = tiny_spec(tmp_path, "loop")
     up = hosts.first.vmrun("up", str(spec))
     assert up.returncode == 0, up.stderr
     boot_id = guest(hosts.first, "loop", "cat", "/proc/sys/kernel/random/boot_id")
+    guest(hosts.first, "loop", "sh", "-c", "echo still here > /tmp/mark")
     runs = hosts.first
     counts, seconds = {}, {}
     for killed in ("source", "destination"):
@@ -392,6 +383,7 @@ def test_a_migration_killed_at_every_crash_point_of_either_side_leaves_the_guest
             moved = hosts.move("loop", source, destination, kill_at=armed if killed == "source" else None,
                                remote_vmrun=kill_at(destination, armed) if killed == "destination" else None)
             if moved.returncode == 0:  # no crash point left to kill at: the guest moved
+                moved_live(moved, source, destination, boot_id)
                 counts[killed], runs = number - 1, destination
                 break
             said = f"VMRUN_TEST_KILL_AT: SIGKILL at crash point {number}: "
@@ -403,8 +395,8 @@ def test_a_migration_killed_at_every_crash_point_of_either_side_leaves_the_guest
         seconds[killed] = time.monotonic() - started
         print(f"{killed}: {counts[killed]} crash points, {seconds[killed]:.1f} s")
     assert (counts["source"], counts["destination"]) == (SOURCE_POINTS, DESTINATION_POINTS), counts
-    assert guest(runs, "loop", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
     assert runs.vmrun("down", "--force", "loop").returncode == 0
+    assert not runs.has_tap("loop.net0")
 
 
 def one_side_runs(hosts: Hosts, spec: Path, boot_id: str, point: str) -> Side:
