@@ -53,11 +53,17 @@ class Side:
         vmrun = ["env", f"PYTHONPATH={REPO}", f"VMRUN_RUN_DIR={self.vmrun.run_root}",
                  f"VMRUN_STATE_DIR={self.vmrun.state_root}", f"VMRUN_CACHE_DIR={self.cache}", sys.executable, "-m",
                  "vmrun"]
-        if disks_from is None:
-            return shlex.join(vmrun)
-        what, over = disks_from
-        return shlex.join(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(what), str(over), *vmrun])
+        return shlex.join([*(bound(*disks_from) if disks_from is not None else ()), *vmrun])
+
+    def seeing(self, what: Path, over: Path) -> Side:
+        """This side with its own vmrun in such a mount namespace too: a source that sees the disks it runs on."""
+        return attrs.evolve(self, vmrun=attrs.evolve(self.vmrun, enter=(*self.vmrun.enter, *bound(what, over))))
+
+
+def bound(what: Path, over: Path) -> list[str]:
+    """The command prefix that runs a command with the directory what seen at the path over."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(what), str(over)]
 
 
 @attrs.frozen
@@ -66,11 +72,14 @@ class Hosts:
     second: Side
     rsh: str
 
-    def move(self, name: str, source: Side, destination: Side, *options: str,
-             remote_vmrun: str | None = None) -> subprocess.CompletedProcess[str]:
+    def move(self, name: str, source: Side, destination: Side, *options: str, remote_vmrun: str | None = None,
+             kill_at: str | None = None) -> subprocess.CompletedProcess[str]:
         return source.vmrun("migrate", name, "--to", f"root@{destination.address}", "-e", self.rsh,
                             "--remote-vmrun", remote_vmrun or destination.remote_vmrun(), "--json", *options,
-                            timeout=300)
+                            timeout=300, kill_at=kill_at)
+
+    def other(self, side: Side) -> Side:
+        return self.second if side is self.first else self.first
 
 
 def _sshd(netns: str, address: str, keys: Path) -> subprocess.Popen[bytes]:
@@ -175,36 +184,26 @@ def guest(side: Side, name: str, *command: str) -> str:
     return result.stdout
 
 
-def test_the_tiny_guest_moves_live_to_the_other_host_and_back(hosts: Hosts, tmp_path: Path) -> None:
-    first, second = hosts.first, hosts.second
-    up = first.vmrun("up", str(tiny_spec(tmp_path, "mig")))
-    assert up.returncode == 0, up.stderr
-    boot_id = guest(first, "mig", "cat", "/proc/sys/kernel/random/boot_id")
-    guest(first, "mig", "sh", "-c", "echo still here > /tmp/mark")
-
-    for source, destination in ((first, second), (second, first)):
-        moved = hosts.move("mig", source, destination)
-        assert moved.returncode == 0, moved.stderr
-        report = json.loads(moved.stdout)
-        assert report.keys() == {"name", "state", "to", "downtime_ms", "total_ms", "bytes", "disk_bytes"}
-        assert (report["name"], report["state"], report["to"]) == ("mig", "migrated", f"root@{destination.address}")
-        assert report["bytes"] > 0 and report["total_ms"] >= report["downtime_ms"] >= 0
-        # The same boot of the guest, its RAM kept, now on the destination alone.
-        assert guest(destination, "mig", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
-        assert guest(destination, "mig", "cat", "/tmp/mark") == "still here\n"
-        assert destination.has_tap("mig.net0") and not source.has_tap("mig.net0")
-        assert len(qemu_pids_of(destination.vmrun.run_root)) == 1 and qemu_pids_of(source.vmrun.run_root) == []
-        assert not (source.vmrun.run_root / "mig").exists()
-        statuses = json.loads(destination.vmrun("status", "--json").stdout)
-        assert [(vm["name"], vm["state"]) for vm in statuses] == [("mig", "running")]
-        assert json.loads(source.vmrun("status", "--json").stdout) == []
-        # Post-boot steps are not run again there.
-        assert "ethtool" not in moved.stderr
-        assert report["disk_bytes"] is None
-
-    down = first.vmrun("down", "mig", "--force")
-    assert down.returncode == 0, down.stderr
-    assert not first.has_tap("mig.net0")
+def moved_live(moved: subprocess.CompletedProcess[str], source: Side, destination: Side, boot_id: str) -> None:
+    """A migration that completed: its report, and the guest on the destination alone with its boot and RAM."""
+    name = "loop"
+    assert moved.returncode == 0, moved.stderr
+    report = json.loads(moved.stdout)
+    assert report.keys() == {"name", "state", "to", "downtime_ms", "total_ms", "bytes", "disk_bytes"}
+    assert (report["name"], report["state"], report["to"]) == (name, "migrated", f"root@{destination.address}")
+    assert report["bytes"] > 0 and report["total_ms"] >= report["downtime_ms"] >= 0
+    assert report["disk_bytes"] is None
+    # The same boot of the guest, its RAM kept, now on the destination alone.
+    assert guest(destination, name, "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert guest(destination, name, "cat", "/tmp/mark") == "still here\n"
+    assert destination.has_tap(f"{name}.net0") and not source.has_tap(f"{name}.net0")
+    assert len(qemu_pids_of(destination.vmrun.run_root)) == 1 and qemu_pids_of(source.vmrun.run_root) == []
+    assert not (source.vmrun.run_root / name).exists()
+    statuses = json.loads(destination.vmrun("status", "--json").stdout)
+    assert [(vm["name"], vm["state"]) for vm in statuses] == [(name, "running")]
+    assert json.loads(source.vmrun("status", "--json").stdout) == []
+    # Post-boot steps are not run again there.
+    assert "ethtool" not in moved.stderr
 
 
 def disk_directories(tmp_path: Path) -> tuple[Path, Path]:
@@ -215,19 +214,23 @@ def disk_directories(tmp_path: Path) -> tuple[Path, Path]:
     return disks, theirs
 
 
-def started(side: Side, tmp_path: Path, name: str, disks: Path) -> str:
+def started(side: Side, tmp_path: Path, name: str, disks: Path, extra: str = "") -> str:
     """The tiny guest up on one side with its disk in disks; its boot_id."""
-    up = side.vmrun("up", str(tiny_spec(tmp_path, name, disks=disks)))
+    up = side.vmrun("up", str(tiny_spec(tmp_path, name, extra, disks=disks)))
     assert up.returncode == 0, up.stderr
     return guest(side, name, "cat", "/proc/sys/kernel/random/boot_id")
 
 
-def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest_live(
+def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest_live_and_back(
     hosts: Hosts, tmp_path: Path,
 ) -> None:
     first, second = hosts.first, hosts.second
     disks, theirs = disk_directories(tmp_path)
-    boot_id = started(first, tmp_path, "copy", disks)
+    # A cloud-init seed too: the destination gets the very seed the guest runs with, not its user's files.
+    (tmp_path / "user-data.yaml").write_text("#cloud-config\n")
+    boot_id = started(first, tmp_path, "copy", disks, '[cloud_init]\nuser_data = "user-data.yaml"\n')
+    seed = (first.vmrun.state_root / "copy" / "seed.iso").read_bytes()
+    (tmp_path / "user-data.yaml").unlink()
     guest(first, "copy", "sh", "-c", "printf '%-16s' 'block one' | dd of=/dev/sda bs=16 seek=4096 conv=fsync "
                                      "2>/dev/null")
 
@@ -245,7 +248,18 @@ def test_copy_storage_moves_the_disk_to_a_file_of_the_destination_with_the_guest
     [pid] = qemu_pids_of(second.vmrun.run_root)
     assert os.stat(f"/proc/{pid}/root{disks / 'copy.qcow2'}").st_ino == (theirs / "copy.qcow2").stat().st_ino
     assert qemu_pids_of(first.vmrun.run_root) == [] and second.has_tap("copy.net0")
-    assert second.vmrun("down", "copy").returncode == 0
+    assert (second.vmrun.state_root / "copy" / "seed.iso").read_bytes() == seed
+
+    # And back: the disk file the guest left here is replaced by the copy it comes back with, written since.
+    guest(second, "copy", "sh", "-c", "printf '%-16s' 'block two' | dd of=/dev/sda bs=16 seek=8192 conv=fsync "
+                                      "2>/dev/null")
+    back = hosts.move("copy", second.seeing(theirs, disks), first, "--copy-storage")
+    assert back.returncode == 0, back.stderr
+    assert "removed the copy the guest left here by moving away" in back.stderr
+    assert guest(first, "copy", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
+    assert guest(first, "copy", "sh", "-c", read.replace("4096", "8192")) == "block two       "
+    assert qemu_pids_of(second.vmrun.run_root) == [] and first.has_tap("copy.net0")
+    assert first.vmrun("down", "copy").returncode == 0
     check = run("qemu-img", "compare", "-q", str(disks / "copy.qcow2"), str(theirs / "copy.qcow2"), check=False)
     assert check.returncode == 0, check.stdout  # the same contents, block for block
 
@@ -329,57 +343,107 @@ def kill_at(side: Side, point: str) -> str:
 
 def settled(side: Side, name: str, timeout: float = 60) -> str | None:
     """The VM's state on a side once that side's vmrun is done with it (its lock free): None for no VM."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [vm["state"] for vm in json.loads(side.vmrun("status", "--json").stdout) if vm["name"] == name]
-        busy = subprocess.run(["flock", "-n", str(side.vmrun.run_root / ".locks" / f"{name}.lock"), "true"],
-                              check=False).returncode != 0
-        if not busy or time.monotonic() > deadline:
-            return found[0] if found else None
+    deadline, lock = time.monotonic() + timeout, side.vmrun.run_root / ".locks" / f"{name}.lock"
+    # The lock first, then the state: a state read while that vmrun still works may be gone once it is done.
+    while lock.exists() and subprocess.run(["flock", "-n", str(lock), "true"], check=False).returncode != 0 \
+            and time.monotonic() < deadline:
         time.sleep(0.2)
+    found = [vm["state"] for vm in json.loads(side.vmrun("status", "--json").stdout) if vm["name"] == name]
+    return found[0] if found else None
 
 
-@pytest.mark.parametrize(("killed", "point", "runs_on", "left", "copy"), [
-    ("source", "after the destination is ready", "source", None, False),
-    ("source", "after the migration completed", "destination", "migrated", False),
-    ("destination", "after listening for the migration", "source", "incoming", False),
-    ("destination", "after launching the incoming qemu", "source", "incoming", False),
-    ("source", "after the disks are in step", "source", None, True),
-    ("source", "after the migration completed", "destination", "migrated", True),
+# The crash points each side's vmrun passes in a migration that completes (shared storage, one tap): a point
+# that disappears, or one added without this test seeing it, fails the test. The source: the destination
+# started and ready, each mark written, the switch-over told, its qemu stopped, its tap undone, its console
+# log kept, its run dir removed. The destination: its run dir, journal and tap, qemu's launch, listening,
+# telling the source where, the switch-over and its mark.
+SOURCE_POINTS = 15
+DESTINATION_POINTS = 13
+MOST_POINTS = 60  # a loop past this many never ended without a kill
+
+
+def test_a_migration_killed_at_every_crash_point_of_either_side_leaves_the_guest_on_one_and_the_other_cleans(
+    hosts: Hosts, tmp_path: Path,
+) -> None:
+    """One guest, booted once: killed at the Nth crash point of the source's vmrun, then of the destination's,
+    N = 1, 2, ... until a migration passes them all. Whichever side runs the guest after a kill is the next
+    source. Each of the two migrations that pass them all moves the guest live to the other host."""
+    spec = tiny_spec(tmp_path, "loop")
+    up = hosts.first.vmrun("up", str(spec))
+    assert up.returncode == 0, up.stderr
+    boot_id = guest(hosts.first, "loop", "cat", "/proc/sys/kernel/random/boot_id")
+    guest(hosts.first, "loop", "sh", "-c", "echo still here > /tmp/mark")
+    runs = hosts.first
+    counts, seconds = {}, {}
+    for killed in ("source", "destination"):
+        started = time.monotonic()
+        for number in range(1, MOST_POINTS + 1):
+            source, destination = runs, hosts.other(runs)
+            armed = str(number)
+            moved = hosts.move("loop", source, destination, kill_at=armed if killed == "source" else None,
+                               remote_vmrun=kill_at(destination, armed) if killed == "destination" else None)
+            if moved.returncode == 0:  # no crash point left to kill at: the guest moved
+                moved_live(moved, source, destination, boot_id)
+                counts[killed], runs = number - 1, destination
+                break
+            said = f"VMRUN_TEST_KILL_AT: SIGKILL at crash point {number}: "
+            assert said in moved.stderr, (killed, number, moved.returncode, moved.stderr)
+            point = f"{killed} {number}: {moved.stderr.split(said, 1)[1].splitlines()[0]}"
+            runs = one_side_runs(hosts, spec, boot_id, point)
+        else:
+            pytest.fail(f"the {killed}'s vmrun was still killed at crash point {MOST_POINTS}")
+        seconds[killed] = time.monotonic() - started
+        print(f"{killed}: {counts[killed]} crash points, {seconds[killed]:.1f} s")
+    assert (counts["source"], counts["destination"]) == (SOURCE_POINTS, DESTINATION_POINTS), counts
+    assert runs.vmrun("down", "--force", "loop").returncode == 0
+    assert not runs.has_tap("loop.net0")
+
+
+def one_side_runs(hosts: Hosts, spec: Path, boot_id: str, point: str) -> Side:
+    """After a kill: one side's status says running, with the same boot of the guest, its tap and one qemu;
+    --abort refuses it and cleans what is left on the other, where up refuses a paused source. That side."""
+    name = spec.stem
+    first, second = settled(hosts.first, name), settled(hosts.second, name)
+    assert [first, second].count("running") == 1, (point, first, second)
+    runs, left = (hosts.first, second) if first == "running" else (hosts.second, first)
+    other = hosts.other(runs)
+    # A run dir half made or half removed (a kill inside its rename) reads dead, as after any killed up or down.
+    half = not (other.vmrun.run_root / name).exists()
+    assert left in ("migrated", "incoming", None, *(("dead",) if half else ())), (point, first, second)
+    assert guest(runs, name, "cat", "/proc/sys/kernel/random/boot_id") == boot_id, point
+    refused = runs.vmrun("migrate", name, "--abort")
+    assert refused.returncode == 2 and f"{name} is running here: this is the live copy" in refused.stderr, \
+        (point, refused.stderr)
+    if left == "migrated" and qemu_pids_of(other.vmrun.run_root):  # its qemu paused for good, never resumed
+        again = other.vmrun("up", str(spec))
+        assert again.returncode == 2 and f"{name} migrated to another host" in again.stderr, (point, again.stderr)
+    if left is not None:
+        cleaned = other.vmrun("migrate", name, "--abort")
+        assert cleaned.returncode == 0, (point, cleaned.stderr)
+    assert not other.has_tap(f"{name}.net0") and qemu_pids_of(other.vmrun.run_root) == [], point
+    assert not (other.vmrun.run_root / name).exists(), point
+    assert runs.has_tap(f"{name}.net0") and len(qemu_pids_of(runs.vmrun.run_root)) == 1, point
+    return runs
+
+
+@pytest.mark.parametrize(("point", "runs_on", "left"), [
+    ("after the disks are in step", "source", None),
+    ("after the migration completed", "destination", "migrated"),
 ])
-def test_a_killed_migration_leaves_the_guest_on_one_side_and_abort_cleans_the_other(
-    hosts: Hosts, tmp_path: Path, killed: str, point: str, runs_on: str, left: str | None, copy: bool,
+def test_a_copy_storage_migration_killed_leaves_the_guest_on_one_side_and_abort_cleans_the_other(
+    hosts: Hosts, tmp_path: Path, point: str, runs_on: str, left: str | None,
 ) -> None:
     source, destination = hosts.first, hosts.second
     disks, theirs = disk_directories(tmp_path)
     boot_id = started(source, tmp_path, "kill", disks)
-    to = ["migrate", "kill", "--to", f"root@{destination.address}", "-e", hosts.rsh,
-          *(["--copy-storage"] if copy else [])]
-    if killed == "source":
-        moved = source.vmrun(*to, "--remote-vmrun", destination.remote_vmrun((theirs, disks) if copy else None),
-                             kill_at=point)
-        assert moved.returncode == -9, moved.stderr
-    else:
-        moved = source.vmrun(*to, "--remote-vmrun", kill_at(destination, point))
-        assert moved.returncode == 4, moved.stderr
-        assert "the VM runs on here" in moved.stderr
+    moved = hosts.move("kill", source, destination, "--copy-storage", kill_at=point,
+                       remote_vmrun=destination.remote_vmrun((theirs, disks)))
+    assert moved.returncode == -9, moved.stderr
 
     # Each side's status tells which one runs the guest, from what its state and its qemu say.
     runs, other = (source, destination) if runs_on == "source" else (destination, source)
-    assert settled(runs, "kill") == "running"
     assert settled(other, "kill") == left
-    assert guest(runs, "kill", "cat", "/proc/sys/kernel/random/boot_id") == boot_id
-    refused = runs.vmrun("migrate", "kill", "--abort")
-    assert refused.returncode == 2 and "kill is running here: this is the live copy" in refused.stderr, refused.stderr
-    if left == "migrated":  # a source whose guest left is not brought back by up either
-        again = other.vmrun("up", str(tmp_path / "kill.toml"))
-        assert again.returncode == 2 and "kill migrated to another host" in again.stderr, again.stderr
-    if left is not None:
-        cleaned = other.vmrun("migrate", "kill", "--abort")
-        assert cleaned.returncode == 0, cleaned.stderr
-    assert not other.has_tap("kill.net0") and qemu_pids_of(other.vmrun.run_root) == []
-    assert not (other.vmrun.run_root / "kill").exists()
-    assert runs.has_tap("kill.net0") and len(qemu_pids_of(runs.vmrun.run_root)) == 1
-    if copy and runs_on == "source":  # the destination's copy went with its run: a failed up's disk
+    assert one_side_runs(hosts, tmp_path / "kill.toml", boot_id, point) is runs
+    if runs_on == "source":  # the destination's copy went with its run: a failed up's disk
         assert not (theirs / "kill.qcow2").exists()
     assert runs.vmrun("down", "--force", "kill").returncode == 0

@@ -15,9 +15,10 @@ from vmrun.cli.main import main
 from vmrun.errors import LaunchError, UsageError
 from vmrun.progress import Meter
 from vmrun.qemu.migration import Copying, MigrationMonitor, Mirror
-from vmrun.run.migrate import _wait, abort
+from vmrun.run.migrate import _present, _wait, abort
 from vmrun.run.status import status
 from vmrun.spec.load import converter
+from vmrun.state.leftdisks import record_left
 from vmrun.state.locations import Places
 from vmrun.state.vmstate import StateJournal, VmState
 
@@ -85,6 +86,43 @@ def test_copy_storage_refuses_a_disk_the_destination_already_has_before_touching
     assert f"disks[0]: {there} already exists on the destination; --copy-storage creates it" in err
     assert "disks[1]" not in err  # a read-only disk is not copied: it must be there
     assert not (run_root / spec.name).exists()
+
+
+def test_copy_storage_replaces_only_the_unchanged_file_the_guest_left_by_moving_away(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    left = tmp_path / "disk.qcow2"
+    left.write_bytes(b"the guest's disk as it left")
+    spec = make_spec(disks=[{"id": "root", "path": str(left), "format": "qcow2", "size": "1M"}])
+    places = Places(run_root=tmp_path / "run", state_root=tmp_path / "state")
+    host = fake_host(tmp_path)
+    record_left(host, places.of(spec.name), [str(left)])
+    assert _present(spec, host, places.of(spec.name)) == []  # the file it left: replaced
+
+    # Another file at that path, the same bytes and times but not the file that was recorded: refused, kept.
+    other = tmp_path / "other.qcow2"
+    shutil.copy2(left, other)
+    other.replace(left)
+    offer = {"spec": converter.unstructure(spec), "spec_path": str(tmp_path / "s.toml"), "copy_storage": True}
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(offer) + "\n"))
+    assert main(["--run-dir", str(places.run_root), "--state-dir", str(places.state_root), "migrate", spec.name,
+                 "--incoming"]) == 2
+    assert f"disks[0]: {left} already exists on the destination; --copy-storage creates it" in capsys.readouterr().err
+    assert left.read_bytes() == b"the guest's disk as it left" and not places.of(spec.name).run_dir.exists()
+
+
+def test_the_destination_refuses_a_vm_with_a_seed_the_source_did_not_send(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The seed comes from the source, byte for byte: the user's files are not read here."""
+    spec = make_spec(cloud_init={"user_data": str(tmp_path / "not-here.yaml")})
+    offer = {"spec": converter.unstructure(spec), "spec_path": str(tmp_path / "s.toml"), "seed": "not base64!",
+             "seed_id": "iid-x"}
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(offer) + "\n"))
+    assert main(["--run-dir", str(tmp_path / "run"), "--state-dir", str(tmp_path / "state"), "migrate", spec.name,
+                 "--incoming"]) == 2
+    assert capsys.readouterr().err == \
+        "vmrun: error: the source sent no cloud-init seed: is its vmrun as recent as this one?\n"
 
 
 def qemu_with_mirrors(jobs: list[Message]) -> Script:
@@ -176,13 +214,15 @@ def left_behind(tmp_path: Path, qemu_status: str, mark: str | None) -> tuple[Fak
     return host, places, FakePeer(paths.qmp_socket, script, greeting=QMP_GREETING)
 
 
-# status answers from the state's mark; status -a asks qemu too, which knows best after a kill that came
-# between a switch-over and its mark.
+# status asks the qemu of a VM whose state is marked, which knows best after a kill that came between a
+# switch-over and the next mark; status -a asks every qemu.
 @pytest.mark.parametrize(("qemu_status", "mark", "shown", "asked"), [
     ("postmigrate", "migrated", "migrated", "migrated"),
-    ("postmigrate", None, "running", "migrated"),  # killed between the switch-over and its mark: qemu knows
+    ("postmigrate", "outgoing", "migrated", "migrated"),  # killed between the switch-over and its mark
+    ("running", "outgoing", "running", "running"),  # killed while sending, or before a failure cleared the mark
+    ("postmigrate", None, "running", "migrated"),  # unmarked (no vmrun marks so): only -a asks
     ("inmigrate", "incoming", "incoming", "incoming"),
-    ("running", "incoming", "incoming", "running"),  # killed after the guest arrived, before the mark was cleared
+    ("running", "incoming", "running", "running"),  # killed after the guest arrived, before the mark was cleared
     ("running", None, "running", "running"),
 ])
 def test_status_says_which_side_of_a_migration_runs_the_guest(
@@ -192,6 +232,16 @@ def test_status_says_which_side_of_a_migration_runs_the_guest(
     with peer:
         assert [vm.state for vm in status(host, places)] == [shown]
         assert [vm.state for vm in status(host, places, addresses=True)] == [asked]
+
+
+@pytest.mark.parametrize(("mark", "shown"), [("migrated", "migrated"), ("incoming", "incoming"),
+                                             ("outgoing", "dead"), (None, "dead")])
+def test_a_run_whose_qemu_is_gone_says_what_its_migration_left(tmp_path: Path, mark: str | None, shown: str) -> None:
+    """Killed after a source's qemu quit, or before a destination's started: no guest to resume here."""
+    places = Places(run_root=tmp_path / "run", state_root=tmp_path / "state")
+    StateJournal.begin(places.of("fake"), VmState(name="fake", spec_path="s", argv=("qemu",), accel="tcg",
+                                                  accel_reason="r", migration=mark))
+    assert [vm.state for vm in status(fake_host(tmp_path), places, addresses=True)] == [shown]
 
 
 @pytest.mark.parametrize(("qemu_status", "mark", "cleaned"), [

@@ -149,3 +149,9 @@ def prepare_seed(seed: Seed | None, paths: RunPaths, say: Say) -> None:
     paths.make_state_dir()
     write_seed(seed, paths.cloud_init_seed)
     say(f"cloud-init seed {paths.cloud_init_seed} (instance-id {seed.instance_id})")
+
+
+def place_seed(image: bytes, paths: RunPaths) -> None:
+    """A seed built elsewhere (by a migration's source), byte for byte: its guest may have read it already."""
+    paths.make_state_dir()
+    write_whole(paths.cloud_init_seed, lambda partial: partial.write_bytes(image))

@@ -24,13 +24,14 @@ from vmrun.progress import Say
 from vmrun.qemu.process import died_during_startup, import_in_background, is_our_qemu, launch, load_launcher, read_pid
 from vmrun.qemu.render import render
 from vmrun.run.ending import abort_start, clear_dead_run, others_than, running_state, stop_and_undo
+from vmrun.run.status import run_state
 from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec.images import url_bases, with_cached_bases
 from vmrun.spec.load import converter
 from vmrun.spec.model import Firmware, Nic, Spec
 from vmrun.spec.usernet import AUTO_PORT, Forward, forwards, is_user, refused_forward, tap_nics, with_host_ports
 from vmrun.state.drift import Configuration, differences
-from vmrun.state.glance import MIGRATED
+from vmrun.state.glance import MIGRATED, OUTGOING
 from vmrun.state.hostdrift import host_differences
 from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import host_lock, vm_lock
@@ -126,7 +127,8 @@ def up(
     with vm_lock(places, spec.name, wait=False, say=say), sigterm_interrupts():
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
         running = running_state(host, paths, spec.name)
-        if running is not None and running.migration == MIGRATED:
+        if running is not None and running.migration in (OUTGOING, MIGRATED) \
+                and run_state(paths, running.migration) == MIGRATED:
             # Its guest runs on another host now: this paused qemu is no VM to leave alone or to restart.
             raise UsageError(f"{spec.name} migrated to another host; its qemu here is paused for good",
                              hint=f"vmrun migrate --abort {spec.name} removes it")
@@ -194,12 +196,13 @@ def holding_bases(spec: Spec, places: Places, say: Say) -> Iterator[None]:
 
 
 def configuration_of(
-    spec: Spec, spec_path: Path, facts: HostFacts, paths: RunPaths
+    spec: Spec, spec_path: Path, facts: HostFacts, paths: RunPaths, *, seed_id: str | None = None
 ) -> tuple[Configuration, Seed | None]:
-    """What the VM would run with now, and the seed that says so (built from the user's files as they are)."""
-    seed = make_seed(spec, str(spec_path)) if spec.cloud_init is not None else None
+    """What the VM would run with now, and the seed that says so (built from the user's files as they are).
+    seed_id: the instance-id of a seed built elsewhere (by a migration's source), whose files are not read."""
+    seed = make_seed(spec, str(spec_path)) if spec.cloud_init is not None and seed_id is None else None
     argv = tuple(render(spec, facts, paths))
-    return Configuration(spec, argv, seed.instance_id if seed else None), seed
+    return Configuration(spec, argv, seed.instance_id if seed else seed_id), seed
 
 
 def _port_picker(running: VmState | None, *, pick_free: bool) -> Callable[[Nic, int, Forward], int]:

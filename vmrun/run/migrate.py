@@ -1,13 +1,15 @@
 """Live migration: `vmrun migrate` on the source, its hidden counterpart `migrate NAME --incoming` on the
 destination, talking JSON lines over the remote shell's stdin and stdout.
 
-The source sends {"spec", "spec_path"}; the destination answers {"address", "port"} once its qemu listens
+The source sends {"spec", "spec_path", "copy_storage"} (and with a cloud-init seed {"seed", "seed_id"}, the
+seed's bytes in base64); the destination answers {"address", "port"} once its qemu listens
 (-incoming defer); the source migrates straight to that port and then sends {"switched": true} or
 {"abort": true}; the destination answers {"state": "running"} once the guest runs there.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import shlex
@@ -23,7 +25,7 @@ import attrs
 
 from vmrun.crashpoints import crash_point
 from vmrun.errors import LaunchError, PreflightError, Problem, SpecError, UsageError, VmrunError
-from vmrun.guest.cloudinit import prepare_seed
+from vmrun.guest.cloudinit import place_seed
 from vmrun.host.facts import gather_facts
 from vmrun.host.system import Host
 from vmrun.progress import Meter, Say
@@ -44,8 +46,9 @@ from vmrun.signals import shielded, sigterm_interrupts
 from vmrun.spec.check import validate
 from vmrun.spec.load import converter, structure_spec
 from vmrun.spec.model import ByteSize, Spec
-from vmrun.state.glance import INCOMING, MIGRATED, has_run
-from vmrun.state.locations import Places
+from vmrun.state.glance import INCOMING, MIGRATED, OUTGOING, has_run
+from vmrun.state.leftdisks import forget_left, is_left, record_left
+from vmrun.state.locations import Places, RunPaths
 from vmrun.state.locks import vm_lock
 from vmrun.state.vmstate import mark_migration, read_state, recorded_configuration
 
@@ -154,16 +157,27 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
                 raise PreflightError(f"{name} cannot migrate now: qemu says: {'; '.join(blocked)}")
             mirrors = mirrors_of(spec) if copy_storage else []
             sent = _sized(spec, monitor, mirrors)
-            offer = {"spec": converter.unstructure(sent), "spec_path": state.spec_path, "copy_storage": copy_storage}
+            offer = {"spec": converter.unstructure(sent), "spec_path": state.spec_path, "copy_storage": copy_storage,
+                     **_seed_offer(spec, state.seed_id, paths)}
             crash_point("before starting the destination")
             with _Destination.start(remote, name, offer, say) as destination:
                 target = destination.ready(remote.address, copy_storage=copy_storage)
                 crash_point("after the destination is ready")
                 disks = f", {len(mirrors)} disk(s) mirrored to port {target.disks}" if mirrors else ""
                 say(f"migrating {name} to {remote.host} ({target.address}:{target.port}{disks})")
+                # Marked before qemu may complete it: a kill before the next mark leaves a mark to ask qemu by.
+                mark_migration(paths, OUTGOING)
+                crash_point("after marking the migration outgoing")
                 with Meter(f"{name} -> {remote.host}") as meter:
-                    done, copied = _send(monitor, destination, target, mirrors, timeout, meter)
+                    try:
+                        done, copied = _send(monitor, destination, target, mirrors, timeout, meter)
+                    except BaseException:
+                        with shielded():  # the guest runs on here
+                            mark_migration(paths, None)
+                        raise
                 mark_migration(paths, MIGRATED)
+                if mirrors:  # the files here are the guest's no more: moving it back may replace them
+                    record_left(host, paths, _paths_of(spec, mirrors))
                 crash_point("after the migration completed")
                 destination.switched()
         crash_point("after the destination runs the guest")
@@ -171,6 +185,37 @@ def migrate(name: str, remote: Remote, host: Host, places: Places, *, timeout: f
         moved = None if done.bytes is None or copied is None else done.bytes + copied
         return Moved(name=name, state="migrated", to=remote.host, downtime_ms=done.downtime_ms,
                      total_ms=done.total_ms, bytes=done.bytes if not mirrors else moved, disk_bytes=copied)
+
+
+def _seed_offer(spec: Spec, seed_id: str | None, paths: RunPaths) -> dict[str, str | None]:
+    """The cloud-init seed the guest runs with, for the destination to open the same bytes: its user's files
+    need not be there, and a seed built anew there would differ (its ISO's times)."""
+    if spec.cloud_init is None:
+        return {}
+    try:
+        image = paths.cloud_init_seed.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{spec.name}: cannot read its cloud-init seed {paths.cloud_init_seed}: {exc.strerror}",
+                         hint=f"vmrun up --restart {spec.name} builds it again") from exc
+    return {"seed": base64.b64encode(image).decode(), "seed_id": seed_id}
+
+
+def _sent_seed(offer: dict[str, Any], spec: Spec) -> tuple[bytes, str] | None:
+    """The source's seed and its instance-id."""
+    if spec.cloud_init is None:
+        return None
+    image, seed_id = offer.get("seed"), offer.get("seed_id")
+    try:
+        if isinstance(image, str) and isinstance(seed_id, str):
+            return base64.b64decode(image, validate=True), seed_id
+    except ValueError:
+        pass
+    raise UsageError("the source sent no cloud-init seed: is its vmrun as recent as this one?")
+
+
+def _paths_of(spec: Spec, mirrors: list[Mirror]) -> list[str]:
+    copied = {mirror.node for mirror in mirrors}
+    return [str(disk.path) for disk in spec.disks if disk.id in copied]
 
 
 def _sized(spec: Spec, monitor: MigrationMonitor, mirrors: list[Mirror]) -> Spec:
@@ -372,6 +417,7 @@ class _Destination:
 
     def switched(self) -> None:
         self.tell({"switched": True})
+        crash_point("after telling the destination the migration completed")
         try:
             message = self.answer(CONFIRM_TIMEOUT, "after the switch-over")
         except VmrunError as exc:
@@ -405,18 +451,22 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
     copy_storage = offer.get("copy_storage") is True
     paths = places.of(name)
     with vm_lock(places, name, wait=False, say=say), sigterm_interrupts():
-        if copy_storage and (present := _present(spec, host)):
+        if copy_storage and (present := _present(spec, host, paths)):
             raise SpecError(f"{name} (--copy-storage)", present)
         facts = gather_facts(host, spec.qemu.binary, asked_to_run=True)
-        configuration, seed = configuration_of(spec, spec_path, facts, paths)
+        seed = _sent_seed(offer, spec)
+        configuration, _ = configuration_of(spec, spec_path, facts, paths, seed_id=seed[1] if seed else None)
         with holding_bases(spec, places, say):
             clear_dead_run(host, places, name, say)
+            if copy_storage:
+                _replace_left(spec, host, paths, say)
             # Marked incoming from its first record: status tells a destination still waiting from a VM that runs.
             plan, journal = apply_preflight(spec, spec_path, host, places, facts, configuration=configuration,
                                             show=lambda plan: say_plan(plan, say), say=say, migration=INCOMING)
         try:
             prepare_uefi_vars(spec, paths, facts, fresh=False, say=say)
-            prepare_seed(seed, paths, say)
+            if seed is not None:
+                place_seed(seed[0], paths)
             argv = [str(checked_program(facts)), *configuration.argv[1:], "-incoming", "defer"]
             crash_point("before launching the incoming qemu")
             pid = launch_qemu(spec, argv, paths, memlock=plan.memlock)
@@ -428,6 +478,7 @@ def migrate_in(name: str, host: Host, places: Places, incoming: IO[str], outgoin
                     if copy_storage else None
                 crash_point("after listening for the migration")
                 _write(outgoing, {"address": address, "port": port, "disks": disks})
+                crash_point("after telling the source where to send")
                 told = _offer(incoming.readline())
                 if not told.get("switched") and not _arrived(monitor):
                     raise LaunchError("the source gave up the migration")
@@ -475,13 +526,26 @@ def _movable(offer: dict[str, Any], name: str) -> tuple[Spec, Path]:
     return spec, Path(spec_path)
 
 
-def _present(spec: Spec, host: Host) -> list[Problem]:
+def _present(spec: Spec, host: Host, paths: RunPaths) -> list[Problem]:
     """--copy-storage creates each copied disk here: one already at its path would be written over, or be
-    the source's own file on shared storage."""
+    the source's own file on shared storage. Only a file this VM's guest left here by moving away, unchanged
+    since, is not in the way: it is replaced."""
     copied = {mirror.node for mirror in mirrors_of(spec)}
     return [Problem(f"disks[{index}]", f"{disk.path} already exists on the destination; --copy-storage creates it",
                     hint="remove it there, or migrate without --copy-storage if it is the same shared file")
-            for index, disk in enumerate(spec.disks) if disk.id in copied and host.exists(str(disk.path))]
+            for index, disk in enumerate(spec.disks)
+            if disk.id in copied and host.exists(str(disk.path)) and not is_left(host, paths, str(disk.path))]
+
+
+def _replace_left(spec: Spec, host: Host, paths: RunPaths, say: Say) -> None:
+    """The files the guest left here by moving away (as _present found them) go: the preflight creates its
+    copies in their place."""
+    for path in _paths_of(spec, mirrors_of(spec)):
+        if is_left(host, paths, path):
+            crash_point(f"before removing {path}, left by the guest")
+            host.remove_file(path)
+            forget_left(paths, [path])
+            say(f"{path}: removed the copy the guest left here by moving away; its disk comes back in its place")
 
 
 def _arrived(monitor: MigrationMonitor) -> bool:

@@ -2,7 +2,8 @@
 
 `status` answers from what the host knows: each VM's state file read as plain JSON and its pid checked in
 /proc. It imports neither attrs, cattrs, the spec model nor qemu.qmp (tests/test_imports.py holds it to
-that); only `status --addresses` asks the VMs, all at once, each with a short deadline.
+that); only `status --addresses` asks the VMs, all at once, each with a short deadline, and a VM in the
+middle of a migration (its state marked) has its qemu asked which side of it the guest is on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from vmrun.errors import UsageError
 from vmrun.host.dirs import ROOT_RUN_ROOT
 from vmrun.host.view import HostView
 from vmrun.qemu.process import find_qemu, is_our_qemu, read_pid
-from vmrun.state.glance import INCOMING, MIGRATED, DamagedState, glance, has_run, vm_names
+from vmrun.state.glance import INCOMING, MIGRATED, OUTGOING, DamagedState, glance, has_run, vm_names
 from vmrun.state.locations import Places, RunPaths
 from vmrun.units import iso_time
 
@@ -24,19 +25,24 @@ if TYPE_CHECKING:
 
 AGENT_PROBE_TIMEOUT = 1.0  # status -a and exec: an agent that is up answers at once
 MIGRATION_SIDES = {"postmigrate": MIGRATED, "inmigrate": INCOMING}  # qemu's run state on each side
+# What a live qemu's mark says when qemu cannot be asked (its monitor held by the migration itself): a source
+# still sending runs its guest until qemu says it left.
+MARK_SAYS = {INCOMING: INCOMING, OUTGOING: "running", MIGRATED: MIGRATED}
 
 
 class VmStatus:
     """One VM as `status` shows it. `agent` and `addresses` are None unless the agents were asked (-a);
     then addresses is None for a VM whose agent did not answer in time."""
 
-    __slots__ = ("accel", "addresses", "agent", "forwards", "name", "pid", "run_dir", "started_at", "state")
+    __slots__ = ("accel", "addresses", "agent", "forwards", "migration", "name", "pid", "run_dir", "started_at",
+                 "state")
 
     def __init__(self, name: str, state: str, pid: int | None, accel: str, run_dir: str, started_at: float | None,
-                 forwards: tuple[str, ...]) -> None:
+                 forwards: tuple[str, ...], migration: str | None = None) -> None:
         # state: running | stopped | dead | prepared | damaged (its state file cannot be read)
         self.name, self.state, self.pid, self.accel, self.run_dir = name, state, pid, accel, run_dir
         self.started_at, self.forwards = started_at, forwards  # forwards: "tcp 127.0.0.1:2222 -> guest port 22"
+        self.migration = migration  # a live qemu's migration mark (vmrun.state.glance)
         self.agent: bool | None = None
         self.addresses: dict[str, list[str]] | None = None
 
@@ -64,13 +70,16 @@ def status(host: HostView, places: Places, names: list[str] | None = None, *,
         for name in names:
             existing_paths(places, name)
     statuses = [_status_of(host, places.of(name), name) for name in names or vm_names(places.run_root)]
-    live = [vm for vm in statuses if vm.state in ("running", INCOMING, MIGRATED)]
-    if addresses and live:
+    live = [vm for vm in statuses if vm.pid is not None and vm.state in ("running", INCOMING, MIGRATED)]
+    # A mark alone cannot say whether a guest arrived or left after the mark was written: qemu can.
+    asked = live if addresses else [vm for vm in live if vm.migration is not None]
+    if asked:
         from concurrent.futures import ThreadPoolExecutor
 
         # QMP and the agent of every VM at once: each waits on its own guest, not on the others. A guest that
         # left, or has not arrived, has no agent to ask.
-        questions = [*((_ask_qmp, vm) for vm in live), *((_ask_agent, vm) for vm in live if vm.state == "running")]
+        agents = [vm for vm in live if vm.state == "running"] if addresses else []
+        questions = [*((_ask_qmp, vm) for vm in asked), *((_ask_agent, vm) for vm in agents)]
         with ThreadPoolExecutor(max_workers=len(questions)) as pool:
             list(pool.map(lambda pair: pair[0](pair[1], places.of(pair[1].name)), questions))
     return statuses
@@ -89,13 +98,16 @@ def _status_of(host: HostView, paths: RunPaths, name: str) -> VmStatus:
         state, damaged = None, True
     pid = find_qemu(host, paths, name)
     alive = is_our_qemu(host, pid, name)
+    mark = (state or {}).get("migration")
+    mark = mark if mark in MARK_SAYS else None
     if damaged:
         vm_state = "damaged"
     elif alive:
         # A migration's mark outranks "running": a source paused after its guest left must never read as a VM
         # to resume, nor a destination still waiting as one that runs.
-        mark = state.get("migration") if state is not None else None
-        vm_state = mark if mark in (INCOMING, MIGRATED) else "running"
+        vm_state = MARK_SAYS[mark] if mark is not None else "running"
+    elif mark in (INCOMING, MIGRATED):  # its qemu gone too: what is left here of a guest that is not here
+        vm_state = mark
     else:  # "prepared": `vmrun preflight` made the host changes and no qemu was meant to run.
         vm_state = "prepared" if state is not None and not state.get("argv") else "dead"
     state = state or {}
@@ -104,6 +116,7 @@ def _status_of(host: HostView, paths: RunPaths, name: str) -> VmStatus:
         name=name, state=vm_state, pid=pid if alive else None, accel=str(state.get("accel", "unknown")),
         run_dir=str(paths.run_dir), started_at=started_at if isinstance(started_at, (int, float)) else None,
         forwards=tuple(_shown(forward) for forward in state.get("forwards") or ()) if alive else (),
+        migration=mark if alive else None,
     )
 
 
@@ -118,7 +131,7 @@ def _shown(forward: Any) -> str:
 
 def _ask_qmp(vm: VmStatus, paths: RunPaths) -> None:
     """A paused guest is "stopped"; qemu also knows a migration's side better than the recorded mark."""
-    vm.state = run_state(paths, vm.state if vm.state in (INCOMING, MIGRATED) else None)
+    vm.state = run_state(paths, vm.migration)
 
 
 def _ask_agent(vm: VmStatus, paths: RunPaths) -> None:
@@ -131,12 +144,13 @@ def run_state(paths: RunPaths, mark: str | None) -> str:
     read as a VM to resume)."""
     from vmrun.qemu.monitor import Monitor
 
+    fallback = MARK_SAYS.get(mark or "", "stopped")
     try:
         with Monitor.connected(paths.qmp_socket, timeout=AGENT_PROBE_TIMEOUT * 2) as monitor:
             status = monitor.status()
     except Exception:  # noqa: BLE001 - a wedged monitor is a fact to show, not a reason to fail
-        return mark or "stopped"
-    return "running" if status == "running" else MIGRATION_SIDES.get(status) or mark or "stopped"
+        return fallback
+    return "running" if status == "running" else MIGRATION_SIDES.get(status) or fallback
 
 
 def probe_agent(paths: RunPaths) -> tuple[bool | None, dict[str, list[str]] | None]:

@@ -16,8 +16,11 @@ from vmrun.state.locations import RunPaths
 
 STATE_FILE = "state.json"
 # A live migration's mark in the state, for whoever finds the run after a kill: INCOMING, the destination's
-# qemu waits for a guest it never ran; MIGRATED, the guest left and the source's qemu is paused for good.
+# qemu waits for a guest it never ran; OUTGOING, the source's qemu may be sending its guest; MIGRATED, the guest
+# left and the source's qemu is paused for good. A mark is written before the step it names can happen, so a
+# kill never leaves a run that has no mark and may have its guest elsewhere; qemu, asked, says how it ended.
 INCOMING = "incoming"
+OUTGOING = "outgoing"
 MIGRATED = "migrated"
 
 

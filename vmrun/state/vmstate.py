@@ -64,7 +64,7 @@ class VmState(Record):
     spec: dict[str, Any] | None = None  # the spec it started from, for drift (vmrun diff, declarative up)
     seed_id: str | None = None  # the instance-id of its cloud-init seed
     forwards: tuple[PortForward, ...] = ()  # its user-mode port forwards, the ports picked for `auto` ones
-    migration: str | None = None  # INCOMING or MIGRATED (vmrun.state.glance) while a migration is under way
+    migration: str | None = None  # INCOMING, OUTGOING or MIGRATED (vmrun.state.glance) while a migration is under way
 
     def to_json(self) -> str:
         return json.dumps(converter.unstructure(self), indent=1) + "\n"
