@@ -44,6 +44,28 @@ def test_parent_relative_paths_are_normalized(tmp_path: Path) -> None:
     assert spec.disks[0].path == tmp_path / "images" / "d.raw"
 
 
+def test_relative_paths_follow_the_real_directory_of_the_spec_and_of_a_symlinked_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec's directory as the file system has it: through a symlinked directory, and for a spec that is
+    itself a symlink, its target's directory (spec_base resolves each directory once)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "real" / "spec.toml").write_text(GOOD_SPEC)
+    (tmp_path / "linked-dir").symlink_to(tmp_path / "real")
+    (tmp_path / "elsewhere" / "link.toml").symlink_to(tmp_path / "real" / "spec.toml")
+    (tmp_path / "elsewhere" / "copy.toml").write_text(GOOD_SPEC)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for path, directory in [
+        (tmp_path / "linked-dir" / "spec.toml", tmp_path / "real"),
+        (tmp_path / "elsewhere" / "link.toml", tmp_path / "real"),
+        (Path("link.toml"), tmp_path / "real"),
+        (Path("copy.toml"), tmp_path / "elsewhere"),
+        (Path("../linked-dir/spec.toml"), tmp_path / "real"),
+    ]:
+        assert load_spec(path).disks[0].path == directory.resolve() / "root.qcow2", path
+
+
 @pytest.mark.parametrize(
     ("memory", "mib"), [("512M", 512), ("8G", 8192), ("1T", 1024 * 1024), (2048, 2048), ("4GiB", 4096)]
 )

@@ -18,6 +18,7 @@ from vmrun.cli.common import (
     print_json,
     report,
     say,
+    spec_checker,
 )
 from vmrun.errors import UsageError
 from vmrun.units import iso_time
@@ -197,11 +198,12 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
     named: dict[Digest, list[str]] = {}
     invalid: list[dict[str, object]] = []
     # Every spec is read before anything goes: one that cannot be read may name any image.
+    checked = spec_checker(args)
     for path in map(str, spec_files(args.dirs)):
         for digest in named_digests(read_document(Path(path))):
             named.setdefault(digest, []).append(path)
         try:
-            checked_spec(path, args)
+            checked(path)
         except SpecError as error:
             report(error)
             say(f"{path} is invalid: the images it names are kept")

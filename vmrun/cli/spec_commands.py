@@ -21,6 +21,7 @@ from vmrun.cli.common import (
     report,
     run_paths,
     say,
+    spec_checker,
     writable_file,
     write_file,
 )
@@ -40,16 +41,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     errors: list[VmrunError] = []
     rows: list[dict[str, object]] = []
+    checked = spec_checker(args)
+    warn_of_privileged_ports = os.geteuid() != 0
     for path in map(str, spec_files(args.specs)):
         try:
-            spec = checked_spec(path, args)
+            spec = checked(path)
         except VmrunError as error:
             errors.append(error)
             rows.append({"spec": path, "name": None, "valid": False, **error_json(error), "warnings": []})
             continue
         say(f"{path}: ok")
         # Valid for root, so a warning: whoever runs `up` decides.
-        warnings = [str(warning) for warning in privileged_forwards(spec)] if os.geteuid() != 0 else []
+        warnings = [str(warning) for warning in privileged_forwards(spec)] if warn_of_privileged_ports else []
         for warning in warnings:
             say(f"warning: {path}: {warning}")
         rows.append({"spec": path, "name": spec.name, "valid": True, "errors": [], "hint": None,
@@ -187,9 +190,10 @@ def kubevirt_export(args: argparse.Namespace) -> Export:
 
     specs: dict[str, tuple[str, Spec, CloudInitTexts]] = {}
     refused: list[VmrunError] = []
+    checked = spec_checker(args)
     for path in spec_files([args.spec]):
         try:
-            spec = checked_spec(str(path), args)
+            spec = checked(str(path))
             problems = unmappable(spec)
             if problems:
                 raise SpecError(str(path), problems)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmrun.cli.common import checked_spec, host_of, places_of, report, say, vm_name
+from vmrun.cli.common import host_of, places_of, report, say, spec_checker, vm_name
 from vmrun.errors import SpecError, UsageError, VmrunError
 
 if TYPE_CHECKING:
@@ -66,9 +66,10 @@ def load_valid_specs(args: argparse.Namespace) -> tuple[list[tuple[Path, Spec]],
 
     specs: dict[str, tuple[Path, Spec]] = {}
     refused: list[Fate] = []
+    checked = spec_checker(args)
     for path in spec_files(args.specs):
         try:
-            spec = checked_spec(str(path), args)
+            spec = checked(str(path))
             if spec.name in specs:
                 raise UsageError(f"{path}: name: another spec here is also called {spec.name!r}")
         except VmrunError as error:

@@ -44,6 +44,7 @@ DEFAULT_MAX_CPUS = 255  # a machine type vmrun has no figure for: the xAPIC limi
 MAX_TCG_CPUS = 255
 
 _MACHINE_TYPE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_Q35_VERSIONED = re.compile(r"pc-q35-(\d+)\.(\d+)")
 _CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MAC = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -63,7 +64,7 @@ def check_name(spec: Spec) -> Iterator[Problem]:
 
 
 def max_cpus(machine_type: str) -> int:
-    versioned = re.fullmatch(r"pc-q35-(\d+)\.(\d+)", machine_type)
+    versioned = _Q35_VERSIONED.fullmatch(machine_type)
     if versioned:
         version = (int(versioned[1]), int(versioned[2]))
         return next(limit for major, minor, limit in Q35_MAX_CPUS if version >= (major, minor))
