@@ -118,7 +118,8 @@ def test_socket_that_appears_later_is_waited_for(socket_path: Path) -> None:
 
 
 def test_wait_ready_gives_up_after_its_timeout(socket_path: Path) -> None:
-    with FakePeer(socket_path, lambda request: []), GuestAgent(socket_path) as client:
+    silent = socket_path.with_name("silent.sock")
+    with FakePeer(silent, lambda request: []), GuestAgent(silent) as client:
         started = time.monotonic()
         with pytest.raises(AgentError, match="the guest agent did not answer within 0.5 s"):
             client.wait_ready(timeout=0.5)
@@ -305,6 +306,59 @@ def test_status_addresses_are_per_interface_with_prefixes_and_without_loopback(s
         client.wait_ready(timeout=5)
         addresses = addresses_by_interface(client.interfaces())
     assert addresses == {"eth0": ["10.0.2.15/24", "fe80::5054:ff:feab:cdef/64"]}
+
+
+ETH0 = {"name": "eth0", "hardware-address": "52:54:00:ab:cd:ef",
+        "ip-addresses": [{"ip-address": "10.0.2.15", "prefix": 24}]}
+
+
+def test_status_asks_an_agent_its_interfaces_in_one_round_trip(socket_path: Path) -> None:
+    held: list[Message] = []
+
+    def agent(request: Message) -> Iterable[object]:
+        # The sync is answered only once the question has come too: a client waiting for it first would time out.
+        if request["execute"] == "guest-sync":
+            held.append(request)
+            return []
+        return [answer(held[0], held[0]["arguments"]["id"]), answer(request, [ETH0])]
+
+    with FakePeer(socket_path, agent) as peer, GuestAgent(socket_path) as client:
+        interfaces = client.interfaces_at_once(timeout=2)
+    assert interfaces is not None and [(i.name, i.addresses) for i in interfaces] == [("eth0", ("10.0.2.15/24",))]
+    assert peer.commands() == ["guest-sync", "guest-network-get-interfaces"]
+
+
+def test_a_stale_answer_to_the_sync_sends_status_the_long_way(socket_path: Path) -> None:
+    requests = itertools.count()
+
+    def agent(request: Message) -> Iterable[object]:
+        if next(requests) == 0:  # an earlier client's sync, answered now: its id collides with ours
+            return [answer(request, 12345)]
+        if request["execute"] == "guest-network-get-interfaces":
+            return [answer(request, [ETH0])]
+        return syncing(request)
+
+    with FakePeer(socket_path, agent) as peer, GuestAgent(socket_path) as client:
+        interfaces = client.interfaces_at_once(timeout=2)
+    assert interfaces is not None and [i.name for i in interfaces] == ["eth0"]
+    assert peer.commands() == ["guest-sync", "guest-network-get-interfaces", "guest-sync",
+                               "guest-network-get-interfaces"]
+
+
+def test_an_agent_that_refuses_the_interfaces_still_answers_and_a_silent_one_does_not(socket_path: Path) -> None:
+    def refusing(request: Message) -> Iterable[object]:
+        if request["execute"] == "guest-network-get-interfaces":
+            return [refuse(request, "Command guest-network-get-interfaces has been disabled")]
+        return syncing(request)
+
+    with FakePeer(socket_path, refusing), GuestAgent(socket_path) as client:
+        assert client.interfaces_at_once(timeout=2) is None
+    silent = socket_path.with_name("silent.sock")
+    with FakePeer(silent, lambda request: []), GuestAgent(silent) as client:
+        started = time.monotonic()
+        with pytest.raises(AgentError):
+            client.interfaces_at_once(timeout=0.3)
+    assert time.monotonic() - started < 2
 
 
 def test_addresses_a_lying_guest_reports_are_dropped_and_its_interface_names_cannot_drive_the_terminal(

@@ -189,10 +189,29 @@ class GuestAgent(QmpSession):
         self._call("guest-file-close", {"handle": handle})
 
     def interfaces(self) -> tuple[GuestInterface, ...]:
-        reply = self._call("guest-network-get-interfaces")
-        if not isinstance(reply, list):
-            raise _malformed("guest-network-get-interfaces", reply)
-        return tuple(_interface(entry) for entry in reply if isinstance(entry, Mapping))
+        return _interfaces(self._call("guest-network-get-interfaces"))
+
+    def interfaces_at_once(self, *, timeout: float) -> tuple[GuestInterface, ...] | None:
+        """Connect and ask for the interfaces in one round trip, for `status -a`, which asks each agent once with
+        a short deadline: the sync and the question go together and qemu-ga answers them in order. A sync
+        answered with another value (an earlier client's answer, whose message id collides with ours) means
+        the question's answer may be stale too: then the long way, wait_ready and ask. None: the agent
+        answered, but not with interfaces (guest-network-get-interfaces disabled)."""
+        deadline = time.monotonic() + timeout
+        self._connect(timeout=timeout)
+        token = random.randint(0, 2**32 - 1)
+        sync = self._send("guest-sync", {"id": token})
+        question = self._send("guest-network-get-interfaces")
+        if self._reply(sync, "guest-sync", timeout=max(0.0, deadline - time.monotonic())) != token:
+            self.wait_ready(timeout=max(0.0, deadline - time.monotonic()))
+            question = self._send("guest-network-get-interfaces")
+        try:
+            return _interfaces(self._reply(question, "guest-network-get-interfaces",
+                                           timeout=max(0.0, deadline - time.monotonic())))
+        except AgentError:
+            if not question.done():  # no answer in time
+                raise
+            return None
 
     def interface_by_mac(self, mac: str) -> GuestInterface | None:
         wanted = mac.lower()
@@ -266,6 +285,12 @@ def _exec_result(status: Mapping[str, Any]) -> ExecResult:
         stdout_truncated=status.get("out-truncated") is True,
         stderr_truncated=status.get("err-truncated") is True,
     )
+
+
+def _interfaces(reply: object) -> tuple[GuestInterface, ...]:
+    if not isinstance(reply, list):
+        raise _malformed("guest-network-get-interfaces", reply)
+    return tuple(_interface(entry) for entry in reply if isinstance(entry, Mapping))
 
 
 def _interface(entry: Mapping[str, Any]) -> GuestInterface:

@@ -163,11 +163,8 @@ def probe_agent(paths: RunPaths) -> tuple[bool | None, dict[str, list[str]] | No
         return None, None
     try:
         with GuestAgent(paths.agent_socket) as agent:
-            agent.wait_ready(timeout=AGENT_PROBE_TIMEOUT)
-            try:
-                return True, addresses_by_interface(agent.interfaces())
-            except AgentError:  # an agent with guest-network-get-interfaces disabled still answers
-                return True, {}
+            interfaces = agent.interfaces_at_once(timeout=AGENT_PROBE_TIMEOUT)
+            return True, addresses_by_interface(interfaces) if interfaces is not None else {}
     except AgentError:
         return False, None
 
